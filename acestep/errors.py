@@ -1,0 +1,26 @@
+"""One exception tree for the whole project.
+
+Every error a user can cause (a wrong path, a file of another model, a missing download) is an
+`AceStepError` whose message names the file, the problem and the fix. Stages subclass it so the
+CLI and the UI can tell them apart; tracebacks go to logs, messages to the user.
+"""
+
+
+class AceStepError(Exception):
+    """Base class of every error this project raises on purpose."""
+
+
+class EnvironmentProblem(AceStepError):
+    """The Python environment lacks a package or runs outside the project's env/."""
+
+
+class CheckpointError(AceStepError):
+    """A model folder or weight file is missing, corrupt, or of another model."""
+
+
+class CheckpointNotFoundError(CheckpointError):
+    """A model is not on disk (and was not, or could not be, downloaded)."""
+
+
+class DownloadError(CheckpointError):
+    """Downloading a model from the Hugging Face Hub failed."""
