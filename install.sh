@@ -125,11 +125,13 @@ except m.PackageNotFoundError: print("")'
 install_torch() {
     resolve_torch_mode
     step "torch $TORCH_VERSION ($TORCH_MODE)"
-    local spec="torch==$TORCH_VERSION" index="${ACESTEP_TORCH_INDEX_URL:-}" have
+    local spec="torch==$TORCH_VERSION" index="${ACESTEP_TORCH_INDEX_URL:-}" tag have
     if [ "$TORCH_MODE" = cuda ] && [ -z "$index" ]; then
         index="$(cuda_index_url)"
-        spec="torch==$TORCH_VERSION+${index##*/}"  # exact build, e.g. 2.13.0+cu128
     fi
+    # PyTorch's own indexes (.../whl/cu128, .../whl/cpu) name the build: pin it exactly.
+    tag="${index%/}"; tag="${tag##*/}"
+    if [[ "$tag" =~ ^(cpu|cu[0-9]+)$ ]]; then spec="torch==$TORCH_VERSION+$tag"; fi
     have="$(installed_torch)"
     # A CPU build satisfies "torch==2.13.0" too: remove it so the CUDA build goes in (and back).
     if { [ "$TORCH_MODE" = cuda ] && [[ "$have" == *+cpu ]]; } \
