@@ -68,10 +68,10 @@ rem ---------------------------------------------------------------- env\
 echo.
 echo === Python environment: %CD%\env ===
 if exist "%ENV_PYTHON%" goto reuse_env
-if defined ACESTEP_PYTHON (
-    set "PY=%ACESTEP_PYTHON%"
-    goto have_python
-)
+if not defined ACESTEP_PYTHON goto find_python
+set "PY=%ACESTEP_PYTHON%"
+goto have_python
+:find_python
 rem The py launcher: newest of 3.12, 3.11, 3.10; else "python" from PATH.
 set "PY="
 where py >nul 2>&1
@@ -87,12 +87,12 @@ if not defined PY set "PY=python"
 :have_python
 %PY% -c "import sys; sys.exit(0 if (3, 10) <= sys.version_info[:2] <= (3, 12) else 1)"
 if errorlevel 1 (
-    set "MSG=%PY% is missing or is not Python 3.10, 3.11 or 3.12. Install one from python.org, or set ACESTEP_PYTHON=py -3.12"
+    set "MSG=!PY! is missing or is not Python 3.10, 3.11 or 3.12. Install one from python.org, or set ACESTEP_PYTHON=py -3.12"
     goto fail
 )
 %PY% -m venv env
 if errorlevel 1 (
-    set "MSG=%PY% -m venv env failed. Delete the env folder and run install.bat again."
+    set "MSG=!PY! -m venv env failed. Delete the env folder and run install.bat again."
     goto fail
 )
 echo created env\ with %PY%
@@ -175,8 +175,15 @@ if not defined CUDA_TAG (
     goto fail
 )
 set "INDEX=%PYTORCH_INDEX%/!CUDA_TAG!"
-set "SPEC=torch==%TORCH_VERSION%+!CUDA_TAG!"
 :torch_index_known
+rem PyTorch's own indexes (.../whl/cu128, .../whl/cpu) name the build: pin it exactly.
+if not defined INDEX goto torch_spec_known
+set "INDEX_TAG="
+for %%P in (!INDEX:/= !) do set "INDEX_TAG=%%P"
+rem (%%-expansion here: a pipe runs its left side in a new cmd without delayed expansion)
+echo %INDEX_TAG%| findstr /r /x /i "cpu cu[0-9][0-9]*" >nul
+if not errorlevel 1 set "SPEC=torch==%TORCH_VERSION%+!INDEX_TAG!"
+:torch_spec_known
 
 rem A CPU build satisfies "torch==2.13.0" too: remove the wrong build first (and back).
 set "HAVE_TORCH="
