@@ -1,0 +1,52 @@
+"""The Model tab: which ACE-Step models are on disk, their variant, and what is missing.
+
+Reads folders and config files only (no torch), so the UI process stays light.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import gradio as gr
+
+from acestep.models.checkpoints import OFFICIAL_MODELS, list_checkpoints
+
+HEADERS = ["Folder", "Kind", "Variant", "Status"]
+REQUIRED_FOR_TRAINING = ("acestep-v15-turbo", "vae", "Qwen3-Embedding-0.6B")
+
+
+def checkpoint_rows(checkpoints_dir: Path) -> list[list[str]]:
+    """One row per model folder found: name, kind, variant (from config.json), status."""
+    rows = []
+    for info in list_checkpoints(checkpoints_dir):
+        status = "ready" if info.complete else (info.problem or "incomplete: missing " + ", ".join(info.missing))
+        rows.append([info.name, info.kind, info.variant or "", status])
+    return rows
+
+
+def missing_models_text(checkpoints_dir: Path) -> str:
+    """Markdown naming the official models not on disk and the command that fetches them."""
+    present = {info.name for info in list_checkpoints(checkpoints_dir) if info.complete}
+    absent = [m for m in OFFICIAL_MODELS if m.name not in present]
+    if not absent:
+        return "Every official model is on disk."
+    needed = [name for name in REQUIRED_FOR_TRAINING if name not in present]
+    lines = []
+    if needed:
+        lines.append("**Needed to train:** " + ", ".join(f"`{n}`" for n in needed) + ". Download with:")
+        lines.append(f"```\nacestep-trainer download {' '.join(needed)} --checkpoints-dir {checkpoints_dir}\n```")
+    lines.append("Other official models: " + ", ".join(
+        f"`{m.name}` ({m.description})" for m in absent if m.name not in needed))
+    return "\n\n".join(lines)
+
+
+def build_model_tab(checkpoints_dir: Path) -> None:
+    """Add the Model tab's components to the current Blocks context."""
+    gr.Markdown(f"Models are read from **{checkpoints_dir}** (change it with `--checkpoints-dir` "
+                "or `ACESTEP_CHECKPOINTS_DIR`). The variant comes from each folder's config.json.")
+    table = gr.Dataframe(headers=HEADERS, value=checkpoint_rows(checkpoints_dir), interactive=False,
+                         elem_id="checkpoints-table")
+    missing = gr.Markdown(missing_models_text(checkpoints_dir), elem_id="missing-models")
+    refresh = gr.Button("Refresh", elem_id="refresh-checkpoints")
+    refresh.click(lambda: (checkpoint_rows(checkpoints_dir), missing_models_text(checkpoints_dir)),
+                  outputs=[table, missing])

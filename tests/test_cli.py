@@ -1,0 +1,49 @@
+"""`acestep-trainer`: each command does its job and a user error exits 1 with one line."""
+
+import subprocess
+import sys
+
+from acestep.cli import main
+
+
+def test_tiny_checkpoint_then_models_then_inspect(tmp_path, capsys):
+    assert main(["tiny-checkpoint", str(tmp_path / "ck")]) == 0
+    assert main(["models", "--checkpoints-dir", str(tmp_path / "ck")]) == 0
+    listing = capsys.readouterr().out
+    assert "acestep-v15-turbo" in listing and "[turbo]" in listing and "text_encoder" in listing
+    assert main(["inspect", "acestep-v15-turbo", "--checkpoints-dir", str(tmp_path / "ck"), "--dtype", "fp32"]) == 0
+    report = capsys.readouterr().out
+    assert "Variant:      turbo" in report
+    assert "logit-normal(mu=-0.4, sigma=1.0)" in report
+    assert "silence_latent (1, 15000, 64)" in report
+
+
+def test_tiny_checkpoint_refuses_to_overwrite(tmp_path, capsys):
+    (tmp_path / "vae").mkdir()
+    assert main(["tiny-checkpoint", str(tmp_path)]) == 1
+    assert "pass --overwrite" in capsys.readouterr().err
+
+
+def test_inspect_missing_checkpoint_exits_1_with_the_fix(tmp_path, capsys):
+    assert main(["inspect", "acestep-v15-sft", "--checkpoints-dir", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: Model 'acestep-v15-sft' not found")
+    assert "acestep-trainer download acestep-v15-sft" in err
+
+
+def test_download_offline_exits_1(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert main(["download", "vae", "--checkpoints-dir", str(tmp_path)]) == 1
+    assert "Could not download ACE-Step/Ace-Step1.5/vae" in capsys.readouterr().err
+
+
+def test_download_list_names_every_official_model(capsys):
+    assert main(["download", "--list"]) == 0
+    out = capsys.readouterr().out
+    assert "ACE-Step/acestep-v15-xl-turbo" in out and "ACE-Step/Ace-Step1.5/vae" in out
+
+
+def test_console_script_help_lists_commands():
+    out = subprocess.run([sys.executable, "-m", "acestep.cli", "--help"], capture_output=True, text=True, check=True).stdout
+    for command in ("models", "download", "inspect", "tiny-checkpoint"):
+        assert command in out

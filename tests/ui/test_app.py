@@ -1,0 +1,63 @@
+"""The web app: the Model tab's data, login, and no model code in the UI process."""
+
+import http.cookiejar
+import socket
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+
+import pytest
+
+from acestep.ui.model_tab import checkpoint_rows, missing_models_text
+
+
+def test_model_tab_rows_show_variant_and_status(tiny_checkpoints, tmp_path):
+    rows = checkpoint_rows(tiny_checkpoints)
+    assert ["acestep-v15-turbo", "dit", "turbo", "ready"] in rows
+    assert ["vae", "vae", "", "ready"] in rows
+
+
+def test_missing_models_text_names_the_download_command(tiny_checkpoints, tmp_path):
+    assert "Needed to train" not in missing_models_text(tiny_checkpoints)
+    text = missing_models_text(tmp_path)
+    assert f"acestep-trainer download acestep-v15-turbo vae Qwen3-Embedding-0.6B --checkpoints-dir {tmp_path}" in text
+
+
+def test_ui_process_does_not_import_model_code():
+    code = "import sys, acestep.ui.app; print(sorted(m for m in ('torch', 'diffusers', 'transformers') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def fetch(opener, url, data=None):
+    try:
+        with opener.open(url, data=data, timeout=10) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read()
+
+
+@pytest.mark.slow
+def test_login_is_required_when_auth_is_set(tiny_checkpoints):
+    from acestep.ui.app import launch_app
+
+    port = free_port()
+    app = launch_app(port=port, auth=[("ann", "secret")], checkpoints_dir=tiny_checkpoints, block=False)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        anonymous = urllib.request.build_opener()
+        assert fetch(anonymous, f"{base}/config")[0] == 401
+        assert fetch(anonymous, f"{base}/login", b"username=ann&password=wrong")[0] == 400
+        user = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar()))
+        assert fetch(user, f"{base}/login", b"username=ann&password=secret")[0] == 200
+        status, body = fetch(user, f"{base}/config")
+        assert status == 200 and b"acestep-v15-turbo" in body  # the Model tab's table is in the page config
+    finally:
+        app.close()
