@@ -192,7 +192,8 @@ def _module_origin(name: str) -> str | None:
     return spec.origin if spec is not None else None
 
 
-def check_package(name: str, pip_name: str | None = None, *, required: bool = True) -> PackageStatus:
+def check_package(name: str, pip_name: str | None = None, *,
+                  required: bool = True) -> PackageStatus:
     """Import `name` for real and report it.
 
     Returns a PackageStatus: OK with its version; MISSING when the module itself is not found;
@@ -265,22 +266,15 @@ def _describe_torch(torch) -> TorchSummary:
 
 # --- the whole check -----------------------------------------------------------------------
 
-def check_environment(*, import_packages: bool = True) -> EnvironmentReport:
-    """Check where we run and (with `import_packages`) import every required and optional package.
-
-    Returns an EnvironmentReport; never raises. Importing takes 10-30 s (torch, lightning, peft).
-    """
-    packages: tuple[PackageStatus, ...] = ()
-    summary = None
-    if import_packages:
-        packages = tuple(check_packages(REQUIRED_PACKAGES)
-                         + check_packages(OPTIONAL_PACKAGES, required=False))
-        summary = torch_summary()
+def check_environment() -> EnvironmentReport:
+    """Check where we run and import every required and optional package (10-30 s: torch,
+    lightning, peft...). Returns an EnvironmentReport; never raises an Exception."""
+    packages = check_packages(REQUIRED_PACKAGES) + check_packages(OPTIONAL_PACKAGES, required=False)
     return EnvironmentReport(
         python=sys.executable, python_version=sys.version.split()[0],
         env_dir=project_env_dir(), env_exists=project_env_dir().is_dir(),
         in_project_env=running_in_project_env(), other_env_allowed=other_env_allowed(),
-        packages=packages, torch=summary, ffmpeg=shutil.which("ffmpeg"))
+        packages=tuple(packages), torch=torch_summary(), ffmpeg=shutil.which("ffmpeg"))
 
 
 def fix_command(problem: Problem, *, windows: bool | None = None,
@@ -291,12 +285,11 @@ def fix_command(problem: Problem, *, windows: bool | None = None,
     ACESTEP_ALLOW_OTHER_ENV, the package fix is pip for this interpreter."""
     win = os.name == "nt" if windows is None else windows
     root = root or project_root()
-    at_root = _same_folder(cwd if cwd is not None else Path.cwd(), root)
+    at_root = _is_current_folder(root, cwd)
     base = (PureWindowsPath if win else PurePosixPath)("" if at_root else str(root))
 
-    def at(*parts: str, prefix: str = "") -> str:  # quoted when the path holds a space
-        text = prefix + str(base.joinpath(*parts))
-        return f'"{text}"' if " " in text else text
+    def at(*parts: str, prefix: str = "") -> str:
+        return _quoted(prefix + str(base.joinpath(*parts)))
 
     def script(name: str) -> str:  # a bare `install.sh` is not looked up in the cwd: prefix ./
         return at(f"{name}.bat") if win else at(f"{name}.sh", prefix="./" if at_root else "")
@@ -307,15 +300,19 @@ def fix_command(problem: Problem, *, windows: bool | None = None,
     if problem is Problem.OUTSIDE_PROJECT_ENV:
         return f"{script('start')}   (or: {env_python} {at('launch.py')})"
     if other_env_allowed() and not running_in_project_env():
-        return f"{sys.executable} -m pip install -r {at('requirements.txt')}"
+        return f"{_quoted(sys.executable)} -m pip install -r {at('requirements.txt')}"
     return f"{script('install')}   (or: {env_python} -m pip install -r {at('requirements.txt')})"
 
 
-def _same_folder(a: Path, b: Path) -> bool:
+def _is_current_folder(folder: Path, cwd: Path | None) -> bool:
     try:
-        return Path(a).resolve() == Path(b).resolve()
-    except OSError:
+        return Path(folder).resolve() == (Path(cwd) if cwd is not None else Path.cwd()).resolve()
+    except OSError:  # the current folder was deleted
         return False
+
+
+def _quoted(text: str) -> str:
+    return f'"{text}"' if " " in text else text
 
 
 def explain_problem(problem: Problem, report: EnvironmentReport | None = None) -> str:

@@ -83,7 +83,8 @@ def test_format_table_lists_names_versions_and_statuses(broken_package):
     assert "BROKEN: ImportError: simulated breakage" in row["brokenpkg"]
     assert "not installed (optional)" in row["torchao"]
     # aligned: the status column starts at the same place on every row
-    starts = {line.index(word) for line, word in zip(lines[2:6], ["ok", "MISSING", "BROKEN", "not"])}
+    statuses_in_order = ["ok", "MISSING", "BROKEN", "not"]
+    starts = {line.index(word) for line, word in zip(lines[2:6], statuses_in_order, strict=True)}
     assert len(starts) == 1
     assert f"brokenpkg: ImportError: simulated breakage (imported from {broken_package})" in table
 

@@ -95,6 +95,17 @@ def test_broken_package_fails_the_check_naming_it_and_the_fix(tmp_path):
     assert "Fix: " in result.stdout
 
 
+def test_launch_with_a_broken_package_stops_before_the_ui(tmp_path):
+    fake = tmp_path / "peft"
+    fake.mkdir()
+    (fake / "__init__.py").write_text('raise ImportError("simulated")\n')
+    result = _run(sys.executable, "--port", "7999", timeout=CHECK_TIMEOUT,
+                  PYTHONPATH=str(tmp_path), **_env_check_extra())
+    assert result.returncode == launch.EXIT_ENVIRONMENT, result.stdout + result.stderr
+    assert "Required packages are missing or broken: peft (BROKEN)" in result.stdout
+    assert "acestep.ui" not in result.stderr  # the UI was never imported
+
+
 def test_check_passes_in_the_project_environment():
     result = _run(sys.executable, "--check", timeout=CHECK_TIMEOUT, **_env_check_extra())
     assert result.returncode == 0, result.stdout + result.stderr
