@@ -1,7 +1,9 @@
-"""acestep/environment.py: real imports, the table, and the fix command for each situation."""
+"""acestep/environment/: real imports, the project's own install, the table, and the fix
+command for each situation."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -10,7 +12,8 @@ import pytest
 
 from acestep import environment
 from acestep.environment import (PackageState, PackageStatus, Problem, TorchSummary,
-                                 check_packages, fix_command, format_table)
+                                 check_packages, check_project_install, fix_command, format_table)
+from acestep.environment import location
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -116,9 +119,9 @@ def test_torch_summary_describes_the_installed_torch():
     (Problem.OUTSIDE_PROJECT_ENV, False, "./start.sh   (or: env/bin/python launch.py)"),
     (Problem.OUTSIDE_PROJECT_ENV, True, r"start.bat   (or: env\Scripts\python launch.py)"),
     (Problem.PACKAGES, False,
-     "./install.sh   (or: env/bin/python -m pip install -r requirements.txt)"),
+     "./install.sh   (or: env/bin/python -m pip install -r requirements.txt -e .)"),
     (Problem.PACKAGES, True,
-     r"install.bat   (or: env\Scripts\python -m pip install -r requirements.txt)"),
+     r"install.bat   (or: env\Scripts\python -m pip install -r requirements.txt -e .)"),
 ])
 def test_fix_command_depends_on_problem_and_platform(problem, windows, expected, monkeypatch):
     monkeypatch.delenv(environment.ALLOW_OTHER_ENV_VARIABLE, raising=False)
@@ -135,9 +138,60 @@ def test_fix_command_uses_absolute_paths_outside_the_project(tmp_path, monkeypat
 
 def test_fix_command_in_an_accepted_other_env_is_pip_for_this_python(monkeypatch):
     monkeypatch.setenv(environment.ALLOW_OTHER_ENV_VARIABLE, "1")
-    monkeypatch.setattr(environment, "running_in_project_env", lambda: False)
+    monkeypatch.setattr(location, "running_in_project_env", lambda: False)
     command = fix_command(Problem.PACKAGES, windows=False, root=ROOT, cwd=ROOT)
-    assert command == f"{sys.executable} -m pip install -r requirements.txt"
+    assert command == f"{sys.executable} -m pip install -r requirements.txt -e ."
+
+
+def _fake_distribution(site, version="9.9.9", direct_url=None):
+    """A `<name>.dist-info` in `site` (PEP 610 direct_url.json when given)."""
+    info = site / f"acestep_fake_trainer-{version}.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text(
+        f"Metadata-Version: 2.1\nName: acestep-fake-trainer\nVersion: {version}\n")
+    if direct_url is not None:
+        (info / "direct_url.json").write_text(json.dumps(direct_url))
+
+
+def test_project_installed_editable_from_here_is_ok(tmp_path, monkeypatch):
+    _fake_distribution(tmp_path, direct_url={"url": ROOT.as_uri(), "dir_info": {"editable": True}})
+    monkeypatch.syspath_prepend(str(tmp_path))
+    status = check_project_install(ROOT, "acestep-fake-trainer")
+    assert (status.state, status.version, status.required) == (PackageState.OK, "9.9.9", True)
+
+
+def test_project_editable_install_is_found_behind_a_build_leftover(tmp_path, monkeypatch):
+    """Run from the project folder, the .egg-info the build leaves there comes first."""
+    _fake_distribution(tmp_path / "project")  # a copy-like leftover, first on sys.path
+    _fake_distribution(tmp_path / "site",
+                       direct_url={"url": ROOT.as_uri(), "dir_info": {"editable": True}})
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    monkeypatch.syspath_prepend(str(tmp_path / "project"))
+    assert check_project_install(ROOT, "acestep-fake-trainer").state is PackageState.OK
+
+
+def test_project_installed_from_another_folder_is_broken(tmp_path, monkeypatch):
+    other = tmp_path / "old clone"
+    other.mkdir()
+    _fake_distribution(tmp_path / "site",
+                       direct_url={"url": other.as_uri(), "dir_info": {"editable": True}})
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    status = check_project_install(ROOT, "acestep-fake-trainer")
+    assert status.state is PackageState.BROKEN
+    assert status.reason == f"installed from {other}, not from {ROOT}"
+
+
+def test_project_installed_as_a_copy_is_broken(tmp_path, monkeypatch):
+    _fake_distribution(tmp_path)  # no direct_url.json: a plain `pip install .`
+    monkeypatch.syspath_prepend(str(tmp_path))
+    status = check_project_install(ROOT, "acestep-fake-trainer")
+    assert status.state is PackageState.BROKEN
+    assert "not editable" in status.reason
+
+
+def test_project_not_installed_is_missing():
+    status = check_project_install(ROOT, "acestep-not-installed-xyz")
+    assert status.state is PackageState.MISSING
 
 
 def _report(**changes) -> environment.EnvironmentReport:
@@ -177,6 +231,7 @@ def test_allow_other_env_variable(value, allowed, monkeypatch):
 
 def test_project_paths():
     assert environment.project_root() == ROOT
+    assert location.project_root() == ROOT
     assert (environment.project_root() / "launch.py").is_file()
     assert environment.project_env_dir() == ROOT / "env"
 
