@@ -24,3 +24,23 @@ class CheckpointNotFoundError(CheckpointError):
 
 class DownloadError(CheckpointError):
     """Downloading a model from the Hugging Face Hub failed."""
+
+
+class AudioError(AceStepError):
+    """An audio file cannot be used: unreadable, empty, silent, or of an unknown format.
+
+    `path` and `reason` are kept apart so batch jobs can list failures per file.
+    """
+
+    def __init__(self, path, reason: str):
+        self.path = path
+        self.reason = reason
+        super().__init__(f"{path}: {reason}")
+
+
+class DatasetError(AceStepError):
+    """A dataset JSON, sidecar or CSV is malformed; the message names the file, sample and field."""
+
+
+class PreprocessError(AceStepError):
+    """Preprocessing cannot run or its output directory is inconsistent."""
