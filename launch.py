@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -118,13 +117,11 @@ def resolve_settings(args: argparse.Namespace) -> dict:
 
 def checkpoints_dir(flag: Path | None) -> Path:
     """--checkpoints-dir, else $ACESTEP_CHECKPOINTS_DIR, else <project>/checkpoints; absolute
-    (relative paths are taken from the folder the user started in)."""
+    (relative paths are taken from the folder the user started in). The same default as the CLI."""
     if flag is not None:
         return flag.expanduser().resolve()
-    from_env = os.environ.get("ACESTEP_CHECKPOINTS_DIR", "").strip()
-    if from_env:
-        return Path(from_env).expanduser().resolve()
-    return ROOT / "checkpoints"
+    from acestep.models.checkpoints import default_checkpoints_dir  # standard library only
+    return default_checkpoints_dir()
 
 
 def environment_ready() -> bool:

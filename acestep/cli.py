@@ -17,7 +17,8 @@ from acestep.errors import AceStepError
 def _checkpoints_dir_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--checkpoints-dir", type=Path, default=None,
-        help="folder holding the model folders (default: $ACESTEP_CHECKPOINTS_DIR, else ./checkpoints)",
+        help="folder holding the model folders "
+             "(default: $ACESTEP_CHECKPOINTS_DIR, else checkpoints/ in the project folder)",
     )
 
 
@@ -29,7 +30,8 @@ def cmd_models(args: argparse.Namespace) -> int:
     found = list_checkpoints(root)
     print(f"Checkpoints directory: {root}")
     if not found:
-        print("  (no model folders; get them with `acestep-trainer download acestep-v15-turbo vae Qwen3-Embedding-0.6B`)")
+        print("  (no model folders; get them with "
+              "`acestep-trainer download acestep-v15-turbo vae Qwen3-Embedding-0.6B`)")
     for info in found:
         state = "ok" if info.complete else (info.problem or "incomplete: missing " + ", ".join(info.missing))
         variant = f" [{info.variant}]" if info.variant else ""

@@ -44,6 +44,7 @@ def test_download_list_names_every_official_model(capsys):
 
 
 def test_console_script_help_lists_commands():
-    out = subprocess.run([sys.executable, "-m", "acestep.cli", "--help"], capture_output=True, text=True, check=True).stdout
+    command = [sys.executable, "-m", "acestep.cli", "--help"]
+    out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
     for command in ("models", "download", "inspect", "tiny-checkpoint"):
         assert command in out

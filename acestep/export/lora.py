@@ -43,7 +43,8 @@ def _read_peft_config(folder: Path) -> dict:
     if not isinstance(config, dict):
         raise AdapterError(f"{path} is not a JSON object.")
     if config.get("peft_type") != "LORA":
-        raise AdapterError(f"{path} describes a {config.get('peft_type')!r} adapter; only PEFT LoRA/DoRA folders load here.")
+        raise AdapterError(f"{path} describes a {config.get('peft_type')!r} adapter; "
+                           "only PEFT LoRA/DoRA folders load here.")
     for field in ("r", "lora_alpha"):
         if not isinstance(config.get(field), (int, float)) or config[field] <= 0:
             raise AdapterError(f"{path}: field {field!r} must be a positive number, found {config.get(field)!r}.")
@@ -91,7 +92,9 @@ def load_adapter(transformer: nn.Module, path: str | Path, adapter_name: str = "
         try:
             module, suffix = _module_and_suffix(key)
         except KeyError:
-            raise AdapterError(f"{weights_path}: key {key!r} is not a LoRA weight (expected '...lora_A.weight').") from None
+            raise AdapterError(
+                f"{weights_path}: key {key!r} is not a LoRA weight (expected '...lora_A.weight')."
+            ) from None
         state[f"{module}.{suffix}"] = tensor
     targets = sorted({key.partition(".lora_")[0] for key in state})
     present = {name for name, _ in transformer.named_modules()}

@@ -81,8 +81,12 @@ def official_model(name_or_id: str) -> OfficialModel | None:
 
 
 def default_checkpoints_dir() -> Path:
-    """`$ACESTEP_CHECKPOINTS_DIR` when set, else `./checkpoints`."""
-    return Path(os.environ.get(CHECKPOINTS_DIR_ENV) or "checkpoints").expanduser().resolve()
+    """`$ACESTEP_CHECKPOINTS_DIR` when set, else `checkpoints/` in the project folder (beside
+    launch.py), so the CLI and the web UI find the same models from any working directory."""
+    from acestep.environment import project_root
+
+    configured = os.environ.get(CHECKPOINTS_DIR_ENV, "").strip()
+    return Path(configured).expanduser().resolve() if configured else project_root() / "checkpoints"
 
 
 # A DiT already converted to diffusers' layout (a pipeline folder with model_index.json).

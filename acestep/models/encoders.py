@@ -14,7 +14,14 @@ from diffusers import AutoencoderOobleck
 
 from acestep.errors import CheckpointError
 from acestep.models.checkpoints import TEXT_ENCODER, VAE, resolve_model_path
-from acestep.models.weights import SafetensorsIndex, check_state_dict, empty_weights, fill_module, header_shapes, weight_files
+from acestep.models.weights import (
+    SafetensorsIndex,
+    check_state_dict,
+    empty_weights,
+    fill_module,
+    header_shapes,
+    weight_files,
+)
 
 VAE_SAMPLE_RATE = 48_000
 VAE_HOP = 1920  # 48 kHz / 1920 = 25 latent frames per second

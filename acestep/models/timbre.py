@@ -40,7 +40,7 @@ class TimbreEncoder(AceStepTimbreEncoder):
         if not _is_flash_attention_backend(self.layers[0].self_attn.processor):
             band = _create_4d_mask(seq_len=seq_len, dtype=dtype, device=device, sliding_window=self.sliding_window,
                                    is_sliding_window=True, is_causal=False)
-        for layer_type, layer in zip(self._layer_types, self.layers):
+        for layer_type, layer in zip(self._layer_types[: len(self.layers)], self.layers, strict=True):
             mask = band if layer_type == "sliding_attention" else None
             if torch.is_grad_enabled() and self.gradient_checkpointing:
                 hidden_states = self._gradient_checkpointing_func(layer, hidden_states, position_embeddings, mask)

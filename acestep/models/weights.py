@@ -66,7 +66,8 @@ class SafetensorsIndex:
     def keys(self) -> list[str]:
         return list(self.location)
 
-    def load(self, keys: Iterable[str], dtype: torch.dtype | None, device: str | torch.device) -> dict[str, torch.Tensor]:
+    def load(self, keys: Iterable[str], dtype: torch.dtype | None,
+             device: str | torch.device) -> dict[str, torch.Tensor]:
         """Read the given tensors, cast floating ones to `dtype`, place them on `device`."""
         by_file: dict[Path, list[str]] = {}
         for key in keys:
@@ -81,7 +82,9 @@ class SafetensorsIndex:
                             tensor = tensor.to(dtype)
                         tensors[key] = tensor
             except (SafetensorError, OSError, RuntimeError) as exc:
-                raise CheckpointError(f"{path} could not be read ({exc}); the file is damaged, download it again.") from exc
+                raise CheckpointError(
+                    f"{path} could not be read ({exc}); the file is damaged, download it again."
+                ) from exc
         return tensors
 
 
@@ -178,7 +181,8 @@ def load_silence_latent(folder: Path, channels: int) -> torch.Tensor:
             f"{folder} has no silence_latent.pt or silence_latent.safetensors; training needs it to "
             "build the context latents. Download the checkpoint folder again."
         )
-    if not isinstance(latent, torch.Tensor) or latent.ndim != 3 or latent.shape[0] != 1 or channels not in latent.shape[1:]:
+    well_formed = isinstance(latent, torch.Tensor) and latent.ndim == 3 and latent.shape[0] == 1
+    if not well_formed or channels not in latent.shape[1:]:
         shape = tuple(latent.shape) if isinstance(latent, torch.Tensor) else type(latent).__name__
         raise CheckpointError(f"{source} holds {shape}; expected a tensor [1, {channels}, frames] (channel-first).")
     # Official files are channel-first [1, 64, frames]; accept an already time-major one too.

@@ -34,7 +34,8 @@ def test_truncated_weights_file_is_named(checkpoint):
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
     # safetensors checks that the data covers the header's offsets; we name the file and the fix.
-    with pytest.raises(CheckpointError, match=r"model\.safetensors is not a readable .*truncated or damaged, download it again"):
+    message = r"model\.safetensors is not a readable .*truncated or damaged, download it again"
+    with pytest.raises(CheckpointError, match=message):
         load_acestep(checkpoint, dtype=torch.float32)
 
 
@@ -149,8 +150,9 @@ def test_sharded_weights_load_like_a_single_file(checkpoint, reference, fixture_
     (checkpoint / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
     (checkpoint / "model.safetensors").unlink()
     bundle = load_acestep(checkpoint, dtype=torch.float32, components=("transformer",))
-    for (name, a), (_, b) in zip(bundle.transformer.state_dict().items(), fixture_bundle.transformer.state_dict().items()):
-        assert torch.equal(a, b), name
+    expected = fixture_bundle.transformer.state_dict()
+    for name, tensor in bundle.transformer.state_dict().items():
+        assert torch.equal(tensor, expected[name]), name
     (checkpoint / "model-00002-of-00002.safetensors").unlink()
     with pytest.raises(CheckpointError, match=r"incomplete: missing model-00002-of-00002\.safetensors"):
         load_acestep(checkpoint)

@@ -2,6 +2,7 @@
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -111,8 +112,8 @@ def test_checkpoints_dir_from_environment(monkeypatch, tmp_path):
     monkeypatch.setenv("ACESTEP_CHECKPOINTS_DIR", str(tmp_path / "models"))
     assert default_checkpoints_dir() == tmp_path / "models"
     monkeypatch.delenv("ACESTEP_CHECKPOINTS_DIR")
-    monkeypatch.chdir(tmp_path)
-    assert default_checkpoints_dir() == tmp_path / "checkpoints"
+    monkeypatch.chdir(tmp_path)  # the working directory does not matter: the project's folder does
+    assert default_checkpoints_dir() == Path(__file__).resolve().parents[2] / "checkpoints"
 
 
 def test_sharded_folder_counts_as_complete_only_with_every_shard(tiny_checkpoints, tmp_path):

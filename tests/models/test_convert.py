@@ -12,7 +12,7 @@ def test_every_fixture_key_maps_and_maps_back(fixture_dir):
     assert len(keys) == 187
     mapped = [convert.original_key_to_diffusers(k) for k in keys]
     assert len(set(mapped)) == len(keys)
-    for original, (component, new) in zip(keys, mapped):
+    for original, (component, new) in zip(keys, mapped, strict=True):
         assert convert.diffusers_key_to_original(component, new) == original
     counts = {c: sum(1 for m in mapped if m[0] == c) for c in convert.COMPONENTS}
     assert counts == {"transformer": 96, "condition_encoder": 53, "audio_tokenizer": 21, "audio_detokenizer": 17}

@@ -25,7 +25,8 @@ def test_missing_models_text_names_the_download_command(tiny_checkpoints, tmp_pa
 
 
 def test_ui_process_does_not_import_model_code():
-    code = "import sys, acestep.ui.app; print(sorted(m for m in ('torch', 'diffusers', 'transformers') if m in sys.modules))"
+    code = ("import sys, acestep.ui.app; "
+            "print(sorted(m for m in ('torch', 'diffusers', 'transformers') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 
