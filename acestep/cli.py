@@ -1,7 +1,8 @@
 """`acestep-trainer <command>`: the same functions the web UI's jobs call, for scripts.
 
-Every command exits 0 on success and 1 with a one-line message on a user error (a wrong path, a
-checkpoint of another model, a missing download); tracebacks are only shown with `--debug`.
+Exit status: 0 success; 1 a user error, with a one-line message (a wrong path, a checkpoint of
+another model, a missing download; tracebacks only with `--debug`); 2 a batch that finished with
+some files failed (each listed on stderr); 130 stopped on request (finished work is kept).
 """
 
 from __future__ import annotations
@@ -84,6 +85,104 @@ def cmd_tiny_checkpoint(args: argparse.Namespace) -> int:
     return 0
 
 
+EXIT_PARTIAL = 2  # the batch finished but some files failed (listed on stderr)
+EXIT_STOPPED = 130  # stopped on request (Ctrl+C); finished work is kept
+
+
+def _print_failures(failures) -> None:
+    for failure in failures:
+        print(f"  failed: {failure.path}: {failure.reason}", file=sys.stderr)
+
+
+def cmd_split(args: argparse.Namespace) -> int:
+    """Cut long audio files into 30 s or 60 s WAV segments (originals untouched)."""
+    from acestep.audio.io import split_folder
+
+    def show(index: int, total: int, path: Path) -> None:
+        print(f"[{index}/{total}] {path}", flush=True)
+
+    result = split_folder(args.in_dir, args.out_dir, segment_seconds=args.segment,
+                          min_tail_seconds=args.min_tail, progress=show)
+    print(f"Wrote {len(result.written)} segment(s) to {args.out_dir}; {len(result.failed)} file(s) failed.")
+    _print_failures(result.failed)
+    return EXIT_PARTIAL if result.failed else 0
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    """Scan an audio folder (with its sidecars and CSVs) into a dataset JSON."""
+    from acestep.dataset import build_dataset, save_dataset
+
+    if args.out.exists() and not args.overwrite:
+        raise AceStepError(f"{args.out} exists; pass --overwrite to replace it (its edits would be lost) "
+                           "or choose another --out.")
+    result = build_dataset(args.audio_dir, name=args.name, trigger_tag=args.tag, tag_position=args.tag_position,
+                           genre_ratio=args.genre_ratio, all_instrumental=args.instrumental,
+                           language=args.language, seed=args.seed)
+    save_dataset(result.dataset, args.out)
+    print(f"Wrote {args.out}: {len(result.dataset.samples)} sample(s), {len(result.failed)} file(s) failed.")
+    _print_failures(result.failed)
+    return EXIT_PARTIAL if result.failed else 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """Check a dataset: durations, formats, clipping, silence, duplicates, missing labels."""
+    import json
+
+    from acestep.dataset import build_dataset, dataset_report, format_report, load_dataset
+
+    if args.dataset.is_dir():
+        dataset = build_dataset(args.dataset).dataset
+    else:
+        dataset = load_dataset(args.dataset)
+    report = dataset_report(dataset, analyse_audio=not args.no_audio)
+    print(json.dumps(report.to_dict(), indent=2) if args.json else format_report(report))
+    return 0
+
+
+def _format_clock(seconds: float | None) -> str:
+    if seconds is None:
+        return "--:--"
+    minutes, secs = divmod(int(seconds), 60)
+    return f"{minutes // 60}:{minutes % 60:02d}:{secs:02d}" if minutes >= 60 else f"{minutes}:{secs:02d}"
+
+
+def cmd_preprocess(args: argparse.Namespace) -> int:
+    """Encode a dataset into training tensors (VAE latents, text and lyric encodings, conditions)."""
+    import signal
+
+    from acestep.preprocess import PreprocessSettings, preprocess_dataset
+
+    stop_requested = []
+
+    def request_stop(signum, frame):
+        if stop_requested:
+            raise KeyboardInterrupt
+        stop_requested.append(True)
+        print("\nStopping after the current sample (Ctrl+C again to abort at once)...", file=sys.stderr, flush=True)
+
+    def show(event) -> None:
+        if event.status in ("encoding", "pass 2") and not args.verbose:
+            return
+        width = len(str(event.total))
+        detail = f"  {event.message}" if event.message else ""
+        print(f"[{event.index:>{width}}/{event.total}] {event.status:8s} {event.source}{detail}   "
+              f"elapsed {_format_clock(event.elapsed)}  ETA {_format_clock(event.eta)}", flush=True)
+
+    settings = PreprocessSettings(max_duration=args.max_duration, normalization=args.normalization,
+                                  low_vram=args.low_vram, seed=args.seed, device=args.device, dtype=args.dtype)
+    previous = signal.signal(signal.SIGINT, request_stop)
+    try:
+        summary = preprocess_dataset(args.dataset, args.out, args.checkpoint, vae=args.vae,
+                                     text_encoder=args.text_encoder, checkpoints_dir=args.checkpoints_dir,
+                                     settings=settings, progress=show, should_stop=lambda: bool(stop_requested))
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    print(summary.describe())
+    if summary.cancelled:
+        return EXIT_STOPPED
+    return EXIT_PARTIAL if summary.failed else 0
+
+
 def _dtype(name: str):
     import torch
 
@@ -116,6 +215,57 @@ def build_parser() -> argparse.ArgumentParser:
                          help="dtype to load the weights in (default bf16)")
     _checkpoints_dir_arg(inspect)
     inspect.set_defaults(func=cmd_inspect)
+
+    split = commands.add_parser("split", help="cut long audio files into 30 s or 60 s WAV segments")
+    split.add_argument("in_dir", type=Path, metavar="IN_DIR", help="folder of audio files (searched recursively)")
+    split.add_argument("out_dir", type=Path, metavar="OUT_DIR", help="where the segments go (sub-folders kept)")
+    split.add_argument("--segment", type=int, choices=(30, 60), default=30, help="segment length in seconds")
+    split.add_argument("--min-tail", type=float, default=10.0,
+                       help="drop a last segment shorter than this many seconds (default 10)")
+    split.set_defaults(func=cmd_split)
+
+    build = commands.add_parser("build", help="scan an audio folder and its sidecars into a dataset JSON")
+    build.add_argument("audio_dir", type=Path, metavar="AUDIO_DIR")
+    build.add_argument("--out", type=Path, required=True, metavar="DATASET.json")
+    build.add_argument("--name", default=None, help="dataset name (default: the folder's name)")
+    build.add_argument("--tag", default="", help="trigger tag added to every caption (e.g. 'mystyle')")
+    build.add_argument("--tag-position", choices=("prepend", "append", "replace"), default="prepend",
+                       help="where the tag goes; 'replace' drops the captions (default prepend)")
+    build.add_argument("--genre-ratio", type=float, default=0.0,
+                       help="share of samples prompted with their genre instead of the caption (0-1, default 0)")
+    build.add_argument("--instrumental", action="store_true", help="mark every sample instrumental")
+    build.add_argument("--language", default=None, help="language code for samples that do not name one")
+    build.add_argument("--seed", type=int, default=42, help="seed of the genre-ratio choice (default 42)")
+    build.add_argument("--overwrite", action="store_true", help="replace an existing dataset JSON")
+    build.set_defaults(func=cmd_build)
+
+    report = commands.add_parser("report", help="check a dataset (or an audio folder) and print a report")
+    report.add_argument("dataset", type=Path, metavar="DATASET", help="dataset JSON or audio folder")
+    report.add_argument("--json", action="store_true", help="print the report as JSON")
+    report.add_argument("--no-audio", action="store_true", help="skip decoding (no clipping/silence checks)")
+    report.set_defaults(func=cmd_report)
+
+    pre = commands.add_parser("preprocess", help="encode a dataset into training tensors")
+    pre.add_argument("--dataset", type=Path, required=True, metavar="DATASET.json")
+    pre.add_argument("--checkpoint", required=True, metavar="DIT",
+                     help="DiT folder, folder name in the checkpoints directory, or HF id")
+    pre.add_argument("--out", type=Path, required=True, metavar="TENSORS_DIR")
+    pre.add_argument("--vae", default=None, help="VAE folder (default: vae/ beside the DiT)")
+    pre.add_argument("--text-encoder", default=None,
+                     help="text encoder folder (default: Qwen3-Embedding-0.6B/ beside the DiT)")
+    pre.add_argument("--max-duration", type=float, default=240.0,
+                     help="seconds of each song to encode, from its start (default 240, at most 600)")
+    pre.add_argument("--normalization", choices=("none", "peak", "lufs", "peak_lufs"), default="none",
+                     help="loudness normalisation before encoding (peak: -1 dBFS; lufs: -14 LUFS)")
+    pre.add_argument("--low-vram", action="store_true",
+                     help="two passes: VAE + text encoder, free them, then the condition encoder")
+    pre.add_argument("--seed", type=int, default=0, help="seed of the VAE posterior sampling (default 0)")
+    pre.add_argument("--device", default=None, help="cuda, cuda:1, mps or cpu (default: the best available)")
+    pre.add_argument("--dtype", choices=("bf16", "fp16", "fp32"), default=None,
+                     help="model dtype (default: bf16 on CUDA, fp32 elsewhere)")
+    pre.add_argument("--verbose", action="store_true", help="also print when each sample starts")
+    _checkpoints_dir_arg(pre)
+    pre.set_defaults(func=cmd_preprocess)
 
     tiny = commands.add_parser("tiny-checkpoint",
                                help="write a tiny random checkpoints directory (tests and the offline demo)")

@@ -7,6 +7,7 @@ checkpoint is ever run) and filled by the same strict loader as the DiT.
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import torch
@@ -75,7 +76,9 @@ def load_vae(path: str | Path = DEFAULT_VAE, dtype: torch.dtype = torch.float32,
             f"{folder / 'config.json'} is a {rate} Hz VAE with hop {hop}; ACE-Step 1.5 needs the 48000 Hz VAE "
             "with hop 1920 (25 latent frames per second). Use checkpoints/vae from ACE-Step/Ace-Step1.5."
         )
-    with empty_weights():
+    with empty_weights(), warnings.catch_warnings():
+        # diffusers builds the Oobleck convs with torch's deprecated weight_norm: not the user's concern
+        warnings.filterwarnings("ignore", message=".*weight_norm.* is deprecated", category=FutureWarning)
         vae = AutoencoderOobleck.from_config(config)
     files = weight_files(folder, "diffusion_pytorch_model.safetensors")
     index = SafetensorsIndex(files)

@@ -226,3 +226,26 @@ def _load_diffusers_layout(folder: Path, config: AceStepModelConfig, dtype: torc
             module.silence_latent = silence
             null_emb = module.null_condition_emb
     return modules, null_emb, silence
+
+
+def encoder_digest(path: str | Path, checkpoints_dir: Path | None = None) -> str:
+    """Short hash of the condition encoder's identifying weights (the null embedding and the
+    text projector), read without loading the model. Two checkpoints with one architecture but
+    different encoders (turbo vs base) give different digests; both layouts give the same one."""
+    import hashlib
+
+    folder = resolve_model_path(path, DIT, checkpoints_dir=checkpoints_dir)
+    if is_diffusers_layout(folder):
+        index = SafetensorsIndex(weight_files(folder / "condition_encoder", "diffusion_pytorch_model.safetensors"))
+        keys = [convert.NULL_CONDITION_KEY, "text_projector.weight"]
+    else:
+        index = SafetensorsIndex(weight_files(folder, "model.safetensors"))
+        keys = [convert.NULL_CONDITION_KEY, "encoder.text_projector.weight"]
+    absent = [key for key in keys if key not in index.location]
+    if absent:
+        raise CheckpointError(f"{folder} lacks {absent}; it is not a complete ACE-Step checkpoint.")
+    loaded = index.load(keys, torch.float32, "cpu")
+    digest = hashlib.sha256()
+    for key in keys:  # same order and bytes in both layouts
+        digest.update(loaded[key].contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
