@@ -28,7 +28,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from acestep.dataset import fields as values
+from acestep.dataset import values
 from acestep.errors import DatasetError
 
 if TYPE_CHECKING:

@@ -21,8 +21,9 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any, NoReturn
 
-from acestep.dataset import fields as fields_module
-from acestep.dataset.fields import BPM_MAX, BPM_MIN
+from acestep.dataset.values import BPM_MAX, BPM_MIN
+from acestep.dataset.values import kind as _kind
+from acestep.dataset.values import show as _show
 from acestep.dataset.languages import VALID_LANGUAGES
 from acestep.errors import DatasetError
 
@@ -323,10 +324,6 @@ def _check_unique_audio(samples: list[Sample], source: str) -> None:
 
 def _fail(where: str, message: str) -> NoReturn:
     raise DatasetError(f"{where}: {message}")
-
-
-_show = fields_module.show
-_kind = fields_module.kind
 
 
 def _is_number(value: Any) -> bool:

@@ -13,7 +13,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from acestep.dataset import fields as values
+from acestep.dataset import values
 from acestep.errors import DatasetError
 
 # Our field -> the names other tools give it (compared case-insensitively, spaces and "-" as "_").
