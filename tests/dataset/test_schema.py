@@ -410,3 +410,17 @@ def test_assign_uses_the_datasets_own_ratio_and_refuses_bad_ratios():
     assert genre_indices(assign_prompt_sources(dataset)) == genre_indices(assign_prompt_sources(dataset, 0.5, 3))
     with pytest.raises(DatasetError, match="genre_ratio must be a number from 0 to 1, found 1.5"):
         assign_prompt_sources(dataset, 1.5)
+
+
+# --- languages --------------------------------------------------------------------------------
+
+
+def test_language_list_is_the_official_one_and_names_map_to_codes():
+    from acestep.dataset import parse_language
+
+    assert len(VALID_LANGUAGES) == 51 and VALID_LANGUAGES[-1] == "unknown"
+    assert {"en", "zh", "yue", "ja", "ht", "sa"} <= set(VALID_LANGUAGES)
+    assert [parse_language(v) for v in ("EN", " english ", "Cantonese", "", "unknown")] == [
+        "en", "en", "yue", "unknown", "unknown"]
+    with pytest.raises(ValueError, match="found 'Elvish'"):
+        parse_language("Elvish")
