@@ -106,9 +106,9 @@ def load_audio(
             f"is too short: {len(samples)} sample{'s' if len(samples) != 1 else ''} "
             f"({len(samples) / source_rate:.4f} s); a file needs at least {MIN_SECONDS} s of audio",
         )
-    if reject_silent and (peak := _peak_dbfs(samples)) < SILENCE_DBFS:
-        raise AudioError(path, f"is silent: its peak is {peak:.1f} dBFS, below {SILENCE_DBFS:.0f} dBFS; remove it")
     stereo = _to_stereo(samples)
+    if reject_silent and (peak := _peak_dbfs(stereo)) < SILENCE_DBFS:  # of the channels kept
+        raise AudioError(path, f"is silent: its peak is {peak:.1f} dBFS, below {SILENCE_DBFS:.0f} dBFS; remove it")
     if source_rate != sample_rate:
         stereo = soxr.resample(np.ascontiguousarray(stereo), source_rate, sample_rate, quality="HQ")
     if max_seconds is not None:

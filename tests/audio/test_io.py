@@ -138,6 +138,11 @@ def test_eight_channels_keep_the_first_two(tmp_path):
     assert audio.shape == (2, SAMPLE_RATE)
     np.testing.assert_array_equal(audio, channels[:, :2].T.astype(np.float32))
 
+    channels[:, :2] = 0.0  # sound only in the channels that are dropped: silent as loaded
+    sf.write(tmp_path / "rear.wav", channels.astype(np.float32), SAMPLE_RATE, subtype="FLOAT")
+    with pytest.raises(AudioError, match="is silent"):
+        load_audio(tmp_path / "rear.wav")
+
 
 def test_integer_pcm_is_scaled_and_float_overs_are_clipped(tmp_path):
     pcm = np.zeros((SAMPLE_RATE, 2), dtype=np.int16)
