@@ -23,7 +23,7 @@ import soxr
 
 from acestep.audio.analysis import SILENCE_DBFS, integrated_loudness
 from acestep.audio.decode import AUDIO_EXTENSIONS, check_file, decode_samples, read_header
-from acestep.errors import AudioError
+from acestep.errors import AceStepError, AudioError
 
 SAMPLE_RATE = 48_000
 NORMALIZATION_MODES = ("none", "peak", "lufs", "peak_lufs")
@@ -34,6 +34,11 @@ MIN_SECONDS = 0.1  # shorter than this is a glitch or a broken export, not somet
 WAV_SUBTYPE = "PCM_24"
 
 _RESAMPLE_MARGIN_SECONDS = 0.1  # decode this much past max_seconds so the cut is not a resampler edge
+
+
+class LoudnessError(AceStepError, ValueError):
+    """Audio that cannot be normalised (silent, or no measurable loudness). An AceStepError, so
+    batch jobs record it against the file and carry on; a ValueError, as the arguments are at fault."""
 
 
 @dataclass(frozen=True)
@@ -141,8 +146,9 @@ def normalize_loudness(audio: np.ndarray, sample_rate: int, mode: str) -> np.nda
     - "peak_lufs": -14 LUFS, with the peak held at or below -1 dBFS the same way (1 dB headroom
       for lossy re-encoding and resampling overshoot).
     In: [channels, samples] (1 or 2 channels) float audio. Out: float32, same shape.
-    Raises ValueError for an unknown mode (naming the valid ones), for silent audio, and, in
-    the LUFS modes, for audio without measurable loudness (under 0.4 s or below the -70 LUFS gate).
+    Raises ValueError for an unknown mode (naming the valid ones); LoudnessError (a ValueError
+    and an AceStepError) for silent audio and, in the LUFS modes, for audio without measurable
+    loudness (under 0.4 s, or every block below the -70 LUFS gate).
     """
     if mode not in NORMALIZATION_MODES:
         raise ValueError(f"unknown normalization mode {mode!r}; valid modes are {', '.join(NORMALIZATION_MODES)}")
@@ -151,14 +157,14 @@ def normalize_loudness(audio: np.ndarray, sample_rate: int, mode: str) -> np.nda
     samples = np.asarray(audio, dtype=np.float32)
     peak = float(np.max(np.abs(samples))) if samples.size else 0.0
     if peak == 0.0:
-        raise ValueError(f"cannot normalize silent audio (peak 0) with mode {mode!r}")
+        raise LoudnessError(f"cannot normalize silent audio (peak 0) with mode {mode!r}")
     peak_target = 10.0 ** (PEAK_TARGET_DBFS / 20.0)
     if mode == "peak":
         gain = peak_target / peak
     else:
         loudness = integrated_loudness(samples, sample_rate)
         if not math.isfinite(loudness):
-            raise ValueError(
+            raise LoudnessError(
                 "cannot normalize to -14 LUFS: the audio has no measurable loudness (shorter than 0.4 s, "
                 "or every block below -70 LUFS); use mode 'peak' or 'none'"
             )

@@ -15,6 +15,7 @@ from acestep.audio import (
     NORMALIZATION_MODES,
     SAMPLE_RATE,
     FileFailure,
+    LoudnessError,
     audio_stats,
     file_content_hash,
     integrated_loudness,
@@ -25,7 +26,7 @@ from acestep.audio import (
     split_folder,
     write_wav,
 )
-from acestep.errors import AudioError
+from acestep.errors import AceStepError, AudioError
 
 LOSSY_TOLERANCE_FRAMES = int(0.060 * SAMPLE_RATE)  # encoder delay/padding a lossy codec may add
 LOSSLESS = (".wav", ".flac")
@@ -358,10 +359,13 @@ def test_none_mode_and_bad_modes(real_songs):
     with pytest.raises(ValueError) as caught:
         normalize_loudness(audio, SAMPLE_RATE, "loud")
     assert all(mode in str(caught.value) for mode in NORMALIZATION_MODES)
-    with pytest.raises(ValueError, match="silent"):
+    assert type(caught.value) is ValueError  # a settings mistake, not a per-file problem
+    # Data problems are LoudnessErrors: ValueErrors that batch jobs catch as AceStepErrors, per file.
+    with pytest.raises(LoudnessError, match="silent"):
         normalize_loudness(np.zeros((2, SAMPLE_RATE), np.float32), SAMPLE_RATE, "peak")
-    with pytest.raises(ValueError, match="no measurable loudness.*'peak'"):
+    with pytest.raises(LoudnessError, match="no measurable loudness.*'peak'") as caught:
         normalize_loudness(audio[:, : SAMPLE_RATE // 4], SAMPLE_RATE, "lufs")  # 250 ms: no 400 ms block
+    assert isinstance(caught.value, ValueError) and isinstance(caught.value, AceStepError)
 
 
 # ---------------------------------------------------------------------------------------------
