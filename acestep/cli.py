@@ -120,6 +120,8 @@ def cmd_build(args: argparse.Namespace) -> int:
                            language=args.language, seed=args.seed)
     save_dataset(result.dataset, args.out)
     print(f"Wrote {args.out}: {len(result.dataset.samples)} sample(s), {len(result.failed)} file(s) failed.")
+    for warning in result.warnings:
+        print(f"  warning: {warning}")
     _print_failures(result.failed)
     return EXIT_PARTIAL if result.failed else 0
 

@@ -48,3 +48,40 @@ def test_console_script_help_lists_commands():
     out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
     for command in ("models", "download", "inspect", "tiny-checkpoint"):
         assert command in out
+
+
+def write_tone(path, seconds, rate=48000, channels=2):
+    import numpy as np
+    import soundfile as sf
+
+    t = np.arange(int(seconds * rate)) / rate
+    tone = 0.3 * np.sin(2 * np.pi * 220 * t)
+    sf.write(path, np.stack([tone] * channels, axis=1), rate)
+
+
+def test_split_build_report_on_a_folder(tmp_path, capsys):
+    import json
+
+    library = tmp_path / "library"
+    library.mkdir()
+    write_tone(library / "long.wav", 65)
+    write_tone(library / "short.flac", 12, rate=44100, channels=1)
+    (library / "long.wav.txt").write_text("[Verse]\nhello\n")
+    (library / "broken.wav").write_text("not audio")
+
+    assert main(["split", str(library), str(tmp_path / "parts"), "--segment", "30"]) == 2  # broken.wav failed
+    assert sorted(p.name for p in (tmp_path / "parts").iterdir()) == [
+        "long_part01.wav", "long_part02.wav", "short_part01.wav"]  # 65 s: the 5 s tail is dropped
+    assert "broken.wav" in capsys.readouterr().err
+
+    dataset = library / "dataset.json"
+    assert main(["build", str(library), "--out", str(dataset), "--tag", "mystyle"]) == 2
+    data = json.loads(dataset.read_text())
+    assert data["trigger_tag"] == "mystyle" and data["tag_position"] == "prepend"
+    assert sorted(s["audio"] for s in data["samples"]) == ["long.wav", "short.flac"]
+    assert main(["build", str(library), "--out", str(dataset)]) == 1  # never overwrites edits silently
+    assert "pass --overwrite" in capsys.readouterr().err
+
+    assert main(["report", str(dataset), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["count"] == 2
