@@ -11,7 +11,6 @@ Unlike diffusers' own LoRA mixin, the scale `lora_alpha / r` (and `rank_pattern`
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from acestep.errors import AceStepError
+from acestep.jsonfile import read_json_object
 from acestep.models.convert import rename_module_path_to_diffusers
 
 PEFT_CONFIG_NAME = "adapter_config.json"
@@ -34,14 +34,8 @@ class AdapterError(AceStepError):
 
 def _read_peft_config(folder: Path) -> dict:
     path = folder / PEFT_CONFIG_NAME
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as exc:
-        raise AdapterError(f"{folder} has no {PEFT_CONFIG_NAME}: it is not a PEFT adapter folder.") from exc
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise AdapterError(f"{path} is not valid JSON ({exc}).") from exc
-    if not isinstance(config, dict):
-        raise AdapterError(f"{path} is not a JSON object.")
+    config = read_json_object(path, AdapterError,
+                              f"{folder} has no {PEFT_CONFIG_NAME}: it is not a PEFT adapter folder.")
     if config.get("peft_type") != "LORA":
         raise AdapterError(f"{path} describes a {config.get('peft_type')!r} adapter; "
                            "only PEFT LoRA/DoRA folders load here.")

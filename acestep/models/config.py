@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from acestep.errors import CheckpointError
+from acestep.jsonfile import read_json_object
 
 ACESTEP_MODEL_TYPE = "acestep"
 
@@ -271,12 +272,8 @@ def _check_consistency(raw: dict[str, Any], where: str) -> None:
 def read_model_config(folder: Path) -> AceStepModelConfig:
     """Read and validate `<folder>/config.json`."""
     path = Path(folder) / "config.json"
-    if not path.is_file():
-        raise CheckpointError(f"{path} does not exist: {folder} is not an ACE-Step checkpoint folder.")
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"{path} is not valid JSON ({exc}); re-download the checkpoint.") from exc
+    raw = read_json_object(path, CheckpointError,
+                           f"{path} does not exist: {folder} is not an ACE-Step checkpoint folder.")
     return parse_model_config(raw, source=path)
 
 
@@ -304,15 +301,8 @@ _FROM_DIFFUSERS_TRANSFORMER = (
 
 
 def _read_json(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise CheckpointError(f"{path} does not exist; the diffusers-layout checkpoint is incomplete.")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"{path} is not valid JSON ({exc}).") from exc
-    if not isinstance(data, dict):
-        raise CheckpointError(f"{path} is not a JSON object.")
-    return data
+    return read_json_object(path, CheckpointError,
+                            f"{path} does not exist; the diffusers-layout checkpoint is incomplete.")
 
 
 def config_from_diffusers(folder: Path) -> AceStepModelConfig:

@@ -6,7 +6,6 @@ checkpoint is ever run) and filled by the same strict loader as the DiT.
 
 from __future__ import annotations
 
-import json
 import warnings
 from pathlib import Path
 
@@ -14,6 +13,7 @@ import torch
 from diffusers import AutoencoderOobleck
 
 from acestep.errors import CheckpointError
+from acestep.jsonfile import read_json_object
 from acestep.models.checkpoints import TEXT_ENCODER, VAE, resolve_model_path
 from acestep.models.weights import (
     SafetensorsIndex,
@@ -31,16 +31,8 @@ DEFAULT_TEXT_ENCODER = "Qwen3-Embedding-0.6B"
 
 
 def _read_config(folder: Path) -> dict:
-    path = folder / "config.json"
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as exc:
-        raise CheckpointError(f"{path} does not exist; {folder} is not a model folder.") from exc
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise CheckpointError(f"{path} is not valid JSON ({exc}).") from exc
-    if not isinstance(config, dict):
-        raise CheckpointError(f"{path} is not a JSON object.")
-    return config
+    return read_json_object(folder / "config.json", CheckpointError,
+                            f"{folder / 'config.json'} does not exist; {folder} is not a model folder.")
 
 
 def _subfolder_if_pipeline(path: str | Path, name: str) -> str | Path:

@@ -335,9 +335,11 @@ class _OnePassEncoder:
         self.run.finished += 1
         self.run.report(index, job.source, "failed", reason)
 
-    def encode(self, todo: list[tuple[int, _Job]], stop: Callable[[], bool]) -> None:
+    def front_pass(self, todo: list[tuple[int, _Job]], stop: Callable[[], bool],
+                   handle: Callable[[int, _Job, dict], None]) -> None:
+        """Decode and encode audio and text of each sample, passing the result to `handle`.
+        The VAE and text encoder live only inside this call, so they are freed when it returns."""
         vae, text_encoder, tokenizer = self.load_front()
-        condition_encoder, timbre = self.load_condition()
         for index, job in todo:
             if stop():
                 self.run.summary.cancelled = True
@@ -348,7 +350,11 @@ class _OnePassEncoder:
             except (AceStepError, torch.OutOfMemoryError) as exc:
                 self.fail(index, job, _reason(exc))
                 continue
-            self.finish(index, job, front, condition_encoder, timbre)
+            handle(index, job, front)
+
+    def encode(self, todo: list[tuple[int, _Job]], stop: Callable[[], bool]) -> None:
+        condition_encoder, timbre = self.load_condition()
+        self.front_pass(todo, stop, lambda index, job, front: self.finish(index, job, front, condition_encoder, timbre))
 
 
 class _TwoPassEncoder(_OnePassEncoder):
@@ -359,20 +365,12 @@ class _TwoPassEncoder(_OnePassEncoder):
         work = self.run.out_dir / INTERMEDIATE_DIR
         work.mkdir(exist_ok=True)
         ready = []
-        vae, text_encoder, tokenizer = self.load_front()
-        for index, job in todo:
-            if stop():
-                self.run.summary.cancelled = True
-                break
-            self.run.report(index, job.source, "encoding")
-            try:
-                front = self.front(job, vae, text_encoder, tokenizer)
-            except (AceStepError, torch.OutOfMemoryError) as exc:
-                self.fail(index, job, _reason(exc))
-                continue
+
+        def keep(index: int, job: _Job, front: dict) -> None:
             save_tensors(work / f"{job.id}.safetensors", front, {"id": job.id})
             ready.append((index, job))
-        del vae, text_encoder, tokenizer
+
+        self.front_pass(todo, stop, keep)
         _free_memory(self.device)
         if ready:
             condition_encoder, timbre = self.load_condition()
