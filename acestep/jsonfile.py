@@ -17,8 +17,12 @@ def read_json_object(path: Path, error: type[AceStepError], missing: str) -> dic
         data = json.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError as exc:
         raise error(missing) from exc
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise error(f"{path} is not valid JSON ({exc}).") from exc
+    except IsADirectoryError as exc:
+        raise error(f"{path} is a folder, not a JSON file.") from exc
+    except json.JSONDecodeError as exc:
+        raise error(f"{path} is not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno}).") from exc
+    except (UnicodeDecodeError, ValueError, RecursionError, OSError) as exc:  # not UTF-8, absurd nesting
+        raise error(f"{path} is not readable JSON ({type(exc).__name__}: {exc}).") from exc
     if not isinstance(data, dict):
         raise error(f"{path} is not a JSON object.")
     return data
