@@ -44,3 +44,11 @@ class DatasetError(AceStepError):
 
 class PreprocessError(AceStepError):
     """Preprocessing cannot run or its output directory is inconsistent."""
+
+
+class ConfigError(AceStepError):
+    """A training config (TOML, `--set` override or preset) is malformed; names the field."""
+
+
+class TrainingError(AceStepError):
+    """Training cannot start or continue: a missing package, a non-finite loss, a bad resume."""
