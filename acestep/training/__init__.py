@@ -1,0 +1,1 @@
+"""Training engine: the faithful objective, optimizers and schedulers, adapters, the loop, checkpoints."""
