@@ -1,0 +1,138 @@
+"""Checkpoints in a run folder: written completely or not at all.
+
+    run/checkpoints/step-000120/
+        adapter/            the adapter as users load it (PEFT folder, or LoKr weights)
+        state.json          optimizer, scheduler, counters, RNG states, data position (structure)
+        state.safetensors   ... and their tensors (no pickle anywhere)
+        COMPLETE            written last; a folder without it is ignored
+
+A checkpoint is assembled in a hidden temporary folder and renamed into place, so a crash, a
+SIGKILL or a full disk in the middle leaves the previous checkpoints untouched and usable.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from acestep.errors import TrainingError
+from acestep.training.state import load_state, save_state
+
+CHECKPOINTS_DIR = "checkpoints"
+COMPLETE_MARKER = "COMPLETE"
+ADAPTER_DIR = "adapter"
+
+
+def checkpoint_name(step: int) -> str:
+    return f"step-{step:06d}"
+
+
+def _fsync_dir(path: Path) -> None:
+    with contextlib.suppress(OSError):  # not every file system lets a folder be opened for fsync
+        handle = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(handle)
+        finally:
+            os.close(handle)
+
+
+@contextlib.contextmanager
+def atomic_directory(final: Path) -> Iterator[Path]:
+    """Yield a temporary sibling folder to fill; on success it replaces `final` in one rename
+    (an older `final` is moved aside first and deleted after). On any error the temporary folder
+    is removed and `final` is left as it was. A full disk becomes a `TrainingError` that says the
+    previous files are intact."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.parent / f".{final.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        yield tmp
+        old = final.parent / f".{final.name}.old-{os.getpid()}"
+        if final.exists():
+            final.rename(old)
+        tmp.rename(final)
+        shutil.rmtree(old, ignore_errors=True)
+        _fsync_dir(final.parent)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if exc.errno == errno.ENOSPC:
+            raise TrainingError(
+                f"The disk is full: could not write {final}. The previous checkpoints are intact; free some "
+                "space and resume the run."
+            ) from exc
+        raise
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def write_checkpoint(run_dir: Path, step: int, state: dict, save_adapter_into) -> Path:
+    """Write `checkpoints/step-N/`: `save_adapter_into(folder)` writes the adapter, `state` the
+    rest; the completion marker goes last. Returns the checkpoint folder."""
+    final = Path(run_dir) / CHECKPOINTS_DIR / checkpoint_name(step)
+    with atomic_directory(final) as tmp:
+        save_adapter_into(tmp / ADAPTER_DIR)
+        save_state(state, tmp)
+        marker = {"step": step, "epoch": state.get("epoch"), "time": time.time()}
+        with open(tmp / COMPLETE_MARKER, "w", encoding="utf-8") as handle:
+            handle.write(json.dumps(marker) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+    return final
+
+
+def is_complete(folder: Path) -> bool:
+    return (Path(folder) / COMPLETE_MARKER).is_file()
+
+
+def complete_checkpoints(run_dir: Path) -> list[Path]:
+    """Complete step checkpoints of a run, oldest first (temporary and partial folders skipped)."""
+    root = Path(run_dir) / CHECKPOINTS_DIR
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if p.is_dir() and p.name.startswith("step-") and is_complete(p)]
+    return sorted(found, key=lambda p: p.name)
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    found = complete_checkpoints(run_dir)
+    return found[-1] if found else None
+
+
+def prune_checkpoints(run_dir: Path, keep: int) -> None:
+    """Delete all but the `keep` newest complete checkpoints, and leftover temporary folders."""
+    for old in complete_checkpoints(run_dir)[:-keep] if keep > 0 else []:
+        shutil.rmtree(old, ignore_errors=True)
+    root = Path(run_dir) / CHECKPOINTS_DIR
+    if root.is_dir():
+        for leftover in root.glob(".step-*"):
+            shutil.rmtree(leftover, ignore_errors=True)
+
+
+def read_checkpoint(folder: Path) -> dict:
+    """The training state of a complete checkpoint; `TrainingError` for a partial one."""
+    folder = Path(folder)
+    if not is_complete(folder):
+        raise TrainingError(f"{folder} is not a complete checkpoint (no {COMPLETE_MARKER} marker): it was "
+                            "interrupted while being written. Resume from the run folder to use the last complete one.")
+    return load_state(folder)
+
+
+def resolve_resume(path: Path) -> tuple[Path, Path]:
+    """`--resume` accepts a run folder (its newest complete checkpoint) or one checkpoint folder.
+    Returns (run folder, checkpoint folder)."""
+    path = Path(path).resolve()
+    if is_complete(path) and path.parent.name == CHECKPOINTS_DIR:
+        return path.parent.parent, path
+    latest = latest_checkpoint(path)
+    if latest is None:
+        raise TrainingError(f"{path} holds no complete checkpoint to resume from (looked in {path / CHECKPOINTS_DIR}).")
+    return path, latest

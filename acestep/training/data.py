@@ -1,0 +1,159 @@
+"""Training data: preprocessed samples, random crops, length-grouped batches, padding masks.
+
+Everything random here is a pure function of (seed, epoch, sample index), so the order of batches
+and the crops of an epoch are the same after a resume: the loop only has to remember the epoch
+and how many batches of it were done.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch.utils.data import Dataset, Sampler
+
+from acestep.preprocess.tensors import PreprocessedDataset
+
+FRAMES_PER_SECOND = 25
+
+
+def derived_seed(*parts: int | str) -> int:
+    """A 63-bit seed from any parts (run seed, epoch, sample, step...): stable across runs and
+    processes, unlike Python's `hash`."""
+    text = "/".join(str(part) for part in parts)
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little") >> 1
+
+
+@dataclass
+class TrainingBatch:
+    """A padded batch. `frame_mask` [B, T] marks real latent frames; `encoder_mask` [B, L] real
+    condition tokens (the model attends over padding anyway; the loss never counts it)."""
+
+    target_latents: torch.Tensor
+    frame_mask: torch.Tensor
+    encoder_hidden_states: torch.Tensor
+    encoder_mask: torch.Tensor
+    ids: list[str]
+
+    def to(self, device: torch.device) -> TrainingBatch:
+        return TrainingBatch(self.target_latents.to(device, non_blocking=True),
+                             self.frame_mask.to(device, non_blocking=True),
+                             self.encoder_hidden_states.to(device, non_blocking=True),
+                             self.encoder_mask.to(device, non_blocking=True), self.ids)
+
+    def __len__(self) -> int:
+        return self.target_latents.shape[0]
+
+
+def split_train_validation(count: int, validation_split: float, seed: int) -> tuple[list[int], list[int]]:
+    """Seeded split of sample indices; at least one training sample, and one validation sample
+    whenever the split is above 0."""
+    indices = list(range(count))
+    if validation_split <= 0 or count < 2:
+        return indices, []
+    random.Random(seed).shuffle(indices)
+    held = min(count - 1, max(1, round(count * validation_split)))
+    return sorted(indices[held:]), sorted(indices[:held])
+
+
+class CroppedSamples(Dataset):
+    """Samples of a tensors directory, each cut to at most `max_frames` latent frames.
+
+    Training crops start at a random offset drawn from (seed, epoch, index); validation crops
+    (`random_crop=False`) always start at 0, so the validation loss is comparable across epochs.
+    """
+
+    def __init__(self, samples: PreprocessedDataset, indices: Sequence[int], max_frames: int | None,
+                 seed: int, random_crop: bool = True):
+        self.samples, self.indices, self.max_frames = samples, list(indices), max_frames
+        self.seed, self.random_crop, self.epoch = seed, random_crop, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def frames(self) -> list[int]:
+        """Length of each item after cropping (what batching groups by)."""
+        lengths = [self.samples.frames[i] for i in self.indices]
+        return [min(n, self.max_frames) if self.max_frames else n for n in lengths]
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, position: int) -> dict:
+        index = self.indices[position]
+        item = self.samples[index]
+        latents = item["target_latents"]
+        frames = latents.shape[0]
+        if self.max_frames and frames > self.max_frames:
+            offset = 0
+            if self.random_crop:
+                offset = random.Random(derived_seed(self.seed, "crop", self.epoch, index)).randrange(
+                    frames - self.max_frames + 1)
+            latents = latents[offset: offset + self.max_frames]
+        return {"target_latents": latents, "encoder_hidden_states": item["encoder_hidden_states"],
+                "encoder_attention_mask": item["encoder_attention_mask"], "id": item["id"]}
+
+
+def collate(items: list[dict]) -> TrainingBatch:
+    """Pad latents and conditions to the longest item with zeros and build the masks."""
+    frames = max(item["target_latents"].shape[0] for item in items)
+    tokens = max(item["encoder_hidden_states"].shape[0] for item in items)
+    batch = len(items)
+    first = items[0]
+    latents = first["target_latents"].new_zeros(batch, frames, first["target_latents"].shape[1])
+    frame_mask = torch.zeros(batch, frames, dtype=torch.bool)
+    states = first["encoder_hidden_states"].new_zeros(batch, tokens, first["encoder_hidden_states"].shape[1])
+    encoder_mask = torch.zeros(batch, tokens, dtype=torch.bool)
+    for row, item in enumerate(items):
+        n, length = item["target_latents"].shape[0], item["encoder_hidden_states"].shape[0]
+        latents[row, :n] = item["target_latents"]
+        frame_mask[row, :n] = True
+        states[row, :length] = item["encoder_hidden_states"]
+        encoder_mask[row, :length] = item["encoder_attention_mask"].bool()
+    return TrainingBatch(latents.float(), frame_mask, states, encoder_mask, [item["id"] for item in items])
+
+
+class EpochBatches(Sampler[list[int]]):
+    """The batches of one epoch for one process, as lists of dataset positions.
+
+    With `group_by_length`, positions are shuffled, cut into windows of 32 batches, sorted by
+    length inside each window and batched, then the batches are shuffled: batches hold similar
+    lengths (little padding) while the order stays random. Under DDP every process gets every
+    `world_size`-th batch; the last incomplete round is dropped so all processes take the same
+    number of steps. `skip` drops the first batches of the epoch (resume).
+    """
+
+    WINDOW_BATCHES = 32
+
+    def __init__(self, lengths: Sequence[int], batch_size: int, seed: int, epoch: int,
+                 group_by_length: bool = True, rank: int = 0, world_size: int = 1, skip: int = 0):
+        self.lengths, self.batch_size, self.seed, self.epoch = list(lengths), batch_size, seed, epoch
+        self.group_by_length, self.rank, self.world_size, self.skip = group_by_length, rank, world_size, skip
+
+    def all_batches(self) -> list[list[int]]:
+        """Every process's batches for this epoch, in order (before sharding)."""
+        order = list(range(len(self.lengths)))
+        rng = random.Random(derived_seed(self.seed, "order", self.epoch))
+        rng.shuffle(order)
+        if self.group_by_length:
+            window = self.batch_size * self.WINDOW_BATCHES
+            order = [p for start in range(0, len(order), window)
+                     for p in sorted(order[start:start + window], key=lambda q: self.lengths[q])]
+        batches = [order[i:i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+        if self.group_by_length:
+            rng.shuffle(batches)
+        return batches
+
+    def local_batches(self) -> list[list[int]]:
+        batches = self.all_batches()
+        rounds = len(batches) // self.world_size if self.world_size > 1 else len(batches)
+        return batches[self.rank: rounds * self.world_size: self.world_size]
+
+    def __len__(self) -> int:
+        return max(0, len(self.local_batches()) - self.skip)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return iter(self.local_batches()[self.skip:])

@@ -1,0 +1,101 @@
+"""Adapters attach where asked, train only themselves, and save in the official PEFT layout."""
+
+import json
+
+import pytest
+import torch
+
+from acestep.errors import TrainingError
+from acestep.export import load_adapter
+from acestep.models import load_acestep
+from acestep.training.adapters import add_adapter, save_adapter, target_module_names
+
+
+@pytest.fixture
+def transformer(fixture_dir):
+    return load_acestep(fixture_dir, dtype=torch.float32, components=("transformer",)).transformer
+
+
+def inputs(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return {"hidden_states": torch.randn(2, 13, 64, generator=g), "timestep": torch.tensor([0.7, 0.2]),
+            "timestep_r": torch.tensor([0.7, 0.2]), "encoder_hidden_states": torch.randn(2, 9, 64, generator=g),
+            "context_latents": torch.randn(2, 13, 128, generator=g)}
+
+
+@pytest.mark.parametrize("targets, mlp, count", [("attention", False, 32), ("self_attention", False, 16),
+                                                 ("cross_attention", True, 28), ("attention", True, 44)])
+def test_target_selection(transformer, targets, mlp, count):
+    names = target_module_names(transformer, targets, mlp)
+    assert len(names) == count
+    if targets == "self_attention":
+        assert all(".self_attn." in n for n in names)
+
+
+def test_explicit_modules_accept_official_names(transformer):
+    assert target_module_names(transformer, modules=["layers.0.self_attn.q_proj", "o_proj"]) == [
+        "layers.0.self_attn.to_q", "layers.0.self_attn.to_out.0", "layers.0.cross_attn.to_out.0",
+        "layers.1.self_attn.to_out.0", "layers.1.cross_attn.to_out.0", "layers.2.self_attn.to_out.0",
+        "layers.2.cross_attn.to_out.0", "layers.3.self_attn.to_out.0", "layers.3.cross_attn.to_out.0"]
+    with pytest.raises(TrainingError, match="No module"):
+        target_module_names(transformer, modules=["nothing_like_this"])
+
+
+@pytest.mark.parametrize("kind", ["lora", "dora", "lokr"])
+def test_only_adapter_weights_train_and_they_are_fp32(fixture_dir, kind):
+    transformer = load_acestep(fixture_dir, dtype=torch.bfloat16, components=("transformer",)).transformer
+    adapter = add_adapter(transformer, kind, rank=4, alpha=8, targets="attention")
+    trainable = adapter.parameters()
+    assert trainable and all(p.dtype == torch.float32 for p in trainable)
+    assert all(not p.requires_grad for n, p in transformer.named_parameters() if "lora_" not in n)
+    assert {p.dtype for n, p in transformer.named_parameters() if "lora_" not in n} == {torch.bfloat16}
+
+
+@pytest.mark.parametrize("kind", ["lora", "dora"])
+def test_saved_peft_folder_uses_official_names_and_reloads_identically(fixture_dir, tmp_path, kind):
+    transformer = load_acestep(fixture_dir, dtype=torch.float32, components=("transformer",)).transformer
+    adapter = add_adapter(transformer, kind, rank=4, alpha=8, dropout=0.0)
+    with torch.no_grad():
+        for p in adapter.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    transformer.eval()
+    expected = transformer(**inputs()).sample
+    save_adapter(adapter, tmp_path / "adapter", {"trigger_tag": "mystyle"})
+    config = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
+    assert config["r"] == 4 and config["lora_alpha"] == 8 and config["use_dora"] == (kind == "dora")
+    assert sorted(config["target_modules"])[0] == "layers.0.cross_attn.k_proj"
+    from safetensors import safe_open
+    with safe_open(tmp_path / "adapter" / "adapter_model.safetensors", "pt") as handle:
+        keys = list(handle.keys())
+    assert "base_model.model.layers.0.self_attn.q_proj.lora_A.weight" in keys
+    assert not any(".default" in k or "to_q" in k for k in keys)
+    fresh = load_acestep(fixture_dir, dtype=torch.float32, components=("transformer",)).transformer
+    load_adapter(fresh, tmp_path / "adapter")
+    assert (fresh(**inputs()).sample - expected).abs().max() < 1e-5
+
+
+def test_adapter_state_dict_round_trip(transformer):
+    adapter = add_adapter(transformer, "lokr", rank=4, alpha=4)
+    state = {k: v.clone() + 1 for k, v in adapter.state_dict().items()}
+    adapter.load_state_dict(state)
+    assert all(torch.equal(adapter.state_dict()[k], v) for k, v in state.items())
+    with pytest.raises(TrainingError, match="does not match"):
+        adapter.load_state_dict({"unknown": torch.zeros(1)})
+
+
+def test_lokr_saves_native_weights_that_reload(fixture_dir, tmp_path):
+    from acestep.training.adapters import load_lokr_weights
+
+    transformer = load_acestep(fixture_dir, dtype=torch.float32, components=("transformer",)).transformer
+    adapter = add_adapter(transformer, "lokr", rank=4, alpha=4)
+    with torch.no_grad():
+        for p in adapter.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    expected = transformer(**inputs()).sample
+    save_adapter(adapter, tmp_path / "lokr")
+    assert (tmp_path / "lokr" / "lokr_weights.safetensors").is_file()
+    fresh_model = load_acestep(fixture_dir, dtype=torch.float32, components=("transformer",)).transformer
+    fresh = add_adapter(fresh_model, "lokr", rank=4, alpha=4)
+    assert (fresh_model(**inputs()).sample - expected).abs().max() > 1e-4
+    load_lokr_weights(fresh, tmp_path / "lokr")
+    assert (fresh_model(**inputs()).sample - expected).abs().max() < 1e-5

@@ -1,0 +1,62 @@
+"""Checkpoints are complete or absent: crashes and full disks never leave a half checkpoint in use."""
+
+import errno
+import os
+
+import pytest
+
+from acestep.errors import TrainingError
+from acestep.training import checkpoint as ckpt
+
+
+def write_adapter(folder):
+    folder.mkdir(parents=True)
+    (folder / "adapter_model.safetensors").write_bytes(b"weights")
+
+
+def test_complete_checkpoint_round_trip_and_latest(tmp_path):
+    for step in (10, 20, 30):
+        ckpt.write_checkpoint(tmp_path, step, {"epoch": 1, "progress": {"step": step}}, write_adapter)
+    assert [p.name for p in ckpt.complete_checkpoints(tmp_path)] == ["step-000010", "step-000020", "step-000030"]
+    assert ckpt.read_checkpoint(ckpt.latest_checkpoint(tmp_path))["progress"] == {"step": 30}
+    ckpt.prune_checkpoints(tmp_path, keep=2)
+    assert [p.name for p in ckpt.complete_checkpoints(tmp_path)] == ["step-000020", "step-000030"]
+
+
+def test_interrupted_write_leaves_the_previous_checkpoint(tmp_path):
+    ckpt.write_checkpoint(tmp_path, 10, {"epoch": 0}, write_adapter)
+
+    def crash(folder):
+        write_adapter(folder)
+        raise KeyboardInterrupt  # a stop in the middle of writing
+
+    with pytest.raises(KeyboardInterrupt):
+        ckpt.write_checkpoint(tmp_path, 20, {"epoch": 0}, crash)
+    assert [p.name for p in ckpt.complete_checkpoints(tmp_path)] == ["step-000010"]
+    assert not list((tmp_path / "checkpoints").glob(".step-*"))
+
+
+def test_folder_without_marker_is_never_used(tmp_path):
+    ckpt.write_checkpoint(tmp_path, 10, {"epoch": 0}, write_adapter)
+    partial = tmp_path / "checkpoints" / "step-000020"
+    partial.mkdir()  # what a SIGKILL could leave with a non-atomic writer
+    assert ckpt.latest_checkpoint(tmp_path).name == "step-000010"
+    with pytest.raises(TrainingError, match="not a complete checkpoint"):
+        ckpt.read_checkpoint(partial)
+    assert ckpt.resolve_resume(tmp_path) == (tmp_path.resolve(), (tmp_path / "checkpoints" / "step-000010").resolve())
+
+
+def test_full_disk_is_a_clear_error_and_keeps_the_previous_checkpoint(tmp_path):
+    ckpt.write_checkpoint(tmp_path, 10, {"epoch": 0}, write_adapter)
+
+    def disk_full(folder):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    with pytest.raises(TrainingError, match="The disk is full.*previous checkpoints are intact"):
+        ckpt.write_checkpoint(tmp_path, 20, {"epoch": 0}, disk_full)
+    assert [p.name for p in ckpt.complete_checkpoints(tmp_path)] == ["step-000010"]
+
+
+def test_resume_of_a_run_without_checkpoints_is_refused(tmp_path):
+    with pytest.raises(TrainingError, match="holds no complete checkpoint"):
+        ckpt.resolve_resume(tmp_path)

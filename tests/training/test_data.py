@@ -1,0 +1,88 @@
+"""Crops, batches and masks: deterministic per (seed, epoch), resumable, padding marked."""
+
+import pytest
+import torch
+
+from acestep.training.data import CroppedSamples, EpochBatches, collate, derived_seed, split_train_validation
+
+
+class FakeSamples:
+    """Stands in for PreprocessedDataset: sample i has 10 + 7*i frames whose values are the frame index."""
+
+    def __init__(self, count=6):
+        self.frames = [10 + 7 * i for i in range(count)]
+
+    def __len__(self):
+        return len(self.frames)
+
+    def __getitem__(self, index):
+        n = self.frames[index]
+        return {"target_latents": torch.arange(n, dtype=torch.float32)[:, None].expand(n, 64).clone(),
+                "encoder_hidden_states": torch.ones(5 + index, 8), "encoder_attention_mask": torch.ones(5 + index),
+                "id": f"s{index}", "frames": n}
+
+
+def test_derived_seed_is_stable_and_distinct():
+    assert derived_seed(42, "crop", 0, 3) == derived_seed(42, "crop", 0, 3)
+    assert derived_seed(42, "crop", 0, 3) != derived_seed(42, "crop", 1, 3)
+    assert 0 <= derived_seed("x") < 2**63
+
+
+def test_random_crops_depend_on_epoch_and_repeat_for_a_seed():
+    data = CroppedSamples(FakeSamples(), range(6), max_frames=12, seed=1)
+    data.set_epoch(0)
+    first = [data[i]["target_latents"][0, 0].item() for i in range(6)]
+    again = [data[i]["target_latents"][0, 0].item() for i in range(6)]
+    data.set_epoch(1)
+    other = [data[i]["target_latents"][0, 0].item() for i in range(6)]
+    assert first == again and first != other
+    assert all(data[i]["target_latents"].shape[0] == min(12, 10 + 7 * i) for i in range(6))
+    assert data.frames() == [10, 12, 12, 12, 12, 12]
+
+
+def test_validation_crops_start_at_zero():
+    data = CroppedSamples(FakeSamples(), range(6), max_frames=12, seed=1, random_crop=False)
+    assert all(data[i]["target_latents"][0, 0].item() == 0 for i in range(6))
+
+
+def test_collate_pads_with_masks():
+    data = CroppedSamples(FakeSamples(), range(6), max_frames=None, seed=1)
+    batch = collate([data[0], data[2]])
+    assert batch.target_latents.shape == (2, 24, 64)
+    assert batch.frame_mask.sum(dim=1).tolist() == [10, 24]
+    assert batch.target_latents[0, 10:].abs().sum() == 0
+    assert batch.encoder_hidden_states.shape == (2, 7, 8)
+    assert batch.encoder_mask.sum(dim=1).tolist() == [5, 7]
+    assert batch.ids == ["s0", "s2"]
+
+
+def test_epoch_batches_cover_every_sample_once_and_group_lengths():
+    lengths = [((i * 37) % 101) + 1 for i in range(64)]
+    batches = EpochBatches(lengths, batch_size=4, seed=3, epoch=0).all_batches()
+    assert sorted(p for b in batches for p in b) == list(range(64))
+    # grouped: the spread of lengths inside a batch is far below the spread overall
+    spread = sum(max(lengths[p] for p in b) - min(lengths[p] for p in b) for b in batches) / len(batches)
+    assert spread < 15
+    assert EpochBatches(lengths, 4, 3, 1).all_batches() != batches
+
+
+def test_skip_resumes_inside_an_epoch():
+    lengths = list(range(1, 18))
+    full = list(EpochBatches(lengths, 1, seed=9, epoch=2))
+    assert list(EpochBatches(lengths, 1, seed=9, epoch=2, skip=5)) == full[5:]
+    assert len(EpochBatches(lengths, 1, seed=9, epoch=2, skip=5)) == 12
+
+
+def test_ranks_get_disjoint_equal_shares():
+    lengths = list(range(1, 12))  # 11 batches of 1: two ranks train 5 each, the last round is dropped
+    rank0 = EpochBatches(lengths, 1, 0, 0, rank=0, world_size=2).local_batches()
+    rank1 = EpochBatches(lengths, 1, 0, 0, rank=1, world_size=2).local_batches()
+    assert len(rank0) == len(rank1) == 5
+    assert not {p for b in rank0 for p in b} & {p for b in rank1 for p in b}
+
+
+@pytest.mark.parametrize("count, split, held", [(10, 0.2, 2), (10, 0.0, 0), (3, 0.5, 2), (1, 0.5, 0), (4, 0.01, 1)])
+def test_validation_split(count, split, held):
+    train, val = split_train_validation(count, split, seed=5)
+    assert len(val) == held and sorted(train + val) == list(range(count))
+    assert split_train_validation(count, split, seed=5) == (train, val)

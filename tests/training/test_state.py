@@ -1,0 +1,29 @@
+"""Training state round-trips bit for bit without pickle."""
+
+import random
+
+import numpy as np
+import torch
+
+from acestep.training.state import load_state, save_state
+
+
+def test_optimizer_state_round_trips_exactly(tmp_path):
+    model = torch.nn.Linear(8, 4)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    for _ in range(3):
+        model(torch.randn(2, 8)).square().sum().backward()
+        optimizer.step()
+    state = {"optimizer": optimizer.state_dict(), "rng": {"torch": torch.get_rng_state(),
+             "numpy": np.random.get_state(), "python": random.getstate()}, "progress": {"step": 3, "best": None,
+             "metrics": [0.5, float("inf")]}}
+    save_state(state, tmp_path)
+    loaded = load_state(tmp_path)
+    fresh = torch.optim.AdamW(torch.nn.Linear(8, 4).parameters(), lr=1e-3)
+    fresh.load_state_dict(loaded["optimizer"])
+    for key, value in optimizer.state_dict()["state"][0].items():
+        assert torch.equal(fresh.state_dict()["state"][0][key], value)
+    assert loaded["progress"] == {"step": 3, "best": None, "metrics": [0.5, float("inf")]}
+    assert torch.equal(loaded["rng"]["torch"], state["rng"]["torch"])
+    random.setstate((loaded["rng"]["python"][0], tuple(loaded["rng"]["python"][1]), loaded["rng"]["python"][2]))
+    assert not list(tmp_path.glob("*.pt"))
