@@ -1,0 +1,368 @@
+"""The training config's schema: the dataclass tree, what each field does and allows, and the
+rules between fields. The functions that load, check and save it are in `acestep.training.config`.
+
+Each field's metadata holds `help` (what it does; the training guide is generated from it, see
+`describe_fields`), its allowed values (`choices`, or bounds `ge`/`gt`/`le`/`lt`; `allowed` words
+them where a rule below checks them), `required` (what an empty value lacks) and `path` (a
+folder, made absolute by `resolve_paths`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field, fields
+from typing import Any, Callable, NamedTuple
+
+from acestep.errors import ConfigError
+from acestep.training.config_values import FieldType, bounds_text, check_rules, is_int, show
+
+CONFIG_VERSION = 1
+_SEED_MAX = 2**32 - 1  # numpy and Lightning's seed_everything accept 0 .. 2**32 - 1
+
+
+def _option(default: Any, help: str, **rules: Any) -> Any:
+    """A dataclass field with its help text and allowed values (see the module docstring)."""
+    metadata = {"help": help, **rules}
+    if isinstance(default, list):
+        return field(default_factory=default.copy, metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+@dataclass
+class ModelConfig:
+    """The base model to train and how its frozen weights are held."""
+
+    checkpoint: str = _option(
+        "acestep-v15-turbo", "The ACE-Step 1.5 DiT to train: a model folder, the name of a folder in the "
+        "checkpoints directory (acestep-v15-turbo, acestep-v15-base, ...), or a Hugging Face id. The tensors "
+        "must have been preprocessed with the same model.", required="the model to train")
+    checkpoints_dir: str | None = _option(
+        None, "Folder where model folders are found and downloaded to. Unset: $ACESTEP_CHECKPOINTS_DIR, "
+        "else checkpoints/ in the project folder.", path=True)
+    dtype: str = _option(
+        "auto", "Dtype of the frozen base weights: auto (bf16 on CUDA, fp32 on CPU), bf16, fp16 or fp32. "
+        "The adapter's own weights always train in fp32.", choices=("auto", "bf16", "fp16", "fp32"))
+
+
+@dataclass
+class DataConfig:
+    """The preprocessed samples and how they are batched."""
+
+    tensors_dir: str = _option(
+        "", "Required. The folder written by `acestep-trainer preprocess` (manifest.json and one "
+        ".safetensors file per sample).", required="the folder written by `acestep-trainer preprocess`",
+        path=True)
+    batch_size: int = _option(
+        1, "Samples per forward pass. More uses more VRAM; gradient_accumulation gives a larger "
+        "effective batch without it.", ge=1)
+    max_seconds: float | None = _option(
+        60.0, "Each step trains on a random crop of at most this many seconds of each sample; "
+        "\"none\" trains on whole samples. Shorter crops use less VRAM.", gt=0)
+    group_by_length: bool = _option(
+        True, "Batch samples of similar length together, so less padding is computed (padded frames "
+        "never count in the loss).")
+    validation_split: float = _option(
+        0.0, "Share of the samples held out for validation (0: none). When set, the validation loss "
+        "decides best/ and early stopping.", ge=0, le=0.5)
+    validation_seed: int = _option(
+        1234, "Seed of the choice of validation samples and of their fixed noise, apart from run.seed.",
+        ge=0, le=_SEED_MAX)
+    num_workers: int = _option(
+        0, "Data-loader worker processes (0: load in the training process; tensors are small).", ge=0)
+
+
+@dataclass
+class AdapterConfig:
+    """The adapter trained on the transformer."""
+
+    type: str = _option(
+        "lora", "lora (PEFT LoRA), dora (PEFT DoRA: LoRA plus a learned magnitude per output) or lokr "
+        "(LyCORIS LoKr).", choices=("lora", "dora", "lokr"))
+    rank: int = _option(
+        64, "Rank of the low-rank update: higher learns more detail and makes a larger file.", ge=1)
+    alpha: float = _option(
+        128.0, "The update is scaled by alpha / rank; alpha = 2 x rank is the usual choice.", gt=0)
+    dropout: float = _option(0.1, "Dropout on the adapter's input during training.", ge=0, lt=1)
+    targets: str = _option(
+        "attention", "Attention layers that get an adapter: self_attention, cross_attention (attends to "
+        "the text and lyrics condition) or attention (both).",
+        choices=("self_attention", "cross_attention", "attention"))
+    mlp: bool = _option(
+        False, "Also adapt the MLP projections (gate_proj, up_proj, down_proj) of every layer: more "
+        "capacity, more memory.")
+    modules: list[str] = _option(
+        [], "Explicit module names to adapt (e.g. [\"q_proj\", \"v_proj\"]); when not empty they replace "
+        "targets and mlp.")
+    lokr_factor: int = _option(
+        -1, "LoKr only: the Kronecker decomposition factor (-1: automatic, else at least 1).",
+        allowed="-1 or at least 1")
+
+
+@dataclass
+class ObjectiveConfig:
+    """What the model is trained to predict, and at which timesteps."""
+
+    timestep_sampling: str = _option(
+        "logit_normal", "logit_normal: the model's own pre-training distribution (sample_t_r: the larger of "
+        "two draws of sigmoid(N(mu, sigma)), drawn in fp32). turbo_discrete: the 8-step shift-3 turbo "
+        "table, for comparison only.", choices=("logit_normal", "turbo_discrete"))
+    timestep_mu: float | None = _option(
+        None, "Mean of the logit-normal timestep distribution; unset: the checkpoint's config (-0.4).")
+    timestep_sigma: float | None = _option(
+        None, "Standard deviation of the logit-normal timestep distribution; unset: the checkpoint's "
+        "config (1.0).", gt=0)
+    cfg_dropout: float = _option(
+        0.15, "Probability that a sample's whole condition is replaced by the model's learned null "
+        "condition, so classifier-free guidance keeps working with the adapter.", ge=0, le=1)
+    min_snr_gamma: float | None = _option(
+        None, "Min-SNR-gamma loss weighting (5 is typical); unset: off, every timestep weighs the same.",
+        gt=0)
+
+
+@dataclass
+class OptimizerConfig:
+    """The optimizer and the learning-rate schedule."""
+
+    name: str = _option(
+        "adamw", "adamw; adamw8bit (bitsandbytes, less optimizer memory); adafactor (least memory); "
+        "prodigy (estimates the step size itself: keep lr near 1.0).",
+        choices=("adamw", "adamw8bit", "adafactor", "prodigy"))
+    lr: float = _option(
+        1e-4, "Peak learning rate. With prodigy it multiplies Prodigy's own estimate and must be from "
+        "0.1 to 10 (1.0 is usual).", gt=0, allowed="more than 0; from 0.1 to 10 with prodigy")
+    weight_decay: float = _option(0.01, "Decoupled weight decay on the adapter weights.", ge=0)
+    betas: list[float] = _option(
+        [0.9, 0.999], "The optimizer's [beta1, beta2] (moving-average factors of Adam-style optimizers), "
+        "each at least 0 and less than 1.", allowed="two numbers, each at least 0 and less than 1")
+    eps: float = _option(1e-8, "Epsilon added to the optimizer's denominator for numerical stability.", gt=0)
+    grad_clip: float | None = _option(
+        1.0, "Clip the gradient norm to this value; \"none\": no clipping.", gt=0)
+    scheduler: str = _option(
+        "cosine", "Learning-rate schedule: cosine (warmup, then cosine decay to 0), cosine_with_restarts "
+        "(`restarts` cosine cycles), linear (warmup, then linear decay to 0), constant (lr throughout, no "
+        "warmup), constant_with_warmup (warmup, then lr).",
+        choices=("cosine", "cosine_with_restarts", "linear", "constant", "constant_with_warmup"))
+    warmup_steps: int = _option(
+        100, "Optimizer steps of linear warmup from 0 to lr; checked to be below the run's total "
+        "optimizer steps when the run starts.", ge=0)
+    restarts: int = _option(1, "Cosine cycles of cosine_with_restarts.", ge=1)
+    gradient_accumulation: int = _option(
+        1, "Batches whose gradients are summed before each optimizer step; effective batch = "
+        "batch_size x gradient_accumulation x GPUs.", ge=1)
+
+
+@dataclass
+class RunConfig:
+    """Where the run goes, how long it runs, on what hardware, and when it saves."""
+
+    output_dir: str = _option(
+        "runs", "Parent folder of run folders: a run is written to <output_dir>/<name>/.",
+        required="the parent folder of run folders", path=True)
+    name: str = _option(
+        "", "Run folder name; empty: the start date-time and the adapter type. No / \\ : * ? \" < > |.")
+    epochs: int = _option(10, "Passes over the training samples.", ge=1)
+    max_steps: int | None = _option(
+        None, "Stop after this many optimizer steps even before the last epoch; unset: no cap.", ge=1)
+    seed: int = _option(
+        42, "Seed of every random number generator of training: data order, crops, noise, timesteps, "
+        "dropout.", ge=0, le=_SEED_MAX)
+    precision: str = _option(
+        "auto", "auto (bf16-mixed on CUDA GPUs with bf16, 16-mixed on older CUDA GPUs, 32-true on CPU), "
+        "bf16-mixed, 16-mixed or 32-true.", choices=("auto", "bf16-mixed", "16-mixed", "32-true"))
+    accelerator: str = _option("auto", "auto, cuda, cpu or mps.", choices=("auto", "cuda", "cpu", "mps"))
+    devices: int | str = _option(
+        1, "A number of devices (2), the GPUs to use as a comma list in quotes (\"0,1\"; \"1\" is GPU 1 "
+        "alone), or \"auto\" (all).", allowed='at least 1, "auto", or GPU indices such as "0,1"')
+    num_nodes: int = _option(1, "Machines taking part in the run (multi-node DDP).", ge=1)
+    strategy: str = _option(
+        "auto", "auto (DDP when there are several devices) or ddp.", choices=("auto", "ddp"))
+    gradient_checkpointing: bool = _option(
+        False, "Recompute activations during the backward pass: much less VRAM, slower steps.")
+    compile: bool = _option(
+        False, "torch.compile the transformer: faster steps after a slow first one.")
+    log_every_steps: int = _option(
+        10, "Log loss, lr and VRAM every this many optimizer steps (the loop's only GPU sync).", ge=1)
+    save_every_epochs: int = _option(
+        1, "Save a resumable checkpoint every this many epochs; 0: off.", ge=0)
+    save_every_steps: int = _option(
+        0, "Save a resumable checkpoint every this many optimizer steps; 0: off.", ge=0)
+    keep_checkpoints: int = _option(
+        3, "Step checkpoints kept; older ones are deleted (best/ and final/ are always kept).", ge=1)
+    early_stopping_patience: int = _option(
+        0, "Stop after this many epochs without improvement of the 5-epoch moving average of the loss "
+        "(of the validation loss when there is a validation split); 0: off.", ge=0)
+    early_stopping_min_delta: float = _option(
+        0.0, "Smallest decrease of that moving average that counts as an improvement.", ge=0)
+    best_after_epochs: int = _option(
+        1, "best/ (the adapter at the lowest loss) is saved only from this epoch on, once the loss has "
+        "settled; at most run.epochs.", ge=1)
+    nan_patience: int = _option(
+        5, "Non-finite losses in a row (each such step is skipped) before training halts.", ge=1)
+
+
+@dataclass
+class TrainingConfig:
+    """Everything a training run needs; `version` is the config format's version."""
+
+    version: int = CONFIG_VERSION
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    adapter: AdapterConfig = field(default_factory=AdapterConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+
+SECTIONS: dict[str, type] = {
+    "model": ModelConfig, "data": DataConfig, "adapter": AdapterConfig,
+    "objective": ObjectiveConfig, "optimizer": OptimizerConfig, "run": RunConfig,
+}
+
+
+FIELD_TYPES: dict[str, FieldType] = {
+    f"{section}.{f.name}": FieldType.from_annotation(f.type) for section, cls in SECTIONS.items() for f in fields(cls)
+}
+FIELD_META: dict[str, Any] = {
+    f"{section}.{f.name}": f.metadata for section, cls in SECTIONS.items() for f in fields(cls)
+}
+
+
+def parse_devices(devices: int | str) -> int | str | list[int]:
+    """run.devices as Lightning takes it: a count (2), "auto", or a list of GPU indices ("0,1" ->
+    [0, 1]; "1" -> [1], GPU 1 alone). Raises ConfigError naming run.devices otherwise."""
+    if is_int(devices) and devices >= 1:
+        return devices
+    if isinstance(devices, str):
+        text = devices.strip()
+        if text.casefold() == "auto":
+            return "auto"
+        parts = [part.strip() for part in text.split(",") if part.strip()]
+        if parts and all(part.isdecimal() for part in parts):
+            indices = [int(part) for part in parts]
+            if len(set(indices)) == len(indices):
+                return indices
+    raise ConfigError(f"run.devices must be a number of devices (at least 1), \"auto\", or the GPU indices "
+                      f"as a comma list such as \"0,1\" (each once), found {show(devices)}")
+
+
+class FieldDoc(NamedTuple):
+    """One config field as the training guide and the UI show it."""
+
+    path: str  # "optimizer.lr"
+    type: str  # "float", "int | None", ...
+    default: Any
+    help: str
+    allowed: str  # "more than 0", "one of: adamw, ...", or ""
+
+
+def describe_fields() -> list[FieldDoc]:
+    """Every config field in file order, with its type, default, help and allowed values."""
+    defaults = dataclasses.asdict(TrainingConfig())
+    docs = []
+    for path, ftype in FIELD_TYPES.items():
+        section, name = path.split(".")
+        meta = FIELD_META[path]
+        allowed = meta.get("allowed") or ("required" if "required" in meta else bounds_text(meta))
+        if "choices" in meta:
+            allowed = f"one of: {', '.join(meta['choices'])}"
+        docs.append(FieldDoc(path, str(ftype), defaults[section][name], meta["help"], allowed))
+    return docs
+
+
+# --- rules ---------------------------------------------------------------------------------------
+
+
+def rule_problems(config: TrainingConfig, bad: set[str], complete: bool) -> list[tuple[str, str]]:
+    """Range, choice and cross-field problems of a config whose fields have the right types,
+    skipping the fields in `bad` (their type was wrong) and the required ones unless `complete`."""
+    problems = []
+    for path, meta in FIELD_META.items():
+        if path in bad:
+            continue
+        section, name = path.split(".")
+        value = getattr(getattr(config, section), name)
+        if "required" in meta:
+            if complete and not value.strip():
+                problems.append((path, f"{path} is required: {meta['required']}"))
+            continue
+        message = check_rules(value, meta, path)
+        if message:
+            problems.append((path, message))
+            bad = bad | {path}  # its cross-field rules would only repeat the problem
+    for paths, check in _CHECKS:
+        if not bad.intersection(paths):
+            message = check(config)
+            if message:
+                problems.append((paths[0], message))
+    return problems
+
+
+def _check_betas(config: TrainingConfig) -> str | None:
+    betas = config.optimizer.betas
+    if len(betas) != 2 or not all(0 <= beta < 1 for beta in betas):
+        return f"optimizer.betas must be two numbers, each at least 0 and less than 1, found {show(betas)}"
+    return None
+
+
+def _check_devices(config: TrainingConfig) -> str | None:
+    try:
+        parse_devices(config.run.devices)
+    except ConfigError as error:
+        return str(error)
+    return None
+
+
+_BAD_NAME_CHARACTERS = set('/\\:*?"<>|')
+
+
+def _check_run_name(config: TrainingConfig) -> str | None:
+    name = config.run.name
+    if not name:
+        return None
+    if (name != name.strip() or name.endswith(".") or name in (".", "..")
+            or any(char in _BAD_NAME_CHARACTERS or ord(char) < 32 for char in name)):
+        return ("run.name must be a folder name: no / \\ : * ? \" < > |, control characters, spaces "
+                f"around it or a final dot, found {show(name)}")
+    return None
+
+
+def _check_modules(config: TrainingConfig) -> str | None:
+    modules = config.adapter.modules
+    if any(not module.strip() for module in modules) or len(set(modules)) != len(modules):
+        return f"adapter.modules must be distinct, non-empty module names, found {show(modules)}"
+    return None
+
+
+def _check_lokr_factor(config: TrainingConfig) -> str | None:
+    factor = config.adapter.lokr_factor
+    if factor != -1 and factor < 1:
+        return f"adapter.lokr_factor must be -1 (automatic) or at least 1, found {factor}"
+    return None
+
+
+def _check_best_after(config: TrainingConfig) -> str | None:
+    run = config.run
+    if run.best_after_epochs > run.epochs:
+        return (f"run.best_after_epochs ({run.best_after_epochs}) must be at most run.epochs ({run.epochs}): "
+                "best/ would never be saved")
+    return None
+
+
+def _check_prodigy_lr(config: TrainingConfig) -> str | None:
+    optimizer = config.optimizer
+    if optimizer.name == "prodigy" and not 0.1 <= optimizer.lr <= 10:
+        return (f"optimizer.lr must be from 0.1 to 10 with prodigy (it multiplies the step size Prodigy "
+                f"estimates; 1.0 is usual), found {show(optimizer.lr)}")
+    return None
+
+
+# (fields involved, first one named in the UI; check) for the rules a field's metadata cannot say.
+_CHECKS: tuple[tuple[tuple[str, ...], Callable[[TrainingConfig], str | None]], ...] = (
+    (("optimizer.betas",), _check_betas),
+    (("run.devices",), _check_devices),
+    (("run.name",), _check_run_name),
+    (("adapter.modules",), _check_modules),
+    (("adapter.lokr_factor",), _check_lokr_factor),
+    (("run.best_after_epochs", "run.epochs"), _check_best_after),
+    (("optimizer.lr", "optimizer.name"), _check_prodigy_lr),
+)
