@@ -185,6 +185,45 @@ def cmd_preprocess(args: argparse.Namespace) -> int:
     return EXIT_PARTIAL if summary.failed else 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    """Train an adapter from a TOML config (or continue a run)."""
+    import signal
+
+    from acestep.training.config import apply_overrides, load_config
+    from acestep.training.events import console_listener
+    from acestep.training.loop import train
+
+    config_path = args.config
+    if config_path is None:
+        if args.resume is None:
+            raise AceStepError("Give --config RUN.toml (or --resume RUN_DIR to continue a run with its own config).")
+        config_path = _run_folder(args.resume) / "config.toml"
+    config = apply_overrides(load_config(config_path), args.set)
+    handlers = []
+
+    def install(request_stop) -> None:
+        def on_signal(signum, frame):
+            if handlers:
+                raise KeyboardInterrupt
+            handlers.append(signum)
+            print("\nStopping after the current step and saving a checkpoint (Ctrl+C again to abort at once)...",
+                  file=sys.stderr, flush=True)
+            request_stop()
+
+        signal.signal(signal.SIGINT, on_signal)
+        signal.signal(signal.SIGTERM, on_signal)
+
+    result = train(config, resume=args.resume, force=args.force, listeners=[console_listener], stop_signal=install)
+    print(f"{result.status}: step {result.step}, epoch {result.epoch}; run folder {result.run_dir}")
+    return 0
+
+
+def _run_folder(path: Path) -> Path:
+    """A run folder from `--resume`, which may also name one of its checkpoints."""
+    path = path.resolve()
+    return path.parent.parent if path.parent.name == "checkpoints" else path
+
+
 def _dtype(name: str):
     import torch
 
@@ -268,6 +307,17 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument("--verbose", action="store_true", help="also print when each sample starts")
     _checkpoints_dir_arg(pre)
     pre.set_defaults(func=cmd_preprocess)
+
+    train = commands.add_parser("train", help="train an adapter from a TOML config, or continue a run")
+    train.add_argument("--config", type=Path, default=None, metavar="RUN.toml",
+                       help="training config (see examples/train_lora.toml); optional with --resume")
+    train.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
+                       help="override one config value, e.g. --set optimizer.lr=2e-4 (repeatable)")
+    train.add_argument("--resume", type=Path, default=None, metavar="RUN_DIR",
+                       help="continue a run from its newest complete checkpoint (or from one checkpoint folder)")
+    train.add_argument("--force", action="store_true",
+                       help="resume even if the dataset or the number of processes changed")
+    train.set_defaults(func=cmd_train)
 
     tiny = commands.add_parser("tiny-checkpoint",
                                help="write a tiny random checkpoints directory (tests and the offline demo)")

@@ -1,0 +1,386 @@
+"""The training loop on Lightning Fabric: one GPU, several GPUs (DDP) or several nodes, one code path.
+
+What it guarantees:
+- the objective of the pre-training (see `step.py`), masked to real frames;
+- gradient accumulation whose logged loss is the true per-sample loss, with a partial group at
+  the end of an epoch flushed by an optimizer step (counted in the scheduler's total);
+- exact resume: every random draw is a function of (seed, rank, epoch, batch), data order of
+  (seed, epoch), and checkpoints hold the adapter, optimizer, scheduler, counters and RNG states;
+- no host-device sync per micro-step: losses are read at the log interval; the only per-step sync
+  is one boolean, whether the gradient is finite, needed to skip a bad step on every rank alike;
+- stop (Ctrl+C or a STOP file in the run folder) finishes the step, saves, and returns.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from acestep.errors import TrainingError
+from acestep.training import checkpoint as ckpt
+from acestep.training.config import TrainingConfig
+from acestep.training.events import make_event
+from acestep.training.session import TrainingSession
+
+STOP_FILE = "STOP"
+MOVING_AVERAGE_EPOCHS = 5
+
+
+@dataclass
+class TrainingResult:
+    run_dir: Path
+    status: str  # completed | stopped | early_stopped
+    step: int
+    epoch: int
+    last_loss: float | None = None
+    best_metric: float | None = None
+
+
+@dataclass
+class Progress:
+    """Counters that a checkpoint saves and a resume restores."""
+
+    step: int = 0
+    epoch: int = 0
+    batches_done: int = 0  # batches of `epoch` already trained
+    epoch_metrics: list[float] = field(default_factory=list)
+    best_metric: float | None = None
+    best_moving_average: float | None = None
+    epochs_without_improvement: int = 0
+    nonfinite_in_a_row: int = 0
+    last_loss: float | None = None
+
+    def to_state(self) -> dict:
+        return dict(self.__dict__)
+
+
+def _rng_states() -> dict:
+    states = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def _restore_rng(states: dict) -> None:
+    torch.set_rng_state(states["torch"])
+    kind, keys, pos, has_gauss, gauss = states["numpy"]
+    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, gauss))
+    version, internal, gauss_next = states["python"]
+    random.setstate((version, tuple(internal), gauss_next))
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(list(states["cuda"]))
+
+
+def dataset_identity(session: TrainingSession) -> str:
+    """What the data order depends on: the samples and the split (a resume must see the same)."""
+    manifest = session.samples.manifest
+    text = "|".join(f"{s.id}:{s.key}" for s in manifest.samples) + f"|{session.train_indices}"
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+class Trainer:
+    """Runs one `TrainingSession` to the end (or to a stop)."""
+
+    def __init__(self, session: TrainingSession):
+        self.s = session
+        self.config: TrainingConfig = session.config
+        self.fabric = session.fabric
+        self.progress = Progress()
+        self.stop_requested = False
+        self.saved_at: tuple[int, int, int] | None = None
+        self.interval = _Interval(self.fabric.device)
+
+    # ---- events --------------------------------------------------------------------------------
+    def emit(self, kind: str, **fields) -> None:
+        if self.fabric.global_rank == 0:
+            event = make_event(kind, **fields)
+            for listener in self.s.listeners:
+                listener(event)
+
+    # ---- checkpoints ---------------------------------------------------------------------------
+    def training_state(self) -> dict:
+        return {"progress": self.progress.to_state(), "epoch": self.progress.epoch,
+                "adapter": self.s.adapter.state_dict(), "optimizer": self.s.optimizer.state_dict(),
+                "scheduler": self.s.scheduler.state_dict(), "rng": _rng_states(),
+                "dataset": dataset_identity(self.s), "world_size": self.fabric.world_size,
+                "interval": self.interval.state(),
+                "config": self.s.config_dict}
+
+    def save_checkpoint(self, reason: str) -> None:
+        position = (self.progress.step, self.progress.epoch, self.progress.batches_done)
+        if self.saved_at == position:
+            return  # this very state is on disk already
+        self.saved_at = position
+        if self.fabric.global_rank == 0:
+            folder = ckpt.write_checkpoint(self.s.run_dir, self.progress.step, self.training_state(),
+                                           lambda where: self.s.save_adapter(where, self.progress))
+            ckpt.prune_checkpoints(self.s.run_dir, self.config.run.keep_checkpoints)
+            self.emit("checkpoint", step=self.progress.step, epoch=self.progress.epoch,
+                      message=f"{reason}: {folder}")
+        self.fabric.barrier()
+
+    def save_named(self, name: str) -> Path:
+        folder = self.s.run_dir / name
+        if self.fabric.global_rank == 0:
+            with ckpt.atomic_directory(folder) as tmp:
+                self.s.save_adapter(tmp, self.progress)
+        self.fabric.barrier()
+        return folder
+
+    def restore(self, folder: Path, force: bool) -> None:
+        state = ckpt.read_checkpoint(folder)
+        problems = []
+        if state["dataset"] != dataset_identity(self.s):
+            problems.append("the dataset (samples or validation split) differs from the one the run started with")
+        if state["world_size"] != self.fabric.world_size:
+            problems.append(f"it ran on {state['world_size']} process(es), this run has {self.fabric.world_size}")
+        if problems and not force:
+            raise TrainingError(f"Cannot resume from {folder}: " + "; ".join(problems)
+                                + ". The data order would differ; pass --force to resume anyway.")
+        self.s.adapter.load_state_dict(state["adapter"])
+        self.s.optimizer.load_state_dict(state["optimizer"])
+        self.s.scheduler.load_state_dict(state["scheduler"])
+        self.progress = Progress(**state["progress"])
+        self.saved_at = (self.progress.step, self.progress.epoch, self.progress.batches_done)
+        self.interval.restore(state["interval"])
+        _restore_rng(state["rng"])
+        self.emit("start", step=self.progress.step, epoch=self.progress.epoch,
+                  message=f"resumed from {folder}" + (" (forced: " + "; ".join(problems) + ")" if problems else ""))
+
+    # ---- stop ------------------------------------------------------------------------------------
+    def request_stop(self) -> None:
+        self.stop_requested = True
+
+    def _stop_wanted(self, at_log_interval: bool) -> bool:
+        """Local request (signal, STOP file); under DDP agreed on at log intervals only, so that
+        every rank stops after the same step without a collective on every step."""
+        local = self.stop_requested or (self.s.run_dir / STOP_FILE).exists()
+        if self.fabric.world_size == 1:
+            return local
+        if not at_log_interval:
+            return False
+        flag = torch.tensor(1.0 if local else 0.0, device=self.fabric.device)
+        return bool(self.fabric.all_reduce(flag, reduce_op="max").item() > 0)
+
+    # ---- the loop ----------------------------------------------------------------------------------
+    def run(self) -> TrainingResult:
+        cfg, s, p = self.config, self.s, self.progress
+        self.emit("start", step=p.step, epoch=p.epoch, message=s.start_message())
+        interval = self.interval
+        status = "completed"
+        while p.epoch < cfg.run.epochs and p.step < s.total_steps:
+            outcome = self._run_epoch(interval)
+            if outcome == "stopped":
+                status = "stopped"
+                break
+            if outcome == "max_steps":  # the step budget ended inside an epoch
+                break
+            outcome = self._end_epoch(interval)
+            if outcome != "continue":
+                status = outcome
+                break
+        if status != "stopped":
+            if status == "completed":
+                self.save_checkpoint("end of training")
+            folder = self.save_named("final")
+            reason = ("finished" if status == "completed" else
+                      f"early stop: no improvement for {cfg.run.early_stopping_patience} epochs")
+            self.emit("done", step=p.step, epoch=p.epoch, loss=p.last_loss, message=f"{reason}: adapter in {folder}")
+        s.check_ranks_agree()
+        return TrainingResult(s.run_dir, status, p.step, p.epoch, p.last_loss, p.best_metric)
+
+    def _run_epoch(self, interval: _Interval) -> str:
+        s, p, cfg = self.s, self.progress, self.config
+        batches = s.epoch_batches(p.epoch, skip=p.batches_done)
+        count = s.batches_per_epoch
+        accumulation = cfg.optimizer.gradient_accumulation
+        s.model.train()
+        for batch in batches:
+            index = p.batches_done
+            group_start = (index // accumulation) * accumulation
+            group_size = min(accumulation, count - group_start)
+            last_of_group = index - group_start + 1 == group_size
+            generator = s.step_generator(p.epoch, index)
+            batch = batch.to(self.fabric.device)
+            with self.fabric.no_backward_sync(s.model, enabled=not last_of_group):
+                with self.fabric.autocast():
+                    loss, per_sample = s.batch_loss(batch, generator)
+                self.fabric.backward(loss / group_size)
+            interval.add(per_sample.detach(), len(batch))
+            p.batches_done += 1
+            if not last_of_group:
+                continue
+            stepped = self._optimizer_step()
+            if not stepped:
+                continue
+            at_log = p.step % cfg.run.log_every_steps == 0 or p.step >= s.total_steps
+            if at_log:
+                self._log(interval)
+            if cfg.run.save_every_steps and p.step % cfg.run.save_every_steps == 0:
+                self.save_checkpoint(f"every {cfg.run.save_every_steps} steps")
+            if self._stop_wanted(at_log):
+                self.save_checkpoint("stopped on request")
+                self.emit("stop", step=p.step, epoch=p.epoch,
+                          message=f"stopped on request at step {p.step}; resume with --resume {s.run_dir}")
+                return "stopped"
+            if p.step >= s.total_steps:
+                return "continue" if p.batches_done == count else "max_steps"
+        return "continue"
+
+    def _optimizer_step(self) -> bool:
+        """Clip, check the gradient is finite (the per-step sync), step or skip."""
+        s, p, cfg = self.s, self.progress, self.config
+        max_norm = cfg.optimizer.grad_clip if cfg.optimizer.grad_clip else float("inf")
+        norm = self.fabric.clip_gradients(s.model, s.optimizer, max_norm=max_norm, error_if_nonfinite=False)
+        finite = bool(torch.isfinite(norm).item())
+        if finite:
+            s.optimizer.step()
+            s.scheduler.step()
+            p.step += 1
+            p.nonfinite_in_a_row = 0
+        else:
+            p.nonfinite_in_a_row += 1
+            self.emit("warning", step=p.step, epoch=p.epoch,
+                      message=f"non-finite gradient: step skipped ({p.nonfinite_in_a_row} in a row)")
+        s.optimizer.zero_grad(set_to_none=True)
+        if p.nonfinite_in_a_row >= cfg.run.nan_patience:
+            self.save_checkpoint("halted on non-finite loss")
+            raise TrainingError(
+                f"The loss was not finite for {p.nonfinite_in_a_row} optimizer steps in a row; training halted at "
+                f"step {p.step} (the adapter was not updated by those steps; the last checkpoint is safe). Lower the "
+                "learning rate, use bf16 instead of fp16, or check the tensors folder.")
+        return finite
+
+    def _log(self, interval: _Interval) -> None:
+        p = self.progress
+        loss, samples, seconds = interval.read(self.fabric)
+        if loss is not None:
+            p.last_loss = loss
+        vram = torch.cuda.max_memory_allocated() / 2**30 if self.fabric.device.type == "cuda" else None
+        self.emit("log", step=p.step, epoch=p.epoch, loss=loss, lr=self.s.scheduler.get_last_lr()[0], vram=vram,
+                  samples_per_second=samples / seconds if seconds > 0 else None)
+
+    def _end_epoch(self, interval: _Interval) -> str:
+        s, p, cfg = self.s, self.progress, self.config
+        finished_epoch = p.epoch
+        epoch_loss = interval.read_epoch(self.fabric)
+        p.epoch += 1
+        p.batches_done = 0
+        if epoch_loss is not None:
+            self.emit("epoch", step=p.step, epoch=finished_epoch, loss=epoch_loss)
+        metric = epoch_loss
+        if s.has_validation:
+            metric = s.validation_loss()
+            self.emit("validation", step=p.step, epoch=finished_epoch, val_loss=metric)
+        if self.fabric.device.type == "cuda":
+            torch.cuda.empty_cache()
+        if metric is not None:
+            self._track_best(metric, finished_epoch)
+        if cfg.run.save_every_epochs and p.epoch % cfg.run.save_every_epochs == 0:
+            self.save_checkpoint(f"end of epoch {finished_epoch}")
+        if cfg.run.early_stopping_patience and p.epochs_without_improvement >= cfg.run.early_stopping_patience:
+            return "early_stopped"
+        if self._stop_wanted(at_log_interval=True):
+            self.save_checkpoint("stopped on request")
+            self.emit("stop", step=p.step, epoch=p.epoch, message=f"stopped; resume with --resume {s.run_dir}")
+            return "stopped"
+        return "continue"
+
+    def _track_best(self, metric: float, finished_epoch: int) -> None:
+        p, cfg = self.progress, self.config
+        p.epoch_metrics.append(metric)
+        average = sum(p.epoch_metrics[-MOVING_AVERAGE_EPOCHS:]) / len(p.epoch_metrics[-MOVING_AVERAGE_EPOCHS:])
+        if p.best_moving_average is None or average < p.best_moving_average - cfg.run.early_stopping_min_delta:
+            p.best_moving_average = average
+            p.epochs_without_improvement = 0
+        else:
+            p.epochs_without_improvement += 1
+        # With a validation split the raw validation loss picks the best epoch; without one the
+        # moving average of the training loss does (a single epoch's loss is too noisy).
+        score = metric if self.s.has_validation else average
+        if finished_epoch + 1 >= cfg.run.best_after_epochs and (p.best_metric is None or score < p.best_metric):
+            p.best_metric = score
+            folder = self.save_named("best")
+            self.emit("best", step=p.step, epoch=finished_epoch, loss=score, message=f"new best adapter in {folder}")
+
+
+class _Interval:
+    """Per-sample losses summed on the device; read (one sync) only at log time."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.sum = torch.zeros((), device=device, dtype=torch.float64)
+        self.count = 0
+        self.epoch_sum = torch.zeros((), device=device, dtype=torch.float64)
+        self.epoch_count = 0
+        self.started = time.perf_counter()
+
+    def state(self) -> dict:
+        """The running sums (a resume continues the loss curve exactly)."""
+        return {"sum": self.sum.item(), "count": self.count, "epoch_sum": self.epoch_sum.item(),
+                "epoch_count": self.epoch_count}
+
+    def restore(self, state: dict) -> None:
+        self.sum.fill_(state["sum"])
+        self.epoch_sum.fill_(state["epoch_sum"])
+        self.count, self.epoch_count = state["count"], state["epoch_count"]
+
+    def add(self, per_sample: torch.Tensor, size: int) -> None:
+        total = per_sample.double().sum()
+        self.sum += total
+        self.epoch_sum += total
+        self.count += size
+        self.epoch_count += size
+
+    def read(self, fabric) -> tuple[float | None, int, float]:
+        loss = _global_mean(fabric, self.sum, self.count)
+        samples, seconds = self.count * fabric.world_size, time.perf_counter() - self.started
+        self.sum.zero_()
+        self.count = 0
+        self.started = time.perf_counter()
+        return loss, samples, seconds
+
+    def read_epoch(self, fabric) -> float | None:
+        loss = _global_mean(fabric, self.epoch_sum, self.epoch_count)
+        self.epoch_sum.zero_()
+        self.epoch_count = 0
+        return loss
+
+
+def _global_mean(fabric, total: torch.Tensor, count: int) -> float | None:
+    both = torch.stack([total, torch.tensor(float(count), device=total.device, dtype=total.dtype)])
+    if fabric.world_size > 1:
+        both = fabric.all_reduce(both, reduce_op="sum")
+    value, n = both.tolist()
+    return value / n if n else None
+
+
+def train(config: TrainingConfig, resume: Path | None = None, force: bool = False, listeners=(),
+          stop_signal=None) -> TrainingResult:
+    """Train an adapter as `config` says (or continue the run in `resume`). Returns how it ended.
+
+    `listeners` receive every event (besides `events.jsonl` and TensorBoard); `stop_signal`, if
+    given, is called with the trainer's `request_stop` so a signal handler can ask for a stop.
+    Raises `TrainingError`, `ConfigError`, `CheckpointError` or `PreprocessError` with the fix.
+    """
+    session = TrainingSession.start(config, resume=resume, listeners=listeners)
+    trainer = Trainer(session)
+    try:
+        if stop_signal is not None:
+            stop_signal(trainer.request_stop)
+        if session.resume_from is not None:
+            trainer.restore(session.resume_from, force)
+        return trainer.run()
+    except BaseException as exc:
+        trainer.emit("error", step=trainer.progress.step, epoch=trainer.progress.epoch,
+                     message=f"{type(exc).__name__}: {exc}")
+        raise
+    finally:
+        session.close()
+

@@ -1,0 +1,252 @@
+"""Everything a run needs, set up once: Fabric, the run folder, the frozen transformer with its
+adapter, the data, the optimizer and scheduler, and the listeners.
+
+`TrainingSession.start` does the setup; the loop (`loop.py`) only trains.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+
+from acestep.errors import TrainingError
+from acestep.training import checkpoint as ckpt
+from acestep.training.adapters import Adapter, add_adapter, save_adapter
+from acestep.training.config import TrainingConfig, config_to_dict, load_config, save_config
+from acestep.training.data import CroppedSamples, EpochBatches, collate, derived_seed, split_train_validation
+from acestep.training.events import EventLog, TensorBoardListener
+from acestep.training.optim import build_optimizer, build_scheduler, optimizer_steps_per_epoch, total_optimizer_steps
+from acestep.training.step import Objective, batch_loss, validation_loss
+
+CONFIG_FILE = "config.toml"
+FRAMES_PER_SECOND = 25
+
+
+def resolve_precision(config: TrainingConfig, accelerator: str) -> tuple[str, torch.dtype]:
+    """(Fabric precision, dtype of the frozen base weights) for the run."""
+    precision = config.run.precision
+    cuda = accelerator == "cuda"
+    if precision == "auto":
+        if cuda:
+            precision = "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
+        else:
+            precision = "32-true"
+    dtype_name = config.model.dtype
+    if dtype_name == "auto":
+        dtype_name = {"bf16-mixed": "bf16", "16-mixed": "fp16"}.get(precision, "fp32") if cuda else "fp32"
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[dtype_name]
+    return precision, dtype
+
+
+def resolve_accelerator(name: str) -> str:
+    if name != "auto":
+        return name
+    if torch.cuda.is_available():
+        return "cuda"
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def new_run_dir(config: TrainingConfig) -> Path:
+    """`run.output_dir/run.name` (default: date-time and adapter type); never an existing run."""
+    name = config.run.name or time.strftime("%Y%m%d-%H%M%S") + f"-{config.adapter.type}"
+    folder = Path(config.run.output_dir).expanduser().resolve() / name
+    if folder.exists() and any(folder.iterdir()):
+        raise TrainingError(f"{folder} already holds a run; resume it with --resume {folder}, or choose another "
+                            "run.name.")
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+@dataclass
+class TrainingSession:
+    config: TrainingConfig
+    fabric: object
+    run_dir: Path
+    model: torch.nn.Module
+    adapter: Adapter
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    samples: object
+    train_set: CroppedSamples
+    validation_set: CroppedSamples | None
+    train_indices: list[int]
+    objective: Objective
+    silence_latent: torch.Tensor
+    null_condition_emb: torch.Tensor
+    model_dtype: torch.dtype
+    batches_per_epoch: int
+    total_steps: int
+    checkpoint_info: dict
+    resume_from: Path | None = None
+    listeners: list = field(default_factory=list)
+    closers: list = field(default_factory=list)
+
+    @property
+    def config_dict(self) -> dict:
+        return config_to_dict(self.config)
+
+    @property
+    def has_validation(self) -> bool:
+        return self.validation_set is not None and len(self.validation_set) > 0
+
+    # ---- set-up ------------------------------------------------------------------------------------
+    @classmethod
+    def start(cls, config: TrainingConfig, resume: Path | None = None, listeners=()) -> TrainingSession:
+        from lightning.fabric import Fabric
+
+        from acestep.models.load import encoder_digest, load_acestep
+        from acestep.preprocess.tensors import PreprocessedDataset, check_model_matches
+
+        resume_from = None
+        if resume is not None:
+            run_dir, resume_from = ckpt.resolve_resume(resume)
+        accelerator = resolve_accelerator(config.run.accelerator)
+        precision, model_dtype = resolve_precision(config, accelerator)
+        fabric = Fabric(accelerator=accelerator, devices=config.run.devices, num_nodes=config.run.num_nodes,
+                        strategy=config.run.strategy, precision=precision)
+        fabric.launch()
+        fabric.seed_everything(config.run.seed + fabric.global_rank, workers=True, verbose=False)
+        if resume is None:
+            run_dir = new_run_dir(config) if fabric.global_rank == 0 else None
+            run_dir = Path(fabric.broadcast(str(run_dir) if run_dir else None, src=0))
+        samples = PreprocessedDataset(config.data.tensors_dir)
+        checkpoints_dir = Path(config.model.checkpoints_dir) if config.model.checkpoints_dir else None
+        bundle = load_acestep(config.model.checkpoint, dtype=model_dtype, device=fabric.device,
+                              components=("transformer",), checkpoints_dir=checkpoints_dir)
+        check_model_matches(samples.manifest, bundle.config.fingerprint,
+                            encoder_digest(bundle.path), Path(config.data.tensors_dir))
+        transformer = bundle.transformer
+        if config.run.gradient_checkpointing:
+            transformer.enable_gradient_checkpointing()
+        a = config.adapter
+        adapter = add_adapter(transformer, a.type, a.rank, a.alpha, a.dropout, a.targets, a.mlp, a.modules,
+                              a.lokr_factor)
+        if config.run.compile:
+            transformer.compile()
+        train_indices, val_indices = split_train_validation(len(samples), config.data.validation_split,
+                                                            config.data.validation_seed)
+        max_frames = round(config.data.max_seconds * FRAMES_PER_SECOND) if config.data.max_seconds else None
+        train_set = CroppedSamples(samples, train_indices, max_frames, config.run.seed)
+        validation_set = CroppedSamples(samples, val_indices, max_frames, config.run.seed, random_crop=False) \
+            if val_indices else None
+        batches = len(EpochBatches(train_set.frames(), config.data.batch_size, config.run.seed, 0,
+                                   config.data.group_by_length, fabric.global_rank, fabric.world_size))
+        if batches == 0:
+            raise TrainingError(f"{config.data.tensors_dir} gives no training batch: {len(train_indices)} training "
+                                f"sample(s) for {fabric.world_size} process(es) with batch size "
+                                f"{config.data.batch_size}.")
+        o = config.optimizer
+        total = total_optimizer_steps(batches, o.gradient_accumulation, config.run.epochs, config.run.max_steps)
+        optimizer = build_optimizer(adapter.parameters(), o.name, o.lr, o.weight_decay, tuple(o.betas), o.eps)
+        scheduler = build_scheduler(optimizer, o.scheduler, o.warmup_steps, total, o.restarts)
+        model, optimizer = fabric.setup(transformer, optimizer)
+        objective = Objective(config.objective.timestep_sampling,
+                              _pick(config.objective.timestep_mu, bundle.config.timestep_mu),
+                              _pick(config.objective.timestep_sigma, bundle.config.timestep_sigma),
+                              config.objective.cfg_dropout, config.objective.min_snr_gamma)
+        session = cls(config, fabric, run_dir, model, adapter, optimizer, scheduler, samples, train_set,
+                      validation_set, train_indices, objective, bundle.silence_latent.to(fabric.device),
+                      bundle.null_condition_emb.detach().to(fabric.device), model_dtype, batches, total,
+                      {"checkpoint": str(bundle.path), "variant": bundle.variant,
+                       "fingerprint": bundle.config.fingerprint, "trigger_tag": samples.manifest.trigger_tag},
+                      resume_from)
+        session._open_listeners(listeners)
+        return session
+
+    def _open_listeners(self, extra) -> None:
+        if self.fabric.global_rank != 0:
+            return
+        if self.resume_from is None:
+            save_config(self.config, self.run_dir / CONFIG_FILE)
+        events = EventLog(self.run_dir)
+        board = TensorBoardListener(self.run_dir)
+        self.listeners = [events, board, *extra]
+        self.closers = [events.close, board.close]
+
+    def close(self) -> None:
+        for close in self.closers:
+            close()
+
+    # ---- what the loop uses --------------------------------------------------------------------------
+    def epoch_batches(self, epoch: int, skip: int):
+        """The batches this process trains in `epoch`, after the first `skip` (resume)."""
+        self.train_set.set_epoch(epoch)
+        sampler = EpochBatches(self.train_set.frames(), self.config.data.batch_size, self.config.run.seed, epoch,
+                               self.config.data.group_by_length, self.fabric.global_rank, self.fabric.world_size,
+                               skip=skip)
+        return DataLoader(self.train_set, batch_sampler=sampler, collate_fn=collate,
+                          num_workers=self.config.data.num_workers, pin_memory=self.fabric.device.type == "cuda")
+
+    def step_generator(self, epoch: int, batch_index: int) -> torch.Generator:
+        """The generator of one micro-batch's draws (CFG, timesteps, noise), and the global seed for
+        adapter dropout: functions of (seed, rank, epoch, batch), so a resume draws the same."""
+        seed = derived_seed(self.config.run.seed, self.fabric.global_rank, epoch, batch_index)
+        torch.manual_seed(seed)
+        return torch.Generator(device=self.fabric.device).manual_seed(seed)
+
+    def batch_loss(self, batch, generator):
+        return batch_loss(self.model, batch, self.objective, self.silence_latent, self.null_condition_emb,
+                          generator, self.model_dtype)
+
+    def validation_loss(self) -> float:
+        loader = DataLoader(self.validation_set, batch_size=self.config.data.batch_size, collate_fn=collate)
+        self.model.eval()
+        try:
+            with self.fabric.autocast():
+                return validation_loss(self.model, loader, self.objective, self.silence_latent, self.model_dtype,
+                                       self.config.data.validation_seed, self.fabric.device)
+        finally:
+            self.model.train()
+
+    def save_adapter(self, folder: Path, progress) -> None:
+        metadata = {**self.checkpoint_info, "adapter_type": self.adapter.kind, "rank": self.adapter.rank,
+                    "alpha": self.adapter.alpha, "step": progress.step, "epoch": progress.epoch,
+                    "date": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        save_adapter(self.adapter, folder, metadata)
+
+    def start_message(self) -> str:
+        trainable = sum(p.numel() for p in self.adapter.parameters())
+        total = sum(p.numel() for p in self.adapter.transformer.parameters())
+        c = self.config
+        effective = c.data.batch_size * c.optimizer.gradient_accumulation * self.fabric.world_size
+        return (f"run {self.run_dir}; timesteps: {self.objective.describe()}; CFG dropout {self.objective.cfg_dropout} "
+                f"with the learned null condition; adapter {self.adapter.kind} rank {self.adapter.rank} alpha "
+                f"{self.adapter.alpha} on {len(self.adapter.modules)} modules: {trainable:,} trainable parameters "
+                f"({100 * trainable / max(total, 1):.2f}% of {total:,}); effective batch {effective} "
+                f"({c.data.batch_size} x {c.optimizer.gradient_accumulation} accumulation x {self.fabric.world_size} "
+                f"process(es)); {self.batches_per_epoch} batches and "
+                f"{optimizer_steps_per_epoch(self.batches_per_epoch, c.optimizer.gradient_accumulation)} optimizer "
+                f"steps per epoch, {self.total_steps} steps in all")
+
+    def check_ranks_agree(self) -> None:
+        """Under DDP every rank must end with the same adapter; a difference is a desync bug."""
+        if self.fabric.world_size == 1:
+            return
+        checksum = torch.stack([p.detach().double().square().sum() for p in self.adapter.parameters()]).sum()
+        gathered = self.fabric.all_gather(checksum.to(self.fabric.device))
+        values = [float(v) for v in gathered.flatten()]
+        if max(values) - min(values) > 1e-9 * max(1.0, abs(values[0])):
+            raise TrainingError(f"The processes ended with different adapters (checksums {values}).")
+        if self.fabric.global_rank == 0:
+            from acestep.training.events import make_event
+
+            for listener in self.listeners:
+                listener(make_event("ranks", message=f"all {len(values)} processes hold the same adapter",
+                                    checksums=values))
+
+
+def _pick(value, default):
+    return default if value is None else value
+
+
+def load_run_config(path: Path, overrides: list[str]) -> TrainingConfig:
+    """`--config run.toml` plus `--set` overrides (what the CLI and the UI jobs call)."""
+    from acestep.training.config import apply_overrides
+
+    return apply_overrides(load_config(path), overrides)
