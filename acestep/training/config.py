@@ -238,7 +238,7 @@ def _build(data: dict[Any, Any], source: str, complete: bool,
         if key == "version":
             continue
         if key not in SECTIONS:
-            problems.append((str(key), _unknown_top_level(key, value)))
+            problems.append((_key(key), _unknown_top_level(key, value)))
         elif not isinstance(value, dict):
             problems.append((key, f"{key} must be a section (a [{key}] table), found {show(value)}"))
             bad.update(path for path in FIELD_TYPES if path.startswith(f"{key}."))
@@ -252,9 +252,9 @@ def _build(data: dict[Any, Any], source: str, complete: bool,
 def _build_section(section: str, raw: dict[Any, Any], problems: list[tuple[str, str]], bad: set[str]) -> Any:
     values = {}
     for name, value in raw.items():
-        path = f"{section}.{name}"
+        path = f"{section}.{_key(name)}"
         if path not in FIELD_TYPES:
-            problems.append((path, _unknown_field(section, str(name))))
+            problems.append((path, _unknown_field(section, _key(name))))
             continue
         try:
             values[name] = coerce(value, FIELD_TYPES[path], path, text_none=True)
@@ -281,8 +281,13 @@ def _parse_override(override: Any) -> tuple[str, Any]:
     return key, parse_text(text, FIELD_TYPES[key], key)
 
 
+def _key(key: Any) -> str:
+    """A dict key as a name; keys of other types (from Python callers) never match a field."""
+    return key if isinstance(key, str) else show(key)
+
+
 def _unknown_top_level(key: Any, value: Any) -> str:
-    name = str(key)
+    name = _key(key)
     if isinstance(value, dict):
         guess = suggest(name, SECTIONS)
         hint = f"did you mean [{guess}]?" if guess else f"the sections are {', '.join(SECTIONS)}"

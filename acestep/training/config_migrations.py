@@ -35,13 +35,13 @@ def migrate(data: dict[str, Any], source: str, current: int) -> dict[str, Any]:
     if isinstance(version, bool) or not isinstance(version, int):
         raise ConfigError(f"{source}: version must be a whole number, found {_short(version)}")
     if version > current:
-        raise ConfigError(f"{source}: written by a newer trainer (config version {version}; this trainer "
+        raise ConfigError(f"{source}: written by a newer trainer (config version {_short(version)}; this trainer "
                           f"reads up to version {current}); update the trainer")
     migrated = copy.deepcopy(data)
     while version < current:
         step = MIGRATIONS.get(version)
         if step is None:
-            raise ConfigError(f"{source}: config version {version} is not one this trainer knows "
+            raise ConfigError(f"{source}: config version {_short(version)} is not one this trainer knows "
                               f"(it reads versions 1 to {current})")
         try:
             migrated = step(migrated)
@@ -60,6 +60,8 @@ def migrate(data: dict[str, Any], source: str, current: int) -> dict[str, Any]:
 
 
 def _short(value: Any) -> str:
+    if isinstance(value, int) and value.bit_length() > 64:
+        return "a whole number too large"
     try:
         text = repr(value)
     except (ValueError, RecursionError):  # ints past the str() digit limit, absurd nesting

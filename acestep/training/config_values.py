@@ -67,6 +67,9 @@ def coerce(value: Any, ftype: FieldType, path: str, *, text_none: bool) -> Any:
     """
     if ftype.optional and (value is None or (text_none and _is_none_word(value))):
         return None
+    if ftype.optional and _is_none_word(value):  # set in code: it would be read back from a file as unset
+        raise Invalid(path, f"{path} is {show(value)}, which a config file reads as unset: use None to "
+                            f"unset it (or \"./{value.strip()}\" for a folder of that name)")
     base = ftype.base
     if base == "bool" and isinstance(value, bool):
         return value

@@ -400,6 +400,9 @@ def test_validate_checks_configs_built_in_code():
     assert "run must be a RunConfig, found none" in message
     with pytest.raises(ConfigError, match="expected a TrainingConfig, found dict"):
         validate({})
+    config = TrainingConfig(model=ModelConfig(checkpoints_dir="None"), data=DataConfig(tensors_dir="t"))
+    with pytest.raises(ConfigError, match="model.checkpoints_dir is 'None', which a config file reads as unset"):
+        validate(config)
 
 
 def test_incomplete_configs_pass_only_when_asked():
@@ -601,6 +604,8 @@ def test_files_without_a_version_are_version_one_and_need_no_migration(monkeypat
     (0, "config version 0 is not one this trainer knows (it reads versions 1 to 1)"),
     ("1", "version must be a whole number, found '1'"),
     (True, "version must be a whole number, found True"),
+    pytest.param(10**5000, "written by a newer trainer (config version a whole number too large;", id="huge"),
+    pytest.param(-10**5000, "config version a whole number too large is not one this trainer", id="-huge"),
 ])
 def test_versions_this_trainer_cannot_read(version, fragment):
     message, _ = problems_of(lambda: config_from_dict(minimal() | {"version": version}, "old.toml"))
@@ -654,7 +659,7 @@ json_values = st.recursive(
     lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),
     max_leaves=12,
 )
-names = st.sampled_from(FIELD_NAMES) | st.text(max_size=10)
+names = st.sampled_from(FIELD_NAMES) | st.text(max_size=10) | st.integers() | st.none()
 sections = st.dictionaries(names, json_values, max_size=6) | json_values
 any_config = st.dictionaries(st.sampled_from([*SECTIONS, "version"]) | st.text(max_size=10), sections, max_size=7)
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -715,3 +720,18 @@ def test_fuzz_any_override_text_is_a_config_or_a_config_error(pairs):
     except ConfigError:
         return
     validate(config)
+
+
+@FUZZ
+@given(changes)
+def test_fuzz_validate_accepts_only_configs_that_save_and_load_back_equal(tmp_path_factory, changed):
+    config = config_from_dict(minimal())
+    for path, value in changed:  # set in code, as the UI might: no parsing in between
+        section, name = path.split(".")
+        setattr(getattr(config, section), name, value)
+    try:
+        validate(config)
+    except ConfigError:
+        return
+    folder = tmp_path_factory.mktemp("fuzz")
+    assert load_config(save_config(config, folder / "config.toml")) == config
