@@ -189,7 +189,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     """Train an adapter from a TOML config (or continue a run)."""
     import signal
 
-    from acestep.training.config import apply_overrides, load_config
+    from acestep.training.config import apply_overrides, load_config, resolve_paths
     from acestep.training.events import console_listener
     from acestep.training.loop import train
 
@@ -198,7 +198,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         if args.resume is None:
             raise AceStepError("Give --config RUN.toml (or --resume RUN_DIR to continue a run with its own config).")
         config_path = _run_folder(args.resume) / "config.toml"
-    config = apply_overrides(load_config(config_path), args.set)
+    # Relative folders in the config are taken from where the command runs; the run folder's
+    # config.toml then holds absolute paths, so the run can be reproduced from anywhere.
+    config = resolve_paths(apply_overrides(load_config(config_path), args.set), Path.cwd())
     handlers = []
 
     def install(request_stop) -> None:

@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader
 from acestep.errors import TrainingError
 from acestep.training import checkpoint as ckpt
 from acestep.training.adapters import Adapter, add_adapter, save_adapter
-from acestep.training.config import TrainingConfig, config_to_dict, load_config, save_config
+from acestep.training.config import TrainingConfig, config_to_dict, load_config, parse_devices, save_config
 from acestep.training.data import CroppedSamples, EpochBatches, collate, derived_seed, split_train_validation
 from acestep.training.events import EventLog, TensorBoardListener
 from acestep.training.optim import build_optimizer, build_scheduler, optimizer_steps_per_epoch, total_optimizer_steps
@@ -108,10 +108,10 @@ class TrainingSession:
             run_dir, resume_from = ckpt.resolve_resume(resume)
         accelerator = resolve_accelerator(config.run.accelerator)
         precision, model_dtype = resolve_precision(config, accelerator)
-        fabric = Fabric(accelerator=accelerator, devices=config.run.devices, num_nodes=config.run.num_nodes,
-                        strategy=config.run.strategy, precision=precision)
+        fabric = Fabric(accelerator=accelerator, devices=parse_devices(config.run.devices),
+                        num_nodes=config.run.num_nodes, strategy=config.run.strategy, precision=precision)
         fabric.launch()
-        fabric.seed_everything(config.run.seed + fabric.global_rank, workers=True, verbose=False)
+        fabric.seed_everything((config.run.seed + fabric.global_rank) % 2**32, workers=True, verbose=False)
         if resume is None:
             run_dir = new_run_dir(config) if fabric.global_rank == 0 else None
             run_dir = Path(fabric.broadcast(str(run_dir) if run_dir else None, src=0))

@@ -31,7 +31,8 @@ def _encode(value: Any, tensors: dict[str, torch.Tensor], path: str) -> Any:
     if isinstance(value, dict):
         if all(isinstance(k, str) for k in value) and "__tensor__" not in value:
             return {k: _encode(v, tensors, f"{path}.{k}") for k, v in value.items()}
-        return {"__dict__": [[_encode(k, tensors, path), _encode(v, tensors, f"{path}[{k}]")] for k, v in value.items()]}
+        return {"__dict__": [[_encode(k, tensors, path), _encode(v, tensors, f"{path}[{k}]")]
+                             for k, v in value.items()]}
     if isinstance(value, tuple):
         return {"__tuple__": [_encode(v, tensors, path) for v in value]}
     if isinstance(value, list):
