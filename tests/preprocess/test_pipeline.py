@@ -173,3 +173,16 @@ def test_cli_preprocess_reports_failed_files_with_exit_2(dataset_json, tiny_chec
     assert status == 2
     assert "0 encoded, 4 unchanged (skipped), 1 failed" in captured.out
     assert "failed: loops/notes.wav" in captured.out
+
+
+def test_preprocessed_real_music_trains(tensors_dir, tiny_checkpoints, tmp_path):
+    from acestep.training.config import TrainingConfig, apply_overrides
+    from acestep.training.loop import train
+
+    config = apply_overrides(TrainingConfig(), [
+        f"data.tensors_dir={tensors_dir}", f"model.checkpoint={tiny_checkpoints / 'acestep-v15-turbo'}",
+        f"run.output_dir={tmp_path}", "run.name=real", "run.epochs=1", "adapter.rank=4", "adapter.alpha=4",
+        "optimizer.warmup_steps=0"])
+    result = train(config)
+    assert result.status == "completed" and result.step == 4
+    assert (result.run_dir / "final" / "adapter_model.safetensors").is_file()

@@ -203,3 +203,23 @@ def test_run_folder_holds_config_events_and_tensorboard(tmp_path, tensors_17, ti
     assert list((result.run_dir / "tensorboard").iterdir())
     with pytest.raises(TrainingError, match="already holds a run"):
         train(config)
+
+
+def test_validation_is_fixed_and_early_stopping_ends_the_run(tmp_path, tensors_17, tiny_dit):
+    # lr 1e-30: nothing changes, so the validation loss (fixed noise and timesteps) is the same every
+    # epoch, the moving average never improves, and patience 2 stops after epoch 3.
+    config = make_config(tmp_path, tensors_17, tiny_dit, "run.epochs=10", "optimizer.lr=1e-30",
+                         "optimizer.weight_decay=0", "data.validation_split=0.25", "run.early_stopping_patience=2")
+    result = train(config)
+    validations = [e["val_loss"] for e in events(result.run_dir) if e["type"] == "validation"]
+    assert result.status == "early_stopped" and result.epoch == 3
+    assert len(validations) == 3 and len(set(validations)) == 1
+    assert (result.run_dir / "final" / "adapter_config.json").is_file()
+    assert "early stop" in events(result.run_dir)[-1]["message"]
+
+
+def test_gradient_checkpointing_gives_the_same_training(tmp_path, tensors_17, tiny_dit):
+    runs = [train(make_config(tmp_path / flag, tensors_17, tiny_dit, "run.epochs=1", "run.max_steps=4",
+                              f"run.gradient_checkpointing={flag}")) for flag in ("false", "true")]
+    curves = [[e["loss"] for e in events(r.run_dir) if e["type"] == "log"] for r in runs]
+    assert curves[0] == pytest.approx(curves[1], abs=1e-6)

@@ -79,3 +79,22 @@ def test_ddp_on_two_cpu_processes_keeps_the_ranks_identical(tmp_path, tiny_dit):
     assert "effective batch 2 (1 x 1 accumulation x 2 process(es))" in start
     assert [e["step"] for e in events if e["type"] == "log"] == list(range(1, 9))  # 8 samples / 2 ranks x 2 epochs
     assert final_adapter(run_dir)
+
+
+def test_ctrl_c_stops_after_the_step_saves_and_exits_0(tmp_path, tiny_dit):
+    tensors = write_tensors_dir(tmp_path / "tensors", tiny_dit, 12)
+    config = write_config(tmp_path, tensors, tiny_dit, "interrupted", "run.epochs=100", "run.log_every_steps=1")
+    run_dir = tmp_path / "runs" / "interrupted"
+    process = cli("train", "--config", str(config))
+    deadline = time.time() + 300
+    while '"step": 3' not in ((run_dir / "events.jsonl").read_text() if (run_dir / "events.jsonl").exists() else ""):
+        assert process.poll() is None and time.time() < deadline
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    output = process.communicate(timeout=120)[0]
+    assert process.returncode == 0, output
+    assert "stopped: step" in output
+    events = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
+    assert events[-1]["type"] == "stop"
+    step = events[-1]["step"]
+    assert (run_dir / "checkpoints" / f"step-{step:06d}" / "COMPLETE").is_file()
