@@ -26,6 +26,7 @@ from acestep.dataset.values import kind as _kind
 from acestep.dataset.values import show as _show
 from acestep.dataset.languages import VALID_LANGUAGES
 from acestep.errors import DatasetError
+from acestep.files import read_text
 
 DATASET_VERSION = 1
 # "prepend" is the default: "replace" trains on the tag alone and throws every caption away.
@@ -99,16 +100,7 @@ def load_dataset(path: str | os.PathLike) -> Dataset:
     The file is only read, never rewritten: save the dataset to store the migrated form.
     """
     source = Path(os.path.abspath(path))
-    try:
-        text = source.read_bytes().decode("utf-8-sig")
-    except FileNotFoundError:
-        raise DatasetError(f"{source}: dataset file does not exist") from None
-    except IsADirectoryError:
-        raise DatasetError(f"{source}: is a folder, not a dataset JSON file") from None
-    except UnicodeDecodeError as error:
-        raise DatasetError(f"{source}: not UTF-8 text ({error.reason} at byte {error.start})") from None
-    except OSError as error:
-        raise DatasetError(f"{source}: cannot read the dataset file ({error.strerror or error})") from None
+    text = read_text(source, DatasetError, "dataset file", "dataset JSON file")
     try:
         data = json.loads(text)
     except json.JSONDecodeError as error:

@@ -19,7 +19,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from acestep.errors import AceStepError
-from acestep.jsonfile import read_json_object
+from acestep.files import read_json_object
 from acestep.models.convert import rename_module_path_to_diffusers
 
 PEFT_CONFIG_NAME = "adapter_config.json"

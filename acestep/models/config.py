@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from acestep.errors import CheckpointError
-from acestep.jsonfile import read_json_object
+from acestep.files import read_json_object
 
 ACESTEP_MODEL_TYPE = "acestep"
 

@@ -13,7 +13,7 @@ import torch
 from diffusers import AutoencoderOobleck
 
 from acestep.errors import CheckpointError
-from acestep.jsonfile import read_json_object
+from acestep.files import read_json_object
 from acestep.models.checkpoints import TEXT_ENCODER, VAE, resolve_model_path
 from acestep.models.weights import (
     SafetensorsIndex,

@@ -34,6 +34,7 @@ except ModuleNotFoundError:  # Python 3.10
 import tomli_w
 
 from acestep.errors import ConfigError
+from acestep.files import read_text
 from acestep.training.config_migrations import MIGRATIONS, migrate
 from acestep.training.config_schema import (
     CONFIG_VERSION, FIELD_META, FIELD_TYPES, SECTIONS, AdapterConfig, DataConfig, FieldDoc, ModelConfig,
@@ -74,16 +75,7 @@ def load_config(path: str | os.PathLike) -> TrainingConfig:
     (with the line and column) or not a valid config (see `config_from_dict`).
     """
     source = os.path.abspath(path)
-    try:
-        text = Path(source).read_bytes().decode("utf-8-sig")
-    except FileNotFoundError:
-        raise ConfigError(f"{source}: config file does not exist") from None
-    except IsADirectoryError:
-        raise ConfigError(f"{source}: is a folder, not a TOML config file") from None
-    except UnicodeDecodeError as error:
-        raise ConfigError(f"{source}: not UTF-8 text ({error.reason} at byte {error.start})") from None
-    except OSError as error:
-        raise ConfigError(f"{source}: cannot read the config file ({error.strerror or error})") from None
+    text = read_text(source, ConfigError, "config file", "TOML config file")
     try:
         data = tomllib.loads(text)
     except (ValueError, RecursionError) as error:  # TOMLDecodeError ends with "(at line L, column C)"

@@ -3,7 +3,7 @@
 import pytest
 
 from acestep.errors import CheckpointError
-from acestep.jsonfile import read_json_object
+from acestep.files import read_json_object
 
 
 @pytest.mark.parametrize("content, message", [

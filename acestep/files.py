@@ -1,5 +1,6 @@
-"""Reading the small JSON files models and adapters come with (config.json, adapter_config.json,
-model_index.json): one place that turns every way such a file can be wrong into a clear error."""
+"""Reading the small files users and models bring (dataset JSON, training TOML, config.json,
+adapter_config.json, sidecars): one place that turns every way such a file can be wrong into a
+clear error of the caller's own type, naming the file."""
 
 from __future__ import annotations
 
@@ -8,6 +9,22 @@ from pathlib import Path
 from typing import Any
 
 from acestep.errors import AceStepError
+
+
+def read_text(path: str | Path, error: type[AceStepError], what: str, expected: str) -> str:
+    """The UTF-8 text of `path` (a byte-order mark is allowed). Raises `error` with
+    "<path>: <what> does not exist", "<path>: is a folder, not a <expected>", "<path>: not UTF-8
+    text (...)" or "<path>: cannot read the <what> (...)"."""
+    try:
+        return Path(path).read_bytes().decode("utf-8-sig")
+    except FileNotFoundError:
+        raise error(f"{path}: {what} does not exist") from None
+    except IsADirectoryError:
+        raise error(f"{path}: is a folder, not a {expected}") from None
+    except UnicodeDecodeError as exc:
+        raise error(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except OSError as exc:
+        raise error(f"{path}: cannot read the {what} ({exc.strerror or exc})") from None
 
 
 def read_json_object(path: Path, error: type[AceStepError], missing: str) -> dict[str, Any]:
