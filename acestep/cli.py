@@ -185,6 +185,65 @@ def cmd_preprocess(args: argparse.Namespace) -> int:
     return EXIT_PARTIAL if summary.failed else 0
 
 
+def build_labellers(args: argparse.Namespace) -> list:
+    """The labellers `caption` runs, in order: the chosen one, the transcriber, signal analysis."""
+    from acestep.captioning.analysis_labeller import AnalysisLabeller
+
+    labellers = []
+    if args.labeller == "captioner":
+        from acestep.captioning.omni import OmniLabeller
+
+        labellers.append(OmniLabeller("captioner", args.captioner, device=args.device, dtype=args.dtype,
+                                      cpu_offload=args.cpu_offload, max_seconds=args.max_seconds,
+                                      checkpoints_dir=args.checkpoints_dir))
+    elif args.labeller == "lm":
+        from acestep.captioning.lm_labeller import LmLabeller
+
+        labellers.append(LmLabeller(args.lm, dit=args.dit, device=args.device, dtype=args.dtype,
+                                    max_seconds=args.max_seconds, checkpoints_dir=args.checkpoints_dir))
+    if args.transcribe:
+        from acestep.captioning.omni import OmniLabeller
+
+        labellers.append(OmniLabeller("transcriber", args.transcriber, device=args.device, dtype=args.dtype,
+                                      cpu_offload=args.cpu_offload, max_seconds=args.max_seconds,
+                                      checkpoints_dir=args.checkpoints_dir))
+    if args.labeller == "analysis" or not args.no_analysis:
+        labellers.append(AnalysisLabeller(max_seconds=args.max_seconds))
+    return labellers
+
+
+def cmd_caption(args: argparse.Namespace) -> int:
+    """Label a folder of songs into `.json` sidecars (and optionally a CSV)."""
+    import signal
+
+    from acestep.captioning.batch import label_folder
+
+    stop_requested = []
+
+    def request_stop(signum, frame):
+        if stop_requested:
+            raise KeyboardInterrupt
+        stop_requested.append(True)
+        print("\nStopping after the current file (Ctrl+C again to abort at once)...", file=sys.stderr, flush=True)
+
+    def show(event) -> None:
+        detail = f"  {event.message}" if event.message else ""
+        print(f"[{event.index}/{event.total}] {event.labeller:11s} {event.status:9s} {event.path}{detail}   "
+              f"ETA {_format_clock(event.eta)}", flush=True)
+
+    previous = signal.signal(signal.SIGINT, request_stop)
+    try:
+        summary = label_folder(args.folder, build_labellers(args), mode=args.mode.replace("-", "_"),
+                               csv_path=args.csv, cache_dir=args.cache_dir, use_cache=not args.no_cache,
+                               progress=show, should_stop=lambda: bool(stop_requested))
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    print(summary.describe())
+    if summary.cancelled:
+        return EXIT_STOPPED
+    return EXIT_PARTIAL if summary.failed else 0
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     """Train an adapter from a TOML config (or continue a run)."""
     import signal
@@ -309,6 +368,33 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument("--verbose", action="store_true", help="also print when each sample starts")
     _checkpoints_dir_arg(pre)
     pre.set_defaults(func=cmd_preprocess)
+
+    caption = commands.add_parser("caption", help="label a folder of songs (captions, lyrics, BPM, key) into sidecars")
+    caption.add_argument("folder", type=Path, metavar="DIR", help="folder of audio files (searched recursively)")
+    caption.add_argument("--labeller", choices=("captioner", "lm", "analysis"), default="captioner",
+                         help="captioner: the ACE-Step AI captioner (default); lm: the 5 Hz LM from the DiT's "
+                              "audio codes; analysis: BPM and key only, no model")
+    caption.add_argument("--transcribe", action="store_true", help="also transcribe lyrics with section tags")
+    caption.add_argument("--no-analysis", action="store_true",
+                         help="skip the signal analysis that fills and cross-checks BPM and key")
+    caption.add_argument("--mode", choices=("fill-missing", "overwrite"), default="fill-missing",
+                         help="fill-missing: skip files whose sidecars already have the labels (default); "
+                              "overwrite: replace them")
+    caption.add_argument("--csv", type=Path, default=None, help="also write all labels to this CSV")
+    caption.add_argument("--no-cache", action="store_true", help="do not read or write the results cache")
+    caption.add_argument("--cache-dir", type=Path, default=None, help="results cache (default: cache/labels here)")
+    caption.add_argument("--captioner", default="ACE-Step/acestep-captioner", help="captioner folder or HF id")
+    caption.add_argument("--transcriber", default="ACE-Step/acestep-transcriber", help="transcriber folder or HF id")
+    caption.add_argument("--lm", default="acestep-5Hz-lm-1.7B", help="5 Hz LM folder, name or HF id")
+    caption.add_argument("--dit", default="acestep-v15-turbo", help="DiT whose audio tokenizer feeds the LM")
+    caption.add_argument("--device", default=None, help="cuda, cuda:1, mps or cpu (default: the best available)")
+    caption.add_argument("--dtype", choices=("auto", "bf16", "fp16", "fp32"), default="auto",
+                         help="model dtype (auto: bf16 where supported)")
+    caption.add_argument("--cpu-offload", action="store_true", help="keep part of the model in CPU memory (slower)")
+    caption.add_argument("--max-seconds", type=float, default=240.0,
+                         help="seconds of each song the models listen to (default 240; halved after out-of-memory)")
+    _checkpoints_dir_arg(caption)
+    caption.set_defaults(func=cmd_caption)
 
     train = commands.add_parser("train", help="train an adapter from a TOML config, or continue a run")
     train.add_argument("--config", type=Path, default=None, metavar="RUN.toml",

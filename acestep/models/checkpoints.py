@@ -23,6 +23,7 @@ DIT = "dit"
 VAE = "vae"
 TEXT_ENCODER = "text_encoder"
 LM = "lm"
+LABELLER = "labeller"  # the Qwen2.5-Omni captioner and transcriber
 
 
 @dataclass(frozen=True)
@@ -60,6 +61,10 @@ OFFICIAL_MODELS: tuple[OfficialModel, ...] = (
     _dit("acestep-v15-xl-turbo", "4B XL turbo DiT"),
     OfficialModel("acestep-5Hz-lm-0.6B", "ACE-Step/acestep-5Hz-lm-0.6B", LM, description="5 Hz LM, small"),
     OfficialModel("acestep-5Hz-lm-4B", "ACE-Step/acestep-5Hz-lm-4B", LM, description="5 Hz LM, large"),
+    OfficialModel("acestep-captioner", "ACE-Step/acestep-captioner", LABELLER,
+                  description="AI captioner (Qwen2.5-Omni 7B): style captions"),
+    OfficialModel("acestep-transcriber", "ACE-Step/acestep-transcriber", LABELLER,
+                  description="lyrics transcriber (Qwen2.5-Omni 7B)"),
 )
 
 # Files a complete folder of each kind must hold (weights may instead be sharded, see below).
@@ -68,6 +73,7 @@ REQUIRED_FILES = {
     VAE: ("config.json", "diffusion_pytorch_model.safetensors"),
     TEXT_ENCODER: ("config.json", "model.safetensors", "tokenizer.json"),
     LM: ("config.json", "model.safetensors"),
+    LABELLER: ("config.json", "model.safetensors"),
 }
 
 
@@ -168,6 +174,8 @@ def detect_kind(folder: Path) -> str | None:
         return DIT
     if config.get("_class_name") == "AutoencoderOobleck":
         return VAE
+    if config.get("model_type") == "qwen2_5_omni":
+        return LABELLER
     if config.get("model_type") == "qwen3":
         architectures = config.get("architectures") or []
         return LM if any("CausalLM" in a for a in architectures) else TEXT_ENCODER

@@ -105,6 +105,7 @@ def test_registry_covers_every_official_dit():
         "acestep-v15-xl-sft", "acestep-v15-xl-turbo",
     }
     assert official_model("ACE-Step/acestep-v15-sft").name == "acestep-v15-sft"
+    assert official_model("ACE-Step/acestep-captioner").kind == "labeller"
     assert official_model("nobody/else") is None
 
 
