@@ -1,20 +1,28 @@
-"""Apply saved LoRA adapters to a loaded diffusers ACE-Step transformer.
+"""Apply saved adapters to a loaded diffusers ACE-Step transformer, whatever their format.
 
-Supported here: the PEFT directory the official ACE-Step trainer writes and official inference
-loads (`adapter_config.json` + `adapter_model.safetensors`, keys
-`base_model.model.layers.N.{self_attn,cross_attn}.{q,k,v,o}_proj.lora_{A,B}.weight`, MLP
-projections likewise), including saves that keep PEFT's `.default.` adapter-name infix.
+`load_adapter(transformer, path)` recognises:
+- a PEFT folder as the official trainer (and this one) writes it: `adapter_config.json` +
+  `adapter_model.safetensors`, keys `base_model.model.layers.N.self_attn.q_proj.lora_A.weight`
+  (also with PEFT's `.default.` infix), LoRA or DoRA;
+- a ComfyUI single file: `...lora_down.weight` / `...lora_up.weight` with a per-module `.alpha`
+  (prefix `base_model.model.` or `diffusion_model.decoder.`);
+- a diffusers file: `transformer.`-prefixed keys with the LoRA config in its metadata;
+- LyCORIS LoKr weights (`lycoris_<module path>` keys), as a file or in a folder.
 
-Unlike diffusers' own LoRA mixin, the scale `lora_alpha / r` (and `rank_pattern` /
-`alpha_pattern`) is honoured: the mixin ignores `adapter_config.json` and applies scale 1.0.
+Unlike diffusers' own LoRA mixin, the scale `lora_alpha / r` is always honoured (the mixin ignores
+`adapter_config.json` and applies 1.0), per module when ranks or alphas differ.
 """
 
 from __future__ import annotations
 
+import json
 import re
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from safetensors import SafetensorError
+import torch
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 from torch import nn
 
@@ -24,101 +32,222 @@ from acestep.models.convert import rename_module_path_to_diffusers
 
 PEFT_CONFIG_NAME = "adapter_config.json"
 PEFT_WEIGHTS_NAME = "adapter_model.safetensors"
-_PEFT_PREFIX = "base_model.model."
+DIFFUSERS_METADATA_KEY = "lora_adapter_metadata"
+_PREFIXES = ("base_model.model.", "diffusion_model.decoder.", "transformer.", "decoder.")
 _ADAPTER_NAME_INFIX = re.compile(r"\.default(?=\.|$)")
+_SUFFIXES = {"lora_down.weight": "lora_A.weight", "lora_up.weight": "lora_B.weight", "lora_A.weight": "lora_A.weight",
+             "lora_B.weight": "lora_B.weight", "lora_magnitude_vector": "lora_magnitude_vector",
+             "lora_magnitude_vector.weight": "lora_magnitude_vector", "dora_scale": "lora_magnitude_vector",
+             "alpha": "alpha"}
 
 
 class AdapterError(AceStepError):
     """An adapter file is missing, malformed, or does not fit the model."""
 
 
-def _read_peft_config(folder: Path) -> dict:
-    path = folder / PEFT_CONFIG_NAME
-    config = read_json_object(path, AdapterError,
-                              f"{folder} has no {PEFT_CONFIG_NAME}: it is not a PEFT adapter folder.")
-    if config.get("peft_type") != "LORA":
-        raise AdapterError(f"{path} describes a {config.get('peft_type')!r} adapter; "
-                           "only PEFT LoRA/DoRA folders load here.")
-    for field in ("r", "lora_alpha"):
-        if not isinstance(config.get(field), (int, float)) or config[field] <= 0:
-            raise AdapterError(f"{path}: field {field!r} must be a positive number, found {config.get(field)!r}.")
-    if config.get("bias", "none") != "none":
-        raise AdapterError(f"{path}: bias {config['bias']!r} is not supported (ACE-Step adapters use bias 'none').")
-    return config
+@dataclass
+class LoraWeights:
+    """A LoRA/DoRA adapter in diffusers module naming: per module its tensors
+    (`lora_A.weight` [r, in], `lora_B.weight` [out, r], DoRA `lora_magnitude_vector` [out]) and alpha."""
+
+    modules: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
+    alphas: dict[str, float] = field(default_factory=dict)
+    use_dora: bool = False
+
+    def rank(self, module: str) -> int:
+        return int(self.modules[module]["lora_A.weight"].shape[0])
 
 
-def _module_and_suffix(key: str) -> tuple[str, str]:
-    """`base_model.model.layers.0.self_attn.q_proj.lora_A.default.weight`
-    -> (`layers.0.self_attn.to_q`, `lora_A.weight`)."""
-    if key.startswith(_PEFT_PREFIX):
-        key = key[len(_PEFT_PREFIX):]
+def read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Tensors and header metadata of a file; `AdapterError` naming it when it cannot be read."""
+    try:
+        with safe_open(path, framework="pt") as handle:
+            metadata = handle.metadata() or {}
+        return load_file(path), metadata
+    except FileNotFoundError as exc:
+        raise AdapterError(f"{path} does not exist; the adapter is incomplete.") from exc
+    except (SafetensorError, OSError) as exc:
+        raise AdapterError(f"{path} is damaged or not a safetensors file ({exc}).") from exc
+
+
+def split_lora_key(key: str) -> tuple[str, str]:
+    """`base_model.model.layers.0.self_attn.q_proj.lora_A.default.weight` ->
+    (`layers.0.self_attn.to_q`, `lora_A.weight`); ComfyUI's down/up/alpha/dora_scale likewise.
+    Raises KeyError for a key that is not a LoRA tensor."""
+    for prefix in _PREFIXES:
+        if key.startswith(prefix):
+            key = key[len(prefix):]
+            break
     key = _ADAPTER_NAME_INFIX.sub("", key)
-    module, sep, suffix = key.partition(".lora_")
-    if not sep:
-        raise KeyError(key)
-    return rename_module_path_to_diffusers(module), "lora_" + suffix
+    for suffix, name in _SUFFIXES.items():
+        if key.endswith("." + suffix):
+            return rename_module_path_to_diffusers(key[: -len(suffix) - 1]), name
+    raise KeyError(key)
 
 
-def _rename_patterns(patterns: dict | None) -> dict:
-    return {rename_module_path_to_diffusers(k): v for k, v in (patterns or {}).items()}
+def lora_weights_from_state(state: dict[str, torch.Tensor], source: Path, default_alpha: float | None = None,
+                            alphas: dict[str, float] | None = None, use_dora: bool = False) -> LoraWeights:
+    """Group flat LoRA tensors by module. The alpha of a module comes from its `.alpha` tensor,
+    else `alphas`, else `default_alpha`, else its rank (scale 1.0, what ComfyUI applies)."""
+    weights = LoraWeights(use_dora=use_dora)
+    file_alphas: dict[str, float] = {}
+    for key, tensor in state.items():
+        try:
+            module, suffix = split_lora_key(key)
+        except KeyError:
+            raise AdapterError(f"{source}: key {key!r} is not a LoRA weight (expected '...lora_A.weight', "
+                               "'...lora_down.weight' or '....alpha').") from None
+        if suffix == "alpha":
+            file_alphas[module] = float(tensor.float().item())
+            continue
+        weights.modules.setdefault(module, {})[suffix] = tensor
+        weights.use_dora = weights.use_dora or suffix == "lora_magnitude_vector"
+    for module, tensors in weights.modules.items():
+        if "lora_A.weight" not in tensors or "lora_B.weight" not in tensors:
+            raise AdapterError(f"{source}: module {module} lacks its lora_A/lora_B (down/up) pair.")
+        alpha = file_alphas.get(module, (alphas or {}).get(module, default_alpha))
+        weights.alphas[module] = float(alpha) if alpha is not None else float(weights.rank(module))
+    if not weights.modules:
+        raise AdapterError(f"{source} holds no LoRA tensor.")
+    return weights
 
 
-def load_adapter(transformer: nn.Module, path: str | Path, adapter_name: str = "default") -> nn.Module:
-    """Apply the PEFT LoRA/DoRA adapter in folder `path` to `transformer` (in place) and return it.
+def _pattern(module: str) -> str:
+    """A PEFT rank/alpha pattern that matches exactly this module path."""
+    return "^" + re.escape(module) + "$"
 
-    The adapter's modules are taken from its weights (every module that has `lora_A`/`lora_B`),
-    its scale from `lora_alpha / r` and the per-module patterns. Raises `AdapterError` naming the
-    file when the folder is not an adapter, a key matches no module, or a shape does not fit.
-    """
+
+def apply_lora(transformer: nn.Module, weights: LoraWeights, source: Path, adapter_name: str = "default") -> nn.Module:
+    """Inject `weights` into `transformer` with PEFT (rank and alpha per module) and load them."""
     from peft import LoraConfig, set_peft_model_state_dict
 
-    folder = Path(path)
-    config = _read_peft_config(folder)
-    weights_path = folder / PEFT_WEIGHTS_NAME
-    try:
-        raw = load_file(weights_path)
-    except FileNotFoundError as exc:
-        raise AdapterError(f"{weights_path} does not exist; the adapter folder is incomplete.") from exc
-    except (SafetensorError, OSError) as exc:
-        raise AdapterError(f"{weights_path} is damaged ({exc}).") from exc
-    state: dict = {}
-    for key, tensor in raw.items():
-        try:
-            module, suffix = _module_and_suffix(key)
-        except KeyError:
-            raise AdapterError(
-                f"{weights_path}: key {key!r} is not a LoRA weight (expected '...lora_A.weight')."
-            ) from None
-        state[f"{module}.{suffix}"] = tensor
-    targets = sorted({key.partition(".lora_")[0] for key in state})
     present = {name for name, _ in transformer.named_modules()}
-    unknown = [t for t in targets if t not in present]
+    unknown = sorted(m for m in weights.modules if m not in present)
     if unknown:
-        raise AdapterError(
-            f"{weights_path} adapts module(s) the model does not have: {unknown[:6]}. The adapter was "
-            "trained for another model."
-        )
-    lora_config = LoraConfig(
-        r=int(config["r"]),
-        lora_alpha=config["lora_alpha"],
-        lora_dropout=float(config.get("lora_dropout") or 0.0),
-        target_modules=targets,
-        use_dora=bool(config.get("use_dora", False)),
-        use_rslora=bool(config.get("use_rslora", False)),
-        rank_pattern=_rename_patterns(config.get("rank_pattern")),
-        alpha_pattern=_rename_patterns(config.get("alpha_pattern")),
+        raise AdapterError(f"{source} adapts module(s) the model does not have: {unknown[:6]}. The adapter was "
+                           "trained for another model.")
+    ranks = {m: weights.rank(m) for m in weights.modules}
+    rank = Counter(ranks.values()).most_common(1)[0][0]
+    alpha = Counter(weights.alphas.values()).most_common(1)[0][0]
+    config = LoraConfig(
+        r=rank, lora_alpha=alpha, target_modules=sorted(weights.modules), use_dora=weights.use_dora,
+        rank_pattern={_pattern(m): r for m, r in ranks.items() if r != rank},
+        alpha_pattern={_pattern(m): a for m, a in weights.alphas.items() if a != alpha},
     )
     was_training = transformer.training
-    transformer.add_adapter(lora_config, adapter_name=adapter_name)
+    transformer.add_adapter(config, adapter_name=adapter_name)
     transformer.train(was_training)  # new dropout layers start in train mode; keep the model's mode
+    state = {f"{m}.{suffix}": t for m, tensors in weights.modules.items() for suffix, t in tensors.items()}
     try:
         result = set_peft_model_state_dict(transformer, state, adapter_name=adapter_name)
     except RuntimeError as exc:  # size mismatch
-        raise AdapterError(f"{weights_path} does not fit the model: {exc}") from exc
+        raise AdapterError(f"{source} does not fit the model: {exc}") from exc
     unexpected = list(getattr(result, "unexpected_keys", []) or [])
     missing = [k for k in getattr(result, "missing_keys", []) or [] if "lora_" in k and f".{adapter_name}." in k]
     if unexpected or missing:
-        raise AdapterError(
-            f"{weights_path} did not load cleanly: unexpected {unexpected[:6]}, missing {missing[:6]}."
-        )
+        raise AdapterError(f"{source} did not load cleanly: unexpected {unexpected[:6]}, missing {missing[:6]}.")
     return transformer
+
+
+def _read_peft_folder(folder: Path) -> LoraWeights:
+    config_path = folder / PEFT_CONFIG_NAME
+    config = read_json_object(config_path, AdapterError,
+                              f"{folder} has no {PEFT_CONFIG_NAME}: it is not a PEFT adapter folder.")
+    if config.get("peft_type") != "LORA":
+        raise AdapterError(f"{config_path} describes a {config.get('peft_type')!r} adapter; only PEFT LoRA/DoRA "
+                           "folders load here.")
+    for name in ("r", "lora_alpha"):
+        if not isinstance(config.get(name), (int, float)) or config[name] <= 0:
+            raise AdapterError(f"{config_path}: field {name!r} must be a positive number, found {config.get(name)!r}.")
+    if config.get("bias", "none") != "none":
+        raise AdapterError(f"{config_path}: bias {config['bias']!r} is not supported (ACE-Step adapters use 'none').")
+    if config.get("use_rslora"):
+        raise AdapterError(f"{config_path}: rsLoRA scaling is not supported; export the adapter without it.")
+    state, _ = read_safetensors(folder / PEFT_WEIGHTS_NAME)
+    weights = lora_weights_from_state(state, folder / PEFT_WEIGHTS_NAME, use_dora=bool(config.get("use_dora")))
+    patterns = config.get("alpha_pattern") or {}  # ranks come from the tensors themselves
+    for module in weights.modules:
+        weights.alphas[module] = _peft_alpha(module, float(config["lora_alpha"]), patterns)
+    return weights
+
+
+def _peft_alpha(module: str, default: float, patterns: dict) -> float:
+    """PEFT's rule: the first pattern matching the end of the module path (at a dot) wins."""
+    for pattern, value in patterns.items():
+        if re.match(rf"(.*\.)?({rename_module_path_to_diffusers(pattern)})$", module):
+            return float(value)
+    return default
+
+
+def _read_diffusers_metadata(metadata: dict[str, str], source: Path) -> tuple[float | None, bool]:
+    raw = metadata.get(DIFFUSERS_METADATA_KEY)
+    if not raw:
+        return None, False
+    try:
+        config = json.loads(raw)
+    except ValueError as exc:
+        raise AdapterError(f"{source}: its {DIFFUSERS_METADATA_KEY} metadata is not JSON ({exc}).") from exc
+    alpha = config.get("transformer.lora_alpha", config.get("lora_alpha"))
+    return (float(alpha) if alpha is not None else None), bool(config.get("transformer.use_dora", False))
+
+
+def _is_lycoris(keys) -> bool:
+    return any(key.startswith("lycoris_") for key in keys)
+
+
+def load_adapter(transformer: nn.Module, path: str | Path, adapter_name: str = "default") -> nn.Module:
+    """Apply the adapter at `path` (any format above, a folder or a file) to `transformer` in place
+    and return it. Raises `AdapterError` naming the file when it is not an adapter, does not fit the
+    model, or is damaged."""
+    path = Path(path)
+    if path.is_dir():
+        if (path / PEFT_CONFIG_NAME).is_file():
+            return apply_lora(transformer, _read_peft_folder(path), path / PEFT_WEIGHTS_NAME, adapter_name)
+        candidates = sorted(path.glob("*.safetensors"))
+        if len(candidates) != 1:
+            raise AdapterError(f"{path} has no {PEFT_CONFIG_NAME}: it is not a PEFT adapter folder, and it holds "
+                               f"{len(candidates)} .safetensors files, not one adapter file.")
+        path = candidates[0]
+    state, metadata = read_safetensors(path)
+    if _is_lycoris(state):
+        from acestep.export.lokr import apply_lokr
+
+        return apply_lokr(transformer, state, path)
+    if any(key.startswith("base_model.model.") and ".lora_A" in key for key in state) and not any(
+            key.endswith(".alpha") for key in state):
+        raise AdapterError(f"{path} is a PEFT weights file without its {PEFT_CONFIG_NAME}: put both in one folder "
+                           "and give the folder, so the adapter's alpha is known.")
+    alpha, use_dora = _read_diffusers_metadata(metadata, path)
+    return apply_lora(transformer, lora_weights_from_state(state, path, default_alpha=alpha, use_dora=use_dora),
+                      path, adapter_name)
+
+
+def set_adapter_strength(transformer: nn.Module, strength: float, adapter_name: str = "default") -> dict:
+    """Scale the applied adapter by `strength` (0 = off, 1 = as trained), as the official UI's
+    strength slider does, and return what `restore_adapter_strength` needs to undo it."""
+    from peft.tuners.lora import LoraLayer
+
+    saved: dict = {"lora": {}, "lycoris": None}
+    for name, module in transformer.named_modules():
+        if isinstance(module, LoraLayer) and adapter_name in module.scaling:
+            saved["lora"][name] = module.scaling[adapter_name]
+            module.scaling[adapter_name] = saved["lora"][name] * strength
+    from acestep.export.lokr import attached_network
+
+    network = attached_network(transformer)
+    if network is not None:
+        saved["lycoris"] = network.multiplier
+        network.set_multiplier(strength)
+    if not saved["lora"] and network is None:
+        raise AdapterError("The model has no adapter applied: nothing to scale.")
+    return saved
+
+
+def restore_adapter_strength(transformer: nn.Module, saved: dict, adapter_name: str = "default") -> None:
+    modules = dict(transformer.named_modules())
+    for name, scaling in saved["lora"].items():
+        modules[name].scaling[adapter_name] = scaling
+    if saved["lycoris"] is not None:
+        from acestep.export.lokr import attached_network
+
+        attached_network(transformer).set_multiplier(saved["lycoris"])

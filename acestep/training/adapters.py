@@ -125,6 +125,9 @@ def _add_lokr(transformer: nn.Module, names: list[str], rank: int, alpha: float,
     network = create_lycoris(transformer, 1.0, linear_dim=rank, linear_alpha=alpha, algo="lokr",
                              factor=factor, dropout=dropout)
     network.apply_to()
+    from acestep.export.lokr import attach_network
+
+    attach_network(transformer, network)  # so previews and exports can find and scale it
     device = next(transformer.parameters()).device
     network.to(device=device, dtype=torch.float32)
     network.requires_grad_(True)
@@ -150,9 +153,11 @@ def save_adapter(adapter: Adapter, folder: Path, metadata: dict | None = None) -
     for name, tensor in adapter.state_dict().items():
         module, _, suffix = name.partition(".lora_")
         suffix = "lora_" + suffix.replace(".default", "")
+        if suffix == "lora_magnitude_vector.weight":
+            suffix = "lora_magnitude_vector"  # PEFT saves the DoRA magnitude without ".weight"
         state[f"base_model.model.{rename_module_path_to_original(module)}.{suffix}"] = tensor.float().contiguous().cpu()
     save_file(state, folder / "adapter_model.safetensors", metadata={"format": "pt", **meta})
-    targets = sorted({rename_module_path_to_original(m) for m in adapter.modules})
+    targets = official_target_modules(adapter)
     config = {
         "peft_type": "LORA", "task_type": "FEATURE_EXTRACTION", "r": adapter.rank, "lora_alpha": adapter.alpha,
         "lora_dropout": 0.0, "target_modules": targets, "bias": "none", "use_dora": adapter.kind == "dora",
@@ -164,6 +169,22 @@ def save_adapter(adapter: Adapter, folder: Path, metadata: dict | None = None) -
         (folder / "training_metadata.json").write_text(json.dumps(metadata, indent=2, default=str) + "\n",
                                                        encoding="utf-8")
     return folder
+
+
+def official_target_modules(adapter: Adapter) -> list[str]:
+    """`target_modules` for the official PEFT config: the shortest name suffixes that select exactly
+    the adapted modules (["q_proj", "k_proj", ...] as the official trainer writes, or
+    ["self_attn.q_proj", ...]), else the full module names."""
+    linears = {rename_module_path_to_original(name.removesuffix(".base_layer"))  # PEFT wraps the adapted Linear
+               for name, module in adapter.transformer.named_modules()
+               if isinstance(module, nn.Linear) and name.startswith("layers.") and ".lora_" not in name}
+    chosen = {rename_module_path_to_original(m) for m in adapter.modules}
+    for depth in (1, 2):
+        suffixes = {".".join(name.split(".")[-depth:]) for name in chosen}
+        selected = {name for name in linears if ".".join(name.split(".")[-depth:]) in suffixes}
+        if selected == chosen:
+            return sorted(suffixes)
+    return sorted(chosen)
 
 
 def load_lokr_weights(adapter: Adapter, folder: Path) -> None:

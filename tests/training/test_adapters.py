@@ -63,7 +63,7 @@ def test_saved_peft_folder_uses_official_names_and_reloads_identically(fixture_d
     save_adapter(adapter, tmp_path / "adapter", {"trigger_tag": "mystyle"})
     config = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
     assert config["r"] == 4 and config["lora_alpha"] == 8 and config["use_dora"] == (kind == "dora")
-    assert sorted(config["target_modules"])[0] == "layers.0.cross_attn.k_proj"
+    assert sorted(config["target_modules"]) == ["k_proj", "o_proj", "q_proj", "v_proj"]  # as the official trainer
     from safetensors import safe_open
     with safe_open(tmp_path / "adapter" / "adapter_model.safetensors", "pt") as handle:
         keys = list(handle.keys())
@@ -99,3 +99,15 @@ def test_lokr_saves_native_weights_that_reload(fixture_dir, tmp_path):
     assert (fresh_model(**inputs()).sample - expected).abs().max() > 1e-4
     load_lokr_weights(fresh, tmp_path / "lokr")
     assert (fresh_model(**inputs()).sample - expected).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("options, targets", [
+    ({"targets": "self_attention"}, ["self_attn.k_proj", "self_attn.o_proj", "self_attn.q_proj", "self_attn.v_proj"]),
+    ({"targets": "attention", "mlp": True}, ["down_proj", "gate_proj", "k_proj", "o_proj", "q_proj", "up_proj",
+                                             "v_proj"]),
+    ({"modules": ["layers.0.self_attn.q_proj"]}, ["layers.0.self_attn.q_proj"]),
+])
+def test_official_target_modules_are_the_shortest_exact_selection(transformer, tmp_path, options, targets):
+    adapter = add_adapter(transformer, "lora", rank=4, alpha=8, **options)
+    save_adapter(adapter, tmp_path / "adapter")
+    assert json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())["target_modules"] == targets
