@@ -1,0 +1,262 @@
+"""Merge an adapter into its base checkpoint: a complete checkpoint folder in the official layout.
+
+The weights are streamed one tensor at a time from the base `model.safetensors` to the new file(s):
+the tensors an adapter touches get W + s·ΔW (LoRA, LoKr) or the DoRA update, every other tensor is
+copied. Peak memory is about one tensor plus the adapter, not the model twice.
+
+    out/                      (this app and official ACE-Step load it like any checkpoint)
+      config.json             the base's
+      model.safetensors       merged (or model-0000N-of-0000M.safetensors + index), bf16 by default
+      silence_latent.pt       the base's
+      merge_info.json         base, adapter, strength, date
+    vae/, Qwen3-Embedding-0.6B/   beside it, copied or linked when not already there
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import struct
+import time
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from torch import nn
+
+from acestep.export.lora import PEFT_CONFIG_NAME, AdapterError, LoraWeights, _read_peft_folder, read_safetensors
+from acestep.models import convert
+
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+_SAFETENSORS_DTYPES = {torch.bfloat16: "BF16", torch.float16: "F16", torch.float32: "F32", torch.float64: "F64",
+                       torch.int64: "I64", torch.int32: "I32", torch.bool: "BOOL", torch.uint8: "U8"}
+SHARED_FOLDERS = ("vae", "Qwen3-Embedding-0.6B")
+
+
+class StreamingSafetensorsWriter:
+    """Writes a safetensors file tensor by tensor: the header (names, dtypes, shapes, offsets) is
+    written first from the plan, then each tensor's bytes in the planned order."""
+
+    def __init__(self, path: Path, plan: list[tuple[str, torch.dtype, tuple[int, ...]]], metadata: dict[str, str]):
+        header, offset = {"__metadata__": metadata}, 0
+        for key, dtype, shape in plan:
+            size = torch.Size(shape).numel() * torch.empty((), dtype=dtype).element_size()
+            header[key] = {"dtype": _SAFETENSORS_DTYPES[dtype], "shape": list(shape),
+                           "data_offsets": [offset, offset + size]}
+            offset += size
+        encoded = json.dumps(header, separators=(",", ":")).encode()
+        encoded += b" " * (-len(encoded) % 8)
+        self.plan, self.position = plan, 0
+        self.stream = open(path, "wb")  # noqa: SIM115 - closed in close()
+        self.stream.write(struct.pack("<Q", len(encoded)))
+        self.stream.write(encoded)
+
+    def write(self, key: str, tensor: torch.Tensor) -> None:
+        expected_key, dtype, shape = self.plan[self.position]
+        if key != expected_key or tensor.dtype != dtype or tuple(tensor.shape) != tuple(shape):
+            raise ValueError(f"tensor {key} {tensor.dtype} {tuple(tensor.shape)} does not follow the plan "
+                             f"({expected_key} {dtype} {shape})")
+        self.stream.write(tensor.contiguous().view(torch.uint8).numpy().tobytes())
+        self.position += 1
+
+    def close(self) -> None:
+        if self.position != len(self.plan):
+            self.stream.close()
+            raise ValueError(f"only {self.position} of {len(self.plan)} tensors were written")
+        self.stream.flush()
+        os.fsync(self.stream.fileno())
+        self.stream.close()
+
+
+class DeltaSource:
+    """The weight change of every module an adapter touches, computed one module at a time."""
+
+    def __init__(self, adapter: Path, strength: float):
+        self.strength = strength
+        adapter = Path(adapter)
+        self.lora: LoraWeights | None = None
+        self.lokr: dict[str, dict[str, torch.Tensor]] = {}
+        if adapter.is_dir() and (adapter / PEFT_CONFIG_NAME).is_file():
+            self.lora = _read_peft_folder(adapter)
+            return
+        if adapter.is_dir():
+            files = sorted(adapter.glob("*.safetensors"))
+            if len(files) != 1:
+                raise AdapterError(f"{adapter} holds no single adapter file to merge.")
+            adapter = files[0]
+        state, metadata = read_safetensors(adapter)
+        if any(key.startswith("lycoris_") for key in state):
+            self._group_lokr(state)
+        else:
+            from acestep.export.lora import _read_diffusers_metadata, lora_weights_from_state
+
+            alpha, use_dora = _read_diffusers_metadata(metadata, adapter)
+            self.lora = lora_weights_from_state(state, adapter, default_alpha=alpha, use_dora=use_dora)
+
+    def _group_lokr(self, state: dict[str, torch.Tensor]) -> None:
+        for key, tensor in state.items():
+            module, _, rest = key.partition(".")
+            self.lokr.setdefault(module, {})[rest] = tensor
+
+    def modules(self) -> set[str]:
+        """Diffusers paths of the modules this adapter changes (LoKr: resolved per key below)."""
+        return set(self.lora.modules) if self.lora else set()
+
+    def merged(self, module: str, weight: torch.Tensor) -> torch.Tensor | None:
+        """The merged fp32 weight of `module` (diffusers path), or None if untouched."""
+        if self.lora is not None:
+            return self._merged_lora(module, weight.float()) if module in self.lora.modules else None
+        for name in (module, convert.rename_module_path_to_original(module)):
+            key = "lycoris_" + name.replace(".", "_")
+            if key in self.lokr:
+                return weight.float() + self._lokr_delta(key, weight)
+        return None
+
+    def _merged_lora(self, module: str, weight: torch.Tensor) -> torch.Tensor:
+        tensors = self.lora.modules[module]
+        scale = self.strength * self.lora.alphas[module] / self.lora.rank(module)
+        combined = weight + scale * (tensors["lora_B.weight"].float() @ tensors["lora_A.weight"].float())
+        if "lora_magnitude_vector" not in tensors:
+            return combined
+        # DoRA, as PEFT merges it: rows rescaled to the learned magnitude.
+        norm = combined.norm(p=2, dim=1, keepdim=True)
+        magnitude = tensors["lora_magnitude_vector"].float().reshape(-1, 1)
+        return combined * (magnitude / norm)
+
+    def _lokr_delta(self, key: str, weight: torch.Tensor) -> torch.Tensor:
+        from lycoris import create_lycoris_from_weights
+
+        holder = nn.Module()
+        holder.m = nn.Linear(weight.shape[1], weight.shape[0], bias=False)
+        weights_sd = {f"lycoris_m.{rest}": tensor.float() for rest, tensor in self.lokr[key].items()}
+        network, _ = create_lycoris_from_weights(self.strength, None, holder, weights_sd=weights_sd)
+        network.load_state_dict(weights_sd, strict=False)
+        module = network.loras[0]
+        return module.get_diff_weight(multiplier=self.strength, shape=weight.shape)[0].float().reshape(weight.shape)
+
+
+def _plan(files: list[Path], dtype: torch.dtype | None) -> list[tuple[Path, str, torch.dtype, tuple[int, ...]]]:
+    plan = []
+    for path in files:
+        with safe_open(path, framework="pt") as handle:
+            for key in handle.keys():
+                sliced = handle.get_slice(key)
+                stored = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32}.get(sliced.get_dtype())
+                target = dtype if (dtype is not None and stored is not None) else _dtype_of(sliced.get_dtype())
+                plan.append((path, key, target, tuple(sliced.get_shape())))
+    return plan
+
+
+def _dtype_of(name: str) -> torch.dtype:
+    reverse = {v: k for k, v in _SAFETENSORS_DTYPES.items()}
+    if name not in reverse:
+        raise AdapterError(f"cannot merge a tensor stored as {name}")
+    return reverse[name]
+
+
+def _shards(plan, max_shard_bytes: int | None) -> list[list]:
+    if not max_shard_bytes:
+        return [plan]
+    shards, current, size = [], [], 0
+    for entry in plan:
+        nbytes = torch.Size(entry[3]).numel() * torch.empty((), dtype=entry[2]).element_size()
+        if current and size + nbytes > max_shard_bytes:
+            shards.append(current)
+            current, size = [], 0
+        current.append(entry)
+        size += nbytes
+    return shards + ([current] if current else [])
+
+
+def merge_adapter(checkpoint: str | Path, adapter: str | Path, out_dir: str | Path, strength: float = 1.0,
+                  dtype: str = "bf16", max_shard_bytes: int | None = None, shared: str = "copy",
+                  overwrite: bool = False, checkpoints_dir: Path | None = None) -> Path:
+    """Merge `adapter` (any format `load_adapter` reads) at `strength` into `checkpoint` and write
+    the result to `out_dir`. `dtype` bf16|fp16|fp32|keep; `shared` copy|link|skip decides what
+    happens to `vae/` and the text encoder when they are not beside `out_dir` already.
+    Raises `AdapterError` / `CheckpointError`; an existing non-empty `out_dir` needs `overwrite`."""
+    from acestep.export.formats import resolve_adapter_folder
+    from acestep.models.checkpoints import DIT, is_diffusers_layout, resolve_model_path
+    from acestep.models.weights import weight_files
+
+    if dtype not in (*DTYPES, "keep") or shared not in ("copy", "link", "skip"):
+        raise AdapterError(f"dtype must be one of {', '.join([*DTYPES, 'keep'])} and shared one of copy, link, skip.")
+    base = resolve_model_path(checkpoint, DIT, checkpoints_dir)
+    if is_diffusers_layout(base):
+        raise AdapterError(f"{base} is in the diffusers layout; merge needs an official-layout checkpoint.")
+    out_dir = Path(out_dir)
+    if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
+        raise AdapterError(f"{out_dir} is not empty; choose another folder or pass --overwrite.")
+    adapter_path = Path(adapter)
+    is_adapter = (adapter_path / PEFT_CONFIG_NAME).is_file() or list(adapter_path.glob("*.safetensors"))
+    if adapter_path.is_dir() and not is_adapter:
+        adapter_path = resolve_adapter_folder(adapter_path)  # a run or checkpoint folder
+    deltas = DeltaSource(adapter_path, strength)
+    tmp = out_dir.parent / f".{out_dir.name}.merging-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        touched = _write_weights(weight_files(base, "model.safetensors"), tmp, deltas,
+                                 None if dtype == "keep" else DTYPES[dtype], max_shard_bytes)
+        if deltas.lora is not None and touched != deltas.modules():
+            raise AdapterError(f"{adapter_path} adapts module(s) {sorted(deltas.modules() - touched)[:4]} that "
+                               f"{base} does not have: it was trained for another model.")
+        if deltas.lora is None and not touched:
+            raise AdapterError(f"{adapter_path} matches no module of {base}: it was trained for another model.")
+        for name in ("config.json", "silence_latent.pt", "silence_latent.safetensors"):
+            if (base / name).is_file():
+                shutil.copy2(base / name, tmp / name)
+        (tmp / "merge_info.json").write_text(json.dumps({
+            "base": str(base), "adapter": str(adapter_path), "strength": strength, "dtype": dtype,
+            "modules_merged": len(touched), "date": time.strftime("%Y-%m-%dT%H:%M:%S")}, indent=2) + "\n")
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        tmp.rename(out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    _place_shared(base.parent, out_dir.parent, shared)
+    return out_dir
+
+
+def _write_weights(files: list[Path], folder: Path, deltas: DeltaSource, dtype, max_shard_bytes) -> set[str]:
+    plan = _plan(files, dtype)
+    shards = _shards(plan, max_shard_bytes)
+    names = (["model.safetensors"] if len(shards) == 1 else
+             [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))])
+    touched: set[str] = set()
+    weight_map = {}
+    for shard, name in zip(shards, names, strict=True):
+        writer = StreamingSafetensorsWriter(folder / name, [(k, d, s) for _, k, d, s in shard], {"format": "pt"})
+        for path, key, target, _ in shard:
+            with safe_open(path, framework="pt") as handle:
+                tensor = handle.get_tensor(key)
+            merged = None
+            if key.startswith("decoder.") and key.endswith(".weight"):
+                _, module_key = convert.original_key_to_diffusers(key)
+                module = module_key[: -len(".weight")]
+                merged = deltas.merged(module, tensor)
+                if merged is not None:
+                    touched.add(module)
+            writer.write(key, (merged if merged is not None else tensor).to(target))
+            weight_map[key] = name
+        writer.close()
+    if len(shards) > 1:
+        total = sum(torch.Size(s).numel() * torch.empty((), dtype=d).element_size() for _, _, d, s in plan)
+        (folder / "model.safetensors.index.json").write_text(json.dumps(
+            {"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2) + "\n")
+    return touched
+
+
+def _place_shared(source: Path, target: Path, shared: str) -> None:
+    """Make `vae/` and the text encoder available beside the merged checkpoint."""
+    if shared == "skip" or source.resolve() == target.resolve():
+        return
+    for name in SHARED_FOLDERS:
+        if (target / name).exists() or not (source / name).is_dir():
+            continue
+        if shared == "link":
+            (target / name).symlink_to((source / name).resolve(), target_is_directory=True)
+        else:
+            shutil.copytree(source / name, target / name)

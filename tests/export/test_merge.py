@@ -1,0 +1,83 @@
+"""Merging an adapter into the base gives the model the adapter gives at the same strength."""
+
+import json
+
+import pytest
+import torch
+from safetensors import safe_open
+
+from acestep.export import AdapterError, load_adapter
+from acestep.export.formats import verification_inputs
+from acestep.export.lora import set_adapter_strength
+from acestep.export.merge import merge_adapter
+from acestep.models import load_acestep
+
+from .test_formats import trained_adapter
+
+
+def output(transformer):
+    with torch.no_grad():
+        return transformer(**verification_inputs(transformer)).sample
+
+
+def adapted_output(checkpoint, adapter, strength):
+    transformer = load_acestep(checkpoint, dtype=torch.float32, components=("transformer",)).transformer
+    load_adapter(transformer, adapter)
+    transformer.eval()
+    set_adapter_strength(transformer, strength)
+    return output(transformer)
+
+
+@pytest.mark.parametrize("kind, strength", [("lora", 1.0), ("lora", 0.5), ("dora", 0.7), ("lokr", 1.0),
+                                            ("lokr", 0.4)])
+def test_merge_equals_the_adapter_at_that_strength(tiny_checkpoints, tmp_path, kind, strength):
+    base = tiny_checkpoints / "acestep-v15-turbo"
+    adapter = trained_adapter(base, tmp_path / "final", kind)
+    target = adapter / "lokr_weights.safetensors" if kind == "lokr" else adapter
+    merged = merge_adapter(base, target, tmp_path / "merged" / "acestep-v15-turbo-mine", strength=strength,
+                           dtype="fp32", shared="skip")
+    merged_model = load_acestep(merged, dtype=torch.float32, components=("transformer",)).transformer
+    difference = (output(merged_model) - adapted_output(base, target, strength)).abs().max()
+    assert difference <= 1e-4
+    base_model = load_acestep(base, dtype=torch.float32, components=("transformer",)).transformer
+    assert (output(merged_model) - output(base_model)).abs().max() > 1e-3  # the merge did something
+
+
+def test_merged_folder_is_a_complete_official_checkpoint(tiny_checkpoints, tmp_path):
+    base = tiny_checkpoints / "acestep-v15-turbo"
+    out = tmp_path / "models" / "mine"
+    merge_adapter(base, trained_adapter(base, tmp_path / "a"), out, max_shard_bytes=400_000)
+    names = sorted(p.name for p in out.iterdir())
+    assert "config.json" in names and "silence_latent.pt" in names and "merge_info.json" in names
+    assert "model.safetensors.index.json" in names and len([n for n in names if n.startswith("model-")]) > 1
+    first_shard = next(n for n in names if n.startswith("model-00001-of-"))
+    with safe_open(out / first_shard, "pt") as handle:
+        assert all(handle.get_slice(k).get_dtype() == "BF16" for k in handle.keys())
+    bundle = load_acestep(out)  # all four components, strictly
+    assert bundle.variant == "turbo"
+    assert (tmp_path / "models" / "vae").is_dir() and (tmp_path / "models" / "Qwen3-Embedding-0.6B").is_dir()
+    info = json.loads((out / "merge_info.json").read_text())
+    assert info["strength"] == 1.0 and info["modules_merged"] == 32
+
+
+def test_non_empty_output_is_refused_and_kept(tiny_checkpoints, tmp_path):
+    base = tiny_checkpoints / "acestep-v15-turbo"
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "keep.txt").write_text("mine")
+    with pytest.raises(AdapterError, match="not empty"):
+        merge_adapter(base, trained_adapter(base, tmp_path / "a"), tmp_path / "out")
+    assert (tmp_path / "out" / "keep.txt").read_text() == "mine"
+
+
+def test_adapter_of_another_model_is_refused_and_nothing_written(tiny_checkpoints, fixture_dir, tmp_path):
+    from acestep.models.tiny import TINY_DIT_CONFIG, write_dit_checkpoint
+
+    deeper = tmp_path / "deep"
+    config = {**TINY_DIT_CONFIG, "num_hidden_layers": 6, "num_audio_decoder_hidden_layers": 6,
+              "layer_types": ["sliding_attention", "full_attention"] * 3}
+    write_dit_checkpoint(deeper, config, torch.Generator().manual_seed(0), torch.zeros(1, 100, 64))
+    adapter = trained_adapter(deeper, tmp_path / "a")  # layers 4 and 5 do not exist in the tiny model
+    with pytest.raises(AdapterError, match="trained for another model"):
+        merge_adapter(tiny_checkpoints / "acestep-v15-turbo", adapter, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    assert not list(tmp_path.glob(".out.merging-*"))
