@@ -244,6 +244,33 @@ def cmd_caption(args: argparse.Namespace) -> int:
     return EXIT_PARTIAL if summary.failed else 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    """Write a trained adapter in the formats other tools load, each verified by reloading."""
+    from acestep.export.formats import export_adapter
+
+    result = export_adapter(args.source, args.out, formats=tuple(args.format or ()) or None, name=args.name,
+                            overwrite=args.overwrite,
+                            verify=not args.no_verify, checkpoint=args.checkpoint,
+                            checkpoints_dir=args.checkpoints_dir)
+    for kind, path in result.files.items():
+        check = (f"  (reloaded: max difference {result.max_difference[kind]:.1e})"
+                 if kind in result.max_difference else "")
+        print(f"{kind:10s} {path}{check}")
+    return 0
+
+
+def cmd_merge(args: argparse.Namespace) -> int:
+    """Merge an adapter into its base model and write a complete checkpoint folder."""
+    from acestep.export.merge import merge_adapter
+
+    shard = int(args.max_shard_gb * 2**30) if args.max_shard_gb else None
+    out = merge_adapter(args.checkpoint, args.adapter, args.out, strength=args.strength, dtype=args.dtype,
+                        max_shard_bytes=shard, shared=args.shared, overwrite=args.overwrite,
+                        checkpoints_dir=args.checkpoints_dir)
+    print(f"Merged checkpoint written to {out}")
+    return 0
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     """Train an adapter from a TOML config (or continue a run)."""
     import signal
@@ -406,6 +433,33 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--force", action="store_true",
                        help="resume even if the dataset or the number of processes changed")
     train.set_defaults(func=cmd_train)
+
+    export = commands.add_parser("export", help="write a trained adapter for ACE-Step, ComfyUI or diffusers")
+    export.add_argument("source", type=Path, metavar="ADAPTER",
+                        help="a run folder (its final/ adapter), a checkpoint folder, or an adapter folder")
+    export.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder (must be empty)")
+    export.add_argument("--format", action="append", choices=("peft", "comfyui", "diffusers", "lycoris"),
+                        default=None, help="repeatable; default: peft and comfyui (LoKr: lycoris)")
+    export.add_argument("--name", default=None, help="file name stem (default: trigger tag and step)")
+    export.add_argument("--checkpoint", default=None, help="base DiT (default: the one the adapter was trained on)")
+    export.add_argument("--overwrite", action="store_true", help="replace the contents of a non-empty --out")
+    export.add_argument("--no-verify", action="store_true", help="skip reloading each export to compare outputs")
+    _checkpoints_dir_arg(export)
+    export.set_defaults(func=cmd_export)
+
+    merge = commands.add_parser("merge", help="merge an adapter into its base model (a complete checkpoint)")
+    merge.add_argument("adapter", type=Path, metavar="ADAPTER", help="adapter folder or file (any format), or a run")
+    merge.add_argument("--checkpoint", required=True, metavar="DIT", help="base DiT the adapter was trained on")
+    merge.add_argument("--out", type=Path, required=True, metavar="DIR", help="the new checkpoint folder")
+    merge.add_argument("--strength", type=float, default=1.0, help="adapter strength to merge (default 1.0)")
+    merge.add_argument("--dtype", choices=("bf16", "fp16", "fp32", "keep"), default="bf16",
+                       help="dtype of the merged weights (default bf16, like the official files)")
+    merge.add_argument("--max-shard-gb", type=float, default=None, help="split the weights into shards of this size")
+    merge.add_argument("--shared", choices=("copy", "link", "skip"), default="copy",
+                       help="vae/ and the text encoder beside the new folder: copy (default), link or skip")
+    merge.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    _checkpoints_dir_arg(merge)
+    merge.set_defaults(func=cmd_merge)
 
     tiny = commands.add_parser("tiny-checkpoint",
                                help="write a tiny random checkpoints directory (tests and the offline demo)")

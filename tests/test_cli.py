@@ -85,3 +85,28 @@ def test_split_build_report_on_a_folder(tmp_path, capsys):
     assert main(["report", str(dataset), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["count"] == 2
+
+
+def test_train_export_merge_from_the_command_line(tmp_path, capsys, tiny_checkpoints):
+    import json
+
+    from acestep.training.config import TrainingConfig, apply_overrides, save_config
+
+    from training.conftest import write_tensors_dir
+
+    dit = tiny_checkpoints / "acestep-v15-turbo"
+    tensors = write_tensors_dir(tmp_path / "tensors", dit, 4)
+    config = apply_overrides(TrainingConfig(), [f"data.tensors_dir={tensors}", f"model.checkpoint={dit}",
+                                                f"run.output_dir={tmp_path / 'runs'}", "run.name=cli", "run.epochs=1",
+                                                "adapter.rank=4", "adapter.alpha=8", "optimizer.warmup_steps=0"])
+    save_config(config, tmp_path / "run.toml")
+    assert main(["train", "--config", str(tmp_path / "run.toml")]) == 0
+    run = tmp_path / "runs" / "cli"
+    assert main(["export", str(run), "--out", str(tmp_path / "export")]) == 0
+    printed = capsys.readouterr().out
+    assert "peft" in printed and "comfyui" in printed and "reloaded: max difference" in printed
+    assert main(["export", str(run), "--out", str(tmp_path / "export")]) == 1  # not empty
+    assert "pass --overwrite" in capsys.readouterr().err
+    assert main(["merge", str(run / "final"), "--checkpoint", str(dit), "--out", str(tmp_path / "merged" / "m"),
+                 "--strength", "0.5"]) == 0
+    assert json.loads((tmp_path / "merged" / "m" / "merge_info.json").read_text())["strength"] == 0.5

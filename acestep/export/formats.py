@@ -135,21 +135,23 @@ def _lycoris_state(source: Path, transformer) -> dict[str, torch.Tensor]:
     return {k: v.float().contiguous() for k, v in to_official_names(state, transformer).items()}
 
 
-def export_adapter(source: str | Path, out_dir: str | Path, formats: tuple[str, ...] = ("peft", "comfyui"),
+def export_adapter(source: str | Path, out_dir: str | Path, formats: tuple[str, ...] | None = None,
                    name: str | None = None, overwrite: bool = False, verify: bool = True,
                    checkpoint: str | Path | None = None, checkpoints_dir: Path | None = None) -> ExportResult:
-    """Write the adapter of `source` (a run, checkpoint or adapter folder) in `formats` into
-    `out_dir`. `checkpoint` names the base DiT (default: the one the adapter was trained on), used
-    to map LoKr names and to verify. Raises `AdapterError`; nothing existing is deleted unless
-    `overwrite`, and a failed export removes only what it wrote."""
+    """Write the adapter of `source` (a run, checkpoint or adapter folder) in `formats` (default:
+    peft and comfyui, or lycoris for LoKr) into `out_dir`. `checkpoint` names the base DiT
+    (default: the one the adapter was trained on), used to map LoKr names and to verify.
+    Raises `AdapterError`; nothing existing is deleted unless `overwrite`, and a failed export
+    removes only what it wrote."""
     from acestep.models.load import load_acestep
 
+    folder = resolve_adapter_folder(source)
+    lokr = (folder / LOKR_WEIGHTS).is_file()
+    formats = formats or (("lycoris",) if lokr else ("peft", "comfyui"))
     unknown = [f for f in formats if f not in FORMATS]
     if unknown or not formats:
         raise AdapterError(f"Unknown export format(s) {unknown}; choose from {', '.join(FORMATS)}.")
-    folder = resolve_adapter_folder(source)
     metadata = read_metadata(folder)
-    lokr = (folder / LOKR_WEIGHTS).is_file()
     if lokr and set(formats) - {"lycoris"}:
         raise AdapterError(f"{folder} holds a LoKr adapter: it exports as 'lycoris' only.")
     if not lokr and "lycoris" in formats:
