@@ -38,7 +38,15 @@ from acestep.captioning.lm_prompt import (
     parse_lm_output,
 )
 from acestep.errors import AceStepError, AudioError, CheckpointError, CheckpointNotFoundError
-from acestep.models.checkpoints import DIT, LM, VAE, is_diffusers_layout, official_model, resolve_model_path
+from acestep.models.checkpoints import (
+    DIT,
+    LM,
+    VAE,
+    default_checkpoints_dir,
+    is_diffusers_layout,
+    official_model,
+    resolve_model_path,
+)
 
 __all__ = ["LmLabeller", "build_understanding_prompt", "parse_lm_output", "sample_tokens", "download_size"]
 
@@ -76,13 +84,14 @@ def _resolve(name: str | Path, kind: str, what: str, checkpoints_dir: Path | Non
     try:
         return resolve_model_path(name, kind, checkpoints_dir)
     except CheckpointNotFoundError as exc:
-        text = str(name)
+        text, message = str(name), str(exc).rstrip()
         size = download_size(text)
-        extra = f" The {what} is needed by the 5Hz-LM labeller"
-        extra += f"; download size {size}." if size else "."
+        message += ("" if message.endswith(".") else ".") + f" The 5Hz-LM labeller needs this {what}"
+        message += f" (download size {size})." if size else "."
         if official_model(text) is None and text.count("/") == 1 and not text.startswith((".", "/", "~")):
-            extra += f" For this Hugging Face id: acestep-trainer download {text}"
-        raise CheckpointNotFoundError(f"{exc}{extra}") from exc
+            root = checkpoints_dir or default_checkpoints_dir()
+            message += f" To fetch this Hugging Face id: acestep-trainer download {text} --checkpoints-dir {root}"
+        raise CheckpointNotFoundError(message) from exc
 
 
 def _folder_identity(folder: Path) -> str:
@@ -266,7 +275,7 @@ class LmLabeller:
         """The three model folders, resolved once (raises CheckpointNotFoundError when absent)."""
         if self._folders is None:
             lm = _resolve(self.lm, LM, "5 Hz LM", self.checkpoints_dir)
-            dit = _resolve(self.dit, DIT, "DiT (it holds the audio tokenizer)", self.checkpoints_dir)
+            dit = _resolve(self.dit, DIT, "DiT (the audio tokenizer is part of it)", self.checkpoints_dir)
             vae = self.vae
             if vae is None:
                 vae = dit / "vae" if is_diffusers_layout(dit) and (dit / "vae").is_dir() else "vae"
