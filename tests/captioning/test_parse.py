@@ -17,13 +17,19 @@ EXPECTED = json.loads((OUTPUTS / "expected.json").read_text(encoding="utf-8"))
 FIELDS = ("caption", "genre", "bpm", "keyscale", "timesignature", "language", "lyrics", "instrumental", "parsed")
 
 
+def _read(name: str) -> str:
+    """The file exactly as written (read_text would turn the CRLF file's line ends into LF)."""
+    return (OUTPUTS / name).read_bytes().decode("utf-8")
+
+
 def _parse(name: str) -> Labels:
-    text = (OUTPUTS / name).read_text(encoding="utf-8")
+    text = _read(name)
     parser = parse_caption_output if EXPECTED[name]["parser"] == "caption" else parse_transcription_output
     return parser(text)
 
 
 def test_corpus_is_complete():
+    assert "\r\n" in _read("caption_windows_newlines.txt"), "one output keeps Windows line ends"
     files = sorted(path.name for path in OUTPUTS.glob("*.txt"))
     assert len(files) >= 15
     assert files == sorted(EXPECTED)
@@ -35,7 +41,7 @@ def test_corpus_is_complete():
 def test_corpus_output(name):
     expected = EXPECTED[name]
     labels = _parse(name)
-    raw = (OUTPUTS / name).read_text(encoding="utf-8")
+    raw = _read(name)
     assert labels.raw == raw, "the model's text is always kept as written"
     assert labels.source == ("captioner" if expected["parser"] == "caption" else "transcriber")
     for field in FIELDS:
