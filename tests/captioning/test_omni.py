@@ -271,3 +271,46 @@ def test_settings_are_checked(omni_root):
                 {"max_new_tokens": 0}, {"device": "cpu", "cpu_offload": True}):
         with pytest.raises(ValueError):
             OmniLabeller(**{"kind": "captioner", "model": CAPTIONER_REPO, **bad})
+
+
+def test_batch_labelling_writes_sidecars_from_both_models(omni_root, real_loops, tmp_path, monkeypatch):
+    """The two labellers in acestep.captioning.batch: loaded per pass, answers parsed into the
+    sidecars the dataset builder reads, unloaded after; a second run is served from the cache."""
+    from transformers import Qwen2TokenizerFast
+
+    from acestep.captioning.batch import label_folder
+
+    tokenizer = Qwen2TokenizerFast.from_pretrained(omni_root / "acestep-captioner")
+    answers = {
+        "acestep-captioner": "A dusty breakbeat loop with crisp snares, played at 136 BPM.",
+        "acestep-transcriber": "# Languages\nen\n\n# Lyrics\n[Verse]\nDrums keep rolling on",
+    }
+    calls = []
+
+    def generate(model, **inputs):
+        folder = Path(model.config._name_or_path).name
+        calls.append(folder)
+        answer = tokenizer(answers[folder], add_special_tokens=False)["input_ids"]
+        answer.append(tokenizer.convert_tokens_to_ids("<|im_end|>"))
+        return torch.cat([inputs["input_ids"], torch.tensor([answer])], dim=1)
+
+    monkeypatch.setattr(Qwen2_5OmniThinkerForConditionalGeneration, "generate", generate)
+    songs = tmp_path / "songs"
+    songs.mkdir()
+    for name in ("loop_amen_full", "drum_roll"):
+        shutil.copy(real_loops[name], songs / f"{name}.flac")
+    labellers = [OmniLabeller("captioner", CAPTIONER_REPO, device="cpu", checkpoints_dir=omni_root),
+                 OmniLabeller("transcriber", TRANSCRIBER_REPO, device="cpu", checkpoints_dir=omni_root)]
+    summary = label_folder(songs, labellers, cache_dir=tmp_path / "cache")
+    assert summary.labelled == 4 and not summary.failed
+    assert calls == ["acestep-captioner"] * 2 + ["acestep-transcriber"] * 2
+    assert all(labeller.model is None for labeller in labellers), "each model is unloaded after its pass"
+    sidecar = json.loads((songs / "drum_roll.flac.json").read_text())
+    assert sidecar["caption"] == answers["acestep-captioner"] and sidecar["bpm"] == 136.0
+    assert sidecar["lyrics"] == "[Verse]\nDrums keep rolling on" and sidecar["language"] == "en"
+    assert sidecar["is_instrumental"] is False
+    assert sidecar["raw_outputs"] == {"captioner": answers["acestep-captioner"],
+                                      "transcriber": answers["acestep-transcriber"]}
+    assert sidecar["labelled_by"] == {labeller.name: labeller.fingerprint() for labeller in labellers}
+    again = label_folder(songs, labellers, mode="overwrite", cache_dir=tmp_path / "cache")
+    assert again.cached == 4 and again.labelled == 0 and len(calls) == 4
