@@ -55,6 +55,7 @@ _PROSE_NO_VOCALS = re.compile(
     r"|entirely instrumental|fully instrumental|no vocals|without (?:any )?vocals|no singing|devoid of vocals"
     r"|absence of vocals)\b", re.IGNORECASE
 )
+_GENRE_MAX_CHARS = 80
 # "vocal chops" and "vocal samples" are sounds in an instrumental mix, not a sung part.
 _PROSE_VOCALS = re.compile(
     r"\b(?:vocal(?:ist|s)?|singer|sings|singing|sung|rapper|rapping|lyrics|choir)\b"
@@ -63,9 +64,13 @@ _PROSE_VOCALS = re.compile(
 
 
 def fields_from_pairs(pairs) -> dict[str, Any]:
+    """{field: raw value} from (name as written, value) pairs; names no field has are kept under
+    "_other" as pairs, and so are descriptive values of known names ("Vocals: breathy female lead")."""
     fields: dict[str, Any] = {"_other": []}
     for key, value in pairs:
         field = FIELD_OF.get(normalize_name(str(key)))
+        if field == "genre" and isinstance(value, str) and len(value) > _GENRE_MAX_CHARS:
+            field = None  # "Style: a dreamy track that ..." is a description, not a genre tag list
         if field is None:
             if isinstance(value, (str, int, float)) and str(value).strip():
                 fields["_other"].append((str(key).strip(), str(value).strip()))

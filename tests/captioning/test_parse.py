@@ -103,6 +103,14 @@ def test_prose_does_not_invent_keys():
     assert parse_caption_output("The song moves in G major with a 3/4 waltz feel.").timesignature == "3"
 
 
+def test_a_long_style_line_is_a_description_not_a_genre():
+    style = "a dreamy bedroom-pop track with hazy guitars, a soft drum machine and whispered vocals"
+    labels = parse_caption_output(f"Style: {style}\nBPM: 90")
+    assert labels.genre == "" and labels.bpm == 90.0
+    assert labels.caption == f"Style: {style}."
+    assert parse_caption_output("Style: Synthwave, retrowave\nBPM: 90").genre == "Synthwave, retrowave"
+
+
 def test_prose_with_a_colon_stays_prose():
     labels = parse_caption_output("Genre-bending: a mix of jazz and trap, led by a female singer.")
     assert labels.caption == "Genre-bending: a mix of jazz and trap, led by a female singer."
