@@ -45,6 +45,8 @@ _KEY_VALUE = re.compile(
 )
 _HEADER = re.compile(r"^\s*#{1,6}\s*[*_]{0,2}(?P<key>[A-Za-z][A-Za-z /_()-]{0,28}?)[*_]{0,2}\s*:?\s*$")
 _JSON_PAIR = re.compile(r'"(?P<key>[^"\\]{1,40})"\s*:\s*(?P<value>"(?:[^"\\]|\\.)*"|-?\d+(?:\.\d+)?|true|false|null)')
+
+
 def parse_caption_output(text: str) -> Labels:
     """Labels from the captioner's text: the caption, and genre, bpm, key, time signature,
     language and instrumental where the text states them. Never raises."""
@@ -59,9 +61,7 @@ def parse_caption_output(text: str) -> Labels:
     caption = labels.caption or prose
     others = fields.get("_other", [])
     if others:  # "Instruments: ...", "Mood: ..." describe the style too: they join the caption
-        described = ". ".join(f"{key}: {value.rstrip('.')}" for key, value in others) + "."
-        caption = f"{caption.rstrip()}{'' if caption.rstrip().endswith(('.', '!', '?')) else '.'} {described}" \
-            if caption.strip() else described
+        caption = _join_sentences(caption, [f"{key}: {value}" for key, value in others])
         labels.notes.append("the caption includes " + ", ".join(key for key, _ in others))
     caption = _collapse_blank_lines(caption)
     if not _reads_as_text(caption) and not _has_metadata(labels):
@@ -121,6 +121,15 @@ def _clean(text: str) -> str:
     text = _ROLE_PREFIX.sub("", text, count=1)
     text = _FENCE.sub("", text)
     return text.strip()
+
+
+def _join_sentences(text: str, sentences: list[str]) -> str:
+    """"bright pop" + ["Mood: happy"] -> "bright pop. Mood: happy." """
+    joined = ""
+    for part in (part.strip() for part in [text, *sentences]):
+        if part:
+            joined += ("" if not joined else " " if joined.endswith((".", "!", "?")) else ". ") + part
+    return joined if not joined or joined.endswith((".", "!", "?")) else joined + "."
 
 
 def _collapse_blank_lines(text: str) -> str:
