@@ -198,6 +198,28 @@ class RunConfig:
         "settled; at most run.epochs.", ge=1)
     nan_patience: int = _option(
         5, "Non-finite losses in a row (each such step is skipped) before training halts.", ge=1)
+    preview_every_epochs: int = _option(
+        0, "Render audio previews every this many epochs, on the main process: a wav and a spectrogram "
+        "PNG per strength in <run>/previews/step-N/, listed in events.jsonl; 0: off. Previews leave the "
+        "training bit-identical.", ge=0)
+    preview_every_steps: int = _option(
+        0, "Render audio previews every this many optimizer steps; 0: off.", ge=0)
+    preview_caption: str = _option(
+        "", "The caption previews are rendered from (include the trigger tag); required when previews "
+        "are on.", allowed="any text; not empty when previews are on")
+    preview_lyrics: str = _option(
+        "", "Lyrics of the previews; empty: an instrumental preview.")
+    preview_language: str = _option(
+        "en", "Language code of the preview lyrics, as the dataset uses them (en, zh, ja, ..., unknown).",
+        allowed="a language code ACE-Step knows (en, zh, ja, ..., unknown)")
+    preview_seconds: float = _option(
+        10.0, "Length of each preview in seconds (a VAE hop of 1920 samples at most is added).", gt=0, le=600)
+    preview_seed: int = _option(
+        0, "Seed of the previews' noise: the same at every preview, so previews of different steps compare.",
+        ge=0, le=_SEED_MAX)
+    preview_strengths: list[float] = _option(
+        [0.0, 1.0], "Adapter strengths rendered at each preview, from the same noise: 0 is the base model, "
+        "1 the adapter as trained.", allowed="one or more distinct numbers from 0 to 2")
 
 
 @dataclass
@@ -356,6 +378,30 @@ def _check_prodigy_lr(config: TrainingConfig) -> str | None:
     return None
 
 
+def _check_preview_caption(config: TrainingConfig) -> str | None:
+    run = config.run
+    if (run.preview_every_epochs or run.preview_every_steps) and not run.preview_caption.strip():
+        return ("run.preview_caption is required when previews are on (run.preview_every_epochs or "
+                "run.preview_every_steps above 0): the caption to render, with the trigger tag")
+    return None
+
+
+def _check_preview_language(config: TrainingConfig) -> str | None:
+    from acestep.dataset.languages import VALID_LANGUAGES
+
+    language = config.run.preview_language
+    return None if language in VALID_LANGUAGES else (
+        f"run.preview_language must be a language code ACE-Step knows (en, zh, ja, ..., unknown), found "
+        f"{show(language)}")
+
+
+def _check_preview_strengths(config: TrainingConfig) -> str | None:
+    strengths = config.run.preview_strengths
+    if not strengths or len(set(strengths)) != len(strengths) or not all(0 <= s <= 2 for s in strengths):
+        return f"run.preview_strengths must be one or more distinct numbers from 0 to 2, found {show(strengths)}"
+    return None
+
+
 # (fields involved, first one named in the UI; check) for the rules a field's metadata cannot say.
 _CHECKS: tuple[tuple[tuple[str, ...], Callable[[TrainingConfig], str | None]], ...] = (
     (("optimizer.betas",), _check_betas),
@@ -365,4 +411,7 @@ _CHECKS: tuple[tuple[tuple[str, ...], Callable[[TrainingConfig], str | None]], .
     (("adapter.lokr_factor",), _check_lokr_factor),
     (("run.best_after_epochs", "run.epochs"), _check_best_after),
     (("optimizer.lr", "optimizer.name"), _check_prodigy_lr),
+    (("run.preview_caption", "run.preview_every_epochs", "run.preview_every_steps"), _check_preview_caption),
+    (("run.preview_language",), _check_preview_language),
+    (("run.preview_strengths",), _check_preview_strengths),
 )

@@ -60,7 +60,9 @@ def test_defaults_are_the_documented_ones():
                 "gradient_checkpointing": False, "compile": False, "log_every_steps": 10,
                 "save_every_epochs": 1, "save_every_steps": 0, "keep_checkpoints": 3,
                 "early_stopping_patience": 0, "early_stopping_min_delta": 0.0, "best_after_epochs": 1,
-                "nan_patience": 5},
+                "nan_patience": 5, "preview_every_epochs": 0, "preview_every_steps": 0, "preview_caption": "",
+                "preview_lyrics": "", "preview_language": "en", "preview_seconds": 10.0, "preview_seed": 0,
+                "preview_strengths": [0.0, 1.0]},
     }
     assert CONFIG_VERSION == 1
 
