@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from acestep.errors import TrainingError
+from acestep.inference.training_hook import TrainingPreviews
 from acestep.training import checkpoint as ckpt
 from acestep.training.config import TrainingConfig
 from acestep.training.events import make_event
@@ -95,6 +96,7 @@ class Trainer:
         self.stop_requested = False
         self.saved_at: tuple[int, int, int] | None = None
         self.interval = _Interval(self.fabric.device)
+        self.previews = TrainingPreviews(session, self.emit)  # run.preview_*: audio previews, rank 0
 
     # ---- events --------------------------------------------------------------------------------
     def emit(self, kind: str, **fields) -> None:
@@ -172,6 +174,7 @@ class Trainer:
     def run(self) -> TrainingResult:
         cfg, s, p = self.config, self.s, self.progress
         self.emit("start", step=p.step, epoch=p.epoch, message=s.start_message())
+        self.previews.check_models()  # a preview model that cannot be found stops the run now, not hours in
         interval = self.interval
         status = "completed"
         while p.epoch < cfg.run.epochs and p.step < s.total_steps:
@@ -224,6 +227,7 @@ class Trainer:
                 self._log(interval)
             if cfg.run.save_every_steps and p.step % cfg.run.save_every_steps == 0:
                 self.save_checkpoint(f"every {cfg.run.save_every_steps} steps")
+            self.previews.after_step(p.step, p.epoch)
             if self._stop_wanted(at_log):
                 self.save_checkpoint("stopped on request")
                 self.emit("stop", step=p.step, epoch=p.epoch,
@@ -284,6 +288,7 @@ class Trainer:
             self._track_best(metric, finished_epoch)
         if cfg.run.save_every_epochs and p.epoch % cfg.run.save_every_epochs == 0:
             self.save_checkpoint(f"end of epoch {finished_epoch}")
+        self.previews.after_epoch(p.step, p.epoch, finished_epoch)
         if cfg.run.early_stopping_patience and p.epochs_without_improvement >= cfg.run.early_stopping_patience:
             return "early_stopped"
         if self._stop_wanted(at_log_interval=True):

@@ -1,0 +1,135 @@
+"""Previews during training (`run.preview_*`): every N steps and/or epochs, on the main process,
+render the preview caption at each configured strength with the live adapter, write
+`<run>/previews/step-NNNNNN/strength-S.wav` and `.png`, and emit a `preview` event whose `files`
+lists them (paths relative to the run folder).
+
+Training is unchanged by it, bit for bit: every RNG state (torch CPU and every CUDA device, numpy,
+Python) is saved before and restored after, every module's train/eval mode is put back, the
+adapter's flags and scales are restored exactly (`acestep.inference.strength`), sampling draws only
+from its own generator, and neither the default dtype nor autocast is touched. The renderer (VAE,
+and the encoders while a caption is encoded) is created at the first preview, on the training
+device in the training dtype. A preview that fails (e.g. out of memory) is reported as a `warning`
+event and training goes on; models that cannot be found stop the run at its start.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from acestep.errors import AceStepError, TrainingError
+from acestep.inference.preview import PreviewRenderer, PreviewRequest
+from acestep.inference.render import write_preview
+
+PREVIEWS_FOLDER = "previews"
+
+
+def capture_rng() -> dict:
+    """Every global RNG state a training step can draw from."""
+    states = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def restore_rng(states: dict) -> None:
+    torch.set_rng_state(states["torch"])
+    np.random.set_state(states["numpy"])
+    random.setstate(states["python"])
+    if "cuda" in states:
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def strength_name(strength: float) -> str:
+    """File stem of one strength: 0 -> strength-0, 0.5 -> strength-0.5, 1 -> strength-1."""
+    return f"strength-{strength:g}"
+
+
+class TrainingPreviews:
+    """The preview hook of one training session. `emit(kind, **fields)` sends events (the trainer's
+    own emitter, which only rank 0 has listeners for)."""
+
+    def __init__(self, session, emit):
+        run = session.config.run
+        self.session, self.emit = session, emit
+        self.every_steps, self.every_epochs = run.preview_every_steps, run.preview_every_epochs
+        self.enabled = bool(self.every_steps or self.every_epochs)
+        self.renderer: PreviewRenderer | None = None
+        self.last_step: int | None = None
+        self.vae = self.text_encoder = None
+
+    def check_models(self) -> None:
+        """Find the VAE and text encoder previews need (rank 0, previews on): the ones preprocessing
+        used (recorded in the manifest), else the ones beside the DiT. Called when the run starts, so
+        a missing model stops it then. Raises TrainingError naming the model and the fix."""
+        if self.enabled and self.session.fabric.global_rank == 0:
+            self.vae, self.text_encoder = self._model_paths()
+
+    def _model_paths(self) -> tuple[Path, Path]:
+        from acestep.models.checkpoints import TEXT_ENCODER, VAE, resolve_model_path
+        from acestep.models.encoders import DEFAULT_TEXT_ENCODER, DEFAULT_VAE
+
+        recorded = self.session.samples.manifest.model
+        dit = Path(self.session.checkpoint_info["checkpoint"])
+        checkpoints_dir = self.session.config.model.checkpoints_dir
+        paths = []
+        for kind, key, default in ((VAE, "vae", DEFAULT_VAE), (TEXT_ENCODER, "text_encoder", DEFAULT_TEXT_ENCODER)):
+            where = recorded.get(key) or dit.parent / default
+            try:
+                paths.append(resolve_model_path(where, kind, Path(checkpoints_dir) if checkpoints_dir else None))
+            except AceStepError as exc:
+                raise TrainingError(f"Previews are on (run.preview_every_*), but the {key.replace('_', ' ')} "
+                                    f"cannot be found: {exc} Put it there, or set run.preview_every_steps and "
+                                    "run.preview_every_epochs to 0.") from exc
+        return paths[0], paths[1]
+
+    def request(self) -> PreviewRequest:
+        run = self.session.config.run
+        return PreviewRequest(caption=run.preview_caption, lyrics=run.preview_lyrics, language=run.preview_language,
+                              duration=run.preview_seconds, seed=run.preview_seed)
+
+    def after_step(self, step: int, epoch: int) -> None:
+        """Called after each optimizer step."""
+        if self.every_steps and step % self.every_steps == 0:
+            self.render(step, epoch, f"every {self.every_steps} steps")
+
+    def after_epoch(self, step: int, epochs_done: int, finished_epoch: int) -> None:
+        """Called at the end of each epoch, `epochs_done` counting the one just finished."""
+        if self.every_epochs and epochs_done % self.every_epochs == 0:
+            self.render(step, finished_epoch, f"end of epoch {finished_epoch}")
+
+    def render(self, step: int, epoch: int, reason: str) -> None:
+        if self.session.fabric.global_rank != 0 or self.last_step == step:
+            return  # one preview per step, when an epoch's end and a step count coincide
+        self.last_step = step
+        rng = capture_rng()
+        dtype = torch.get_default_dtype()
+        try:
+            files = self._render_files(step)
+        except (AceStepError, RuntimeError) as exc:  # RuntimeError: e.g. CUDA out of memory
+            self.emit("warning", step=step, epoch=epoch,
+                      message=f"preview at step {step} failed ({type(exc).__name__}: {exc}); training goes on")
+            return
+        finally:
+            restore_rng(rng)
+            torch.set_default_dtype(dtype)
+        strengths = ", ".join(f"{s:g}" for s in self.session.config.run.preview_strengths)
+        self.emit("preview", step=step, epoch=epoch, files=files,
+                  message=f"{reason}: previews at strength {strengths} in {self.session.run_dir / PREVIEWS_FOLDER}")
+
+    def _render_files(self, step: int) -> list[str]:
+        s = self.session
+        if self.renderer is None:
+            self.renderer = PreviewRenderer(s.checkpoint_info["checkpoint"], vae=self.vae,
+                                            text_encoder=self.text_encoder, device=s.fabric.device,
+                                            dtype=s.model_dtype, keep_encoders=False)
+        folder = s.run_dir / PREVIEWS_FOLDER / f"step-{step:06d}"
+        request, files = self.request(), []
+        for strength in s.config.run.preview_strengths:
+            audio = self.renderer.render(s.adapter.transformer, request, strength=float(strength))
+            for path in write_preview(audio, folder, strength_name(strength)):
+                files.append(path.relative_to(s.run_dir).as_posix())
+        return files

@@ -1,0 +1,96 @@
+"""Previews during training (`acestep/inference/training_hook.py` and its hook in the loop): the
+files and events appear, and the run ends bit-identical to the same run without previews."""
+
+import json
+
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from acestep.errors import TrainingError
+from acestep.training.loop import train
+from training.conftest import write_tensors_dir
+from training.test_loop import make_config
+
+PREVIEW = ("run.preview_caption=mystyle, lofi hip hop beat", "run.preview_seconds=0.4",
+           "run.preview_strengths=[0, 0.5, 1]", "run.preview_seed=3")
+
+
+def events(run_dir):
+    return [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
+
+
+def test_previews_leave_training_bit_identical_and_are_listed(tmp_path, turbo_dit):
+    tensors = write_tensors_dir(tmp_path / "tensors", turbo_dit, 5)
+    # adapter dropout 0.1 draws from the global RNG and runs only in train mode: a preview that
+    # left a draw, the eval mode or a changed adapter scale behind would change the weights.
+    common = ("run.epochs=2", "optimizer.gradient_accumulation=2", "run.save_every_epochs=0")
+    plain = train(make_config(tmp_path / "off", tensors, turbo_dit, *common))
+    dtype = torch.get_default_dtype()
+    previewed = train(make_config(tmp_path / "on", tensors, turbo_dit, *common, *PREVIEW,
+                                  "run.preview_every_steps=2", "run.preview_every_epochs=1"))
+    assert torch.get_default_dtype() == dtype
+    a, b = (load_file(r.run_dir / "final" / "adapter_model.safetensors") for r in (plain, previewed))
+    assert plain.step == previewed.step == 6
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    curve = [(e["step"], e["loss"]) for e in events(plain.run_dir) if e["type"] == "log"]
+    assert [(e["step"], e["loss"]) for e in events(previewed.run_dir) if e["type"] == "log"] == curve
+
+    previews = [e for e in events(previewed.run_dir) if e["type"] == "preview"]
+    # every 2 steps (2, 4, 6) and every epoch (steps 3 and 6): step 6 once
+    assert [e["step"] for e in previews] == [2, 3, 4, 6]
+    assert [e["epoch"] for e in previews] == [0, 0, 1, 1]
+    for event in previews:
+        names = [f"previews/step-{event['step']:06d}/strength-{s}.{ext}" for s in ("0", "0.5", "1")
+                 for ext in ("wav", "png")]
+        assert event["files"] == names
+        for name in names:
+            assert (previewed.run_dir / name).stat().st_size > 0
+        assert Image.open(previewed.run_dir / names[1]).size == (1 + 10 * 1920 // 512, 128)
+    assert not any(e["type"] == "warning" for e in events(previewed.run_dir))
+    assert not (plain.run_dir / "previews").exists()
+
+
+def test_a_missing_preview_model_stops_the_run_at_its_start(tmp_path, turbo_dit):
+    alone = tmp_path / "models"
+    alone.mkdir()
+    (alone / turbo_dit.name).symlink_to(turbo_dit, target_is_directory=True)  # no vae/ beside it
+    tensors = write_tensors_dir(tmp_path / "tensors", alone / turbo_dit.name, 2)
+    config = make_config(tmp_path, tensors, alone / turbo_dit.name, *PREVIEW, "run.preview_every_steps=1")
+    with pytest.raises(TrainingError, match="Previews are on .* vae cannot be found"):
+        train(config)
+    log = events(tmp_path / "runs" / "run")
+    assert log[-1]["type"] == "error" and not any(e["type"] == "log" for e in log)
+
+
+def test_capture_and_restore_cover_every_global_rng():
+    import random
+
+    import numpy as np
+
+    from acestep.inference.training_hook import capture_rng, restore_rng
+
+    states = capture_rng()
+    first = (torch.rand(3), np.random.rand(3), random.random())
+    restore_rng(states)
+    again = (torch.rand(3), np.random.rand(3), random.random())
+    assert torch.equal(first[0], again[0]) and np.array_equal(first[1], again[1]) and first[2] == again[2]
+
+
+@pytest.mark.parametrize("overrides, fragment", [
+    (["run.preview_every_epochs=1"], "run.preview_caption is required when previews are on"),
+    (["run.preview_strengths=[]"], "run.preview_strengths must be one or more distinct numbers from 0 to 2"),
+    (["run.preview_strengths=[0, 0]"], "distinct"),
+    (["run.preview_strengths=[2.5]"], "from 0 to 2"),
+    (["run.preview_language=english"], "run.preview_language must be a language code"),
+    (["run.preview_seconds=0"], "run.preview_seconds must be more than 0"),
+])
+def test_preview_settings_are_checked(overrides, fragment):
+    from acestep.errors import ConfigError
+    from acestep.training.config import TrainingConfig, apply_overrides
+
+    with pytest.raises(ConfigError, match=fragment):
+        apply_overrides(TrainingConfig(), ["data.tensors_dir=/t", *overrides])
+    on = apply_overrides(TrainingConfig(), ["data.tensors_dir=/t", "run.preview_every_steps=5", "run.preview_caption=x"])
+    assert on.run.preview_strengths == [0.0, 1.0] and on.run.preview_seconds == 10.0
