@@ -1,0 +1,100 @@
+"""`acestep-trainer preview`: render a caption with a base checkpoint, optionally with an adapter at
+several strengths (same seed, same noise), into wav files and spectrogram PNGs.
+
+`add_preview_arguments(parser)` declares the options; `run_preview(args)` runs the command and
+returns the exit status (AceStepError propagates to the CLI, which prints its message).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from acestep.inference.sampler import GUIDANCE_METHODS, PreviewError
+
+BASE_NAME = "base"  # file stem of a render without an adapter
+
+
+def parse_strengths(text: str) -> list[float]:
+    """`"0,0.5,1"` -> [0.0, 0.5, 1.0]; distinct numbers of 0 or more."""
+    try:
+        values = [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"strengths must be numbers separated by commas, e.g. 0,0.5,1; got {text!r}") from None
+    if not values or len(set(values)) != len(values) or any(not v >= 0 for v in values):
+        raise argparse.ArgumentTypeError(f"strengths must be distinct numbers of 0 or more, e.g. 0,0.5,1; got {text!r}")
+    return values
+
+
+def add_preview_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of `acestep-trainer preview`."""
+    parser.add_argument("--checkpoint", required=True,
+                        help="the base DiT: a model folder, a name in the checkpoints directory, or an HF id")
+    parser.add_argument("--adapter", type=Path, default=None,
+                        help="an adapter folder to apply (e.g. <run>/final); without it the base model is rendered")
+    parser.add_argument("--caption", required=True, help="what to render (include the adapter's trigger tag)")
+    parser.add_argument("--lyrics", default="", help="lyrics (default: an instrumental)")
+    parser.add_argument("--language", default="en", help="language code of the lyrics (default: en)")
+    parser.add_argument("--bpm", type=float, default=None, help="tempo written into the prompt")
+    parser.add_argument("--key", default="", help="key and scale written into the prompt, e.g. 'C major'")
+    parser.add_argument("--time-signature", default="", help="time signature written into the prompt, e.g. 4")
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds of audio (default: 10)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the noise (default: 0)")
+    parser.add_argument("--strengths", type=parse_strengths, default=None,
+                        help="adapter strengths, comma-separated (default with --adapter: 0,1; 0 is the base model)")
+    parser.add_argument("--steps", type=int, default=None, help="sampling steps (default: turbo 8, base/sft 50)")
+    parser.add_argument("--shift", type=float, default=None, help="timestep shift (default: turbo 3, base/sft 1)")
+    parser.add_argument("--guidance-scale", type=float, default=None,
+                        help="guidance scale for base/sft (default: 7; turbo samples without guidance)")
+    parser.add_argument("--guidance", choices=GUIDANCE_METHODS, default="apg",
+                        help="guidance method for base/sft: apg (upstream's default) or cfg (plain CFG)")
+    parser.add_argument("--out", type=Path, required=True, help="folder for the wav and PNG files")
+    parser.add_argument("--overwrite", action="store_true", help="replace preview files already in --out")
+    parser.add_argument("--vae", default=None, help="VAE folder (default: vae/ beside the checkpoint)")
+    parser.add_argument("--text-encoder", default=None,
+                        help="text encoder folder (default: Qwen3-Embedding-0.6B/ beside the checkpoint)")
+    parser.add_argument("--device", default=None, help="cuda, cuda:1, cpu, ... (default: cuda when available)")
+    parser.add_argument("--dtype", choices=("auto", "bf16", "fp16", "fp32"), default="auto",
+                        help="model dtype (default: bf16 on CUDA, fp32 on CPU)")
+    parser.add_argument("--checkpoints-dir", type=Path, default=None,
+                        help="folder holding the model folders (default: $ACESTEP_CHECKPOINTS_DIR, else checkpoints/)")
+
+
+def run_preview(args: argparse.Namespace) -> int:
+    """Render the request at each strength (or once without an adapter) into `--out`; prints each
+    file. Raises PreviewError, CheckpointError or AdapterError with the fix."""
+    from acestep.inference.preview import PreviewRenderer, PreviewRequest
+    from acestep.inference.render import write_preview
+    from acestep.inference.training_hook import strength_name
+    from acestep.models.load import load_acestep
+
+    if args.adapter is None and args.strengths is not None:
+        raise PreviewError("--strengths needs --adapter: strengths scale an adapter")
+    strengths = (args.strengths or [0.0, 1.0]) if args.adapter is not None else [None]
+    names = [BASE_NAME if s is None else strength_name(s) for s in strengths]
+    taken = [args.out / f"{name}{ext}" for name in names for ext in (".wav", ".png")
+             if (args.out / f"{name}{ext}").exists()]
+    if taken and not args.overwrite:
+        raise PreviewError(f"{args.out} already holds {', '.join(p.name for p in taken)}; choose another --out or "
+                           "pass --overwrite")
+    request = PreviewRequest(caption=args.caption, lyrics=args.lyrics, language=args.language, bpm=args.bpm,
+                             keyscale=args.key, timesignature=args.time_signature, duration=args.duration,
+                             seed=args.seed, steps=args.steps, shift=args.shift, guidance_scale=args.guidance_scale,
+                             guidance=args.guidance)
+    renderer = PreviewRenderer(args.checkpoint, vae=args.vae, text_encoder=args.text_encoder, device=args.device,
+                               dtype=args.dtype, checkpoints_dir=args.checkpoints_dir)
+    bundle = load_acestep(args.checkpoint, dtype=renderer.dtype, device=renderer.device, components=("transformer",),
+                          checkpoints_dir=args.checkpoints_dir)
+    transformer = bundle.transformer
+    if args.adapter is not None:
+        from acestep.export import load_adapter
+
+        transformer = load_adapter(transformer, args.adapter)
+    print(f"Rendering {request.duration:g} s with {bundle.path} ({bundle.variant})"
+          + (f" and {args.adapter}" if args.adapter is not None else ""), flush=True)
+    for strength, name in zip(strengths, names, strict=True):
+        audio = renderer.render(transformer, request, strength=strength)
+        wav, png = write_preview(audio, args.out, name)
+        print(f"  {name}: {wav}  {png}", flush=True)
+    return 0

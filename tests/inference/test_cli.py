@@ -1,0 +1,46 @@
+"""`acestep-trainer preview` as the CLI will call it: `add_preview_arguments` + `run_preview`."""
+
+import argparse
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from acestep.inference import PreviewError
+from acestep.inference.cli import add_preview_arguments, parse_strengths, run_preview
+from acestep.training.adapters import save_adapter
+
+from .conftest import adapted
+
+
+def parse(*argv):
+    parser = argparse.ArgumentParser()
+    add_preview_arguments(parser)
+    return parser.parse_args(list(argv))
+
+
+def test_preview_command_renders_each_strength_of_a_saved_adapter(tmp_path, turbo_dit, capsys):
+    _, adapter = adapted(turbo_dit)
+    folder = save_adapter(adapter, tmp_path / "adapter")
+    common = ["--checkpoint", str(turbo_dit), "--caption", "mystyle, lofi beat", "--duration", "0.4",
+              "--device", "cpu", "--out", str(tmp_path / "out")]
+    assert run_preview(parse(*common, "--adapter", str(folder), "--strengths", "0,1")) == 0
+    audio = {s: sf.read(tmp_path / "out" / f"strength-{s}.wav")[0] for s in ("0", "1")}
+    assert audio["0"].shape == (19_200, 2) and np.abs(audio["0"] - audio["1"]).max() > 1e-2
+    assert (tmp_path / "out" / "strength-1.png").is_file()
+    assert "strength-1" in capsys.readouterr().out
+    with pytest.raises(PreviewError, match="already holds strength-0.wav.*--overwrite"):
+        run_preview(parse(*common, "--adapter", str(folder)))
+    assert run_preview(parse(*common, "--adapter", str(folder), "--overwrite")) == 0
+    # without an adapter: the base model once; strength 0 of the adapter is exactly that
+    assert run_preview(parse(*common)) == 0
+    assert np.array_equal(sf.read(tmp_path / "out" / "base.wav")[0], audio["0"])
+    with pytest.raises(PreviewError, match="--strengths needs --adapter"):
+        run_preview(parse(*common, "--strengths", "0.5"))
+
+
+@pytest.mark.parametrize("text", ["", "a,b", "1,1", "-1"])
+def test_bad_strength_lists_are_refused(text):
+    with pytest.raises(argparse.ArgumentTypeError):
+        parse_strengths(text)
+    assert parse_strengths("0, 0.5,1") == [0.0, 0.5, 1.0]
