@@ -461,6 +461,12 @@ def build_parser() -> argparse.ArgumentParser:
     _checkpoints_dir_arg(merge)
     merge.set_defaults(func=cmd_merge)
 
+    from acestep.inference.cli import add_preview_arguments, run_preview
+
+    preview = commands.add_parser("preview", help="render audio with a checkpoint, and an adapter at strengths")
+    add_preview_arguments(preview)
+    preview.set_defaults(func=run_preview)
+
     tiny = commands.add_parser("tiny-checkpoint",
                                help="write a tiny random checkpoints directory (tests and the offline demo)")
     tiny.add_argument("out_dir", type=Path, metavar="OUT_DIR")

@@ -52,3 +52,7 @@ class ConfigError(AceStepError):
 
 class TrainingError(AceStepError):
     """Training cannot start or continue: a missing package, a non-finite loss, a bad resume."""
+
+
+class PreviewError(AceStepError):
+    """A preview cannot be rendered: bad settings, a model that does not fit, an unsupported adapter."""

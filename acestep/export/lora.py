@@ -220,34 +220,3 @@ def load_adapter(transformer: nn.Module, path: str | Path, adapter_name: str = "
     alpha, use_dora = _read_diffusers_metadata(metadata, path)
     return apply_lora(transformer, lora_weights_from_state(state, path, default_alpha=alpha, use_dora=use_dora),
                       path, adapter_name)
-
-
-def set_adapter_strength(transformer: nn.Module, strength: float, adapter_name: str = "default") -> dict:
-    """Scale the applied adapter by `strength` (0 = off, 1 = as trained), as the official UI's
-    strength slider does, and return what `restore_adapter_strength` needs to undo it."""
-    from peft.tuners.lora import LoraLayer
-
-    saved: dict = {"lora": {}, "lycoris": None}
-    for name, module in transformer.named_modules():
-        if isinstance(module, LoraLayer) and adapter_name in module.scaling:
-            saved["lora"][name] = module.scaling[adapter_name]
-            module.scaling[adapter_name] = saved["lora"][name] * strength
-    from acestep.export.lokr import attached_network
-
-    network = attached_network(transformer)
-    if network is not None:
-        saved["lycoris"] = network.multiplier
-        network.set_multiplier(strength)
-    if not saved["lora"] and network is None:
-        raise AdapterError("The model has no adapter applied: nothing to scale.")
-    return saved
-
-
-def restore_adapter_strength(transformer: nn.Module, saved: dict, adapter_name: str = "default") -> None:
-    modules = dict(transformer.named_modules())
-    for name, scaling in saved["lora"].items():
-        modules[name].scaling[adapter_name] = scaling
-    if saved["lycoris"] is not None:
-        from acestep.export.lokr import attached_network
-
-        attached_network(transformer).set_multiplier(saved["lycoris"])

@@ -1,12 +1,27 @@
 """Audio previews: sample music from a transformer (with its adapter at chosen strengths) and write
 wav files and spectrograms. `sampler` holds the schedules and the Euler sampler, `strength` the
 adapter strength switch, `preview` the renderer, `render` the files, `training_hook` the previews
-during training, `cli` the `preview` command."""
+during training, `cli` the `preview` command.
 
-from acestep.inference.preview import PreviewRenderer, PreviewRequest
-from acestep.inference.render import write_preview
-from acestep.inference.sampler import PreviewError, sample_latents, timestep_schedule
-from acestep.inference.strength import adapter_strength
+Importing the package is cheap (no torch) so that the CLI can build its options quickly; the
+public names below load their modules on first use.
+"""
 
-__all__ = ["PreviewError", "PreviewRenderer", "PreviewRequest", "adapter_strength", "sample_latents",
-           "timestep_schedule", "write_preview"]
+GUIDANCE_METHODS = ("apg", "cfg")
+
+_LAZY = {"PreviewRenderer": "preview", "PreviewRequest": "preview", "write_preview": "render",
+         "sample_latents": "sampler", "timestep_schedule": "sampler", "adapter_strength": "strength"}
+
+__all__ = ["GUIDANCE_METHODS", "PreviewError", *_LAZY]
+
+
+def __getattr__(name):
+    if name == "PreviewError":
+        from acestep.errors import PreviewError
+
+        return PreviewError
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f"acestep.inference.{_LAZY[name]}"), name)
+    raise AttributeError(f"module 'acestep.inference' has no attribute {name!r}")

@@ -10,7 +10,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from acestep.inference.sampler import GUIDANCE_METHODS, PreviewError
+from acestep.errors import PreviewError
+from acestep.inference import GUIDANCE_METHODS
 
 BASE_NAME = "base"  # file stem of a render without an adapter
 

@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from acestep.inference.sampler import PreviewError, sample_latents, timestep_schedule
+from acestep.errors import PreviewError
+from acestep.inference.sampler import sample_latents, timestep_schedule
 from acestep.inference.strength import adapter_strength, has_adapter
 
 SAMPLE_RATE = 48_000

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from acestep.inference.sampler import PreviewError
+from acestep.errors import PreviewError
 
 SAMPLE_RATE = 48_000
 N_FFT = 2048

@@ -22,7 +22,8 @@ from contextlib import nullcontext
 
 import torch
 
-from acestep.errors import AceStepError
+from acestep.errors import PreviewError
+from acestep.inference import GUIDANCE_METHODS
 
 # Upstream's SHIFT_TIMESTEPS (turbo generate_audio, fix_nfe = 8): the schedule formula below with
 # N = 8, written out as upstream does so that no rounding can creep in.
@@ -33,14 +34,9 @@ TURBO_TIMESTEPS: dict[float, tuple[float, ...]] = {
     3.0: (1.0, 0.9545454545454546, 0.9, 0.8333333333333334, 0.75, 0.6428571428571429, 0.5, 0.3),
 }
 TURBO_STEPS = 8
-GUIDANCE_METHODS = ("apg", "cfg")
 # APG settings of upstream `apg_forward` / `MomentumBuffer` as `generate_audio` calls them.
 APG_MOMENTUM = -0.75
 APG_NORM_THRESHOLD = 2.5
-
-
-class PreviewError(AceStepError):
-    """A preview cannot be rendered: bad settings, a model that does not fit, an unsupported adapter."""
 
 
 def timestep_schedule(variant_is_turbo: bool, steps: int, shift: float) -> list[float]:

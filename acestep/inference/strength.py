@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
-from acestep.inference.sampler import PreviewError
+from acestep.errors import PreviewError
 
 
 @dataclass

@@ -8,7 +8,7 @@ from safetensors import safe_open
 
 from acestep.export import AdapterError, load_adapter
 from acestep.export.formats import verification_inputs
-from acestep.export.lora import set_adapter_strength
+from acestep.inference.strength import adapter_strength
 from acestep.export.merge import merge_adapter
 from acestep.models import load_acestep
 
@@ -24,8 +24,8 @@ def adapted_output(checkpoint, adapter, strength):
     transformer = load_acestep(checkpoint, dtype=torch.float32, components=("transformer",)).transformer
     load_adapter(transformer, adapter)
     transformer.eval()
-    set_adapter_strength(transformer, strength)
-    return output(transformer)
+    with adapter_strength(transformer, strength):
+        return output(transformer)
 
 
 @pytest.mark.parametrize("kind, strength", [("lora", 1.0), ("lora", 0.5), ("dora", 0.7), ("lokr", 1.0),
