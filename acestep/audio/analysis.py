@@ -1,9 +1,10 @@
-"""Measurements on decoded audio: loudness (ITU-R BS.1770-4), peak, RMS, clipping, silence, and
-the content hash used to find duplicate files.
+"""Measurements on decoded audio: loudness (ITU-R BS.1770-4), peak, RMS, clipping, silence, the
+content hash used to find duplicate files, and the musical analysis a labeller uses to fill or
+check BPM and key (`analyze`; the estimators live in `acestep.audio.tempo` and `acestep.audio.key`).
 
 Arrays are channels-first, `[channels, samples]` (or 1-D for mono), as `acestep.audio.io`
-returns them. Everything here is a pure function of its inputs except `file_content_hash`,
-which reads a file.
+returns them. Everything here is a pure function of its inputs except `file_content_hash` and
+`analyze`, which read a file.
 
 Loudness follows BS.1770-4: K-weighting (a high-shelf "pre-filter" and the RLB high-pass),
 mean square per channel over 400 ms blocks that overlap by 75 %, channel weights 1.0 (left and
@@ -24,6 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
+from acestep.audio.key import estimate_key
+from acestep.audio.tempo import estimate_bpm
 from acestep.errors import AudioError
 
 SILENCE_DBFS = -60.0  # a file whose peak stays below this is "silent"
@@ -235,3 +238,53 @@ def file_content_hash(path: str | Path) -> str:
     except OSError as error:
         raise AudioError(path, f"cannot be read ({error.strerror or error}); check its permissions") from None
     return digest.hexdigest()
+
+
+ANALYSIS_SAMPLE_RATE = 22_050  # tempo and key need nothing above 11 kHz; half of 44.1 kHz halves the work
+
+
+@dataclass(frozen=True)
+class AudioAnalysis:
+    """Tempo and key of one file, from the signal alone (no model).
+
+    duration: seconds of the whole file; bpm: beats per minute, None when no steady beat was
+    found; bpm_confidence: 0..1 (metrical strength of the beat); key: tonic spelled C C# D Eb E
+    F F# G Ab A Bb B, or None; scale: "major" | "minor" | None; key_confidence: 0..1 (the best
+    key's profile correlation minus the runner-up's).
+    """
+
+    duration: float
+    bpm: float | None
+    bpm_confidence: float
+    key: str | None
+    scale: str | None
+    key_confidence: float
+
+    @property
+    def keyscale(self) -> str:
+        """The key as the dataset and the ACE-Step prompt write it ("C major", "A minor"); ""
+        when no key was found."""
+        return f"{self.key} {self.scale}" if self.key and self.scale else ""
+
+
+def analyze(path: str | Path, max_seconds: float | None = 240.0) -> AudioAnalysis:
+    """Duration, tempo and key of an audio file.
+
+    The file is decoded with `acestep.audio.io.load_audio` at 22.05 kHz and mixed to mono; only
+    its first `max_seconds` are analysed (None: all of it). `duration` is the whole file's: the
+    decoded length when the file ended sooner, otherwise its header's duration. A silent file
+    is not an error: it gets bpm None and key None. Raises AudioError naming the file when it is
+    missing, unreadable, corrupt, of an unsupported type or shorter than 0.1 s; ValueError for a
+    non-positive max_seconds.
+    """
+    from acestep.audio.io import load_audio, probe_audio  # io imports this module for its loudness
+
+    path = Path(path)
+    audio = load_audio(path, sample_rate=ANALYSIS_SAMPLE_RATE, max_seconds=max_seconds, reject_silent=False)
+    mono = audio.mean(axis=0, dtype=np.float64)
+    duration = len(mono) / ANALYSIS_SAMPLE_RATE
+    if max_seconds is not None and len(mono) >= round(max_seconds * ANALYSIS_SAMPLE_RATE):
+        duration = max(duration, probe_audio(path).duration)
+    bpm, bpm_confidence = estimate_bpm(mono, ANALYSIS_SAMPLE_RATE)
+    key, scale, key_confidence = estimate_key(mono, ANALYSIS_SAMPLE_RATE)
+    return AudioAnalysis(duration, bpm, bpm_confidence, key, scale, key_confidence)
