@@ -18,8 +18,9 @@ truth or its relative major/minor.
 Measured on this machine (2 cores), 2025-11-26:
 - BPM: 28 of 30 (93 %) pass; 22 exact, 6 at the double or half. The two failures
   (busy_schedule 134 -> 89.3, the_fast_route 128 -> 85.3) are 2/3 of the notated tempo:
-  their audio repeats every 1.5 quarter notes (autocorrelation 0.58 and 0.67) and hardly at the
-  quarter note (0.06 and 0.17): the notated quarter is not the pulse one hears.
+  their onsets repeat every 1.5 quarter notes (autocorrelation 0.64 and 0.66) and hardly at the
+  quarter note (0.09 and 0.18), nor at two or four quarters (0.15 / 0.15, 0.23 / 0.20): the
+  notated quarter is not the pulse one hears.
 - Key against the notes: 24 of 31 (77 %) pass.
 - Key by the brief's rule: 20 of 31 (65 %) pass, below the issue's 70 %. Four of the eleven key
   signatures contradict the notes themselves (5432gone_redfarn and city_blues_redfarn: G major
@@ -27,10 +28,12 @@ Measured on this machine (2 cores), 2025-11-26:
   signature, notes in C minor; the_hobo_redfarn: G major signature, notes in C major) and the
   estimate agrees with the notes in all four. The test asserts the issue's 70 % against the
   notes and the measured level (60 %) against the brief's rule, so a regression shows either way.
-- Errors besides those: fifth-related keys (chemistry_lab, keep_on_rolling, midnight_snow_run,
-  tttheme2), the parallel mode (flying_scotsman, train_filled_with_cash) and no key at all for
-  the_fast_route, which modulates (F minor and E minor sections; best correlation 0.48).
-- Time: rendering about 15 s, analysing the 31 songs (3,900 s of audio) about 10 s.
+- Key errors against the notes: a fifth away (chemistry_lab E minor -> B minor, keep_on_rolling
+  C -> F major, midnight_snow_run E minor -> A minor, tttheme2 C major -> G minor), the parallel
+  mode (flying_scotsman, train_filled_with_cash), and no key for the_fast_route, which changes
+  key (20 s windows give Bb minor, F minor, Bb major and E minor; best whole-song correlation 0.48).
+- Time: rendering about 15 s (two fluidsynth processes), analysing the 31 songs (3,993 s of
+  audio) 11-13 s; the whole file about 35 s.
 Per-song table: run `pytest tests/audio/test_tempo_key.py -s -k openmsx`.
 """
 
@@ -267,7 +270,9 @@ class SongTruth:
 
 
 def _spans(starts: list[float], end: float) -> list[float]:
-    """Seconds each event stays in force until the next one or `end`."""
+    """Seconds each event stays in force until the next one or `end` ([] for no events)."""
+    if not starts:
+        return []
     return [max(0.0, min(nxt, end) - min(begin, end)) for begin, nxt in zip(starts, [*starts[1:], end], strict=True)]
 
 
