@@ -35,6 +35,7 @@ from acestep.audio.spectrum import check_mono, stft_magnitude
 MIN_BPM, MAX_BPM = 30.0, 300.0
 PRIOR_BPM, PRIOR_OCTAVES = 120.0, 1.0
 MIN_BEAT_STRENGTH = 0.25  # metrical strength below this: no steady beat, bpm None
+MIN_SECONDS = 2.0  # shorter audio holds too few beats to call a tempo steady (four at 120 BPM)
 METRICAL_LEVELS = ((0.5, 0.5), (1.0, 1.0), (2.0, 1.0), (4.0, 1.0))  # (multiple of the beat lag, weight)
 
 _WINDOW_SECONDS = 0.046
@@ -168,11 +169,13 @@ def estimate_bpm(mono: np.ndarray, sample_rate: int) -> tuple[float | None, floa
 
     In: mono samples (floats in [-1, 1]) and their sample rate (8 kHz or more; 22.05 kHz is
     plenty). Out: (bpm, confidence); bpm is None when no steady beat is found (silence,
-    sustained tones, noise, a roll) or the audio is too short to hold two beats, and the
-    confidence (the metrical strength of the best tempo, see the module notes) is then below
-    0.25. Raises ValueError for a non-1-D signal, NaN/inf samples or a sample rate under 8 kHz.
+    sustained tones, noise, a roll; the confidence, the metrical strength of the best tempo,
+    is then below 0.25) and for audio shorter than 2 s (confidence 0.0). Raises ValueError for
+    a non-1-D signal, NaN/inf samples or a sample rate under 8 kHz.
     """
     signal = check_mono(mono, sample_rate)
+    if len(signal) < MIN_SECONDS * sample_rate:
+        return None, 0.0
     envelope, frame_rate = onset_envelope(signal, sample_rate)
     acf = autocorrelation(envelope)
     lag_min = 60.0 * frame_rate / MAX_BPM
