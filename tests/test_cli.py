@@ -110,3 +110,23 @@ def test_train_export_merge_from_the_command_line(tmp_path, capsys, tiny_checkpo
     assert main(["merge", str(run / "final"), "--checkpoint", str(dit), "--out", str(tmp_path / "merged" / "m"),
                  "--strength", "0.5"]) == 0
     assert json.loads((tmp_path / "merged" / "m" / "merge_info.json").read_text())["strength"] == 0.5
+
+
+def test_caption_with_signal_analysis_labels_a_folder(tmp_path, real_loops, capsys):
+    import json
+    import shutil
+
+    folder = tmp_path / "loops"
+    folder.mkdir()
+    shutil.copy(real_loops["loop_amen_full"], folder / "amen.flac")
+    (folder / "broken.wav").write_text("not audio")
+    arguments = ["caption", str(folder), "--labeller", "analysis", "--cache-dir", str(tmp_path / "cache"),
+                 "--csv", str(folder / "labels.csv")]
+    assert main(arguments) == 2  # broken.wav failed, the rest was labelled
+    out = capsys.readouterr().out
+    assert "1 labelled" in out and "failed: " in out and "broken.wav" in out
+    sidecar = json.loads((folder / "amen.flac.json").read_text())
+    assert 80 <= sidecar["bpm"] <= 200 and "analysis" in sidecar["labelled_by"]
+    assert (folder / "labels.csv").read_text().startswith("file,caption")
+    assert main(arguments) == 2
+    assert "0 labelled, 1 from the cache" in capsys.readouterr().out

@@ -3,9 +3,9 @@ read), TensorBoard and the console. The loop emits plain dicts; listeners are si
 edge, and only the main process (rank 0) has them.
 
 Event fields: `type` (start, log, epoch, validation, checkpoint, best, warning, stop, done,
-error, ranks, preview), `time`, and when they apply `step`, `epoch`, `loss`, `lr`, `val_loss`, `vram`
-(peak GiB), `samples_per_second`, `message`, `checksums` (ranks: one adapter checksum per process), `files` (preview: the wav and
-PNG files, relative to the run folder).
+error, ranks, preview), `time`, and when they apply `step`, `epoch`, `loss`, `lr`, `val_loss`,
+`vram` (peak GiB), `samples_per_second`, `message`, `checksums` (ranks: one adapter checksum per
+process), `files` (preview: the wav and PNG files, relative to the run folder).
 """
 
 from __future__ import annotations

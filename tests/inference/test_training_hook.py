@@ -92,5 +92,6 @@ def test_preview_settings_are_checked(overrides, fragment):
 
     with pytest.raises(ConfigError, match=fragment):
         apply_overrides(TrainingConfig(), ["data.tensors_dir=/t", *overrides])
-    on = apply_overrides(TrainingConfig(), ["data.tensors_dir=/t", "run.preview_every_steps=5", "run.preview_caption=x"])
+    on = apply_overrides(TrainingConfig(),
+                         ["data.tensors_dir=/t", "run.preview_every_steps=5", "run.preview_caption=x"])
     assert on.run.preview_strengths == [0.0, 1.0] and on.run.preview_seconds == 10.0
