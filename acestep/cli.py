@@ -8,6 +8,8 @@ some files failed (each listed on stderr); 130 stopped on request (finished work
 from __future__ import annotations
 
 import argparse
+import contextlib
+import signal
 import sys
 from pathlib import Path
 
@@ -141,6 +143,25 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+@contextlib.contextmanager
+def stop_on_ctrl_c(what: str):
+    """While active, the first Ctrl+C asks for a stop after `what` (finished work is kept) and a
+    second one aborts at once. Yields the function batch jobs poll for the request."""
+    requested = []
+
+    def on_signal(signum, frame):
+        if requested:
+            raise KeyboardInterrupt
+        requested.append(True)
+        print(f"\nStopping after {what} (Ctrl+C again to abort at once)...", file=sys.stderr, flush=True)
+
+    previous = signal.signal(signal.SIGINT, on_signal)
+    try:
+        yield lambda: bool(requested)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def _format_clock(seconds: float | None) -> str:
     if seconds is None:
         return "--:--"
@@ -150,17 +171,7 @@ def _format_clock(seconds: float | None) -> str:
 
 def cmd_preprocess(args: argparse.Namespace) -> int:
     """Encode a dataset into training tensors (VAE latents, text and lyric encodings, conditions)."""
-    import signal
-
     from acestep.preprocess import PreprocessSettings, preprocess_dataset
-
-    stop_requested = []
-
-    def request_stop(signum, frame):
-        if stop_requested:
-            raise KeyboardInterrupt
-        stop_requested.append(True)
-        print("\nStopping after the current sample (Ctrl+C again to abort at once)...", file=sys.stderr, flush=True)
 
     def show(event) -> None:
         if event.status in ("encoding", "pass 2") and not args.verbose:
@@ -172,13 +183,10 @@ def cmd_preprocess(args: argparse.Namespace) -> int:
 
     settings = PreprocessSettings(max_duration=args.max_duration, normalization=args.normalization,
                                   low_vram=args.low_vram, seed=args.seed, device=args.device, dtype=args.dtype)
-    previous = signal.signal(signal.SIGINT, request_stop)
-    try:
+    with stop_on_ctrl_c("the current sample") as should_stop:
         summary = preprocess_dataset(args.dataset, args.out, args.checkpoint, vae=args.vae,
                                      text_encoder=args.text_encoder, checkpoints_dir=args.checkpoints_dir,
-                                     settings=settings, progress=show, should_stop=lambda: bool(stop_requested))
-    finally:
-        signal.signal(signal.SIGINT, previous)
+                                     settings=settings, progress=show, should_stop=should_stop)
     print(summary.describe())
     if summary.cancelled:
         return EXIT_STOPPED
@@ -214,30 +222,17 @@ def build_labellers(args: argparse.Namespace) -> list:
 
 def cmd_caption(args: argparse.Namespace) -> int:
     """Label a folder of songs into `.json` sidecars (and optionally a CSV)."""
-    import signal
-
     from acestep.captioning.batch import label_folder
-
-    stop_requested = []
-
-    def request_stop(signum, frame):
-        if stop_requested:
-            raise KeyboardInterrupt
-        stop_requested.append(True)
-        print("\nStopping after the current file (Ctrl+C again to abort at once)...", file=sys.stderr, flush=True)
 
     def show(event) -> None:
         detail = f"  {event.message}" if event.message else ""
         print(f"[{event.index}/{event.total}] {event.labeller:11s} {event.status:9s} {event.path}{detail}   "
               f"ETA {_format_clock(event.eta)}", flush=True)
 
-    previous = signal.signal(signal.SIGINT, request_stop)
-    try:
+    with stop_on_ctrl_c("the current file") as should_stop:
         summary = label_folder(args.folder, build_labellers(args), mode=args.mode.replace("-", "_"),
                                csv_path=args.csv, cache_dir=args.cache_dir, use_cache=not args.no_cache,
-                               progress=show, should_stop=lambda: bool(stop_requested))
-    finally:
-        signal.signal(signal.SIGINT, previous)
+                               progress=show, should_stop=should_stop)
     print(summary.describe())
     if summary.cancelled:
         return EXIT_STOPPED
@@ -273,8 +268,6 @@ def cmd_merge(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     """Train an adapter from a TOML config (or continue a run)."""
-    import signal
-
     from acestep.training.config import apply_overrides, load_config, resolve_paths
     from acestep.training.events import console_listener
     from acestep.training.loop import train

@@ -5,6 +5,8 @@ clear error of the caller's own type, naming the file."""
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -43,3 +45,31 @@ def read_json_object(path: Path, error: type[AceStepError], missing: str) -> dic
     if not isinstance(data, dict):
         raise error(f"{path} is not a JSON object.")
     return data
+
+
+def write_atomically(path: str | Path, data: bytes | str, error: type[AceStepError] | None = None,
+                     what: str = "file") -> Path:
+    """Replace `path` with `data` in one step: a temporary file in the same folder is written,
+    flushed to disk and renamed over `path`, so a crash or a full disk leaves either the old file
+    or the new one. An existing file keeps its permissions (new files get 0644). An OSError is
+    raised as `error("<path>: cannot write the <what> (reason)")` when `error` is given."""
+    path = Path(path)
+    payload = data.encode("utf-8") if isinstance(data, str) else data
+    temp_name = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        mode = path.stat().st_mode & 0o777 if path.exists() else 0o644
+        handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        with os.fdopen(handle, "wb") as stream:
+            stream.write(payload)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.chmod(temp_name, mode)
+        os.replace(temp_name, path)
+    except BaseException as exc:
+        if temp_name is not None:
+            Path(temp_name).unlink(missing_ok=True)
+        if isinstance(exc, OSError) and error is not None:
+            raise error(f"{path}: cannot write the {what} ({exc.strerror or exc})") from None
+        raise
+    return path

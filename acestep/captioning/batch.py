@@ -33,6 +33,7 @@ from acestep.audio.analysis import file_content_hash
 from acestep.audio.io import FileFailure
 from acestep.captioning.labels import SIDECAR_FIELDS, Labels
 from acestep.errors import AceStepError
+from acestep.files import write_atomically
 
 MODES = ("fill_missing", "overwrite")
 BPM_TOLERANCE = 0.04
@@ -109,15 +110,7 @@ def sidecar_path(audio: Path) -> Path:
 
 
 def _write_json_atomic(path: Path, data: dict) -> None:
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            json.dump(data, stream, indent=2, ensure_ascii=False)
-            stream.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomically(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
 
 
 def update_sidecar(audio: Path, labels: Labels, labeller: Labeller, overwrite: bool) -> dict:

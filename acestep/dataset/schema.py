@@ -15,8 +15,6 @@ import json
 import math
 import os
 import random
-import tempfile
-from contextlib import suppress
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any, NoReturn
@@ -26,7 +24,7 @@ from acestep.dataset.values import kind as _kind
 from acestep.dataset.values import show as _show
 from acestep.dataset.languages import VALID_LANGUAGES
 from acestep.errors import DatasetError
-from acestep.files import read_text
+from acestep.files import read_text, write_atomically
 
 DATASET_VERSION = 1
 # "prepend" is the default: "replace" trains on the tag alone and throws every caption away.
@@ -149,25 +147,7 @@ def save_dataset(dataset: Dataset, path: str | os.PathLike) -> Path:
     data = _to_json(dataset, target.parent)
     _parse_current(data, str(target), target.parent, target.stem)  # never write an invalid file
     text = json.dumps(data, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        mode = target.stat().st_mode & 0o777 if target.exists() else 0o644
-        handle, temp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    except OSError as error:
-        raise DatasetError(f"{target}: cannot write the dataset file ({error.strerror or error})") from None
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8", newline="\n") as stream:
-            stream.write(text)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.chmod(temp_name, mode)
-        os.replace(temp_name, target)
-    except BaseException as error:
-        with suppress(OSError):
-            os.unlink(temp_name)
-        if isinstance(error, OSError):
-            raise DatasetError(f"{target}: cannot write the dataset file ({error.strerror or error})") from None
-        raise
+    write_atomically(target, text, DatasetError, "dataset file")
     return target
 
 

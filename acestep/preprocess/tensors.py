@@ -25,6 +25,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from acestep.errors import PreprocessError
+from acestep.files import write_atomically
 
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
@@ -68,22 +69,9 @@ class Manifest:
         return {"format_version": data.pop("format_version"), **data}
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            stream.write(data)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_manifest(directory: Path, manifest: Manifest) -> Path:
     path = Path(directory) / MANIFEST_NAME
-    _atomic_write_bytes(path, (json.dumps(manifest.to_dict(), indent=2, ensure_ascii=False) + "\n").encode())
+    write_atomically(path, json.dumps(manifest.to_dict(), indent=2, ensure_ascii=False) + "\n")
     return path
 
 

@@ -21,8 +21,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import os
-import tempfile
-from contextlib import suppress
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
@@ -34,7 +32,7 @@ except ModuleNotFoundError:  # Python 3.10
 import tomli_w
 
 from acestep.errors import ConfigError
-from acestep.files import read_text
+from acestep.files import read_text, write_atomically
 from acestep.training.config_migrations import MIGRATIONS, migrate
 from acestep.training.config_schema import (
     CONFIG_VERSION, FIELD_META, FIELD_TYPES, SECTIONS, AdapterConfig, DataConfig, FieldDoc, ModelConfig,
@@ -185,7 +183,7 @@ def save_config(config: TrainingConfig, path: str | os.PathLike) -> Path:
             "# Settings left out are unset. Load it with `acestep-trainer train --config <file>`.\n"
             + tomli_w.dumps(data))
     target = Path(os.path.abspath(path))
-    _write_atomically(target, text)
+    write_atomically(target, text, ConfigError, "config file")
     return target
 
 
@@ -340,22 +338,3 @@ def _raise_problems(source: str, problems: list[tuple[str, str]]) -> None:
 # --- small helpers -------------------------------------------------------------------------------
 
 
-def _write_atomically(target: Path, text: str) -> None:
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        handle, temp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    except OSError as error:
-        raise ConfigError(f"{target}: cannot write the config file ({error.strerror or error})") from None
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8", newline="\n") as stream:
-            stream.write(text)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.chmod(temp_name, 0o644)
-        os.replace(temp_name, target)
-    except BaseException as error:
-        with suppress(OSError):
-            os.unlink(temp_name)
-        if isinstance(error, OSError):
-            raise ConfigError(f"{target}: cannot write the config file ({error.strerror or error})") from None
-        raise
