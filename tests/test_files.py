@@ -29,3 +29,25 @@ def test_missing_file_and_folder(tmp_path):
 def test_object_is_returned(tmp_path):
     (tmp_path / "a.json").write_text('{"r": 4}')
     assert read_json_object(tmp_path / "a.json", CheckpointError, "missing") == {"r": 4}
+
+
+def test_write_atomically_replaces_keeps_mode_and_cleans_up(tmp_path, monkeypatch):
+    import os
+
+    from acestep.files import write_atomically
+
+    target = tmp_path / "sub" / "data.json"
+    write_atomically(target, '{"a": 1}')
+    assert target.read_text() == '{"a": 1}' and (target.stat().st_mode & 0o777) == 0o644
+    target.chmod(0o600)
+    write_atomically(target, b"second")
+    assert target.read_bytes() == b"second" and (target.stat().st_mode & 0o777) == 0o600
+
+    def disk_full(src, dst):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", disk_full)
+    with pytest.raises(CheckpointError, match=r"data.json: cannot write the index \(No space left on device\)"):
+        write_atomically(target, "third", CheckpointError, "index")
+    assert target.read_bytes() == b"second"
+    assert [p.name for p in target.parent.iterdir()] == ["data.json"]  # no temporary file left
