@@ -1,6 +1,7 @@
-"""The Model tab: which ACE-Step models are on disk, their variant, and what is missing.
+"""The Model tab: which ACE-Step models are on disk, their variant, what is missing, and what the
+GPUs hold right now (VRAM, level, the other processes using them).
 
-Reads folders and config files only (no torch), so the UI process stays light.
+Reads folders, config files and NVML only (no torch), so the UI process stays light.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from pathlib import Path
 
 import gradio as gr
 
+from acestep.gpu import format_report, read_gpus
 from acestep.models.checkpoints import OFFICIAL_MODELS, list_checkpoints
 
 HEADERS = ["Folder", "Kind", "Variant", "Status"]
@@ -40,6 +42,17 @@ def missing_models_text(checkpoints_dir: Path) -> str:
     return "\n\n".join(lines)
 
 
+LEVEL_COLOURS = {"ok": "#2e7d32", "tight": "#ef6c00", "critical": "#c62828"}
+
+
+def gpu_panel(nvml=None) -> str:
+    """Markdown for the VRAM panel: one coloured level badge per GPU, then the monitor's report."""
+    report = read_gpus(nvml)
+    badges = [f'<span style="color:{LEVEL_COLOURS[gpu.level]}">&#9679;</span> **GPU {gpu.index}** {gpu.name}: '
+              f"{gpu.free_gib:.1f} GiB free of {gpu.total_gib:.1f} GiB ({gpu.level})" for gpu in report.gpus]
+    return "\n\n".join([*badges, f"```\n{format_report(report)}\n```"])
+
+
 def build_model_tab(checkpoints_dir: Path) -> None:
     """Add the Model tab's components to the current Blocks context."""
     gr.Markdown(f"Models are read from **{checkpoints_dir}** (change it with `--checkpoints-dir` "
@@ -47,6 +60,8 @@ def build_model_tab(checkpoints_dir: Path) -> None:
     table = gr.Dataframe(headers=HEADERS, value=checkpoint_rows(checkpoints_dir), interactive=False,
                          elem_id="checkpoints-table")
     missing = gr.Markdown(missing_models_text(checkpoints_dir), elem_id="missing-models")
+    gr.Markdown("### GPU")
+    gpus = gr.Markdown(gpu_panel(), elem_id="gpu-panel")
     refresh = gr.Button("Refresh", elem_id="refresh-checkpoints")
-    refresh.click(lambda: (checkpoint_rows(checkpoints_dir), missing_models_text(checkpoints_dir)),
-                  outputs=[table, missing])
+    refresh.click(lambda: (checkpoint_rows(checkpoints_dir), missing_models_text(checkpoints_dir), gpu_panel()),
+                  outputs=[table, missing, gpus])

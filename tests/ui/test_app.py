@@ -62,3 +62,25 @@ def test_login_is_required_when_auth_is_set(tiny_checkpoints):
         assert status == 200 and b"acestep-v15-turbo" in body  # the Model tab's table is in the page config
     finally:
         app.close()
+
+
+def test_gpu_panel_without_a_gpu_says_so():
+    from acestep.ui.model_tab import gpu_panel
+
+    assert "no NVIDIA GPU" in gpu_panel()
+
+
+def test_gpu_panel_shows_a_coloured_level_per_gpu(monkeypatch):
+    from acestep.gpu import GpuProcess, GpuStatus, SystemGpuReport
+    from acestep.ui import model_tab
+
+    gib = 2**30
+    gpus = (GpuStatus(0, "NVIDIA GeForce RTX 4090", 24 * gib, 4 * gib, 20 * gib, 10, 50, "ok", ()),
+            GpuStatus(1, "NVIDIA GeForce RTX 3060", 8 * gib, 7 * gib, 1 * gib, 99, 80, "critical",
+                      (GpuProcess(4242, "blender", 7 * gib),)))
+    report = SystemGpuReport(gpus, "550.54", "12.4", "", "AMD EPYC", 16, 64 * gib, None)
+    monkeypatch.setattr(model_tab, "read_gpus", lambda nvml=None: report)
+    panel = model_tab.gpu_panel()
+    assert '<span style="color:#2e7d32">&#9679;</span> **GPU 0** NVIDIA GeForce RTX 4090: 20.0 GiB free' in panel
+    assert '<span style="color:#c62828">' in panel and "(critical)" in panel
+    assert "blender" in panel and "4242" in panel
