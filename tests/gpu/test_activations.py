@@ -1,0 +1,102 @@
+"""The activation count against what autograd really keeps: a tiny DiT in bf16 under CPU autocast
+(the CUDA recipe, with the CPU kernels' profile), for every adapter type and target set."""
+
+import itertools
+
+import pytest
+import torch
+
+from acestep.gpu.activations import (
+    CPU_KERNELS,
+    CUDA_KERNELS,
+    AdapterShape,
+    ModelShape,
+    activation_bytes,
+    count_saved_bytes,
+)
+from acestep.models.config import parse_model_config
+from acestep.models.load import build_component
+from acestep.models.tiny import TINY_DIT_CONFIG
+from acestep.training.adapters import add_adapter
+from acestep.training.data import TrainingBatch
+from acestep.training.step import Objective, batch_loss
+
+CONFIG = parse_model_config(TINY_DIT_CONFIG)
+BATCH, FRAMES, TOKENS = 2, 91, 11  # an odd frame count: the DiT pads one frame before patching
+
+
+def measure(kind, rank, dropout, targets, mlp, checkpointing=False):
+    torch.manual_seed(0)
+    model = build_component(CONFIG, "transformer").to(torch.bfloat16).to_empty(device="cpu")
+    for param in model.parameters():
+        torch.nn.init.normal_(param, std=0.02)
+    if checkpointing:
+        model.enable_gradient_checkpointing()
+    adapter = add_adapter(model, kind, rank, 2.0 * rank, dropout, targets, mlp, None, -1)
+    model.train()
+    batch = TrainingBatch(torch.randn(BATCH, FRAMES, 64), torch.ones(BATCH, FRAMES, dtype=torch.bool),
+                          torch.randn(BATCH, TOKENS, 64), torch.ones(BATCH, TOKENS, dtype=torch.bool), ["a", "b"])
+    shapes = [tuple(p.shape) for p in adapter.parameters() if p.dim() == 2]
+    with count_saved_bytes(model, shapes) as measured:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss, _ = batch_loss(model, batch, Objective("logit_normal", -0.4, 1.0, 0.0, None),
+                                 torch.randn(1, 15000, 64), torch.randn(1, 1, 64), torch.Generator().manual_seed(0),
+                                 torch.bfloat16)
+    loss.backward()  # the graph was whole
+    shape = ModelShape.from_config(CONFIG)
+    adapter_shape = AdapterShape.from_module_names(kind, rank, dropout, adapter.modules, shape.layers)
+    counted = activation_bytes(shape, adapter_shape, batch=BATCH, frames=FRAMES, encoder_tokens=TOKENS, mixed=True,
+                               checkpointing=checkpointing, kernels=CPU_KERNELS)
+    return measured, counted, sum(p.numel() for p in adapter.parameters())
+
+
+@pytest.mark.parametrize(("kind", "dropout", "targets", "mlp"), [
+    *itertools.product(("lora",), (0.0, 0.1), ("attention", "self_attention", "cross_attention"), (False, True)),
+    *itertools.product(("dora", "lokr"), (0.0, 0.1), ("attention", "cross_attention"), (False, True)),
+])
+def test_the_count_matches_what_autograd_keeps(kind, dropout, targets, mlp):
+    measured, counted, trainable = measure(kind, 8, dropout, targets, mlp)
+    assert counted.recomputed == 0
+    assert counted.kept == pytest.approx(measured["saved"], rel=0.015)
+    assert measured["copies"] <= 2 * trainable  # autocast's bf16 copies of the adapter weights
+
+
+@pytest.mark.parametrize("mlp", [False, True])
+def test_with_checkpointing_the_forward_keeps_only_the_layer_inputs(mlp):
+    measured, counted, _ = measure("lora", 8, 0.1, "attention", mlp, checkpointing=True)
+    plain_measured, plain, _ = measure("lora", 8, 0.1, "attention", mlp)
+    assert counted.kept == pytest.approx(measured["saved"], rel=0.03)
+    assert plain.kept == pytest.approx(plain_measured["saved"], rel=0.015)
+    layers = CONFIG.transformer_kwargs()["num_hidden_layers"]
+    assert counted.kept < plain.kept / 3
+    assert 0.8 * plain.kept / layers < counted.recomputed < 1.6 * plain.kept / layers  # one layer at a time
+
+
+def test_the_cuda_profile_keeps_fp32_probabilities_in_the_sliding_layers():
+    shape = ModelShape.from_config(CONFIG)
+    names = [f"layers.{i}.self_attn.{m}" for i in range(shape.layers) for m in ("to_q", "to_k", "to_v", "to_out.0")]
+    adapter = AdapterShape.from_module_names("lora", 8, 0.0, names, shape.layers)
+
+    def kept(frames, kernels):
+        return activation_bytes(shape, adapter, batch=1, frames=frames, encoder_tokens=TOKENS,
+                                kernels=kernels).kept
+
+    tokens = 500
+    sliding = sum(kind == "sliding_attention" for kind in shape.layer_types)
+    grow_cuda = kept(4 * tokens, CUDA_KERNELS) - kept(2 * tokens, CUDA_KERNELS)
+    # doubling S from 500 to 1000 tokens adds heads x (1000^2 - 500^2) x 4 bytes per sliding layer
+    quadratic = sliding * shape.heads * (1000 ** 2 - 500 ** 2) * 4
+    assert grow_cuda > quadratic
+    assert kept(4 * tokens, CPU_KERNELS) < kept(4 * tokens, CUDA_KERNELS)
+
+
+def test_count_saved_bytes_counts_a_storage_once_and_forgets_dropped_graphs():
+    weight = torch.nn.Parameter(torch.randn(8, 8))
+    module = torch.nn.Linear(8, 8)
+    x = torch.randn(4, 8, requires_grad=True)
+    with count_saved_bytes(module) as measured:
+        y = (x * x).sum() + (x * weight.sum()).sum()  # x kept by both products: counted once
+        side = (torch.randn(100, 100, requires_grad=True) ** 2).sum()  # kept, then dropped with its graph
+        del side
+    assert measured["saved"] == 4 * 8 * 4 + 4  # x and the scalar weight.sum()
+    y.backward()
