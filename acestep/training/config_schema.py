@@ -180,6 +180,10 @@ class RunConfig:
         False, "Recompute activations during the backward pass: much less VRAM, slower steps.")
     compile: bool = _option(
         False, "torch.compile the transformer: faster steps after a slow first one.")
+    skip_vram_check: bool = _option(
+        False, "Start on a CUDA GPU even when the estimated peak memory is above the GPU's free memory. The "
+        "check (CUDA only) stops such a run before the model loads, naming the shortfall, the processes holding "
+        "memory and settings that would fit; `acestep-trainer gpu --config` shows the estimate.")
     log_every_steps: int = _option(
         10, "Log loss, lr and VRAM every this many optimizer steps (the loop's only GPU sync).", ge=1)
     save_every_epochs: int = _option(

@@ -117,6 +117,10 @@ class TrainingSession:
             run_dir = Path(fabric.broadcast(str(run_dir) if run_dir else None, src=0))
         samples = PreprocessedDataset(config.data.tensors_dir)
         checkpoints_dir = Path(config.model.checkpoints_dir) if config.model.checkpoints_dir else None
+        if accelerator == "cuda" and not config.run.skip_vram_check:  # refuse a run that would not fit, before loading
+            from acestep.gpu.fit import check_training_memory
+
+            check_training_memory(config, fabric, checkpoints_dir)
         bundle = load_acestep(config.model.checkpoint, dtype=model_dtype, device=fabric.device,
                               components=("transformer",), checkpoints_dir=checkpoints_dir)
         check_model_matches(samples.manifest, bundle.config.fingerprint,

@@ -1,0 +1,114 @@
+"""The pre-training memory check with fake free-memory figures: the message, the settings that
+would fit, the processes holding memory, and the hook in the trainer (CUDA only, overridable)."""
+
+import re
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+import acestep.gpu.monitor as monitor
+from acestep.errors import TrainingError
+from acestep.gpu.estimate import GIB, estimate_vram
+from acestep.gpu.fit import check_fits, check_training_memory, other_processes, settings_that_fit
+from acestep.gpu.monitor import GpuProcess, GpuStatus, SystemGpuReport
+from acestep.training.config import TrainingConfig, apply_overrides
+from acestep.training.presets import apply_named_preset
+
+BIG = apply_overrides(apply_named_preset(TrainingConfig(), "vram_24gb_plus"), ["data.tensors_dir=/t"])
+PROCESSES = [GpuProcess(4321, "blender", int(1.5 * GIB)), GpuProcess(1234, "python", 6 * GIB),
+             GpuProcess(99, "Xorg", None)]
+
+
+def message_of(call) -> str:
+    with pytest.raises(TrainingError) as caught:
+        call()
+    return str(caught.value)
+
+
+def test_a_run_that_fits_passes():
+    estimate = estimate_vram(BIG)
+    check_fits(BIG, estimate.total_bytes, PROCESSES, estimate)
+    check_fits(BIG, 80 * GIB, [], estimate)
+
+
+def test_a_run_that_does_not_fit_names_the_shortfall_the_processes_and_what_would_fit():
+    estimate = estimate_vram(BIG)
+    free = 10 * GIB
+    text = message_of(lambda: check_fits(BIG, free, PROCESSES, estimate))
+    short = (estimate.total_bytes - free) / GIB
+    assert text.startswith(f"Not enough free GPU memory: this run needs about {estimate.total_bytes / GIB:.2f} GiB, "
+                           f"10.00 GiB is free ({short:.2f} GiB short).")
+    assert "activations" in text and "batch 3 x 60 s" in text  # the estimate by part
+    assert ("Other processes hold memory on this GPU: python (pid 1234) 6.00 GiB, blender (pid 4321) 1.50 GiB, "
+            "Xorg (pid 99) unknown.") in text
+    suggestions = re.findall(r"^  (\d)\. (.*)  \(about ([\d.]+) GiB\)$", text, flags=re.MULTILINE)
+    assert [number for number, _, _ in suggestions] == ["1", "2", "3"]
+    assert suggestions[0][1] == "--set run.gradient_checkpointing=true"  # the cheapest change first
+    assert all(float(size) <= 10.0 for _, _, size in suggestions)
+    assert text.endswith("To start anyway (the estimate errs on the safe side): --set run.skip_vram_check=true")
+
+
+def test_the_suggested_settings_really_fit_and_keep_the_effective_batch():
+    estimate = estimate_vram(BIG)
+    free = int(9 * GIB)
+    found = settings_that_fit(BIG, estimate, free, limit=10)
+    assert len(found) == 10 and all(fit.estimate.total_bytes <= free for fit in found)
+    sizes = [fit.options for fit in found]
+    assert sizes == sorted(sizes) and sizes[0] == 1
+    for fit in found:
+        changes, fitted = list(fit.changes), fit.estimate
+        config = fitted.config
+        assert config.data.batch_size * config.optimizer.gradient_accumulation == 3
+        if "optimizer.name=adamw8bit" in changes or "optimizer.name=adafactor" in changes:
+            assert "optimizer.lr=0.0001" in changes  # Prodigy's 1.0 would be far too high for them
+        applied = apply_overrides(BIG, changes)  # the texts are valid --set overrides
+        assert estimate_vram(applied).total_bytes == fitted.total_bytes
+
+
+def test_nothing_fits_a_nearly_full_gpu():
+    estimate = estimate_vram(BIG)
+    text = message_of(lambda: check_fits(BIG, 2 * GIB, [], estimate))
+    assert "No other process holds memory on this GPU." in text
+    assert "makes it fit: free memory on the GPU or use a larger one" in text
+
+
+# --- in the trainer --------------------------------------------------------------------------------
+
+
+def fake_report(free: int, total: int, processes) -> SystemGpuReport:
+    def gpu(index, free_bytes, procs):
+        return GpuStatus(index, "NVIDIA GeForce RTX 4070", total, total - free_bytes, free_bytes, 10, 50, "ok",
+                         tuple(procs))
+
+    return SystemGpuReport(gpus=(gpu(0, free + GIB, [GpuProcess(7, "other-gpu-job", GIB)]), gpu(1, free, processes)),
+                           driver_version="560", cuda_driver_version="12.6", message="", cpu="cpu", cpu_count=8,
+                           ram_total_bytes=None, mps_available=None)
+
+
+@pytest.fixture
+def fake_cuda(monkeypatch):
+    """torch.cuda.mem_get_info and NVML report GPU 1 of two 12 GiB cards with `free` bytes free."""
+    total = 12 * GIB
+    processes = [GpuProcess(1234, "python", 8 * GIB), GpuProcess(4242, "me", GIB)]
+
+    def set_free(free):
+        monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (free, total))
+        monkeypatch.setattr(monitor, "read_gpus", lambda: fake_report(free, total, processes))
+
+    monkeypatch.setattr(monitor, "own_process_ids", lambda: {4242})
+    return set_free
+
+
+def test_the_trainer_check_reads_the_device_and_its_processes(fake_cuda, tiny_checkpoints):
+    fabric = SimpleNamespace(device=torch.device("cuda", 1), world_size=1)
+    config = apply_overrides(TrainingConfig(), ["data.tensors_dir=/t", "model.checkpoint=acestep-v15-turbo"])
+    fake_cuda(int(2.5 * GIB))
+    assert [p.pid for p in other_processes(int(2.5 * GIB), 12 * GIB)] == [1234]  # GPU 1: nearest free memory
+    estimate = check_training_memory(config, fabric, tiny_checkpoints)  # the tiny model fits
+    assert estimate.parts["CUDA context"] == 0  # this process's context exists already
+    assert estimate.frozen_params < 10**6  # the checkpoint's own config, not the 2B default
+    fake_cuda(20 * 2**20)
+    text = message_of(lambda: check_training_memory(config, fabric, tiny_checkpoints))
+    assert "0.02 GiB is free" in text and "python (pid 1234) 8.00 GiB" in text
+    assert "pid 4242" not in text and "other-gpu-job" not in text

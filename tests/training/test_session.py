@@ -1,0 +1,66 @@
+"""TrainingSession.start: the pre-training memory check runs on CUDA before the model loads,
+and is skipped on CPU/MPS and with run.skip_vram_check."""
+
+import lightning.fabric
+import pytest
+
+import acestep.gpu.fit as fit
+import acestep.training.session as session_module
+from acestep.errors import TrainingError
+from acestep.training.config import TrainingConfig, apply_overrides
+from acestep.training.loop import train
+
+from .conftest import write_tensors_dir
+
+
+@pytest.fixture
+def config(tmp_path, tiny_dit):
+    tensors = write_tensors_dir(tmp_path / "tensors", tiny_dit, 2)
+    return apply_overrides(TrainingConfig(), [f"data.tensors_dir={tensors}", f"model.checkpoint={tiny_dit}",
+                                              f"run.output_dir={tmp_path / 'runs'}", "run.max_steps=1",
+                                              "run.precision=32-true", "model.dtype=fp32"])
+
+
+@pytest.fixture
+def checks(monkeypatch):
+    calls = []
+
+    def refuse(config, fabric, checkpoints_dir=None):
+        calls.append((config.run.accelerator, fabric.world_size))
+        raise TrainingError("Not enough free GPU memory (fake)")
+
+    monkeypatch.setattr(fit, "check_training_memory", refuse)
+    return calls
+
+
+@pytest.fixture
+def pretend_cuda(monkeypatch):
+    """The session believes it runs on CUDA; Fabric runs on the CPU."""
+    real = lightning.fabric.Fabric
+
+    class CpuFabric(real):
+        def __init__(self, **kwargs):
+            super().__init__(accelerator="cpu", devices=1, precision="32-true")
+
+    monkeypatch.setattr(lightning.fabric, "Fabric", CpuFabric)
+    monkeypatch.setattr(session_module, "resolve_accelerator", lambda name: "cuda")
+
+
+def test_on_cuda_the_check_runs_before_the_model_loads(config, checks, pretend_cuda, monkeypatch):
+    def no_load(*args, **kwargs):
+        raise AssertionError("the model was loaded before the memory check")
+
+    monkeypatch.setattr("acestep.models.load.load_acestep", no_load)
+    with pytest.raises(TrainingError, match="Not enough free GPU memory"):
+        train(config)
+    assert checks == [("auto", 1)]
+
+
+def test_skip_vram_check_overrides_it(config, checks, pretend_cuda):
+    assert train(apply_overrides(config, ["run.skip_vram_check=true"])).step == 1
+    assert checks == []
+
+
+def test_on_cpu_there_is_no_check(config, checks):
+    assert train(apply_overrides(config, ["run.accelerator=cpu"])).step == 1
+    assert checks == []
