@@ -1,0 +1,75 @@
+"""What `acestep-trainer gpu` prints: the GPUs (`acestep.gpu.monitor`), the preset recommended
+for each, and, for a training config, its estimated peak memory against each GPU's free memory."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from acestep.errors import CheckpointError
+
+
+def gpu_command_report(config_path: Path | None, checkpoints_dir: Path | None = None,
+                       overrides: Sequence[str] = (), report=None) -> str:
+    """The text of `acestep-trainer gpu [--config FILE] [--set k=v ...] [--checkpoints-dir DIR]`.
+
+    Lists the GPUs and their processes, the recommended preset per GPU (quick_test without one)
+    and, when `config_path` is given, the estimate by part for that config (with `overrides`,
+    paths relative to the working folder as `train` takes them) and whether it fits each GPU's
+    free memory now, with settings that would when it does not. The model's shapes come from the
+    checkpoint's config.json when it is on disk, else from the 2B model (said in the text).
+    `report` is a `SystemGpuReport` to use instead of reading NVML (tests). Raises ConfigError
+    for a bad config file; never raises for a missing GPU or model.
+    """
+    from acestep.gpu.monitor import format_report, read_gpus
+    from acestep.training.presets import recommendation_message
+
+    report = read_gpus() if report is None else report
+    lines = [format_report(report), ""]
+    if report.gpus:
+        lines += [f"GPU {gpu.index} ({gpu.name}): recommended preset {recommendation_message(gpu.total_bytes)}"
+                  for gpu in report.gpus]
+    else:
+        lines.append(f"Recommended preset: {recommendation_message(None)}")
+    if config_path is not None:
+        lines += ["", *_config_lines(Path(config_path), checkpoints_dir, overrides, report)]
+    return "\n".join(lines)
+
+
+def _config_lines(config_path: Path, checkpoints_dir, overrides, report) -> list[str]:
+    from acestep.gpu.estimate import GIB, estimate_vram, gib
+    from acestep.gpu.fit import settings_that_fit
+    from acestep.training.config import apply_overrides, load_config, resolve_paths
+
+    config = resolve_paths(apply_overrides(load_config(config_path), list(overrides)), Path.cwd())
+    model_config, note = _model_config(config, checkpoints_dir)
+    estimate = estimate_vram(config, model_config)
+    lines = [f"Training config {config_path}:", estimate.describe()]
+    if note:
+        lines.append(note)
+    if not report.gpus:
+        lines.append("No NVIDIA GPU to compare it with.")
+    for gpu in report.gpus:
+        spare = gpu.free_bytes - estimate.total_bytes
+        if spare >= 0:
+            lines.append(f"GPU {gpu.index}: fits ({gib(gpu.free_bytes)} free, {spare / GIB:.2f} GiB to spare).")
+            continue
+        lines.append(f"GPU {gpu.index}: does not fit now ({gib(gpu.free_bytes)} free, {-spare / GIB:.2f} GiB short).")
+        fits = settings_that_fit(config, estimate, gpu.free_bytes)
+        lines += [f"  would fit: {' '.join('--set ' + c for c in fit.changes)} (about {gib(fit.estimate.total_bytes)})"
+                  for fit in fits] or ["  no usual setting makes it fit; free memory on the GPU."]
+    return lines
+
+
+def _model_config(config, checkpoints_dir):
+    """(the checkpoint's AceStepModelConfig or None for the 2B default, a note or "")."""
+    from acestep.models.checkpoints import DIT, resolve_model_path
+    from acestep.models.config import read_dit_config
+
+    folder = checkpoints_dir or (Path(config.model.checkpoints_dir) if config.model.checkpoints_dir else None)
+    try:
+        return read_dit_config(resolve_model_path(config.model.checkpoint, DIT, checkpoints_dir=folder)), ""
+    except CheckpointError as error:
+        first_line = str(error).splitlines()[0]
+        return None, (f"(model.checkpoint {config.model.checkpoint!r} is not on disk: {first_line} "
+                      "The estimate is for the 2B ACE-Step 1.5 DiT.)")

@@ -1,0 +1,57 @@
+"""The text of `acestep-trainer gpu`: GPUs, the recommended preset per GPU, and a config's estimate
+against each GPU's free memory (fake NVML reports; no GPU needed)."""
+
+from acestep.gpu.estimate import GIB
+from acestep.gpu.monitor import GpuProcess, GpuStatus, SystemGpuReport
+from acestep.gpu.report import gpu_command_report
+from acestep.training.config import TrainingConfig, apply_overrides, save_config
+
+
+def report_of(*gpus) -> SystemGpuReport:
+    return SystemGpuReport(gpus=tuple(gpus), driver_version="560.35", cuda_driver_version="12.6",
+                           message="" if gpus else "no NVIDIA GPU (the NVIDIA driver reports 0 GPUs)", cpu="x86_64",
+                           cpu_count=16, ram_total_bytes=64 * GIB, mps_available=None)
+
+
+def gpu(index, name, total_gib, free_gib, processes=()):
+    total, free = int(total_gib * GIB), int(free_gib * GIB)
+    return GpuStatus(index, name, total, total - free, free, 3, 40, "ok", tuple(processes))
+
+
+def write_config(tmp_path, *overrides):
+    config = apply_overrides(TrainingConfig(), ["data.tensors_dir=tensors", *overrides])
+    return save_config(config, tmp_path / "run.toml")
+
+
+def test_each_gpu_gets_its_tier():
+    text = gpu_command_report(None, report=report_of(gpu(0, "NVIDIA GeForce RTX 4090", 23.6, 20),
+                                                     gpu(1, "NVIDIA GeForce RTX 4060", 7.6, 7.0)))
+    assert "NVIDIA driver 560.35" in text  # the monitor's report comes first
+    assert "GPU 0 (NVIDIA GeForce RTX 4090): recommended preset vram_24gb_plus" in text
+    assert "GPU 1 (NVIDIA GeForce RTX 4060): recommended preset vram_8gb" in text
+    assert "Training config" not in text
+
+
+def test_without_a_gpu_the_quick_test_is_recommended(tmp_path):
+    text = gpu_command_report(write_config(tmp_path), report=report_of())
+    assert "Recommended preset: quick_test" in text
+    assert "Estimated peak GPU memory" in text and "No NVIDIA GPU to compare it with." in text
+
+
+def test_a_config_is_compared_with_each_gpu_and_gets_advice_where_it_does_not_fit(tmp_path, tiny_checkpoints):
+    path = write_config(tmp_path, "data.batch_size=3", "optimizer.name=adamw")
+    busy = gpu(1, "NVIDIA GeForce RTX 4070", 12, 6.0, [GpuProcess(77, "game", 6 * GIB)])
+    text = gpu_command_report(path, tiny_checkpoints, report=report_of(gpu(0, "NVIDIA H100", 79.2, 79), busy))
+    assert f"Training config {path}:" in text and "batch 3 x 60 s" in text
+    assert "is not on disk" not in text  # the tiny checkpoint's own config gave the shapes
+    assert "GPU 0: fits (79.00 GiB free" in text
+
+
+def test_the_2b_default_is_said_when_the_model_is_missing(tmp_path):
+    path = write_config(tmp_path, "data.batch_size=3")
+    text = gpu_command_report(path, tmp_path / "no-models", ["adapter.rank=32"],
+                              report=report_of(gpu(0, "NVIDIA GeForce RTX 4070", 12, 10)))
+    assert "is not on disk" in text and "The estimate is for the 2B ACE-Step 1.5 DiT." in text
+    assert "lora rank 32" in text  # the --set overrides apply
+    assert "GPU 0: does not fit now (10.00 GiB free" in text
+    assert "  would fit: --set run.gradient_checkpointing=true (about" in text
