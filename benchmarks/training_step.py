@@ -20,36 +20,16 @@ import time
 from pathlib import Path
 
 import torch
+from common import CONDITION_TOKENS, SIZES, build_session, model_config, write_samples  # benchmarks/common.py
 
 from acestep.models.config import parse_model_config
-from acestep.models.load import build_component
-from acestep.models.tiny import TINY_DIT_CONFIG
-from acestep.preprocess.tensors import Manifest, ManifestSample, PreprocessedDataset, write_manifest, write_sample
-from acestep.training.adapters import add_adapter
 from acestep.training.config import TrainingConfig, apply_overrides
 from acestep.training.data import CroppedSamples, collate
 from acestep.training.loop import Trainer, _Interval
 from acestep.training.objective import context_latents, flow_target, masked_flow_loss, noisy_latents
-from acestep.training.optim import build_optimizer, build_scheduler
-from acestep.training.session import TrainingSession, resolve_accelerator, resolve_precision
-from acestep.training.step import Objective
+from acestep.training.session import TrainingSession
 
-SIZES = {
-    "tiny": {},
-    "small": {"hidden_size": 512, "intermediate_size": 1536, "num_hidden_layers": 4, "num_attention_heads": 8,
-              "num_key_value_heads": 4, "head_dim": 64, "sliding_window": 128},
-    "2b": {"hidden_size": 2048, "intermediate_size": 6144, "num_hidden_layers": 24, "num_attention_heads": 16,
-           "num_key_value_heads": 8, "head_dim": 128, "sliding_window": 128,
-           "layer_types": ["sliding_attention", "full_attention"] * 12},
-}
 PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0, "RTX 4090": 165.0}
-CONDITION_TOKENS = 400  # lyrics + timbre + caption tokens of a typical song
-
-
-def model_config(size: str) -> dict:
-    config = {**TINY_DIT_CONFIG, **SIZES[size]}
-    config["layer_types"] = (config["layer_types"] * config["num_hidden_layers"])[: config["num_hidden_layers"]]
-    return config
 
 
 def forward_flops(config: dict, batch: int, frames: int, tokens: int) -> float:
@@ -70,55 +50,18 @@ def forward_flops(config: dict, batch: int, frames: int, tokens: int) -> float:
     return batch * (per_layer + io)
 
 
-def write_samples(folder: Path, count: int, frames: int, width: int) -> PreprocessedDataset:
-    folder.mkdir(parents=True, exist_ok=True)
-    manifest = Manifest(model={}, settings={})
-    for i in range(count):
-        name = f"s{i}.safetensors"
-        write_sample(folder, name, {"target_latents": torch.randn(frames, 64),
-                                    "encoder_hidden_states": torch.randn(CONDITION_TOKENS, width),
-                                    "encoder_attention_mask": torch.ones(CONDITION_TOKENS, dtype=torch.bool)}, {})
-        manifest.samples.append(ManifestSample(f"s{i}", f"{i}.wav", name, frames, frames / 25, "", ""))
-    write_manifest(folder, manifest)
-    return PreprocessedDataset(folder)
-
-
-def build_session(args, work: Path) -> TrainingSession:
-    from lightning.fabric import Fabric
-
-    raw = model_config(args.size)
-    config = parse_model_config(raw)
+def build_benchmark_session(args, work: Path) -> TrainingSession:
+    """LoRA rank 64 on attention, AdamW at a constant lr, no dropout, on random weights."""
+    config = parse_model_config(model_config(args.size))
     frames = int(args.seconds * 25)
     training = apply_overrides(TrainingConfig(), [
         f"data.tensors_dir={work / 'tensors'}", f"data.batch_size={args.batch}", f"data.max_seconds={args.seconds}",
         f"run.output_dir={work}", "run.log_every_steps=10", "run.save_every_epochs=0", "optimizer.warmup_steps=0",
+        "optimizer.scheduler=constant", "adapter.dropout=0",
         f"run.gradient_checkpointing={args.gradient_checkpointing}", f"run.compile={args.compile}"])
-    accelerator = resolve_accelerator("auto")
-    precision, dtype = resolve_precision(training, accelerator)
-    fabric = Fabric(accelerator=accelerator, devices=1, precision=precision)
-    torch.manual_seed(0)
-    with torch.device(fabric.device):
-        transformer = build_component(config, "transformer").to_empty(device=fabric.device)
-        for param in transformer.parameters():
-            torch.nn.init.normal_(param, std=0.02)
-            param.data = param.data.to(dtype)
-    if args.gradient_checkpointing:
-        transformer.enable_gradient_checkpointing()
-    adapter = add_adapter(transformer, "lora", rank=64, alpha=128, dropout=0.0, targets="attention")
-    if args.compile:
-        transformer.compile()
     samples = write_samples(work / "tensors", args.batch * max(args.steps, args.warmup) * 2, frames,
                             config.encoder_hidden_size)
-    optimizer = build_optimizer(adapter.parameters(), "adamw", 1e-4)
-    scheduler = build_scheduler(optimizer, "constant", 0, 10**6)
-    model, optimizer = fabric.setup(transformer, optimizer)
-    indices = list(range(len(samples)))
-    silence = torch.randn(1, 15000, 64, device=fabric.device)
-    null = torch.randn(1, 1, config.encoder_hidden_size, device=fabric.device)
-    return TrainingSession(training, fabric, work, model, adapter, optimizer, scheduler, samples,
-                           CroppedSamples(samples, indices, frames, 0), None, indices,
-                           Objective("logit_normal", -0.4, 1.0, 0.15, None), silence, null, dtype,
-                           len(indices) // args.batch, 10**6, {"precision": precision})
+    return build_session(training, config, samples, work)
 
 
 def synchronize(device: torch.device) -> None:
@@ -204,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--peak-tflops", type=float, default=None, help="dense bf16 peak of the GPU (for MFU)")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
-        session = build_session(args, Path(tmp))
+        session = build_benchmark_session(args, Path(tmp))
         device = session.fabric.device
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats()

@@ -1,0 +1,97 @@
+"""What the benchmark scripts share: model sizes, a transformer with random weights built from a
+config (nothing downloaded), synthetic tensors folders, and a `TrainingSession` assembled from a
+`TrainingConfig` with the trainer's own parts (adapter, optimizer, scheduler, Fabric, data)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from acestep.gpu.estimate import ACESTEP_2B_DIT_CONFIG
+from acestep.models.config import AceStepModelConfig
+from acestep.models.load import build_component
+from acestep.models.tiny import TINY_DIT_CONFIG
+from acestep.preprocess.tensors import Manifest, ManifestSample, PreprocessedDataset, write_manifest, write_sample
+from acestep.training.adapters import add_adapter
+from acestep.training.config import TrainingConfig
+from acestep.training.data import CroppedSamples
+from acestep.training.optim import build_optimizer, build_scheduler
+from acestep.training.session import FRAMES_PER_SECOND, TrainingSession, resolve_accelerator, resolve_precision
+from acestep.training.step import Objective
+
+SIZES = {
+    "tiny": dict(TINY_DIT_CONFIG),
+    "small": {**TINY_DIT_CONFIG, "hidden_size": 512, "intermediate_size": 1536, "num_hidden_layers": 4,
+              "num_attention_heads": 8, "num_key_value_heads": 4, "head_dim": 64, "sliding_window": 128},
+    "2b": dict(ACESTEP_2B_DIT_CONFIG),
+}
+CONDITION_TOKENS = 400  # lyrics + timbre + caption tokens of a typical song
+
+
+def model_config(size: str) -> dict:
+    """The DiT config.json of a benchmark size, with one layer type per layer."""
+    config = dict(SIZES[size])
+    config["layer_types"] = (list(config["layer_types"]) * config["num_hidden_layers"])[: config["num_hidden_layers"]]
+    return config
+
+
+def random_transformer(config: AceStepModelConfig, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
+    """The transformer of `config` with N(0, 0.02) weights made directly in `dtype` on `device`
+    (no full-precision copy on the way, so a GPU's peak memory counts only the model)."""
+    transformer = build_component(config, "transformer")
+    torch.nn.Module.to(transformer, dtype)  # on the meta device; ModelMixin.to would warn about fp32 modules
+    transformer = transformer.to_empty(device=device)
+    with torch.no_grad():
+        for param in transformer.parameters():
+            param.normal_(0.0, 0.02)
+    return transformer
+
+
+def write_samples(folder: Path, count: int, frames: int, width: int, tokens: int = CONDITION_TOKENS,
+                  seed: int = 0) -> PreprocessedDataset:
+    """A tensors folder of `count` random samples of `frames` latent frames and `tokens` condition tokens."""
+    folder.mkdir(parents=True, exist_ok=True)
+    generator = torch.Generator().manual_seed(seed)
+    manifest = Manifest(model={}, settings={})
+    for i in range(count):
+        name = f"s{i}.safetensors"
+        write_sample(folder, name, {"target_latents": torch.randn(frames, 64, generator=generator),
+                                    "encoder_hidden_states": torch.randn(tokens, width, generator=generator),
+                                    "encoder_attention_mask": torch.ones(tokens, dtype=torch.bool)}, {})
+        manifest.samples.append(ManifestSample(f"s{i}", f"{i}.wav", name, frames, frames / FRAMES_PER_SECOND, "", ""))
+    write_manifest(folder, manifest)
+    return PreprocessedDataset(folder)
+
+
+def build_session(training: TrainingConfig, model: AceStepModelConfig, samples: PreprocessedDataset,
+                  work: Path, seed: int = 0) -> TrainingSession:
+    """A TrainingSession as `TrainingSession.start` builds one, on a random-weight transformer:
+    Fabric (accelerator and precision from `training`), gradient checkpointing, the adapter, compile,
+    the optimizer and scheduler, the cropped samples. `checkpoint_info["precision"]` says the precision."""
+    from lightning.fabric import Fabric
+
+    accelerator = resolve_accelerator(training.run.accelerator)
+    precision, dtype = resolve_precision(training, accelerator)
+    fabric = Fabric(accelerator=accelerator, devices=1, precision=precision)
+    torch.manual_seed(seed)
+    transformer = random_transformer(model, fabric.device, dtype)
+    if training.run.gradient_checkpointing:
+        transformer.enable_gradient_checkpointing()
+    a, o = training.adapter, training.optimizer
+    adapter = add_adapter(transformer, a.type, a.rank, a.alpha, a.dropout, a.targets, a.mlp, a.modules, a.lokr_factor)
+    if training.run.compile:
+        transformer.compile()
+    optimizer = build_optimizer(adapter.parameters(), o.name, o.lr, o.weight_decay, tuple(o.betas), o.eps)
+    scheduler = build_scheduler(optimizer, o.scheduler, o.warmup_steps, 10**6, o.restarts)
+    wrapped, optimizer = fabric.setup(transformer, optimizer)
+    indices = list(range(len(samples)))
+    max_frames = round(training.data.max_seconds * FRAMES_PER_SECOND) if training.data.max_seconds else None
+    silence = torch.randn(1, 15000, 64, device=fabric.device)
+    null = torch.randn(1, 1, model.encoder_hidden_size, device=fabric.device)
+    o_cfg = training.objective
+    objective = Objective(o_cfg.timestep_sampling, o_cfg.timestep_mu if o_cfg.timestep_mu is not None else -0.4,
+                          o_cfg.timestep_sigma or 1.0, o_cfg.cfg_dropout, o_cfg.min_snr_gamma)
+    return TrainingSession(training, fabric, work, wrapped, adapter, optimizer, scheduler, samples,
+                           CroppedSamples(samples, indices, max_frames, seed), None, indices, objective, silence, null,
+                           dtype, max(len(indices) // training.data.batch_size, 1), 10**6, {"precision": precision})
