@@ -56,7 +56,7 @@ def check_fits(config, free_bytes: int, processes, estimate: VramEstimate) -> No
     else:
         lines.append("None of gradient checkpointing, shorter crops, batch 1 with accumulation, a smaller optimizer "
                      "or a lower rank makes it fit: free memory on the GPU or use a larger one.")
-    lines.append("To start anyway (the estimate errs on the safe side): --set run.skip_vram_check=true")
+    lines.append("To start anyway (the estimate may be off by some 15%): --set run.skip_vram_check=true")
     raise TrainingError("\n".join(lines))
 
 
