@@ -266,6 +266,14 @@ def cmd_merge(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_gpu(args: argparse.Namespace) -> int:
+    """The GPUs and what holds them, the recommended preset, and a config's VRAM estimate."""
+    from acestep.gpu.report import gpu_command_report
+
+    print(gpu_command_report(args.config, args.checkpoints_dir, overrides=args.set))
+    return 0
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     """Train an adapter from a TOML config (or continue a run)."""
     from acestep.training.config import apply_overrides, load_config, resolve_paths
@@ -415,6 +423,14 @@ def build_parser() -> argparse.ArgumentParser:
                          help="seconds of each song the models listen to (default 240; halved after out-of-memory)")
     _checkpoints_dir_arg(caption)
     caption.set_defaults(func=cmd_caption)
+
+    gpu = commands.add_parser("gpu", help="show the GPUs, the recommended preset and a config's VRAM estimate")
+    gpu.add_argument("--config", type=Path, default=None, metavar="RUN.toml",
+                     help="also estimate this training config's peak VRAM against each GPU's free memory")
+    gpu.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
+                     help="override one config value for the estimate (repeatable)")
+    _checkpoints_dir_arg(gpu)
+    gpu.set_defaults(func=cmd_gpu)
 
     train = commands.add_parser("train", help="train an adapter from a TOML config, or continue a run")
     train.add_argument("--config", type=Path, default=None, metavar="RUN.toml",

@@ -130,3 +130,13 @@ def test_caption_with_signal_analysis_labels_a_folder(tmp_path, real_loops, caps
     assert (folder / "labels.csv").read_text().startswith("file,caption")
     assert main(arguments) == 2
     assert "0 labelled, 1 from the cache" in capsys.readouterr().out
+
+
+def test_gpu_command_prints_the_monitor_preset_and_estimate(capsys):
+    from pathlib import Path
+
+    example = Path(__file__).resolve().parents[1] / "examples" / "train_lora.toml"
+    assert main(["gpu", "--config", str(example), "--set", "data.batch_size=1"]) == 0
+    out = capsys.readouterr().out
+    assert "no NVIDIA GPU" in out and "Recommended preset: quick_test" in out
+    assert "Estimated peak GPU memory" in out and "batch 1 x 60 s" in out
