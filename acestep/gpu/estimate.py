@@ -31,8 +31,14 @@ import logging
 import math
 from dataclasses import dataclass, field, replace
 
-from acestep.gpu.activations import CPU_KERNELS, CUDA_KERNELS, AdapterShape, KernelProfile, ModelShape, \
-    activation_bytes
+from acestep.gpu.activations import (
+    CPU_KERNELS,
+    CUDA_KERNELS,
+    AdapterShape,
+    KernelProfile,
+    ModelShape,
+    activation_bytes,
+)
 
 GIB = 1024 ** 3
 FRAMES_PER_SECOND = 25
@@ -174,10 +180,6 @@ def estimate_vram(config, model_config=None, *, accelerator: str = "cuda", encod
 def re_estimate(estimate: VramEstimate, config) -> VramEstimate:
     """The estimate of another config on the same model, with the same options."""
     return estimate_vram(config, estimate.model_config, **estimate.options)
-
-
-def with_tuning(estimate: VramEstimate, tuning: EstimateTuning) -> VramEstimate:
-    return estimate_vram(estimate.config, estimate.model_config, **{**estimate.options, "tuning": tuning})
 
 
 def optimizer_state_bytes(name: str, params, betas=(0.9, 0.999)) -> int:

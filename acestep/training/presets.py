@@ -183,7 +183,9 @@ def _check(data: dict[str, Any], path: Path, builtin: bool) -> Preset:
         raise ConfigError(f"{path}: notes must map field paths (\"optimizer.lr\") to text")
     config = data["config"]
     apply_preset(TrainingConfig(), config, str(path), complete=False)  # raises ConfigError naming the file
-    noted = sorted(k for k in notes if k.split(".")[0] not in config or k.split(".")[-1] not in config[k.split(".")[0]])
+    set_paths = {f"{section}.{key}" for section, values in config.items() if isinstance(values, dict)
+                 for key in values}
+    noted = sorted(set(notes) - set_paths)
     if noted:
         raise ConfigError(f"{path}: notes on field(s) the preset does not set: {', '.join(noted)}")
     return Preset(name, description, config, None if vram is None else float(vram), dict(notes), builtin, path)
