@@ -143,8 +143,8 @@ class OptimizerConfig:
         "warmup), constant_with_warmup (warmup, then lr).",
         choices=("cosine", "cosine_with_restarts", "linear", "constant", "constant_with_warmup"))
     warmup_steps: int = _option(
-        100, "Optimizer steps of linear warmup from 0 to lr; checked to be below the run's total "
-        "optimizer steps when the run starts.", ge=0)
+        100, "Optimizer steps of linear warmup from 0 to lr; the run warns at its start when they are "
+        "not below its total optimizer steps (the learning rate would never reach lr).", ge=0)
     restarts: int = _option(1, "Cosine cycles of cosine_with_restarts.", ge=1)
     gradient_accumulation: int = _option(
         1, "Batches whose gradients are summed before each optimizer step; effective batch = "

@@ -174,6 +174,11 @@ class Trainer:
     def run(self) -> TrainingResult:
         cfg, s, p = self.config, self.s, self.progress
         self.emit("start", step=p.step, epoch=p.epoch, message=s.start_message())
+        warmup = cfg.optimizer.warmup_steps
+        if cfg.optimizer.scheduler != "constant" and warmup >= s.total_steps:
+            self.emit("warning", step=p.step, epoch=p.epoch,
+                      message=f"optimizer.warmup_steps ({warmup}) is not below the run's {s.total_steps} optimizer "
+                              "steps: the learning rate never reaches optimizer.lr")
         self.previews.check_models()  # a preview model that cannot be found stops the run now, not hours in
         interval = self.interval
         status = "completed"

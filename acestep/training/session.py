@@ -112,9 +112,6 @@ class TrainingSession:
                         num_nodes=config.run.num_nodes, strategy=config.run.strategy, precision=precision)
         fabric.launch()
         fabric.seed_everything((config.run.seed + fabric.global_rank) % 2**32, workers=True, verbose=False)
-        if resume is None:
-            run_dir = new_run_dir(config) if fabric.global_rank == 0 else None
-            run_dir = Path(fabric.broadcast(str(run_dir) if run_dir else None, src=0))
         samples = PreprocessedDataset(config.data.tensors_dir)
         checkpoints_dir = Path(config.model.checkpoints_dir) if config.model.checkpoints_dir else None
         if accelerator == "cuda" and not config.run.skip_vram_check:  # refuse a run that would not fit, before loading
@@ -150,6 +147,9 @@ class TrainingSession:
         optimizer = build_optimizer(adapter.parameters(), o.name, o.lr, o.weight_decay, tuple(o.betas), o.eps)
         scheduler = build_scheduler(optimizer, o.scheduler, o.warmup_steps, total, o.restarts)
         model, optimizer = fabric.setup(transformer, optimizer)
+        if resume is None:  # only now: a run refused above leaves no empty run folder behind
+            run_dir = new_run_dir(config) if fabric.global_rank == 0 else None
+            run_dir = Path(fabric.broadcast(str(run_dir) if run_dir else None, src=0))
         objective = Objective(config.objective.timestep_sampling,
                               _pick(config.objective.timestep_mu, bundle.config.timestep_mu),
                               _pick(config.objective.timestep_sigma, bundle.config.timestep_sigma),

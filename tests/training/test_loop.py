@@ -223,3 +223,16 @@ def test_gradient_checkpointing_gives_the_same_training(tmp_path, tensors_17, ti
                               f"run.gradient_checkpointing={flag}")) for flag in ("false", "true")]
     curves = [[e["loss"] for e in events(r.run_dir) if e["type"] == "log"] for r in runs]
     assert curves[0] == pytest.approx(curves[1], abs=1e-6)
+
+
+def test_refused_run_leaves_no_folder_and_long_warmup_warns(tmp_path, tensors_17, tiny_dit):
+    from acestep.models.tiny import write_tiny_checkpoints
+
+    other = write_tiny_checkpoints(tmp_path / "other", seed=4) / "acestep-v15-turbo"
+    with pytest.raises(PreprocessError):
+        train(make_config(tmp_path, tensors_17, other))
+    assert not (tmp_path / "runs" / "run").exists()  # nothing half-made to trip the next start
+    result = train(make_config(tmp_path, tensors_17, tiny_dit, "run.max_steps=3", "optimizer.warmup_steps=5"))
+    warnings = [e["message"] for e in events(result.run_dir) if e["type"] == "warning"]
+    assert warnings == ["optimizer.warmup_steps (5) is not below the run's 3 optimizer steps: the learning rate "
+                        "never reaches optimizer.lr"]
