@@ -1,0 +1,1 @@
+"""The `acestep-trainer` commands, one module per group (see `acestep.cli`)."""

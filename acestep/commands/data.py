@@ -1,0 +1,213 @@
+"""Data commands: split audio, build and check a dataset, label songs, preprocess into tensors."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from acestep.commands.common import (
+    EXIT_PARTIAL,
+    EXIT_STOPPED,
+    checkpoints_dir_arg,
+    format_clock,
+    print_failures,
+    stop_on_ctrl_c,
+)
+from acestep.errors import AceStepError
+
+
+def cmd_split(args: argparse.Namespace) -> int:
+    """Cut long audio files into 30 s or 60 s WAV segments (originals untouched)."""
+    from acestep.audio.io import split_folder
+
+    def show(index: int, total: int, path: Path) -> None:
+        print(f"[{index}/{total}] {path}", flush=True)
+
+    result = split_folder(args.in_dir, args.out_dir, segment_seconds=args.segment,
+                          min_tail_seconds=args.min_tail, progress=show)
+    print(f"Wrote {len(result.written)} segment(s) to {args.out_dir}; {len(result.failed)} file(s) failed.")
+    print_failures(result.failed)
+    return EXIT_PARTIAL if result.failed else 0
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    """Scan an audio folder (with its sidecars and CSVs) into a dataset JSON."""
+    from acestep.dataset import build_dataset, save_dataset
+
+    if args.out.exists() and not args.overwrite:
+        raise AceStepError(f"{args.out} exists; pass --overwrite to replace it (its edits would be lost) "
+                           "or choose another --out.")
+    result = build_dataset(args.audio_dir, name=args.name, trigger_tag=args.tag, tag_position=args.tag_position,
+                           genre_ratio=args.genre_ratio, all_instrumental=args.instrumental,
+                           language=args.language, seed=args.seed)
+    save_dataset(result.dataset, args.out)
+    print(f"Wrote {args.out}: {len(result.dataset.samples)} sample(s), {len(result.failed)} file(s) failed.")
+    for warning in result.warnings:
+        print(f"  warning: {warning}")
+    print_failures(result.failed)
+    return EXIT_PARTIAL if result.failed else 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """Check a dataset: durations, formats, clipping, silence, duplicates, missing labels."""
+    import json
+
+    from acestep.dataset import build_dataset, dataset_report, format_report, load_dataset
+
+    if args.dataset.is_dir():
+        dataset = build_dataset(args.dataset).dataset
+    else:
+        dataset = load_dataset(args.dataset)
+    report = dataset_report(dataset, analyse_audio=not args.no_audio)
+    print(json.dumps(report.to_dict(), indent=2) if args.json else format_report(report))
+    return 0
+
+
+def cmd_preprocess(args: argparse.Namespace) -> int:
+    """Encode a dataset into training tensors (VAE latents, text and lyric encodings, conditions)."""
+    from acestep.preprocess import PreprocessSettings, preprocess_dataset
+
+    def show(event) -> None:
+        if event.status in ("encoding", "pass 2") and not args.verbose:
+            return
+        width = len(str(event.total))
+        detail = f"  {event.message}" if event.message else ""
+        print(f"[{event.index:>{width}}/{event.total}] {event.status:8s} {event.source}{detail}   "
+              f"elapsed {format_clock(event.elapsed)}  ETA {format_clock(event.eta)}", flush=True)
+
+    settings = PreprocessSettings(max_duration=args.max_duration, normalization=args.normalization,
+                                  low_vram=args.low_vram, seed=args.seed, device=args.device, dtype=args.dtype)
+    with stop_on_ctrl_c("the current sample") as should_stop:
+        summary = preprocess_dataset(args.dataset, args.out, args.checkpoint, vae=args.vae,
+                                     text_encoder=args.text_encoder, checkpoints_dir=args.checkpoints_dir,
+                                     settings=settings, progress=show, should_stop=should_stop)
+    print(summary.describe())
+    if summary.cancelled:
+        return EXIT_STOPPED
+    return EXIT_PARTIAL if summary.failed else 0
+
+
+def build_labellers(args: argparse.Namespace) -> list:
+    """The labellers `caption` runs, in order: the chosen one, the transcriber, signal analysis."""
+    from acestep.captioning.analysis_labeller import AnalysisLabeller
+
+    labellers = []
+    if args.labeller == "captioner":
+        from acestep.captioning.omni import OmniLabeller
+
+        labellers.append(OmniLabeller("captioner", args.captioner, device=args.device, dtype=args.dtype,
+                                      cpu_offload=args.cpu_offload, max_seconds=args.max_seconds,
+                                      checkpoints_dir=args.checkpoints_dir))
+    elif args.labeller == "lm":
+        from acestep.captioning.lm_labeller import LmLabeller
+
+        labellers.append(LmLabeller(args.lm, dit=args.dit, device=args.device, dtype=args.dtype,
+                                    max_seconds=args.max_seconds, checkpoints_dir=args.checkpoints_dir))
+    if args.transcribe:
+        from acestep.captioning.omni import OmniLabeller
+
+        labellers.append(OmniLabeller("transcriber", args.transcriber, device=args.device, dtype=args.dtype,
+                                      cpu_offload=args.cpu_offload, max_seconds=args.max_seconds,
+                                      checkpoints_dir=args.checkpoints_dir))
+    if args.labeller == "analysis" or not args.no_analysis:
+        labellers.append(AnalysisLabeller(max_seconds=args.max_seconds))
+    return labellers
+
+
+def cmd_caption(args: argparse.Namespace) -> int:
+    """Label a folder of songs into `.json` sidecars (and optionally a CSV)."""
+    from acestep.captioning.batch import label_folder
+
+    def show(event) -> None:
+        detail = f"  {event.message}" if event.message else ""
+        print(f"[{event.index}/{event.total}] {event.labeller:11s} {event.status:9s} {event.path}{detail}   "
+              f"ETA {format_clock(event.eta)}", flush=True)
+
+    with stop_on_ctrl_c("the current file") as should_stop:
+        summary = label_folder(args.folder, build_labellers(args), mode=args.mode.replace("-", "_"),
+                               csv_path=args.csv, cache_dir=args.cache_dir, use_cache=not args.no_cache,
+                               progress=show, should_stop=should_stop)
+    print(summary.describe())
+    if summary.cancelled:
+        return EXIT_STOPPED
+    return EXIT_PARTIAL if summary.failed else 0
+
+
+def add_commands(commands) -> None:
+    split = commands.add_parser("split", help="cut long audio files into 30 s or 60 s WAV segments")
+    split.add_argument("in_dir", type=Path, metavar="IN_DIR", help="folder of audio files (searched recursively)")
+    split.add_argument("out_dir", type=Path, metavar="OUT_DIR", help="where the segments go (sub-folders kept)")
+    split.add_argument("--segment", type=int, choices=(30, 60), default=30, help="segment length in seconds")
+    split.add_argument("--min-tail", type=float, default=10.0,
+                       help="drop a last segment shorter than this many seconds (default 10)")
+    split.set_defaults(func=cmd_split)
+
+    build = commands.add_parser("build", help="scan an audio folder and its sidecars into a dataset JSON")
+    build.add_argument("audio_dir", type=Path, metavar="AUDIO_DIR")
+    build.add_argument("--out", type=Path, required=True, metavar="DATASET.json")
+    build.add_argument("--name", default=None, help="dataset name (default: the folder's name)")
+    build.add_argument("--tag", default="", help="trigger tag added to every caption (e.g. 'mystyle')")
+    build.add_argument("--tag-position", choices=("prepend", "append", "replace"), default="prepend",
+                       help="where the tag goes; 'replace' drops the captions (default prepend)")
+    build.add_argument("--genre-ratio", type=float, default=0.0,
+                       help="share of samples prompted with their genre instead of the caption (0-1, default 0)")
+    build.add_argument("--instrumental", action="store_true", help="mark every sample instrumental")
+    build.add_argument("--language", default=None, help="language code for samples that do not name one")
+    build.add_argument("--seed", type=int, default=42, help="seed of the genre-ratio choice (default 42)")
+    build.add_argument("--overwrite", action="store_true", help="replace an existing dataset JSON")
+    build.set_defaults(func=cmd_build)
+
+    report = commands.add_parser("report", help="check a dataset (or an audio folder) and print a report")
+    report.add_argument("dataset", type=Path, metavar="DATASET", help="dataset JSON or audio folder")
+    report.add_argument("--json", action="store_true", help="print the report as JSON")
+    report.add_argument("--no-audio", action="store_true", help="skip decoding (no clipping/silence checks)")
+    report.set_defaults(func=cmd_report)
+
+    pre = commands.add_parser("preprocess", help="encode a dataset into training tensors")
+    pre.add_argument("--dataset", type=Path, required=True, metavar="DATASET.json")
+    pre.add_argument("--checkpoint", required=True, metavar="DIT",
+                     help="DiT folder, folder name in the checkpoints directory, or HF id")
+    pre.add_argument("--out", type=Path, required=True, metavar="TENSORS_DIR")
+    pre.add_argument("--vae", default=None, help="VAE folder (default: vae/ beside the DiT)")
+    pre.add_argument("--text-encoder", default=None,
+                     help="text encoder folder (default: Qwen3-Embedding-0.6B/ beside the DiT)")
+    pre.add_argument("--max-duration", type=float, default=240.0,
+                     help="seconds of each song to encode, from its start (default 240, at most 600)")
+    pre.add_argument("--normalization", choices=("none", "peak", "lufs", "peak_lufs"), default="none",
+                     help="loudness normalisation before encoding (peak: -1 dBFS; lufs: -14 LUFS)")
+    pre.add_argument("--low-vram", action="store_true",
+                     help="two passes: VAE + text encoder, free them, then the condition encoder")
+    pre.add_argument("--seed", type=int, default=0, help="seed of the VAE posterior sampling (default 0)")
+    pre.add_argument("--device", default=None, help="cuda, cuda:1, mps or cpu (default: the best available)")
+    pre.add_argument("--dtype", choices=("bf16", "fp16", "fp32"), default=None,
+                     help="model dtype (default: bf16 on CUDA, fp32 elsewhere)")
+    pre.add_argument("--verbose", action="store_true", help="also print when each sample starts")
+    checkpoints_dir_arg(pre)
+    pre.set_defaults(func=cmd_preprocess)
+
+    caption = commands.add_parser("caption", help="label a folder of songs (captions, lyrics, BPM, key) into sidecars")
+    caption.add_argument("folder", type=Path, metavar="DIR", help="folder of audio files (searched recursively)")
+    caption.add_argument("--labeller", choices=("captioner", "lm", "analysis"), default="captioner",
+                         help="captioner: the ACE-Step AI captioner (default); lm: the 5 Hz LM from the DiT's "
+                              "audio codes; analysis: BPM and key only, no model")
+    caption.add_argument("--transcribe", action="store_true", help="also transcribe lyrics with section tags")
+    caption.add_argument("--no-analysis", action="store_true",
+                         help="skip the signal analysis that fills and cross-checks BPM and key")
+    caption.add_argument("--mode", choices=("fill-missing", "overwrite"), default="fill-missing",
+                         help="fill-missing: skip files whose sidecars already have the labels (default); "
+                              "overwrite: replace them")
+    caption.add_argument("--csv", type=Path, default=None, help="also write all labels to this CSV")
+    caption.add_argument("--no-cache", action="store_true", help="do not read or write the results cache")
+    caption.add_argument("--cache-dir", type=Path, default=None, help="results cache (default: cache/labels here)")
+    caption.add_argument("--captioner", default="ACE-Step/acestep-captioner", help="captioner folder or HF id")
+    caption.add_argument("--transcriber", default="ACE-Step/acestep-transcriber", help="transcriber folder or HF id")
+    caption.add_argument("--lm", default="acestep-5Hz-lm-1.7B", help="5 Hz LM folder, name or HF id")
+    caption.add_argument("--dit", default="acestep-v15-turbo", help="DiT whose audio tokenizer feeds the LM")
+    caption.add_argument("--device", default=None, help="cuda, cuda:1, mps or cpu (default: the best available)")
+    caption.add_argument("--dtype", choices=("auto", "bf16", "fp16", "fp32"), default="auto",
+                         help="model dtype (auto: bf16 where supported)")
+    caption.add_argument("--cpu-offload", action="store_true", help="keep part of the model in CPU memory (slower)")
+    caption.add_argument("--max-seconds", type=float, default=240.0,
+                         help="seconds of each song the models listen to (default 240; halved after out-of-memory)")
+    checkpoints_dir_arg(caption)
+    caption.set_defaults(func=cmd_caption)

@@ -1,0 +1,139 @@
+"""Training commands: GPU check, train, export, merge, preview."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+from pathlib import Path
+
+from acestep.commands.common import checkpoints_dir_arg
+from acestep.errors import AceStepError
+
+
+def cmd_gpu(args: argparse.Namespace) -> int:
+    """The GPUs and what holds them, the recommended preset, and a config's VRAM estimate."""
+    from acestep.gpu.report import gpu_command_report
+
+    print(gpu_command_report(args.config, args.checkpoints_dir, overrides=args.set))
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """Train an adapter from a TOML config (or continue a run)."""
+    from acestep.training.config import apply_overrides, load_config, resolve_paths
+    from acestep.training.events import console_listener
+    from acestep.training.loop import train
+
+    config_path = args.config
+    if config_path is None:
+        if args.resume is None:
+            raise AceStepError("Give --config RUN.toml (or --resume RUN_DIR to continue a run with its own config).")
+        config_path = _run_folder(args.resume) / "config.toml"
+    # Relative folders in the config are taken from where the command runs; the run folder's
+    # config.toml then holds absolute paths, so the run can be reproduced from anywhere.
+    config = resolve_paths(apply_overrides(load_config(config_path), args.set), Path.cwd())
+    handlers = []
+
+    def install(request_stop) -> None:
+        def on_signal(signum, frame):
+            if handlers:
+                raise KeyboardInterrupt
+            handlers.append(signum)
+            print("\nStopping after the current step and saving a checkpoint (Ctrl+C again to abort at once)...",
+                  file=sys.stderr, flush=True)
+            request_stop()
+
+        signal.signal(signal.SIGINT, on_signal)
+        signal.signal(signal.SIGTERM, on_signal)
+
+    result = train(config, resume=args.resume, force=args.force, listeners=[console_listener], stop_signal=install)
+    print(f"{result.status}: step {result.step}, epoch {result.epoch}; run folder {result.run_dir}")
+    return 0
+
+
+def _run_folder(path: Path) -> Path:
+    """A run folder from `--resume`, which may also name one of its checkpoints."""
+    path = path.resolve()
+    return path.parent.parent if path.parent.name == "checkpoints" else path
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """Write a trained adapter in the formats other tools load, each verified by reloading."""
+    from acestep.export.formats import export_adapter
+
+    result = export_adapter(args.source, args.out, formats=tuple(args.format or ()) or None, name=args.name,
+                            overwrite=args.overwrite,
+                            verify=not args.no_verify, checkpoint=args.checkpoint,
+                            checkpoints_dir=args.checkpoints_dir)
+    for kind, path in result.files.items():
+        check = (f"  (reloaded: max difference {result.max_difference[kind]:.1e})"
+                 if kind in result.max_difference else "")
+        print(f"{kind:10s} {path}{check}")
+    return 0
+
+
+def cmd_merge(args: argparse.Namespace) -> int:
+    """Merge an adapter into its base model and write a complete checkpoint folder."""
+    from acestep.export.merge import merge_adapter
+
+    shard = int(args.max_shard_gb * 2**30) if args.max_shard_gb else None
+    out = merge_adapter(args.checkpoint, args.adapter, args.out, strength=args.strength, dtype=args.dtype,
+                        max_shard_bytes=shard, shared=args.shared, overwrite=args.overwrite,
+                        checkpoints_dir=args.checkpoints_dir)
+    print(f"Merged checkpoint written to {out}")
+    return 0
+
+
+def add_commands(commands) -> None:
+    gpu = commands.add_parser("gpu", help="show the GPUs, the recommended preset and a config's VRAM estimate")
+    gpu.add_argument("--config", type=Path, default=None, metavar="RUN.toml",
+                     help="also estimate this training config's peak VRAM against each GPU's free memory")
+    gpu.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
+                     help="override one config value for the estimate (repeatable)")
+    checkpoints_dir_arg(gpu)
+    gpu.set_defaults(func=cmd_gpu)
+
+    train = commands.add_parser("train", help="train an adapter from a TOML config, or continue a run")
+    train.add_argument("--config", type=Path, default=None, metavar="RUN.toml",
+                       help="training config (see examples/train_lora.toml); optional with --resume")
+    train.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
+                       help="override one config value, e.g. --set optimizer.lr=2e-4 (repeatable)")
+    train.add_argument("--resume", type=Path, default=None, metavar="RUN_DIR",
+                       help="continue a run from its newest complete checkpoint (or from one checkpoint folder)")
+    train.add_argument("--force", action="store_true",
+                       help="resume even if the dataset or the number of processes changed")
+    train.set_defaults(func=cmd_train)
+
+    export = commands.add_parser("export", help="write a trained adapter for ACE-Step, ComfyUI or diffusers")
+    export.add_argument("source", type=Path, metavar="ADAPTER",
+                        help="a run folder (its final/ adapter), a checkpoint folder, or an adapter folder")
+    export.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder (must be empty)")
+    export.add_argument("--format", action="append", choices=("peft", "comfyui", "diffusers", "lycoris"),
+                        default=None, help="repeatable; default: peft and comfyui (LoKr: lycoris)")
+    export.add_argument("--name", default=None, help="file name stem (default: trigger tag and step)")
+    export.add_argument("--checkpoint", default=None, help="base DiT (default: the one the adapter was trained on)")
+    export.add_argument("--overwrite", action="store_true", help="replace the contents of a non-empty --out")
+    export.add_argument("--no-verify", action="store_true", help="skip reloading each export to compare outputs")
+    checkpoints_dir_arg(export)
+    export.set_defaults(func=cmd_export)
+
+    merge = commands.add_parser("merge", help="merge an adapter into its base model (a complete checkpoint)")
+    merge.add_argument("adapter", type=Path, metavar="ADAPTER", help="adapter folder or file (any format), or a run")
+    merge.add_argument("--checkpoint", required=True, metavar="DIT", help="base DiT the adapter was trained on")
+    merge.add_argument("--out", type=Path, required=True, metavar="DIR", help="the new checkpoint folder")
+    merge.add_argument("--strength", type=float, default=1.0, help="adapter strength to merge (default 1.0)")
+    merge.add_argument("--dtype", choices=("bf16", "fp16", "fp32", "keep"), default="bf16",
+                       help="dtype of the merged weights (default bf16, like the official files)")
+    merge.add_argument("--max-shard-gb", type=float, default=None, help="split the weights into shards of this size")
+    merge.add_argument("--shared", choices=("copy", "link", "skip"), default="copy",
+                       help="vae/ and the text encoder beside the new folder: copy (default), link or skip")
+    merge.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    checkpoints_dir_arg(merge)
+    merge.set_defaults(func=cmd_merge)
+
+    from acestep.inference.cli import add_preview_arguments, run_preview
+
+    preview = commands.add_parser("preview", help="render audio with a checkpoint, and an adapter at strengths")
+    add_preview_arguments(preview)
+    preview.set_defaults(func=run_preview)
