@@ -34,9 +34,10 @@ import tomli_w
 from acestep.errors import ConfigError
 from acestep.files import read_text, write_atomically
 from acestep.training.config_migrations import MIGRATIONS, migrate
+from acestep.training.config_rules import rule_problems
 from acestep.training.config_schema import (
     CONFIG_VERSION, FIELD_META, FIELD_TYPES, SECTIONS, AdapterConfig, DataConfig, FieldDoc, ModelConfig,
-    ObjectiveConfig, OptimizerConfig, RunConfig, TrainingConfig, describe_fields, parse_devices, rule_problems,
+    ObjectiveConfig, OptimizerConfig, RunConfig, TrainingConfig, describe_fields, parse_devices,
 )
 from acestep.training.config_values import NONE_WORDS, Invalid, coerce, parse_text, show, suggest
 
