@@ -140,3 +140,20 @@ def test_gpu_command_prints_the_monitor_preset_and_estimate(capsys):
     out = capsys.readouterr().out
     assert "no NVIDIA GPU" in out and "Recommended preset: quick_test" in out
     assert "Estimated peak GPU memory" in out and "batch 1 x 60 s" in out
+
+
+def test_train_with_a_preset_applies_it_under_the_set_overrides(tmp_path, tiny_checkpoints):
+    from acestep.training.config import TrainingConfig, apply_overrides, load_config, save_config
+
+    from training.conftest import write_tensors_dir
+
+    dit = tiny_checkpoints / "acestep-v15-turbo"
+    tensors = write_tensors_dir(tmp_path / "tensors", dit, 2)
+    config = apply_overrides(TrainingConfig(), [f"data.tensors_dir={tensors}", f"model.checkpoint={dit}",
+                                                f"run.output_dir={tmp_path / 'runs'}", "run.name=p"])
+    save_config(config, tmp_path / "run.toml")
+    assert main(["train", "--config", str(tmp_path / "run.toml"), "--preset", "quick_test",
+                 "--set", "run.max_steps=1", "--set", "adapter.rank=2", "--set", "run.accelerator=cpu"]) == 0
+    used = load_config(tmp_path / "runs" / "p" / "config.toml")
+    assert used.adapter.rank == 2 and used.adapter.alpha == 32.0  # --set over the preset, preset over the file
+    assert used.run.epochs == 10 and used.run.max_steps == 1

@@ -32,7 +32,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         config_path = _run_folder(args.resume) / "config.toml"
     # Relative folders in the config are taken from where the command runs; the run folder's
     # config.toml then holds absolute paths, so the run can be reproduced from anywhere.
-    config = resolve_paths(apply_overrides(load_config(config_path), args.set), Path.cwd())
+    config = load_config(config_path)
+    if args.preset:  # the preset's GPU settings over the file, then the --set overrides over both
+        from acestep.training.presets import apply_named_preset
+
+        config = apply_named_preset(config, args.preset)
+    config = resolve_paths(apply_overrides(config, args.set), Path.cwd())
     handlers = []
 
     def install(request_stop) -> None:
@@ -99,6 +104,10 @@ def add_commands(commands) -> None:
                        help="training config (see examples/train_lora.toml); optional with --resume")
     train.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
                        help="override one config value, e.g. --set optimizer.lr=2e-4 (repeatable)")
+    train.add_argument("--preset", default=None, metavar="NAME",
+                       help="apply a GPU preset over the config before the --set overrides (vram_24gb_plus, "
+                            "vram_16gb, vram_12gb, vram_8gb, recommended, high_quality, quick_test, or a saved one; "
+                            "`acestep-trainer gpu` recommends one)")
     train.add_argument("--resume", type=Path, default=None, metavar="RUN_DIR",
                        help="continue a run from its newest complete checkpoint (or from one checkpoint folder)")
     train.add_argument("--force", action="store_true",
