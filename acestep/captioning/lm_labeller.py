@@ -44,11 +44,12 @@ from acestep.models.checkpoints import (
     VAE,
     default_checkpoints_dir,
     is_diffusers_layout,
+    download_size,
     official_model,
     resolve_model_path,
 )
 
-__all__ = ["LmLabeller", "build_understanding_prompt", "parse_lm_output", "sample_tokens", "download_size"]
+__all__ = ["LmLabeller", "build_understanding_prompt", "parse_lm_output", "sample_tokens"]
 
 OFFICIAL_TEMPERATURE = 0.7  # label_single.py: understand_audio_from_codes(temperature=0.7)
 MIN_SECONDS = 30.0  # reduce_memory never goes below this
@@ -57,27 +58,6 @@ DTYPES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.floa
           "fp32": torch.float32, "float32": torch.float32}
 _HASHED_SUFFIXES = (".json", ".safetensors", ".jinja", ".txt", ".pt")
 _EDGE_BYTES = 1 << 20
-
-# What a missing model costs to fetch (published sizes, or params x 2 bytes for the bf16 LMs).
-_SIZES = {
-    "acestep-5Hz-lm-0.6B": "about 1.3 GB",
-    "acestep-5Hz-lm-1.7B": "3.7 GB",
-    "acestep-5Hz-lm-4B": "about 8.4 GB",
-    "vae": "337 MB",
-}
-
-
-def download_size(name: str) -> str:
-    """The download size of an official model folder, in words ("3.7 GB"), or "" if unknown."""
-    official = official_model(name)
-    if official is None:
-        return ""
-    if official.name in _SIZES:
-        return _SIZES[official.name]
-    if official.kind == DIT:
-        return "about 19 GB" if "-xl-" in official.name else "4.8 GB"
-    return ""
-
 
 def _resolve(name: str | Path, kind: str, what: str, checkpoints_dir: Path | None) -> Path:
     """resolve_model_path, with the download size in the message (and the command for any HF id)."""

@@ -27,14 +27,19 @@ class OmniModel:
 
     repo: str
     folder: str  # its folder under the checkpoints directory
-    download_size: str  # bf16 safetensors of about 11 B parameters (thinker, talker and token2wav)
     prompt: str  # the model card's prompt; the audio follows it on the next line
+
+    @property
+    def download_size(self) -> str:
+        """From the model registry: bf16 weights of about 11 B parameters (thinker, talker, token2wav)."""
+        from acestep.models.checkpoints import download_size
+
+        return download_size(self.repo)
 
 
 MODELS = {
-    "captioner": OmniModel(CAPTIONER_REPO, "acestep-captioner", "about 22 GB", "*Task* Describe this audio in detail"),
-    "transcriber": OmniModel(TRANSCRIBER_REPO, "acestep-transcriber", "about 22 GB",
-                             "*Task* Transcribe this audio in detail"),
+    "captioner": OmniModel(CAPTIONER_REPO, "acestep-captioner", "*Task* Describe this audio in detail"),
+    "transcriber": OmniModel(TRANSCRIBER_REPO, "acestep-transcriber", "*Task* Transcribe this audio in detail"),
 }
 
 

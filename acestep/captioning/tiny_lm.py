@@ -67,15 +67,12 @@ lo-fi hip hop beat, dusty vinyl crackle, mellow keys, relaxed groove
 
 
 def _tokenizer():
-    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
+    from tokenizers import AddedToken
+
+    from acestep.models.tiny import train_byte_level_bpe
     from transformers import PreTrainedTokenizerFast
 
-    bpe = Tokenizer(models.BPE())
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=512, special_tokens=CHAT_TOKENS, show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    bpe.train_from_iterator([_CORPUS], trainer=trainer)
+    bpe = train_byte_level_bpe(_CORPUS, 512, CHAT_TOKENS)
     # Not special, as in Qwen3: they appear in decoded text whatever skip_special_tokens says.
     bpe.add_tokens([AddedToken(text, normalized=False, special=False) for text in (THINK_START, THINK_END)])
     bpe.add_tokens([AddedToken(audio_code_token(code), normalized=False, special=False)

@@ -36,36 +36,46 @@ class OfficialModel:
     kind: str
     subfolder: str | None = None
     description: str = ""
+    size: str = ""  # download size in words (published file sizes, or parameters x 2 bytes for bf16)
 
     @property
     def hf_id(self) -> str:
         return self.repo_id if self.subfolder is None else f"{self.repo_id}/{self.subfolder}"
 
 
-def _dit(name: str, description: str) -> OfficialModel:
-    return OfficialModel(name, f"ACE-Step/{name}", DIT, description=description)
+def _dit(name: str, description: str, size: str = "4.8 GB") -> OfficialModel:
+    return OfficialModel(name, f"ACE-Step/{name}", DIT, description=description, size=size)
 
 
 OFFICIAL_MODELS: tuple[OfficialModel, ...] = (
-    OfficialModel("acestep-v15-turbo", MAIN_REPO, DIT, "acestep-v15-turbo", "2B turbo DiT (default)"),
-    OfficialModel("vae", MAIN_REPO, VAE, "vae", "Oobleck VAE, 48 kHz, 25 latent frames/s"),
-    OfficialModel("Qwen3-Embedding-0.6B", MAIN_REPO, TEXT_ENCODER, "Qwen3-Embedding-0.6B", "text encoder"),
-    OfficialModel("acestep-5Hz-lm-1.7B", MAIN_REPO, LM, "acestep-5Hz-lm-1.7B", "5 Hz LM (auto-labelling)"),
+    OfficialModel("acestep-v15-turbo", MAIN_REPO, DIT, "acestep-v15-turbo", "2B turbo DiT (default)", "4.8 GB"),
+    OfficialModel("vae", MAIN_REPO, VAE, "vae", "Oobleck VAE, 48 kHz, 25 latent frames/s", "337 MB"),
+    OfficialModel("Qwen3-Embedding-0.6B", MAIN_REPO, TEXT_ENCODER, "Qwen3-Embedding-0.6B", "text encoder", "1.2 GB"),
+    OfficialModel("acestep-5Hz-lm-1.7B", MAIN_REPO, LM, "acestep-5Hz-lm-1.7B", "5 Hz LM (auto-labelling)", "3.7 GB"),
     _dit("acestep-v15-base", "2B base DiT"),
     _dit("acestep-v15-sft", "2B SFT DiT"),
     _dit("acestep-v15-turbo-shift1", "2B turbo, shift 1"),
     _dit("acestep-v15-turbo-shift3", "2B turbo, shift 3"),
     _dit("acestep-v15-turbo-continuous", "2B turbo, continuous shift"),
-    _dit("acestep-v15-xl-base", "4B XL base DiT"),
-    _dit("acestep-v15-xl-sft", "4B XL SFT DiT"),
-    _dit("acestep-v15-xl-turbo", "4B XL turbo DiT"),
-    OfficialModel("acestep-5Hz-lm-0.6B", "ACE-Step/acestep-5Hz-lm-0.6B", LM, description="5 Hz LM, small"),
-    OfficialModel("acestep-5Hz-lm-4B", "ACE-Step/acestep-5Hz-lm-4B", LM, description="5 Hz LM, large"),
+    _dit("acestep-v15-xl-base", "4B XL base DiT", "about 19 GB"),
+    _dit("acestep-v15-xl-sft", "4B XL SFT DiT", "about 19 GB"),
+    _dit("acestep-v15-xl-turbo", "4B XL turbo DiT", "about 19 GB"),
+    OfficialModel("acestep-5Hz-lm-0.6B", "ACE-Step/acestep-5Hz-lm-0.6B", LM, description="5 Hz LM, small",
+                  size="about 1.3 GB"),
+    OfficialModel("acestep-5Hz-lm-4B", "ACE-Step/acestep-5Hz-lm-4B", LM, description="5 Hz LM, large",
+                  size="about 8.4 GB"),
     OfficialModel("acestep-captioner", "ACE-Step/acestep-captioner", LABELLER,
-                  description="AI captioner (Qwen2.5-Omni 7B): style captions"),
+                  description="AI captioner (Qwen2.5-Omni 7B): style captions", size="about 22 GB"),
     OfficialModel("acestep-transcriber", "ACE-Step/acestep-transcriber", LABELLER,
-                  description="lyrics transcriber (Qwen2.5-Omni 7B)"),
+                  description="lyrics transcriber (Qwen2.5-Omni 7B)", size="about 22 GB"),
 )
+
+
+def download_size(name_or_id: str) -> str:
+    """The download size of an official model ("3.7 GB"), or "" when it is not an official one."""
+    official = official_model(name_or_id)
+    return official.size if official else ""
+
 
 # Files a complete folder of each kind must hold (weights may instead be sharded, see below).
 REQUIRED_FILES = {
@@ -251,7 +261,7 @@ def _not_found_message(text: str, candidate: Path, kind: str, official: Official
         what = f"Model {text!r} not found: {candidate} does not exist (it must hold {needed})."
     if official:
         how = (f"Get it with: acestep-trainer download {official.name} --checkpoints-dir {candidate.parent}"
-               f"  (Hugging Face: {official.hf_id})")
+               f"  (Hugging Face: {official.hf_id}, {official.size})")
     else:
         how = ("Give the path of a local model folder, or an official name: "
                + ", ".join(m.name for m in OFFICIAL_MODELS if m.kind == kind))

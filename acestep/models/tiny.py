@@ -185,16 +185,24 @@ def _write_vae(folder: Path, generator: torch.Generator) -> torch.Tensor:
     return torch.cat([head, tail], dim=1).float()
 
 
-def _write_text_encoder(folder: Path, generator: torch.Generator) -> None:
+def train_byte_level_bpe(corpus: str, vocab_size: int, special_tokens: list[str]):
+    """A small byte-level BPE tokenizer (the kind Qwen uses) trained on `corpus`, deterministic:
+    the same corpus gives the same vocabulary and merges."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast, Qwen3Config, Qwen3Model
 
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=640, special_tokens=SPECIAL_TOKENS, show_progress=False,
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=special_tokens, show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    bpe.train_from_iterator([_TOKENIZER_CORPUS], trainer=trainer)
+    bpe.train_from_iterator([corpus], trainer=trainer)
+    return bpe
+
+
+def _write_text_encoder(folder: Path, generator: torch.Generator) -> None:
+    from transformers import PreTrainedTokenizerFast, Qwen3Config, Qwen3Model
+
+    bpe = train_byte_level_bpe(_TOKENIZER_CORPUS, 640, SPECIAL_TOKENS)
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|endoftext|>",
                                         pad_token="<|endoftext|>", model_max_length=32768)
     config = Qwen3Config(vocab_size=bpe.get_vocab_size(), **TINY_TEXT_ENCODER_CONFIG)

@@ -11,7 +11,8 @@ import soundfile as sf
 import torch
 
 from acestep.captioning import lm_labeller
-from acestep.captioning.lm_labeller import LmLabeller, download_size, sample_tokens
+from acestep.captioning.lm_labeller import LmLabeller, sample_tokens
+from acestep.models.checkpoints import download_size
 from acestep.captioning.lm_prompt import CODEBOOK_SIZE, build_understanding_prompt, codes_in, parse_lm_output
 from acestep.captioning.tiny_lm import write_tiny_lm
 from acestep.errors import AudioError, CheckpointError, CheckpointNotFoundError
