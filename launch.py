@@ -47,6 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--auth-file", type=Path, metavar="PATH",
                         help="file with one USER:PASSWORD login per line (blank lines and lines "
                              "starting with # are skipped)")
+    parser.add_argument("--no-auth", action="store_true",
+                        help="allow --share-lan or a non-local --host WITHOUT a login (anyone on the "
+                             "network can then use the app and read its files); a warning is printed")
     parser.add_argument("--checkpoints-dir", type=Path, metavar="PATH",
                         help="folder holding the ACE-Step models (downloads go there too). "
                              "Default: $ACESTEP_CHECKPOINTS_DIR, else <project>/checkpoints")
@@ -105,10 +108,15 @@ def resolve_settings(args: argparse.Namespace) -> dict:
             raise ValueError(f"--share-lan listens on {LAN_HOST}; do not combine it with "
                              f"--host {host}")
         host = LAN_HOST
+    if auth and args.no_auth:
+        raise ValueError("--no-auth contradicts --auth / --auth-file; keep one")
     if not is_loopback(host) and not auth:
         flag = "--share-lan" if args.share_lan else f"--host {host}"
-        raise ValueError(f"{flag} lets other computers open the UI, so it needs a login: add "
-                         f"--auth USER:PASSWORD or --auth-file PATH")
+        if not args.no_auth:
+            raise ValueError(f"{flag} lets other computers open the UI, so it needs a login: add "
+                             f"--auth USER:PASSWORD or --auth-file PATH (or --no-auth to allow it anyway)")
+        print(f"launch.py: warning: {flag} --no-auth: anyone who can reach port {args.port} can use the app "
+              "and read the files under its folders", file=sys.stderr)
     if not 1 <= args.port <= 65535:
         raise ValueError(f"--port {args.port}: use a port between 1 and 65535")
     return {"host": host, "port": args.port, "auth": auth or None,

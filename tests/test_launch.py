@@ -188,3 +188,10 @@ def test_checkpoints_dir_flag_then_variable_then_default(tmp_path, monkeypatch):
     assert _settings()["checkpoints_dir"] == tmp_path / "from-env"
     monkeypatch.chdir(tmp_path)
     assert _settings("--checkpoints-dir", "models")["checkpoints_dir"] == tmp_path / "models"
+
+
+def test_no_auth_allows_the_lan_with_a_warning(capsys):
+    assert _settings("--share-lan", "--no-auth")["host"] == launch.LAN_HOST
+    assert "anyone who can reach port 7860 can use the app" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="--no-auth contradicts --auth"):
+        _settings("--share-lan", "--no-auth", "--auth", "ann:pw")
