@@ -31,7 +31,7 @@ from acestep.jobs.store import (
     JobStore,
 )
 
-DEFAULT_STOP_TIMEOUT = 60.0  # seconds a stopping job gets to finish its step and save before it is killed
+DEFAULT_STOP_TIMEOUT = 120.0  # seconds a stopping job gets to finish its step and save before it is killed
 SUPERVISOR_GRACE = 15.0  # after the kill time, how long the supervisor gets to do the kill itself
 TRAIN_KIND = "train"
 STOP_FILE = "STOP"  # a train run stops after its step when this file appears (acestep.training.loop.STOP_FILE)

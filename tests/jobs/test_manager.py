@@ -340,6 +340,42 @@ def test_a_real_cli_job_runs_to_done_and_its_log_holds_the_output(manager, tmp_p
     assert (out / "acestep-v15-turbo" / "config.json").is_file()
 
 
+@pytest.mark.slow
+def test_a_real_train_job_reports_its_loss_and_stops_after_a_saved_step(manager, tmp_path, tiny_checkpoints):
+    from acestep.training.config import TrainingConfig, apply_overrides, save_config
+
+    from training.conftest import write_tensors_dir
+
+    dit = tiny_checkpoints / "acestep-v15-turbo"
+    tensors = write_tensors_dir(tmp_path / "tensors", dit, 12)
+    config = save_config(apply_overrides(TrainingConfig(), [
+        f"data.tensors_dir={tensors}", f"model.checkpoint={dit}", f"run.output_dir={tmp_path / 'runs'}",
+        "run.name=demo", "adapter.rank=4", "adapter.alpha=8", "data.max_seconds=1.2", "run.accelerator=cpu",
+        "run.epochs=100", "run.log_every_steps=1"]), tmp_path / "demo.toml")
+    run = tmp_path / "runs" / "demo"
+    job = manager.submit("train", cli_argv("train", "--config", config), needs_gpu=True,
+                         events_path=run / "events.jsonl", label="demo")
+    seen: list[dict] = []
+    offset = 0
+
+    def two_steps_logged():
+        nonlocal offset
+        events, offset = manager.read_events(job.id, since=offset)
+        seen.extend(events)
+        return sum(event["type"] == "log" for event in seen) >= 2
+
+    wait_for(two_steps_logged, timeout=120, what="two logged training steps")
+    assert seen[0]["type"] == "start" and all(event["loss"] > 0 for event in seen if event["type"] == "log")
+    manager.stop(job.id, timeout=60)
+    job = manager.wait(job.id, timeout=90)
+    assert (job.status, job.exit_code) == ("stopped", 0), manager.tail_log(job.id)
+    events, _ = manager.read_events(job.id, since=offset)
+    step = events[-1]["step"]
+    assert events[-1]["type"] == "stop" and (run / "checkpoints" / f"step-{step:06d}" / "COMPLETE").is_file()
+    assert job.message == f"stopped: step {step}, epoch {events[-1]['epoch']}; run folder {run}"
+    assert not (run / "STOP").exists()
+
+
 def test_a_cli_user_error_fails_with_its_error_line(manager, tmp_path):
     job = manager.submit("download", cli_argv("download", "--checkpoints-dir", tmp_path), needs_gpu=False)
     job = manager.wait(job.id, timeout=20)
