@@ -206,9 +206,10 @@ class JobManager:
 
     def _launch(self, job: Job) -> None:
         """Start the job's supervisor, detached from this process, and mark the job running."""
-        env = dict(os.environ)  # the supervisor and the command import acestep from wherever it is
-        package_parent = str(Path(acestep.__file__).resolve().parent.parent)
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (package_parent, env.get("PYTHONPATH")) if p)
+        env = dict(os.environ)
+        source = _source_checkout()
+        if source:  # the supervisor and the command start in the job's cwd: let them import this acestep
+            env["PYTHONPATH"] = os.pathsep.join(p for p in (source, env.get("PYTHONPATH")) if p)
         argv = [self.python, "-m", "acestep.jobs.runner", str(self.root), job.id]
         try:
             with open(self.store.log_path(job.id), "ab") as log:
@@ -245,6 +246,17 @@ class JobManager:
             events.write(json.dumps(event) + "\n")
         with open(self.store.log_path(job.id), "a", encoding="utf-8") as log:
             log.write(f"[job] {time.strftime('%Y-%m-%d %H:%M:%S')} {status}: {message}\n")
+
+
+def _source_checkout() -> str | None:
+    """The folder holding this `acestep` package when it is not in site-packages (a source
+    checkout run from its folder); None for an installed package, whose folder must not go on
+    PYTHONPATH (it would come before the standard library)."""
+    import site
+
+    parent = Path(acestep.__file__).resolve().parent.parent
+    installed = {Path(p).resolve() for p in [*site.getsitepackages(), site.getusersitepackages()]}
+    return None if parent in installed else str(parent)
 
 
 def _parse_event(line: bytes, path: Path, offset: int) -> list[dict]:

@@ -64,7 +64,8 @@ def final_status(code: int, stop_requested: bool, killed: bool, last_error: str,
     if code in (EXIT_STOPPED, WINDOWS_CTRL_EXIT, -signal.SIGINT):
         return STOPPED, last_output or "stopped on request"
     if code < 0:
-        return CRASHED, describe_exit(code) + (f"; last error: {last_error}" if last_error else "")
+        hint = " (by the out-of-memory killer, or by hand)" if code == -getattr(signal, "SIGKILL", 9) else ""
+        return CRASHED, describe_exit(code) + hint + (f"; last error: {last_error}" if last_error else "")
     if code == EXIT_PARTIAL:
         return DONE, "finished, but some files failed (listed in the log)" + (f": {last_output}" if last_output else "")
     return FAILED, last_error or describe_exit(code)
@@ -164,8 +165,10 @@ class Supervisor:
     def _start(self) -> subprocess.Popen | None:
         with self.store.lock():
             job = self.store.read(self.job_id)
-            if job.runner_pid != os.getpid() or job.status not in ACTIVE:
-                self.output.note(f"supervisor {os.getpid()} exits: the job is {job.status}, run by {job.runner_pid}")
+            # (Not a pid comparison: on Windows a venv's python.exe is a launcher with a pid of its own.)
+            if job.pid is not None or job.status not in ACTIVE:
+                self.output.note(f"supervisor {os.getpid()} exits: the job is {job.status}"
+                                 + (f", its command already started (pid {job.pid})" if job.pid else ""))
                 return None
             if job.status == STOPPING:
                 self._set_final(job, STOPPED, None, "stopped before its command started")

@@ -18,7 +18,7 @@ import pytest
 
 from acestep.jobs import JobError, JobManager, cli_argv
 from acestep.jobs.process import is_running, process_start
-from acestep.jobs.runner import final_status, split_output
+from acestep.jobs.runner import Supervisor, final_status, split_output
 from acestep.jobs.store import JOB_FILE, Job
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals and process groups")
@@ -201,12 +201,32 @@ def test_a_train_job_is_stopped_by_its_stop_file_and_its_run_events_are_read(man
     assert not (run / "STOP").exists()  # removed, so that a resume runs
 
 
+def test_sigterm_to_the_supervisor_stops_the_job_cleanly(manager):
+    job = wait_ready(manager, manager.submit("caption", child(), needs_gpu=True).id)
+    os.kill(job.runner_pid, signal.SIGTERM)  # as a system shutdown would
+    job = manager.wait(job.id, timeout=10)
+    assert (job.status, job.exit_code) == ("stopped", 130)
+    assert "supervisor received SIGTERM; stopping the job" in manager.tail_log(job.id)
+
+
+def test_a_job_stopped_before_its_command_started_never_runs_it(manager, tmp_path):
+    job_dir = manager.root / "20250101-000000-train-000001"
+    job_dir.mkdir(parents=True)
+    job = Job(id=job_dir.name, kind="train", argv=child(), needs_gpu=True, status="stopping", created=1.0,
+              runner_pid=os.getpid(), stop_requested=2.0, kill_at=3.0)
+    (job_dir / JOB_FILE).write_text(job.to_json())
+    Supervisor(manager.store, job.id).run()
+    job = manager.get(job.id)
+    assert (job.status, job.pid, job.message) == ("stopped", None, "stopped before its command started")
+
+
 # ---- crashes ------------------------------------------------------------------------------------------
 def test_kill_9_of_the_command_is_a_crash_with_its_log_kept(manager):
     job = wait_ready(manager, manager.submit("preview", child(), needs_gpu=True).id)
     os.kill(job.pid, signal.SIGKILL)
     job = manager.wait(job.id, timeout=10)
-    assert (job.status, job.exit_code, job.message) == ("crashed", -signal.SIGKILL, "killed by signal SIGKILL")
+    assert (job.status, job.exit_code) == ("crashed", -signal.SIGKILL)
+    assert job.message == "killed by signal SIGKILL (by the out-of-memory killer, or by hand)"
     assert "ready" in manager.tail_log(job.id).splitlines()
 
 
@@ -400,6 +420,8 @@ def test_a_command_that_cannot_start_fails(manager, tmp_path):
     (1, False, False, "failed", "error: bad path"),
     (1, True, False, "failed", "error: bad path"),
     (-signal.SIGSEGV, False, False, "crashed", "killed by signal SIGSEGV; last error: error: bad path"),
+    (-signal.SIGKILL, False, False, "crashed", "killed by signal SIGKILL (by the out-of-memory killer, or by hand); "
+                                               "last error: error: bad path"),
     (-signal.SIGKILL, True, True, "stopped", "did not stop within its timeout; killed (killed by signal SIGKILL)"),
 ])
 def test_final_status_follows_the_cli_exit_codes(code, stop, killed, status, message):
