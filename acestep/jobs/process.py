@@ -108,6 +108,18 @@ def kill_tree(pid: int | None, start: float | None) -> bool:
     return True
 
 
+def kill_leftovers(group: int) -> None:
+    """After a command has exited and been reaped, kill what it left in its process group (a
+    worker still holding the GPU or the output pipes). POSIX only: a group id is not reused while
+    the group has members, so this never reaches another program; on Windows nothing is done."""
+    if WINDOWS:
+        return
+    try:
+        os.killpg(group, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
 def describe_exit(code: int) -> str:
     """'exit status 1', 'killed by signal SIGKILL', or Windows' Ctrl+C exit."""
     if code < 0:

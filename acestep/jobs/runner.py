@@ -31,6 +31,7 @@ from acestep.jobs.process import (
     WINDOWS_CTRL_EXIT,
     describe_exit,
     interrupt,
+    kill_leftovers,
     kill_tree,
     process_start,
     spawn,
@@ -223,6 +224,7 @@ class Supervisor:
             if job.kill_at is not None and time.time() >= job.kill_at and not killed:
                 killed = kill_tree(child.pid, start)
                 self.output.note("the stop timeout passed: killed the command and its processes")
+        kill_leftovers(child.pid)  # the command is its group's leader (its own session)
         for reader in readers:
             reader.join(READER_JOIN_SECONDS)
         return code, killed

@@ -220,6 +220,21 @@ def test_a_job_stopped_before_its_command_started_never_runs_it(manager, tmp_pat
     assert (job.status, job.pid, job.message) == ("stopped", None, "stopped before its command started")
 
 
+LEAVES_A_HELPER = r"""
+import subprocess, sys
+helper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])  # inherits the output pipes
+print(f"helper {helper.pid}", flush=True)
+"""
+
+
+def test_what_a_finished_command_leaves_in_its_process_group_is_killed(manager):
+    started = time.monotonic()
+    job = manager.wait(manager.submit("split", [sys.executable, "-c", LEAVES_A_HELPER], needs_gpu=True).id, 10)
+    assert job.status == "done" and time.monotonic() - started < 4  # not held up by the helper's open pipes
+    helper = int(job.message.removeprefix("helper "))
+    wait_for(lambda: process_start(helper) is None, 5, "the helper left behind to die")
+
+
 # ---- crashes ------------------------------------------------------------------------------------------
 def test_kill_9_of_the_command_is_a_crash_with_its_log_kept(manager):
     job = wait_ready(manager, manager.submit("preview", child(), needs_gpu=True).id)
