@@ -56,3 +56,7 @@ class TrainingError(AceStepError):
 
 class PreviewError(AceStepError):
     """A preview cannot be rendered: bad settings, a model that does not fit, an unsupported adapter."""
+
+
+class JobError(AceStepError):
+    """A job cannot be submitted, found, stopped or read; the message names the job and the fix."""

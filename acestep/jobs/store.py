@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-from acestep.errors import AceStepError
+from acestep.errors import JobError
 from acestep.files import read_json_object, write_atomically
 
 FORMAT_VERSION = 1
@@ -44,8 +44,6 @@ _JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
 _CACHE_AFTER_SECONDS = 2.0  # only files this old are cached: file times are coarser than the writes
 
 
-class JobError(AceStepError):
-    """A job cannot be submitted, found, stopped or read; the message names the job and the fix."""
 
 
 @dataclass
