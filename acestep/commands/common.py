@@ -37,11 +37,18 @@ def stop_on_ctrl_c(what: str):
         requested.append(True)
         print(f"\nStopping after {what} (Ctrl+C again to abort at once)...", file=sys.stderr, flush=True)
 
-    previous = signal.signal(signal.SIGINT, on_signal)
+    previous = {signum: signal.signal(signum, on_signal) for signum in interrupt_signals()}
     try:
         yield lambda: bool(requested)
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def interrupt_signals() -> tuple[int, ...]:
+    """The signals that mean "stop": Ctrl+C, and on Windows also Ctrl+Break (SIGBREAK), which is
+    what a console program started in its own process group can be sent."""
+    return (signal.SIGINT,) + ((signal.SIGBREAK,) if hasattr(signal, "SIGBREAK") else ())
 
 
 def format_clock(seconds: float | None) -> str:

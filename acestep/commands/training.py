@@ -7,7 +7,7 @@ import signal
 import sys
 from pathlib import Path
 
-from acestep.commands.common import checkpoints_dir_arg
+from acestep.commands.common import checkpoints_dir_arg, interrupt_signals
 from acestep.errors import AceStepError
 
 
@@ -49,8 +49,8 @@ def cmd_train(args: argparse.Namespace) -> int:
                   file=sys.stderr, flush=True)
             request_stop()
 
-        signal.signal(signal.SIGINT, on_signal)
-        signal.signal(signal.SIGTERM, on_signal)
+        for signum in (*interrupt_signals(), signal.SIGTERM):
+            signal.signal(signum, on_signal)
 
     result = train(config, resume=args.resume, force=args.force, listeners=[console_listener], stop_signal=install)
     print(f"{result.status}: step {result.step}, epoch {result.epoch}; run folder {result.run_dir}")

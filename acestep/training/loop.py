@@ -27,9 +27,8 @@ from acestep.inference.training_hook import TrainingPreviews
 from acestep.training import checkpoint as ckpt
 from acestep.training.config import TrainingConfig
 from acestep.training.events import make_event
-from acestep.training.session import TrainingSession
+from acestep.training.session import STOP_FILE, TrainingSession
 
-STOP_FILE = "STOP"
 MOVING_AVERAGE_EPOCHS = 5
 
 

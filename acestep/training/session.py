@@ -22,6 +22,7 @@ from acestep.training.events import EventLog, TensorBoardListener
 from acestep.training.optim import build_optimizer, build_scheduler, optimizer_steps_per_epoch, total_optimizer_steps
 from acestep.training.step import Objective, batch_loss, validation_loss
 
+STOP_FILE = "STOP"  # a run stops after its current step when this file appears in its folder
 CONFIG_FILE = "config.toml"
 FRAMES_PER_SECOND = 25
 
@@ -106,6 +107,8 @@ class TrainingSession:
         resume_from = None
         if resume is not None:
             run_dir, resume_from = ckpt.resolve_resume(resume)
+            # a STOP file left from the stop being resumed would end this run after its first step
+            (run_dir / STOP_FILE).unlink(missing_ok=True)
         accelerator = resolve_accelerator(config.run.accelerator)
         precision, model_dtype = resolve_precision(config, accelerator)
         fabric = Fabric(accelerator=accelerator, devices=parse_devices(config.run.devices),

@@ -98,6 +98,10 @@ def test_stop_file_stops_and_saves(tmp_path, tensors_17, tiny_dit):
     assert result.status == "stopped" and result.step == 3
     assert (result.run_dir / "checkpoints" / "step-000003" / "COMPLETE").is_file()
     assert [e["type"] for e in events(result.run_dir)][-1] == "stop"
+    assert (result.run_dir / STOP_FILE).exists()  # left in place: the resume below must clear it
+    resumed = train(config, resume=result.run_dir)
+    assert resumed.status == "completed" and resumed.step > 3
+    assert not (result.run_dir / STOP_FILE).exists()
 
 
 def test_resume_on_another_dataset_is_refused_unless_forced(tmp_path, tensors_17, tiny_dit):
