@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 from common import build_session, model_config, write_samples  # benchmarks/common.py
 
-from acestep.gpu.activations import CUDA_KERNELS, KernelProfile, count_saved_bytes
+from acestep.gpu.activations import CUDA_KERNELS, CUDA_SM90_KERNELS, count_saved_bytes
 from acestep.gpu.estimate import DEFAULT_TUNING, ENCODER_TOKENS, GIB, estimate_vram
 from acestep.models.config import parse_model_config
 from acestep.training.config import TrainingConfig, apply_overrides
@@ -42,8 +42,6 @@ from acestep.training.session import FRAMES_PER_SECOND
 
 TOLERANCE = 0.15  # the estimate must be within 15% of the measured peak
 SPARE_GIB = 0.5  # each preset must leave this much of its card's memory free
-# CUDA's alternative for the sliding-window layers, if it ever picks a flash-style kernel for them.
-FLASH_KERNELS = KernelProfile("cuda-flash", 1, "flash", False)
 
 
 def measure_preset(name: str, size: str, steps: int, encoder_tokens: int, work: Path) -> dict:
@@ -78,14 +76,17 @@ def measure_preset(name: str, size: str, steps: int, encoder_tokens: int, work: 
               "peak_allocated": torch.cuda.max_memory_allocated() - baseline if cuda else None,
               "peak_reserved": torch.cuda.max_memory_reserved() - baseline if cuda else None, "baseline": baseline}
     result["saved_measured"] = _saved_bytes(session) if cuda else None
-    estimate = estimate_vram(config, model, accelerator="cuda", encoder_tokens=encoder_tokens)
-    flash = estimate_vram(config, model, accelerator="cuda", encoder_tokens=encoder_tokens, kernels=FLASH_KERNELS)
+    # The estimate the trainer makes for this GPU (its compute capability picks the attention kernels),
+    # plus both kernel counts for the sliding-window layers, to see which one the GPU really took.
+    capability = torch.cuda.get_device_capability() if cuda else None
+    estimate = estimate_vram(config, model, accelerator="cuda", encoder_tokens=encoder_tokens, capability=capability)
+    flash = estimate_vram(config, model, accelerator="cuda", encoder_tokens=encoder_tokens, kernels=CUDA_SM90_KERNELS)
     activations_only = dataclasses.replace(DEFAULT_TUNING, workspace_scale=0.0)
     result.update(estimate_allocated=estimate.allocated_bytes, estimate_total=estimate.total_bytes,
                   estimate_parts=estimate.parts, estimate_kept_math=_kept(config, model, encoder_tokens, CUDA_KERNELS),
-                  estimate_kept_flash=_kept(config, model, encoder_tokens, FLASH_KERNELS),
+                  estimate_kept_flash=_kept(config, model, encoder_tokens, CUDA_SM90_KERNELS),
                   estimate_allocated_flash=flash.allocated_bytes,
-                  static=estimate_vram(config, model, encoder_tokens=encoder_tokens,
+                  static=estimate_vram(config, model, encoder_tokens=encoder_tokens, capability=capability,
                                        tuning=dataclasses.replace(activations_only, activation_scale=0.0)
                                        ).allocated_bytes,
                   activations=estimate.parts["activations"], workspace=estimate.parts["workspace"])

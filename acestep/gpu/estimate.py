@@ -33,11 +33,11 @@ from dataclasses import dataclass, field, replace
 
 from acestep.gpu.activations import (
     CPU_KERNELS,
-    CUDA_KERNELS,
     AdapterShape,
     KernelProfile,
     ModelShape,
     activation_bytes,
+    cuda_kernels,
 )
 
 GIB = 1024 ** 3
@@ -131,12 +131,13 @@ def default_model_config():
 
 def estimate_vram(config, model_config=None, *, accelerator: str = "cuda", encoder_tokens: int = ENCODER_TOKENS,
                   world_size: int = 1, kernels: KernelProfile | None = None,
-                  tuning: EstimateTuning = DEFAULT_TUNING) -> VramEstimate:
+                  capability: tuple[int, int] | None = None, tuning: EstimateTuning = DEFAULT_TUNING) -> VramEstimate:
     """Peak GPU memory of training with `config` (a `TrainingConfig`) on `model_config`.
 
     `model_config` (an `AceStepModelConfig`; None: the 2B DiT) gives the module shapes.
     `accelerator` resolves precision and dtype "auto" as the trainer does (cuda: bf16-mixed with
-    bf16 weights; cpu, mps: fp32) and picks the kernels' behaviour (`kernels` overrides it);
+    bf16 weights; cpu, mps: fp32) and, with the GPU's compute `capability` (None: unknown, counted
+    as the worst case), the kernels' behaviour (`kernels` overrides it);
     `encoder_tokens` is the condition length per sample; `world_size` > 1 adds DDP's gradient
     buckets. The crop is data.max_seconds (unset: 240 s). No CUDA context is counted off a GPU.
     Raises TrainingError when the adapter settings match no module.
@@ -151,7 +152,7 @@ def estimate_vram(config, model_config=None, *, accelerator: str = "cuda", encod
                                              list(inventory.modules), shape.layers)
     seconds = config.data.max_seconds or WHOLE_SAMPLE_SECONDS
     frames = round(seconds * FRAMES_PER_SECOND)
-    kernels = kernels or (CUDA_KERNELS if accelerator == "cuda" else CPU_KERNELS)
+    kernels = kernels or (cuda_kernels(capability) if accelerator == "cuda" else CPU_KERNELS)
     activations = activation_bytes(shape, adapter, batch=config.data.batch_size, frames=frames,
                                    encoder_tokens=encoder_tokens, mixed=mixed,
                                    checkpointing=config.run.gradient_checkpointing, compiled=config.run.compile,

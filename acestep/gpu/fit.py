@@ -137,6 +137,7 @@ def check_training_memory(config, fabric, checkpoints_dir=None) -> VramEstimate:
     model_config = read_dit_config(resolve_model_path(config.model.checkpoint, DIT, checkpoints_dir=checkpoints_dir))
     free, total = torch.cuda.mem_get_info(fabric.device)
     estimate = estimate_vram(config, model_config, world_size=fabric.world_size,
+                             capability=torch.cuda.get_device_capability(fabric.device),
                              tuning=replace(DEFAULT_TUNING, cuda_context_bytes=0))
     problem = None
     try:

@@ -56,6 +56,7 @@ class GpuStatus:
     level: str
     processes: tuple[GpuProcess, ...]
     errors: tuple[str, ...] = ()
+    compute_capability: tuple[int, int] | None = None
 
     @property
     def total_gib(self) -> float:
@@ -197,6 +198,8 @@ def _read_gpu(nvml, index: int) -> GpuStatus:
                          lambda: int(nvml.nvmlDeviceGetUtilizationRates(handle).gpu))
     temperature = _query(nvml, errors, "temperature",
                          lambda: int(nvml.nvmlDeviceGetTemperature(handle, nvml.NVML_TEMPERATURE_GPU)))
+    capability = _query(nvml, errors, "compute capability",
+                        lambda: tuple(int(v) for v in nvml.nvmlDeviceGetCudaComputeCapability(handle)))
     lists = []
     for kind, function in (("compute", nvml.nvmlDeviceGetComputeRunningProcesses),
                            ("graphics", nvml.nvmlDeviceGetGraphicsRunningProcesses)):
@@ -205,7 +208,7 @@ def _read_gpu(nvml, index: int) -> GpuStatus:
     return GpuStatus(index=index, name=name or f"NVIDIA GPU {index}", total_bytes=total, used_bytes=used,
                      free_bytes=free, utilization_percent=utilization, temperature_c=temperature,
                      level=memory_level(free, total), processes=processes,
-                     errors=tuple(errors))
+                     errors=tuple(errors), compute_capability=capability)
 
 
 def _merge_processes(nvml, entries) -> tuple[GpuProcess, ...]:

@@ -43,13 +43,17 @@ def _config_lines(config_path: Path, checkpoints_dir, overrides, report) -> list
 
     config = resolve_paths(apply_overrides(load_config(config_path), list(overrides)), Path.cwd())
     model_config, note = _model_config(config, checkpoints_dir)
-    estimate = estimate_vram(config, model_config)
-    lines = [f"Training config {config_path}:", estimate.describe()]
+    # The attention kernels, so the activations, depend on the GPU generation: one estimate per
+    # compute capability, the first GPU's printed (unknown capability: the worst case).
+    estimates = {capability: estimate_vram(config, model_config, capability=capability)
+                 for capability in [gpu.compute_capability for gpu in report.gpus] or [None]}
+    lines = [f"Training config {config_path}:", next(iter(estimates.values())).describe()]
     if note:
         lines.append(note)
     if not report.gpus:
         lines.append("No NVIDIA GPU to compare it with.")
     for gpu in report.gpus:
+        estimate = estimates[gpu.compute_capability]
         spare = gpu.free_bytes - estimate.total_bytes
         if spare >= 0:
             lines.append(f"GPU {gpu.index}: fits ({gib(gpu.free_bytes)} free, {spare / GIB:.2f} GiB to spare).")

@@ -9,10 +9,12 @@ import torch
 from acestep.gpu.activations import (
     CPU_KERNELS,
     CUDA_KERNELS,
+    CUDA_SM90_KERNELS,
     AdapterShape,
     ModelShape,
     activation_bytes,
     count_saved_bytes,
+    cuda_kernels,
 )
 from acestep.models.config import parse_model_config
 from acestep.models.load import build_component
@@ -100,3 +102,15 @@ def test_count_saved_bytes_counts_a_storage_once_and_forgets_dropped_graphs():
         del side
     assert measured["saved"] == 4 * 8 * 4 + 4  # x and the scalar weight.sum()
     y.backward()
+
+
+def test_gpus_from_compute_capability_9_count_flash_attention_for_the_sliding_window_layers():
+    assert cuda_kernels((9, 0)) is CUDA_SM90_KERNELS and cuda_kernels((12, 0)) is CUDA_SM90_KERNELS
+    assert cuda_kernels((8, 9)) is CUDA_KERNELS and cuda_kernels(None) is CUDA_KERNELS  # unknown: the worst case
+    shape = ModelShape.from_config(CONFIG)
+    names = [f"layers.{i}.self_attn.{m}" for i in range(shape.layers) for m in ("to_q", "to_k", "to_v", "to_out.0")]
+    adapter = AdapterShape.from_module_names("lora", 8, 0.0, names, shape.layers)
+    math_kept, flash_kept = (activation_bytes(shape, adapter, batch=1, frames=1500, encoder_tokens=TOKENS,
+                                              kernels=k).kept for k in (CUDA_KERNELS, CUDA_SM90_KERNELS))
+    sliding = sum(kind == "sliding_attention" for kind in shape.layer_types)
+    assert math_kept - flash_kept > sliding * shape.heads * 750 ** 2 * 4  # at least the fp32 probabilities

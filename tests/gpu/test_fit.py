@@ -97,6 +97,7 @@ def fake_cuda(monkeypatch):
         monkeypatch.setattr(monitor, "read_gpus", lambda: fake_report(free, total, processes))
 
     monkeypatch.setattr(monitor, "own_process_ids", lambda: {4242})
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 9))
     return set_free
 
 
@@ -112,3 +113,16 @@ def test_the_trainer_check_reads_the_device_and_its_processes(fake_cuda, tiny_ch
     text = message_of(lambda: check_training_memory(config, fabric, tiny_checkpoints))
     assert "0.02 GiB is free" in text and "python (pid 1234) 8.00 GiB" in text
     assert "pid 4242" not in text and "other-gpu-job" not in text
+
+
+def test_the_trainer_check_counts_the_attention_kernel_of_the_gpu_generation(fake_cuda, tiny_checkpoints,
+                                                                               monkeypatch):
+    fabric = SimpleNamespace(device=torch.device("cuda", 1), world_size=1)
+    config = apply_overrides(TrainingConfig(), ["data.tensors_dir=/t", "model.checkpoint=acestep-v15-turbo"])
+    fake_cuda(10 * GIB)
+    ada = check_training_memory(config, fabric, tiny_checkpoints)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    hopper = check_training_memory(config, fabric, tiny_checkpoints)
+    assert ada.options["kernels"].masked_attention == "math"
+    assert hopper.options["kernels"].masked_attention == "flash"
+    assert hopper.parts["activations"] < ada.parts["activations"]

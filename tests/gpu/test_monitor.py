@@ -31,6 +31,7 @@ class FakeGpu:
     used: int
     utilization: int = 0
     temperature: int = 40
+    capability: tuple = (8, 9)
     compute: list = field(default_factory=list)   # (pid, bytes or None)
     graphics: list = field(default_factory=list)
     failing: dict = field(default_factory=dict)   # NVML function name -> error text
@@ -99,6 +100,10 @@ class FakeNVML:
         assert sensor == self.NVML_TEMPERATURE_GPU
         self._check("nvmlDeviceGetTemperature", gpu)
         return gpu.temperature
+
+    def nvmlDeviceGetCudaComputeCapability(self, gpu):
+        self._check("nvmlDeviceGetCudaComputeCapability", gpu)
+        return gpu.capability
 
     def nvmlDeviceGetComputeRunningProcesses(self, gpu):
         self._check("nvmlDeviceGetComputeRunningProcesses", gpu)
@@ -382,3 +387,11 @@ def test_importing_the_monitor_imports_neither_torch_nor_pynvml():
                             cwd=Path(__file__).resolve().parents[2])
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "None"
+
+
+def test_the_compute_capability_is_read_and_a_failed_query_leaves_it_unknown():
+    hopper = FakeGpu(name="NVIDIA H100 80GB HBM3", total=80 * GIB, used=GIB, capability=(9, 0))
+    old = rtx_4090(failing={"nvmlDeviceGetCudaComputeCapability": "Not Supported"})
+    first, second = read_gpus(FakeNVML(gpus=[hopper, old])).gpus
+    assert first.compute_capability == (9, 0)
+    assert second.compute_capability is None and "compute capability: Not Supported" in second.errors

@@ -13,9 +13,10 @@ def report_of(*gpus) -> SystemGpuReport:
                            cpu_count=16, ram_total_bytes=64 * GIB, mps_available=None)
 
 
-def gpu(index, name, total_gib, free_gib, processes=()):
+def gpu(index, name, total_gib, free_gib, processes=(), capability=None):
     total, free = int(total_gib * GIB), int(free_gib * GIB)
-    return GpuStatus(index, name, total, total - free, free, 3, 40, "ok", tuple(processes))
+    return GpuStatus(index, name, total, total - free, free, 3, 40, "ok", tuple(processes),
+                     compute_capability=capability)
 
 
 def write_config(tmp_path, *overrides):
@@ -55,3 +56,14 @@ def test_the_2b_default_is_said_when_the_model_is_missing(tmp_path):
     assert "lora rank 32" in text  # the --set overrides apply
     assert "GPU 0: does not fit now (10.00 GiB free" in text
     assert "  would fit: --set run.gradient_checkpointing=true (about" in text
+
+
+def test_each_gpu_is_compared_with_the_estimate_for_its_generation(tmp_path):
+    """Same free memory, different generations: Hopper's cuDNN attention keeps no probabilities for
+    the sliding-window layers, so a config without checkpointing fits there and not on an Ada card."""
+    path = write_config(tmp_path, "data.batch_size=2", "run.gradient_checkpointing=false")
+    text = gpu_command_report(path, tmp_path / "no-models", report=report_of(
+        gpu(0, "NVIDIA H100", 80, 11.5, capability=(9, 0)), gpu(1, "NVIDIA GeForce RTX 4090", 23.6, 11.5,
+                                                             capability=(8, 9))))
+    assert "GPU 0: fits (11.50 GiB free" in text
+    assert "GPU 1: does not fit now (11.50 GiB free" in text
