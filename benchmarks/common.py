@@ -17,7 +17,8 @@ from acestep.training.adapters import add_adapter
 from acestep.training.config import TrainingConfig
 from acestep.training.data import CroppedSamples
 from acestep.training.optim import build_optimizer, build_scheduler
-from acestep.training.session import FRAMES_PER_SECOND, TrainingSession, resolve_accelerator, resolve_precision
+from acestep.training.session import (FRAMES_PER_SECOND, TrainingSession, compile_blocks, resolve_accelerator,
+                                      resolve_precision)
 from acestep.training.step import Objective
 
 SIZES = {
@@ -81,7 +82,7 @@ def build_session(training: TrainingConfig, model: AceStepModelConfig, samples: 
     a, o = training.adapter, training.optimizer
     adapter = add_adapter(transformer, a.type, a.rank, a.alpha, a.dropout, a.targets, a.mlp, a.modules, a.lokr_factor)
     if training.run.compile:
-        transformer.compile()
+        compile_blocks(transformer)
     optimizer = build_optimizer(adapter.parameters(), o.name, o.lr, o.weight_decay, tuple(o.betas), o.eps)
     scheduler = build_scheduler(optimizer, o.scheduler, o.warmup_steps, 10**6, o.restarts)
     wrapped, optimizer = fabric.setup(transformer, optimizer)

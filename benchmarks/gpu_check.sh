@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# The GPU checks of the training engine and the presets, as one script for a machine with an
+# NVIDIA GPU (a few minutes on an H100/H200):
+#   1. `acestep-trainer gpu` on the real card (NVML monitor, preset choice, estimate);
+#   2. benchmarks/gpu_presets.py: every preset on the real-size 2B transformer, peak memory
+#      against its card and against the estimate (writes presets.json with every figure);
+#   3. benchmarks/training_step.py on the 2B transformer: trainer step vs a bare PyTorch loop,
+#      batch 4 and batch 1, 60 s crops, gradient checkpointing.
+#
+#   bash benchmarks/gpu_check.sh [RESULTS_DIR]      # default: gpu-results/ ($OUT when set)
+#
+# PYTHON picks the interpreter (default: env/bin/python when present, else python3). Each part has
+# its own time limit, so one that hangs or fails leaves the others' figures. Exit status: the
+# number of parts that failed.
+set -u
+cd "$(dirname "$0")/.."
+RESULTS=${1:-${OUT:-gpu-results}}
+mkdir -p "$RESULTS"
+if [ -z "${PYTHON:-}" ]; then
+    if [ -x env/bin/python ]; then PYTHON=env/bin/python; else PYTHON=python3; fi
+fi
+export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+failed=0
+
+part() {  # part NAME SECONDS COMMAND...: run with a time limit, log to RESULTS/NAME.log
+    local name=$1 limit=$2
+    shift 2
+    echo "== $name (limit ${limit} s): $*"
+    local began=$SECONDS
+    timeout "$limit" "$@" > "$RESULTS/$name.log" 2>&1
+    local status=$?
+    cat "$RESULTS/$name.log"
+    echo "== $name: exit $status after $((SECONDS - began)) s"
+    [ "$status" -eq 0 ] || failed=$((failed + 1))
+}
+
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$RESULTS/gpu.txt"
+"$PYTHON" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
+part cli_gpu 40 "$PYTHON" -m acestep.cli gpu --config examples/train_lora.toml
+part presets 240 "$PYTHON" benchmarks/gpu_presets.py --refit --json "$RESULTS/presets.json"
+part step_batch4 120 "$PYTHON" benchmarks/training_step.py --size 2b --batch 4 --seconds 60 --gradient-checkpointing
+part step_batch1 100 "$PYTHON" benchmarks/training_step.py --size 2b --batch 1 --seconds 60 --gradient-checkpointing
+echo "parts failed: $failed"
+exit "$failed"
