@@ -1,0 +1,131 @@
+"""The jobs as every tab shows them: submit a CLI command as a job, its status and progress,
+its log tail, stop; and the panel (table, log, stop button, refresh timer) a tab embeds.
+
+The functions take the `AppContext` and plain values, so tests call them without a browser;
+`build_jobs_panel` only wires them to Gradio components.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+
+import gradio as gr
+
+from acestep.errors import AceStepError
+from acestep.jobs import ACTIVE, QUEUED, Job, cli_argv
+from acestep.ui.context import AppContext
+
+JOB_HEADERS = ["Job", "Kind", "What", "Status", "Progress", "Who", "Started", "Message"]
+POLL_SECONDS = 2.0
+
+
+def submit_cli_job(ctx: AppContext, kind: str, args: Sequence[object], needs_gpu: bool, label: str = "",
+                   owner: str = "", events_path: Path | None = None) -> Job:
+    """Queue `acestep-trainer <args>` as a job (started at once unless a GPU job must wait)."""
+    argv = cli_argv(*args)
+    return ctx.jobs.submit(kind, argv, needs_gpu=needs_gpu, events_path=events_path, label=label, owner=owner,
+                           cwd=ctx.workspace.root)
+
+
+def latest_progress(ctx: AppContext, job: Job) -> dict | None:
+    """The job's last `progress` (or train `log`) event, or None."""
+    try:
+        events, _ = ctx.jobs.read_events(job.id)
+    except AceStepError:
+        return None
+    for event in reversed(events):
+        if event.get("type") in ("progress", "log"):
+            return event
+    return None
+
+
+def progress_text(event: dict | None) -> str:
+    """'3/10' for a progress event, 'step 40' for a train log event, '' without one."""
+    if not event:
+        return ""
+    if event.get("type") == "progress":
+        return f"{event.get('index', '?')}/{event.get('total', '?')}"
+    return f"step {event.get('step', '?')}"
+
+
+def job_rows(ctx: AppContext, kinds: Iterable[str] | None = None) -> list[list[str]]:
+    """One row per job (newest first), optionally only of `kinds`, after reconciling dead jobs."""
+    wanted = set(kinds) if kinds is not None else None
+    jobs = [job for job in ctx.jobs.poll() if wanted is None or job.kind in wanted]
+    rows = []
+    for job in reversed(jobs):
+        started = time.strftime("%Y-%m-%d %H:%M", time.localtime(job.started)) if job.started else ""
+        progress = progress_text(latest_progress(ctx, job)) if job.status in (*ACTIVE, "done") else ""
+        rows.append([job.id, job.kind, job.label, job.status, progress, job.owner, started, job.message])
+    return rows
+
+
+def active_job(ctx: AppContext, kind: str) -> Job | None:
+    """The newest queued or running job of `kind`, or None (a tab disables its start button then)."""
+    for job in reversed(ctx.jobs.poll()):
+        if job.kind == kind and (job.status == QUEUED or job.status in ACTIVE):
+            return job
+    return None
+
+
+def stop_job(ctx: AppContext, job_id: str) -> str:
+    """Ask a job to stop (a queued one is cancelled); the message to show."""
+    if not job_id:
+        raise gr.Error("Pick a job in the table first.")
+    job = ctx.jobs.stop(job_id)
+    return f"Job {job.id}: {job.status}."
+
+
+def job_details(ctx: AppContext, job_id: str, lines: int = 40) -> str:
+    """Status line and log tail of one job, as Markdown."""
+    if not job_id:
+        return ""
+    job = ctx.jobs.get(job_id)
+    head = f"**{job.id}** ({job.kind}) **{job.status}**"
+    if job.message:
+        head += f": {job.message}"
+    log = ctx.jobs.tail_log(job_id, lines)
+    return f"{head}\n\n```\n{log or '(no output yet)'}\n```"
+
+
+def friendly(function: Callable) -> Callable:
+    """Wrap a UI handler so that our errors become a message in the page (never a traceback)."""
+    def handler(*args, **kwargs):
+        try:
+            return function(*args, **kwargs)
+        except AceStepError as error:
+            raise gr.Error(str(error)) from error
+    handler.__name__ = getattr(function, "__name__", "handler")
+    handler.__doc__ = function.__doc__
+    return handler
+
+
+def build_jobs_panel(ctx: AppContext, kinds: Sequence[str], elem_prefix: str) -> dict:
+    """A table of the jobs of `kinds`, the selected job's log, a Stop button, and a timer that
+    refreshes them every POLL_SECONDS. Returns the components by name (table, selected, details,
+    stop, timer) so the tab can add outputs to the timer."""
+    table = gr.Dataframe(headers=JOB_HEADERS, value=lambda: job_rows(ctx, kinds), interactive=False,
+                         elem_id=f"{elem_prefix}-jobs")
+    selected = gr.Textbox(label="Selected job", interactive=False, elem_id=f"{elem_prefix}-job-id")
+    details = gr.Markdown(elem_id=f"{elem_prefix}-job-details")
+    stop = gr.Button("Stop job", variant="stop", elem_id=f"{elem_prefix}-stop")
+    timer = gr.Timer(POLL_SECONDS)
+
+    def select(evt: gr.SelectData, rows):
+        row = evt.index[0] if isinstance(evt.index, (list, tuple)) else evt.index
+        values = rows.values.tolist() if hasattr(rows, "values") else rows
+        return values[row][0] if 0 <= row < len(values) else ""
+
+    table.select(select, inputs=[table], outputs=[selected])
+    selected.change(friendly(lambda job_id: job_details(ctx, job_id)), inputs=[selected], outputs=[details])
+    stop.click(friendly(lambda job_id: gr.Info(stop_job(ctx, job_id))), inputs=[selected])
+    timer.tick(friendly(lambda job_id: (job_rows(ctx, kinds), job_details(ctx, job_id))), inputs=[selected],
+               outputs=[table, details])
+    return {"table": table, "selected": selected, "details": details, "stop": stop, "timer": timer}
+
+
+def owner_of(request: gr.Request | None) -> str:
+    """The logged-in user's name ('' without login)."""
+    return getattr(request, "username", None) or ""
