@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -30,6 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Start the ACE-Step LoRA Trainer web UI in your browser. Checks the Python "
                     "environment first and stops with the fix command when something is missing.",
         epilog="Environment variables: ACESTEP_CHECKPOINTS_DIR (default for --checkpoints-dir); "
+               "ACESTEP_WORKSPACE (default for --workspace); "
                "ACESTEP_ALLOW_OTHER_ENV=1 runs with a Python other than the project's env/ "
                "(conda, docker); its packages are still checked.")
     parser.add_argument("--host", default="127.0.0.1",
@@ -53,9 +55,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--checkpoints-dir", type=Path, metavar="PATH",
                         help="folder holding the ACE-Step models (downloads go there too). "
                              "Default: $ACESTEP_CHECKPOINTS_DIR, else <project>/checkpoints")
+    parser.add_argument("--workspace", type=Path, metavar="PATH",
+                        help="folder the app works in: audio/, datasets/, tensors/, runs/, outputs/, "
+                             "profiles/ (created when missing). Default: $ACESTEP_WORKSPACE, else "
+                             "<project>/workspace (<project>/demo with --demo)")
+    parser.add_argument("--data-root", type=Path, action="append", default=[], metavar="PATH",
+                        help="another folder the app may read and write, such as your music folder "
+                             "(repeatable). The app serves and accepts paths only inside the workspace, "
+                             "the checkpoints folder and these")
     parser.add_argument("--demo", action="store_true",
-                        help="offline demo on tiny random models: no download, nothing real is "
-                             "trained; for trying the UI")
+                        help="offline demo: tiny random models and a few short songs made on this "
+                             "computer, in their own workspace; no download, nothing real is trained")
     parser.add_argument("--check", action="store_true",
                         help="only check the environment: print the package / torch / GPU table "
                              "and exit 0 (ready) or 1 (something to fix), without starting the UI")
@@ -120,7 +130,9 @@ def resolve_settings(args: argparse.Namespace) -> dict:
     if not 1 <= args.port <= 65535:
         raise ValueError(f"--port {args.port}: use a port between 1 and 65535")
     return {"host": host, "port": args.port, "auth": auth or None,
-            "checkpoints_dir": checkpoints_dir(args.checkpoints_dir), "demo": args.demo}
+            "checkpoints_dir": checkpoints_dir(args.checkpoints_dir),
+            "workspace_dir": workspace_dir(args.workspace, args.demo),
+            "data_roots": tuple(path.expanduser().resolve() for path in args.data_root), "demo": args.demo}
 
 
 def checkpoints_dir(flag: Path | None) -> Path:
@@ -130,6 +142,17 @@ def checkpoints_dir(flag: Path | None) -> Path:
         return flag.expanduser().resolve()
     from acestep.models.checkpoints import default_checkpoints_dir  # standard library only
     return default_checkpoints_dir()
+
+
+def workspace_dir(flag: Path | None, demo: bool) -> Path:
+    """--workspace, else $ACESTEP_WORKSPACE, else <project>/workspace (<project>/demo for the demo,
+    so its tiny models and songs never mix with real work); absolute."""
+    if flag is not None:
+        return flag.expanduser().resolve()
+    configured = os.environ.get("ACESTEP_WORKSPACE", "").strip()
+    if configured and not demo:
+        return Path(configured).expanduser().resolve()
+    return ROOT / ("demo" if demo else "workspace")
 
 
 def environment_ready() -> bool:

@@ -15,7 +15,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 LAUNCH = ROOT / "launch.py"
 FLAGS = ["--host", "--port", "--share-lan", "--auth", "--auth-file", "--checkpoints-dir",
-         "--demo", "--check"]
+         "--workspace", "--data-root", "--demo", "--check"]
 CHECK_TIMEOUT = 120  # --check imports torch, lightning, peft, gradio...: 10-30 s
 
 
@@ -132,8 +132,20 @@ def _settings(*argv: str) -> dict:
 
 def test_defaults(monkeypatch):
     monkeypatch.delenv("ACESTEP_CHECKPOINTS_DIR", raising=False)
+    monkeypatch.delenv("ACESTEP_WORKSPACE", raising=False)
     assert _settings() == {"host": "127.0.0.1", "port": 7860, "auth": None,
-                           "checkpoints_dir": ROOT / "checkpoints", "demo": False}
+                           "checkpoints_dir": ROOT / "checkpoints", "workspace_dir": ROOT / "workspace",
+                           "data_roots": (), "demo": False}
+
+
+def test_workspace_and_data_roots(monkeypatch, tmp_path):
+    monkeypatch.setenv("ACESTEP_WORKSPACE", str(tmp_path / "from-env"))
+    assert _settings()["workspace_dir"] == tmp_path / "from-env"
+    assert _settings("--demo")["workspace_dir"] == ROOT / "demo"  # the demo never writes into real work
+    settings = _settings("--workspace", str(tmp_path / "ws"), "--data-root", str(tmp_path / "music"),
+                         "--data-root", str(tmp_path / "more"))
+    assert settings["workspace_dir"] == tmp_path / "ws"
+    assert settings["data_roots"] == (tmp_path / "music", tmp_path / "more")
 
 
 def test_share_lan_binds_all_interfaces_with_logins_from_flags_and_file(tmp_path):
