@@ -13,8 +13,11 @@ from acestep.dataset.schema import (
     Dataset,
     Sample,
     assign_prompt_sources,
+    dataset_revision,
     load_dataset,
+    load_dataset_revision,
     save_dataset,
+    save_dataset_revision,
     training_caption,
 )
 
@@ -39,9 +42,12 @@ __all__ = [
     "Dataset",
     "Sample",
     "assign_prompt_sources",
+    "dataset_revision",
     "load_dataset",
+    "load_dataset_revision",
     "parse_language",
     "save_dataset",
+    "save_dataset_revision",
     "training_caption",
     *_LAZY,
 ]

@@ -11,10 +11,12 @@ load; see `acestep.dataset.migrate`.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
 import random
+import threading
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any, NoReturn
@@ -97,8 +99,31 @@ def load_dataset(path: str | os.PathLike) -> Dataset:
     malformed field (the message names the file, the sample index and audio, and the field).
     The file is only read, never rewritten: save the dataset to store the migrated form.
     """
+    return load_dataset_revision(path)[0]
+
+
+def load_dataset_revision(path: str | os.PathLike) -> tuple[Dataset, str]:
+    """`load_dataset(path)` and the revision of the text it was read from (see `dataset_revision`),
+    to pass to `save_dataset(..., expected_revision=...)`. Raises DatasetError like `load_dataset`."""
     source = Path(os.path.abspath(path))
     text = read_text(source, DatasetError, "dataset file", "dataset JSON file")
+    return _parse_text(text, source), _revision(text)
+
+
+def dataset_revision(path: str | os.PathLike) -> str | None:
+    """The revision of the dataset file at `path` now: the sha256 of its text (hex), or None when
+    there is no file. Raises DatasetError when it exists but cannot be read."""
+    source = Path(os.path.abspath(path))
+    if not source.exists():
+        return None
+    return _revision(read_text(source, DatasetError, "dataset file", "dataset JSON file"))
+
+
+def _revision(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _parse_text(text: str, source: Path) -> Dataset:
     try:
         data = json.loads(text)
     except json.JSONDecodeError as error:
@@ -134,7 +159,7 @@ def parse_dataset(data: Any, source: str, root: Path | None, default_name: str =
     return _parse_current(data, source, root, default_name)
 
 
-def save_dataset(dataset: Dataset, path: str | os.PathLike) -> Path:
+def save_dataset(dataset: Dataset, path: str | os.PathLike, expected_revision: str | None = None) -> Path:
     """Write `dataset` as version-1 JSON (UTF-8, indent 2) and return the file's absolute path.
 
     Audio paths under the file's folder are written relative to it with "/" separators; files
@@ -142,13 +167,41 @@ def save_dataset(dataset: Dataset, path: str | os.PathLike) -> Path:
     the JSON in the audio folder or above it to keep a dataset portable. The dataset is
     validated first, and the file is replaced atomically (temp file + os.replace): a failed save
     leaves the old file as it was.
+
+    With `expected_revision` (from `load_dataset_revision`) the save is refused with a
+    DatasetError, and nothing is written, when the file on disk is no longer that revision:
+    someone else saved (or deleted) it since it was loaded.
     """
+    return save_dataset_revision(dataset, path, expected_revision)[0]
+
+
+# One save at a time in this process (the web app's browsers), so that the revision check and
+# the replace of one save cannot interleave with another's.
+_SAVE_LOCK = threading.Lock()
+
+
+def save_dataset_revision(dataset: Dataset, path: str | os.PathLike,
+                          expected_revision: str | None = None) -> tuple[Path, str]:
+    """`save_dataset`, returning the file's absolute path and the revision just written (the
+    `expected_revision` of the next save)."""
     target = Path(os.path.abspath(path))
     data = _to_json(dataset, target.parent)
     _parse_current(data, str(target), target.parent, target.stem)  # never write an invalid file
     text = json.dumps(data, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
-    write_atomically(target, text, DatasetError, "dataset file")
-    return target
+    with _SAVE_LOCK:
+        if expected_revision is not None:
+            _check_revision(target, expected_revision)
+        write_atomically(target, text, DatasetError, "dataset file")
+    return target, _revision(text)
+
+
+def _check_revision(target: Path, expected: str) -> None:
+    current = dataset_revision(target)
+    if current == expected:
+        return
+    what = "deleted" if current is None else "changed by someone else"
+    raise DatasetError(f"{target} was {what} since you loaded it, so your edits were not written. "
+                       "Reload it and make your edits again, or save them under another name.")
 
 
 def training_caption(sample: Sample, trigger_tag: str, tag_position: str) -> str:

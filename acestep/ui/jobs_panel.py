@@ -7,6 +7,7 @@ The functions take the `AppContext` and plain values, so tests call them without
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -91,14 +92,15 @@ def job_details(ctx: AppContext, job_id: str, lines: int = 40) -> str:
 
 
 def friendly(function: Callable) -> Callable:
-    """Wrap a UI handler so that our errors become a message in the page (never a traceback)."""
+    """Wrap a UI handler so that our errors become a message in the page (never a traceback).
+    The wrapper keeps the handler's signature, so Gradio still passes gr.Request, gr.Progress
+    and gr.SelectData to the parameters annotated with them."""
+    @functools.wraps(function)
     def handler(*args, **kwargs):
         try:
             return function(*args, **kwargs)
         except AceStepError as error:
             raise gr.Error(str(error)) from error
-    handler.__name__ = getattr(function, "__name__", "handler")
-    handler.__doc__ = function.__doc__
     return handler
 
 

@@ -45,3 +45,20 @@ def test_progress_text_and_stop_of_a_finished_job(ctx):
     job = submit_cli_job(ctx, "models", ["models", "--checkpoints-dir", ctx.workspace.checkpoints], False)
     ctx.jobs.wait(job.id, timeout=60)
     assert stop_job(ctx, job.id).endswith(": done.")  # stopping a finished job changes nothing
+
+
+def test_friendly_turns_our_errors_into_page_messages_and_keeps_the_signature():
+    import inspect
+
+    import gradio as gr
+
+    from acestep.errors import DatasetError
+    from acestep.ui.jobs_panel import friendly
+
+    def handler(path: str, progress=gr.Progress(), request: gr.Request = None):
+        raise DatasetError(f"{path}: broken")
+
+    wrapped = friendly(handler)
+    assert list(inspect.signature(wrapped).parameters) == ["path", "progress", "request"]
+    with pytest.raises(gr.Error, match="x.json: broken"):
+        wrapped("x.json")

@@ -1,0 +1,413 @@
+"""The Dataset tab: scan a folder of audio into a dataset or load a dataset JSON, look through and
+edit its samples (one at a time, or a tag across many), check it with the dataset report, save it.
+
+The open dataset lives in the browser's `gr.State` as an `OpenDataset`: the dataset, the file it
+came from and that file's revision, so that a save over a file someone else saved meanwhile is
+refused (see `acestep.dataset.save_dataset`). The functions take plain values and return new
+objects, so tests call them without a browser; `build_dataset_tab` only wires them to Gradio.
+Nothing here imports torch: reading audio headers and levels is numpy and soundfile.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import gradio as gr
+
+from acestep.dataset import (
+    LANGUAGE_NAMES,
+    TAG_POSITIONS,
+    Dataset,
+    assign_prompt_sources,
+    build_dataset,
+    dataset_report,
+    format_report,
+    load_dataset_revision,
+    parse_language,
+    save_dataset_revision,
+)
+from acestep.dataset.values import normalize_keyscale, normalize_timesignature, parse_bpm
+from acestep.errors import DatasetError
+from acestep.ui.context import AppContext, PathRefused, Workspace
+from acestep.ui.jobs_panel import friendly
+
+HEADERS = ["#", "Audio", "Caption", "Genre", "Lyrics", "BPM", "Key", "Time", "Language", "Instrumental",
+           "Seconds", "Prompt"]
+TAG_FIELDS = ("caption", "genre", "caption and genre")
+TAG_ACTIONS = ("add", "remove")
+LANGUAGE_CHOICES = [(f"{name} ({code})", code) for code, name in LANGUAGE_NAMES.items()]
+Progress = Callable[[int, int, Path], None]
+
+
+@dataclass(frozen=True)
+class OpenDataset:
+    """The dataset a browser has open. `path` is the JSON it was loaded from or last saved to and
+    `revision` that file's revision then (both None for a scan not saved yet); `unsaved` says
+    whether it was changed since."""
+
+    dataset: Dataset
+    path: Path | None = None
+    revision: str | None = None
+    unsaved: bool = False
+
+
+# --- opening ---------------------------------------------------------------------------------
+
+
+def dataset_choices(workspace: Workspace) -> list[str]:
+    """The dataset JSONs in the workspace's datasets/ folder, as paths relative to the workspace."""
+    if not workspace.datasets.is_dir():
+        return []
+    return [workspace.relative(path) for path in sorted(workspace.datasets.glob("*.json"))]
+
+
+def scan_folder(workspace: Workspace, folder: str, name: str = "", trigger_tag: str = "",
+                tag_position: str = "prepend", genre_ratio: float = 0.0, all_instrumental: bool = False,
+                language: str = "", progress: Progress | None = None) -> tuple[OpenDataset, str]:
+    """A new dataset of the audio under `folder` (see `acestep.dataset.build_dataset`) and a Markdown
+    summary naming the files left out and the warnings. Raises PathRefused for a folder outside
+    the workspace roots, DatasetError for bad settings or a folder without audio."""
+    audio_dir = workspace.check_path(folder, must_exist=True, what="audio folder")
+    result = build_dataset(audio_dir, name=name.strip() or None, trigger_tag=trigger_tag, tag_position=tag_position,
+                           genre_ratio=float(genre_ratio or 0.0), all_instrumental=bool(all_instrumental),
+                           language=language or None, progress=progress)
+    lines = [f"Found **{len(result.dataset.samples)}** sample(s) in `{workspace.relative(audio_dir)}`. "
+             "Not saved yet."]
+    if result.failed:
+        lines.append(f"**Left out ({len(result.failed)}):**")
+        lines += [f"- `{failure.path.name}`: {failure.reason}" for failure in result.failed]
+    if result.warnings:
+        lines.append("**Warnings:**")
+        lines += [f"- {warning}" for warning in result.warnings]
+    return OpenDataset(result.dataset, unsaved=True), "\n".join(lines)
+
+
+def open_dataset(workspace: Workspace, path: str) -> OpenDataset:
+    """The dataset JSON at `path` with its revision. Raises PathRefused or DatasetError."""
+    source = workspace.check_path(path, must_exist=True, what="dataset file")
+    dataset, revision = load_dataset_revision(source)
+    return OpenDataset(dataset, source, revision)
+
+
+def status_text(workspace: Workspace, opened: OpenDataset | None) -> str:
+    """One line on what is open: name, file, sample count, unsaved changes."""
+    if opened is None:
+        return "No dataset open: scan a folder or load a dataset JSON."
+    where = f"`{workspace.relative(opened.path)}`" if opened.path else "not saved yet"
+    changes = " — **unsaved changes**" if opened.unsaved else ""
+    return f"**{opened.dataset.name}** ({where}), {len(opened.dataset.samples)} sample(s){changes}"
+
+
+def default_save_path(workspace: Workspace, opened: OpenDataset | None) -> str:
+    """Where Save writes by default: the file it came from, else datasets/<name>.json."""
+    if opened is None:
+        return ""
+    if opened.path is not None:
+        return workspace.relative(opened.path)
+    stem = "".join(c if c.isalnum() or c in "-_." else "_" for c in opened.dataset.name.strip()) or "dataset"
+    return workspace.relative(workspace.datasets / f"{stem}.json")
+
+
+# --- looking at samples ----------------------------------------------------------------------
+
+
+def sample_rows(dataset: Dataset) -> list[list]:
+    """One table row per sample, numbered from 1 as the bulk tag edit's sample list is."""
+    rows = []
+    for number, s in enumerate(dataset.samples, start=1):
+        lyrics = " / ".join(line.strip() for line in s.lyrics.splitlines() if line.strip())
+        rows.append([number, s.audio, s.caption, s.genre, lyrics[:60] + ("…" if len(lyrics) > 60 else ""),
+                     "" if s.bpm is None else f"{s.bpm:g}", s.keyscale, s.timesignature, s.language,
+                     "yes" if s.instrumental else "", "" if s.duration is None else f"{s.duration:.1f}",
+                     s.prompt_source])
+    return rows
+
+
+def sample_view(workspace: Workspace, opened: OpenDataset, index: int) -> tuple[str | None, str, tuple]:
+    """For the sample at `index`: the audio file to play (None when it is missing or outside the
+    workspace roots, which the app may not serve), a note, and the editor's values (caption,
+    genre, lyrics, bpm, key, time signature, language, instrumental)."""
+    sample = _sample(opened, index)
+    path = opened.dataset.audio_path(sample)
+    note = f"Sample {index + 1}: `{sample.audio}`"
+    try:
+        audio: str | None = str(workspace.check_path(path, must_exist=True, what="audio file"))
+    except PathRefused as refused:
+        audio, note = None, f"{note} (cannot play it: {refused})"
+    values = (sample.caption, sample.genre, sample.lyrics, sample.bpm, sample.keyscale, sample.timesignature,
+              sample.language, sample.instrumental)
+    return audio, note, values
+
+
+def apply_sample_edit(opened: OpenDataset, index: int, caption: str, genre: str, lyrics: str,
+                      bpm: float | str | None, keyscale: str, timesignature: str, language: str,
+                      instrumental: bool) -> OpenDataset:
+    """A copy of `opened` with the sample at `index` relabelled. The key and time signature are
+    normalised ("Am" -> "A minor", "4/4" -> "4"). Raises DatasetError naming the sample and field."""
+    sample = _sample(opened, index)
+    try:
+        edited = replace(sample, caption=caption.strip(), genre=genre.strip(), lyrics=(lyrics or "").strip(),
+                         bpm=parse_bpm(bpm), keyscale=normalize_keyscale(keyscale or ""),
+                         timesignature=normalize_timesignature(timesignature or ""),
+                         language=parse_language(language or ""), instrumental=bool(instrumental))
+    except ValueError as error:
+        raise DatasetError(f"sample {index + 1} ({sample.audio}): {error}") from None
+    samples = list(opened.dataset.samples)
+    samples[index] = edited
+    return replace(opened, dataset=replace(opened.dataset, samples=samples), unsaved=True)
+
+
+def apply_settings(opened: OpenDataset, name: str, trigger_tag: str, tag_position: str,
+                   genre_ratio: float) -> OpenDataset:
+    """A copy with a new name, trigger tag, tag position and genre ratio (the genre-prompted
+    samples are drawn again). Raises DatasetError for a bad position or ratio."""
+    if tag_position not in TAG_POSITIONS:
+        raise DatasetError(f"tag position must be one of {', '.join(TAG_POSITIONS)}, found {tag_position!r}")
+    dataset = replace(opened.dataset, name=name.strip() or opened.dataset.name, trigger_tag=trigger_tag.strip(),
+                      tag_position=tag_position)
+    return replace(opened, dataset=assign_prompt_sources(dataset, float(genre_ratio or 0.0)), unsaved=True)
+
+
+# --- bulk tag edit ---------------------------------------------------------------------------
+
+
+def parse_selection(text: str, count: int) -> list[int]:
+    """Sample indices (0-based) from "1-3, 7" (numbers as the table shows them); empty means all.
+    Raises DatasetError for anything else or a number outside 1..count."""
+    if not (text or "").strip():
+        return list(range(count))
+    chosen: set[int] = set()
+    for part in text.replace(";", ",").split(","):
+        part = part.strip()
+        if not part:
+            continue
+        first, _, last = part.partition("-")
+        try:
+            low, high = int(first), int(last or first)
+        except ValueError:
+            raise DatasetError(f"samples: {part!r} is not a number or a range like 2-5") from None
+        if not 1 <= low <= high <= count:
+            raise DatasetError(f"samples: {part!r} is outside 1-{count}")
+        chosen.update(range(low - 1, high))
+    return sorted(chosen)
+
+
+def add_tag(text: str, tag: str) -> str:
+    """`text` (comma-separated tags) with `tag` added at the end, unless it is there already
+    (compared without case)."""
+    parts = [part.strip() for part in text.split(",") if part.strip()]
+    if tag.casefold() in (part.casefold() for part in parts):
+        return text
+    return ", ".join([*parts, tag])
+
+
+def remove_tag(text: str, tag: str) -> str:
+    """`text` without the comma-separated parts equal to `tag` (compared without case)."""
+    parts = [part.strip() for part in text.split(",") if part.strip()]
+    kept = [part for part in parts if part.casefold() != tag.casefold()]
+    return text if len(kept) == len(parts) else ", ".join(kept)
+
+
+def edit_tags(opened: OpenDataset, action: str, tag: str, where: str = "caption",
+              selection: str = "") -> tuple[OpenDataset, str]:
+    """Add or remove `tag` in the caption and/or genre of the selected samples (all when
+    `selection` is empty); the copy and a message saying how many samples changed."""
+    tag = tag.strip().strip(",").strip()
+    if not tag:
+        raise DatasetError("Type the tag to add or remove.")
+    if action not in TAG_ACTIONS or where not in TAG_FIELDS:
+        raise DatasetError(f"tag edit: action must be add or remove and field one of {', '.join(TAG_FIELDS)}")
+    edit = add_tag if action == "add" else remove_tag
+    names = ("caption", "genre") if where == "caption and genre" else (where,)
+    indices = parse_selection(selection, len(opened.dataset.samples))
+    samples = list(opened.dataset.samples)
+    changed = 0
+    for index in indices:
+        sample = samples[index]
+        edited = replace(sample, **{name: edit(getattr(sample, name), tag) for name in names})
+        if edited != sample:
+            samples[index], changed = edited, changed + 1
+    message = f"{'Added' if action == 'add' else 'Removed'} {tag!r} in {changed} of {len(indices)} sample(s)."
+    if not changed:
+        return opened, message
+    return replace(opened, dataset=replace(opened.dataset, samples=samples), unsaved=True), message
+
+
+# --- report and save -------------------------------------------------------------------------
+
+
+def report_markdown(opened: OpenDataset, analyse_audio: bool = True, progress: Progress | None = None) -> str:
+    """The dataset report (`acestep.dataset.format_report`) as a Markdown code block."""
+    report = dataset_report(opened.dataset, analyse_audio=analyse_audio, progress=progress)
+    verdict = "No unreadable, silent, clipped or duplicate files." if report.ok else "**Problems found.**"
+    return f"{verdict}\n\n```\n{format_report(report)}\n```"
+
+
+def save_open_dataset(workspace: Workspace, opened: OpenDataset, target: str,
+                      overwrite: bool = False) -> tuple[OpenDataset, str]:
+    """Save to `target` (a .json inside the workspace roots); the saved state and a message.
+
+    Saving back to the file the dataset came from is refused when someone else saved that file
+    since (DatasetError: reload). Saving to another file that exists needs `overwrite`."""
+    path = workspace.check_path(target, what="dataset file")
+    if path.suffix.lower() != ".json":
+        raise DatasetError(f"{path}: a dataset file name ends in .json")
+    if path == opened.path:
+        expected = opened.revision
+    elif path.exists() and not overwrite:
+        raise DatasetError(f"{path} already exists: tick Overwrite to replace it, or choose another name.")
+    else:
+        expected = None
+    saved, revision = save_dataset_revision(opened.dataset, path, expected_revision=expected)
+    message = f"Saved {len(opened.dataset.samples)} sample(s) to `{workspace.relative(saved)}`."
+    return OpenDataset(opened.dataset, saved, revision), message
+
+
+def _sample(opened: OpenDataset | None, index: int | None):
+    if opened is None:
+        raise DatasetError("No dataset open: scan a folder or load a dataset JSON first.")
+    if index is None or not 0 <= int(index) < len(opened.dataset.samples):
+        raise DatasetError("Pick a sample in the table first.")
+    return opened.dataset.samples[int(index)]
+
+
+def _require(opened: OpenDataset | None) -> OpenDataset:
+    if opened is None:
+        raise DatasetError("No dataset open: scan a folder or load a dataset JSON first.")
+    return opened
+
+
+# --- the tab ---------------------------------------------------------------------------------
+
+
+def _handler(function: Callable) -> Callable:
+    """`friendly(function)` that keeps the signature, so Gradio still passes gr.Progress/gr.SelectData."""
+    handler = friendly(function)
+    handler.__wrapped__ = function
+    handler.__annotations__ = function.__annotations__
+    return handler
+
+
+def _progress_callback(progress: gr.Progress, verb: str) -> Progress:
+    return lambda done, total, path: progress((done, total), desc=f"{verb} {Path(path).name}")
+
+
+def build_dataset_tab(ctx: AppContext) -> None:
+    """Add the Dataset tab's components to the current Blocks context."""
+    ws = ctx.workspace
+    opened_state = gr.State(None)
+    selected_state = gr.State(None)
+    with gr.Accordion("Open a dataset", open=True):
+        with gr.Row():
+            with gr.Column():
+                folder = gr.Textbox(label="Audio folder", value=ctx.defaults.get("audio", "audio"),
+                                    elem_id="dataset-folder")
+                with gr.Row():
+                    name = gr.Textbox(label="Name (default: the folder's)", elem_id="dataset-name")
+                    trigger = gr.Textbox(label="Trigger tag", elem_id="dataset-trigger")
+                    position = gr.Dropdown(list(TAG_POSITIONS), value="prepend", label="Tag position",
+                                           elem_id="dataset-tag-position")
+                with gr.Row():
+                    ratio = gr.Slider(0, 1, value=0, step=0.05, label="Genre ratio", elem_id="dataset-genre-ratio")
+                    instrumental_all = gr.Checkbox(label="All instrumental", elem_id="dataset-all-instrumental")
+                    language = gr.Dropdown([("From the labels, else unknown", ""), *LANGUAGE_CHOICES], value="",
+                                           label="Language", elem_id="dataset-language")
+                with gr.Row():
+                    scan = gr.Button("Scan folder", variant="primary", elem_id="dataset-scan")
+                    settings = gr.Button("Apply name/tag/ratio to the open dataset", elem_id="dataset-settings")
+            with gr.Column():
+                choice = gr.Dropdown(dataset_choices(ws), label="Datasets in the workspace", elem_id="dataset-choice")
+                path = gr.Textbox(label="Dataset JSON", value=ctx.defaults.get("dataset", ""), elem_id="dataset-path")
+                with gr.Row():
+                    load = gr.Button("Load / reload", elem_id="dataset-load")
+                    refresh = gr.Button("Refresh list", elem_id="dataset-refresh")
+    status = gr.Markdown(status_text(ws, None), elem_id="dataset-status")
+    message = gr.Markdown(elem_id="dataset-message")
+    table = gr.Dataframe(headers=HEADERS, interactive=False, wrap=True, elem_id="dataset-table")
+    with gr.Row():
+        with gr.Column():
+            note = gr.Markdown("Pick a sample in the table to hear and edit it.", elem_id="dataset-sample")
+            audio = gr.Audio(type="filepath", interactive=False, label="Audio", elem_id="dataset-audio")
+            caption = gr.Textbox(label="Caption", lines=2, elem_id="dataset-caption")
+            genre = gr.Textbox(label="Genre", elem_id="dataset-genre")
+            with gr.Row():
+                bpm = gr.Number(label="BPM", elem_id="dataset-bpm")
+                key = gr.Textbox(label="Key", elem_id="dataset-key")
+                timesig = gr.Textbox(label="Time signature", elem_id="dataset-timesignature")
+                sample_language = gr.Dropdown(LANGUAGE_CHOICES, value="unknown", label="Language",
+                                              elem_id="dataset-sample-language")
+                sample_instrumental = gr.Checkbox(label="Instrumental", elem_id="dataset-sample-instrumental")
+            lyrics = gr.Textbox(label="Lyrics", lines=6, elem_id="dataset-lyrics")
+            apply = gr.Button("Apply", variant="primary", elem_id="dataset-apply")
+        with gr.Column():
+            gr.Markdown("### Tags in many samples")
+            with gr.Row():
+                tag_action = gr.Radio(list(TAG_ACTIONS), value="add", label="Action", elem_id="dataset-tag-action")
+                tag_field = gr.Radio(list(TAG_FIELDS), value="caption", label="In", elem_id="dataset-tag-field")
+            tag_text = gr.Textbox(label="Tag", elem_id="dataset-tag-text")
+            tag_samples = gr.Textbox(label="Samples (e.g. 1-3, 7; empty: all)", elem_id="dataset-tag-samples")
+            tag_apply = gr.Button("Edit tags", elem_id="dataset-tag-apply")
+            gr.Markdown("### Save")
+            save_path = gr.Textbox(label="Save as", elem_id="dataset-save-path")
+            overwrite = gr.Checkbox(label="Overwrite another existing file", elem_id="dataset-overwrite")
+            save = gr.Button("Save", variant="primary", elem_id="dataset-save")
+    with gr.Accordion("Dataset report", open=False):
+        analyse = gr.Checkbox(value=True, label="Analyse audio (levels, clipping, silence, duplicates; slower)",
+                              elem_id="dataset-report-analyse")
+        report_button = gr.Button("Check the dataset", elem_id="dataset-report")
+        report = gr.Markdown(elem_id="dataset-report-text")
+
+    editor = [caption, genre, lyrics, bpm, key, timesig, sample_language, sample_instrumental]
+    shown = [opened_state, table, status, message]
+
+    def show(opened: OpenDataset, text: str = ""):
+        return opened, sample_rows(opened.dataset), status_text(ws, opened), text
+
+    def do_scan(folder, name, trigger, position, ratio, instrumental_all, language,
+                progress=gr.Progress()):  # noqa: B008 (how Gradio asks for a progress bar)
+        opened, text = scan_folder(ws, folder, name, trigger, position, ratio, instrumental_all, language,
+                                   _progress_callback(progress, "Reading"))
+        return (*show(opened, text), None, default_save_path(ws, opened))
+
+    def do_load(path):
+        opened = open_dataset(ws, path)
+        d = opened.dataset
+        return (*show(opened, f"Loaded `{ws.relative(opened.path)}`."), None, default_save_path(ws, opened),
+                d.name, d.trigger_tag, d.tag_position, d.genre_ratio)
+
+    def do_select(evt: gr.SelectData, opened):
+        index = evt.index[0] if isinstance(evt.index, (list, tuple)) else evt.index
+        audio_path, text, values = sample_view(ws, opened, index)
+        return (index, audio_path, text, *values)
+
+    def do_apply(opened, index, *values):
+        return show(apply_sample_edit(opened, index, *values), f"Sample {int(index) + 1} updated (not saved yet).")
+
+    def do_tags(opened, action, field, tag, samples):
+        return show(*edit_tags(_require(opened), action, tag, field, samples))
+
+    def do_settings(opened, name, trigger, position, ratio):
+        return show(apply_settings(_require(opened), name, trigger, position, ratio), "Settings applied.")
+
+    def do_save(opened, target, overwrite):
+        saved, text = save_open_dataset(ws, _require(opened), target, overwrite)
+        return (*show(saved, text), gr.update(choices=dataset_choices(ws)), ws.relative(saved.path))
+
+    def do_report(opened, analyse, progress=gr.Progress()):  # noqa: B008
+        return report_markdown(_require(opened), analyse, _progress_callback(progress, "Checking"))
+
+    scan.click(_handler(do_scan), inputs=[folder, name, trigger, position, ratio, instrumental_all, language],
+               outputs=[*shown, selected_state, save_path])
+    load.click(_handler(do_load), inputs=[path],
+               outputs=[*shown, selected_state, save_path, name, trigger, position, ratio])
+    choice.change(lambda chosen: chosen or gr.update(), inputs=[choice], outputs=[path])
+    refresh.click(lambda: gr.update(choices=dataset_choices(ws)), outputs=[choice])
+    table.select(_handler(do_select), inputs=[opened_state], outputs=[selected_state, audio, note, *editor])
+    apply.click(_handler(do_apply), inputs=[opened_state, selected_state, *editor], outputs=shown)
+    tag_apply.click(_handler(do_tags), inputs=[opened_state, tag_action, tag_field, tag_text, tag_samples],
+                    outputs=shown)
+    settings.click(_handler(do_settings), inputs=[opened_state, name, trigger, position, ratio], outputs=shown)
+    save.click(_handler(do_save), inputs=[opened_state, save_path, overwrite], outputs=[*shown, choice, path])
+    report_button.click(_handler(do_report), inputs=[opened_state, analyse], outputs=[report])

@@ -1,0 +1,231 @@
+"""The Dataset tab's functions on real recorded loops in a real workspace: scan, edit, bulk tags,
+report, save, the path check, and two browsers saving the same dataset."""
+
+import hashlib
+import json
+import shutil
+
+import gradio as gr
+import pytest
+
+from acestep.dataset import Dataset, Sample
+from acestep.errors import DatasetError
+from acestep.ui.context import AppContext, PathRefused, Workspace
+from acestep.ui.dataset_tab import (
+    OpenDataset,
+    add_tag,
+    apply_sample_edit,
+    apply_settings,
+    build_dataset_tab,
+    dataset_choices,
+    edit_tags,
+    open_dataset,
+    parse_selection,
+    remove_tag,
+    report_markdown,
+    sample_rows,
+    sample_view,
+    save_open_dataset,
+    scan_folder,
+    status_text,
+)
+
+LOOPS = ("drum_roll", "guit_e_slide", "loop_amen_full")  # sorted, as the scan lists them
+
+
+@pytest.fixture
+def workspace(tmp_path, real_loops):
+    workspace = Workspace(tmp_path / "ws", checkpoints=tmp_path / "checkpoints").create()
+    (workspace.audio / "loops").mkdir()
+    for name in LOOPS:
+        shutil.copy(real_loops[name], workspace.audio / "loops" / f"{name}.flac")
+    return workspace
+
+
+@pytest.fixture
+def scanned(workspace):
+    opened, _ = scan_folder(workspace, "audio/loops", trigger_tag="mystyle")
+    return opened
+
+
+def edit_caption(opened, index, caption):
+    s = opened.dataset.samples[index]
+    return apply_sample_edit(opened, index, caption, s.genre, s.lyrics, s.bpm, s.keyscale, s.timesignature,
+                             s.language, s.instrumental)
+
+
+def test_scan_a_folder_of_real_audio_gives_one_row_per_file(workspace):
+    opened, summary = scan_folder(workspace, "audio/loops", name="drums", trigger_tag="mystyle",
+                                  tag_position="append", all_instrumental=True, language="English")
+    rows = sample_rows(opened.dataset)
+    assert [row[0] for row in rows] == [1, 2, 3]
+    assert [row[1] for row in rows] == [f"{name}.flac" for name in LOOPS]
+    assert [float(row[10]) for row in rows] == pytest.approx([6.2, 4.3, 6.9], abs=0.1)
+    assert {row[8] for row in rows} == {"en"} and {row[9] for row in rows} == {"yes"}
+    assert (opened.dataset.name, opened.dataset.trigger_tag, opened.dataset.tag_position) == ("drums", "mystyle",
+                                                                                              "append")
+    assert opened.path is None and opened.revision is None and opened.unsaved
+    assert "Found **3** sample(s) in `audio/loops`" in summary
+    assert "not saved yet" in status_text(workspace, opened)
+
+
+def test_scan_and_load_refuse_paths_outside_the_workspace(workspace, tmp_path, real_loops):
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    shutil.copy(real_loops["drum_roll"], outside / "drum_roll.flac")
+    with pytest.raises(PathRefused, match="outside the folders this app may use"):
+        scan_folder(workspace, str(outside))
+    with pytest.raises(PathRefused, match="outside the folders"):
+        open_dataset(workspace, "../elsewhere/set.json")
+    with pytest.raises(PathRefused, match="does not exist"):
+        scan_folder(workspace, "audio/nothing-here")
+
+
+def test_edit_a_sample_and_save_writes_the_edit_to_disk(workspace, scanned):
+    s = scanned.dataset.samples[1]
+    edited = apply_sample_edit(scanned, 1, " slide guitar, blues ", "blues", "", "96 BPM", "Em", "4/4", "English",
+                               True)
+    assert scanned.dataset.samples[1] == s  # the state it came from is untouched
+
+    saved, message = save_open_dataset(workspace, edited, "datasets/loops.json")
+    path = workspace.datasets / "loops.json"
+    assert message == "Saved 3 sample(s) to `datasets/loops.json`."
+    assert saved.path == path and not saved.unsaved
+    assert saved.revision == hashlib.sha256(path.read_bytes()).hexdigest()
+    sample = json.loads(path.read_text(encoding="utf-8"))["samples"][1]
+    assert sample["caption"] == "slide guitar, blues" and sample["genre"] == "blues"
+    assert (sample["bpm"], sample["keyscale"], sample["timesignature"]) == (96.0, "E minor", "4")
+    assert (sample["language"], sample["instrumental"]) == ("en", True)
+    assert sample["audio"] == (workspace.audio / "loops" / "guit_e_slide.flac").as_posix()
+    assert dataset_choices(workspace) == ["datasets/loops.json"]
+
+
+def test_a_bad_value_in_the_editor_names_the_sample_and_field(scanned):
+    s = scanned.dataset.samples[0]
+    with pytest.raises(DatasetError, match=r"sample 1 \(drum_roll.flac\): bpm must be a number, found 'fast'"):
+        apply_sample_edit(scanned, 0, "", "", "", "fast", "", "", "unknown", False)
+    with pytest.raises(DatasetError, match="sample 1 .*language must be one of"):
+        apply_sample_edit(scanned, 0, s.caption, "", "", None, "", "", "Klingon", False)
+    with pytest.raises(DatasetError, match="Pick a sample"):
+        apply_sample_edit(scanned, 3, "", "", "", None, "", "", "unknown", False)
+
+
+def test_load_edit_and_save_back_then_a_stale_save_is_refused_and_the_file_is_unchanged(workspace, scanned):
+    save_open_dataset(workspace, scanned, "datasets/loops.json")
+    ann = open_dataset(workspace, "datasets/loops.json")
+    bob = open_dataset(workspace, str(workspace.datasets / "loops.json"))
+    assert ann.revision == bob.revision
+
+    ann, _ = save_open_dataset(workspace, edit_caption(ann, 0, "ann's drums"), "datasets/loops.json")
+    on_disk = (workspace.datasets / "loops.json").read_bytes()
+    with pytest.raises(DatasetError) as refused:
+        save_open_dataset(workspace, edit_caption(bob, 2, "bob's amen"), "datasets/loops.json")
+    assert "was changed by someone else since you loaded it" in str(refused.value)
+    assert "not written" in str(refused.value) and "Reload" in str(refused.value)
+    assert (workspace.datasets / "loops.json").read_bytes() == on_disk
+
+    # Ann saves again on top of her own save; Bob reloads, sees her edit, and can save.
+    ann, _ = save_open_dataset(workspace, edit_caption(ann, 1, "ann's guitar"), "datasets/loops.json")
+    bob = open_dataset(workspace, "datasets/loops.json")
+    assert [s.caption for s in bob.dataset.samples] == ["ann's drums", "ann's guitar", ""]
+    save_open_dataset(workspace, edit_caption(bob, 2, "bob's amen"), "datasets/loops.json")
+    captions = [s["caption"] for s in json.loads((workspace.datasets / "loops.json").read_text())["samples"]]
+    assert captions == ["ann's drums", "ann's guitar", "bob's amen"]
+
+
+def test_saving_over_another_file_needs_overwrite_and_outside_paths_are_refused(workspace, scanned, tmp_path):
+    (workspace.datasets / "other.json").write_text("{}", encoding="utf-8")
+    with pytest.raises(DatasetError, match="already exists: tick Overwrite"):
+        save_open_dataset(workspace, scanned, "datasets/other.json")
+    assert (workspace.datasets / "other.json").read_text() == "{}"
+    save_open_dataset(workspace, scanned, "datasets/other.json", overwrite=True)
+    assert len(json.loads((workspace.datasets / "other.json").read_text())["samples"]) == 3
+
+    with pytest.raises(PathRefused, match="outside the folders"):
+        save_open_dataset(workspace, scanned, str(tmp_path / "outside.json"))
+    assert not (tmp_path / "outside.json").exists()
+    with pytest.raises(DatasetError, match="ends in .json"):
+        save_open_dataset(workspace, scanned, "datasets/loops.txt")
+
+
+def test_bulk_tag_edit_adds_and_removes_in_selected_samples(scanned):
+    edited, message = edit_tags(scanned, "add", "lofi", "caption", "1-2")
+    assert [s.caption for s in edited.dataset.samples] == ["lofi", "lofi", ""]
+    assert message == "Added 'lofi' in 2 of 2 sample(s)."
+    edited, message = edit_tags(edited, "add", "LoFi", "caption and genre", "")
+    assert [s.caption for s in edited.dataset.samples] == ["lofi", "lofi", "LoFi"]
+    assert [s.genre for s in edited.dataset.samples] == ["LoFi", "LoFi", "LoFi"]
+    assert message == "Added 'LoFi' in 3 of 3 sample(s)."
+    edited, message = edit_tags(edited, "remove", "lofi", "genre", "2, 3")
+    assert [s.genre for s in edited.dataset.samples] == ["LoFi", "", ""]
+    assert [s.caption for s in edited.dataset.samples] == ["lofi", "lofi", "LoFi"]
+    assert edited.unsaved and [s.caption for s in scanned.dataset.samples] == ["", "", ""]
+    with pytest.raises(DatasetError, match="Type the tag"):
+        edit_tags(scanned, "add", " , ")
+
+
+def test_tag_helpers_and_sample_selection():
+    assert add_tag("piano, calm", "Lofi") == "piano, calm, Lofi"
+    assert add_tag("piano, LOFI", "lofi") == "piano, LOFI"
+    assert add_tag("", "lofi") == "lofi"
+    assert remove_tag("piano,  lofi , calm, Lofi", "LOFI") == "piano, calm"
+    assert remove_tag("a lofi song", "lofi") == "a lofi song"  # whole tags only
+    assert parse_selection("", 4) == [0, 1, 2, 3]
+    assert parse_selection("3, 1-2; 2", 4) == [0, 1, 2]
+    with pytest.raises(DatasetError, match="'5' is outside 1-4"):
+        parse_selection("5", 4)
+    with pytest.raises(DatasetError, match="'x' is not a number"):
+        parse_selection("1, x", 4)
+
+
+def test_selecting_a_sample_gives_its_audio_and_values(workspace, scanned, tmp_path, real_loops):
+    edited = apply_sample_edit(scanned, 2, "breakbeat", "funk", "", 136, "", "4", "unknown", True)
+    audio, note, values = sample_view(workspace, edited, 2)
+    assert audio == str(workspace.audio / "loops" / "loop_amen_full.flac")
+    assert note == "Sample 3: `loop_amen_full.flac`"
+    assert values == ("breakbeat", "funk", "", 136.0, "", "4", "unknown", True)
+
+    # A sample outside the workspace roots is not served to the browser.
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    shutil.copy(real_loops["drum_roll"], outside / "far.flac")
+    elsewhere = OpenDataset(Dataset("far", [Sample(str(outside / "far.flac"))], root=workspace.datasets))
+    audio, note, _ = sample_view(workspace, elsewhere, 0)
+    assert audio is None and "cannot play it" in note and "outside the folders" in note
+
+
+def test_report_and_settings_on_the_open_dataset(scanned):
+    text = report_markdown(scanned, analyse_audio=False)
+    assert "Dataset 'loops': 3 samples" in text
+    assert "44100 Hz × 3" in text and "mono × 2" in text and "stereo × 1" in text
+    assert "Levels, clipping, silence and duplicates: not analysed" in text
+
+    tagged = edit_tags(scanned, "add", "drums", "genre", "1, 3")[0]
+    changed = apply_settings(tagged, "beats", "  newtag ", "replace", 1.0)
+    assert (changed.dataset.name, changed.dataset.trigger_tag, changed.dataset.tag_position) == ("beats", "newtag",
+                                                                                                 "replace")
+    assert [s.prompt_source for s in changed.dataset.samples] == ["genre", "caption", "genre"]
+    with pytest.raises(DatasetError, match="tag position must be one of"):
+        apply_settings(scanned, "", "", "middle", 0.0)
+
+
+def test_the_tab_builds_with_its_components(workspace, scanned):
+    ctx = AppContext.create(workspace)
+    with gr.Blocks() as app:
+        build_dataset_tab(ctx)
+    ids = {block.elem_id for block in app.blocks.values() if getattr(block, "elem_id", None)}
+    assert {"dataset-folder", "dataset-scan", "dataset-table", "dataset-caption", "dataset-audio", "dataset-apply",
+            "dataset-tag-apply", "dataset-report", "dataset-save", "dataset-path", "dataset-choice"} <= ids
+    # The scan and report handlers still ask Gradio for a progress bar through the error wrapper.
+    from gradio.helpers import special_args
+
+    progress_handlers = [fn.name for fn in app.fns.values() if special_args(fn.fn)[1] is not None]
+    assert sorted(progress_handlers) == ["do_report", "do_scan"]
+    # Clicking the third row of the table fills the player and the editor.
+    select = next(fn for fn in app.fns.values() if fn.name == "do_select")
+    click = gr.SelectData(None, {"index": [2, 1], "value": "loop_amen_full.flac"})
+    args, _, event_index, _ = special_args(select.fn, [scanned], event_data=click)
+    assert event_index == 0
+    index, audio, note, *_ = select.fn(*args)
+    assert (index, audio, note) == (2, str(workspace.audio / "loops" / "loop_amen_full.flac"),
+                                    "Sample 3: `loop_amen_full.flac`")
