@@ -55,7 +55,7 @@ def test_friendly_turns_our_errors_into_page_messages_and_keeps_the_signature():
     from acestep.errors import DatasetError
     from acestep.ui.jobs_panel import friendly
 
-    def handler(path: str, progress=gr.Progress(), request: gr.Request = None):
+    def handler(path: str, progress: gr.Progress = None, request: gr.Request = None):
         raise DatasetError(f"{path}: broken")
 
     wrapped = friendly(handler)

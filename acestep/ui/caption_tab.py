@@ -1,0 +1,367 @@
+"""The Caption tab: label a folder of songs with the `caption` command as a job, follow it file by
+file, and see the labels each file's sidecar holds.
+
+    form = CaptionForm(folder="audio/my-songs", labeller="analysis")
+    job = start_caption(ctx, form, owner="ann")          # `acestep-trainer caption ...` as a job
+    progress_markdown(ctx, newest_job(ctx, CAPTION))    # "**3/10** song.wav · analysis labelled"
+    result_rows(ctx, form.folder)                        # one row per audio file: its labels
+
+The functions take the `AppContext` and plain values, so tests call them without a browser;
+`build_caption_tab` only wires them to Gradio. No model code is imported: the job runs the CLI.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import gradio as gr
+
+from acestep.errors import AceStepError, DatasetError
+from acestep.jobs import QUEUED, Job
+from acestep.ui.context import AppContext
+from acestep.ui.jobs_panel import POLL_SECONDS, active_job, build_jobs_panel, friendly, latest_progress, owner_of, \
+    submit_cli_job
+
+CAPTION = "caption"  # the job kind
+LABELLERS = {
+    "captioner": "AI captioner (Qwen2.5-Omni 7B, GPU): style caption, genre, key, tempo",
+    "lm": "5 Hz LM (GPU): caption, genres, BPM, key, lyrics from the DiT's audio codes",
+    "analysis": "Signal analysis only: BPM and key, no model",
+}
+MODES = ("fill-missing", "overwrite")
+DEVICES = ("auto", "cuda", "cpu", "mps")
+LM_MODELS = ("acestep-5Hz-lm-0.6B", "acestep-5Hz-lm-1.7B", "acestep-5Hz-lm-4B")
+CSV_NAME = "labels.csv"
+RESULT_HEADERS = ["File", "Caption", "Genre", "BPM", "Key", "Time sig.", "Language", "Lyrics", "Instrumental",
+                  "Labelled by", "Notes"]
+SUMMARY_START = re.compile(r"^\d+ file\(s\): ")  # the first line of the caption command's summary
+MAX_SUMMARY_LINES = 40
+_DEVICE = re.compile(r"^(cpu|mps|cuda(:\d+)?)$")
+_LABEL_STEP = re.compile(r"^(?P<labeller>\S+)\s+(?P<status>\S+)\s+(?P<rest>.*?)\s+ETA\s+(?P<eta>\S+)$")
+_JOB_LOG_LINE = re.compile(r"^\[job\] ")
+
+
+@dataclass
+class CaptionForm:
+    """What the Caption tab's form says (the options of `acestep-trainer caption`)."""
+
+    folder: str = ""
+    labeller: str = "captioner"
+    transcribe: bool = False
+    analysis: bool = True  # signal analysis after the model (always on for the analysis labeller)
+    mode: str = "fill-missing"
+    max_seconds: float = 240.0
+    device: str = "auto"
+    lm: str = "acestep-5Hz-lm-1.7B"
+    write_csv: bool = False  # also write <folder>/labels.csv (which `build` reads)
+    use_cache: bool = True
+
+
+@dataclass
+class LabelStep:
+    """One `[i/n]` line of the caption command, read back from the job's progress event."""
+
+    index: int
+    total: int
+    labeller: str
+    status: str  # labelled, cached, skipped, failed
+    file: str  # the file's name
+    detail: str  # why it failed, or a note
+    eta: str
+
+
+def check_device(text: str | None) -> str | None:
+    """The device a form names, or None for "auto" (the command picks the best one).
+    Raises AceStepError for anything but cpu, mps, cuda or cuda:N."""
+    device = (text or "").strip().lower()
+    if device in ("", "auto"):
+        return None
+    if not _DEVICE.match(device):
+        raise AceStepError(f"Device {text!r} is not one the trainer knows: choose auto, cuda, cuda:1, mps or cpu.")
+    return device
+
+
+def default_folder(ctx: AppContext) -> str:
+    """The audio folder the form starts with: the demo's, else the workspace's audio/."""
+    folder = ctx.defaults.get("audio") or ctx.workspace.audio
+    return ctx.workspace.relative(Path(folder))
+
+
+def audio_folder(ctx: AppContext, text: str) -> Path:
+    """The audio folder typed in the form, resolved. Raises PathRefused (outside the workspace,
+    missing) or AceStepError (a file, not a folder)."""
+    folder = ctx.workspace.check_path(text, must_exist=True, what="audio folder")
+    if not folder.is_dir():
+        raise AceStepError(f"{folder} is a file; choose the folder that holds the songs.")
+    return folder
+
+
+def uses_model(form: CaptionForm) -> bool:
+    """Whether the job loads a model (the captioner, the LM or the transcriber)."""
+    return form.labeller != "analysis" or form.transcribe
+
+
+def caption_args(ctx: AppContext, form: CaptionForm) -> list[str]:
+    """The `caption` command line the form asks for (without the Python and module in front).
+    Raises PathRefused / AceStepError naming the field that is wrong."""
+    folder = audio_folder(ctx, form.folder)
+    if form.labeller not in LABELLERS:
+        raise AceStepError(f"Labeller {form.labeller!r} is unknown; choose one of {', '.join(LABELLERS)}.")
+    if form.mode not in MODES:
+        raise AceStepError(f"Mode {form.mode!r} is unknown; choose one of {', '.join(MODES)}.")
+    try:
+        max_seconds = float(form.max_seconds)
+    except (TypeError, ValueError):
+        raise AceStepError(f"Seconds per song must be a number, got {form.max_seconds!r}.") from None
+    if not math.isfinite(max_seconds) or max_seconds <= 0:
+        raise AceStepError(f"Seconds per song must be more than 0, got {form.max_seconds!r}.")
+    device = check_device(form.device)
+    args = ["caption", str(folder), "--labeller", form.labeller, "--mode", form.mode,
+            "--max-seconds", f"{max_seconds:g}", "--checkpoints-dir", str(ctx.workspace.checkpoints)]
+    if form.transcribe:
+        args.append("--transcribe")
+    if not form.analysis and form.labeller != "analysis":
+        args.append("--no-analysis")
+    if form.labeller == "lm":
+        if not form.lm.strip():
+            raise AceStepError("Choose the 5 Hz LM the lm labeller runs.")
+        args += ["--lm", form.lm.strip()]
+    if device:
+        args += ["--device", device]
+    if form.write_csv:
+        args += ["--csv", str(folder / CSV_NAME)]
+    if not form.use_cache:
+        args.append("--no-cache")
+    return args
+
+
+def start_caption(ctx: AppContext, form: CaptionForm, owner: str = "") -> Job:
+    """Submit the caption job: a GPU job when a model runs on the GPU, else a CPU job (started at
+    once). Raises AceStepError while another caption job is queued or running."""
+    running = active_job(ctx, CAPTION)
+    if running is not None:
+        raise AceStepError(f"Caption job {running.id} is {running.status}; wait for it to end or cancel it.")
+    args = caption_args(ctx, form)
+    needs_gpu = uses_model(form) and check_device(form.device) != "cpu"
+    return submit_cli_job(ctx, CAPTION, args, needs_gpu=needs_gpu, owner=owner,
+                          label=ctx.workspace.relative(Path(args[1])))
+
+
+def cancel_job(ctx: AppContext, kind: str) -> str:
+    """Stop the queued or running job of `kind` (the command finishes its current file and exits);
+    the message to show. Raises AceStepError when none runs."""
+    job = active_job(ctx, kind)
+    if job is None:
+        raise AceStepError(f"No {kind} job is running.")
+    job = ctx.jobs.stop(job.id)
+    return f"Job {job.id}: {job.status}."
+
+
+def newest_job(ctx: AppContext, kind: str) -> Job | None:
+    """The most recently submitted job of `kind` (whatever its status), or None."""
+    jobs = [job for job in ctx.jobs.poll() if job.kind == kind]
+    return jobs[-1] if jobs else None
+
+
+def parse_label_step(event: dict | None) -> LabelStep | None:
+    """The file, labeller and status of a caption job's progress event (None for another event)."""
+    if not event or event.get("type") != "progress":
+        return None
+    match = _LABEL_STEP.match(str(event.get("message", "")))
+    if not match:
+        return None
+    path, _, detail = match["rest"].partition("  ")
+    return LabelStep(int(event.get("index", 0)), int(event.get("total", 0)), match["labeller"], match["status"],
+                     Path(path.strip()).name, detail.strip(), match["eta"])
+
+
+def summary_from_log(log: str, first_line: re.Pattern) -> list[str]:
+    """The command's closing summary: the log's lines from the last one matching `first_line`
+    to the end (the supervisor's own `[job]` notes left out), at most MAX_SUMMARY_LINES."""
+    lines = log.splitlines()
+    starts = [i for i, line in enumerate(lines) if first_line.match(line)]
+    if not starts:
+        return []
+    summary = [line for line in lines[starts[-1]:] if line.strip() and not _JOB_LOG_LINE.match(line)]
+    if len(summary) > MAX_SUMMARY_LINES:
+        summary = summary[:MAX_SUMMARY_LINES] + [f"... ({len(summary) - MAX_SUMMARY_LINES} more lines in the log)"]
+    return summary
+
+
+def job_heading(job: Job) -> str:
+    """'Job **caption-3** (ann): **running**', with why a queued job waits."""
+    who = f" ({job.owner})" if job.owner else ""
+    head = f"Job **{job.id}**{who}: **{job.status}**"
+    if job.status == QUEUED:
+        head += ", waiting for the GPU (one GPU job runs at a time)"
+    return head
+
+
+def progress_markdown(ctx: AppContext, job: Job | None) -> str:
+    """The tab's progress line: the job's status, the file now labelled ("3/10 song.wav"), and
+    the command's summary once it has ended."""
+    if job is None:
+        return "No caption job has run yet."
+    lines = [job_heading(job)]
+    step = parse_label_step(latest_progress(ctx, job))
+    if step is not None:
+        line = f"**{step.index}/{step.total}** {step.file} · {step.labeller} {step.status}"
+        if step.detail:
+            line += f": {step.detail}"
+        if not job.finished:
+            line += f" · ETA {step.eta}"
+        lines.append(line)
+    elif job.active:
+        lines.append("Loading...")
+    if job.finished:
+        summary = summary_from_log(ctx.jobs.tail_log(job.id, 400), SUMMARY_START)
+        if summary:
+            lines.append("```\n" + "\n".join(summary) + "\n```")
+        elif job.message:
+            lines.append(job.message)
+    return "\n\n".join(lines)
+
+
+def _cell(value, limit: int = 160) -> str:
+    text = " / ".join(line.strip() for line in str(value).splitlines() if line.strip())
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
+def _sidecar_extras(path: Path | None) -> tuple[str, list[str]]:
+    """Who labelled the file and the notes the labellers left, from its `.json` sidecar."""
+    if path is None:
+        return "", []
+    try:
+        data = json.loads(path.read_text(encoding="utf-8-sig"))
+    except (OSError, ValueError):
+        return "", []  # read_sidecars reports it
+    if not isinstance(data, dict):
+        return "", []
+    notes = [str(note) for note in data.get("label_notes", [])]
+    if data.get("unparsed"):
+        notes.append("raw output kept, could not be parsed: " + ", ".join(map(str, data["unparsed"])))
+    return ", ".join(data.get("labelled_by", {}) or {}), notes
+
+
+def label_row(audio: Path, folder: Path, stems: Counter) -> list[str]:
+    """One results row: the labels an audio file's sidecars hold, or why they cannot be read."""
+    from acestep.dataset.sidecars import read_sidecars, sidecar_paths
+
+    name = audio.relative_to(folder).as_posix()
+    try:
+        labels = read_sidecars(audio, stems)
+    except DatasetError as error:
+        return [name, "", "", "", "", "", "", "", "", "", str(error)]
+    labelled_by, notes = _sidecar_extras(sidecar_paths(audio, stems).get(".json"))
+    bpm = labels.get("bpm")
+    instrumental = labels.get("instrumental")
+    return [name, _cell(labels.get("caption", "")), _cell(labels.get("genre", "")),
+            f"{bpm:g}" if isinstance(bpm, (int, float)) else "", labels.get("keyscale", ""),
+            labels.get("timesignature", ""), labels.get("language", ""), _cell(labels.get("lyrics", ""), 80),
+            "" if instrumental is None else ("yes" if instrumental else "no"), labelled_by, _cell("; ".join(notes))]
+
+
+def result_rows(ctx: AppContext, folder_text: str) -> list[list[str]]:
+    """One row per audio file in the folder (recursively) with the labels its sidecars hold.
+    Raises PathRefused / DatasetError for a folder outside the workspace or missing."""
+    from acestep.dataset.build import scan_audio_files
+    from acestep.dataset.sidecars import audio_stems
+
+    folder = audio_folder(ctx, folder_text)
+    stems: dict[Path, Counter] = {}
+    rows = []
+    for audio in scan_audio_files(folder):
+        if audio.parent not in stems:
+            stems[audio.parent] = audio_stems(audio.parent)
+        rows.append(label_row(audio, folder, stems[audio.parent]))
+    return rows
+
+
+def job_state(ctx: AppContext, job: Job | None) -> str:
+    """What the tab last showed of a job ('id:status:progress'): a change refreshes the results."""
+    if job is None:
+        return ""
+    event = latest_progress(ctx, job) or {}
+    return f"{job.id}:{job.status}:{event.get('index', '')}"
+
+
+def buttons(ctx: AppContext, kind: str) -> tuple[dict, dict]:
+    """Start enabled and Cancel disabled, or the other way round while a job of `kind` runs."""
+    running = active_job(ctx, kind) is not None
+    return gr.update(interactive=not running), gr.update(interactive=running)
+
+
+def build_caption_tab(ctx: AppContext) -> None:
+    """Add the Caption tab's components to the current Blocks context."""
+    gr.Markdown("Label the songs of a folder: captions, lyrics, BPM and key go into a `.json` sidecar beside "
+                "each file, which **Build** reads. The models run one after the other; signal analysis checks "
+                "the tempo and key they give.")
+    with gr.Row():
+        folder = gr.Textbox(label="Audio folder", value=default_folder(ctx), scale=2, elem_id="caption-folder",
+                            info="inside the workspace (relative paths start there); sub-folders are searched")
+        labeller = gr.Radio([(text, name) for name, text in LABELLERS.items()], value="captioner", label="Labeller",
+                            scale=3, elem_id="caption-labeller")
+    with gr.Row():
+        transcribe = gr.Checkbox(label="Transcribe lyrics (transcriber model)", elem_id="caption-transcribe")
+        analysis = gr.Checkbox(value=True, label="Signal analysis (BPM, key)", elem_id="caption-analysis")
+        write_csv = gr.Checkbox(label=f"Also write {CSV_NAME} in the folder", elem_id="caption-csv")
+        use_cache = gr.Checkbox(value=True, label="Use the results cache", elem_id="caption-cache")
+    with gr.Row():
+        mode = gr.Radio(list(MODES), value="fill-missing", label="Files already labelled", elem_id="caption-mode")
+        max_seconds = gr.Number(240, label="Seconds of each song the models hear", minimum=1,
+                                elem_id="caption-max-seconds")
+        device = gr.Dropdown(list(DEVICES), value="auto", label="Device", allow_custom_value=True,
+                             elem_id="caption-device")
+        lm = gr.Dropdown(list(LM_MODELS), value=CaptionForm.lm, label="5 Hz LM (lm labeller)",
+                         allow_custom_value=True, elem_id="caption-lm")
+    with gr.Row():
+        start = gr.Button("Start labelling", variant="primary", elem_id="caption-start")
+        cancel = gr.Button("Cancel", variant="stop", interactive=False, elem_id="caption-cancel")
+    progress = gr.Markdown(lambda: progress_markdown(ctx, newest_job(ctx, CAPTION)), elem_id="caption-progress")
+    with gr.Row():
+        gr.Markdown("### Labels in the sidecars")
+        refresh = gr.Button("Refresh labels", size="sm", elem_id="caption-refresh")
+    results = gr.Dataframe(headers=RESULT_HEADERS, value=lambda: _quiet_rows(ctx, default_folder(ctx)),
+                           interactive=False, wrap=True, elem_id="caption-results")
+    shown = gr.State("")
+    timer = gr.Timer(POLL_SECONDS)
+    with gr.Accordion("Caption jobs and their logs", open=False):
+        build_jobs_panel(ctx, [CAPTION], "caption")
+
+    form_inputs = [folder, labeller, transcribe, analysis, mode, max_seconds, device, lm, write_csv, use_cache]
+
+    def on_start(folder_text, labeller_name, transcribe_on, analysis_on, mode_name, seconds, device_name, lm_name,
+                 csv_on, cache_on, request: gr.Request):
+        form = CaptionForm(folder_text or "", labeller_name, bool(transcribe_on), bool(analysis_on), mode_name, seconds,
+                           device_name, lm_name or "", bool(csv_on), bool(cache_on))
+        job = friendly(start_caption)(ctx, form, owner_of(request))
+        return (progress_markdown(ctx, job), *buttons(ctx, CAPTION))
+
+    def on_tick(folder_text, last):
+        job = newest_job(ctx, CAPTION)
+        state = job_state(ctx, job)
+        rows = _quiet_rows(ctx, folder_text) if state != last else gr.update()
+        return (progress_markdown(ctx, job), *buttons(ctx, CAPTION), rows, state)
+
+    def on_cancel():
+        gr.Info(friendly(cancel_job)(ctx, CAPTION))
+        return buttons(ctx, CAPTION)
+
+    start.click(on_start, inputs=form_inputs, outputs=[progress, start, cancel])
+    cancel.click(on_cancel, outputs=[start, cancel])
+    refresh.click(friendly(lambda text: result_rows(ctx, text)), inputs=[folder], outputs=[results])
+    folder.submit(friendly(lambda text: result_rows(ctx, text)), inputs=[folder], outputs=[results])
+    timer.tick(on_tick, inputs=[folder, shown], outputs=[progress, start, cancel, results, shown])
+
+
+def _quiet_rows(ctx: AppContext, folder_text: str) -> list[list[str]]:
+    """result_rows for the timer and page load: no rows (and no error popup) for a bad folder."""
+    try:
+        return result_rows(ctx, folder_text)
+    except AceStepError:
+        return []
