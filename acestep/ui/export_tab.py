@@ -1,0 +1,385 @@
+"""The Export & Merge tab: pick a run and one of its adapters (final/, best/, a step checkpoint),
+export it in the formats other tools load (`acestep-trainer export`), or merge it into its base
+model as a new checkpoint folder (`acestep-trainer merge`). Both run as CPU jobs: export loads
+the DiT on the CPU to verify each file, merge streams the weights one tensor at a time.
+
+The UI reads folders and JSON only; `acestep.export` (torch) runs in the job's process.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import gradio as gr
+
+from acestep.errors import AceStepError
+from acestep.jobs import ACTIVE, DONE, QUEUED, Job
+from acestep.models.checkpoints import DIT, list_checkpoints
+from acestep.ui.context import WORKSPACE_FOLDERS, AppContext
+from acestep.ui.jobs_panel import build_jobs_panel, friendly, owner_of, submit_cli_job
+from acestep.ui.run_folders import (
+    adapter_in_run,
+    adapter_kind,
+    adapter_label,
+    adapter_metadata,
+    run_adapters,
+    run_folder,
+    run_folders,
+)
+
+FORMATS = ("peft", "comfyui", "diffusers", "lycoris")  # `acestep-trainer export --format`
+FORMATS_BY_KIND = {"lora": ("peft", "comfyui", "diffusers"), "dora": ("peft", "diffusers"), "lokr": ("lycoris",)}
+DEFAULT_FORMATS = {"lora": ("peft", "comfyui"), "dora": ("peft",), "lokr": ("lycoris",)}
+MERGE_DTYPES = ("bf16", "fp16", "fp32", "keep")
+MERGE_INFO = "merge_info.json"  # written into every merged folder by acestep.export.merge
+EXPORT_FILE_SUFFIXES = ("_comfyui.safetensors", "_diffusers.safetensors", "_lycoris.safetensors")
+JOB_KINDS = ("export", "merge")
+MAX_LISTED_FILES = 40
+
+
+class ExportRefused(AceStepError):
+    """The export or merge form asks for something that cannot be done (the message says why)."""
+
+
+@dataclass
+class ExportForm:
+    run: str
+    checkpoint: str  # final, best, checkpoints/step-N
+    formats: list[str] = field(default_factory=list)
+    output: str = ""
+    overwrite: bool = False
+
+
+@dataclass
+class MergeForm:
+    run: str
+    checkpoint: str
+    base: str = ""  # a DiT folder name in the checkpoints folder
+    strength: float = 1.0
+    dtype: str = "bf16"
+    output: str = ""
+    overwrite: bool = False
+
+
+# ---- choices and defaults ------------------------------------------------------------------------
+
+def run_choices(ctx: AppContext) -> list[str]:
+    """The runs that hold at least one complete adapter, newest first."""
+    return [folder.name for folder in run_folders(ctx.workspace.runs) if run_adapters(folder)]
+
+
+def checkpoint_choices(ctx: AppContext, run: str) -> list[tuple[str, str]]:
+    """(label, name) of each complete adapter of the run: final, best, then the step checkpoints,
+    newest first; [] for no run."""
+    if not run:
+        return []
+    return [(adapter_label(name, folder), name) for name, folder in run_adapters(run_folder(ctx.workspace.runs, run))]
+
+
+def default_checkpoint(choices: list[tuple[str, str]]) -> str | None:
+    names = [name for _, name in choices]
+    return "final" if "final" in names else (names[0] if names else None)
+
+
+def format_choices(kind: str) -> tuple[str, ...]:
+    return FORMATS_BY_KIND.get(kind, FORMATS)
+
+
+def base_model_choices(ctx: AppContext) -> list[str]:
+    """The complete DiT folders in the checkpoints folder (what merge can merge into)."""
+    return [info.name for info in list_checkpoints(ctx.workspace.checkpoints) if info.kind == DIT and info.complete]
+
+
+def default_base_model(ctx: AppContext, adapter: Path) -> str | None:
+    """The DiT the adapter was trained on when it is in the checkpoints folder, else the first one."""
+    choices = base_model_choices(ctx)
+    trained_on = Path(str(adapter_metadata(adapter).get("checkpoint") or "")).name
+    return trained_on if trained_on in choices else (choices[0] if choices else None)
+
+
+def _slug(checkpoint: str) -> str:
+    return Path(checkpoint).name  # final, best, step-000120
+
+
+def free_folder(folder: Path) -> Path:
+    """`folder`, or `folder-2`, `folder-3`, ... : the first that does not exist or is empty."""
+    candidate, number = folder, 1
+    while candidate.exists() and (not candidate.is_dir() or any(candidate.iterdir())):
+        number += 1
+        candidate = folder.with_name(f"{folder.name}-{number}")
+    return candidate
+
+
+def default_export_output(ctx: AppContext, run: str, checkpoint: str) -> str:
+    """`outputs/<run>-<checkpoint>` (numbered when taken), relative to the workspace."""
+    if not run or not checkpoint:
+        return ""
+    return ctx.workspace.relative(free_folder(ctx.workspace.outputs / f"{run}-{_slug(checkpoint)}"))
+
+
+def default_merge_output(ctx: AppContext, run: str, checkpoint: str, base: str) -> str:
+    """`<checkpoints>/<base>-<run>-<checkpoint>` (numbered when taken): a merged model sits beside
+    the others, so every tab finds it and it shares their vae/ and text encoder."""
+    if not run or not checkpoint or not base:
+        return ""
+    return ctx.workspace.relative(free_folder(ctx.workspace.checkpoints / f"{base}-{run}-{_slug(checkpoint)}"))
+
+
+def adapter_info(ctx: AppContext, run: str, checkpoint: str) -> str:
+    """Markdown about the picked adapter: type, rank, alpha, step, epoch, trigger tag, base model."""
+    if not run or not checkpoint:
+        return "Pick a run with a saved adapter (runs appear here once they have saved one)."
+    folder = adapter_in_run(run_folder(ctx.workspace.runs, run), checkpoint)
+    meta = adapter_metadata(folder)
+    parts = [f"**{adapter_kind(folder)}**"]
+    for key, label in (("rank", "rank"), ("alpha", "alpha"), ("step", "step"), ("epoch", "epoch"),
+                       ("trigger_tag", "trigger tag")):
+        if meta.get(key) not in (None, ""):
+            parts.append(f"{label} {meta[key]}")
+    if meta.get("checkpoint"):
+        parts.append(f"trained on `{Path(str(meta['checkpoint'])).name}`")
+    return " · ".join(parts) + f"\n\nFolder: `{ctx.workspace.relative(folder)}`"
+
+
+# ---- checks and command lines ---------------------------------------------------------------------
+
+def _looks_like_export(folder: Path) -> bool:
+    entries = list(folder.iterdir())
+    return bool(entries) and all((entry.name == "peft" and entry.is_dir()) or entry.name.endswith(EXPORT_FILE_SUFFIXES)
+                                 for entry in entries)
+
+
+def check_output_folder(ctx: AppContext, text: str, overwrite: bool, replaceable, protected: tuple[Path, ...] = ()
+                        ) -> Path:
+    """The output folder `text` resolved inside the workspace. Refused (ExportRefused or
+    PathRefused) when it is a root or a workspace folder, holds one of `protected`, is a file, or
+    is not empty, unless `overwrite` and `replaceable(folder)` says it holds an earlier result of
+    the same command (nothing else is ever deleted)."""
+    out = ctx.workspace.check_path(text, what="output folder")
+    ws = ctx.workspace
+    guarded = (*ws.roots(), *(ws.root / name for name in WORKSPACE_FOLDERS), ws.jobs)
+    if out in guarded:
+        raise ExportRefused(f"{out} is one of the app's folders; choose a new folder inside it, e.g. "
+                            f"{ws.relative(out / 'my-export')}.")
+    for path in protected:
+        if path.resolve() == out or path.resolve().is_relative_to(out):
+            raise ExportRefused(f"The output folder {out} holds {path}; choose another folder.")
+    if out.exists() and not out.is_dir():
+        raise ExportRefused(f"{out} is a file; choose a folder.")
+    if out.is_dir() and any(out.iterdir()):
+        if not overwrite:
+            raise ExportRefused(f"{out} is not empty: choose another folder, or tick 'Replace' to replace it.")
+        if not replaceable(out):
+            raise ExportRefused(f"{out} holds other files than an earlier result; it is never replaced. "
+                                "Choose another folder.")
+    return out
+
+
+def export_args(ctx: AppContext, form: ExportForm) -> list[str]:
+    """The `export` command line the form asks for (without the Python in front). Raises
+    RunFolderError, ExportRefused or PathRefused naming what is wrong."""
+    run = run_folder(ctx.workspace.runs, form.run)
+    adapter = adapter_in_run(run, form.checkpoint)
+    kind = adapter_kind(adapter)
+    formats = [f for f in FORMATS if f in (form.formats or [])]
+    if not formats:
+        raise ExportRefused("Tick at least one export format.")
+    wrong = [f for f in formats if f not in format_choices(kind)]
+    if wrong:
+        raise ExportRefused(f"A {kind} adapter cannot be exported as {', '.join(wrong)}; it exports as "
+                            f"{', '.join(format_choices(kind))}.")
+    out = check_output_folder(ctx, form.output, form.overwrite, _looks_like_export, protected=(run,))
+    args = ["export", str(adapter), "--out", str(out)]
+    for name in formats:
+        args += ["--format", name]
+    args += ["--checkpoints-dir", str(ctx.workspace.checkpoints)]
+    return args + (["--overwrite"] if form.overwrite else [])
+
+
+def merge_args(ctx: AppContext, form: MergeForm) -> list[str]:
+    """The `merge` command line the form asks for. Raises RunFolderError, ExportRefused or
+    PathRefused naming what is wrong."""
+    run = run_folder(ctx.workspace.runs, form.run)
+    adapter = adapter_in_run(run, form.checkpoint)
+    bases = base_model_choices(ctx)
+    if form.base not in bases:
+        raise ExportRefused(f"No complete DiT folder {form.base!r} in {ctx.workspace.checkpoints} "
+                            f"(found: {', '.join(bases) or 'none'}); pick the model the run was trained on.")
+    strength = float(form.strength)
+    if not math.isfinite(strength) or not 0 < strength <= 2:
+        raise ExportRefused(f"Merge strength {form.strength}: use a value above 0 and at most 2 (1 = as trained).")
+    if form.dtype not in MERGE_DTYPES:
+        raise ExportRefused(f"Merge dtype {form.dtype!r}: choose {', '.join(MERGE_DTYPES)}.")
+    base = ctx.workspace.checkpoints / form.base
+    out = check_output_folder(ctx, form.output, form.overwrite, lambda folder: (folder / MERGE_INFO).is_file(),
+                              protected=(run, base))
+    args = ["merge", str(adapter), "--checkpoint", form.base, "--out", str(out), "--strength", f"{strength:g}",
+            "--dtype", form.dtype, "--checkpoints-dir", str(ctx.workspace.checkpoints)]
+    return args + (["--overwrite"] if form.overwrite else [])
+
+
+def start_export(ctx: AppContext, form: ExportForm, owner: str = "") -> Job:
+    """Submit the export as a CPU job (it loads the DiT on the CPU to verify the files)."""
+    args = export_args(ctx, form)
+    return submit_cli_job(ctx, "export", args, needs_gpu=False, label=f"{form.run}/{_slug(form.checkpoint)}",
+                          owner=owner)
+
+
+def start_merge(ctx: AppContext, form: MergeForm, owner: str = "") -> Job:
+    """Submit the merge as a CPU job (it streams the weights on the CPU, one tensor at a time)."""
+    args = merge_args(ctx, form)
+    return submit_cli_job(ctx, "merge", args, needs_gpu=False,
+                          label=f"{form.run}/{_slug(form.checkpoint)} x{float(form.strength):g} into {form.base}",
+                          owner=owner)
+
+
+# ---- results ------------------------------------------------------------------------------------
+
+def job_out_folder(job: Job) -> Path | None:
+    """The `--out` folder of an export or merge job."""
+    if "--out" in job.argv[:-1]:
+        return Path(job.argv[job.argv.index("--out") + 1])
+    return None
+
+
+def output_files(folder: Path) -> list[tuple[str, int]]:
+    """(path relative to `folder`, bytes) of every file under it, sorted."""
+    if not folder.is_dir():
+        return []
+    return sorted((str(path.relative_to(folder)), path.stat().st_size) for path in folder.rglob("*") if path.is_file())
+
+
+def _size(count: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if count < 1024 or unit == "GiB":
+            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
+        count /= 1024
+    return ""
+
+
+def results_markdown(ctx: AppContext, job_id: str = "") -> str:
+    """What the picked export/merge job (else the newest one) wrote: its files once done."""
+    jobs = [job for job in ctx.jobs.list_jobs() if job.kind in JOB_KINDS]
+    job = next((job for job in jobs if job.id == job_id), None) or (jobs[-1] if jobs else None)
+    if job is None:
+        return "No export or merge yet."
+    out = job_out_folder(job)
+    where = f"`{ctx.workspace.relative(out)}`" if out else "its folder"
+    if job.status == QUEUED or job.status in ACTIVE:
+        return f"**{job.kind} {job.label}**: {job.status}, writing to {where}."
+    if job.status != DONE:
+        return f"**{job.kind} {job.label}**: {job.status}" + (f": {job.message}" if job.message else "")
+    files = output_files(out) if out else []
+    if not files:
+        return f"**{job.kind} {job.label}**: done, but {where} is empty now."
+    lines = [f"- `{name}` ({_size(size)})" for name, size in files[:MAX_LISTED_FILES]]
+    if len(files) > MAX_LISTED_FILES:
+        lines.append(f"- ... and {len(files) - MAX_LISTED_FILES} more")
+    return f"**{job.kind} {job.label}**: done; {len(files)} file(s) in {where}:\n\n" + "\n".join(lines)
+
+
+# ---- the tab --------------------------------------------------------------------------------------
+
+def picked_updates(ctx: AppContext, run: str | None, checkpoint: str | None) -> tuple:
+    """What follows a run or adapter pick: the adapter's info, the formats it exports as, the
+    default export folder, the base model and the default merge folder."""
+    if not run or not checkpoint:
+        return adapter_info(ctx, "", ""), gr.CheckboxGroup(choices=list(FORMATS), value=[]), "", gr.skip(), ""
+    adapter = adapter_in_run(run_folder(ctx.workspace.runs, run), checkpoint)
+    kind = adapter_kind(adapter)
+    formats = gr.CheckboxGroup(choices=list(format_choices(kind)), value=list(DEFAULT_FORMATS[kind]))
+    model = default_base_model(ctx, adapter)
+    return (adapter_info(ctx, run, checkpoint), formats, default_export_output(ctx, run, checkpoint),
+            gr.Dropdown(choices=base_model_choices(ctx), value=model), default_merge_output(ctx, run, checkpoint,
+                                                                                         model or ""))
+
+
+def refreshed_choices(ctx: AppContext, run: str | None, checkpoint: str | None) -> tuple[list[str], str | None,
+                                                                                          list, str | None]:
+    """The runs, the run kept (else the newest), its adapters, and the adapter kept (else final)."""
+    runs = run_choices(ctx)
+    run = run if run in runs else (runs[0] if runs else None)
+    choices = checkpoint_choices(ctx, run) if run else []
+    checkpoint = checkpoint if checkpoint in [name for _, name in choices] else default_checkpoint(choices)
+    return runs, run, choices, checkpoint
+
+
+def build_export_tab(ctx: AppContext) -> None:
+    """Add the Export & Merge tab's components to the current Blocks context."""
+    gr.Markdown("Adapters in a run folder are already PEFT folders that official ACE-Step loads. Export them for "
+                "ComfyUI or diffusers, or merge one into its base model as a standalone model.")
+    runs = run_choices(ctx)
+    run0 = runs[0] if runs else None
+    choices0 = checkpoint_choices(ctx, run0) if run0 else []
+    checkpoint0 = default_checkpoint(choices0)
+    adapter0 = adapter_in_run(run_folder(ctx.workspace.runs, run0), checkpoint0) if checkpoint0 else None
+    kind0 = adapter_kind(adapter0) if adapter0 else "lora"
+    base0 = default_base_model(ctx, adapter0) if adapter0 else None
+    with gr.Row():
+        run = gr.Dropdown(runs, value=run0, label="Run", elem_id="export-run")
+        checkpoint = gr.Dropdown(choices0, value=checkpoint0, label="Adapter", elem_id="export-checkpoint")
+        refresh = gr.Button("Refresh", scale=0, elem_id="export-refresh")
+    info = gr.Markdown(adapter_info(ctx, run0 or "", checkpoint0 or ""), elem_id="export-info")
+    gr.Markdown("### Export")
+    formats = gr.CheckboxGroup(list(format_choices(kind0)), value=list(DEFAULT_FORMATS[kind0]), label="Formats",
+                               elem_id="export-format")
+    with gr.Row():
+        output = gr.Textbox(default_export_output(ctx, run0 or "", checkpoint0 or ""), label="Output folder",
+                            scale=3, elem_id="export-output")
+        overwrite = gr.Checkbox(False, label="Replace an earlier export there", elem_id="export-overwrite")
+    start = gr.Button("Export", variant="primary", elem_id="export-start")
+    gr.Markdown("### Merge into the base model")
+    with gr.Row():
+        base = gr.Dropdown(base_model_choices(ctx), value=base0, label="Base model (DiT)", elem_id="export-merge-base")
+        strength = gr.Slider(0.05, 2.0, value=1.0, step=0.05, label="Strength", elem_id="export-strength")
+        dtype = gr.Dropdown(list(MERGE_DTYPES), value="bf16", label="Weights", elem_id="export-merge-dtype")
+    with gr.Row():
+        merge_output = gr.Textbox(default_merge_output(ctx, run0 or "", checkpoint0 or "", base0 or ""),
+                                  label="New model folder", scale=3, elem_id="export-merge-output")
+        merge_overwrite = gr.Checkbox(False, label="Replace an earlier merge there", elem_id="export-merge-overwrite")
+    merge = gr.Button("Merge", elem_id="export-merge")
+    gr.Markdown("### Jobs")
+    panel = build_jobs_panel(ctx, list(JOB_KINDS), "export")
+    results = gr.Markdown(lambda: results_markdown(ctx), elem_id="export-files")
+    known = gr.State(runs)
+
+    def on_run(name, picked):
+        _, name, choices, picked = refreshed_choices(ctx, name, picked)
+        return (gr.Dropdown(choices=choices, value=picked), *picked_updates(ctx, name, picked))
+
+    def on_refresh(name, picked):
+        runs, name, choices, picked = refreshed_choices(ctx, name, picked)
+        return (runs, gr.Dropdown(choices=runs, value=name), gr.Dropdown(choices=choices, value=picked),
+                *picked_updates(ctx, name, picked))
+
+    def on_export(name, picked, chosen, out, replace, request: gr.Request):
+        job = start_export(ctx, ExportForm(name, picked, list(chosen or []), out, bool(replace)), owner_of(request))
+        gr.Info(f"Export queued as job {job.id}.")
+        return job.id
+
+    def on_merge(name, picked, model, amount, weights, out, replace, request: gr.Request):
+        job = start_merge(ctx, MergeForm(name, picked, model, amount, weights, out, bool(replace)), owner_of(request))
+        gr.Info(f"Merge queued as job {job.id}.")
+        return job.id
+
+    def on_tick(before, current):
+        now = run_choices(ctx)
+        if now == before:
+            return gr.skip(), gr.skip()
+        return now, gr.Dropdown(choices=now, value=current if current in now else (now[0] if now else None))
+
+    picked_outputs = [info, formats, output, base, merge_output]
+    run.change(friendly(on_run), inputs=[run, checkpoint], outputs=[checkpoint, *picked_outputs])
+    checkpoint.change(friendly(lambda name, picked: picked_updates(ctx, name, picked)), inputs=[run, checkpoint],
+                      outputs=picked_outputs)
+    base.input(friendly(lambda name, picked, model: default_merge_output(ctx, name or "", picked or "", model or "")),
+               inputs=[run, checkpoint, base], outputs=[merge_output])
+    start.click(friendly(on_export), inputs=[run, checkpoint, formats, output, overwrite], outputs=[panel["selected"]])
+    merge.click(friendly(on_merge), inputs=[run, checkpoint, base, strength, dtype, merge_output, merge_overwrite],
+                outputs=[panel["selected"]])
+    refresh.click(friendly(on_refresh), inputs=[run, checkpoint], outputs=[known, run, checkpoint, *picked_outputs])
+    panel["timer"].tick(friendly(on_tick), inputs=[known, run], outputs=[known, run])
+    gr.on([panel["selected"].change, panel["timer"].tick], friendly(lambda job_id: results_markdown(ctx, job_id)),
+          inputs=[panel["selected"]], outputs=[results])

@@ -1,0 +1,149 @@
+"""The Runs tab: the history of training runs in the workspace (status, steps, losses, adapter),
+one run's config.toml, and the loss curves of several runs on one plot.
+
+Reads run folders only (`acestep.ui.run_folders`: TOML and JSON), so the UI process stays light.
+A run's status comes from its newest train job while one is known, else from its last events.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import gradio as gr
+import pandas as pd
+
+from acestep.ui.context import AppContext
+from acestep.ui.jobs_panel import friendly
+from acestep.ui.run_folders import (
+    CONFIG_FILE,
+    EVENTS_FILE,
+    RunSummary,
+    read_events,
+    run_adapters,
+    run_folder,
+    run_folders,
+    summarize_run,
+    summarize_runs,
+    train_jobs_by_run,
+)
+
+RUN_HEADERS = ["Run", "Status", "Started", "Steps", "Epochs", "Final loss", "Best loss", "Adapter"]
+# metric shown -> (event type, field)
+METRICS = {"training loss": ("log", "loss"), "epoch loss": ("epoch", "loss"),
+           "validation loss": ("validation", "val_loss")}
+DEFAULT_METRIC = "training loss"
+CURVE_COLUMNS = ["step", "loss", "run"]
+REFRESH_SECONDS = 5.0
+
+
+def _loss(value: float | None) -> str:
+    return "" if value is None else f"{value:.4f}"
+
+
+def run_row(summary: RunSummary) -> list[str]:
+    """The table row of one run."""
+    started = time.strftime("%Y-%m-%d %H:%M", time.localtime(summary.started)) if summary.started else ""
+    best = _loss(summary.best_loss) + (" (validation)" if summary.best_loss is not None
+                                       and summary.best_is_validation else "")
+    return [summary.name, summary.status, started, "" if summary.step is None else str(summary.step),
+            "" if summary.epoch is None else str(summary.epoch), _loss(summary.final_loss), best, summary.adapter]
+
+
+def run_rows(ctx: AppContext) -> list[list[str]]:
+    """One row per run folder in the workspace, newest first (jobs reconciled first)."""
+    return [run_row(summary) for summary in summarize_runs(ctx.workspace.runs, ctx.jobs.poll())]
+
+
+def run_names(ctx: AppContext) -> list[str]:
+    return [folder.name for folder in run_folders(ctx.workspace.runs)]
+
+
+def loss_curves(runs_dir: Path, names: Sequence[str], metric: str | None = DEFAULT_METRIC) -> pd.DataFrame:
+    """The `metric` of each named run as rows (step, loss, run): one series per run for a LinePlot
+    coloured by `run`. A step logged twice (a run resumed from an earlier checkpoint) keeps its
+    last value. Unknown names are skipped."""
+    metric = metric or DEFAULT_METRIC
+    if metric not in METRICS:
+        raise ValueError(f"unknown metric {metric!r}; choose from {', '.join(METRICS)}")
+    kind, field = METRICS[metric]
+    rows = []
+    for name in names or ():
+        path = Path(runs_dir) / name / EVENTS_FILE
+        if not name or Path(name).name != name or not path.is_file():
+            continue
+        for event in read_events(path):
+            value, step = event.get(field), event.get("step")
+            if event["type"] == kind and isinstance(step, int) and isinstance(value, (int, float)):
+                rows.append((step, float(value), name))
+    frame = pd.DataFrame(rows, columns=CURVE_COLUMNS).astype({"step": "int64", "loss": "float64", "run": "str"})
+    return frame.drop_duplicates(subset=["run", "step"], keep="last").reset_index(drop=True)
+
+
+def run_config_text(ctx: AppContext, name: str) -> str:
+    """The run's config.toml as written ('' before one is picked). Raises RunFolderError for an
+    unknown run."""
+    if not name:
+        return ""
+    return (run_folder(ctx.workspace.runs, name) / CONFIG_FILE).read_text(encoding="utf-8", errors="replace")
+
+
+def run_details(ctx: AppContext, name: str) -> str:
+    """Markdown about one run: status and its message, folder, adapters to export."""
+    if not name:
+        return "Pick a run in the table to see its config."
+    folder = run_folder(ctx.workspace.runs, name)
+    job = train_jobs_by_run(ctx.jobs.list_jobs()).get(folder.resolve())
+    summary = summarize_run(folder, job)
+    lines = [f"**{summary.name}**: {summary.status}" + (f" ({summary.message})" if summary.message else ""),
+             f"Folder: `{ctx.workspace.relative(folder)}`"]
+    adapters = [name for name, _ in run_adapters(folder)]
+    lines.append("Adapters: " + (", ".join(f"`{a}`" for a in adapters) if adapters else "none yet")
+                 + " (export or merge them in the Export & Merge tab).")
+    if job is not None:
+        lines.append(f"Job: `{job.id}`")
+    return "\n\n".join(lines)
+
+
+def build_runs_tab(ctx: AppContext) -> None:
+    """Add the Runs tab's components to the current Blocks context."""
+    gr.Markdown("Every training run in the workspace's `runs/` folder. Pick runs to compare their loss curves; "
+                "click a row to see its config.")
+    names = run_names(ctx)
+    table = gr.Dataframe(headers=RUN_HEADERS, value=lambda: run_rows(ctx), interactive=False, elem_id="runs-table")
+    refresh = gr.Button("Refresh", elem_id="runs-refresh")
+    with gr.Row():
+        compare = gr.Dropdown(names, value=names[:1], multiselect=True, label="Runs to compare", scale=3,
+                              elem_id="runs-compare")
+        metric = gr.Radio(list(METRICS), value=DEFAULT_METRIC, label="Curve", elem_id="runs-metric")
+    plot = gr.LinePlot(loss_curves(ctx.workspace.runs, names[:1]), x="step", y="loss", color="run",
+                       x_title="step", y_title="loss", label="Loss", elem_id="runs-plot")
+    selected = gr.Dropdown(names, value=None, label="Run", elem_id="runs-selected")
+    details = gr.Markdown(run_details(ctx, ""), elem_id="runs-details")
+    config = gr.Code(language=None, label=CONFIG_FILE, interactive=False, elem_id="runs-config")
+    known = gr.State(names)
+    timer = gr.Timer(REFRESH_SECONDS)
+
+    def select(evt: gr.SelectData, rows):
+        row = evt.index[0] if isinstance(evt.index, (list, tuple)) else evt.index
+        values = rows.values.tolist() if hasattr(rows, "values") else rows
+        return values[row][0] if 0 <= row < len(values) else gr.skip()
+
+    def refresh_all(before, chosen, current, curve):
+        rows = run_rows(ctx)
+        now = [row[0] for row in rows]
+        chosen = [name for name in chosen or [] if name in now]
+        plot_data = loss_curves(ctx.workspace.runs, chosen, curve)
+        if now == before:  # leave the menus alone while someone may have one open
+            return rows, now, gr.skip(), gr.skip(), plot_data
+        return (rows, now, gr.Dropdown(choices=now, value=chosen),
+                gr.Dropdown(choices=now, value=current if current in now else None), plot_data)
+
+    table.select(select, inputs=[table], outputs=[selected])
+    selected.change(friendly(lambda name: (run_details(ctx, name), run_config_text(ctx, name))), inputs=[selected],
+                    outputs=[details, config])
+    gr.on([compare.change, metric.change], lambda chosen, curve: loss_curves(ctx.workspace.runs, chosen, curve),
+          inputs=[compare, metric], outputs=[plot])
+    gr.on([refresh.click, timer.tick], friendly(refresh_all), inputs=[known, compare, selected, metric],
+          outputs=[table, known, compare, selected, plot])

@@ -1,0 +1,139 @@
+"""The Runs tab: the history table from hand-written run folders (truncated and damaged event
+lines, every ending), the status of a run's train job, the comparison plot's series, the config."""
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import gradio as gr
+import pytest
+
+from acestep.ui.context import AppContext, Workspace
+from acestep.ui.run_folders import RunFolderError, read_events, summarize_run
+from acestep.ui.runs_tab import build_runs_tab, loss_curves, run_config_text, run_details, run_rows
+
+T0 = 1_800_000_000.0
+
+
+def write_run(runs: Path, name: str, events: list[dict], tail: str = "", adapter=("lora", 64)) -> Path:
+    """A run folder as training writes it: config.toml and events.jsonl (plus raw `tail` text)."""
+    folder = runs / name
+    folder.mkdir(parents=True)
+    (folder / "config.toml").write_text(f'version = 1\n\n[adapter]\ntype = "{adapter[0]}"\nrank = {adapter[1]}\n\n'
+                                        f'[run]\nname = "{name}"\n', encoding="utf-8")
+    lines = "".join(json.dumps(event) + "\n" for event in events)
+    (folder / "events.jsonl").write_text(lines + tail, encoding="utf-8")
+    return folder
+
+
+def log(step, loss, epoch=0):
+    return {"type": "log", "time": T0 + step, "step": step, "epoch": epoch, "loss": loss, "lr": 1e-4}
+
+
+START = {"type": "start", "time": T0, "step": 0, "epoch": 0, "message": "run"}
+
+
+@pytest.fixture
+def ctx(tmp_path):
+    return AppContext.create(Workspace(tmp_path / "ws", checkpoints=tmp_path / "checkpoints"))
+
+
+@pytest.fixture
+def runs(ctx):
+    root = ctx.workspace.runs
+    write_run(root, "finished", [START, log(1, 0.9), log(2, 0.7),
+                                 {"type": "epoch", "time": T0 + 3, "step": 2, "epoch": 0, "loss": 0.8},
+                                 {"type": "best", "time": T0 + 3, "step": 2, "epoch": 0, "loss": 0.8},
+                                 log(3, 0.6, 1), log(4, 0.65, 1),
+                                 {"type": "best", "time": T0 + 5, "step": 4, "epoch": 1, "loss": 0.62},
+                                 {"type": "done", "time": T0 + 6, "step": 4, "epoch": 2, "loss": 0.65}])
+    # still writing: the last line is cut in the middle, and a damaged line sits before it
+    write_run(root, "writing", [START, log(1, 1.5), log(2, 1.25)],
+              tail='not json\n[1, 2]\n{"type": "log", "step": 3, "lo', adapter=("lokr", 16))
+    write_run(root, "stopped", [START, log(1, 2.0),
+                                {"type": "stop", "time": T0 + 2, "step": 1, "epoch": 0, "message": "on request"}])
+    write_run(root, "failed", [START, {"type": "error", "time": T0 + 1, "step": 0, "epoch": 0,
+                                       "message": "TrainingError: out of memory"}])
+    write_run(root, "validated", [START, log(1, 1.0), log(2, 0.9),
+                                  {"type": "validation", "time": T0 + 3, "step": 2, "epoch": 0, "val_loss": 1.2},
+                                  {"type": "validation", "time": T0 + 4, "step": 4, "epoch": 1, "val_loss": 1.1}])
+    (root / "no-config").mkdir()  # not a run: no config.toml
+    (root / "no-config" / "events.jsonl").write_text(json.dumps(START) + "\n")
+    return root
+
+
+def rows_by_name(ctx):
+    return {row[0]: row for row in run_rows(ctx)}
+
+
+def test_history_rows_status_steps_and_losses(ctx, runs):
+    rows = rows_by_name(ctx)
+    assert set(rows) == {"finished", "writing", "stopped", "failed", "validated"}  # no .jobs, no no-config
+    started = time.strftime("%Y-%m-%d %H:%M", time.localtime(T0))
+    assert rows["finished"][1:] == ["done", started, "4", "2", "0.6500", "0.6200", "lora r64"]
+    assert rows["writing"][1] == "incomplete" and rows["writing"][3] == "2" and rows["writing"][5] == "1.2500"
+    assert rows["writing"][6] == "" and rows["writing"][7] == "lokr r16"
+    assert rows["stopped"][1] == "stopped" and rows["stopped"][5] == "2.0000"
+    assert rows["failed"][1] == "error" and rows["failed"][5] == ""
+    assert rows["validated"][1] == "incomplete" and rows["validated"][6] == "1.1000 (validation)"
+
+
+def test_events_reader_skips_truncated_and_damaged_lines(runs):
+    events = read_events(runs / "writing" / "events.jsonl")
+    assert [event["type"] for event in events] == ["start", "log", "log"]
+    assert read_events(runs / "missing" / "events.jsonl") == []
+    summary = summarize_run(runs / "failed")
+    assert summary.status == "error" and summary.message == "TrainingError: out of memory"
+
+
+def test_comparison_plot_has_one_series_per_run(ctx, runs):
+    frame = loss_curves(runs, ["finished", "writing", "nope", "../finished"])
+    assert list(frame.columns) == ["step", "loss", "run"]
+    assert sorted(frame["run"].unique()) == ["finished", "writing"]
+    assert frame[frame.run == "finished"]["loss"].tolist() == [0.9, 0.7, 0.6, 0.65]
+    assert frame[frame.run == "writing"]["step"].tolist() == [1, 2]
+    validation = loss_curves(runs, ["validated", "finished"], "validation loss")
+    assert validation["run"].unique().tolist() == ["validated"] and validation["loss"].tolist() == [1.2, 1.1]
+    assert loss_curves(runs, []).empty
+
+
+def test_a_resumed_run_keeps_the_last_value_of_each_step(ctx):
+    write_run(ctx.workspace.runs, "resumed", [START, log(1, 1.0), log(2, 0.9), log(3, 0.8), START,
+                                              log(3, 0.85), log(4, 0.7),
+                                              {"type": "done", "time": T0 + 9, "step": 4, "epoch": 1}])
+    frame = loss_curves(ctx.workspace.runs, ["resumed"])
+    assert frame["step"].tolist() == [1, 2, 3, 4] and frame["loss"].tolist() == [1.0, 0.9, 0.85, 0.7]
+    assert rows_by_name(ctx)["resumed"][1] == "done"
+
+
+def test_a_run_with_a_job_shows_the_jobs_status(ctx, runs):
+    events = runs / "finished" / "events.jsonl"
+    job = ctx.jobs.submit("train", [sys.executable, "-c", "raise SystemExit(3)"], needs_gpu=False,
+                          events_path=events, label="finished", cwd=ctx.workspace.root)
+    assert ctx.jobs.wait(job.id, timeout=60).status == "failed"
+    assert rows_by_name(ctx)["finished"][1] == "failed"  # the job's word, over the events' "done"
+    running = ctx.jobs.submit("train", [sys.executable, "-c", "import time; time.sleep(60)"], needs_gpu=False,
+                              events_path=runs / "writing" / "events.jsonl", label="writing", cwd=ctx.workspace.root)
+    try:
+        assert rows_by_name(ctx)["writing"][1] == "running"
+        assert f"Job: `{running.id}`" in run_details(ctx, "writing")
+    finally:
+        ctx.jobs.stop(running.id, force=True)
+        assert ctx.jobs.wait(running.id, timeout=60).finished
+    assert rows_by_name(ctx)["stopped"][1] == "stopped"  # no job: from its events
+
+
+def test_config_of_the_selected_run(ctx, runs):
+    assert 'type = "lokr"' in run_config_text(ctx, "writing")
+    assert run_config_text(ctx, "") == ""
+    for bad in ("nope", "../ws", ".jobs", "no-config"):
+        with pytest.raises(RunFolderError):
+            run_config_text(ctx, bad)
+
+
+def test_tab_builds_with_its_element_ids(ctx, runs):
+    with gr.Blocks() as app:
+        build_runs_tab(ctx)
+    ids = {block.elem_id for block in app.blocks.values()}
+    assert {"runs-table", "runs-plot", "runs-config", "runs-refresh"} <= ids
