@@ -1,0 +1,390 @@
+"""The Train tab: a GPU preset and every training option (the form of `acestep.ui.train_form`), the
+VRAM estimate against the GPUs' free memory, Start / Stop / Resume of a `train` job, and the run
+as it trains: loss, validation loss and learning-rate plots, progress and ETA, the log tail and
+the audio previews; plus saving and loading profiles (`acestep.ui.profiles`).
+
+The functions take the `AppContext` and plain values, so tests call them without a browser;
+`build_train_tab` only wires them to Gradio. Nothing here imports torch (the estimate runs in
+a helper process: `acestep.ui.train_form.VramEstimator`).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import re
+import time
+from pathlib import Path
+from typing import NamedTuple
+
+import gradio as gr
+import pandas as pd
+
+from acestep.errors import AceStepError, ConfigError, JobError
+from acestep.gpu import read_gpus
+from acestep.jobs import Job
+from acestep.models.checkpoints import list_checkpoints
+from acestep.training.config import TrainingConfig, config_from_dict, config_to_dict, save_config
+from acestep.training.presets import recommendation_message
+from acestep.ui.context import AppContext
+from acestep.ui.jobs_panel import POLL_SECONDS, active_job, friendly, owner_of, submit_cli_job
+from acestep.ui.profiles import build_profile_section
+from acestep.ui.train_form import (
+    FORM_SOURCE, VramEstimator, apply_preset_to_values, build_form, config_from_values, estimate_text,
+    initial_config, names_a_folder, ordered, preset_choices, suggested_preset,
+)
+
+TRAIN_KIND = "train"
+EVENTS_FILE = "events.jsonl"  # acestep.training.events.EVENTS_FILE
+RUN_CONFIG_FILE = "config.toml"  # acestep.training.session.CONFIG_FILE
+PREVIEWS_FOLDER = "previews"  # acestep.inference.training_hook.PREVIEWS_FOLDER (that module imports torch)
+MANIFEST_FILE = "manifest.json"  # acestep.preprocess.tensors.MANIFEST_NAME (that module imports torch)
+CONFIGS_FOLDER = ".configs"  # <runs>/.configs/<run>.toml: the config a Start submitted
+PREVIEW_SLOTS = 4
+LOG_LINES = 40
+_STEPS_IN_ALL = re.compile(r"(\d+) steps in all")  # the start event's message (TrainingSession.start_message)
+_ENDED = {"done": "finished", "stop": "stopped", "error": "failed"}
+
+
+# ---- start, stop, resume ------------------------------------------------------------------------------
+def prepare_run(ctx: AppContext, values: list) -> tuple[TrainingConfig, Path]:
+    """The validated config of the form with its folders checked and made absolute, and its run
+    folder (a run name is made up when empty). Raises ConfigError naming the field, or
+    PathRefused for a folder outside the app's folders."""
+    config = config_from_values(values)
+    workspace = ctx.workspace
+    tensors = workspace.check_path(config.data.tensors_dir, must_exist=True, what="tensors folder (data.tensors_dir)")
+    if not (tensors / MANIFEST_FILE).is_file():
+        raise ConfigError(f"data.tensors_dir: {tensors} holds no {MANIFEST_FILE}; preprocess the dataset into it first "
+                          "(Preprocess tab).")
+    data = config_to_dict(config)
+    data["data"]["tensors_dir"] = str(tensors)
+    output = workspace.check_path(config.run.output_dir, what="runs folder (run.output_dir)")
+    data["run"]["output_dir"] = str(output)
+    checkpoints = config.model.checkpoints_dir
+    checkpoints = (workspace.check_path(checkpoints, what="checkpoints folder (model.checkpoints_dir)")
+                   if checkpoints else workspace.checkpoints)
+    data["model"]["checkpoints_dir"] = str(checkpoints)
+    model = config.model.checkpoint.strip()
+    if names_a_folder(ctx, model):
+        data["model"]["checkpoint"] = str(workspace.check_path(model, must_exist=True, what="model (model.checkpoint)"))
+    name = config.run.name or time.strftime("%Y%m%d-%H%M%S") + f"-{config.adapter.type}"
+    data["run"]["name"] = name
+    run_dir = output / name
+    if run_dir.is_dir() and any(run_dir.iterdir()):
+        raise ConfigError(f"run.name: {run_dir} already holds a run; choose another run name, or pick the run "
+                          "below and press Resume.")
+    return config_from_dict(data, FORM_SOURCE), run_dir
+
+
+def start_training(ctx: AppContext, values: list, owner: str = "") -> Job:
+    """Check the form, write its config to `<runs>/.configs/<run>.toml` and submit
+    `train --config FILE` as a GPU job reading `<run>/events.jsonl`. Raises ConfigError,
+    PathRefused, or JobError while another training job is queued or running."""
+    _refuse_when_training(ctx)
+    config, run_dir = prepare_run(ctx, values)
+    config_file = save_config(config, ctx.workspace.runs / CONFIGS_FOLDER / f"{run_dir.name}.toml")
+    return submit_cli_job(ctx, TRAIN_KIND, ["train", "--config", config_file], needs_gpu=True, label=run_dir.name,
+                          owner=owner, events_path=run_dir / EVENTS_FILE)
+
+
+def resume_training(ctx: AppContext, run_text: str, owner: str = "") -> Job:
+    """Submit `train --resume RUN_DIR` for a run folder of the workspace. Raises PathRefused,
+    ConfigError for a folder that is not a run, or JobError while training."""
+    _refuse_when_training(ctx)
+    run_dir = ctx.workspace.check_path(run_text, must_exist=True, what="run folder")
+    if not (run_dir / RUN_CONFIG_FILE).is_file():
+        raise ConfigError(f"{run_dir} is not a run folder (it has no {RUN_CONFIG_FILE}); pick a run to resume.")
+    return submit_cli_job(ctx, TRAIN_KIND, ["train", "--resume", run_dir], needs_gpu=True, label=run_dir.name,
+                          owner=owner, events_path=run_dir / EVENTS_FILE)
+
+
+def stop_training(ctx: AppContext) -> str:
+    """Stop the queued or running training job (it saves a checkpoint after its step); the message."""
+    job = active_job(ctx, TRAIN_KIND)
+    if job is None:
+        return "No training job is queued or running."
+    job = ctx.jobs.stop(job.id)
+    return f"Training {job.label}: {job.status}."
+
+
+def _refuse_when_training(ctx: AppContext) -> None:
+    job = active_job(ctx, TRAIN_KIND)
+    if job is not None:
+        raise JobError(f"Training {job.label} is {job.status}; stop it or wait for it to end first.")
+
+
+# ---- watching a run --------------------------------------------------------------------------------------
+def list_runs(ctx: AppContext) -> list[str]:
+    """The run folders in the workspace's runs folder (relative to the workspace), newest first."""
+    runs = [folder for folder in ctx.workspace.runs.glob("*/") if not folder.name.startswith(".")
+            and ((folder / EVENTS_FILE).is_file() or (folder / RUN_CONFIG_FILE).is_file())]
+    runs.sort(key=lambda folder: folder.stat().st_mtime, reverse=True)
+    return [ctx.workspace.relative(folder) for folder in runs]
+
+
+def read_events(run_dir: Path) -> list[dict]:
+    """The run's events (`events.jsonl`), skipping a line being written or not an object."""
+    try:
+        lines = (Path(run_dir) / EVENTS_FILE).read_text(encoding="utf-8", errors="replace").splitlines()
+    except FileNotFoundError:
+        return []
+    events = []
+    for line in lines:
+        try:
+            event = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(event, dict):
+            events.append(event)
+    return events
+
+
+def plot_frames(events: list[dict]) -> dict[str, pd.DataFrame]:
+    """Data for the plots: "loss" (step, loss), "val_loss" (step, val_loss), "lr" (step, lr). A step
+    logged again after a resume keeps its last value."""
+    frames = {}
+    for name, kind in (("loss", "log"), ("val_loss", "validation"), ("lr", "log")):
+        rows = [(event["step"], event[name]) for event in events
+                if event.get("type") == kind and event.get(name) is not None and event.get("step") is not None]
+        frame = pd.DataFrame(rows, columns=["step", name])
+        frames[name] = frame.drop_duplicates("step", keep="last").sort_values("step").reset_index(drop=True)
+    return frames
+
+
+def progress_text(events: list[dict], now: float | None = None) -> str:
+    """Markdown: step of total, epoch, last loss, seconds per step and ETA (from the log events
+    since the last start), or how the run ended."""
+    if not events:
+        return "No events yet."
+    start = max((i for i, event in enumerate(events) if event.get("type") == "start"), default=0)
+    totals = [int(match.group(1)) for event in events if event.get("type") == "start"
+              for match in [_STEPS_IN_ALL.search(str(event.get("message", "")))] if match]
+    total = totals[-1] if totals else None
+    logs = [event for event in events[start:] if event.get("type") == "log"]
+    last = events[-1]
+    step = max((event.get("step") or 0 for event in events[start:]), default=0)
+    parts = [f"**Step {step}" + (f" of {total} ({100 * step / total:.0f} %)**" if total else "**")]
+    if logs and logs[-1].get("epoch") is not None:  # a log's epoch is the one running, from 0
+        parts.append(f"epoch {logs[-1]['epoch'] + 1}")
+    if logs and logs[-1].get("loss") is not None:
+        parts.append(f"loss {logs[-1]['loss']:.4f}")
+    if last.get("type") in _ENDED:
+        message = last.get("message") or _ENDED[last["type"]]
+        parts.append(f"failed: {message}" if last["type"] == "error" else message)
+    elif logs:
+        parts += _speed(_rate_reference(events[start], logs), logs[-1], total, now)
+    return " · ".join(parts)
+
+
+def preview_files(run_dir: Path) -> tuple[str, list[tuple[str, Path]]]:
+    """(a heading, [(label, wav)]) of the newest previews in `<run>/previews/step-N/`."""
+    steps = sorted(folder for folder in (Path(run_dir) / PREVIEWS_FOLDER).glob("step-*") if folder.is_dir())
+    for folder in reversed(steps):
+        wavs = sorted(folder.glob("*.wav"), key=lambda path: _strength_order(path.stem))
+        if wavs:
+            step = folder.name.removeprefix("step-").lstrip("0") or "0"
+            return f"Previews at step {step}", [(path.stem.replace("-", " "), path) for path in wavs]
+    return "No previews yet (set run.preview_every_epochs or run.preview_every_steps).", []
+
+
+def run_job(ctx: AppContext, run_dir: Path) -> Job | None:
+    """The newest training job of the run folder, or None."""
+    events = str(Path(run_dir) / EVENTS_FILE)
+    return next((job for job in reversed(ctx.jobs.list_jobs()) if job.kind == TRAIN_KIND and job.events_path == events),
+                None)
+
+
+def training_status(ctx: AppContext) -> tuple[Job | None, str]:
+    """(the queued or running training job, a status line)."""
+    job = active_job(ctx, TRAIN_KIND)
+    if job is None:
+        return None, "No training job is running."
+    waiting = " (waiting for the GPU)" if job.status == "queued" else ""
+    who = f" by {job.owner}" if job.owner else ""
+    return job, f"Training **{job.label}**{who}: {job.status}{waiting}."
+
+
+def _speed(reference: dict, last_log: dict, total: int | None, now: float | None) -> list[str]:
+    """["2.00 s/step", "ETA 2 min 35 s"] measured from `reference` to the last log, or []."""
+    if not reference or last_log["step"] <= reference["step"]:
+        return []
+    per_step = (last_log["time"] - reference["time"]) / (last_log["step"] - reference["step"])
+    if not total:
+        return [f"{per_step:.2f} s/step"]
+    elapsed = max(0.0, (now or time.time()) - last_log["time"])
+    return [f"{per_step:.2f} s/step", f"ETA {_duration(max(0.0, (total - last_log['step']) * per_step - elapsed))}"]
+
+
+def _rate_reference(start: dict, logs: list[dict]) -> dict:
+    """The event the speed is measured from: the first log (model loading excluded), or the
+    start event while there is one log only."""
+    if len(logs) >= 2:
+        return logs[0]
+    return start if start.get("type") == "start" and "time" in start and "step" in start else {}
+
+
+def _strength_order(stem: str) -> float:
+    try:
+        return float(stem.removeprefix("strength-"))
+    except ValueError:
+        return float("inf")
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds + 0.5)
+    hours, rest = divmod(seconds, 3600)
+    return (f"{hours} h {rest // 60} min" if hours else f"{rest // 60} min {rest % 60} s" if rest >= 60
+            else f"{rest} s")
+
+
+class RunSnapshot(NamedTuple):
+    """What the tab shows of one run, read from its folder and its newest job."""
+
+    events_signature: tuple  # (size, mtime) of events.jsonl: the plots are redrawn only when it changes
+    progress: str
+    frames: dict[str, pd.DataFrame]
+    log: str
+    previews: tuple[str, list[tuple[str, Path]]]
+
+
+def run_snapshot(ctx: AppContext, run_text: str) -> RunSnapshot:
+    """The run folder `run_text` (relative to the workspace or absolute) as the tab shows it.
+    Raises PathRefused for a folder outside the app's folders."""
+    run_dir = ctx.workspace.check_path(run_text, what="run folder")
+    try:
+        stat = (run_dir / EVENTS_FILE).stat()
+        signature = (str(run_dir), stat.st_size, stat.st_mtime_ns)
+    except FileNotFoundError:
+        signature = (str(run_dir),)
+    events = read_events(run_dir)
+    job = run_job(ctx, run_dir)
+    log = ctx.jobs.tail_log(job.id, LOG_LINES) if job else ""
+    if job is not None and job.finished and job.message:
+        log += f"\n[{job.status}] {job.message}"
+    return RunSnapshot(signature, progress_text(events), plot_frames(events), log.strip(), preview_files(run_dir))
+
+
+def tensors_choices(ctx: AppContext) -> list[str]:
+    """The preprocessed folders in the workspace's tensors folder (relative to the workspace)."""
+    folders = [folder for folder in sorted(ctx.workspace.tensors.glob("*/")) if (folder / MANIFEST_FILE).is_file()]
+    return [ctx.workspace.relative(folder) for folder in folders]
+
+
+def model_choices(ctx: AppContext) -> list[str]:
+    """The DiT folders in the checkpoints folder."""
+    return [info.name for info in list_checkpoints(ctx.workspace.checkpoints) if info.kind == "dit"]
+
+
+# ---- the tab ------------------------------------------------------------------------------------------
+def build_train_tab(ctx: AppContext) -> None:
+    """Add the Train tab's components and events to the current Blocks context."""
+    report = read_gpus()
+    preset = suggested_preset(report)
+    estimator = VramEstimator()  # one helper process per app, started at the first estimate
+    gr.Markdown("Pick the preset for your GPU, set the tensors folder and a run name, then **Start**. Each setting "
+                "explains itself; the rest are folded below the basics. The estimate follows every change.")
+    totals = [gpu.total_bytes for gpu in report.gpus]
+    preset_input = gr.Dropdown(preset_choices(), value=preset, label="GPU preset",
+                               info="Suggested: " + recommendation_message(max(totals) if totals else None),
+                               elem_id="train-preset")
+    inputs = build_form(initial_config(ctx, preset),
+                        {"data.tensors_dir": tensors_choices(ctx), "model.checkpoint": model_choices(ctx)})
+    form = ordered(inputs)
+    estimate = gr.Markdown("Estimating the VRAM needed...", elem_id="train-estimate")
+    build_profile_section(ctx, form)
+    with gr.Row():
+        start = gr.Button("Start training", variant="primary", elem_id="train-start")
+        stop = gr.Button("Stop", variant="stop", elem_id="train-stop", interactive=False)
+        resume = gr.Button("Resume the run below", elem_id="train-resume")
+    status = gr.Markdown(elem_id="train-status")
+    runs = list_runs(ctx)
+    with gr.Row():
+        run = gr.Dropdown(runs, value=runs[0] if runs else None, label="Run", allow_custom_value=True,
+                          elem_id="train-run", scale=4)
+        refresh_runs = gr.Button("↻", elem_id="train-run-refresh", min_width=40, scale=0)
+    progress = gr.Markdown(elem_id="train-progress")
+    with gr.Row():
+        plots = [gr.LinePlot(pd.DataFrame(columns=["step", column]), x="step", y=column, title=title,
+                             elem_id=elem_id)
+                 for column, title, elem_id in (("loss", "Training loss", "train-loss-plot"),
+                                                ("val_loss", "Validation loss", "train-val-plot"),
+                                                ("lr", "Learning rate", "train-lr-plot"))]
+    previews_label = gr.Markdown(elem_id="train-previews")
+    with gr.Row():
+        players = [gr.Audio(type="filepath", interactive=False, visible=False, elem_id=f"train-preview-{i}")
+                   for i in range(PREVIEW_SLOTS)]
+    log = gr.Textbox(label="Log", lines=12, max_lines=12, interactive=False, autoscroll=True, elem_id="train-log")
+    seen = gr.State({})
+    timer = gr.Timer(POLL_SECONDS)
+
+    def on_change(data):
+        try:
+            config = config_from_values([data[component] for component in form], complete=False)
+        except ConfigError as error:
+            return f"Fix the settings to see the estimate:\n```\n{error}\n```"
+        try:
+            return estimate_text(ctx, config, read_gpus(), estimator)
+        except AceStepError as error:
+            return str(error)
+
+    def on_start(data, request: gr.Request):
+        job = start_training(ctx, [data[component] for component in form], owner_of(request))
+        gr.Info(f"Training {job.label}: {job.status}.")
+        watched = ctx.workspace.relative(Path(job.events_path).parent)
+        return gr.update(choices=list(dict.fromkeys([watched, *list_runs(ctx)])), value=watched)
+
+    def on_resume(run_text, request: gr.Request):
+        job = resume_training(ctx, run_text, owner_of(request))
+        gr.Info(f"Resuming {job.label}: {job.status}.")
+
+    def on_tick(run_text, state):
+        job, status_text = training_status(ctx)
+        buttons = [gr.update(interactive=job is None), gr.update(interactive=job is not None),
+                   gr.update(interactive=job is None)]
+        run_update = gr.skip()
+        if not run_text and job is not None:
+            run_text = ctx.workspace.relative(Path(job.events_path).parent)
+            run_update = gr.update(choices=list_runs(ctx), value=run_text)
+        return [*buttons, status_text, run_update, *_watch_outputs(ctx, run_text, state)]
+
+    gr.on(None, _errors_shown(on_change), inputs=set(form), outputs=[estimate], trigger_mode="always_last",
+          show_progress="minimal", concurrency_limit=1)
+    preset_input.input(friendly(lambda name, *values: apply_preset_to_values(list(values), name)),
+                       inputs=[preset_input, *form], outputs=form)
+    start.click(_errors_shown(on_start), inputs=set(form), outputs=[run])
+    stop.click(friendly(lambda: gr.Info(stop_training(ctx))))
+    resume.click(_errors_shown(on_resume), inputs=[run])
+    refresh_runs.click(lambda: gr.update(choices=list_runs(ctx)), outputs=[run])
+    timer.tick(on_tick, inputs=[run, seen], concurrency_limit=None,
+               outputs=[start, stop, resume, status, run, progress, *plots, log, previews_label, *players, seen])
+
+
+def _watch_outputs(ctx: AppContext, run_text: str | None, state: dict) -> list:
+    """The timer's updates of progress, plots, log, previews and the state; what did not change
+    is skipped, so a preview being listened to is not reloaded."""
+    if not run_text:
+        return ["Pick a run to watch, or start one.", *[gr.skip()] * (5 + PREVIEW_SLOTS), state]
+    try:
+        snapshot = run_snapshot(ctx, run_text)
+    except AceStepError as error:
+        return [str(error), *[gr.skip()] * (5 + PREVIEW_SLOTS), state]
+    new_state = dict(state)
+    plots = [gr.skip()] * 3
+    if state.get("events") != snapshot.events_signature:
+        plots = [snapshot.frames[name] for name in ("loss", "val_loss", "lr")]
+        new_state["events"] = snapshot.events_signature
+    log = gr.skip() if state.get("log") == snapshot.log else snapshot.log
+    new_state["log"] = snapshot.log
+    label, files = snapshot.previews
+    previews = [gr.skip()] * (1 + PREVIEW_SLOTS)
+    if state.get("previews") != [str(path) for _, path in files] or state.get("previews_label") != label:
+        previews = [label] + [gr.update(value=str(files[i][1]), label=files[i][0], visible=True) if i < len(files)
+                              else gr.update(value=None, visible=False) for i in range(PREVIEW_SLOTS)]
+        new_state["previews"], new_state["previews_label"] = [str(path) for _, path in files], label
+    return [snapshot.progress, *plots, log, *previews, new_state]
+
+
+def _errors_shown(function):
+    """`friendly(function)` whose signature and annotations Gradio still reads (for gr.Request)."""
+    return functools.update_wrapper(friendly(function), function)

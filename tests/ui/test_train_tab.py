@@ -1,0 +1,308 @@
+"""The Train tab: the generated form against the config schema, presets, the VRAM estimate, the
+path and value checks before a start, a real train job on the tiny model whose events become
+plot data, stop and resume, progress and ETA, and previews."""
+
+import json
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import gradio as gr
+import pytest
+
+from acestep.errors import AceStepError, ConfigError, JobError
+from acestep.gpu import GpuStatus, SystemGpuReport
+from acestep.training.config import TrainingConfig, apply_overrides, describe_fields, load_config
+from acestep.ui.context import AppContext, PathRefused, Workspace
+from acestep.ui.train_form import (
+    FORM_FIELDS, VramEstimator, apply_preset_to_values, config_from_values, estimate_text, initial_config,
+    suggested_preset, values_from_config,
+)
+from acestep.ui.train_tab import (
+    build_train_tab, plot_frames, preview_files, progress_text, read_events, resume_training, run_snapshot,
+    start_training, stop_training, training_status,
+)
+
+GIB = 2**30
+
+
+def gpu_report(*gpus: tuple[float, float]) -> SystemGpuReport:
+    """A report of GPUs given as (total GiB, free GiB), compute capability 8.6."""
+    statuses = tuple(GpuStatus(i, f"GPU{i}", int(total * GIB), int((total - free) * GIB), int(free * GIB), 0, 40,
+                               "ok", (), (), (8, 6)) for i, (total, free) in enumerate(gpus))
+    return SystemGpuReport(statuses, "550", "12.4", "" if gpus else "no NVIDIA GPU (test)", "cpu", 2, None, None)
+
+
+@pytest.fixture
+def ctx(tmp_path) -> AppContext:
+    return AppContext.create(Workspace(tmp_path / "ws", tmp_path / "checkpoints"))
+
+
+def form_values(*overrides: str) -> list:
+    return values_from_config(apply_overrides(TrainingConfig(), ["data.tensors_dir=tensors/x", *overrides]))
+
+
+def with_input(values: list, path: str, value) -> list:
+    """`values` with the input of field `path` holding `value` (as a user typed it)."""
+    values = list(values)
+    values[[field.path for field in FORM_FIELDS].index(path)] = value
+    return values
+
+
+# ---- the form --------------------------------------------------------------------------------------
+def test_every_config_field_has_an_input_whose_info_is_the_schema_help():
+    docs = describe_fields()
+    assert [field.path for field in FORM_FIELDS] == [doc.path for doc in docs]
+    for field, doc in zip(FORM_FIELDS, docs, strict=True):
+        assert field.info.startswith(doc.help)
+        assert doc.path in field.label
+
+
+def test_form_values_round_trip_to_the_same_config():
+    config = apply_overrides(TrainingConfig(), [
+        "data.tensors_dir=tensors/band", "model.checkpoints_dir=/models", "optimizer.betas=[0.8, 0.95]",
+        "adapter.modules=q_proj,v_proj", "run.devices=\"1\"", "data.max_seconds=none", "objective.min_snr_gamma=5",
+        "run.preview_strengths=0,0.5,1", "optimizer.grad_clip=none", "adapter.type=lokr", "run.max_steps=500",
+        "run.name=night-run", "optimizer.lr=3e-5", "run.gradient_checkpointing=true"])
+    values = values_from_config(config)
+    by_path = dict(zip((field.path for field in FORM_FIELDS), values, strict=True))
+    assert by_path["optimizer.betas"] == "0.8, 0.95" and by_path["run.devices"] == '"1"'
+    assert by_path["data.max_seconds"] is None and by_path["model.checkpoints_dir"] == "/models"
+    assert config_from_values(values) == config
+    # as typed, and as Gradio sends numbers
+    by_path.update({"run.devices": "0,1", "data.batch_size": 3.0, "model.checkpoints_dir": ""})
+    changed = config_from_values(list(by_path.values()))
+    assert (changed.run.devices, changed.data.batch_size, changed.model.checkpoints_dir) == ("0,1", 3, None)
+
+
+def test_a_bad_value_gives_a_message_naming_the_field():
+    with pytest.raises(ConfigError, match=r"Train tab: data\.batch_size must be at least 1, found 0"):
+        config_from_values(with_input(form_values(), "data.batch_size", 0))
+    values = with_input(with_input(form_values(), "optimizer.betas", "0.9, fast"), "adapter.rank", None)
+    with pytest.raises(ConfigError) as error:
+        config_from_values(values)
+    assert "optimizer.betas must be a list of numbers, found '0.9, fast'" in str(error.value)
+    assert "adapter.rank must be a whole number, found none" in str(error.value)
+    with pytest.raises(ConfigError, match=r"data\.tensors_dir is required"):
+        config_from_values(values_from_config(TrainingConfig()))
+
+
+def test_the_preset_is_suggested_by_gpu_memory_and_applied_to_the_form(ctx):
+    assert suggested_preset(gpu_report()) == "quick_test"
+    assert suggested_preset(gpu_report((8, 7.5), (23.6, 20))) == "vram_24gb_plus"
+    assert suggested_preset(gpu_report((11.7, 11))) == "vram_12gb"
+    first = initial_config(ctx, "quick_test")
+    assert (first.adapter.rank, first.run.epochs, first.run.output_dir, first.model.checkpoints_dir) == (
+        16, 10, "runs", str(ctx.workspace.checkpoints))
+    demo = AppContext(ctx.workspace, ctx.jobs, demo=True, defaults={
+        "tensors": ctx.workspace.tensors / "demo", "checkpoint": "acestep-v15-base", "run_name": "demo"})
+    first = initial_config(demo, "vram_12gb")
+    assert (first.data.tensors_dir, first.model.checkpoint, first.run.name, first.optimizer.name) == (
+        "tensors/demo", "acestep-v15-base", "demo", "adamw8bit")
+    values = form_values("run.name=mine", "run.seed=7", "adapter.rank=64")
+    config = config_from_values(apply_preset_to_values(values, "vram_8gb"))
+    assert (config.adapter.rank, config.adapter.targets, config.optimizer.name, config.data.max_seconds) == (
+        16, "self_attention", "adafactor", 40.0)
+    assert config.run.gradient_checkpointing is True
+    assert (config.data.tensors_dir, config.run.name, config.run.seed) == ("tensors/x", "mine", 7)  # left alone
+
+
+def test_the_estimate_grows_with_the_batch_and_says_whether_it_fits(ctx):
+    estimator = VramEstimator()
+    report = gpu_report((12, 10))
+    try:
+        small = estimate_text(ctx, config_from_values(form_values("data.batch_size=1")), report, estimator)
+        large = estimate_text(ctx, config_from_values(form_values("data.batch_size=3")), report, estimator)
+    finally:
+        estimator.close()
+
+    def total(text):
+        return float(re.search(r"Estimated peak VRAM: ([\d.]+) GiB", text).group(1))
+
+    assert 6 < total(small) < 10 < total(large)
+    assert "GPU 0 GPU0: fits: 10.00 GiB free" in small and "batch 1 x 60 s" in small
+    assert "GPU 0 GPU0: **does not fit now**: 10.00 GiB free" in large and "batch 3 x 60 s" in large
+    assert "`acestep-v15-turbo` is not on disk" in small  # no checkpoints here: the 2B DiT's shapes
+
+
+def test_an_estimate_helper_that_dies_gives_its_error_and_is_started_again(ctx):
+    script = "import sys; sys.stdin.readline(); sys.stderr.write('ImportError: no diffusers\\n'); sys.exit(3)"
+    estimator = VramEstimator(script=script)
+    config = config_from_values(form_values())
+    for _ in range(2):  # the second call starts a new helper
+        with pytest.raises(AceStepError, match=r"helper process ended or hung \(its last error: ImportError: no "
+                                               r"diffusers\); it is started again"):
+            estimator.estimate(config, None, [None])
+    replying = VramEstimator(script="import sys\nfor line in sys.stdin: print('{\"error\": \"bad\"}', flush=True)")
+    try:
+        with pytest.raises(AceStepError, match="The VRAM estimate failed: bad"):
+            replying.estimate(config, None, [None])
+    finally:
+        replying.close()
+
+
+# ---- starting: the checks ------------------------------------------------------------------------------
+def test_paths_outside_the_workspace_are_refused_and_nothing_is_submitted(ctx, tmp_path):
+    for tensors in ("/etc", "../outside", str(tmp_path)):
+        with pytest.raises(PathRefused, match="outside the folders this app may use"):
+            start_training(ctx, form_values(f"data.tensors_dir={tensors}"))
+    (ctx.workspace.tensors / "x").mkdir()
+    with pytest.raises(ConfigError, match=r"data\.tensors_dir: .*x holds no manifest\.json"):
+        start_training(ctx, form_values())
+    (ctx.workspace.tensors / "x" / "manifest.json").write_text("{}")
+    with pytest.raises(PathRefused, match="runs folder"):
+        start_training(ctx, form_values("run.output_dir=/tmp"))
+    (ctx.workspace.runs / "taken").mkdir()
+    (ctx.workspace.runs / "taken" / "events.jsonl").write_text("")
+    with pytest.raises(ConfigError, match=r"run\.name: .*taken already holds a run"):
+        start_training(ctx, form_values("run.name=taken"))
+    with pytest.raises(ConfigError, match="is not a run folder"):
+        resume_training(ctx, "tensors/x")
+    assert ctx.jobs.list_jobs() == []
+
+
+# ---- a real run ------------------------------------------------------------------------------------------
+@pytest.fixture
+def train_ctx(tmp_path, tiny_checkpoints) -> AppContext:
+    from training.conftest import write_tensors_dir
+
+    ctx = AppContext.create(Workspace(tmp_path / "ws", tiny_checkpoints))
+    write_tensors_dir(ctx.workspace.tensors / "demo", tiny_checkpoints / "acestep-v15-turbo", 4)
+    return ctx
+
+
+def tiny_run_values(name: str, *overrides: str) -> list:
+    return values_from_config(apply_overrides(TrainingConfig(), [
+        "data.tensors_dir=tensors/demo", "model.checkpoint=acestep-v15-turbo", f"run.name={name}",
+        "adapter.rank=4", "adapter.alpha=8", "data.max_seconds=1.2", "run.accelerator=cpu", "run.log_every_steps=1",
+        "optimizer.warmup_steps=1", *overrides]))
+
+
+def wait_for(condition, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = condition()
+        if result:
+            return result
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.mark.slow
+def test_start_runs_a_real_train_job_whose_loss_becomes_plot_data(train_ctx):
+    ctx = train_ctx
+    job = start_training(ctx, tiny_run_values("ui-run", "run.epochs=1"), owner="ann")
+    run = ctx.workspace.runs / "ui-run"
+    config_file = ctx.workspace.runs / ".configs" / "ui-run.toml"
+    assert (job.kind, job.owner, job.label, job.needs_gpu) == ("train", "ann", "ui-run", True)
+    assert job.argv[-3:] == ["train", "--config", str(config_file)] and job.events_path == str(run / "events.jsonl")
+    saved = load_config(config_file)
+    assert saved.data.tensors_dir == str(ctx.workspace.tensors / "demo")
+    assert saved.model.checkpoints_dir == str(ctx.workspace.checkpoints) and saved.run.output_dir == str(
+        ctx.workspace.runs)
+    assert training_status(ctx)[0].id == job.id  # the tab disables Start now
+    with pytest.raises(JobError, match="Training ui-run is (queued|running); stop it or wait"):
+        start_training(ctx, tiny_run_values("second"))
+    job = ctx.jobs.wait(job.id, timeout=300)
+    assert job.status == "done", ctx.jobs.tail_log(job.id)
+    logs = [event for event in read_events(run) if event["type"] == "log"]
+    snapshot = run_snapshot(ctx, "runs/ui-run")
+    assert len(logs) == 4  # 4 samples, batch 1, 1 epoch
+    assert snapshot.frames["loss"]["step"].tolist() == [event["step"] for event in logs] == [1, 2, 3, 4]
+    assert snapshot.frames["loss"]["loss"].tolist() == [event["loss"] for event in logs]
+    assert snapshot.frames["lr"]["lr"].tolist() == [event["lr"] for event in logs]
+    assert snapshot.frames["val_loss"].empty  # no validation split
+    assert snapshot.progress.startswith("**Step 4 of 4 (100 %)**") and "finished: adapter in" in (
+        snapshot.progress)
+    assert "[done] completed: step 4, epoch 1" in snapshot.log
+    assert training_status(ctx)[0] is None
+
+
+@pytest.mark.slow
+def test_stop_then_resume_continues_the_run(train_ctx):
+    ctx = train_ctx
+    run = ctx.workspace.runs / "long"
+    job = start_training(ctx, tiny_run_values("long", "run.epochs=200", "run.save_every_epochs=0"))
+    wait_for(lambda: sum(event["type"] == "log" for event in read_events(run)) >= 2, 300, "two logged steps")
+    assert stop_training(ctx) in ("Training long: stopping.", "Training long: stopped.")
+    job = ctx.jobs.wait(job.id, timeout=120)
+    assert job.status == "stopped", ctx.jobs.tail_log(job.id)
+    stopped_at = read_events(run)[-1]
+    assert stopped_at["type"] == "stop"
+    assert f"stopped on request at step {stopped_at['step']}" in progress_text(read_events(run))
+    resumed = resume_training(ctx, "runs/long", owner="bob")
+    assert resumed.argv[-3:] == ["train", "--resume", str(run)] and resumed.owner == "bob"
+    wait_for(lambda: any(event["type"] == "log" and event["step"] > stopped_at["step"]
+                         for event in read_events(run)), 300, "a step after the resume")
+    resumed_from = [event for event in read_events(run) if event["type"] == "start"
+                    and event["message"].startswith("resumed from")]
+    assert [event["step"] for event in resumed_from] == [stopped_at["step"]]
+    steps = run_snapshot(ctx, str(run)).frames["loss"]["step"].tolist()
+    assert steps == sorted(set(steps)) and steps[0] == 1 and steps[-1] > stopped_at["step"]  # one curve across both
+    stop_training(ctx)
+    assert ctx.jobs.wait(resumed.id, timeout=120).status == "stopped"
+    assert stop_training(ctx) == "No training job is queued or running."
+
+
+# ---- reading a run ---------------------------------------------------------------------------------------
+def test_progress_gives_step_of_total_rate_and_eta():
+    events = [{"type": "start", "time": 90.0, "step": 0, "epoch": 0, "message": "run x; ... 100 steps in all"},
+              {"type": "log", "time": 100.0, "step": 10, "epoch": 0, "loss": 0.5, "lr": 1e-4},
+              {"type": "log", "time": 120.0, "step": 20, "epoch": 1, "loss": 0.25, "lr": 1e-4}]
+    assert progress_text(events, now=125.0) == (
+        "**Step 20 of 100 (20 %)** · epoch 2 · loss 0.2500 · 2.00 s/step · ETA 2 min 35 s")
+    one_log = events[:2]  # the speed from the start event until the second log arrives
+    assert progress_text(one_log, now=100.0) == (
+        "**Step 10 of 100 (10 %)** · epoch 1 · loss 0.5000 · 1.00 s/step · ETA 1 min 30 s")
+    done = events + [{"type": "done", "time": 130.0, "step": 20, "epoch": 1, "message": "finished: adapter in x"}]
+    assert progress_text(done).endswith(" · finished: adapter in x")
+    failed = events + [{"type": "error", "time": 130.0, "step": 20, "epoch": 1, "message": "out of memory"}]
+    assert progress_text(failed).endswith(" · failed: out of memory")
+    assert progress_text([]) == "No events yet."
+
+
+def test_plot_data_keeps_the_last_value_of_a_step_logged_again_after_a_resume(tmp_path):
+    lines = [{"type": "log", "step": 1, "loss": 0.9, "lr": 0.1}, {"type": "log", "step": 2, "loss": 0.8, "lr": 0.2},
+             {"type": "validation", "step": 2, "val_loss": 0.7}, {"type": "start", "step": 1},
+             {"type": "log", "step": 2, "loss": 0.6, "lr": 0.2}, {"type": "log", "step": 3, "loss": 0.5, "lr": 0.3}]
+    (tmp_path / "events.jsonl").write_text("\n".join(map(json.dumps, lines)) + '\n{"type": "log", "st')
+    frames = plot_frames(read_events(tmp_path))
+    assert frames["loss"].values.tolist() == [[1, 0.9], [2, 0.6], [3, 0.5]]
+    assert frames["val_loss"].values.tolist() == [[2, 0.7]] and frames["lr"]["lr"].tolist() == [0.1, 0.2, 0.3]
+
+
+def test_previews_are_the_newest_steps_wavs_by_strength(tmp_path):
+    assert preview_files(tmp_path)[1] == []
+    for step, strengths in ((10, ("0", "1")), (200, ("1", "0.5", "0"))):
+        folder = tmp_path / "previews" / f"step-{step:06d}"
+        folder.mkdir(parents=True)
+        for strength in strengths:
+            (folder / f"strength-{strength}.wav").write_bytes(b"RIFF")
+            (folder / f"strength-{strength}.png").write_bytes(b"PNG")
+    label, files = preview_files(tmp_path)
+    assert label == "Previews at step 200"
+    assert [(name, path.name) for name, path in files] == [
+        ("strength 0", "strength-0.wav"), ("strength 0.5", "strength-0.5.wav"), ("strength 1", "strength-1.wav")]
+
+
+# ---- the tab ------------------------------------------------------------------------------------------
+def test_the_tab_builds_with_its_ids_and_the_ui_process_stays_torch_free(ctx, monkeypatch):
+    monkeypatch.setattr("acestep.ui.train_tab.read_gpus", lambda: gpu_report())  # no GPU, wherever it runs
+    with gr.Blocks() as app:
+        build_train_tab(ctx)
+    components = {c["props"].get("elem_id"): c["props"] for c in app.get_config_file()["components"]
+                  if c.get("props", {}).get("elem_id")}
+    for elem_id in ("train-preset", "train-tensors", "train-run-name", "train-start", "train-stop", "train-resume",
+                    "train-loss-plot", "train-estimate", "train-status", "train-log", "train-profile"):
+        assert elem_id in components, elem_id
+    assert components["train-preset"]["value"] == "quick_test"  # no GPU here
+    assert components["train-adapter-rank"]["value"] == 16  # the preset, applied to the form
+    lr_help = next(doc.help for doc in describe_fields() if doc.path == "optimizer.lr")
+    assert components["train-optimizer-lr"]["info"].startswith(lr_help)
+    code = ("import sys, acestep.ui.train_tab, acestep.ui.profiles; "
+            "print(sorted(m for m in ('torch', 'diffusers', 'transformers') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parents[2]).stdout
+    assert out.strip() == "[]"
