@@ -1,56 +1,82 @@
-"""The web app: Gradio Blocks, login, and the tabs.
+"""The web app: Gradio Blocks, login, the folders it may serve, and the tabs in workflow order.
 
 `launch_app` is what `launch.py` calls after the environment checks. The UI never loads
-models itself: long jobs run the CLI in child processes (see ARCHITECTURE.md).
+models itself: long jobs run the CLI in child processes (`acestep.jobs`, see ARCHITECTURE.md),
+so closing the browser or restarting the app never stops them.
 """
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import gradio as gr
 
 from acestep import __version__
-from acestep.errors import AceStepError
-from acestep.models.checkpoints import list_checkpoints
+from acestep.ui.caption_tab import build_caption_tab
+from acestep.ui.context import AppContext, Workspace
+from acestep.ui.dataset_tab import build_dataset_tab
+from acestep.ui.export_tab import build_export_tab
 from acestep.ui.model_tab import build_model_tab
+from acestep.ui.preprocess_tab import build_preprocess_tab
+from acestep.ui.runs_tab import build_runs_tab
+from acestep.ui.train_tab import build_train_tab
 
-DEMO_BANNER = ("**Demo mode**: tiny random models, written locally; every stage runs for real, "
-               "but what they produce is noise. Start without `--demo` to use the real models.")
+DEMO_BANNER = ("**Demo mode**: tiny random models and a few short songs, all made on this computer; every "
+               "stage runs for real, but the tiny model's output is noise. Start without `--demo` to use "
+               "the real models.")
+
+# (tab label, elem_id, builder), in the order a musician walks through them
+TABS = (
+    ("Model", "tab-model", lambda ctx: build_model_tab(ctx.workspace.checkpoints)),
+    ("Caption", "tab-caption", build_caption_tab),
+    ("Dataset", "tab-dataset", build_dataset_tab),
+    ("Preprocess", "tab-preprocess", build_preprocess_tab),
+    ("Train", "tab-train", build_train_tab),
+    ("Export & Merge", "tab-export", build_export_tab),
+    ("Runs", "tab-runs", build_runs_tab),
+)
 
 
-def prepare_demo_checkpoints(folder: Path) -> Path:
-    """Write the tiny checkpoints once (in a child process, so torch stays out of the UI)."""
-    if any(info.name == "acestep-v15-turbo" and info.complete for info in list_checkpoints(folder)):
-        return folder
-    result = subprocess.run([sys.executable, "-m", "acestep.cli", "tiny-checkpoint", str(folder), "--overwrite"],
-                            capture_output=True, text=True)
-    if result.returncode != 0:
-        raise AceStepError(f"Could not write the demo models to {folder}: {result.stderr.strip()}")
-    return folder
-
-
-def build_app(checkpoints_dir: Path, demo: bool = False) -> gr.Blocks:
-    """The Blocks app over `checkpoints_dir`."""
+def build_app(ctx: AppContext) -> gr.Blocks:
+    """The Blocks app over `ctx` (its workspace and job manager)."""
     with gr.Blocks(title="ACE-Step LoRA Trainer") as app:
         gr.Markdown(f"# ACE-Step 1.5 LoRA Trainer <small>v{__version__}</small>")
-        if demo:
+        gr.Markdown(f"Workspace: **{ctx.workspace.root}** · models: **{ctx.workspace.checkpoints}**. "
+                    "Jobs keep running when the browser is closed; every browser sees the same jobs.",
+                    elem_id="workspace-line")
+        if ctx.demo:
             gr.Markdown(DEMO_BANNER, elem_id="demo-banner")
-        with gr.Tab("Model"):
-            build_model_tab(checkpoints_dir)
+        for label, elem_id, build in TABS:
+            with gr.Tab(label, elem_id=elem_id):
+                build(ctx)
+    # The page's handlers are for the page only: none is an API endpoint, and the login page
+    # (which Gradio renders with the API description) names none of them.
+    for function in app.fns.values():
+        function.api_visibility = "private"
     return app
 
 
-def launch_app(host: str = "127.0.0.1", port: int = 7860, auth: list[tuple[str, str]] | None = None,
-               checkpoints_dir: Path = Path("checkpoints"), demo: bool = False,
-               block: bool = True) -> gr.Blocks:
-    """Start the web UI. With `demo`, the tiny models are written into
-    `<checkpoints_dir>/../demo-checkpoints` and used instead of the real ones."""
+def create_context(workspace_dir: Path, checkpoints_dir: Path, data_roots: tuple[Path, ...] = (),
+                   demo: bool = False, progress=print) -> AppContext:
+    """The app's context. In demo mode the workspace gets its own tiny models (in
+    `<workspace>/checkpoints`), the demo songs and dataset (`acestep.ui.demo`), pre-selected in the tabs."""
     if demo:
-        checkpoints_dir = prepare_demo_checkpoints(Path(checkpoints_dir).parent / "demo-checkpoints")
-    app = build_app(Path(checkpoints_dir), demo=demo)
+        from acestep.ui.demo import prepare_demo
+
+        workspace = Workspace(workspace_dir, Path(workspace_dir) / "checkpoints", tuple(data_roots)).create()
+        return AppContext.create(workspace, demo=True, defaults=prepare_demo(workspace, progress=progress))
+    return AppContext.create(Workspace(workspace_dir, checkpoints_dir, tuple(data_roots)))
+
+
+def launch_app(host: str = "127.0.0.1", port: int = 7860, auth: list[tuple[str, str]] | None = None,
+               checkpoints_dir: Path = Path("checkpoints"), workspace_dir: Path = Path("workspace"),
+               data_roots: tuple[Path, ...] = (), demo: bool = False, block: bool = True) -> gr.Blocks:
+    """Start the web UI over the workspace. Gradio serves files only from the workspace, the
+    checkpoints folder and `data_roots` (never the whole disk); every path typed in the UI is
+    checked against the same roots. With `demo`, the workspace gets the tiny models and demo songs."""
+    ctx = create_context(Path(workspace_dir), Path(checkpoints_dir), tuple(data_roots), demo)
+    app = build_app(ctx)
     app.queue().launch(server_name=host, server_port=port, auth=auth, prevent_thread_lock=not block,
-                       show_error=True, quiet=not block)
+                       show_error=True, quiet=not block,
+                       allowed_paths=[str(root) for root in ctx.workspace.roots()])
     return app

@@ -46,11 +46,12 @@ def fetch(opener, url, data=None):
 
 
 @pytest.mark.slow
-def test_login_is_required_when_auth_is_set(tiny_checkpoints):
+def test_login_is_required_when_auth_is_set(tiny_checkpoints, tmp_path):
     from acestep.ui.app import launch_app
 
     port = free_port()
-    app = launch_app(port=port, auth=[("ann", "secret")], checkpoints_dir=tiny_checkpoints, block=False)
+    app = launch_app(port=port, auth=[("ann", "secret")], checkpoints_dir=tiny_checkpoints,
+                     workspace_dir=tmp_path / "workspace", block=False)
     try:
         base = f"http://127.0.0.1:{port}"
         anonymous = urllib.request.build_opener()
