@@ -11,6 +11,7 @@ and runs the chosen command.
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 
 from acestep import __version__
@@ -32,7 +33,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# bitsandbytes warns on every import, on CPUs with AVX512-BF16, that an optional kernel for 4-bit
+# matrix products could not be loaded. Nothing here uses 4-bit layers: keep that line out of the logs.
+QUIET_LOGGERS = ("bitsandbytes.backends.cpu.ops",)
+
+
 def main(argv: list[str] | None = None) -> int:
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+from pathlib import Path
 
 from acestep.cli import main
 
@@ -157,3 +158,13 @@ def test_train_with_a_preset_applies_it_under_the_set_overrides(tmp_path, tiny_c
     used = load_config(tmp_path / "runs" / "p" / "config.toml")
     assert used.adapter.rank == 2 and used.adapter.alpha == 32.0  # --set over the preset, preset over the file
     assert used.run.epochs == 10 and used.run.max_steps == 1
+
+
+def test_the_bitsandbytes_4bit_kernel_warning_stays_out_of_the_output():
+    """bitsandbytes (imported by the estimate and the optimizers) warns about an optional 4-bit CPU
+    kernel on CPUs with AVX512-BF16; the commands keep that line out of what users read."""
+    example = Path(__file__).resolve().parents[1] / "examples" / "train_lora.toml"
+    result = subprocess.run([sys.executable, "-m", "acestep.cli", "gpu", "--config", str(example)],
+                            capture_output=True, text=True)
+    assert result.returncode == 0 and "Estimated peak GPU memory" in result.stdout
+    assert "gemm_4bit_forward" not in result.stdout + result.stderr

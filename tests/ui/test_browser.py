@@ -1,0 +1,235 @@
+"""The web app in a real browser (Debian's chromium through Playwright): login, the whole demo
+flow (scan -> preprocess -> train -> export) through the page, a second browser seeing the same
+job, and everything refused without a login or outside the app's folders.
+
+Screenshots of every tab go to $ACESTEP_TEST_ARTIFACTS (default: <repo>/test-artifacts/).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+ARTIFACTS = Path(os.environ.get("ACESTEP_TEST_ARTIFACTS", Path(__file__).resolve().parents[2] / "test-artifacts"))
+USER, PASSWORD = "ann", "secret-pw"
+TABS = ("model", "caption", "dataset", "preprocess", "train", "export", "runs")
+JOB_SECONDS = 240_000  # ms a real job may take on a slow CI machine
+
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(not Path(CHROMIUM).exists(),
+                                 reason="chromium is not installed (apt install chromium chromium-driver)")]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """The demo app with a login, on a free port; yields (base URL, AppContext)."""
+    from acestep.ui.app import build_app, create_context
+
+    root = tmp_path_factory.mktemp("browser")
+    ctx = create_context(root / "demo", root / "unused", demo=True, progress=lambda *a, **k: None)
+    (ctx.workspace.root / "inside.txt").write_text("inside the workspace\n")
+    app = build_app(ctx)
+    port = free_port()
+    app.queue().launch(server_name="127.0.0.1", server_port=port, auth=[(USER, PASSWORD)], prevent_thread_lock=True,
+                       quiet=True, show_error=True, allowed_paths=[str(r) for r in ctx.workspace.roots()])
+    try:
+        yield f"http://127.0.0.1:{port}", ctx
+    finally:
+        app.close()
+        for job in ctx.jobs.list_jobs():
+            if not job.finished:
+                ctx.jobs.stop(job.id, timeout=5)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
+        yield chromium
+        chromium.close()
+
+
+def logged_in_page(browser, base):
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    page = context.new_page()
+    page.goto(base)
+    page.locator("input[type=text]").first.fill(USER)
+    page.locator("input[type=password]").fill(PASSWORD)
+    page.keyboard.press("Enter")
+    page.wait_for_selector("#tab-model-button, button[role=tab]", timeout=60_000)
+    return page
+
+
+def open_tab(page, name: str) -> None:
+    page.get_by_role("tab", name=name).click()
+
+
+def fill(page, elem_id: str, text: str) -> None:
+    box = page.locator(f"#{elem_id} textarea, #{elem_id} input").first
+    box.fill(text)
+    box.press("Enter") if box.evaluate("e => e.tagName") == "INPUT" else box.blur()
+
+
+def screenshot(page, name: str) -> None:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+
+
+def fetch(url: str, data: bytes | None = None) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, data=data, timeout=20) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read()
+
+
+# --- refused without a login, or outside the roots ----------------------------------------------
+
+def test_without_a_login_pages_api_and_files_are_refused(server):
+    base, ctx = server
+    inside = ctx.workspace.root / "inside.txt"
+    status, body = fetch(f"{base}/")
+    assert status == 200 and b'"auth_required":true' in body  # the login page, and nothing of the app:
+    assert b"dataset-table" not in body and str(ctx.workspace.root).encode() not in body
+    assert b'"named_endpoints":{}' in body or b"named_endpoints" not in body  # no API endpoint is described
+    for path in ("/config", "/gradio_api/info", "/gradio_api/queue/status", f"/gradio_api/file={inside}"):
+        status, body = fetch(base + path)
+        assert status == 401, (path, status)
+        assert b"inside the workspace" not in body
+    assert fetch(f"{base}/file={inside}")[0] == 404  # the old file route does not exist
+    status, _ = fetch(f"{base}/gradio_api/queue/join", b'{"fn_index": 0, "data": [], "session_hash": "x"}')
+    assert status == 401
+
+
+def test_with_a_login_files_inside_the_roots_are_served_and_others_refused(server, browser):
+    base, ctx = server
+    page = logged_in_page(browser, base)
+    request = page.context.request
+    inside = request.get(f"{base}/gradio_api/file={ctx.workspace.root / 'inside.txt'}")
+    assert inside.status == 200 and inside.text() == "inside the workspace\n"
+    for outside in ("/etc/passwd", str(Path(__file__).resolve())):
+        response = request.get(f"{base}/gradio_api/file={outside}")
+        assert response.status in (403, 404), outside
+    page.context.close()
+
+
+def test_a_path_typed_outside_the_roots_is_refused_in_the_page(server, browser):
+    base, _ = server
+    page = logged_in_page(browser, base)
+    open_tab(page, "Dataset")
+    fill(page, "dataset-folder", "/etc")
+    page.locator("#dataset-scan").click()
+    toast = page.locator(".toast-body").first
+    toast.wait_for(timeout=30_000)
+    assert "outside the folders this app may use" in toast.inner_text()
+    page.context.close()
+
+
+# --- the demo flow ----------------------------------------------------------------------------
+
+def test_every_tab_renders_and_is_photographed(server, browser):
+    base, _ = server
+    page = logged_in_page(browser, base)
+    assert page.locator("#demo-banner").is_visible()
+    labels = {"model": "Model", "caption": "Caption", "dataset": "Dataset", "preprocess": "Preprocess",
+              "train": "Train", "export": "Export & Merge", "runs": "Runs"}
+    for tab in TABS:
+        open_tab(page, labels[tab])
+        page.wait_for_timeout(1500)
+        screenshot(page, f"tab-{tab}")
+    page.context.close()
+
+
+def wait_text(page, elem_id: str, pattern: str, timeout: int = JOB_SECONDS) -> str:
+    """Wait until the element's text matches the regular expression; its text. On a timeout the
+    page is photographed (failure-<elem_id>.png) before the error propagates."""
+    script = f"() => new RegExp({pattern!r}).test((document.querySelector('#{elem_id}') || {{}}).innerText || '')"
+    try:
+        page.wait_for_function(script, timeout=timeout)
+    except Exception:
+        screenshot(page, f"failure-{elem_id}")
+        raise
+    return page.locator(f"#{elem_id}").inner_text()
+
+
+def test_demo_flow_scan_preprocess_train_export_with_a_second_browser(server, browser):
+    base, ctx = server
+    page = logged_in_page(browser, base)
+
+    # Dataset: scan the demo songs (the folder is pre-selected) and save the dataset
+    open_tab(page, "Dataset")
+    page.locator("#dataset-scan").click()
+    wait_text(page, "dataset-status", r"4 sample\(s\)", 60_000)
+    fill(page, "dataset-save-path", "datasets/browser.json")
+    page.locator("#dataset-save").click()
+    wait_text(page, "dataset-message", r"Saved 4 sample", 30_000)
+    assert (ctx.workspace.datasets / "browser.json").is_file()
+    screenshot(page, "flow-1-dataset")
+
+    # Preprocess it on the CPU with the tiny models
+    open_tab(page, "Preprocess")
+    fill(page, "preprocess-dataset", str(ctx.workspace.datasets / "browser.json"))
+    fill(page, "preprocess-out", str(ctx.workspace.tensors / "browser"))
+    page.locator("#preprocess-start").click()
+    wait_text(page, "preprocess-summary", r"Job \S+ done")
+    assert (ctx.workspace.tensors / "browser" / "manifest.json").is_file()
+    screenshot(page, "flow-2-preprocess")
+
+    # Train: long enough that a second browser finds it running
+    open_tab(page, "Train")
+    fill(page, "train-tensors", str(ctx.workspace.tensors / "browser"))
+    fill(page, "train-run-name", "browser-run")
+    fill(page, "train-run-epochs", "500")
+    page.locator("#train-start").click()
+    wait_text(page, "train-status", r"browser-run.*running")
+
+    second = logged_in_page(browser, base)
+    open_tab(second, "Train")
+    wait_text(second, "train-status", r"browser-run.*by ann: running", 60_000)
+    wait_text(second, "train-progress", r"Step [1-9]")
+    second.wait_for_timeout(3000)
+    screenshot(second, "flow-3-train-second-browser")
+    assert plotted_points(second, "train-loss-plot") > 0
+    second.locator("#train-stop").click()  # the other browser stops it: it saves and ends
+    wait_text(page, "train-status", r"No training job is running")
+    [job] = [job for job in ctx.jobs.list_jobs() if job.kind == "train"]
+    assert job.status == "stopped" and job.owner == USER
+    screenshot(page, "flow-4-train-stopped")
+    second.context.close()
+
+    # Export the adapter the stop saved
+    open_tab(page, "Export & Merge")
+    page.locator("#export-refresh").click()
+    fill(page, "export-run", "browser-run")
+    page.wait_for_timeout(1000)
+    page.locator("#export-start").click()
+    wait_text(page, "export-files", r"safetensors")
+    screenshot(page, "flow-5-export")
+    exported = list((ctx.workspace.outputs).rglob("*.safetensors"))
+    assert exported and "browser-run" in str(exported[0])
+    page.context.close()
+
+
+def plotted_points(page, elem_id: str) -> int:
+    """How many data points the Vega plot in the element draws (0 for an empty plot)."""
+    return page.evaluate(f"""() => {{
+        const root = document.querySelector('#{elem_id}');
+        const marks = root ? root.querySelectorAll('path[aria-roledescription="line mark"], .mark-line path,'
+                                                    + ' .mark-symbol path') : [];
+        return marks.length;
+    }}""")
