@@ -27,7 +27,7 @@ DEMO_BANNER = ("**Demo mode**: tiny random models and a few short songs, all mad
 
 # (tab label, elem_id, builder), in the order a musician walks through them
 TABS = (
-    ("Model", "tab-model", lambda ctx: build_model_tab(ctx.workspace.checkpoints)),
+    ("Model", "tab-model", build_model_tab),
     ("Caption", "tab-caption", build_caption_tab),
     ("Dataset", "tab-dataset", build_dataset_tab),
     ("Preprocess", "tab-preprocess", build_preprocess_tab),
@@ -77,6 +77,6 @@ def launch_app(host: str = "127.0.0.1", port: int = 7860, auth: list[tuple[str, 
     ctx = create_context(Path(workspace_dir), Path(checkpoints_dir), tuple(data_roots), demo)
     app = build_app(ctx)
     app.queue().launch(server_name=host, server_port=port, auth=auth, prevent_thread_lock=not block,
-                       show_error=True, quiet=not block,
+                       show_error=True, quiet=not block, footer_links=["gradio", "settings"],
                        allowed_paths=[str(root) for root in ctx.workspace.roots()])
     return app

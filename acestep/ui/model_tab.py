@@ -10,8 +10,14 @@ from pathlib import Path
 
 import gradio as gr
 
+from acestep.errors import JobError
 from acestep.gpu import format_report, read_gpus
+from acestep.jobs import Job
 from acestep.models.checkpoints import OFFICIAL_MODELS, list_checkpoints
+from acestep.ui.context import AppContext
+from acestep.ui.jobs_panel import active_job, build_jobs_panel, friendly, owner_of, submit_cli_job
+
+DOWNLOAD_KIND = "download"
 
 HEADERS = ["Folder", "Kind", "Variant", "Status"]
 REQUIRED_FOR_TRAINING = ("acestep-v15-turbo", "vae", "Qwen3-Embedding-0.6B")
@@ -53,15 +59,57 @@ def gpu_panel(nvml=None) -> str:
     return "\n\n".join([*badges, f"```\n{format_report(report)}\n```"])
 
 
-def build_model_tab(checkpoints_dir: Path) -> None:
+def missing_models(checkpoints_dir: Path) -> list[str]:
+    """The official models not complete on disk, those needed to train first."""
+    present = {info.name for info in list_checkpoints(checkpoints_dir) if info.complete}
+    absent = [m.name for m in OFFICIAL_MODELS if m.name not in present]
+    return sorted(absent, key=lambda name: (name not in REQUIRED_FOR_TRAINING, absent.index(name)))
+
+
+def start_download(ctx: AppContext, names: list[str], owner: str = "") -> Job:
+    """Download the official models `names` into the checkpoints folder as a job (resumable: a
+    second download of a half-fetched model continues it). Raises JobError for an unknown name
+    or while another download runs."""
+    known = {m.name for m in OFFICIAL_MODELS}
+    if not names:
+        raise JobError("Pick the models to download first.")
+    unknown = [name for name in names if name not in known]
+    if unknown:
+        raise JobError(f"Not an official model: {', '.join(unknown)} (choose from {', '.join(sorted(known))}).")
+    running = active_job(ctx, DOWNLOAD_KIND)
+    if running is not None:
+        raise JobError(f"A download is already {running.status} ({running.id}); wait for it or stop it first.")
+    return submit_cli_job(ctx, DOWNLOAD_KIND, ["download", *names, "--checkpoints-dir", ctx.workspace.checkpoints],
+                          needs_gpu=False, label=", ".join(names), owner=owner)
+
+
+def build_model_tab(ctx: AppContext) -> None:
     """Add the Model tab's components to the current Blocks context."""
+    checkpoints_dir = ctx.workspace.checkpoints
     gr.Markdown(f"Models are read from **{checkpoints_dir}** (change it with `--checkpoints-dir` "
                 "or `ACESTEP_CHECKPOINTS_DIR`). The variant comes from each folder's config.json.")
     table = gr.Dataframe(headers=HEADERS, value=checkpoint_rows(checkpoints_dir), interactive=False,
                          elem_id="checkpoints-table")
     missing = gr.Markdown(missing_models_text(checkpoints_dir), elem_id="missing-models")
+    with gr.Row():
+        wanted = gr.Dropdown(missing_models(checkpoints_dir), multiselect=True, label="Download",
+                             info="Official models from the Hugging Face Hub; an interrupted download continues.",
+                             elem_id="model-download-choice", scale=4)
+        download = gr.Button("Download", variant="primary", elem_id="model-download", scale=1)
     gr.Markdown("### GPU")
     gpus = gr.Markdown(gpu_panel(), elem_id="gpu-panel")
     refresh = gr.Button("Refresh", elem_id="refresh-checkpoints")
-    refresh.click(lambda: (checkpoint_rows(checkpoints_dir), missing_models_text(checkpoints_dir), gpu_panel()),
-                  outputs=[table, missing, gpus])
+
+    def refreshed():
+        return (checkpoint_rows(checkpoints_dir), missing_models_text(checkpoints_dir), gpu_panel(),
+                gr.update(choices=missing_models(checkpoints_dir)))
+
+    refresh.click(refreshed, outputs=[table, missing, gpus, wanted])
+
+    def download_clicked(names, request: gr.Request):
+        job = start_download(ctx, list(names or []), owner_of(request))
+        gr.Info(f"Download {job.id}: {job.status}. Its progress is in the table below.")
+
+    download.click(friendly(download_clicked), inputs=[wanted])
+    with gr.Accordion("Downloads", open=True):
+        build_jobs_panel(ctx, [DOWNLOAD_KIND], "model")

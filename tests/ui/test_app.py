@@ -85,3 +85,22 @@ def test_gpu_panel_shows_a_coloured_level_per_gpu(monkeypatch):
     assert '<span style="color:#2e7d32">&#9679;</span> **GPU 0** NVIDIA GeForce RTX 4090: 20.0 GiB free' in panel
     assert '<span style="color:#c62828">' in panel and "(critical)" in panel
     assert "blender" in panel and "4242" in panel
+
+
+def test_downloads_run_as_jobs_and_offline_the_job_says_why(tmp_path, monkeypatch):
+    from acestep.errors import JobError
+    from acestep.ui.context import AppContext, Workspace
+    from acestep.ui.model_tab import missing_models, start_download
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    ctx = AppContext.create(Workspace(tmp_path / "ws", tmp_path / "models"))
+    assert missing_models(ctx.workspace.checkpoints)[:3] == ["acestep-v15-turbo", "vae", "Qwen3-Embedding-0.6B"]
+    with pytest.raises(JobError, match="Not an official model: gpt-5"):
+        start_download(ctx, ["vae", "gpt-5"])
+    with pytest.raises(JobError, match="Pick the models"):
+        start_download(ctx, [])
+    job = start_download(ctx, ["vae"], owner="ann")
+    assert job.argv[-4:] == ["download", "vae", "--checkpoints-dir", str(ctx.workspace.checkpoints)]
+    finished = ctx.jobs.wait(job.id, timeout=120)
+    assert finished.status == "failed" and "vae" in finished.message
+    assert "offline" in (finished.message + ctx.jobs.tail_log(job.id)).lower()
