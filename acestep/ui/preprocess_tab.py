@@ -239,8 +239,10 @@ def manifest_markdown(ctx: AppContext, folder: Path) -> str:
              f"{len(failed)} failed; made with {checkpoint} ({model.get('variant') or '?'})"]
     settings = manifest.get("settings", {}) or {}
     if settings:
+        trigger = manifest.get("trigger_tag") or ""
         lines.append(f"max duration {settings.get('max_duration', '?')} s, normalisation "
-                     f"{settings.get('normalization', '?')}, trigger tag `{manifest.get('trigger_tag', '')}`")
+                     f"{settings.get('normalization', '?')}, "
+                     + (f"trigger tag `{trigger}`" if trigger else "no trigger tag"))
     if failed:
         table = ["| Failed file | Why |", "|---|---|"]
         table += [f"| {_table_cell(shown_source(ctx, f.get('source', '?')))} | {_table_cell(f.get('reason', ''))} |"

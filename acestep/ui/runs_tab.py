@@ -81,6 +81,12 @@ def loss_curves(runs_dir: Path, names: Sequence[str], metric: str | None = DEFAU
     return frame.drop_duplicates(subset=["run", "step"], keep="last").reset_index(drop=True)
 
 
+def plot_value(frame: pd.DataFrame) -> pd.DataFrame | None:
+    """What the LinePlot gets: None for no points. (Gradio 6 draws every later series without a
+    colour when a plot coloured by a column starts from an empty frame.)"""
+    return None if frame.empty else frame
+
+
 def run_config_text(ctx: AppContext, name: str) -> str:
     """The run's config.toml as written ('' before one is picked). Raises RunFolderError for an
     unknown run."""
@@ -117,7 +123,7 @@ def build_runs_tab(ctx: AppContext) -> None:
         compare = gr.Dropdown(names, value=names[:1], multiselect=True, label="Runs to compare", scale=3,
                               elem_id="runs-compare")
         metric = gr.Radio(list(METRICS), value=DEFAULT_METRIC, label="Curve", elem_id="runs-metric")
-    plot = gr.LinePlot(loss_curves(ctx.workspace.runs, names[:1]), x="step", y="loss", color="run",
+    plot = gr.LinePlot(plot_value(loss_curves(ctx.workspace.runs, names[:1])), x="step", y="loss", color="run",
                        x_title="step", y_title="loss", label="Loss", elem_id="runs-plot")
     selected = gr.Dropdown(names, value=None, label="Run", elem_id="runs-selected")
     details = gr.Markdown(run_details(ctx, ""), elem_id="runs-details")
@@ -134,7 +140,9 @@ def build_runs_tab(ctx: AppContext) -> None:
         rows = run_rows(ctx)
         now = [row[0] for row in rows]
         chosen = [name for name in chosen or [] if name in now]
-        plot_data = loss_curves(ctx.workspace.runs, chosen, curve)
+        if not chosen and now != before:
+            chosen = now[:1]  # a new run and nothing picked: show the newest run's curve
+        plot_data = plot_value(loss_curves(ctx.workspace.runs, chosen, curve))
         if now == before:  # leave the menus alone while someone may have one open
             return rows, now, gr.skip(), gr.skip(), plot_data
         return (rows, now, gr.Dropdown(choices=now, value=chosen),
@@ -143,7 +151,8 @@ def build_runs_tab(ctx: AppContext) -> None:
     table.select(select, inputs=[table], outputs=[selected])
     selected.change(friendly(lambda name: (run_details(ctx, name), run_config_text(ctx, name))), inputs=[selected],
                     outputs=[details, config])
-    gr.on([compare.change, metric.change], lambda chosen, curve: loss_curves(ctx.workspace.runs, chosen, curve),
+    gr.on([compare.change, metric.change],
+          lambda chosen, curve: plot_value(loss_curves(ctx.workspace.runs, chosen, curve)),
           inputs=[compare, metric], outputs=[plot])
     gr.on([refresh.click, timer.tick], friendly(refresh_all), inputs=[known, compare, selected, metric],
           outputs=[table, known, compare, selected, plot])

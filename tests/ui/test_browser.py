@@ -222,14 +222,22 @@ def test_demo_flow_scan_preprocess_train_export_with_a_second_browser(server, br
     screenshot(page, "flow-5-export")
     exported = list((ctx.workspace.outputs).rglob("*.safetensors"))
     assert exported and "browser-run" in str(exported[0])
+
+    # Runs: the run is in the history, stopped, with its losses
+    open_tab(page, "Runs")
+    page.locator("#runs-refresh").click()
+    wait_text(page, "runs-table", r"browser-run[\s\S]*stopped", 30_000)
+    page.wait_for_function(DRAWN_LINES.replace("ELEM", "runs-plot") + " > 0", timeout=30_000)
+    screenshot(page, "flow-6-runs")
     page.context.close()
 
 
+# How many line marks the Vega plot in #ELEM draws with a colour (an empty plot has none; a line
+# without a stroke colour is invisible, which Gradio does to some plots coloured by a column).
+DRAWN_LINES = ("Array.from(document.querySelectorAll('#ELEM path[aria-roledescription=\"line mark\"]'))"
+               ".filter(e => e.getAttribute('stroke') && e.getAttribute('stroke') !== 'null').length")
+
+
 def plotted_points(page, elem_id: str) -> int:
-    """How many data points the Vega plot in the element draws (0 for an empty plot)."""
-    return page.evaluate(f"""() => {{
-        const root = document.querySelector('#{elem_id}');
-        const marks = root ? root.querySelectorAll('path[aria-roledescription="line mark"], .mark-line path,'
-                                                    + ' .mark-symbol path') : [];
-        return marks.length;
-    }}""")
+    """The line marks drawn, with a colour, in the plot `elem_id`."""
+    return page.evaluate("() => " + DRAWN_LINES.replace("ELEM", elem_id))
