@@ -22,10 +22,24 @@ from pathlib import Path
 import gradio as gr
 
 from acestep.errors import AceStepError, DatasetError
-from acestep.jobs import QUEUED, Job
+from acestep.jobs import Job
 from acestep.ui.context import AppContext
-from acestep.ui.jobs_panel import POLL_SECONDS, active_job, build_jobs_panel, friendly, latest_progress, owner_of, \
-    submit_cli_job
+from acestep.ui.jobs_panel import (
+    POLL_SECONDS,
+    active_job,
+    build_jobs_panel,
+    buttons,
+    cancel_job,
+    check_device,
+    friendly,
+    job_heading,
+    job_state,
+    latest_progress,
+    newest_job,
+    owner_of,
+    submit_cli_job,
+    summary_from_log,
+)
 
 CAPTION = "caption"  # the job kind
 LABELLERS = {
@@ -40,10 +54,7 @@ CSV_NAME = "labels.csv"
 RESULT_HEADERS = ["File", "Caption", "Genre", "BPM", "Key", "Time sig.", "Language", "Lyrics", "Instrumental",
                   "Labelled by", "Notes"]
 SUMMARY_START = re.compile(r"^\d+ file\(s\): ")  # the first line of the caption command's summary
-MAX_SUMMARY_LINES = 40
-_DEVICE = re.compile(r"^(cpu|mps|cuda(:\d+)?)$")
 _LABEL_STEP = re.compile(r"^(?P<labeller>\S+)\s+(?P<status>\S+)\s+(?P<rest>.*?)\s+ETA\s+(?P<eta>\S+)$")
-_JOB_LOG_LINE = re.compile(r"^\[job\] ")
 
 
 @dataclass
@@ -75,15 +86,6 @@ class LabelStep:
     eta: str
 
 
-def check_device(text: str | None) -> str | None:
-    """The device a form names, or None for "auto" (the command picks the best one).
-    Raises AceStepError for anything but cpu, mps, cuda or cuda:N."""
-    device = (text or "").strip().lower()
-    if device in ("", "auto"):
-        return None
-    if not _DEVICE.match(device):
-        raise AceStepError(f"Device {text!r} is not one the trainer knows: choose auto, cuda, cuda:1, mps or cpu.")
-    return device
 
 
 def default_folder(ctx: AppContext) -> str:
@@ -152,20 +154,8 @@ def start_caption(ctx: AppContext, form: CaptionForm, owner: str = "") -> Job:
                           label=ctx.workspace.relative(Path(args[1])))
 
 
-def cancel_job(ctx: AppContext, kind: str) -> str:
-    """Stop the queued or running job of `kind` (the command finishes its current file and exits);
-    the message to show. Raises AceStepError when none runs."""
-    job = active_job(ctx, kind)
-    if job is None:
-        raise AceStepError(f"No {kind} job is running.")
-    job = ctx.jobs.stop(job.id)
-    return f"Job {job.id}: {job.status}."
 
 
-def newest_job(ctx: AppContext, kind: str) -> Job | None:
-    """The most recently submitted job of `kind` (whatever its status), or None."""
-    jobs = [job for job in ctx.jobs.poll() if job.kind == kind]
-    return jobs[-1] if jobs else None
 
 
 def parse_label_step(event: dict | None) -> LabelStep | None:
@@ -180,26 +170,8 @@ def parse_label_step(event: dict | None) -> LabelStep | None:
                      Path(path.strip()).name, detail.strip(), match["eta"])
 
 
-def summary_from_log(log: str, first_line: re.Pattern) -> list[str]:
-    """The command's closing summary: the log's lines from the last one matching `first_line`
-    to the end (the supervisor's own `[job]` notes left out), at most MAX_SUMMARY_LINES."""
-    lines = log.splitlines()
-    starts = [i for i, line in enumerate(lines) if first_line.match(line)]
-    if not starts:
-        return []
-    summary = [line for line in lines[starts[-1]:] if line.strip() and not _JOB_LOG_LINE.match(line)]
-    if len(summary) > MAX_SUMMARY_LINES:
-        summary = summary[:MAX_SUMMARY_LINES] + [f"... ({len(summary) - MAX_SUMMARY_LINES} more lines in the log)"]
-    return summary
 
 
-def job_heading(job: Job) -> str:
-    """'Job **caption-3** (ann): **running**', with why a queued job waits."""
-    who = f" ({job.owner})" if job.owner else ""
-    head = f"Job **{job.id}**{who}: **{job.status}**"
-    if job.status == QUEUED:
-        head += ", waiting for the GPU (one GPU job runs at a time)"
-    return head
 
 
 def progress_markdown(ctx: AppContext, job: Job | None) -> str:
@@ -282,18 +254,8 @@ def result_rows(ctx: AppContext, folder_text: str) -> list[list[str]]:
     return rows
 
 
-def job_state(ctx: AppContext, job: Job | None) -> str:
-    """What the tab last showed of a job ('id:status:progress'): a change refreshes the results."""
-    if job is None:
-        return ""
-    event = latest_progress(ctx, job) or {}
-    return f"{job.id}:{job.status}:{event.get('index', '')}"
 
 
-def buttons(ctx: AppContext, kind: str) -> tuple[dict, dict]:
-    """Start enabled and Cancel disabled, or the other way round while a job of `kind` runs."""
-    running = active_job(ctx, kind) is not None
-    return gr.update(interactive=not running), gr.update(interactive=running)
 
 
 def build_caption_tab(ctx: AppContext) -> None:

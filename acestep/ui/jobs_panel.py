@@ -8,6 +8,7 @@ The functions take the `AppContext` and plain values, so tests call them without
 from __future__ import annotations
 
 import functools
+import re
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -20,6 +21,9 @@ from acestep.ui.context import AppContext
 
 JOB_HEADERS = ["Job", "Kind", "What", "Status", "Progress", "Who", "Started", "Message"]
 POLL_SECONDS = 2.0
+MAX_SUMMARY_LINES = 40
+_DEVICE = re.compile(r"^(cpu|mps|cuda(:\d+)?)$")
+_JOB_LOG_LINE = re.compile(r"^\[job\] ")
 
 
 def submit_cli_job(ctx: AppContext, kind: str, args: Sequence[object], needs_gpu: bool, label: str = "",
@@ -102,6 +106,69 @@ def friendly(function: Callable) -> Callable:
         except AceStepError as error:
             raise gr.Error(str(error)) from error
     return handler
+
+
+def check_device(text: str | None) -> str | None:
+    """The device a form names, or None for "auto" (the command picks the best one).
+    Raises AceStepError for anything but cpu, mps, cuda or cuda:N."""
+    device = (text or "").strip().lower()
+    if device in ("", "auto"):
+        return None
+    if not _DEVICE.match(device):
+        raise AceStepError(f"Device {text!r} is not one the trainer knows: choose auto, cuda, cuda:1, mps or cpu.")
+    return device
+
+
+def cancel_job(ctx: AppContext, kind: str) -> str:
+    """Stop the queued or running job of `kind` (the command finishes its current file and exits);
+    the message to show. Raises AceStepError when none runs."""
+    job = active_job(ctx, kind)
+    if job is None:
+        raise AceStepError(f"No {kind} job is running.")
+    job = ctx.jobs.stop(job.id)
+    return f"Job {job.id}: {job.status}."
+
+
+def newest_job(ctx: AppContext, kind: str) -> Job | None:
+    """The most recently submitted job of `kind` (whatever its status), or None."""
+    jobs = [job for job in ctx.jobs.poll() if job.kind == kind]
+    return jobs[-1] if jobs else None
+
+
+def summary_from_log(log: str, first_line: re.Pattern) -> list[str]:
+    """The command's closing summary: the log's lines from the last one matching `first_line`
+    to the end (the supervisor's own `[job]` notes left out), at most MAX_SUMMARY_LINES."""
+    lines = log.splitlines()
+    starts = [i for i, line in enumerate(lines) if first_line.match(line)]
+    if not starts:
+        return []
+    summary = [line for line in lines[starts[-1]:] if line.strip() and not _JOB_LOG_LINE.match(line)]
+    if len(summary) > MAX_SUMMARY_LINES:
+        summary = summary[:MAX_SUMMARY_LINES] + [f"... ({len(summary) - MAX_SUMMARY_LINES} more lines in the log)"]
+    return summary
+
+
+def job_heading(job: Job) -> str:
+    """'Job **caption-3** (ann): **running**', with why a queued job waits."""
+    who = f" ({job.owner})" if job.owner else ""
+    head = f"Job **{job.id}**{who}: **{job.status}**"
+    if job.status == QUEUED:
+        head += ", waiting for the GPU (one GPU job runs at a time)"
+    return head
+
+
+def job_state(ctx: AppContext, job: Job | None) -> str:
+    """What the tab last showed of a job ('id:status:progress'): a change refreshes the results."""
+    if job is None:
+        return ""
+    event = latest_progress(ctx, job) or {}
+    return f"{job.id}:{job.status}:{event.get('index', '')}"
+
+
+def buttons(ctx: AppContext, kind: str) -> tuple[dict, dict]:
+    """Start enabled and Cancel disabled, or the other way round while a job of `kind` runs."""
+    running = active_job(ctx, kind) is not None
+    return gr.update(interactive=not running), gr.update(interactive=running)
 
 
 def build_jobs_panel(ctx: AppContext, kinds: Sequence[str], elem_prefix: str) -> dict:

@@ -23,11 +23,23 @@ import gradio as gr
 from acestep.errors import AceStepError
 from acestep.jobs import Job
 from acestep.models.checkpoints import DIT, list_checkpoints
-from acestep.ui.caption_tab import buttons, cancel_job, check_device, job_heading, job_state, newest_job, \
-    summary_from_log
 from acestep.ui.context import AppContext
-from acestep.ui.jobs_panel import POLL_SECONDS, active_job, build_jobs_panel, friendly, latest_progress, owner_of, \
-    submit_cli_job
+from acestep.ui.jobs_panel import (
+    POLL_SECONDS,
+    active_job,
+    build_jobs_panel,
+    buttons,
+    cancel_job,
+    check_device,
+    friendly,
+    job_heading,
+    job_state,
+    latest_progress,
+    newest_job,
+    owner_of,
+    submit_cli_job,
+    summary_from_log,
+)
 
 PREPROCESS = "preprocess"  # the job kind
 DEFAULT_CHECKPOINT = "acestep-v15-turbo"

@@ -17,17 +17,14 @@ from acestep.ui import caption_tab
 from acestep.ui.caption_tab import (
     CAPTION,
     CaptionForm,
-    buttons,
     caption_args,
-    cancel_job,
-    check_device,
     parse_label_step,
     progress_markdown,
     result_rows,
     start_caption,
-    summary_from_log,
 )
 from acestep.ui.context import AppContext, PathRefused, Workspace
+from acestep.ui.jobs_panel import buttons, cancel_job, check_device, summary_from_log
 
 
 @pytest.fixture

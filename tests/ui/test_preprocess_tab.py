@@ -15,7 +15,7 @@ from acestep.commands.common import format_clock
 from acestep.errors import AceStepError
 from acestep.jobs.runner import PROGRESS_LINE
 from acestep.ui import preprocess_tab
-from acestep.ui.caption_tab import buttons, cancel_job
+from acestep.ui.jobs_panel import buttons, cancel_job
 from acestep.ui.context import AppContext, PathRefused, Workspace
 from acestep.ui.preprocess_tab import (
     PREPROCESS,
