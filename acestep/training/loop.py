@@ -297,7 +297,8 @@ class Trainer:
             return "early_stopped"
         if self._stop_wanted(at_log_interval=True):
             self.save_checkpoint("stopped on request")
-            self.emit("stop", step=p.step, epoch=p.epoch, message=f"stopped; resume with --resume {s.run_dir}")
+            self.emit("stop", step=p.step, epoch=p.epoch,
+                      message=f"stopped on request at step {p.step}; resume with --resume {s.run_dir}")
             return "stopped"
         return "continue"
 
