@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import gradio as gr
+from starlette.middleware import Middleware
 
 from acestep import __version__
 from acestep.ui.caption_tab import build_caption_tab
@@ -19,7 +20,14 @@ from acestep.ui.export_tab import build_export_tab
 from acestep.ui.model_tab import build_model_tab
 from acestep.ui.preprocess_tab import build_preprocess_tab
 from acestep.ui.runs_tab import build_runs_tab
+from acestep.ui.security import LoginGate
 from acestep.ui.train_tab import build_train_tab
+
+# The page takes no uploads, but Gradio's upload route exists: cap what it accepts.
+MAX_UPLOAD = "200mb"
+# FastAPI would describe every route at /openapi.json without a login: the app has no API to describe.
+# The login gate answers 401 to every request without a session but the login page's.
+SERVER_OPTIONS = {"openapi_url": None, "docs_url": None, "redoc_url": None, "middleware": [Middleware(LoginGate)]}
 
 DEMO_BANNER = ("**Demo mode**: tiny random models and a few short songs, all made on this computer; every "
                "stage runs for real, but the tiny model's output is noise. Start without `--demo` to use "
@@ -77,6 +85,12 @@ def launch_app(host: str = "127.0.0.1", port: int = 7860, auth: list[tuple[str, 
     ctx = create_context(Path(workspace_dir), Path(checkpoints_dir), tuple(data_roots), demo)
     app = build_app(ctx)
     app.queue().launch(server_name=host, server_port=port, auth=auth, prevent_thread_lock=not block,
-                       show_error=True, quiet=not block, footer_links=["gradio", "settings"],
-                       allowed_paths=[str(root) for root in ctx.workspace.roots()])
+                       quiet=not block, **serving_options(ctx))
     return app
+
+
+def serving_options(ctx: AppContext) -> dict:
+    """The launch() options that decide what the server serves and to whom: files from the roots
+    only, capped uploads, no API description, the login gate, errors as messages."""
+    return {"allowed_paths": [str(root) for root in ctx.workspace.roots()], "max_file_size": MAX_UPLOAD,
+            "app_kwargs": dict(SERVER_OPTIONS), "show_error": True, "footer_links": ["gradio", "settings"]}

@@ -36,7 +36,7 @@ def free_port() -> int:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     """The demo app with a login, on a free port; yields (base URL, AppContext)."""
-    from acestep.ui.app import build_app, create_context
+    from acestep.ui.app import build_app, create_context, serving_options
 
     root = tmp_path_factory.mktemp("browser")
     ctx = create_context(root / "demo", root / "unused", demo=True, progress=lambda *a, **k: None)
@@ -44,7 +44,7 @@ def server(tmp_path_factory):
     app = build_app(ctx)
     port = free_port()
     app.queue().launch(server_name="127.0.0.1", server_port=port, auth=[(USER, PASSWORD)], prevent_thread_lock=True,
-                       quiet=True, show_error=True, allowed_paths=[str(r) for r in ctx.workspace.roots()])
+                       quiet=True, **serving_options(ctx))
     try:
         yield f"http://127.0.0.1:{port}", ctx
     finally:
@@ -111,7 +111,7 @@ def test_without_a_login_pages_api_and_files_are_refused(server):
         status, body = fetch(base + path)
         assert status == 401, (path, status)
         assert b"inside the workspace" not in body
-    assert fetch(f"{base}/file={inside}")[0] == 404  # the old file route does not exist
+    assert fetch(f"{base}/file={inside}")[0] == 401  # not even a route that does not exist answers
     status, _ = fetch(f"{base}/gradio_api/queue/join", b'{"fn_index": 0, "data": [], "session_hash": "x"}')
     assert status == 401
 
