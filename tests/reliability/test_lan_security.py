@@ -154,6 +154,6 @@ def test_uploads_are_capped(server, user):
 def test_a_forged_or_malformed_session_cookie_is_refused(server, cookie):
     app, base, _ = server
     opener = urllib.request.build_opener()
-    opener.addheaders = [("Cookie", cookie.replace("x", app.cookie_id, 1))]
+    opener.addheaders = [("Cookie", cookie.replace("x", app.server_app.cookie_id, 1))]
     for path in ("/config", "/gradio_api/user", "/gradio_api/heartbeat/abc"):
         assert request(opener, base + path)[0] == 401, (cookie, path)
