@@ -22,12 +22,12 @@ import pandas as pd
 
 from acestep.errors import AceStepError, ConfigError, JobError
 from acestep.gpu import read_gpus
-from acestep.jobs import Job
+from acestep.jobs import QUEUED, Job
 from acestep.models.checkpoints import list_checkpoints
 from acestep.training.config import TrainingConfig, config_from_dict, config_to_dict, save_config
 from acestep.training.presets import recommendation_message
 from acestep.ui.context import AppContext
-from acestep.ui.jobs_panel import POLL_SECONDS, active_job, friendly, owner_of, submit_cli_job
+from acestep.ui.jobs_panel import POLL_SECONDS, build_jobs_panel, friendly, owner_of, submit_cli_job
 from acestep.ui.profiles import build_profile_section
 from acestep.ui.train_form import (
     FORM_SOURCE, VramEstimator, apply_preset_to_values, build_form, config_from_values, estimate_text,
@@ -79,39 +79,48 @@ def prepare_run(ctx: AppContext, values: list) -> tuple[TrainingConfig, Path]:
 
 def start_training(ctx: AppContext, values: list, owner: str = "") -> Job:
     """Check the form, write its config to `<runs>/.configs/<run>.toml` and submit
-    `train --config FILE` as a GPU job reading `<run>/events.jsonl`. Raises ConfigError,
-    PathRefused, or JobError while another training job is queued or running."""
-    _refuse_when_training(ctx)
+    `train --config FILE` as a GPU job reading `<run>/events.jsonl`: it runs at once, or waits in
+    the queue while another GPU job runs. Raises ConfigError, PathRefused, or JobError while a
+    job for the same run is queued or running."""
     config, run_dir = prepare_run(ctx, values)
+    _refuse_when_training(ctx, run_dir.name)
     config_file = save_config(config, ctx.workspace.runs / CONFIGS_FOLDER / f"{run_dir.name}.toml")
     return submit_cli_job(ctx, TRAIN_KIND, ["train", "--config", config_file], needs_gpu=True, label=run_dir.name,
                           owner=owner, events_path=run_dir / EVENTS_FILE)
 
 
 def resume_training(ctx: AppContext, run_text: str, owner: str = "") -> Job:
-    """Submit `train --resume RUN_DIR` for a run folder of the workspace. Raises PathRefused,
-    ConfigError for a folder that is not a run, or JobError while training."""
-    _refuse_when_training(ctx)
+    """Submit `train --resume RUN_DIR` for a run folder of the workspace (queued behind a running
+    GPU job). Raises PathRefused, ConfigError for a folder that is not a run, or JobError while
+    that run is queued or training."""
     run_dir = ctx.workspace.check_path(run_text, must_exist=True, what="run folder")
+    _refuse_when_training(ctx, run_dir.name)
     if not (run_dir / RUN_CONFIG_FILE).is_file():
         raise ConfigError(f"{run_dir} is not a run folder (it has no {RUN_CONFIG_FILE}); pick a run to resume.")
     return submit_cli_job(ctx, TRAIN_KIND, ["train", "--resume", run_dir], needs_gpu=True, label=run_dir.name,
                           owner=owner, events_path=run_dir / EVENTS_FILE)
 
 
+def training_jobs(ctx: AppContext) -> list[Job]:
+    """The training jobs running (first) and queued, in queue order."""
+    jobs = [job for job in ctx.jobs.poll() if job.kind == TRAIN_KIND and (job.active or job.status == QUEUED)]
+    return sorted(jobs, key=lambda job: job.status == QUEUED)
+
+
 def stop_training(ctx: AppContext) -> str:
-    """Stop the queued or running training job (it saves a checkpoint after its step); the message."""
-    job = active_job(ctx, TRAIN_KIND)
-    if job is None:
+    """Stop the running training job (it saves a checkpoint after its step), or the first queued
+    one when none runs; the message. Queued jobs are cancelled from the jobs table."""
+    jobs = training_jobs(ctx)
+    if not jobs:
         return "No training job is queued or running."
-    job = ctx.jobs.stop(job.id)
+    job = ctx.jobs.stop(jobs[0].id)
     return f"Training {job.label}: {job.status}."
 
 
-def _refuse_when_training(ctx: AppContext) -> None:
-    job = active_job(ctx, TRAIN_KIND)
-    if job is not None:
-        raise JobError(f"Training {job.label} is {job.status}; stop it or wait for it to end first.")
+def _refuse_when_training(ctx: AppContext, run_name: str) -> None:
+    for job in training_jobs(ctx):
+        if job.label == run_name:
+            raise JobError(f"Run {run_name} is already {job.status} ({job.id}); stop it or pick another run name.")
 
 
 # ---- watching a run --------------------------------------------------------------------------------------
@@ -196,13 +205,21 @@ def run_job(ctx: AppContext, run_dir: Path) -> Job | None:
 
 
 def training_status(ctx: AppContext) -> tuple[Job | None, str]:
-    """(the queued or running training job, a status line)."""
-    job = active_job(ctx, TRAIN_KIND)
-    if job is None:
+    """(the running training job, else the first queued one, or None; a status line naming the
+    running job and the queue)."""
+    jobs = training_jobs(ctx)
+    if not jobs:
         return None, "No training job is running."
-    waiting = " (waiting for the GPU)" if job.status == "queued" else ""
-    who = f" by {job.owner}" if job.owner else ""
-    return job, f"Training **{job.label}**{who}: {job.status}{waiting}."
+
+    def line(job: Job) -> str:
+        who = f" by {job.owner}" if job.owner else ""
+        waiting = " (waiting for the GPU)" if job.status == QUEUED else ""
+        return f"**{job.label}**{who}: {job.status}{waiting}"
+
+    text = f"Training {line(jobs[0])}."
+    if len(jobs) > 1:
+        text += " Queued next: " + "; ".join(line(job) for job in jobs[1:]) + "."
+    return jobs[0], text
 
 
 def _speed(reference: dict, last_log: dict, total: int | None, now: float | None) -> list[str]:
@@ -315,6 +332,8 @@ def build_train_tab(ctx: AppContext) -> None:
         players = [gr.Audio(type="filepath", interactive=False, visible=False, elem_id=f"train-preview-{i}")
                    for i in range(PREVIEW_SLOTS)]
     log = gr.Textbox(label="Log", lines=12, max_lines=12, interactive=False, autoscroll=True, elem_id="train-log")
+    with gr.Accordion("Training jobs: the queue, cancelling a waiting run, logs", open=False):
+        build_jobs_panel(ctx, [TRAIN_KIND], "train-jobs")
     seen = gr.State({})
     timer = gr.Timer(POLL_SECONDS)
 
@@ -340,8 +359,7 @@ def build_train_tab(ctx: AppContext) -> None:
 
     def on_tick(run_text, state):
         job, status_text = training_status(ctx)
-        buttons = [gr.update(interactive=job is None), gr.update(interactive=job is not None),
-                   gr.update(interactive=job is None)]
+        buttons = [gr.update(interactive=True), gr.update(interactive=job is not None), gr.update(interactive=True)]
         run_update = gr.skip()
         if not run_text and job is not None:
             run_text = ctx.workspace.relative(Path(job.events_path).parent)

@@ -202,9 +202,12 @@ def test_start_runs_a_real_train_job_whose_loss_becomes_plot_data(train_ctx):
     assert saved.data.tensors_dir == str(ctx.workspace.tensors / "demo")
     assert saved.model.checkpoints_dir == str(ctx.workspace.checkpoints) and saved.run.output_dir == str(
         ctx.workspace.runs)
-    assert training_status(ctx)[0].id == job.id  # the tab disables Start now
-    with pytest.raises(JobError, match="Training ui-run is (queued|running); stop it or wait"):
-        start_training(ctx, tiny_run_values("second"))
+    assert training_status(ctx)[0].id == job.id
+    second = start_training(ctx, tiny_run_values("second", "run.epochs=1"), owner="bob")  # waits for the GPU
+    assert second.status == "queued"
+    assert "Queued next: **second** by bob: queued (waiting for the GPU)" in training_status(ctx)[1]
+    with pytest.raises(JobError, match="Run ui-run is already (queued|running)"):
+        start_training(ctx, tiny_run_values("ui-run", "run.epochs=1"))
     job = ctx.jobs.wait(job.id, timeout=300)
     assert job.status == "done", ctx.jobs.tail_log(job.id)
     logs = [event for event in read_events(run) if event["type"] == "log"]
@@ -217,6 +220,7 @@ def test_start_runs_a_real_train_job_whose_loss_becomes_plot_data(train_ctx):
     assert snapshot.progress.startswith("**Step 4 of 4 (100 %)**") and "finished: adapter in" in (
         snapshot.progress)
     assert "[done] completed: step 4, epoch 1" in snapshot.log
+    assert ctx.jobs.wait(second.id, timeout=300).status == "done"  # the queue moved on by itself
     assert training_status(ctx)[0] is None
 
 
