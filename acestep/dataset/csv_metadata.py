@@ -103,7 +103,12 @@ def read_csv_rows(csv_path: Path, folder: Path) -> list[CsvRow]:
     UTF-8, has no header, no file column, or two columns for one field; a bad value in a row is
     kept in that row's `error` (so one bad row does not stop the others)."""
     text = _read_text(csv_path)
-    lines = list(csv.reader(io.StringIO(text), delimiter=_delimiter(text)))
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=_delimiter(text))
+    try:
+        lines = list(reader)
+    except csv.Error as error:
+        raise DatasetError(f"{csv_path}: line {reader.line_num} is not valid CSV ({error}); fix that line or "
+                           "save the file again from a spreadsheet as CSV") from error
     if not lines or not any(cell.strip() for cell in lines[0]):
         raise DatasetError(f"{csv_path}: is empty; a metadata CSV needs a header row with a file column")
     columns = _map_columns(csv_path, lines[0])
