@@ -13,6 +13,8 @@ What it guarantees:
 
 from __future__ import annotations
 
+import copy
+
 import hashlib
 import random
 import time
@@ -96,6 +98,7 @@ class Trainer:
         self.saved_at: tuple[int, int, int] | None = None
         self.interval = _Interval(self.fabric.device)
         self.previews = TrainingPreviews(session, self.emit)  # run.preview_*: audio previews, rank 0
+        self._group_start: tuple | None = None  # the state where the current accumulation group began
 
     # ---- events --------------------------------------------------------------------------------
     def emit(self, kind: str, **fields) -> None:
@@ -153,6 +156,25 @@ class Trainer:
         _restore_rng(state["rng"])
         self.emit("start", step=self.progress.step, epoch=self.progress.epoch,
                   message=f"resumed from {folder}" + (" (forced: " + "; ".join(problems) + ")" if problems else ""))
+
+    # ---- out of memory ---------------------------------------------------------------------------
+    def out_of_memory(self, error: BaseException) -> TrainingError:
+        """After an out-of-memory error inside a step: free what the step held, go back to where
+        its accumulation group began (the adapter has not changed since the last optimizer step),
+        save that state as a checkpoint, and return the error to raise, with the estimate and the
+        settings that would fit. A resume from the checkpoint continues exactly."""
+        s = self.s
+        s.optimizer.zero_grad(set_to_none=True)
+        if self.fabric.device.type == "cuda":
+            torch.cuda.empty_cache()
+        if self._group_start is not None:
+            progress, interval, rng = self._group_start
+            self.progress = Progress(**copy.deepcopy(progress.to_state()))
+            self.interval.restore_snapshot(interval)
+            _restore_rng(rng)
+        self.save_checkpoint("out of memory")
+        return TrainingError(out_of_memory_message(self.config, self.fabric.device, self.progress.step,
+                                                   s.run_dir, error))
 
     # ---- stop ------------------------------------------------------------------------------------
     def request_stop(self) -> None:
@@ -213,6 +235,9 @@ class Trainer:
             group_start = (index // accumulation) * accumulation
             group_size = min(accumulation, count - group_start)
             last_of_group = index - group_start + 1 == group_size
+            if index == group_start:  # what an out-of-memory stop goes back to (device copies: no sync)
+                self._group_start = (Progress(**copy.deepcopy(p.to_state())), self.interval.snapshot(),
+                                     _rng_states())
             generator = s.step_generator(p.epoch, index)
             batch = batch.to(self.fabric.device)
             with self.fabric.no_backward_sync(s.model, enabled=not last_of_group):
@@ -336,6 +361,15 @@ class _Interval:
         return {"sum": self.sum.item(), "count": self.count, "epoch_sum": self.epoch_sum.item(),
                 "epoch_count": self.epoch_count}
 
+    def snapshot(self) -> tuple:
+        """The running sums as device copies (taken without a host sync)."""
+        return self.sum.clone(), self.count, self.epoch_sum.clone(), self.epoch_count
+
+    def restore_snapshot(self, snapshot: tuple) -> None:
+        total, self.count, epoch_total, self.epoch_count = snapshot
+        self.sum.copy_(total)
+        self.epoch_sum.copy_(epoch_total)
+
     def restore(self, state: dict) -> None:
         self.sum.fill_(state["sum"])
         self.epoch_sum.fill_(state["epoch_sum"])
@@ -386,7 +420,10 @@ def train(config: TrainingConfig, resume: Path | None = None, force: bool = Fals
             stop_signal(trainer.request_stop)
         if session.resume_from is not None:
             trainer.restore(session.resume_from, force)
-        return trainer.run()
+        try:
+            return trainer.run()
+        except torch.OutOfMemoryError as exc:
+            raise trainer.out_of_memory(exc) from exc
     except BaseException as exc:
         trainer.emit("error", step=trainer.progress.step, epoch=trainer.progress.epoch,
                      message=f"{type(exc).__name__}: {exc}")
@@ -394,3 +431,40 @@ def train(config: TrainingConfig, resume: Path | None = None, force: bool = Fals
     finally:
         session.close()
 
+
+def out_of_memory_message(config: TrainingConfig, device: torch.device, step: int, run_dir: Path,
+                          error: BaseException) -> str:
+    """What to tell the user after running out of GPU memory: where, the estimate against the
+    GPU's memory, the settings that would fit, and how to go on."""
+    from acestep.gpu.estimate import GIB, estimate_vram, gib
+    from acestep.gpu.fit import settings_that_fit
+
+    first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    lines = [f"Out of GPU memory in the step after step {step} ({first_line})."]
+    from acestep.errors import CheckpointError
+    from acestep.models.checkpoints import DIT, resolve_model_path
+    from acestep.models.config import read_dit_config
+
+    try:
+        model_config = read_dit_config(resolve_model_path(config.model.checkpoint, DIT,
+                                                          checkpoints_dir=config.model.checkpoints_dir))
+    except CheckpointError:
+        model_config = None  # the 2B model's shapes
+    try:
+        estimate = estimate_vram(config, model_config, accelerator="cuda")
+    except Exception as exc:  # the message must not fail: say why there is no estimate
+        lines.append(f"(No estimate: {exc})")
+    else:
+        total = torch.cuda.get_device_properties(device).total_memory if device.type == "cuda" else None
+        lines.append(f"The estimate for these settings is {gib(estimate.total_bytes)}"
+                     + (f"; this GPU has {total / GIB:.2f} GiB in all, other programs included." if total else "."))
+        # The step did not fit: ask for settings that need a fifth less than the estimate (or the card).
+        fixed = estimate.parts.get("CUDA context", 0)
+        target = fixed + int((min(total or estimate.total_bytes, estimate.total_bytes) - fixed) * 0.8)
+        fits = settings_that_fit(config, estimate, target)
+        lines.append("Settings that would fit: " + "; ".join(
+            " ".join(f"--set {change}" for change in fit.changes) + f" (about {gib(fit.estimate.total_bytes)})"
+            for fit in fits) + "." if fits else "No usual setting lowers it enough: free memory on the GPU.")
+    lines.append(f"The state of step {step} is saved in {run_dir}/checkpoints. Close other programs using the GPU "
+                 f"and continue with --resume {run_dir}, or start a new run with the settings above.")
+    return " ".join(lines)
