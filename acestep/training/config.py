@@ -163,14 +163,9 @@ def config_to_dict(config: TrainingConfig) -> dict[str, Any]:
     return dataclasses.asdict(config)
 
 
-def save_config(config: TrainingConfig, path: str | os.PathLike) -> Path:
-    """Validate `config` and write it as TOML (every field, with the version); return the path.
-
-    The file is replaced atomically (temp file + os.replace) and loads back equal. Unset optional
-    fields are left out when unset is their default, else written as "none". Raises ConfigError
-    for an invalid config or a write that fails (the old file is then left as it was).
-    """
-    validate(config)
+def config_to_toml_data(config: TrainingConfig) -> dict[str, Any]:
+    """`config` as TOML data: every field, unset optional ones left out when unset is their
+    default, else written as "none" (TOML has no null)."""
     defaults = config_to_dict(TrainingConfig())
     data = config_to_dict(config)
     for section in SECTIONS:
@@ -180,6 +175,18 @@ def save_config(config: TrainingConfig, path: str | os.PathLike) -> Path:
                     del data[section][name]
                 else:
                     data[section][name] = NONE_WORDS[0]
+    return data
+
+
+def save_config(config: TrainingConfig, path: str | os.PathLike) -> Path:
+    """Validate `config` and write it as TOML (every field, with the version); return the path.
+
+    The file is replaced atomically (temp file + os.replace) and loads back equal. Unset optional
+    fields are left out when unset is their default, else written as "none". Raises ConfigError
+    for an invalid config or a write that fails (the old file is then left as it was).
+    """
+    validate(config)
+    data = config_to_toml_data(config)
     text = ("# Training config written by acestep-trainer: every setting of the run, resolved.\n"
             "# Settings left out are unset. Load it with `acestep-trainer train --config <file>`.\n"
             + tomli_w.dumps(data))

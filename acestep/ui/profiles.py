@@ -32,9 +32,8 @@ import tomli_w
 from acestep.dataset.schema import TAG_POSITIONS
 from acestep.errors import ConfigError
 from acestep.files import read_text, write_atomically
-from acestep.training.config import TrainingConfig, config_from_dict, config_to_dict, validate
-from acestep.training.config_schema import SECTIONS
-from acestep.training.config_values import NONE_WORDS, show
+from acestep.training.config import TrainingConfig, config_from_dict, config_to_toml_data, validate
+from acestep.training.config_values import show
 from acestep.ui.context import AppContext
 from acestep.ui.jobs_panel import friendly
 from acestep.ui.train_form import config_from_values, values_from_config
@@ -53,7 +52,8 @@ def save_profile(path: str | Path, training_config: TrainingConfig, dataset_sett
     path = Path(path)
     validate(training_config, complete=False)
     dataset = check_dataset_settings(dataset_settings, str(path))
-    document = {"profile_version": PROFILE_VERSION, "dataset": dataset, "training": _toml_config(training_config)}
+    document = {"profile_version": PROFILE_VERSION, "dataset": dataset,
+                "training": config_to_toml_data(training_config)}
     text = ("# ACE-Step trainer profile: dataset settings and the training config.\n"
             "# Load it in the Train tab, or train from its [training] part.\n" + tomli_w.dumps(document))
     write_atomically(path, text, ConfigError, "profile")
@@ -124,21 +124,6 @@ def list_profiles(profiles_dir: Path, runs_dir: Path) -> list[tuple[str, str]]:
     runs.sort(key=lambda path: path.stat().st_mtime, reverse=True)
     choices += [(f"run: {path.parent.name}", str(path)) for path in runs]
     return choices
-
-
-def _toml_config(config: TrainingConfig) -> dict[str, Any]:
-    """The config as TOML data, unset fields as `save_config` writes them (left out when unset
-    is the default, else the text "none")."""
-    defaults = config_to_dict(TrainingConfig())
-    data = config_to_dict(config)
-    for section in SECTIONS:
-        for name, value in list(data[section].items()):
-            if value is None:
-                if defaults[section][name] is None:
-                    del data[section][name]
-                else:
-                    data[section][name] = NONE_WORDS[0]
-    return data
 
 
 # ---- the Train tab's section ---------------------------------------------------------------------------
