@@ -21,6 +21,8 @@ from acestep.jobs.process import is_running, process_start
 from acestep.jobs.runner import Supervisor, final_status, split_output
 from acestep.jobs.store import JOB_FILE, Job
 
+from support import wait_for
+
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals and process groups")
 
 # A command that prints "ready" and then waits for its release file (exit 0), stopping with exit
@@ -72,16 +74,6 @@ print(f"stopped: step {step}", flush=True)
 
 def child(mode: str = "wait", release: Path | None = None) -> list[str]:
     return [sys.executable, "-c", CHILD, mode, str(release or "")]
-
-
-def wait_for(condition, timeout: float = 10.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 def wait_ready(manager: JobManager, job_id: str, word: str = "ready") -> Job:

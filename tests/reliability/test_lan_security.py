@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import http.cookiejar
 import os
-import socket
 import urllib.error
 import urllib.parse
 import urllib.request
 
 import pytest
+from support import free_port
 
 USER, PASSWORD = "ann", "pw-for-tests"
 # What answers without a login: the login page and its form, logout, static files of the page,
@@ -24,11 +24,6 @@ PUBLIC = {("GET", "/"), ("POST", "/login"), ("POST", "/login/"), ("GET", "/logou
 
 pytestmark = pytest.mark.slow
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,6 @@
 """The web app: the Model tab's data, login, and no model code in the UI process."""
 
 import http.cookiejar
-import socket
 import subprocess
 import sys
 import urllib.error
@@ -10,6 +9,7 @@ import urllib.request
 import pytest
 
 from acestep.ui.model_tab import checkpoint_rows, missing_models_text
+from support import free_port
 
 
 def test_model_tab_rows_show_variant_and_status(tiny_checkpoints, tmp_path):
@@ -30,11 +30,6 @@ def test_ui_process_does_not_import_model_code():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def fetch(opener, url, data=None):

@@ -6,7 +6,6 @@ import json
 import re
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import gradio as gr
@@ -24,6 +23,7 @@ from acestep.ui.train_tab import (
     build_train_tab, plot_frames, preview_files, progress_text, read_events, resume_training, run_snapshot,
     start_training, stop_training, training_status,
 )
+from support import wait_for
 
 GIB = 2**30
 
@@ -180,15 +180,6 @@ def tiny_run_values(name: str, *overrides: str) -> list:
         "optimizer.warmup_steps=1", *overrides]))
 
 
-def wait_for(condition, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = condition()
-        if result:
-            return result
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
-
 
 @pytest.mark.slow
 def test_start_runs_a_real_train_job_whose_loss_becomes_plot_data(train_ctx):
@@ -229,7 +220,8 @@ def test_stop_then_resume_continues_the_run(train_ctx):
     ctx = train_ctx
     run = ctx.workspace.runs / "long"
     job = start_training(ctx, tiny_run_values("long", "run.epochs=200", "run.save_every_epochs=0"))
-    wait_for(lambda: sum(event["type"] == "log" for event in read_events(run)) >= 2, 300, "two logged steps")
+    wait_for(lambda: sum(event["type"] == "log" for event in read_events(run)) >= 2, 300, "two logged steps",
+             interval=0.2)
     assert stop_training(ctx) in ("Training long: stopping.", "Training long: stopped.")
     job = ctx.jobs.wait(job.id, timeout=120)
     assert job.status == "stopped", ctx.jobs.tail_log(job.id)
@@ -239,7 +231,7 @@ def test_stop_then_resume_continues_the_run(train_ctx):
     resumed = resume_training(ctx, "runs/long", owner="bob")
     assert resumed.argv[-3:] == ["train", "--resume", str(run)] and resumed.owner == "bob"
     wait_for(lambda: any(event["type"] == "log" and event["step"] > stopped_at["step"]
-                         for event in read_events(run)), 300, "a step after the resume")
+                         for event in read_events(run)), 300, "a step after the resume", interval=0.2)
     resumed_from = [event for event in read_events(run) if event["type"] == "start"
                     and event["message"].startswith("resumed from")]
     assert [event["step"] for event in resumed_from] == [stopped_at["step"]]
