@@ -35,6 +35,7 @@ from acestep.export.lora import (
     load_adapter,
     read_safetensors,
 )
+from acestep.files import read_json_object
 from acestep.models.convert import rename_module_path_to_original
 
 FORMATS = ("peft", "comfyui", "diffusers", "lycoris")
@@ -70,10 +71,26 @@ def resolve_adapter_folder(path: str | Path) -> Path:
     raise AdapterError(f"{path} is neither an adapter folder nor a run folder with final/ or checkpoints.")
 
 
+# The fields of training_metadata.json / lokr_config.json that export reads, and their types.
+METADATA_FIELDS = {"checkpoint": str, "variant": str, "fingerprint": str, "trigger_tag": str, "date": str,
+                   "step": int, "epoch": int, "rank": int, "alpha": (int, float), "modules": list}
+
+
 def read_metadata(folder: Path) -> dict:
+    """What training wrote beside the adapter ({} when nothing). Raises AdapterError naming the
+    file when it is not a JSON object or a field export uses has the wrong type."""
     for name in (TRAINING_METADATA, LOKR_CONFIG):
-        if (folder / name).is_file():
-            return json.loads((folder / name).read_text(encoding="utf-8"))
+        path = Path(folder) / name
+        if path.is_file():
+            metadata = read_json_object(path, AdapterError, f"{path} cannot be read.")
+            for key, kind in METADATA_FIELDS.items():
+                value = metadata.get(key)
+                wrong = (value is not None and (not isinstance(value, kind) or isinstance(value, bool)
+                                                or (isinstance(value, str) and "\0" in value)))
+                if wrong or (key == "modules" and value is not None and not all(isinstance(m, str) for m in value)):
+                    raise AdapterError(f"{path}: field {key!r} holds {value!r}, not what training writes there. "
+                                       "Fix or delete the field (or the file), or export another adapter folder.")
+            return metadata
     return {}
 
 

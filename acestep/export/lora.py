@@ -157,7 +157,8 @@ def _read_peft_folder(folder: Path) -> LoraWeights:
         raise AdapterError(f"{config_path} describes a {config.get('peft_type')!r} adapter; only PEFT LoRA/DoRA "
                            "folders load here.")
     for name in ("r", "lora_alpha"):
-        if not isinstance(config.get(name), (int, float)) or config[name] <= 0:
+        value = config.get(name)
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 < value < float("inf"):
             raise AdapterError(f"{config_path}: field {name!r} must be a positive number, found {config.get(name)!r}.")
     if config.get("bias", "none") != "none":
         raise AdapterError(f"{config_path}: bias {config['bias']!r} is not supported (ACE-Step adapters use 'none').")
@@ -165,17 +166,33 @@ def _read_peft_folder(folder: Path) -> LoraWeights:
         raise AdapterError(f"{config_path}: rsLoRA scaling is not supported; export the adapter without it.")
     state, _ = read_safetensors(folder / PEFT_WEIGHTS_NAME)
     weights = lora_weights_from_state(state, folder / PEFT_WEIGHTS_NAME, use_dora=bool(config.get("use_dora")))
-    patterns = config.get("alpha_pattern") or {}  # ranks come from the tensors themselves
+    patterns = _alpha_patterns(config.get("alpha_pattern") or {}, config_path)  # ranks come from the tensors
     for module in weights.modules:
         weights.alphas[module] = _peft_alpha(module, float(config["lora_alpha"]), patterns)
     return weights
 
 
-def _peft_alpha(module: str, default: float, patterns: dict) -> float:
-    """PEFT's rule: the first pattern matching the end of the module path (at a dot) wins."""
+def _alpha_patterns(patterns, config_path: Path) -> list[tuple[re.Pattern, float]]:
+    """`alpha_pattern` of a PEFT config as (compiled pattern, alpha), in the file's order."""
+    if not isinstance(patterns, dict):
+        raise AdapterError(f"{config_path}: alpha_pattern must be an object of module pattern -> alpha, "
+                           f"found {patterns!r}.")
+    compiled = []
     for pattern, value in patterns.items():
-        if re.match(rf"(.*\.)?({rename_module_path_to_diffusers(pattern)})$", module):
-            return float(value)
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 < value < float("inf"):
+            raise AdapterError(f"{config_path}: alpha_pattern[{pattern!r}] must be a positive number, found {value!r}.")
+        try:
+            compiled.append((re.compile(rf"(.*\.)?({rename_module_path_to_diffusers(pattern)})$"), float(value)))
+        except re.error as exc:
+            raise AdapterError(f"{config_path}: alpha_pattern key {pattern!r} is not a valid pattern ({exc}).") from exc
+    return compiled
+
+
+def _peft_alpha(module: str, default: float, patterns: list[tuple[re.Pattern, float]]) -> float:
+    """PEFT's rule: the first pattern matching the end of the module path (at a dot) wins."""
+    for pattern, value in patterns:
+        if pattern.match(module):
+            return value
     return default
 
 
