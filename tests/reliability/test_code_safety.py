@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from .conftest import record
+
 ROOT = Path(__file__).resolve().parents[2]
 SOURCES = sorted((ROOT / "acestep").rglob("*.py")) + [ROOT / "launch.py"]
 UNSAFE_MODULES = {"pickle", "cPickle", "dill", "marshal", "shelve", "joblib"}
@@ -45,6 +47,7 @@ def unsafe_calls(source: str, name: str = "<source>") -> list[str]:
 def test_the_package_has_no_way_to_run_code_from_data():
     found = [hit for path in SOURCES for hit in unsafe_calls(path.read_text(encoding="utf-8"),
                                                              str(path.relative_to(ROOT)))]
+    record("code from data", "source files scanned", len(SOURCES), "unsafe constructs found", len(found))
     assert not found, "\n".join(found)
     assert len(SOURCES) > 100  # the scan really read the package
 
@@ -88,5 +91,6 @@ def test_a_pickle_where_tensors_are_read_is_refused_and_never_runs(tmp_path):
     torch.save({"target_latents": Payload(marker)}, planted)  # a pickle, under a tensors file's name
     with pytest.raises(PreprocessError, match="could not be read") as refused:
         read_sample(planted)
+    record("code from data: planted pickle", "pickles planted as tensors", 1, "ran", int(marker.exists()))
     assert str(planted) in str(refused.value)
     assert not marker.exists()

@@ -9,6 +9,8 @@ import pytest
 
 from acestep.jobs import JobManager
 
+from .conftest import record
+
 SLEEP = [sys.executable, "-c", "import time; time.sleep(60)"]
 
 
@@ -30,6 +32,8 @@ def test_two_gpu_jobs_started_at_once_give_one_running_and_one_queued(tmp_path):
     manager = JobManager(root)
     try:
         statuses = sorted(job.status for job in manager.poll())
+        record("concurrency: training", "pairs of training starts at once", 1, "not one running + one queued",
+               int(statuses != ["queued", "running"]))
         assert len(submitted) == 2 and statuses == ["queued", "running"]
         queued = next(job for job in manager.list_jobs() if job.status == "queued")
         assert manager.stop(queued.id).status == "cancelled"
@@ -66,6 +70,8 @@ def test_two_saves_of_one_dataset_at_once_give_one_success_and_one_refusal(tmp_p
     for thread in threads:
         thread.join(30)
     outcomes = sorted(kind for kind, _ in results)
+    record("concurrency: saves", "pairs of dataset saves at once", 1, "not one saved + one refused",
+           int(outcomes != ["refused", "saved"]))
     assert outcomes == ["refused", "saved"]
     [winner] = [name for kind, name in results if kind == "saved"]
     [message] = [text for kind, text in results if kind == "refused"]

@@ -11,7 +11,9 @@ from acestep.errors import TrainingError
 from acestep.training import session as session_module
 from acestep.training.loop import train
 
-from .test_loop import adapter_tensors, events, make_config
+from training.test_loop import adapter_tensors, events, make_config
+
+from .conftest import record
 
 
 def test_an_out_of_memory_step_saves_the_state_and_a_resume_matches_an_uninterrupted_run(
@@ -46,6 +48,8 @@ def test_an_out_of_memory_step_saves_the_state_and_a_resume_matches_an_uninterru
     resumed = train(config, resume=run_dir)
     assert resumed.status == "completed" and resumed.step == straight.step
     a, b = adapter_tensors(straight.run_dir / "final"), adapter_tensors(resumed.run_dir / "final")
+    identical = a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    record("out of memory", "steps that ran out of memory", 1, "not resumed bit-identical", int(not identical))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     losses = [(e["step"], e["loss"]) for e in events(straight.run_dir) if e["type"] == "log"]
     resumed_losses = {(e["step"], e["loss"]) for e in events(run_dir) if e["type"] == "log"}

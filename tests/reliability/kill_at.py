@@ -1,0 +1,110 @@
+"""Run `acestep-trainer` with one SIGKILL armed at a chosen point of the training code.
+
+    python kill_at.py PHASE CALL -- train --config run.toml
+
+The process kills itself (`SIGKILL`, as the out-of-memory killer or a power cut would: no handler,
+no cleanup) on the CALL-th call of the function behind PHASE:
+
+    step             the batch loss was computed, before its backward pass
+    optimizer        inside the optimizer step, before the weights change
+    checkpoint-adapter   a checkpoint's adapter is written, its state not yet
+    checkpoint-state     a checkpoint's state is written, its COMPLETE marker not yet
+    checkpoint-prune     a checkpoint is in place, the older ones not yet pruned
+    preview          one preview strength is rendered and written, the next not yet
+    disk-full        not a kill: a checkpoint's state write fails with ENOSPC (a full disk),
+                     its adapter already written
+
+Nothing in the package knows about this: the points are reached by wrapping the functions from
+outside, so the run is the one a user starts, killed where the test says.
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import os
+import signal
+import sys
+
+
+def arm(owner, name: str, call: int, after: bool) -> None:
+    """Replace `owner.name` with a wrapper that kills the process on its `call`-th call, before
+    the original runs (`after` False) or once it has returned (`after` True)."""
+    original = getattr(owner, name)
+    calls = [0]
+
+    @functools.wraps(original)
+    def wrapper(*args, **kwargs):
+        calls[0] += 1
+        if calls[0] == call and not after:
+            os.kill(os.getpid(), signal.SIGKILL)
+        result = original(*args, **kwargs)
+        if calls[0] == call and after:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return result
+
+    setattr(owner, name, wrapper)
+
+
+def arm_phase(phase: str, call: int) -> None:
+    if phase == "step":
+        from acestep.training.session import TrainingSession
+
+        arm(TrainingSession, "batch_loss", call, after=True)
+    elif phase == "optimizer":
+        from acestep.training import loop
+
+        original = loop.Trainer._optimizer_step
+
+        def with_optimizer_armed(self):  # arm the run's own optimizer, whatever its class
+            if not getattr(self.s.optimizer, "_kill_armed", False):
+                arm(self.s.optimizer, "step", call, after=False)
+                self.s.optimizer._kill_armed = True
+            return original(self)
+
+        loop.Trainer._optimizer_step = with_optimizer_armed
+    elif phase == "checkpoint-adapter":
+        from acestep.training import checkpoint
+
+        arm(checkpoint, "save_state", call, after=False)
+    elif phase == "checkpoint-state":
+        from acestep.training import checkpoint
+
+        arm(checkpoint, "save_state", call, after=True)
+    elif phase == "checkpoint-prune":
+        from acestep.training import checkpoint
+
+        arm(checkpoint, "prune_checkpoints", call, after=False)
+    elif phase == "preview":
+        from acestep.inference import training_hook
+
+        arm(training_hook, "write_preview", call, after=True)
+    elif phase == "disk-full":
+        from acestep.training import checkpoint
+
+        original = checkpoint.save_state
+        calls = [0]
+
+        def disk_full(state, folder, *args, **kwargs):
+            calls[0] += 1
+            if calls[0] == call:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(folder))
+            return original(state, folder, *args, **kwargs)
+
+        checkpoint.save_state = disk_full
+    elif phase != "none":
+        raise SystemExit(f"unknown phase {phase!r}")
+
+
+def main(argv: list[str]) -> int:
+    phase, call, separator, *command = argv
+    if separator != "--":
+        raise SystemExit(__doc__)
+    arm_phase(phase, int(call))
+    from acestep.cli import main as cli_main
+
+    return cli_main(command)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
