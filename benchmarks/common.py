@@ -1,9 +1,12 @@
 """What the benchmark scripts share: model sizes, a transformer with random weights built from a
-config (nothing downloaded), synthetic tensors folders, and a `TrainingSession` assembled from a
-`TrainingConfig` with the trainer's own parts (adapter, optimizer, scheduler, Fabric, data)."""
+config (nothing downloaded), synthetic tensors folders, a `TrainingSession` assembled from a
+`TrainingConfig` with the trainer's own parts (adapter, optimizer, scheduler, Fabric, data), the
+real configs of the VAE and the text encoder, and what a result file records about the machine."""
 
 from __future__ import annotations
 
+import platform
+import time
 from pathlib import Path
 
 import torch
@@ -28,6 +31,18 @@ SIZES = {
     "2b": dict(ACESTEP_2B_DIT_CONFIG),
 }
 CONDITION_TOKENS = 400  # lyrics + timbre + caption tokens of a typical song
+
+# The ACE-Step 1.5 VAE (`vae/config.json`: diffusers' AutoencoderOobleck at 48 kHz, hop 1920) and the
+# Qwen3-Embedding-0.6B text encoder, from shared/reference/acestep-model.md section 1.4; their
+# parameter counts match the published file sizes (tests/test_benchmarks.py checks it).
+VAE_48K_CONFIG = {"encoder_hidden_size": 128, "downsampling_ratios": [2, 4, 4, 6, 10],
+                  "channel_multiples": [1, 2, 4, 8, 16], "decoder_channels": 128, "decoder_input_channels": 64,
+                  "audio_channels": 2, "sampling_rate": 48_000}
+QWEN3_EMBEDDING_CONFIG = {"vocab_size": 151_669, "hidden_size": 1024, "intermediate_size": 3072,
+                          "num_hidden_layers": 28, "num_attention_heads": 16, "num_key_value_heads": 8,
+                          "head_dim": 128, "max_position_embeddings": 32768, "rope_theta": 1_000_000.0,
+                          "rms_norm_eps": 1e-6, "tie_word_embeddings": True}
+OOM_MARKERS = ("OutOfMemoryError", "CUDA out of memory", "CUDA error: out of memory")
 
 
 def model_config(size: str) -> dict:
@@ -96,3 +111,41 @@ def build_session(training: TrainingConfig, model: AceStepModelConfig, samples: 
     return TrainingSession(training, fabric, work, wrapped, adapter, optimizer, scheduler, samples,
                            CroppedSamples(samples, indices, max_frames, seed), None, indices, objective, silence, null,
                            dtype, max(len(indices) // training.data.batch_size, 1), 10**6, {"precision": precision})
+
+
+def is_out_of_memory(error: BaseException | str) -> bool:
+    """Whether an exception (or its causes), or a log's text, says the GPU ran out of memory;
+    torch.compile wraps the error of a compiled region in its own exception types."""
+    if isinstance(error, str):
+        return any(marker in error for marker in OOM_MARKERS)
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, torch.OutOfMemoryError) or is_out_of_memory(f"{type(error).__name__}: {error}"):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
+def environment() -> dict:
+    """Date, GPU, driver, torch and CUDA versions, as a result file records them. Asks NVML, not
+    torch.cuda, so the process that runs the benchmark cells holds no CUDA context of its own."""
+    from acestep.gpu.monitor import read_gpus
+
+    report = read_gpus()
+    return {"date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+            "gpus": [f"{gpu.name}, {gpu.total_bytes // 2**20} MiB" for gpu in report.gpus],
+            "driver": report.driver_version, "cuda_driver": report.cuda_driver_version, "torch": torch.__version__,
+            "torch_cuda": torch.version.cuda, "python": platform.python_version(), "cpu": report.cpu}
+
+
+def random_module(module: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
+    """A module built on the meta device (`build_component`, `empty_weights`) with random weights made
+    in `dtype` on `device`: N(0, 0.02), norm weights 1. Its buffers (RoPE tables, FSQ levels) keep
+    their real values, unlike `to_empty`; frozen and in eval mode."""
+    tensors = {}
+    for name, param in module.named_parameters():
+        tensor = torch.empty(param.shape, device=device, dtype=dtype)
+        tensors[name] = tensor.fill_(1.0) if "norm" in name and param.dim() == 1 else tensor.normal_(0.0, 0.02)
+    module.load_state_dict(tensors, strict=False, assign=True)
+    return module.to(device).requires_grad_(False).eval()

@@ -1,26 +1,40 @@
-"""Time the trainer's step against a bare PyTorch loop on the same model, batch and precision.
+"""Time the trainer's step against the official ACE-Step trainer's loop on the same model, samples and
+precision, in the same process.
 
-    env/bin/python benchmarks/training_step.py                  # CPU: a small model, prints the overhead
-    env/bin/python benchmarks/training_step.py --size 2b --batch 4 --seconds 60 --gradient-checkpointing
+    env/bin/python benchmarks/training_step.py                  # CPU: a small model, checks the script
+    env/bin/python benchmarks/training_step.py --size 2b --batch 8 --seconds 60 --gradient-checkpointing --compile
 
-The bare loop does only forward, masked MSE, backward, optimizer step and zero_grad on one fixed
-batch. The trainer's step adds what a real run needs: reading samples from the tensors folder,
-crops and padding, CFG dropout, timestep and noise draws, context latents, gradient clipping and
-the finite-gradient check, the scheduler and the loss bookkeeping. The overhead is their ratio.
-On a GPU the script also prints samples/s, tokens/s, peak memory and model-FLOPs utilisation.
-Model weights are random, built from the real configs: nothing is downloaded.
+Loops, timed in alternating rounds on the same samples of a tensors folder:
+- trainer step: the trainer's own epoch loop (reading and cropping samples, CFG dropout, fp32
+  timestep and noise draws, masked loss, clipping with the finite-gradient check, the scheduler,
+  the loss bookkeeping without a per-step sync), with gradient checkpointing and regional compile
+  as asked;
+- reference loop: the official trainer's loop (benchmarks/reference_loop.py: per-step `.item()`,
+  timesteps drawn in bf16, loss over all frames, no compile) on the same model;
+- bare PyTorch loop (`--bare`): forward, masked MSE, backward, optimizer step on one fixed batch,
+  the floor of what a step costs.
+Printed per loop: ms/step, samples/s, tokens/s (DiT tokens: 12.5 per second of audio), TFLOP/s
+and, on a GPU, model-FLOPs utilisation (benchmarks/flops.py) and peak memory; then the trainer's
+speed-up over the reference loop. `--json` writes the same figures; running out of GPU memory
+writes `"status": "oom"` there and exits with 3. Weights are random, built from the real configs:
+nothing is downloaded.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
 import torch
-from common import CONDITION_TOKENS, SIZES, build_session, model_config, write_samples  # benchmarks/common.py
+from common import CONDITION_TOKENS, SIZES, build_session, is_out_of_memory, model_config, write_samples
+from flops import StepFlops, peak_tflops, step_flops
+from reference_loop import ReferenceLoop
+from torch.utils.data import DataLoader
 
 from acestep.models.config import parse_model_config
 from acestep.training.config import TrainingConfig, apply_overrides
@@ -29,25 +43,8 @@ from acestep.training.loop import Trainer, _Interval
 from acestep.training.objective import context_latents, flow_target, masked_flow_loss, noisy_latents
 from acestep.training.session import TrainingSession
 
-PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0, "RTX 4090": 165.0}
-
-
-def forward_flops(config: dict, batch: int, frames: int, tokens: int) -> float:
-    """Matmul FLOPs of one DiT forward: projections, MLP, attention scores (sliding layers see a
-    band of 2w+1 keys), the patch convolutions and the condition embedder."""
-    hidden, heads, kv, head_dim = (config[k] for k in ("hidden_size", "num_attention_heads",
-                                                       "num_key_value_heads", "head_dim"))
-    seq = (frames + 1) // 2
-    q, kvw = heads * head_dim, kv * head_dim
-    per_layer = 0.0
-    for kind in config["layer_types"][: config["num_hidden_layers"]]:
-        keys = seq if kind == "full_attention" else min(seq, 2 * config["sliding_window"] + 1)
-        self_attn = 2 * seq * (hidden * q * 2 + hidden * kvw * 2) + 4 * seq * keys * q
-        cross_attn = 2 * seq * hidden * q * 2 + 2 * tokens * hidden * kvw * 2 + 4 * seq * tokens * q
-        mlp = 2 * seq * 3 * hidden * config["intermediate_size"]
-        per_layer += self_attn + cross_attn + mlp
-    io = 2 * seq * (2 * config["in_channels"] * hidden + 2 * hidden * 64) + 2 * tokens * hidden * hidden
-    return batch * (per_layer + io)
+LOOP_LABELS = {"trainer": "trainer step", "reference": "reference loop", "bare": "bare PyTorch loop"}
+OOM_EXIT = 3
 
 
 def build_benchmark_session(args, work: Path) -> TrainingSession:
@@ -69,20 +66,30 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
+class SampleCursor:
+    """Hands out sample indices in order, wrapping around: each loop walks the same sequence."""
+
+    def __init__(self, count: int):
+        self.count, self.position = count, 0
+
+    def take(self, n: int) -> list[int]:
+        chosen = [(self.position + i) % self.count for i in range(n)]
+        self.position = (self.position + n) % self.count
+        return chosen
+
+
 class TrainerTimer:
     """Times epochs of the trainer's own loop, each over the next `count` batches of samples."""
 
     def __init__(self, session: TrainingSession, batch: int):
-        self.session, self.batch = session, batch
+        self.session, self.batch, self.optimizer = session, batch, session.optimizer
         self.trainer = Trainer(session)
         self.interval = _Interval(session.fabric.device)
-        self.indices, self.position = session.train_set.indices, 0
+        self.cursor = SampleCursor(len(session.samples))
 
     def seconds_per_step(self, count: int) -> float:
         s = self.session
-        chosen = self.indices[self.position: self.position + count * self.batch]
-        self.position = (self.position + count * self.batch) % len(self.indices)
-        s.train_set = CroppedSamples(s.samples, chosen, s.train_set.max_frames, 0)
+        s.train_set = CroppedSamples(s.samples, self.cursor.take(count * self.batch), s.train_set.max_frames, 0)
         s.batches_per_epoch = count
         self.trainer.progress.epoch += 1
         self.trainer.progress.batches_done = 0
@@ -90,6 +97,31 @@ class TrainerTimer:
         began = time.perf_counter()
         self.trainer._run_epoch(self.interval)
         synchronize(s.fabric.device)
+        return (time.perf_counter() - began) / count
+
+
+class ReferenceTimer:
+    """Times the official trainer's loop over the next `count` batches of the same samples."""
+
+    def __init__(self, session: TrainingSession, batch: int):
+        self.session, self.batch = session, batch
+        self.loop = ReferenceLoop(session)
+        self.optimizer = self.loop.optimizer
+        self.cursor = SampleCursor(len(session.samples))
+
+    def seconds_per_step(self, count: int) -> float:
+        s = self.session
+        chosen = CroppedSamples(s.samples, self.cursor.take(count * self.batch), s.train_set.max_frames, 0)
+        loader = DataLoader(chosen, batch_size=self.batch, shuffle=True, collate_fn=self.loop.collate,
+                            num_workers=s.config.data.num_workers, pin_memory=s.fabric.device.type == "cuda")
+        # the official trainer does not compile: blocks compiled for the trainer run eagerly here
+        eager = torch.compiler.set_stance("force_eager") if s.config.run.compile else contextlib.nullcontext()
+        with eager:
+            synchronize(s.fabric.device)
+            began = time.perf_counter()
+            for batch in loader:
+                self.loop.step(batch)
+            synchronize(s.fabric.device)
         return (time.perf_counter() - began) / count
 
 
@@ -121,17 +153,93 @@ class BareTimer:
         return (time.perf_counter() - began) / count
 
 
-def measure(session: TrainingSession, args) -> tuple[float, float]:
-    """Median seconds per step of (bare loop, trainer), measured in alternating rounds so that a
-    change in machine load affects both alike."""
-    bare, ours = BareTimer(session, args.batch), TrainerTimer(session, args.batch)
-    bare.seconds_per_step(args.warmup)
-    ours.seconds_per_step(args.warmup)
-    bare_times, our_times = [], []
-    for _ in range(args.rounds):
-        bare_times.append(bare.seconds_per_step(args.steps))
-        our_times.append(ours.seconds_per_step(args.steps))
-    return statistics.median(bare_times), statistics.median(our_times)
+def optimizer_state_bytes(optimizer) -> int:
+    optimizer = getattr(optimizer, "optimizer", optimizer)  # Fabric's wrapper
+    return sum(t.numel() * t.element_size() for state in optimizer.state.values() for t in state.values()
+               if isinstance(t, torch.Tensor))
+
+
+def measure(timers: dict, warmup: int, rounds: int, steps: int, device: torch.device) -> dict[str, dict]:
+    """Median seconds per step of each loop over alternating rounds (a change in machine load
+    affects all alike), and on a GPU each loop's peak memory without the other loops' optimizer
+    state (each loop has its own optimizer; a real run holds one)."""
+    for timer in timers.values():
+        timer.seconds_per_step(warmup)
+    times = {name: [] for name in timers}
+    peaks = dict.fromkeys(timers, 0)
+    for _ in range(rounds):
+        for name, timer in timers.items():
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats()
+            times[name].append(timer.seconds_per_step(steps))
+            if device.type == "cuda":
+                own = getattr(timer.optimizer, "optimizer", timer.optimizer)
+                others = {id(getattr(t.optimizer, "optimizer", t.optimizer)): t.optimizer for t in timers.values()}
+                others.pop(id(own), None)
+                spare = sum(optimizer_state_bytes(o) for o in others.values())
+                peaks[name] = max(peaks[name], torch.cuda.max_memory_allocated() - spare)
+    return {name: {"seconds_per_step": statistics.median(times[name]), "rounds": times[name],
+                   "peak_memory_bytes": peaks[name] if device.type == "cuda" else None} for name in timers}
+
+
+def loop_figures(measured: dict, batch: int, frames: int, flops: StepFlops, peak: float | None) -> dict:
+    seconds = measured["seconds_per_step"]
+    tflops = flops.total / seconds / 1e12
+    memory = measured["peak_memory_bytes"]
+    return {**measured, "samples_per_second": batch / seconds, "tokens_per_second": batch * -(-frames // 2) / seconds,
+            "tflops": tflops, "mfu": tflops / peak if peak else None,
+            "peak_memory_gib": memory / 2**30 if memory is not None else None}
+
+
+def _giga(flops: float) -> str:
+    return f"{flops / 1e12:.2f} TFLOP" if flops >= 1e11 else f"{flops / 1e9:.3f} GFLOP"
+
+
+def print_report(report: dict) -> None:
+    r = report
+    print(f"device {r['device']}, torch {r['torch']}, model {r['size']}, batch {r['batch']} x {r['seconds']:g} s "
+          f"({r['frames']} frames), precision {r['precision']}, checkpointing {r['gradient_checkpointing']}, "
+          f"compile {r['compile']}")
+    peak = f"{r['peak_tflops']:g} TFLOP/s dense bf16" if r["peak_tflops"] else "peak unknown (--peak-tflops)"
+    print(f"  model FLOPs per step {_giga(r['flops_forward'] + r['flops_backward'])} (forward "
+          f"{_giga(r['flops_forward'])}, backward {_giga(r['flops_backward'])}); {peak}")
+    for name, f in r["loops"].items():
+        mfu = f"MFU {100 * f['mfu']:5.1f}%" if f["mfu"] is not None else "MFU n/a"
+        memory = f"peak {f['peak_memory_gib']:.1f} GiB" if f["peak_memory_gib"] is not None else ""
+        print(f"  {LOOP_LABELS[name]:18s} {f['seconds_per_step'] * 1000:9.1f} ms/step  {f['samples_per_second']:8.2f} "
+              f"samples/s  {f['tokens_per_second']:10.0f} tokens/s  {f['tflops']:7.2f} TFLOP/s  {mfu}  {memory}")
+    if r.get("speedup_over_reference"):
+        print(f"  speed-up over the reference loop: {r['speedup_over_reference']:.2f}x")
+    if "bare" in r["loops"]:
+        ratio = r["loops"]["trainer"]["seconds_per_step"] / r["loops"]["bare"]["seconds_per_step"]
+        print(f"  trainer overhead over the bare loop: {100 * (ratio - 1):+.1f}%")
+
+
+def run(args, work: Path) -> dict:
+    """Build the session, time the loops, return the report (see the module docstring)."""
+    session = build_benchmark_session(args, work)
+    device = session.fabric.device
+    timers = {"trainer": TrainerTimer(session, args.batch)}
+    if not args.no_reference:
+        timers["reference"] = ReferenceTimer(session, args.batch)
+    if args.bare:
+        timers["bare"] = BareTimer(session, args.batch)
+    measured = measure(timers, args.warmup, args.rounds, args.steps, device)
+    frames = int(args.seconds * 25)
+    config, a = model_config(args.size), session.config.adapter
+    flops = step_flops(config, args.batch, frames, CONDITION_TOKENS, a.rank, a.targets, a.mlp,
+                       parse_model_config(config).encoder_hidden_size)
+    name = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
+    peak = args.peak_tflops or (peak_tflops(name) if device.type == "cuda" else None)
+    loops = {key: loop_figures(value, args.batch, frames, flops, peak) for key, value in measured.items()}
+    report = {"status": "ok", "device": name, "torch": torch.__version__, "size": args.size, "batch": args.batch,
+              "seconds": args.seconds, "frames": frames, "condition_tokens": CONDITION_TOKENS,
+              "precision": session.checkpoint_info["precision"], "gradient_checkpointing": args.gradient_checkpointing,
+              "compile": args.compile, "flops_forward": flops.forward, "flops_backward": flops.backward,
+              "peak_tflops": peak, "loops": loops}
+    if "reference" in loops:
+        report["speedup_over_reference"] = loops["reference"]["seconds_per_step"] / loops["trainer"]["seconds_per_step"]
+    return report
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -140,35 +248,33 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--seconds", type=float, default=30.0, help="crop length per sample")
     parser.add_argument("--steps", type=int, default=5, help="steps per timed round")
-    parser.add_argument("--rounds", type=int, default=5, help="alternating rounds of bare loop and trainer")
+    parser.add_argument("--rounds", type=int, default=5, help="alternating rounds of the loops")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--gradient-checkpointing", action="store_true")
-    parser.add_argument("--compile", action="store_true")
+    parser.add_argument("--compile", action="store_true", help="regional compile of the trainer's model "
+                                                               "(the reference loop runs it eagerly)")
+    parser.add_argument("--no-reference", action="store_true", help="skip the reference loop")
+    parser.add_argument("--bare", action="store_true", help="also time the bare PyTorch loop")
     parser.add_argument("--peak-tflops", type=float, default=None, help="dense bf16 peak of the GPU (for MFU)")
+    parser.add_argument("--json", type=Path, default=None, help="write the figures to this file")
     args = parser.parse_args(argv)
-    with tempfile.TemporaryDirectory() as tmp:
-        session = build_benchmark_session(args, Path(tmp))
-        device = session.fabric.device
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats()
-        bare, ours = measure(session, args)
-        peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None
-    frames = int(args.seconds * 25)
-    flops = 2 * forward_flops(model_config(args.size), args.batch, frames, CONDITION_TOKENS)  # fwd + activation bwd
-    print(f"device {torch.cuda.get_device_name() if device.type == 'cuda' else 'cpu'}, torch {torch.__version__}, "
-          f"model {args.size}, batch {args.batch} x {args.seconds:g} s ({frames} frames), "
-          f"precision {session.checkpoint_info['precision']}, "
-          f"checkpointing {args.gradient_checkpointing}, compile {args.compile}")
-    for name, seconds in (("bare PyTorch loop", bare), ("trainer step", ours)):
-        print(f"  {name:18s} {seconds * 1000:9.1f} ms/step  {args.batch / seconds:8.2f} samples/s  "
-              f"{args.batch * (frames + 1) // 2 / seconds:10.0f} tokens/s  {flops / seconds / 1e12:7.2f} TFLOP/s")
-    print(f"  trainer overhead: {100 * (ours / bare - 1):+.1f}%")
-    if peak is not None:
-        name = torch.cuda.get_device_name()
-        peak_tflops = args.peak_tflops or next((v for k, v in PEAK_BF16_TFLOPS.items() if k in name), None)
-        mfu = f"{100 * flops / ours / 1e12 / peak_tflops:.1f}%" if peak_tflops else "unknown peak (--peak-tflops)"
-        print(f"  peak memory {peak:.1f} GiB, model-FLOPs utilisation {mfu}")
-    return 0
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            report = run(args, Path(tmp))
+    except Exception as error:
+        if not is_out_of_memory(error):
+            raise
+        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        report = {"status": "oom", "size": args.size, "batch": args.batch, "seconds": args.seconds,
+                  "gradient_checkpointing": args.gradient_checkpointing, "compile": args.compile, "message": first}
+        print(f"out of memory: batch {args.batch} x {args.seconds:g} s, checkpointing {args.gradient_checkpointing}, "
+              f"compile {args.compile}: {first}")
+    else:
+        print_report(report)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+    return OOM_EXIT if report["status"] == "oom" else 0
 
 
 if __name__ == "__main__":

@@ -1,21 +1,231 @@
-"""The benchmark scripts run and print their figures (tiny sizes: this checks the code, not speed)."""
+"""The benchmark scripts: their FLOP count, the reference loop, the grid runner and its out-of-memory
+reporting, the preprocessing throughput (tiny sizes: this checks the code, not speed)."""
 
+import importlib
+import json
+import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def bench(name: str):
+    """A module of benchmarks/ (they import each other as top-level modules)."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        return importlib.import_module(name)
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+
+
+def tiny_lora_transformer(targets: str = "attention", mlp: bool = False, rank: int = 4):
+    from acestep.models.config import parse_model_config
+    from acestep.training.adapters import add_adapter
+
+    common = bench("common")
+    config = common.model_config("tiny")
+    torch.manual_seed(0)
+    model = common.random_transformer(parse_model_config(config), torch.device("cpu"), torch.float32)
+    add_adapter(model, "lora", rank, 2.0 * rank, 0.0, targets, mlp, [], -1)
+    with torch.no_grad():  # lora_B starts at zero; give the adapter an effect
+        for param in model.parameters():
+            if param.requires_grad:
+                param.normal_(0.0, 0.05)
+    return config, model
+
+
+@pytest.mark.parametrize(("targets", "mlp"), [("attention", False), ("cross_attention", True)])
+def test_step_flops_equal_torch_flop_counter(targets, mlp):
+    """The MFU numerator: forward and backward FLOPs of a LoRA step, counted by formula, equal
+    what torch's FlopCounterMode counts on the model (frames and window chosen so the sliding
+    band covers the whole sequence, as the counter counts full attention)."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.utils.flop_counter import FlopCounterMode
+
+    config, model = tiny_lora_transformer(targets, mlp)
+    batch, frames, tokens = 2, 30, 12
+    assert -(-frames // 2) <= config["sliding_window"] + 1
+    inputs = {"hidden_states": torch.randn(batch, frames, 64), "timestep": torch.rand(batch),
+              "timestep_r": torch.rand(batch), "context_latents": torch.randn(batch, frames, 128),
+              "encoder_hidden_states": torch.randn(batch, tokens, config["hidden_size"])}
+    with sdpa_kernel(SDPBackend.MATH):
+        with FlopCounterMode(display=False) as forward:
+            loss = model(**inputs).sample.square().mean()
+        with FlopCounterMode(display=False) as backward:
+            loss.backward()
+    counted = bench("flops").step_flops(config, batch, frames, tokens, 4, targets, mlp)
+    assert (counted.forward, counted.backward) == (forward.get_total_flops(), backward.get_total_flops())
+    flops = bench("flops")
+    assert flops.band_pairs(750, 128) == sum(min(749, i + 128) - max(0, i - 128) + 1 for i in range(750))
+    assert flops.peak_tflops("NVIDIA H100 PCIe") == 756.0 and flops.peak_tflops("NVIDIA H100 80GB HBM3") == 989.0
+    assert flops.peak_tflops("NVIDIA H200") == 989.0 and flops.peak_tflops("Tesla T4") is None
+
+
+def test_reference_loss_equals_the_trainer_loss_on_an_unpadded_batch_and_counts_padding():
+    """Same draws, same model: the official loss (MSE over all frames) equals our masked loss when
+    nothing is padded, and differs when a sample is padded; its timesteps are drawn in the
+    model's dtype from the turbo table."""
+    from acestep.training.data import collate
+    from acestep.training.objective import TURBO_SHIFT3_TIMESTEPS, apply_cfg_dropout, sample_timesteps
+    from acestep.training.step import Objective, batch_loss
+
+    reference = bench("reference_loop")
+    config, model = tiny_lora_transformer()
+    width = config["hidden_size"]
+    silence, null = torch.randn(1, 15000, 64), torch.randn(1, 1, width)
+    g = torch.Generator().manual_seed(1)
+
+    def item(frames):
+        return {"target_latents": torch.randn(frames, 64, generator=g), "id": str(frames),
+                "encoder_hidden_states": torch.randn(10, width, generator=g),
+                "encoder_attention_mask": torch.ones(10, dtype=torch.bool)}
+
+    objective = Objective("logit_normal", -0.4, 1.0, 0.0, None)
+    losses = {}
+    for lengths in ((40, 40), (40, 24)):
+        batch = collate([item(n) for n in lengths])
+        ours, _ = batch_loss(model, batch, objective, silence, null, torch.Generator().manual_seed(5), torch.float32)
+        replay = torch.Generator().manual_seed(5)  # batch_loss's draw order: CFG dropout, timesteps, noise
+        apply_cfg_dropout(batch.encoder_hidden_states, null, 0.0, replay)
+        t, _ = sample_timesteps(len(lengths), -0.4, 1.0, replay)
+        noise = torch.randn(batch.target_latents.shape, generator=replay)
+        inputs = reference.official_batch(batch, silence, torch.float32)
+        losses[lengths] = (ours.item(), reference.reference_loss(model, inputs, t, noise).item())
+    assert losses[(40, 40)][1] == pytest.approx(losses[(40, 40)][0], rel=1e-5)
+    assert abs(losses[(40, 24)][1] / losses[(40, 24)][0] - 1) > 0.02
+
+    table = torch.tensor(TURBO_SHIFT3_TIMESTEPS, dtype=torch.bfloat16)
+    t, noise = reference.reference_draws(torch.zeros(64, 8, 4, dtype=torch.bfloat16), table,
+                                         torch.Generator().manual_seed(0))
+    assert t.dtype == noise.dtype == torch.bfloat16 and set(t.tolist()) <= set(table.tolist())
+    assert 0.9545454545454546 not in t.tolist() and 0.953125 in table.tolist()  # bf16 rounding of the table
+
+
+def _tiny_args(**changes):
+    import argparse
+
+    values = dict(size="tiny", batch=1, seconds=1.0, steps=2, warmup=1, gradient_checkpointing=False, compile=False)
+    return argparse.Namespace(**{**values, **changes})
+
+
+def test_reference_loop_reads_the_loss_every_step_and_trains_the_adapter(tmp_path):
+    training_step = bench("training_step")
+    session = training_step.build_benchmark_session(_tiny_args(), tmp_path)
+    timer = training_step.ReferenceTimer(session, 1)
+    before = [p.detach().clone() for p in session.adapter.parameters()]
+    assert timer.seconds_per_step(2) > 0
+    assert len(timer.loop.losses) == 2 and all(isinstance(v, float) and v > 0 for v in timer.loop.losses)
+    assert any(not torch.equal(a, b) for a, b in zip(before, session.adapter.parameters(), strict=True))
+    assert training_step.optimizer_state_bytes(timer.optimizer) == 2 * 4 * sum(p.numel() for p in before) + 4 * len(
+        before)  # AdamW: two fp32 moments and a step count per tensor, separate from the trainer's optimizer
+    assert training_step.optimizer_state_bytes(session.optimizer) == 0
+
+
+def test_training_step_reports_running_out_of_memory(tmp_path, monkeypatch, capsys):
+    training_step = bench("training_step")
+
+    def out_of_memory(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+    monkeypatch.setattr(training_step, "measure", out_of_memory)
+    figures = tmp_path / "cell.json"
+    code = training_step.main(["--size", "tiny", "--seconds", "1", "--steps", "1", "--warmup", "1",
+                               "--json", str(figures)])
+    assert code == training_step.OOM_EXIT == 3
+    assert "out of memory: batch 1 x 1 s" in capsys.readouterr().out
+    stored = json.loads(figures.read_text())
+    assert stored["status"] == "oom" and stored["message"].startswith("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+
+def test_grid_cell_failures_are_reported_as_oom_timeout_or_error(tmp_path):
+    grid = bench("training_grid")
+    crash = "import torch; raise torch.OutOfMemoryError('CUDA out of memory. Tried to allocate 2.00 GiB')"
+    reported = ("import json, sys; json.dump({'status': 'oom', 'message': 'CUDA out of memory (compile)'}, "
+                f"open({str(tmp_path / 'b.json')!r}, 'w')); sys.exit(3)")
+    cases = {"a": crash, "b": reported, "c": "raise SystemExit('the cell failed for another reason')"}
+    results = {key: grid.run_cell([sys.executable, "-c", code], tmp_path / f"{key}.log", tmp_path / f"{key}.json", 60)
+               for key, code in cases.items()}
+    assert results["a"]["status"] == "oom" and "Tried to allocate 2.00 GiB" in results["a"]["message"]
+    assert results["b"]["status"] == "oom" and results["b"]["exit_code"] == 3
+    assert results["c"]["status"] == "error" and results["c"]["message"] == "the cell failed for another reason"
+    began = time.monotonic()
+    hung = grid.run_cell([sys.executable, "-c", "import time; time.sleep(60)"], tmp_path / "d.log",
+                         tmp_path / "d.json", 1.0)
+    assert hung["status"] == "timeout" and hung["exit_code"] is None and time.monotonic() - began < 20
+    cell = grid.parse_cell("8x60:ckpt")
+    assert (cell, cell.key) == (grid.Cell(8, 60.0, True, False), "b8-60s-ckpt")
+    with pytest.raises(ValueError, match="BATCHxSECONDS"):
+        grid.parse_cell("8x60:fast")
+    table = grid.markdown_table([{"cell": {"batch": 8, "seconds": 60.0, "checkpointing": True, "compile": False},
+                                  "result": results["a"]}])
+    assert table.splitlines()[-1].startswith("| 8 x 60 s | on | off | **oom** | – |")
+
+
 @pytest.mark.slow
-def test_training_step_benchmark_prints_both_loops_and_the_overhead():
-    command = [sys.executable, str(ROOT / "benchmarks" / "training_step.py"), "--size", "tiny", "--seconds", "2",
-               "--steps", "2", "--rounds", "2", "--warmup", "1"]
+def test_training_grid_runs_each_cell_in_its_own_process_and_writes_the_table(tmp_path):
+    command = [sys.executable, str(ROOT / "benchmarks" / "training_grid.py"), "--size", "tiny", "--batches", "1",
+               "--seconds", "1", "--checkpointing", "off,on", "--compile", "off", "--steps", "1", "--rounds", "1",
+               "--warmup", "1", "--out", str(tmp_path)]
     out = subprocess.run(command, capture_output=True, text=True, timeout=300, check=True).stdout
-    assert "bare PyTorch loop" in out and "trainer step" in out
-    assert "trainer overhead:" in out and "precision 32-true" in out
+    stored = json.loads((tmp_path / "grid.json").read_text())
+    assert [row["cell"]["label"] for row in stored["cells"]] == ["1x1", "1x1:ckpt"]
+    assert stored["size"] == "tiny" and stored["environment"]["torch"] == torch.__version__
+    for row in stored["cells"]:
+        result = row["result"]
+        assert result["status"] == "ok" and result["precision"] == "32-true" and result["frames"] == 25
+        assert set(result["loops"]) == {"trainer", "reference"} and result["flops_forward"] > 0
+        ours, ref = result["loops"]["trainer"], result["loops"]["reference"]
+        assert result["speedup_over_reference"] == pytest.approx(ref["seconds_per_step"] / ours["seconds_per_step"])
+        assert ours["samples_per_second"] == pytest.approx(1 / ours["seconds_per_step"])
+        assert ours["tokens_per_second"] == pytest.approx(13 / ours["seconds_per_step"])  # 25 frames -> 13 tokens
+        log = (tmp_path / result["log"]).read_text()
+        assert "trainer step" in log and "reference loop" in log and "speed-up over the reference loop:" in log
+    table = (tmp_path / "grid.md").read_text()
+    assert table.count("| ok |") == 2 and "| 1 x 1 s | on | off | ok |" in table
+    assert out.rstrip().endswith(table.rstrip().splitlines()[-1])
+
+
+@pytest.mark.slow
+def test_preprocess_throughput_prints_seconds_of_audio_per_second(tmp_path):
+    figures = tmp_path / "throughput.json"
+    command = [sys.executable, str(ROOT / "benchmarks" / "preprocess_throughput.py"), "--size", "tiny",
+               "--audio-seconds", "1", "--repeats", "1", "--caption-tokens", "300", "--json", str(figures)]
+    out = subprocess.run(command, capture_output=True, text=True, timeout=300, check=True).stdout
+    match = re.search(r"VAE: 1 s of audio in [\d.]+ s \(30 s chunks, 2 s overlap\): ([\d.]+) s of audio per second",
+                      out)
+    assert match and float(match.group(1)) > 0
+    stored = json.loads(figures.read_text())
+    assert stored["vae_audio_seconds_per_second"] == pytest.approx(stored["audio_seconds"] / stored["vae_seconds"])
+    assert stored["caption_tokens"] == 256 and stored["lyric_tokens"] == 500  # the caption is truncated as encode does
+    assert stored["text_samples_per_second"] == pytest.approx(
+        1 / (stored["caption_seconds"] + stored["lyric_seconds"] + stored["condition_seconds"]))
+    assert "captions/s" in out and "conditions/s" in out
+
+
+def test_real_vae_and_text_encoder_configs_match_the_published_file_sizes():
+    """Built on the meta device: bf16 parameters plus a safetensors header of about 100 bytes per
+    tensor make the published file sizes (shared/reference/acestep-model.md 1.2)."""
+    import warnings
+
+    from diffusers import AutoencoderOobleck
+    from transformers import Qwen3Config, Qwen3Model
+
+    from acestep.models.weights import empty_weights
+
+    common = bench("common")
+    with empty_weights(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        vae = AutoencoderOobleck(**common.VAE_48K_CONFIG)
+        text_encoder = Qwen3Model(Qwen3Config(**common.QWEN3_EMBEDDING_CONFIG))
+    for module, file_bytes in ((vae, 337_431_388), (text_encoder, 1_191_586_416)):
+        header = file_bytes - 2 * sum(p.numel() for p in module.parameters())
+        assert 0 < header < 200 * len(module.state_dict())
 
 
 @pytest.mark.slow
@@ -31,17 +241,11 @@ def test_gpu_presets_check_trains_every_preset_and_judges_the_figures(tmp_path):
     rows = {line.split()[0]: line for line in out.splitlines() if line.split() and line.split()[0] in BUILTIN_ORDER}
     assert set(rows) == set(BUILTIN_ORDER) and all(row.endswith("ok") for row in rows.values())
     assert "all presets passed (CPU: steps only, no memory comparison)" in out
-    import json
-
     stored = json.loads(figures.read_text())
     assert stored["device"] == "cpu" and [r["preset"] for r in stored["results"]] == list(BUILTIN_ORDER)
     assert all(r["steps"] == 1 and r["estimate_allocated"] > r["static"] > 0 for r in stored["results"])
 
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        import gpu_presets
-    finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
+    gpu_presets = bench("gpu_presets")
     gib = 1024 ** 3
     made_up = []
     for static, activations, workspace in ((3, 10, 0.4), (3, 7, 0.3), (3.5, 0.3, 0.2), (3.2, 0.2, 0.1)):

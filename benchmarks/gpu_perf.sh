@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# GPU performance (issue 11) as one script for a machine with an NVIDIA GPU, about 8 minutes on an
+# H100 including the model builds and compiles:
+#   1. the GPU, driver, torch and CUDA versions, the date (gpu.txt, env.txt);
+#   2. benchmarks/preprocess_throughput.py: the real-size VAE, text encoder and condition encoder
+#      (seconds of audio encoded per second; goal: VAE >= 200x real time);
+#   3. benchmarks/training_grid.py on the 2B transformer: each cell in its own process with its own
+#      time limit, in this order, until the budget is spent (grid/grid.md, grid/grid.json, logs):
+#        8x60:ckpt 8x60:ckpt:compile   batch 8 x 60 s with checkpointing (goal: >= 40% MFU)
+#        1x60:compile 1x60             batch 1 x 60 s against the reference loop (goal: >= 1.5x)
+#        8x60:compile                  batch 8 x 60 s without checkpointing
+#        1x60:ckpt 4x60:ckpt           the cells the H200 session measured (2026-11-26)
+#
+#   bash benchmarks/gpu_perf.sh [RESULTS_DIR]          # default: gpu-perf/ ($OUT when set)
+#   BUDGET=1800 CELLS= bash benchmarks/gpu_perf.sh     # the whole grid (24 cells), 30 minutes
+#
+# BUDGET is the script's time in seconds (default 450); CELLS the grid's cells (empty: all 24);
+# SIZE=tiny checks the script on a CPU in about a minute (with CELLS=1x1);
+# PYTHON the interpreter (default: env/bin/python when present, else python3). Exit status: the
+# number of parts that failed (a cell out of memory is a result, not a failure).
+set -u
+cd "$(dirname "$0")/.."
+RESULTS=${1:-${OUT:-gpu-perf}}
+BUDGET=${BUDGET:-450}
+SIZE=${SIZE:-2b}
+CELLS=${CELLS-8x60:ckpt,8x60:ckpt:compile,1x60:compile,1x60,8x60:compile,1x60:ckpt,4x60:ckpt}
+mkdir -p "$RESULTS"
+if [ -z "${PYTHON:-}" ]; then
+    if [ -x env/bin/python ]; then PYTHON=env/bin/python; else PYTHON=python3; fi
+fi
+export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+failed=0
+
+part() {  # part NAME SECONDS COMMAND...: run with a time limit, log to RESULTS/NAME.log
+    local name=$1 limit=$2
+    shift 2
+    echo "== $name (limit ${limit} s): $*"
+    local began=$SECONDS
+    timeout "$limit" "$@" > "$RESULTS/$name.log" 2>&1
+    local status=$?
+    cat "$RESULTS/$name.log"
+    echo "== $name: exit $status after $((SECONDS - began)) s"
+    [ "$status" -eq 0 ] || failed=$((failed + 1))
+}
+
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$RESULTS/gpu.txt"
+{
+    date -u "+date %Y-%m-%d %H:%M:%S UTC"
+    "$PYTHON" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'cudnn', \
+torch.backends.cudnn.version())"
+    git rev-parse HEAD 2>/dev/null | sed 's/^/commit /'
+} | tee "$RESULTS/env.txt"
+if [ "$SIZE" = tiny ]; then models=(--size tiny --audio-seconds 2 --repeats 1); else models=(--size real); fi
+part preprocess 100 "$PYTHON" benchmarks/preprocess_throughput.py "${models[@]}" --json "$RESULTS/preprocess.json"
+left=$((BUDGET - SECONDS))
+if [ "$left" -ge 60 ]; then
+    # the grid stops starting cells 15 s before its own limit, so it ends by itself and writes its table
+    part grid "$left" "$PYTHON" benchmarks/training_grid.py --size "$SIZE" ${CELLS:+--cells "$CELLS"} \
+        --budget $((left - 15)) --timeout 150 --compile-timeout 240 --out "$RESULTS/grid"
+else
+    echo "== grid: skipped, ${left} s of the ${BUDGET} s budget left"
+    failed=$((failed + 1))
+fi
+echo "parts failed: $failed; results in $RESULTS"
+exit "$failed"
