@@ -4,9 +4,12 @@
 #   1. the GPU, driver, torch and CUDA versions, the date (gpu.txt, env.txt);
 #   2. benchmarks/preprocess_throughput.py: the real-size VAE, text encoder and condition encoder
 #      (seconds of audio encoded per second; goal: VAE >= 200x real time);
-#   3. benchmarks/training_grid.py on the 2B transformer: each cell in its own process with its own
+#   3. benchmarks/attention_backends.py: the kernel each attention call of the 2B model gets at
+#      batch 8 x 60 s, and what the other kernels and two rewrites of the call cost (attention.log);
+#   4. benchmarks/training_grid.py on the 2B transformer: each cell in its own process with its own
 #      time limit, in this order, until the budget is spent (grid/grid.md, grid/grid.json, logs):
 #        8x60:ckpt 8x60:ckpt:compile   batch 8 x 60 s with checkpointing (goal: >= 40% MFU)
+#        8x60:ckpt:difflayout          the same before acestep.models.layout (that change's effect)
 #        1x60:compile 1x60             batch 1 x 60 s against the reference loop (goal: >= 1.5x)
 #        8x60:compile                  batch 8 x 60 s without checkpointing
 #        1x60:ckpt 4x60:ckpt           the cells the H200 session measured (2026-11-26)
@@ -23,7 +26,7 @@ cd "$(dirname "$0")/.."
 RESULTS=${1:-${OUT:-gpu-perf}}
 BUDGET=${BUDGET:-450}
 SIZE=${SIZE:-2b}
-CELLS=${CELLS-8x60:ckpt,8x60:ckpt:compile,1x60:compile,1x60,8x60:compile,1x60:ckpt,4x60:ckpt}
+CELLS=${CELLS-8x60:ckpt,8x60:ckpt:difflayout,8x60:ckpt:compile,1x60:compile,1x60,8x60:compile,1x60:ckpt,4x60:ckpt}
 mkdir -p "$RESULTS"
 if [ -z "${PYTHON:-}" ]; then
     if [ -x env/bin/python ]; then PYTHON=env/bin/python; else PYTHON=python3; fi
@@ -52,6 +55,8 @@ torch.backends.cudnn.version())"
 } | tee "$RESULTS/env.txt"
 if [ "$SIZE" = tiny ]; then models=(--size tiny --audio-seconds 2 --repeats 1); else models=(--size real); fi
 part preprocess 100 "$PYTHON" benchmarks/preprocess_throughput.py "${models[@]}" --json "$RESULTS/preprocess.json"
+if [ "$SIZE" = tiny ]; then shape=(--batch 1 --seconds 2 --repeats 2); else shape=(--batch 8 --seconds 60); fi
+part attention 60 "$PYTHON" benchmarks/attention_backends.py --size "$SIZE" "${shape[@]}"
 left=$((BUDGET - SECONDS))
 if [ "$left" -ge 60 ]; then
     # the grid stops starting cells 15 s before its own limit, so it ends by itself and writes its table

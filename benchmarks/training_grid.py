@@ -6,10 +6,12 @@ each cell in a fresh process with a time limit, and write the figures as a table
         --budget 420 --out grid                                                  # chosen cells, 7 minutes in all
     env/bin/python benchmarks/training_grid.py --size tiny --batches 1 --seconds 1 --compile off   # CPU check
 
-A cell is `BATCHxSECONDS` plus `:ckpt` (gradient checkpointing) and `:compile` (regional compile);
-without `--cells` the grid is every combination of `--batches`, `--seconds`, `--checkpointing` and
-`--compile`. Each cell runs in its own process (its own CUDA context and peak memory), which is
-killed with its process group at the cell's time limit, so a hang or a crash loses only that
+A cell is `BATCHxSECONDS` plus `:ckpt` (gradient checkpointing) and `:compile` (regional compile),
+and `:difflayout` to run the model with diffusers' transposed residual stream (the state before
+`acestep.models.layout`, to measure that change); without `--cells` the grid is every
+combination of `--batches`, `--seconds`, `--checkpointing` and `--compile`. Each cell runs in its
+own process (its own CUDA context and peak memory), which is killed with its process group at the
+cell's time limit, so a hang or a crash loses only that
 cell. A cell that runs out of GPU memory is reported as `oom`; one past its limit as `timeout`;
 any other failure as `error` with the last line of its log. After every cell the grid is
 rewritten to `OUT/grid.json` (every figure, the machine, the commands) and `OUT/grid.md` (the
@@ -34,7 +36,7 @@ from common import SIZES, environment, is_out_of_memory
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-CELL_PATTERN = re.compile(r"^(\d+)x(\d+(?:\.\d+)?)((?::(?:ckpt|compile))*)$")
+CELL_PATTERN = re.compile(r"^(\d+)x(\d+(?:\.\d+)?)((?::(?:ckpt|compile|difflayout))*)$")
 
 
 @dataclass(frozen=True)
@@ -43,25 +45,26 @@ class Cell:
     seconds: float
     checkpointing: bool
     compile: bool
+    diffusers_layout: bool = False  # the residual stream as diffusers leaves it (training_step --diffusers-layout)
 
     @property
     def label(self) -> str:
         return f"{self.batch}x{self.seconds:g}" + (":ckpt" if self.checkpointing else "") + (
-            ":compile" if self.compile else "")
+            ":compile" if self.compile else "") + (":difflayout" if self.diffusers_layout else "")
 
     @property
     def key(self) -> str:
         return f"b{self.batch}-{self.seconds:g}s" + ("-ckpt" if self.checkpointing else "") + (
-            "-compile" if self.compile else "")
+            "-compile" if self.compile else "") + ("-difflayout" if self.diffusers_layout else "")
 
 
 def parse_cell(text: str) -> Cell:
     """`8x60:ckpt:compile` -> Cell(8, 60.0, True, True). Raises ValueError on another form."""
     match = CELL_PATTERN.match(text.strip())
     if not match:
-        raise ValueError(f"cell {text!r} is not BATCHxSECONDS[:ckpt][:compile], e.g. 8x60:ckpt:compile")
+        raise ValueError(f"cell {text!r} is not BATCHxSECONDS[:ckpt][:compile][:difflayout], e.g. 8x60:ckpt:compile")
     flags = match.group(3).split(":")
-    return Cell(int(match.group(1)), float(match.group(2)), "ckpt" in flags, "compile" in flags)
+    return Cell(int(match.group(1)), float(match.group(2)), "ckpt" in flags, "compile" in flags, "difflayout" in flags)
 
 
 def grid_cells(batches: list[int], seconds: list[float], checkpointing: list[bool], compiles: list[bool]) -> list[Cell]:
@@ -74,6 +77,7 @@ def cell_command(cell: Cell, args, json_path: Path) -> list[str]:
                "--warmup", str(args.warmup), "--json", str(json_path)]
     command += ["--gradient-checkpointing"] if cell.checkpointing else []
     command += ["--compile"] if cell.compile else []
+    command += ["--diffusers-layout"] if cell.diffusers_layout else []
     command += ["--bare"] if args.bare else []
     command += ["--no-reference"] if args.no_reference else []
     command += ["--peak-tflops", str(args.peak_tflops)] if args.peak_tflops else []
@@ -120,6 +124,9 @@ def _number(value, scale: float = 1.0, digits: int = 1) -> str:
     return f"{value * scale:.{digits}f}" if isinstance(value, (int, float)) else "–"
 
 
+LAYOUT_NOTE = " (diffusers layout)"
+
+
 def markdown_table(rows: list[dict]) -> str:
     """One line per cell: our trainer's figures, then the reference loop's step time and our speed-up."""
     lines = ["| batch x crop | ckpt | compile | status | step ms | samples/s | tokens/s | TFLOP/s | MFU % | peak GiB "
@@ -130,7 +137,8 @@ def markdown_table(rows: list[dict]) -> str:
         status = result["status"] if result["status"] in ("ok", "skipped") else f"**{result['status']}**"
         speedup = result.get("speedup_over_reference")
         lines.append(
-            f"| {cell['batch']} x {cell['seconds']:g} s | {'on' if cell['checkpointing'] else 'off'} | "
+            f"| {cell['batch']} x {cell['seconds']:g} s{LAYOUT_NOTE if cell.get('diffusers_layout') else ''} | "
+            f"{'on' if cell['checkpointing'] else 'off'} | "
             f"{'on' if cell['compile'] else 'off'} | {status} | {_number(ours.get('seconds_per_step'), 1000)} | "
             f"{_number(ours.get('samples_per_second'), digits=2)} | {_number(ours.get('tokens_per_second'), digits=0)} "
             f"| {_number(ours.get('tflops'))} | {_number(ours.get('mfu'), 100)} | "

@@ -215,9 +215,22 @@ def print_report(report: dict) -> None:
         print(f"  trainer overhead over the bare loop: {100 * (ratio - 1):+.1f}%")
 
 
+def use_diffusers_layout(model: torch.nn.Module) -> None:
+    """Undo `acestep.models.layout.keep_sequence_major`: the residual stream as diffusers leaves it."""
+    from acestep.models.layout import _sequence_major
+
+    convs = [m.proj_in_conv for m in model.modules() if hasattr(m, "proj_in_conv")]
+    for conv in convs:
+        for key in [k for k, hook in conv._forward_hooks.items() if hook is _sequence_major]:
+            del conv._forward_hooks[key]
+    assert convs, "no transformer with proj_in_conv in the model"
+
+
 def run(args, work: Path) -> dict:
     """Build the session, time the loops, return the report (see the module docstring)."""
     session = build_benchmark_session(args, work)
+    if args.diffusers_layout:
+        use_diffusers_layout(session.model)
     device = session.fabric.device
     timers = {"trainer": TrainerTimer(session, args.batch)}
     if not args.no_reference:
@@ -235,7 +248,8 @@ def run(args, work: Path) -> dict:
     report = {"status": "ok", "device": name, "torch": torch.__version__, "size": args.size, "batch": args.batch,
               "seconds": args.seconds, "frames": frames, "condition_tokens": CONDITION_TOKENS,
               "precision": session.checkpoint_info["precision"], "gradient_checkpointing": args.gradient_checkpointing,
-              "compile": args.compile, "flops_forward": flops.forward, "flops_backward": flops.backward,
+              "compile": args.compile, "diffusers_layout": args.diffusers_layout,
+              "flops_forward": flops.forward, "flops_backward": flops.backward,
               "peak_tflops": peak, "loops": loops}
     if "reference" in loops:
         report["speedup_over_reference"] = loops["reference"]["seconds_per_step"] / loops["trainer"]["seconds_per_step"]
@@ -254,6 +268,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--compile", action="store_true", help="regional compile of the trainer's model "
                                                                "(the reference loop runs it eagerly)")
     parser.add_argument("--no-reference", action="store_true", help="skip the reference loop")
+    parser.add_argument("--diffusers-layout", action="store_true",
+                        help="run the model with diffusers' transposed residual stream (without "
+                             "acestep.models.layout), to measure what that change gains")
     parser.add_argument("--bare", action="store_true", help="also time the bare PyTorch loop")
     parser.add_argument("--peak-tflops", type=float, default=None, help="dense bf16 peak of the GPU (for MFU)")
     parser.add_argument("--json", type=Path, default=None, help="write the figures to this file")

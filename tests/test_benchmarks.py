@@ -263,3 +263,40 @@ def test_gpu_presets_check_trains_every_preset_and_judges_the_figures(tmp_path):
     assert gpu_presets.judge(too_big) == [f"peak {too_big['peak_allocated'] / gib:.2f} GiB > 7.5 GiB"]
     off = {**made_up[2], "estimate_allocated": 1.2 * made_up[2]["peak_allocated"]}
     assert gpu_presets.judge(off) == ["estimate off by +20%"]
+
+
+def test_attention_backends_records_the_three_attention_calls_and_times_each_kernel(capsys):
+    """The tiny DiT makes the same three kinds of call as the 2B one: sliding-window self-attention
+    with its dense additive mask, full self-attention and cross-attention, all with the GQA flag."""
+    attention = bench("attention_backends")
+    calls = attention.record_calls("tiny", 1, 2.0, torch.device("cpu"), torch.float32)
+    kinds = {call["kind"]: call for call in calls}
+    assert set(kinds) == {"self, masked", "self", "cross"}
+    frames = 2 * 25 // 2  # 2 s of latents, patch 2
+    masked = kinds["self, masked"]
+    assert masked["mask"] == ((1, 1, frames, frames), torch.float32) and masked["enable_gqa"]
+    assert kinds["cross"]["key"][2] == 400 and kinds["self"]["mask"] is None
+    rows = attention.measure(masked, torch.device("cpu"), repeats=1)
+    variants = {variant for variant, _, _ in rows}
+    assert variants == {"as called", "K/V repeated, no GQA flag", "K/V repeated, boolean mask"}
+    by_kernel = {(variant, kernel): ms for variant, kernel, ms in rows}
+    assert float(by_kernel[("as called", "math")]) > 0  # the math kernel takes every call
+    assert by_kernel[("as called", "cudnn")] == "unsupported"  # no cuDNN kernel on a CPU
+    assert any(kernel.endswith("(default)") for _, kernel, _ in rows)
+    assert attention.main(["--size", "tiny", "--seconds", "2", "--repeats", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "self, masked attention: query [1, 4, 25, 16], key/value [1, 2, 25, 16]" in out
+
+
+def test_op_count_counts_a_step_on_the_meta_device_and_shows_the_layout_change(capsys):
+    """The sequence-major stream (acestep.models.layout) turns the Linears' batched matmuls into
+    plain ones: fewer bmm, more mm, fewer kernels; what is left of bmm is attention's math kernel."""
+    count = bench("op_count")
+    now = count.summary(count.count_step("tiny", 2, 2.0, rank=4))
+    before = count.summary(count.count_step("tiny", 2, 2.0, rank=4, diffusers_layout=True))
+    assert before["bmm"] > now["bmm"] and now["mm"] > before["mm"]
+    assert now["kernels (not views)"] < before["kernels (not views)"] < before["operators"]
+    layers = 4  # tiny DiT: per layer self- and cross-attention, each 2 bmm forward, 2 recomputed, 4 backward
+    assert now["bmm"] == layers * 2 * 8
+    assert count.main(["--size", "tiny", "--batch", "1", "--seconds", "2", "--rank", "4"]) == 0
+    assert "kernels (not views)" in capsys.readouterr().out

@@ -26,6 +26,7 @@ from acestep.errors import CheckpointError
 from acestep.models import convert
 from acestep.models.checkpoints import DIT, is_diffusers_layout, resolve_model_path
 from acestep.models.config import AceStepModelConfig, read_dit_config
+from acestep.models.layout import keep_sequence_major
 from acestep.models.timbre import TimbreEncoder
 from acestep.models.weights import (
     SafetensorsIndex,
@@ -105,8 +106,8 @@ def _require(module: nn.Module | None, name: str) -> nn.Module:
 def build_component(config: AceStepModelConfig, component: str) -> nn.Module:
     """Build one module from the config with parameters on the meta device."""
     with empty_weights():
-        if component == convert.TRANSFORMER:
-            return AceStepTransformer1DModel(**config.transformer_kwargs())
+        if component == convert.TRANSFORMER:  # with its residual stream kept [B, T, D]-contiguous
+            return keep_sequence_major(AceStepTransformer1DModel(**config.transformer_kwargs()))
         if component == convert.AUDIO_TOKENIZER:
             return AceStepAudioTokenizer(**config.audio_tokenizer_kwargs())
         if component == convert.AUDIO_DETOKENIZER:

@@ -1,0 +1,182 @@
+"""Which attention kernel does each attention call of the DiT get, and what would the others cost?
+
+    env/bin/python benchmarks/attention_backends.py --size 2b --batch 8 --seconds 60   # on a GPU
+    env/bin/python benchmarks/attention_backends.py --size tiny --seconds 2             # CPU: checks the script
+
+One forward of the transformer (random weights, the benchmark's condition length) records every
+`scaled_dot_product_attention` call diffusers makes: its shapes, dtype, mask and GQA flag. For each
+distinct call (ACE-Step has three: self-attention with the dense sliding-window mask, full
+self-attention, cross-attention) it prints the kernel PyTorch's dispatcher chooses
+(`torch._fused_sdp_choice`), and the forward + backward time of the call as made, under each
+kernel forced in turn (flash, efficient, cuDNN, math: "unsupported" when the kernel refuses the
+call), and of two rewrites of it: K/V heads repeated to the query heads (no GQA flag), and that
+with a boolean mask instead of the additive one. The step profile of the H200 (bmm, mul and copy
+kernels taking two thirds of the GPU time) points at a math fallback; this script says which call
+falls back and what a rewrite would gain, in one short GPU run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+from common import CONDITION_TOKENS, SIZES, model_config, random_transformer
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from acestep.models.config import parse_model_config
+from acestep.training.objective import context_latents
+from acestep.training.session import FRAMES_PER_SECOND
+
+FORCED = {"flash": SDPBackend.FLASH_ATTENTION, "efficient": SDPBackend.EFFICIENT_ATTENTION,
+          "cudnn": SDPBackend.CUDNN_ATTENTION, "math": SDPBackend.MATH}
+
+
+def describe_call(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,
+                  enable_gqa=False) -> dict:
+    """The facts of one SDPA call that decide its kernel (tensors are [batch, heads, seq, dim])."""
+    kind = "cross" if key.shape[-2] != query.shape[-2] else ("self, masked" if attn_mask is not None else "self")
+    return {"kind": kind, "query": tuple(query.shape), "key": tuple(key.shape), "dtype": query.dtype,
+            "mask": None if attn_mask is None else (tuple(attn_mask.shape), attn_mask.dtype),
+            "enable_gqa": bool(enable_gqa), "scale": scale, "is_causal": bool(is_causal),
+            "strides": tuple(query.stride()), "attn_mask": attn_mask}
+
+
+def record_calls(size: str, batch: int, seconds: float, device: torch.device, dtype: torch.dtype) -> list[dict]:
+    """Distinct SDPA calls of one forward of the transformer of `size` (the first of each kind)."""
+    config = parse_model_config(model_config(size))
+    model = random_transformer(config, device, dtype)
+    frames = int(seconds * FRAMES_PER_SECOND)
+    latent = 64  # latent channels; the context is [silence latent ‖ chunk mask], 128
+    silence = torch.zeros(1, frames, latent, device=device, dtype=dtype)
+    condition_width = model.condition_embedder.in_features
+    calls: dict[str, dict] = {}
+    original = F.scaled_dot_product_attention
+
+    def recorder(query, key, value, *args, **kwargs):
+        names = ("attn_mask", "dropout_p", "is_causal", "scale", "enable_gqa")
+        described = describe_call(query, key, value, **dict(zip(names, args, strict=False)), **kwargs)
+        calls.setdefault(described["kind"], described)
+        return original(query, key, value, *args, **kwargs)
+
+    F.scaled_dot_product_attention = recorder
+    try:
+        with torch.no_grad():
+            model(hidden_states=torch.randn(batch, frames, latent, device=device, dtype=dtype),
+                  timestep=torch.full((batch,), 0.5, device=device, dtype=dtype),
+                  timestep_r=torch.full((batch,), 0.5, device=device, dtype=dtype),
+                  encoder_hidden_states=torch.randn(batch, CONDITION_TOKENS, condition_width, device=device,
+                                                    dtype=dtype),
+                  context_latents=context_latents(silence, frames, batch))
+    finally:
+        F.scaled_dot_product_attention = original
+    del model
+    return list(calls.values())
+
+
+def make_inputs(call: dict, device: torch.device, expand_kv: bool = False, bool_mask: bool = False):
+    """Fresh leaf tensors of a recorded call's shapes (and the rewrite asked for)."""
+    q = torch.randn(call["query"], device=device, dtype=call["dtype"], requires_grad=True)
+    k = torch.randn(call["key"], device=device, dtype=call["dtype"], requires_grad=True)
+    v = torch.randn(call["key"], device=device, dtype=call["dtype"], requires_grad=True)
+    mask = call["attn_mask"]
+    kwargs = {"attn_mask": mask, "scale": call["scale"], "enable_gqa": call["enable_gqa"]}
+    if bool_mask and mask is not None:
+        kwargs["attn_mask"] = mask == 0
+    return (q, k, v), kwargs, expand_kv
+
+
+def run_once(inputs) -> None:
+    (q, k, v), kwargs, expand_kv = inputs
+    if expand_kv and kwargs["enable_gqa"]:
+        repeats = q.shape[1] // k.shape[1]
+        k, v = k.repeat_interleave(repeats, dim=1), v.repeat_interleave(repeats, dim=1)
+        kwargs = {**kwargs, "enable_gqa": False}
+    out = F.scaled_dot_product_attention(q, k, v, **kwargs)
+    out.float().sum().backward()
+
+
+def seconds_per_call(inputs, device: torch.device, repeats: int) -> float:
+    run_once(inputs)  # warm-up (and the refusal, for a kernel that cannot take the call)
+    times = []
+    for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        began = time.perf_counter()
+        run_once(inputs)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - began)
+    return statistics.median(times)
+
+
+def chosen_kernel(call: dict, device: torch.device, expand_kv: bool = False, bool_mask: bool = False) -> str:
+    (q, k, v), kwargs, _ = make_inputs(call, device, expand_kv, bool_mask)
+    if expand_kv and kwargs["enable_gqa"]:
+        repeats = q.shape[1] // k.shape[1]
+        k, v = k.repeat_interleave(repeats, dim=1), v.repeat_interleave(repeats, dim=1)
+        kwargs = {**kwargs, "enable_gqa": False}
+    try:
+        index = torch._fused_sdp_choice(q, k, v, kwargs["attn_mask"], 0.0, False, scale=kwargs["scale"],
+                                        enable_gqa=kwargs["enable_gqa"])
+    except (RuntimeError, AttributeError, TypeError) as exc:
+        return f"? ({type(exc).__name__})"
+    return SDPBackend(index).name.lower()
+
+
+def measure(call: dict, device: torch.device, repeats: int) -> list[tuple[str, str, str]]:
+    """Rows (variant, kernel, ms fwd+bwd) for one recorded call."""
+    rows = []
+    variants = [("as called", False, False)]
+    if call["enable_gqa"]:
+        variants.append(("K/V repeated, no GQA flag", True, False))
+    if call["attn_mask"] is not None:
+        variants.append(("K/V repeated, boolean mask" if call["enable_gqa"] else "boolean mask", call["enable_gqa"],
+                         True))
+    for name, expand_kv, bool_mask in variants:
+        chosen = chosen_kernel(call, device, expand_kv, bool_mask)
+        rows.append((name, f"{chosen} (default)", _timed(call, device, repeats, expand_kv, bool_mask, None)))
+        for kernel, backend in FORCED.items():
+            rows.append((name, kernel, _timed(call, device, repeats, expand_kv, bool_mask, backend)))
+    return rows
+
+
+def _timed(call, device, repeats, expand_kv, bool_mask, backend) -> str:
+    context = sdpa_kernel([backend]) if backend is not None else contextlib.nullcontext()
+    try:
+        with context:
+            seconds = seconds_per_call(make_inputs(call, device, expand_kv, bool_mask), device, repeats)
+    except RuntimeError as exc:
+        if "out of memory" in str(exc):
+            return "out of memory"
+        return "unsupported"
+    return f"{seconds * 1000:.3f}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--size", choices=sorted(SIZES), default="tiny")
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--seconds", type=float, default=60.0, help="crop length")
+    parser.add_argument("--repeats", type=int, default=10, help="timed calls per variant (median)")
+    args = parser.parse_args(argv)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    print(f"device {torch.cuda.get_device_name() if device.type == 'cuda' else 'cpu'}, torch {torch.__version__}, "
+          f"{dtype}, {args.size} transformer, batch {args.batch} x {args.seconds:g} s")
+    calls = record_calls(args.size, args.batch, args.seconds, device, dtype)
+    for call in calls:
+        mask = "none" if call["mask"] is None else f"{list(call['mask'][0])} {call['mask'][1]}"
+        print(f"\n{call['kind']} attention: query {list(call['query'])}, key/value {list(call['key'])}, "
+              f"mask {mask}, enable_gqa {call['enable_gqa']}")
+        print(f"  {'variant':28s} {'kernel':24s} {'ms fwd+bwd':>12s}")
+        for variant, kernel, ms in measure(call, device, args.repeats):
+            print(f"  {variant:28s} {kernel:24s} {ms:>12s}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,95 @@
+"""Count the operators of one training step of the DiT without running it (no GPU, seconds).
+
+    env/bin/python benchmarks/op_count.py --size 2b --batch 4 --seconds 60
+    env/bin/python benchmarks/op_count.py --size 2b --batch 4 --seconds 60 --diffusers-layout
+
+The transformer is built on PyTorch's meta device (shapes only, no memory, no arithmetic) with
+the LoRA adapter, gradient checkpointing on, in bf16, and one forward and backward of a batch is
+dispatched under a counting mode. On a GPU nearly every counted operator that is not a view is one
+kernel launch, and the H200 profile shows the step is bound by launching them; the count is the
+proxy a CPU can measure. Attention counts as the math kernel here (the meta device has no fused
+attention), so its `bmm` are counted that way whatever a GPU picks.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections import Counter
+
+import torch
+from common import CONDITION_TOKENS, SIZES, model_config, random_transformer
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from acestep.models.config import parse_model_config
+from acestep.training.adapters import add_adapter
+from acestep.training.session import FRAMES_PER_SECOND
+
+# Operators that only make views (no kernel on a GPU).
+VIEWS = {"detach", "view", "t", "_unsafe_view", "expand", "permute", "unsqueeze", "transpose", "slice", "split",
+         "unbind", "as_strided", "select", "squeeze", "alias", "_reshape_alias", "unflatten", "split_with_sizes"}
+COPIES = ("clone", "copy_", "_to_copy")
+
+
+class CountOperators(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.counts: Counter[str] = Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.counts[func.overloadpacket.__name__] += 1
+        return func(*args, **(kwargs or {}))
+
+
+def count_step(size: str, batch: int, seconds: float, rank: int = 64, diffusers_layout: bool = False) -> Counter:
+    """Operators of one forward + backward of the `size` DiT with a LoRA of `rank` on attention."""
+    from acestep.models.layout import _sequence_major
+
+    device, dtype = torch.device("meta"), torch.bfloat16
+    model = random_transformer(parse_model_config(model_config(size)), device, dtype)
+    add_adapter(model, "lora", rank=rank, alpha=2.0 * rank)
+    torch.nn.Module.to(model, dtype)  # the meta device has no autocast: the adapter in bf16 as well
+    model.enable_gradient_checkpointing()
+    model.train()
+    if diffusers_layout:
+        hooks = model.proj_in_conv._forward_hooks
+        for key in [k for k, hook in hooks.items() if hook is _sequence_major]:
+            del hooks[key]
+    frames = int(seconds * FRAMES_PER_SECOND)
+    t = torch.full((batch,), 0.5, device=device, dtype=dtype)
+    inputs = {"hidden_states": torch.empty(batch, frames, 64, device=device, dtype=dtype), "timestep": t,
+              "timestep_r": t, "context_latents": torch.empty(batch, frames, 128, device=device, dtype=dtype),
+              "encoder_hidden_states": torch.empty(batch, CONDITION_TOKENS, model.condition_embedder.in_features,
+                                                   device=device, dtype=dtype)}
+    with CountOperators() as mode:
+        model(**inputs).sample.float().pow(2).mean().backward()
+    return mode.counts
+
+
+def summary(counts: Counter) -> dict[str, int]:
+    return {"operators": sum(counts.values()),
+            "kernels (not views)": sum(n for name, n in counts.items() if name not in VIEWS),
+            "bmm": counts["bmm"], "mm": counts["mm"] + counts["addmm"], "copies": sum(counts[n] for n in COPIES)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--size", choices=sorted(SIZES), default="2b")
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--seconds", type=float, default=60.0)
+    parser.add_argument("--rank", type=int, default=64)
+    parser.add_argument("--diffusers-layout", action="store_true",
+                        help="diffusers' transposed residual stream (without acestep.models.layout)")
+    parser.add_argument("--top", type=int, default=15, help="most frequent operators to list")
+    args = parser.parse_args(argv)
+    counts = count_step(args.size, args.batch, args.seconds, args.rank, args.diffusers_layout)
+    layout = "diffusers' layout" if args.diffusers_layout else "sequence-major stream"
+    print(f"one training step, {args.size} DiT, LoRA rank {args.rank}, batch {args.batch} x {args.seconds:g} s, "
+          f"gradient checkpointing, {layout}:")
+    for name, value in summary(counts).items():
+        print(f"  {name:20s} {value:7d}")
+    print("most frequent:", ", ".join(f"{name} {n}" for name, n in counts.most_common(args.top)))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
