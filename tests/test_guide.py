@@ -27,6 +27,15 @@ def test_the_reference_tables_in_the_guide_are_the_ones_the_code_writes():
         assert f"<!-- reference:{name} -->" in text
 
 
+def test_the_preset_table_in_the_readme_is_the_one_the_code_writes(tmp_path):
+    text = README.read_text(encoding="utf-8")
+    assert "<!-- reference:presets -->" in text
+    assert render_guide(text) == text, "run: env/bin/python -m acestep.training.reference README.md"
+    plain = tmp_path / "plain.md"
+    plain.write_text("# no tables here\n", encoding="utf-8")
+    assert main([str(plain), "--check"]) == 1  # a document without a table block is an error, not "current"
+
+
 def test_a_stale_table_is_found_and_rewritten(tmp_path):
     stale = tmp_path / "guide.md"
     text = GUIDE.read_text(encoding="utf-8")

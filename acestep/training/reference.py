@@ -1,10 +1,11 @@
-"""The reference tables of TRAINING_GUIDE.md, written from the code so they cannot drift: every
-training option (from the config schema) and the GPU presets (from their JSON files).
+"""The reference tables of TRAINING_GUIDE.md (and the preset table of README.md), written from the
+code so they cannot drift: every training option (from the config schema) and the GPU presets
+(from their JSON files).
 
-    env/bin/python -m acestep.training.reference TRAINING_GUIDE.md           # rewrite the tables
-    env/bin/python -m acestep.training.reference TRAINING_GUIDE.md --check   # exit 1 when stale
+    env/bin/python -m acestep.training.reference TRAINING_GUIDE.md README.md           # rewrite the tables
+    env/bin/python -m acestep.training.reference TRAINING_GUIDE.md README.md --check   # exit 1 when stale
 
-Each table sits between `<!-- reference:NAME -->` and `<!-- /reference:NAME -->` in the guide;
+Each table sits between `<!-- reference:NAME -->` and `<!-- /reference:NAME -->` in a document;
 the text around them is written by hand. tests/test_guide.py fails when a table is stale.
 """
 
@@ -112,37 +113,45 @@ def _block(name: str) -> re.Pattern:
 
 
 def render_guide(text: str) -> str:
-    """`text` with every reference table rewritten. Raises ValueError naming a missing block."""
+    """`text` with every reference table it holds rewritten. Raises ValueError when it holds none."""
+    found = False
     for name, render in TABLES.items():
         pattern = _block(name)
         if not pattern.search(text):
-            raise ValueError(f"the guide has no <!-- reference:{name} --> ... <!-- /reference:{name} --> block")
+            continue
+        found = True
         table = render()
         text = pattern.sub(lambda match, table=table: f"{match.group(1)}\n{table}\n{match.group(3)}", text)
+    if not found:
+        raise ValueError("it holds no <!-- reference:NAME --> ... <!-- /reference:NAME --> block (NAME: "
+                         + ", ".join(TABLES) + ")")
     return text
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("guide", type=Path, help="the guide to update (TRAINING_GUIDE.md)")
+    parser.add_argument("documents", type=Path, nargs="+", help="the documents to update (TRAINING_GUIDE.md README.md)")
     parser.add_argument("--check", action="store_true", help="only report whether the tables are current")
     args = parser.parse_args(argv)
-    text = args.guide.read_text(encoding="utf-8")
-    try:
-        new = render_guide(text)
-    except ValueError as error:
-        print(f"{args.guide}: {error}", file=sys.stderr)
-        return 1
-    if new == text:
-        print(f"{args.guide}: reference tables are current")
-        return 0
-    if args.check:
-        print(f"{args.guide}: reference tables are stale; run python -m acestep.training.reference {args.guide}",
-              file=sys.stderr)
-        return 1
-    args.guide.write_text(new, encoding="utf-8")
-    print(f"{args.guide}: reference tables rewritten")
-    return 0
+    status = 0
+    for document in args.documents:
+        text = document.read_text(encoding="utf-8")
+        try:
+            new = render_guide(text)
+        except ValueError as error:
+            print(f"{document}: {error}", file=sys.stderr)
+            status = 1
+            continue
+        if new == text:
+            print(f"{document}: reference tables are current")
+        elif args.check:
+            print(f"{document}: reference tables are stale; run python -m acestep.training.reference {document}",
+                  file=sys.stderr)
+            status = 1
+        else:
+            document.write_text(new, encoding="utf-8")
+            print(f"{document}: reference tables rewritten")
+    return status
 
 
 if __name__ == "__main__":
