@@ -180,9 +180,9 @@ class _Step:
         if not adapted:
             return grad  # a frozen Linear keeps only its weight, a parameter
         a, r, dropout = self.a, self.ad.rank, self.ad.dropout > 0
-        if self.ad.kind == "lokr":  # LyCORIS rebuilds the weight: F.linear(x, merged) keeps its input
-            # (a copy per module, except the attention output, which the kernel keeps already)
-            t.add(source if source.endswith(".attn.out") else f"{label}.in", rows * n_in * a)
+        if self.ad.kind == "lokr":  # LyCORIS rebuilds the weight: F.linear(x, merged) keeps its input,
+            # the very tensor (the stream is contiguous: acestep.models.layout), so q/k/v share one
+            t.add(source, rows * n_in * a)
             if grad:
                 t.add(f"{label}.merged", n_out * n_in * a)
             return True
