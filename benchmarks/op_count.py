@@ -19,6 +19,7 @@ from collections import Counter
 import torch
 from common import CONDITION_TOKENS, SIZES, model_config, random_transformer
 from torch.utils._python_dispatch import TorchDispatchMode
+from variants import use_diffusers_layout
 
 from acestep.models.config import parse_model_config
 from acestep.training.adapters import add_adapter
@@ -42,8 +43,6 @@ class CountOperators(TorchDispatchMode):
 
 def count_step(size: str, batch: int, seconds: float, rank: int = 64, diffusers_layout: bool = False) -> Counter:
     """Operators of one forward + backward of the `size` DiT with a LoRA of `rank` on attention."""
-    from acestep.models.layout import _sequence_major
-
     device, dtype = torch.device("meta"), torch.bfloat16
     model = random_transformer(parse_model_config(model_config(size)), device, dtype)
     add_adapter(model, "lora", rank=rank, alpha=2.0 * rank)
@@ -51,9 +50,7 @@ def count_step(size: str, batch: int, seconds: float, rank: int = 64, diffusers_
     model.enable_gradient_checkpointing()
     model.train()
     if diffusers_layout:
-        hooks = model.proj_in_conv._forward_hooks
-        for key in [k for k, hook in hooks.items() if hook is _sequence_major]:
-            del hooks[key]
+        use_diffusers_layout(model)
     frames = int(seconds * FRAMES_PER_SECOND)
     t = torch.full((batch,), 0.5, device=device, dtype=dtype)
     inputs = {"hidden_states": torch.empty(batch, frames, 64, device=device, dtype=dtype), "timestep": t,

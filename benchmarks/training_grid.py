@@ -7,8 +7,9 @@ each cell in a fresh process with a time limit, and write the figures as a table
     env/bin/python benchmarks/training_grid.py --size tiny --batches 1 --seconds 1 --compile off   # CPU check
 
 A cell is `BATCHxSECONDS` plus `:ckpt` (gradient checkpointing) and `:compile` (regional compile),
-and `:difflayout` to run the model with diffusers' transposed residual stream (the state before
-`acestep.models.layout`, to measure that change); without `--cells` the grid is every
+`:difflayout` to run the model with diffusers' transposed residual stream (the state before
+`acestep.models.layout`, to measure that change) and `:fusednorm` to compute its RMSNorms with
+`F.rms_norm` (benchmarks/variants.py); without `--cells` the grid is every
 combination of `--batches`, `--seconds`, `--checkpointing` and `--compile`. Each cell runs in its
 own process (its own CUDA context and peak memory), which is killed with its process group at the
 cell's time limit, so a hang or a crash loses only that
@@ -36,7 +37,7 @@ from common import SIZES, environment, is_out_of_memory
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-CELL_PATTERN = re.compile(r"^(\d+)x(\d+(?:\.\d+)?)((?::(?:ckpt|compile|difflayout))*)$")
+CELL_PATTERN = re.compile(r"^(\d+)x(\d+(?:\.\d+)?)((?::(?:ckpt|compile|difflayout|fusednorm))*)$")
 
 
 @dataclass(frozen=True)
@@ -46,25 +47,30 @@ class Cell:
     checkpointing: bool
     compile: bool
     diffusers_layout: bool = False  # the residual stream as diffusers leaves it (training_step --diffusers-layout)
+    fused_rmsnorm: bool = False  # RMSNorm by F.rms_norm (training_step --fused-rmsnorm)
 
     @property
     def label(self) -> str:
         return f"{self.batch}x{self.seconds:g}" + (":ckpt" if self.checkpointing else "") + (
-            ":compile" if self.compile else "") + (":difflayout" if self.diffusers_layout else "")
+            ":compile" if self.compile else "") + (":difflayout" if self.diffusers_layout else "") + (
+            ":fusednorm" if self.fused_rmsnorm else "")
 
     @property
     def key(self) -> str:
         return f"b{self.batch}-{self.seconds:g}s" + ("-ckpt" if self.checkpointing else "") + (
-            "-compile" if self.compile else "") + ("-difflayout" if self.diffusers_layout else "")
+            "-compile" if self.compile else "") + ("-difflayout" if self.diffusers_layout else "") + (
+            "-fusednorm" if self.fused_rmsnorm else "")
 
 
 def parse_cell(text: str) -> Cell:
     """`8x60:ckpt:compile` -> Cell(8, 60.0, True, True). Raises ValueError on another form."""
     match = CELL_PATTERN.match(text.strip())
     if not match:
-        raise ValueError(f"cell {text!r} is not BATCHxSECONDS[:ckpt][:compile][:difflayout], e.g. 8x60:ckpt:compile")
+        raise ValueError(f"cell {text!r} is not BATCHxSECONDS[:ckpt][:compile][:difflayout][:fusednorm], "
+                         "e.g. 8x60:ckpt:compile")
     flags = match.group(3).split(":")
-    return Cell(int(match.group(1)), float(match.group(2)), "ckpt" in flags, "compile" in flags, "difflayout" in flags)
+    return Cell(int(match.group(1)), float(match.group(2)), "ckpt" in flags, "compile" in flags, "difflayout" in flags,
+                "fusednorm" in flags)
 
 
 def grid_cells(batches: list[int], seconds: list[float], checkpointing: list[bool], compiles: list[bool]) -> list[Cell]:
@@ -78,6 +84,7 @@ def cell_command(cell: Cell, args, json_path: Path) -> list[str]:
     command += ["--gradient-checkpointing"] if cell.checkpointing else []
     command += ["--compile"] if cell.compile else []
     command += ["--diffusers-layout"] if cell.diffusers_layout else []
+    command += ["--fused-rmsnorm"] if cell.fused_rmsnorm else []
     command += ["--bare"] if args.bare else []
     command += ["--no-reference"] if args.no_reference else []
     command += ["--peak-tflops", str(args.peak_tflops)] if args.peak_tflops else []
@@ -125,6 +132,7 @@ def _number(value, scale: float = 1.0, digits: int = 1) -> str:
 
 
 LAYOUT_NOTE = " (diffusers layout)"
+NORM_NOTE = " (fused RMSNorm)"
 
 
 def markdown_table(rows: list[dict]) -> str:
@@ -137,7 +145,8 @@ def markdown_table(rows: list[dict]) -> str:
         status = result["status"] if result["status"] in ("ok", "skipped") else f"**{result['status']}**"
         speedup = result.get("speedup_over_reference")
         lines.append(
-            f"| {cell['batch']} x {cell['seconds']:g} s{LAYOUT_NOTE if cell.get('diffusers_layout') else ''} | "
+            f"| {cell['batch']} x {cell['seconds']:g} s{LAYOUT_NOTE if cell.get('diffusers_layout') else ''}"
+            f"{NORM_NOTE if cell.get('fused_rmsnorm') else ''} | "
             f"{'on' if cell['checkpointing'] else 'off'} | "
             f"{'on' if cell['compile'] else 'off'} | {status} | {_number(ours.get('seconds_per_step'), 1000)} | "
             f"{_number(ours.get('samples_per_second'), digits=2)} | {_number(ours.get('tokens_per_second'), digits=0)} "

@@ -34,6 +34,7 @@ import torch
 from common import CONDITION_TOKENS, SIZES, build_session, is_out_of_memory, model_config, write_samples
 from flops import StepFlops, peak_tflops, step_flops
 from reference_loop import ReferenceLoop
+from variants import use_diffusers_layout, use_fused_rms_norm
 from torch.utils.data import DataLoader
 
 from acestep.models.config import parse_model_config
@@ -215,22 +216,13 @@ def print_report(report: dict) -> None:
         print(f"  trainer overhead over the bare loop: {100 * (ratio - 1):+.1f}%")
 
 
-def use_diffusers_layout(model: torch.nn.Module) -> None:
-    """Undo `acestep.models.layout.keep_sequence_major`: the residual stream as diffusers leaves it."""
-    from acestep.models.layout import _sequence_major
-
-    convs = [m.proj_in_conv for m in model.modules() if hasattr(m, "proj_in_conv")]
-    for conv in convs:
-        for key in [k for k, hook in conv._forward_hooks.items() if hook is _sequence_major]:
-            del conv._forward_hooks[key]
-    assert convs, "no transformer with proj_in_conv in the model"
-
-
 def run(args, work: Path) -> dict:
     """Build the session, time the loops, return the report (see the module docstring)."""
     session = build_benchmark_session(args, work)
     if args.diffusers_layout:
         use_diffusers_layout(session.model)
+    if args.fused_rmsnorm:
+        use_fused_rms_norm(session.model)
     device = session.fabric.device
     timers = {"trainer": TrainerTimer(session, args.batch)}
     if not args.no_reference:
@@ -248,7 +240,7 @@ def run(args, work: Path) -> dict:
     report = {"status": "ok", "device": name, "torch": torch.__version__, "size": args.size, "batch": args.batch,
               "seconds": args.seconds, "frames": frames, "condition_tokens": CONDITION_TOKENS,
               "precision": session.checkpoint_info["precision"], "gradient_checkpointing": args.gradient_checkpointing,
-              "compile": args.compile, "diffusers_layout": args.diffusers_layout,
+              "compile": args.compile, "diffusers_layout": args.diffusers_layout, "fused_rmsnorm": args.fused_rmsnorm,
               "flops_forward": flops.forward, "flops_backward": flops.backward,
               "peak_tflops": peak, "loops": loops}
     if "reference" in loops:
@@ -271,6 +263,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--diffusers-layout", action="store_true",
                         help="run the model with diffusers' transposed residual stream (without "
                              "acestep.models.layout), to measure what that change gains")
+    parser.add_argument("--fused-rmsnorm", action="store_true",
+                        help="compute the model's RMSNorms with F.rms_norm (benchmarks/variants.py), an experiment")
     parser.add_argument("--bare", action="store_true", help="also time the bare PyTorch loop")
     parser.add_argument("--peak-tflops", type=float, default=None, help="dense bf16 peak of the GPU (for MFU)")
     parser.add_argument("--json", type=Path, default=None, help="write the figures to this file")

@@ -300,3 +300,26 @@ def test_op_count_counts_a_step_on_the_meta_device_and_shows_the_layout_change(c
     assert now["bmm"] == layers * 2 * 8
     assert count.main(["--size", "tiny", "--batch", "1", "--seconds", "2", "--rank", "4"]) == 0
     assert "kernels (not views)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fused_rms_norm_variant_matches_diffusers_rms_norm(dtype):
+    """The experiment swaps every RMSNorm of the DiT (7 per layer and the output norm) and leaves
+    the prediction as it was, to the rounding of the dtype."""
+    from acestep.models.config import parse_model_config
+    from acestep.training.objective import context_latents
+
+    common, variants = bench("common"), bench("variants")
+    config = parse_model_config(common.model_config("tiny"))
+    torch.manual_seed(0)
+    model = common.random_transformer(config, torch.device("cpu"), dtype)
+    inputs = {"hidden_states": torch.randn(2, 50, 64, dtype=dtype), "timestep": torch.full((2,), 0.5, dtype=dtype),
+              "timestep_r": torch.full((2,), 0.5, dtype=dtype),
+              "encoder_hidden_states": torch.randn(2, 12, model.condition_embedder.in_features, dtype=dtype),
+              "context_latents": context_latents(torch.zeros(1, 50, 64), 50, 2).to(dtype)}
+    with torch.no_grad():
+        before = model(**inputs).sample.float()
+        assert variants.use_fused_rms_norm(model) == 4 * 7 + 1
+        after = model(**inputs).sample.float()
+    tolerance = 1e-5 if dtype == torch.float32 else 5e-2
+    torch.testing.assert_close(after, before, rtol=tolerance, atol=tolerance)
