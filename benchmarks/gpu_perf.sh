@@ -8,10 +8,11 @@
 #      batch 8 x 60 s, and what the other kernels and two rewrites of the call cost (attention.log);
 #   4. benchmarks/training_grid.py on the 2B transformer: each cell in its own process with its own
 #      time limit, in this order, until the budget is spent (grid/grid.md, grid/grid.json, logs):
-#        8x60:ckpt 8x60:ckpt:compile   batch 8 x 60 s with checkpointing (goal: >= 40% MFU)
-#        8x60:ckpt:difflayout          the same before acestep.models.layout (that change's effect)
-#        8x60:ckpt:fusednorm           the same with RMSNorm by F.rms_norm (an experiment)
-#        1x60:compile 1x60             batch 1 x 60 s against the reference loop (goal: >= 1.5x)
+#        8x60:ckpt                     batch 8 x 60 s with checkpointing (goal: >= 40% MFU)
+#        1x60                          batch 1 x 60 s against the reference loop (goal: >= 1.5x)
+#        8x60:ckpt:difflayout          8x60:ckpt before acestep.models.layout (that change's effect)
+#        8x60:ckpt:fusednorm           8x60:ckpt with RMSNorm by F.rms_norm (an experiment)
+#        8x60:ckpt:compile 1x60:compile    the same with regional compile
 #        8x60:compile                  batch 8 x 60 s without checkpointing
 #        1x60:ckpt 4x60:ckpt           the cells the H200 session measured (2026-11-26)
 #
@@ -27,7 +28,7 @@ cd "$(dirname "$0")/.."
 RESULTS=${1:-${OUT:-gpu-perf}}
 BUDGET=${BUDGET:-450}
 SIZE=${SIZE:-2b}
-CELLS=${CELLS-8x60:ckpt,8x60:ckpt:difflayout,8x60:ckpt:fusednorm,8x60:ckpt:compile,1x60:compile,1x60,8x60:compile,1x60:ckpt,4x60:ckpt}
+CELLS=${CELLS-8x60:ckpt,1x60,8x60:ckpt:difflayout,8x60:ckpt:fusednorm,8x60:ckpt:compile,1x60:compile,8x60:compile,1x60:ckpt,4x60:ckpt}
 mkdir -p "$RESULTS"
 if [ -z "${PYTHON:-}" ]; then
     if [ -x env/bin/python ]; then PYTHON=env/bin/python; else PYTHON=python3; fi
