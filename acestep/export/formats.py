@@ -76,6 +76,18 @@ METADATA_FIELDS = {"checkpoint": str, "variant": str, "fingerprint": str, "trigg
                    "step": int, "epoch": int, "rank": int, "alpha": (int, float), "modules": list}
 
 
+def _is_field_value(value, kind) -> bool:
+    """Whether a metadata value is absent or of the type training writes: no boolean for a number,
+    no NUL in a string (it cannot be a path), only strings in a list."""
+    if value is None:
+        return True
+    if isinstance(value, bool) or not isinstance(value, kind):
+        return False
+    if isinstance(value, str):
+        return "\0" not in value
+    return not isinstance(value, list) or all(isinstance(item, str) for item in value)
+
+
 def read_metadata(folder: Path) -> dict:
     """What training wrote beside the adapter ({} when nothing). Raises AdapterError naming the
     file when it is not a JSON object or a field export uses has the wrong type."""
@@ -85,9 +97,7 @@ def read_metadata(folder: Path) -> dict:
             metadata = read_json_object(path, AdapterError, f"{path} cannot be read.")
             for key, kind in METADATA_FIELDS.items():
                 value = metadata.get(key)
-                wrong = (value is not None and (not isinstance(value, kind) or isinstance(value, bool)
-                                                or (isinstance(value, str) and "\0" in value)))
-                if wrong or (key == "modules" and value is not None and not all(isinstance(m, str) for m in value)):
+                if not _is_field_value(value, kind):
                     raise AdapterError(f"{path}: field {key!r} holds {value!r}, not what training writes there. "
                                        "Fix or delete the field (or the file), or export another adapter folder.")
             return metadata
@@ -205,9 +215,8 @@ def _default_name(folder: Path, metadata: dict) -> str:
 def _write_formats(folder: Path, out_dir: Path, formats, base_name: str, metadata: dict, transformer,
                    result: ExportResult) -> None:
     if "lycoris" in formats:
-        config = read_metadata(folder)
-        meta = file_metadata(metadata, "lokr", int(config.get("rank", 0)), float(config.get("alpha", 0)),
-                             list(config.get("modules", [])))
+        meta = file_metadata(metadata, "lokr", int(metadata.get("rank", 0)), float(metadata.get("alpha", 0)),
+                             list(metadata.get("modules", [])))
         path = out_dir / f"{base_name}_lycoris.safetensors"
         save_file(_lycoris_state(folder, transformer), path, metadata={"format": "pt", **meta})
         result.files["lycoris"] = path

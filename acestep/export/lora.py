@@ -157,8 +157,7 @@ def _read_peft_folder(folder: Path) -> LoraWeights:
         raise AdapterError(f"{config_path} describes a {config.get('peft_type')!r} adapter; only PEFT LoRA/DoRA "
                            "folders load here.")
     for name in ("r", "lora_alpha"):
-        value = config.get(name)
-        if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 < value < float("inf"):
+        if not _is_positive_number(config.get(name)):
             raise AdapterError(f"{config_path}: field {name!r} must be a positive number, found {config.get(name)!r}.")
     if config.get("bias", "none") != "none":
         raise AdapterError(f"{config_path}: bias {config['bias']!r} is not supported (ACE-Step adapters use 'none').")
@@ -172,6 +171,11 @@ def _read_peft_folder(folder: Path) -> LoraWeights:
     return weights
 
 
+def _is_positive_number(value) -> bool:
+    """A finite JSON number above 0 (not a boolean, not NaN)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < float("inf")
+
+
 def _alpha_patterns(patterns, config_path: Path) -> list[tuple[re.Pattern, float]]:
     """`alpha_pattern` of a PEFT config as (compiled pattern, alpha), in the file's order."""
     if not isinstance(patterns, dict):
@@ -179,7 +183,7 @@ def _alpha_patterns(patterns, config_path: Path) -> list[tuple[re.Pattern, float
                            f"found {patterns!r}.")
     compiled = []
     for pattern, value in patterns.items():
-        if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 < value < float("inf"):
+        if not _is_positive_number(value):
             raise AdapterError(f"{config_path}: alpha_pattern[{pattern!r}] must be a positive number, found {value!r}.")
         try:
             compiled.append((re.compile(rf"(.*\.)?({rename_module_path_to_diffusers(pattern)})$"), float(value)))

@@ -27,9 +27,17 @@ import signal
 import sys
 
 
-def arm(owner, name: str, call: int, after: bool) -> None:
-    """Replace `owner.name` with a wrapper that kills the process on its `call`-th call, before
-    the original runs (`after` False) or once it has returned (`after` True)."""
+def kill(*args, **kwargs) -> None:
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def disk_full(state, folder, *args, **kwargs) -> None:
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(folder))
+
+
+def arm(owner, name: str, call: int, after: bool, act=kill) -> None:
+    """Replace `owner.name` with a wrapper that calls `act` (with the call's arguments) on its
+    `call`-th call, before the original runs (`after` False) or once it has returned (`after` True)."""
     original = getattr(owner, name)
     calls = [0]
 
@@ -37,10 +45,10 @@ def arm(owner, name: str, call: int, after: bool) -> None:
     def wrapper(*args, **kwargs):
         calls[0] += 1
         if calls[0] == call and not after:
-            os.kill(os.getpid(), signal.SIGKILL)
+            act(*args, **kwargs)
         result = original(*args, **kwargs)
         if calls[0] == call and after:
-            os.kill(os.getpid(), signal.SIGKILL)
+            act(*args, **kwargs)
         return result
 
     setattr(owner, name, wrapper)
@@ -82,16 +90,7 @@ def arm_phase(phase: str, call: int) -> None:
     elif phase == "disk-full":
         from acestep.training import checkpoint
 
-        original = checkpoint.save_state
-        calls = [0]
-
-        def disk_full(state, folder, *args, **kwargs):
-            calls[0] += 1
-            if calls[0] == call:
-                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(folder))
-            return original(state, folder, *args, **kwargs)
-
-        checkpoint.save_state = disk_full
+        arm(checkpoint, "save_state", call, after=False, act=disk_full)
     elif phase != "none":
         raise SystemExit(f"unknown phase {phase!r}")
 

@@ -24,10 +24,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
-from acestep.training.config import TrainingConfig, apply_overrides, save_config
 from training.conftest import write_tensors_dir
+from training.test_loop import adapter_tensors, events
+from training.test_processes import write_config as write_training_config
 
 from .conftest import record
 
@@ -38,11 +38,11 @@ SEED = int(os.environ.get("ACESTEP_CRASH_SEED", "2026"))
 RUNS = 20
 # 8 samples, accumulation 2: 4 optimizer steps an epoch, 24 in all; a checkpoint every 3 steps
 # (8 of them, the last at the end), previews of 2 strengths every 5 steps (4 previews, 8 files).
-RUN_SETTINGS = ("adapter.rank=4", "adapter.alpha=8", "adapter.dropout=0.1", "optimizer.lr=1e-3",
-                "optimizer.warmup_steps=2", "optimizer.gradient_accumulation=2", "data.max_seconds=1.2",
-                "run.accelerator=cpu", "run.epochs=6", "run.save_every_steps=3", "run.save_every_epochs=0",
-                "run.keep_checkpoints=2", "run.log_every_steps=1", "run.preview_every_steps=5",
-                "run.preview_caption=mystyle, lofi hip hop", "run.preview_seconds=0.4", "run.preview_strengths=[0, 1]")
+# (on top of the CPU process tests' settings: rank 4, lr 1e-3, 1.2 s crops, CPU)
+RUN_SETTINGS = ("adapter.dropout=0.1", "optimizer.gradient_accumulation=2", "run.epochs=6", "run.save_every_steps=3",
+                "run.save_every_epochs=0", "run.keep_checkpoints=2", "run.log_every_steps=1",
+                "run.preview_every_steps=5", "run.preview_caption=mystyle, lofi hip hop", "run.preview_seconds=0.4",
+                "run.preview_strengths=[0, 1]")
 # phase -> the calls of its function a kill may land on: all after the first complete checkpoint
 # (step 3, the 6th batch), so that there is one to resume from.
 CALLS = {"step": range(7, 49), "optimizer": range(4, 25), "checkpoint-adapter": range(2, 9),
@@ -96,17 +96,7 @@ def harness(phase: str, call: int, *command: str) -> subprocess.Popen:
 
 
 def write_config(root: Path, tensors: Path, dit: Path, name: str) -> Path:
-    config = apply_overrides(TrainingConfig(), [f"data.tensors_dir={tensors}", f"model.checkpoint={dit}",
-                                                f"run.output_dir={root / 'runs'}", f"run.name={name}", *RUN_SETTINGS])
-    return save_config(config, root / f"{name}.toml")
-
-
-def events(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines() if line.strip()]
-
-
-def adapter(folder: Path) -> dict[str, torch.Tensor]:
-    return load_file(folder / "adapter_model.safetensors")
+    return write_training_config(root, tensors, dit, name, *RUN_SETTINGS)
 
 
 def same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
@@ -158,8 +148,8 @@ def play(scenario: Scenario, root: Path, tensors: Path, dit: Path, reference: Pa
     starts = [e["message"] for e in events(run_dir) if e["type"] == "start" and "resumed from" in e["message"]]
     outcome.resumed_from = Path(starts[-1].split("resumed from ", 1)[1]).name if starts else ""
     if resumed.returncode == 0:
-        outcome.identical = (same(adapter(run_dir / "final"), adapter(reference / "final"))
-                             and same(adapter(run_dir / "best"), adapter(reference / "best")))
+        outcome.identical = (same(adapter_tensors(run_dir / "final"), adapter_tensors(reference / "final"))
+                             and same(adapter_tensors(run_dir / "best"), adapter_tensors(reference / "best")))
     outcome.leftovers = checkpoint_folders(run_dir)[1]
     return outcome
 
@@ -221,5 +211,5 @@ def test_a_full_disk_during_a_checkpoint_stops_the_run_clearly_and_the_previous_
     resumed = harness("none", 0, "train", "--resume", str(run_dir))
     output = resumed.communicate(timeout=600)[0]
     assert resumed.returncode == 0, output
-    assert same(adapter(run_dir / "final"), adapter(reference / "final"))
+    assert same(adapter_tensors(run_dir / "final"), adapter_tensors(reference / "final"))
     record("full disk", "checkpoint writes failed with ENOSPC", 1, "previous checkpoint not usable", 0)
