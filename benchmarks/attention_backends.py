@@ -19,12 +19,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import statistics
-import time
 
 import torch
 import torch.nn.functional as F
-from common import CONDITION_TOKENS, SIZES, model_config, random_transformer
+from common import CONDITION_TOKENS, SIZES, is_out_of_memory, model_config, random_transformer, timed
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from acestep.models.config import parse_model_config
@@ -77,48 +75,33 @@ def record_calls(size: str, batch: int, seconds: float, device: torch.device, dt
     return list(calls.values())
 
 
-def make_inputs(call: dict, device: torch.device, expand_kv: bool = False, bool_mask: bool = False):
-    """Fresh leaf tensors of a recorded call's shapes (and the rewrite asked for)."""
+def make_inputs(call: dict, device: torch.device, bool_mask: bool = False):
+    """Fresh leaf q, k, v of a recorded call's shapes and its keyword arguments (the additive mask
+    as a boolean one when `bool_mask`)."""
     q = torch.randn(call["query"], device=device, dtype=call["dtype"], requires_grad=True)
     k = torch.randn(call["key"], device=device, dtype=call["dtype"], requires_grad=True)
     v = torch.randn(call["key"], device=device, dtype=call["dtype"], requires_grad=True)
     mask = call["attn_mask"]
-    kwargs = {"attn_mask": mask, "scale": call["scale"], "enable_gqa": call["enable_gqa"]}
-    if bool_mask and mask is not None:
-        kwargs["attn_mask"] = mask == 0
-    return (q, k, v), kwargs, expand_kv
+    kwargs = {"attn_mask": mask == 0 if bool_mask and mask is not None else mask, "scale": call["scale"],
+              "enable_gqa": call["enable_gqa"]}
+    return q, k, v, kwargs
 
 
-def run_once(inputs) -> None:
-    (q, k, v), kwargs, expand_kv = inputs
-    if expand_kv and kwargs["enable_gqa"]:
-        repeats = q.shape[1] // k.shape[1]
-        k, v = k.repeat_interleave(repeats, dim=1), v.repeat_interleave(repeats, dim=1)
-        kwargs = {**kwargs, "enable_gqa": False}
-    out = F.scaled_dot_product_attention(q, k, v, **kwargs)
-    out.float().sum().backward()
+def repeat_kv(q, k, v, kwargs: dict, expand_kv: bool):
+    """The call with K/V heads repeated to the query heads and no GQA flag, when `expand_kv`."""
+    if not (expand_kv and kwargs["enable_gqa"]):
+        return q, k, v, kwargs
+    repeats = q.shape[1] // k.shape[1]
+    return q, k.repeat_interleave(repeats, dim=1), v.repeat_interleave(repeats, dim=1), {**kwargs, "enable_gqa": False}
 
 
-def seconds_per_call(inputs, device: torch.device, repeats: int) -> float:
-    run_once(inputs)  # warm-up (and the refusal, for a kernel that cannot take the call)
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        began = time.perf_counter()
-        run_once(inputs)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - began)
-    return statistics.median(times)
+def run_once(inputs, expand_kv: bool) -> None:
+    q, k, v, kwargs = repeat_kv(*inputs, expand_kv)
+    F.scaled_dot_product_attention(q, k, v, **kwargs).float().sum().backward()
 
 
 def chosen_kernel(call: dict, device: torch.device, expand_kv: bool = False, bool_mask: bool = False) -> str:
-    (q, k, v), kwargs, _ = make_inputs(call, device, expand_kv, bool_mask)
-    if expand_kv and kwargs["enable_gqa"]:
-        repeats = q.shape[1] // k.shape[1]
-        k, v = k.repeat_interleave(repeats, dim=1), v.repeat_interleave(repeats, dim=1)
-        kwargs = {**kwargs, "enable_gqa": False}
+    q, k, v, kwargs = repeat_kv(*make_inputs(call, device, bool_mask), expand_kv)
     try:
         index = torch._fused_sdp_choice(q, k, v, kwargs["attn_mask"], 0.0, False, scale=kwargs["scale"],
                                         enable_gqa=kwargs["enable_gqa"])
@@ -148,11 +131,10 @@ def _timed(call, device, repeats, expand_kv, bool_mask, backend) -> str:
     context = sdpa_kernel([backend]) if backend is not None else contextlib.nullcontext()
     try:
         with context:
-            seconds = seconds_per_call(make_inputs(call, device, expand_kv, bool_mask), device, repeats)
+            inputs = make_inputs(call, device, bool_mask)
+            seconds = timed(device, repeats, lambda: run_once(inputs, expand_kv))
     except RuntimeError as exc:
-        if "out of memory" in str(exc):
-            return "out of memory"
-        return "unsupported"
+        return "out of memory" if is_out_of_memory(exc) else "unsupported"
     return f"{seconds * 1000:.3f}"
 
 

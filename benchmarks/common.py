@@ -6,6 +6,7 @@ real configs of the VAE and the text encoder, and what a result file records abo
 from __future__ import annotations
 
 import platform
+import statistics
 import time
 from pathlib import Path
 
@@ -111,6 +112,24 @@ def build_session(training: TrainingConfig, model: AceStepModelConfig, samples: 
     return TrainingSession(training, fabric, work, wrapped, adapter, optimizer, scheduler, samples,
                            CroppedSamples(samples, indices, max_frames, seed), None, indices, objective, silence, null,
                            dtype, max(len(indices) // training.data.batch_size, 1), 10**6, {"precision": precision})
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def timed(device: torch.device, repeats: int, call) -> float:
+    """Median seconds of `call()` over `repeats` runs, after one warm-up run."""
+    call()
+    times = []
+    for _ in range(repeats):
+        synchronize(device)
+        began = time.perf_counter()
+        call()
+        synchronize(device)
+        times.append(time.perf_counter() - began)
+    return statistics.median(times)
 
 
 def is_out_of_memory(error: BaseException | str) -> bool:

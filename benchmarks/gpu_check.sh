@@ -16,24 +16,7 @@
 set -u
 cd "$(dirname "$0")/.."
 RESULTS=${1:-${OUT:-gpu-results}}
-mkdir -p "$RESULTS"
-if [ -z "${PYTHON:-}" ]; then
-    if [ -x env/bin/python ]; then PYTHON=env/bin/python; else PYTHON=python3; fi
-fi
-export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-failed=0
-
-part() {  # part NAME SECONDS COMMAND...: run with a time limit, log to RESULTS/NAME.log
-    local name=$1 limit=$2
-    shift 2
-    echo "== $name (limit ${limit} s): $*"
-    local began=$SECONDS
-    timeout "$limit" "$@" > "$RESULTS/$name.log" 2>&1
-    local status=$?
-    cat "$RESULTS/$name.log"
-    echo "== $name: exit $status after $((SECONDS - began)) s"
-    [ "$status" -eq 0 ] || failed=$((failed + 1))
-}
+source benchmarks/parts.sh  # PYTHON, the environment, part and $failed
 
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$RESULTS/gpu.txt"
 "$PYTHON" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import time
 import warnings
 from pathlib import Path
@@ -29,7 +28,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import torch
-from common import QWEN3_EMBEDDING_CONFIG, VAE_48K_CONFIG, model_config, random_module
+from common import QWEN3_EMBEDDING_CONFIG, VAE_48K_CONFIG, model_config, random_module, timed
 
 from acestep.models.config import parse_model_config
 from acestep.models.load import build_component
@@ -73,21 +72,6 @@ def build_models(size: str, device: torch.device, dtype: torch.dtype) -> dict:
     return {"vae": torch.nn.Module.to(vae, dtype).eval().requires_grad_(False),
             "text_encoder": text_encoder.to(dtype).eval().requires_grad_(False),
             "condition_encoder": condition_encoder, "timbre": timbre, "vocab": text_config["vocab_size"]}
-
-
-def timed(device: torch.device, repeats: int, call) -> float:
-    """Median seconds of `call()` over `repeats` runs, after one warm-up run."""
-    call()
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        began = time.perf_counter()
-        call()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - began)
-    return statistics.median(times)
 
 
 def measure(models: dict, args, device: torch.device) -> dict:

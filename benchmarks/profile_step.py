@@ -19,7 +19,8 @@ from pathlib import Path
 
 import torch
 from torch.profiler import ProfilerActivity, profile
-from training_step import BareTimer, build_benchmark_session, synchronize  # benchmarks/training_step.py
+from common import synchronize  # benchmarks/common.py
+from training_step import BareTimer, build_benchmark_session  # benchmarks/training_step.py
 
 
 def timed(device: torch.device, count: int, step) -> float:

@@ -31,7 +31,8 @@ import time
 from pathlib import Path
 
 import torch
-from common import CONDITION_TOKENS, SIZES, build_session, is_out_of_memory, model_config, write_samples
+from common import (CONDITION_TOKENS, SIZES, build_session, is_out_of_memory, model_config, synchronize,
+                    write_samples)
 from flops import StepFlops, peak_tflops, step_flops
 from reference_loop import ReferenceLoop
 from variants import use_diffusers_layout, use_fused_rms_norm
@@ -60,11 +61,6 @@ def build_benchmark_session(args, work: Path) -> TrainingSession:
     samples = write_samples(work / "tensors", args.batch * max(args.steps, args.warmup) * 2, frames,
                             config.encoder_hidden_size)
     return build_session(training, config, samples, work)
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
 
 
 class SampleCursor:
