@@ -3,8 +3,10 @@
     env/bin/python benchmarks/attention_backends.py --size 2b --batch 8 --seconds 60   # on a GPU
     env/bin/python benchmarks/attention_backends.py --size tiny --seconds 2             # CPU: checks the script
 
-One forward of the transformer (random weights, the benchmark's condition length) records every
-`scaled_dot_product_attention` call diffusers makes: its shapes, dtype, mask and GQA flag. For each
+One forward of the transformer (random weights, the benchmark's condition length, attention not
+planned) records every `scaled_dot_product_attention` call as diffusers makes it: its shapes,
+dtype, mask and GQA flag. First it prints the trainer's plan for this device
+(`acestep.models.attention`: which calls get their K/V heads repeated, and the kernel each gets). For each
 distinct call (ACE-Step has three: self-attention with the dense sliding-window mask, full
 self-attention, cross-attention) it prints the kernel PyTorch's dispatcher chooses
 (`torch._fused_sdp_choice`), and the forward + backward time of the call as made, under each
@@ -25,6 +27,7 @@ import torch.nn.functional as F
 from common import CONDITION_TOKENS, SIZES, is_out_of_memory, model_config, random_transformer, timed
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from acestep.models.attention import probe_plan
 from acestep.models.config import parse_model_config
 from acestep.training.objective import context_latents
 from acestep.training.session import FRAMES_PER_SECOND
@@ -149,6 +152,9 @@ def main(argv: list[str] | None = None) -> int:
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     print(f"device {torch.cuda.get_device_name() if device.type == 'cuda' else 'cpu'}, torch {torch.__version__}, "
           f"{dtype}, {args.size} transformer, batch {args.batch} x {args.seconds:g} s")
+    shape = parse_model_config(model_config(args.size)).transformer_kwargs()
+    plan = probe_plan(shape["num_attention_heads"], shape["num_key_value_heads"], shape["head_dim"], device, dtype)
+    print(f"the trainer's plan here: {plan.describe()}")
     calls = record_calls(args.size, args.batch, args.seconds, device, dtype)
     for call in calls:
         mask = "none" if call["mask"] is None else f"{list(call['mask'][0])} {call['mask'][1]}"

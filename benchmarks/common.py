@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from acestep.gpu.estimate import ACESTEP_2B_DIT_CONFIG
+from acestep.models.attention import plan_attention
 from acestep.models.config import AceStepModelConfig
 from acestep.models.load import build_component
 from acestep.models.tiny import TINY_DIT_CONFIG
@@ -21,8 +22,8 @@ from acestep.training.adapters import add_adapter
 from acestep.training.config import TrainingConfig
 from acestep.training.data import CroppedSamples
 from acestep.training.optim import build_optimizer, build_scheduler
-from acestep.training.session import (FRAMES_PER_SECOND, TrainingSession, compile_blocks, resolve_accelerator,
-                                      resolve_precision)
+from acestep.training.session import (FRAMES_PER_SECOND, TrainingSession, compile_blocks, compute_dtype,
+                                      resolve_accelerator, resolve_precision)
 from acestep.training.step import Objective
 
 SIZES = {
@@ -93,6 +94,7 @@ def build_session(training: TrainingConfig, model: AceStepModelConfig, samples: 
     fabric = Fabric(accelerator=accelerator, devices=1, precision=precision)
     torch.manual_seed(seed)
     transformer = random_transformer(model, fabric.device, dtype)
+    attention = plan_attention(transformer, fabric.device, compute_dtype(precision, dtype))
     if training.run.gradient_checkpointing:
         transformer.enable_gradient_checkpointing()
     a, o = training.adapter, training.optimizer
@@ -111,7 +113,8 @@ def build_session(training: TrainingConfig, model: AceStepModelConfig, samples: 
                           o_cfg.timestep_sigma or 1.0, o_cfg.cfg_dropout, o_cfg.min_snr_gamma)
     return TrainingSession(training, fabric, work, wrapped, adapter, optimizer, scheduler, samples,
                            CroppedSamples(samples, indices, max_frames, seed), None, indices, objective, silence, null,
-                           dtype, max(len(indices) // training.data.batch_size, 1), 10**6, {"precision": precision})
+                           dtype, max(len(indices) // training.data.batch_size, 1), 10**6, {"precision": precision},
+                           attention=attention.describe())
 
 
 def synchronize(device: torch.device) -> None:

@@ -31,7 +31,13 @@ from pathlib import Path
 import torch
 from common import build_session, model_config, write_samples  # benchmarks/common.py
 
-from acestep.gpu.activations import CUDA_KERNELS, CUDA_SM90_KERNELS, count_saved_bytes
+from acestep.gpu.activations import (
+    CUDA_KERNELS,
+    CUDA_REPEATED_KV_KERNELS,
+    CUDA_SM90_KERNELS,
+    count_saved_bytes,
+    cuda_kernels,
+)
 from acestep.gpu.estimate import DEFAULT_TUNING, ENCODER_TOKENS, GIB, estimate_vram
 from acestep.models.config import parse_model_config
 from acestep.training.config import TrainingConfig, apply_overrides
@@ -77,14 +83,17 @@ def measure_preset(name: str, size: str, steps: int, encoder_tokens: int, work: 
               "peak_reserved": torch.cuda.max_memory_reserved() - baseline if cuda else None, "baseline": baseline}
     result["saved_measured"] = _saved_bytes(session) if cuda else None
     # The estimate the trainer makes for this GPU (its compute capability picks the attention kernels),
-    # plus both kernel counts for the sliding-window layers, to see which one the GPU really took.
+    # plus the three kernel counts for the sliding-window layers, to see which one the GPU really took.
     capability = torch.cuda.get_device_capability() if cuda else None
     estimate = estimate_vram(config, model, accelerator="cuda", encoder_tokens=encoder_tokens, capability=capability)
     flash = estimate_vram(config, model, accelerator="cuda", encoder_tokens=encoder_tokens, kernels=CUDA_SM90_KERNELS)
     activations_only = dataclasses.replace(DEFAULT_TUNING, workspace_scale=0.0)
     result.update(estimate_allocated=estimate.allocated_bytes, estimate_total=estimate.total_bytes,
                   estimate_parts=estimate.parts, estimate_kept_math=_kept(config, model, encoder_tokens, CUDA_KERNELS),
+                  estimate_kept_repeated=_kept(config, model, encoder_tokens, CUDA_REPEATED_KV_KERNELS),
                   estimate_kept_flash=_kept(config, model, encoder_tokens, CUDA_SM90_KERNELS),
+                  estimate_kept=_kept(config, model, encoder_tokens,
+                                      cuda_kernels(capability) if capability else CUDA_KERNELS),
                   estimate_allocated_flash=flash.allocated_bytes,
                   static=estimate_vram(config, model, encoder_tokens=encoder_tokens, capability=capability,
                                        tuning=dataclasses.replace(activations_only, activation_scale=0.0)
@@ -157,7 +166,7 @@ def refit(results: list[dict]) -> dict:
     scale, ws = torch.linalg.lstsq(a, b.unsqueeze(1)).solution.flatten().tolist()
     fraction = statistics.median(r["peak_reserved"] / r["peak_allocated"] - 1 for r in rows)
     errors = [(r["static"] + scale * r["activations"] + ws * r["workspace"]) / r["peak_allocated"] - 1 for r in rows]
-    saved = [r["saved_measured"] / r["estimate_kept_math"] for r in rows if r["estimate_kept_math"]]
+    saved = [r["saved_measured"] / r["estimate_kept"] for r in rows if r["estimate_kept"]]
     return {"activation_scale": round(scale, 3), "workspace_scale": round(max(ws, 0.0), 3),
             "allocator_fraction": round(max(fraction, 0.0), 3), "max_error_after_refit": max(map(abs, errors)),
             "saved_measured_over_counted": saved}
@@ -166,7 +175,7 @@ def refit(results: list[dict]) -> dict:
 def print_table(results: list[dict], device: str) -> None:
     print(f"device {device}, torch {torch.__version__}")
     header = (f"{'preset':16s} {'card':>6s} {'limit':>6s} {'peak':>7s} {'reserved':>8s} {'estimate':>8s} {'error':>6s} "
-              f"{'kept':>6s} {'math':>6s} {'flash':>6s} {'s/step':>7s}  result")
+              f"{'kept':>6s} {'math':>6s} {'rep.':>6s} {'flash':>6s} {'s/step':>7s}  result")
     print(header)
     for r in results:
         peak = r["peak_allocated"]
@@ -175,12 +184,14 @@ def print_table(results: list[dict], device: str) -> None:
         failures = judge(r)
         print(f"{r['preset']:16s} {r['min_vram_gib']:6.0f} {r['min_vram_gib'] - SPARE_GIB:6.1f} {fmt(peak):>7s} "
               f"{fmt(r['peak_reserved']):>8s} {r['estimate_allocated'] / GIB:8.2f} {error:>6s} "
-              f"{fmt(r['saved_measured']):>6s} {fmt(r['estimate_kept_math']):>6s} {fmt(r['estimate_kept_flash']):>6s} "
+              f"{fmt(r['saved_measured']):>6s} {fmt(r['estimate_kept_math']):>6s} "
+              f"{fmt(r['estimate_kept_repeated']):>6s} {fmt(r['estimate_kept_flash']):>6s} "
               f"{r['seconds_per_step']:7.2f}  "
               + ("; ".join(failures) if failures else "ok"))
     print("(GiB; card = min_vram_gib of the preset, limit = card - 0.5; peak = torch.cuda.max_memory_allocated over "
           "the steps; estimate = the estimate's allocated part; kept = bytes autograd keeps for one forward pass, as "
-          "measured, and as counted with the fp32 math kernel or a flash kernel for the sliding-window layers)")
+          "measured, and as counted with the fp32 math kernel, a fused kernel given repeated K/V heads, or a flash "
+          "kernel taking the grouped heads, for the sliding-window layers)")
 
 
 def main(argv: list[str] | None = None) -> int:

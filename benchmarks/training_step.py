@@ -197,6 +197,7 @@ def print_report(report: dict) -> None:
     print(f"device {r['device']}, torch {r['torch']}, model {r['size']}, batch {r['batch']} x {r['seconds']:g} s "
           f"({r['frames']} frames), precision {r['precision']}, checkpointing {r['gradient_checkpointing']}, "
           f"compile {r['compile']}")
+    print(f"  {r['attention']}")
     peak = f"{r['peak_tflops']:g} TFLOP/s dense bf16" if r["peak_tflops"] else "peak unknown (--peak-tflops)"
     print(f"  model FLOPs per step {_giga(r['flops_forward'] + r['flops_backward'])} (forward "
           f"{_giga(r['flops_forward'])}, backward {_giga(r['flops_backward'])}); {peak}")
@@ -237,7 +238,7 @@ def run(args, work: Path) -> dict:
               "seconds": args.seconds, "frames": frames, "condition_tokens": CONDITION_TOKENS,
               "precision": session.checkpoint_info["precision"], "gradient_checkpointing": args.gradient_checkpointing,
               "compile": args.compile, "diffusers_layout": args.diffusers_layout, "fused_rmsnorm": args.fused_rmsnorm,
-              "flops_forward": flops.forward, "flops_backward": flops.backward,
+              "attention": session.attention, "flops_forward": flops.forward, "flops_backward": flops.backward,
               "peak_tflops": peak, "loops": loops}
     if "reference" in loops:
         report["speedup_over_reference"] = loops["reference"]["seconds_per_step"] / loops["trainer"]["seconds_per_step"]

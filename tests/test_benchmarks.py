@@ -253,7 +253,7 @@ def test_gpu_presets_check_trains_every_preset_and_judges_the_figures(tmp_path):
         made_up.append({"preset": "p", "min_vram_gib": 16, "steps": 2, "all_steps": True, "peak_allocated": peak,
                         "peak_reserved": 1.08 * peak, "static": static * gib, "activations": activations * gib,
                         "workspace": workspace * gib, "estimate_allocated": peak, "saved_measured": 1.0,
-                        "estimate_kept_math": 1.0})
+                        "estimate_kept": 1.0})
     fitted = gpu_presets.refit(made_up)
     assert fitted["activation_scale"] == pytest.approx(1.1, abs=1e-3)
     assert fitted["workspace_scale"] == pytest.approx(0.5, abs=1e-2)

@@ -38,6 +38,7 @@ from acestep.captioning.lm_prompt import (
     parse_lm_output,
 )
 from acestep.errors import AceStepError, AudioError, CheckpointError, CheckpointNotFoundError
+from acestep.gpu.precision import native_bf16
 from acestep.models.checkpoints import (
     DIT,
     LM,
@@ -102,7 +103,7 @@ def _pick_device(name: str | None) -> torch.device:
 
 def _pick_dtype(name: str, device: torch.device) -> torch.dtype:
     if name == "auto":
-        if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        if native_bf16(device):
             return torch.bfloat16
         return torch.float32
     if name not in DTYPES:

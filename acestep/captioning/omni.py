@@ -43,6 +43,7 @@ from acestep.captioning.omni_files import (CAPTIONER_REPO, MODELS, TRANSCRIBER_R
                                            resolve_folder)
 from acestep.captioning.parse import parse_caption_output, parse_transcription_output
 from acestep.errors import EnvironmentProblem
+from acestep.gpu.precision import native_bf16
 
 __all__ = ["CAPTIONER_REPO", "TRANSCRIBER_REPO", "MODELS", "OmniLabeller", "OmniModel", "missing_files"]
 
@@ -143,7 +144,7 @@ class OmniLabeller:
         if self.dtype != "auto":
             return DTYPES[self.dtype]
         if self.device.startswith("cuda") and torch.cuda.is_available():
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+            return torch.bfloat16 if native_bf16(self.device) else torch.float16
         return torch.float16 if self.device.startswith("mps") else torch.float32
 
     def attention_implementation(self) -> str:

@@ -44,6 +44,8 @@ def torch_summary() -> TorchSummary:
 
 
 def _describe(torch) -> TorchSummary:
+    from acestep.gpu.precision import native_bf16
+
     cuda = bool(torch.cuda.is_available())
     gpus: tuple[tuple[str, int], ...] = ()
     bf16 = None
@@ -51,7 +53,7 @@ def _describe(torch) -> TorchSummary:
         gpus = tuple((torch.cuda.get_device_name(i),
                       int(torch.cuda.get_device_properties(i).total_memory))
                      for i in range(torch.cuda.device_count()))
-        bf16 = bool(torch.cuda.is_bf16_supported())
+        bf16 = native_bf16()  # in hardware: an emulated bf16 is not used for training
     mps_backend = getattr(torch.backends, "mps", None)
     mps = bool(mps_backend is not None and mps_backend.is_available())
     note = None

@@ -21,8 +21,10 @@ precision, 4 in fp32):
   upcasts to fp32 and keeps q, the repeated k and v and the probabilities (4*heads*S per token:
   quadratic in the crop). For the sliding-window layers (band mask plus GQA) CUDA GPUs of compute
   capability 9.0 and later take cuDNN's flash kernel (measured on an H200, PyTorch 2.11: what
-  autograd kept matched the flash count to 0.1%); older GPUs are counted with the math kernel,
-  the worst case, until a measurement there says otherwise;
+  autograd kept matched the flash count to 0.1%); older GPUs get PyTorch's efficient kernel with
+  K/V heads repeated (`acestep.models.attention`: the dispatcher would run the math kernel
+  there), which keeps q, k and v at the query width, the output and the log-sum-exp; an unknown
+  GPU, or bf16 on a GPU before 8.0, is counted with the math kernel, the worst case;
 - the SwiGLU MLP: gate output, SiLU output and up output (3*a*I).
 Layer 0's input needs no gradient, so it keeps less. With gradient checkpointing only each
 layer's input (a*H per token) and the condition are kept, and one layer is recomputed at a time.
@@ -49,8 +51,11 @@ class KernelProfile:
     `dropout_mask_bytes`: bytes per element of a dropout mask (CUDA's fused dropout keeps a bool;
     the CPU path multiplies by a mask of the input's dtype, fp32 after PEFT's cast).
     `masked_attention`: the kernel for attention with a mask and GQA: "math" (fp32 upcast,
-    probabilities kept) or "flash" (CPU's flash kernel takes masks). `keeps_mask`: the kernel
-    keeps the additive mask (one for all sliding layers)."""
+    probabilities kept), "flash" (a fused kernel that takes grouped K/V heads and the mask: CPU's
+    flash kernel, cuDNN's) or "repeated" (a fused kernel given K/V heads repeated to the query
+    heads, as `acestep.models.attention` does where the dispatcher would run the math kernel;
+    counted so for every grouped call, masked or not, which also covers builds without a flash
+    kernel). `keeps_mask`: the kernel keeps the additive mask (one for all sliding layers)."""
 
     name: str
     dropout_mask_bytes: int
@@ -58,14 +63,22 @@ class KernelProfile:
     keeps_mask: bool
 
 
-CUDA_KERNELS = KernelProfile("cuda", 1, "math", False)  # before compute capability 9.0 (worst case)
+CUDA_KERNELS = KernelProfile("cuda", 1, "math", False)  # an unknown GPU, or bf16 before 8.0: the worst case
+CUDA_REPEATED_KV_KERNELS = KernelProfile("cuda-repeated-kv", 1, "repeated", False)  # efficient kernel
 CUDA_SM90_KERNELS = KernelProfile("cuda-sm90", 1, "flash", False)  # cuDNN attention takes the band mask
 CPU_KERNELS = KernelProfile("cpu", 4, "flash", True)
 
 
-def cuda_kernels(capability: tuple[int, int] | None) -> KernelProfile:
-    """The kernel profile of a CUDA GPU of compute `capability` (None: unknown, the worst case)."""
-    return CUDA_SM90_KERNELS if capability is not None and tuple(capability) >= (9, 0) else CUDA_KERNELS
+def cuda_kernels(capability: tuple[int, int] | None, bf16: bool = True) -> KernelProfile:
+    """The kernel profile of a CUDA GPU of compute `capability` computing in bf16 (`bf16`) or in
+    fp16/fp32. None: unknown, the worst case. From 9.0 cuDNN takes the sliding-window calls as
+    they are (measured on an H200); before, PyTorch's efficient kernel takes them with K/V heads
+    repeated (`acestep.models.attention`), except bf16 before 8.0, which no fused kernel takes."""
+    if capability is None:
+        return CUDA_KERNELS
+    if tuple(capability) >= (9, 0):
+        return CUDA_SM90_KERNELS
+    return CUDA_REPEATED_KV_KERNELS if tuple(capability) >= (8, 0) or not bf16 else CUDA_KERNELS
 
 
 @dataclass(frozen=True)
@@ -210,6 +223,8 @@ class _Step:
             t.add(f"{label}.probs", b * m.heads * (q_rows // b) * (kv_rows // b) * 4)
             return
         t.add(f"{label}.q", q_rows * q_width * self.a)
+        if self.k.masked_attention == "repeated":  # the kernel keeps K and V repeated to every query head
+            kv_width = q_width
         t.add(f"{label}.kv", 2 * kv_rows * kv_width * self.a)
         t.add(f"{label}.out", q_rows * q_width * self.a)
         t.add(f"{label}.lse", q_rows * m.heads * 4)

@@ -135,15 +135,16 @@ def estimate_vram(config, model_config=None, *, accelerator: str = "cuda", encod
     """Peak GPU memory of training with `config` (a `TrainingConfig`) on `model_config`.
 
     `model_config` (an `AceStepModelConfig`; None: the 2B DiT) gives the module shapes.
-    `accelerator` resolves precision and dtype "auto" as the trainer does (cuda: bf16-mixed with
-    bf16 weights; cpu, mps: fp32) and, with the GPU's compute `capability` (None: unknown, counted
-    as the worst case), the kernels' behaviour (`kernels` overrides it);
+    `accelerator` and the GPU's compute `capability` (None: unknown, counted as the worst case)
+    resolve precision and dtype "auto" as the trainer does (cuda: bf16-mixed with bf16 weights,
+    16-mixed with fp16 before compute 8.0; cpu, mps: fp32) and the kernels' behaviour (`kernels`
+    overrides it);
     `encoder_tokens` is the condition length per sample; `world_size` > 1 adds DDP's gradient
     buckets. The crop is data.max_seconds (unset: 240 s). No CUDA context is counted off a GPU.
     Raises TrainingError when the adapter settings match no module.
     """
     model_config = model_config or default_model_config()
-    mixed, weight_bytes = _precision(config, accelerator)
+    mixed, weight_bytes, bf16 = _precision(config, accelerator, capability)
     inventory = _inventory(_model_key(model_config), config.adapter.type, config.adapter.rank, config.adapter.alpha,
                            config.adapter.targets, config.adapter.mlp, tuple(config.adapter.modules),
                            config.adapter.lokr_factor)
@@ -152,7 +153,7 @@ def estimate_vram(config, model_config=None, *, accelerator: str = "cuda", encod
                                              list(inventory.modules), shape.layers)
     seconds = config.data.max_seconds or WHOLE_SAMPLE_SECONDS
     frames = round(seconds * FRAMES_PER_SECOND)
-    kernels = kernels or (cuda_kernels(capability) if accelerator == "cuda" else CPU_KERNELS)
+    kernels = kernels or (cuda_kernels(capability, bf16) if accelerator == "cuda" else CPU_KERNELS)
     activations = activation_bytes(shape, adapter, batch=config.data.batch_size, frames=frames,
                                    encoder_tokens=encoder_tokens, mixed=mixed,
                                    checkpointing=config.run.gradient_checkpointing, compiled=config.run.compile,
@@ -211,17 +212,19 @@ def optimizer_state_bytes(name: str, params, betas=(0.9, 0.999)) -> int:
     return total
 
 
-def _precision(config, accelerator: str) -> tuple[bool, int]:
-    """(mixed precision?, bytes per frozen weight) as `session.resolve_precision` resolves them,
-    assuming a CUDA GPU with bf16 (fp16 has the same sizes)."""
+def _precision(config, accelerator: str, capability: tuple[int, int] | None = None) -> tuple[bool, int, bool]:
+    """(mixed precision?, bytes per frozen weight, computes in bf16?) as `session.resolve_precision`
+    resolves them on a CUDA GPU of compute `capability` (None: unknown, taken as one with bf16)."""
     cuda = accelerator == "cuda"
     precision = config.run.precision
     if precision == "auto":
-        precision = "bf16-mixed" if cuda else "32-true"
+        native_bf16 = capability is None or tuple(capability) >= (8, 0)
+        precision = ("bf16-mixed" if native_bf16 else "16-mixed") if cuda else "32-true"
     dtype = config.model.dtype
     if dtype == "auto":
         dtype = {"bf16-mixed": "bf16", "16-mixed": "fp16"}.get(precision, "fp32") if cuda else "fp32"
-    return precision in ("bf16-mixed", "16-mixed"), 4 if dtype == "fp32" else 2
+    bf16 = precision == "bf16-mixed" or (precision not in ("bf16-mixed", "16-mixed") and dtype == "bf16")
+    return precision in ("bf16-mixed", "16-mixed"), 4 if dtype == "fp32" else 2, bf16
 
 
 def _model_key(model_config) -> str:

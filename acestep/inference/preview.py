@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from acestep.errors import PreviewError
+from acestep.gpu.precision import native_bf16
 from acestep.inference.sampler import sample_latents, timestep_schedule
 from acestep.inference.strength import adapter_strength, has_adapter
 
@@ -113,8 +114,7 @@ def _pick_dtype(dtype, device: torch.device) -> torch.dtype:
         return dtype
     names = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
     if dtype == "auto":
-        cuda_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
-        return torch.bfloat16 if cuda_bf16 else torch.float32
+        return torch.bfloat16 if native_bf16(device) else torch.float32
     if dtype not in names:
         raise PreviewError(f"dtype must be auto, bf16, fp16 or fp32, got {dtype!r}")
     return names[dtype]

@@ -24,6 +24,7 @@ from torch import nn
 
 from acestep.errors import CheckpointError
 from acestep.models import convert
+from acestep.models.attention import plan_attention, use_attention_processor
 from acestep.models.checkpoints import DIT, is_diffusers_layout, resolve_model_path
 from acestep.models.config import AceStepModelConfig, read_dit_config
 from acestep.models.layout import keep_sequence_major
@@ -104,7 +105,12 @@ def _require(module: nn.Module | None, name: str) -> nn.Module:
 
 
 def build_component(config: AceStepModelConfig, component: str) -> nn.Module:
-    """Build one module from the config with parameters on the meta device."""
+    """Build one module from the config with parameters on the meta device, its attention layers
+    on `AceStepAttentionProcessor` (unplanned: `plan_attention` plans it for a device)."""
+    return use_attention_processor(_build(config, component))
+
+
+def _build(config: AceStepModelConfig, component: str) -> nn.Module:
     with empty_weights():
         if component == convert.TRANSFORMER:  # with its residual stream kept [B, T, D]-contiguous
             return keep_sequence_major(AceStepTransformer1DModel(**config.transformer_kwargs()))
@@ -133,7 +139,9 @@ def load_acestep(path: str | Path, dtype: torch.dtype = torch.bfloat16, device: 
     `path` is a folder, a folder name in the checkpoints directory, or an HF id. Floating
     weights are cast to `dtype` and placed on `device`; `components` limits what is built (the
     null embedding and the silence latent are always loaded). Raises `CheckpointError` (or its
-    subclass `CheckpointNotFoundError`) naming the file and the problem.
+    subclass `CheckpointNotFoundError`) naming the file and the problem. The attention of every module is
+    planned for `device` and `dtype` (`acestep.models.attention`); a caller that computes in
+    another dtype (autocast) plans it again.
     """
     unknown = set(components) - set(ALL_COMPONENTS)
     if unknown:
@@ -144,6 +152,8 @@ def load_acestep(path: str | Path, dtype: torch.dtype = torch.bfloat16, device: 
         modules, null_emb, silence = _load_diffusers_layout(folder, config, dtype, device, components)
     else:
         modules, null_emb, silence = _load_original_layout(folder, config, dtype, device, components)
+    for module in modules.values():
+        plan_attention(module, device, dtype)
     return AceStepBundle(config=config, path=folder, null_condition_emb=null_emb, silence_latent=silence, **modules)
 
 

@@ -28,6 +28,7 @@ from acestep.audio.analysis import file_content_hash
 from acestep.audio.io import NORMALIZATION_MODES, load_audio, normalize_loudness
 from acestep.dataset import Dataset, Sample, load_dataset, training_caption
 from acestep.errors import AceStepError, PreprocessError
+from acestep.gpu.precision import native_bf16
 from acestep.models.checkpoints import DIT, TEXT_ENCODER, VAE, resolve_model_path
 from acestep.models.config import read_dit_config
 from acestep.preprocess import encode
@@ -135,7 +136,7 @@ def _pick_device(name: str | None) -> torch.device:
 def _pick_dtype(name: str | None, device: torch.device) -> torch.dtype:
     if name:
         return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[name]
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+    if native_bf16(device):
         return torch.bfloat16
     return torch.float32
 

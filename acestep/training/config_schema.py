@@ -168,7 +168,7 @@ class RunConfig:
         42, "Seed of every random number generator of training: data order, crops, noise, timesteps, "
         "dropout.", ge=0, le=_SEED_MAX)
     precision: str = _option(
-        "auto", "auto (bf16-mixed on CUDA GPUs with bf16, 16-mixed on older CUDA GPUs, 32-true on CPU), "
+        "auto", "auto (bf16-mixed on CUDA GPUs with bf16 in hardware, 16-mixed on older CUDA GPUs, 32-true on CPU), "
         "bf16-mixed, 16-mixed or 32-true.", choices=("auto", "bf16-mixed", "16-mixed", "32-true"))
     accelerator: str = _option("auto", "auto, cuda, cpu or mps.", choices=("auto", "cuda", "cpu", "mps"))
     devices: int | str = _option(

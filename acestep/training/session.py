@@ -14,6 +14,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from acestep.errors import TrainingError
+from acestep.gpu.precision import native_bf16
 from acestep.training import checkpoint as ckpt
 from acestep.training.adapters import Adapter, add_adapter, save_adapter
 from acestep.training.config import TrainingConfig, config_to_dict, load_config, parse_devices, save_config
@@ -33,7 +34,7 @@ def resolve_precision(config: TrainingConfig, accelerator: str) -> tuple[str, to
     cuda = accelerator == "cuda"
     if precision == "auto":
         if cuda:
-            precision = "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
+            precision = "bf16-mixed" if native_bf16() else "16-mixed"
         else:
             precision = "32-true"
     dtype_name = config.model.dtype
@@ -41,6 +42,11 @@ def resolve_precision(config: TrainingConfig, accelerator: str) -> tuple[str, to
         dtype_name = {"bf16-mixed": "bf16", "16-mixed": "fp16"}.get(precision, "fp32") if cuda else "fp32"
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[dtype_name]
     return precision, dtype
+
+
+def compute_dtype(precision: str, model_dtype: torch.dtype) -> torch.dtype:
+    """The dtype the model computes in: autocast's under mixed precision, else the weights'."""
+    return {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(precision, model_dtype)
 
 
 def resolve_accelerator(name: str) -> str:
@@ -93,6 +99,7 @@ class TrainingSession:
     total_steps: int
     checkpoint_info: dict
     resume_from: Path | None = None
+    attention: str = ""  # the attention plan, as AttentionPlan.describe() words it
     listeners: list = field(default_factory=list)
     closers: list = field(default_factory=list)
 
@@ -109,6 +116,7 @@ class TrainingSession:
     def start(cls, config: TrainingConfig, resume: Path | None = None, listeners=()) -> TrainingSession:
         from lightning.fabric import Fabric
 
+        from acestep.models.attention import plan_attention
         from acestep.models.load import encoder_digest, load_acestep
         from acestep.preprocess.tensors import PreprocessedDataset, check_model_matches
 
@@ -134,6 +142,7 @@ class TrainingSession:
         check_model_matches(samples.manifest, bundle.config.fingerprint,
                             encoder_digest(bundle.path), Path(config.data.tensors_dir))
         transformer = bundle.transformer
+        attention = plan_attention(transformer, fabric.device, compute_dtype(precision, model_dtype))
         if config.run.gradient_checkpointing:
             transformer.enable_gradient_checkpointing()
         a = config.adapter
@@ -170,7 +179,7 @@ class TrainingSession:
                       bundle.null_condition_emb.detach().to(fabric.device), model_dtype, batches, total,
                       {"checkpoint": str(bundle.path), "variant": bundle.variant,
                        "fingerprint": bundle.config.fingerprint, "trigger_tag": samples.manifest.trigger_tag},
-                      resume_from)
+                      resume_from, attention.describe())
         session._open_listeners(listeners)
         return session
 
@@ -237,7 +246,7 @@ class TrainingSession:
                 f"({c.data.batch_size} x {c.optimizer.gradient_accumulation} accumulation x {self.fabric.world_size} "
                 f"process(es)); {self.batches_per_epoch} batches and "
                 f"{optimizer_steps_per_epoch(self.batches_per_epoch, c.optimizer.gradient_accumulation)} optimizer "
-                f"steps per epoch, {self.total_steps} steps in all")
+                f"steps per epoch, {self.total_steps} steps in all; {self.attention}")
 
     def check_ranks_agree(self) -> None:
         """Under DDP every rank must end with the same adapter; a difference is a desync bug."""

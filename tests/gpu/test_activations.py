@@ -9,13 +9,16 @@ import torch
 from acestep.gpu.activations import (
     CPU_KERNELS,
     CUDA_KERNELS,
+    CUDA_REPEATED_KV_KERNELS,
     CUDA_SM90_KERNELS,
+    KernelProfile,
     AdapterShape,
     ModelShape,
     activation_bytes,
     count_saved_bytes,
     cuda_kernels,
 )
+from acestep.models.attention import AceStepAttentionProcessor, AttentionPlan
 from acestep.models.config import parse_model_config
 from acestep.models.load import build_component
 from acestep.models.tiny import TINY_DIT_CONFIG
@@ -27,9 +30,13 @@ CONFIG = parse_model_config(TINY_DIT_CONFIG)
 BATCH, FRAMES, TOKENS = 2, 91, 11  # an odd frame count: the DiT pads one frame before patching
 
 
-def measure(kind, rank, dropout, targets, mlp, checkpointing=False):
+def measure(kind, rank, dropout, targets, mlp, checkpointing=False, kernels=CPU_KERNELS, plan=None):
     torch.manual_seed(0)
     model = build_component(CONFIG, "transformer").to(torch.bfloat16).to_empty(device="cpu")
+    if plan is not None:
+        for module in model.modules():
+            if hasattr(module, "processor"):
+                module.set_processor(AceStepAttentionProcessor(plan))
     for param in model.parameters():
         torch.nn.init.normal_(param, std=0.02)
     if checkpointing:
@@ -48,7 +55,7 @@ def measure(kind, rank, dropout, targets, mlp, checkpointing=False):
     shape = ModelShape.from_config(CONFIG)
     adapter_shape = AdapterShape.from_module_names(kind, rank, dropout, adapter.modules, shape.layers)
     counted = activation_bytes(shape, adapter_shape, batch=BATCH, frames=FRAMES, encoder_tokens=TOKENS, mixed=True,
-                               checkpointing=checkpointing, kernels=CPU_KERNELS)
+                               checkpointing=checkpointing, kernels=kernels)
     return measured, counted, sum(p.numel() for p in adapter.parameters())
 
 
@@ -104,13 +111,30 @@ def test_count_saved_bytes_counts_a_storage_once_and_forgets_dropped_graphs():
     y.backward()
 
 
-def test_gpus_from_compute_capability_9_count_flash_attention_for_the_sliding_window_layers():
+@pytest.mark.parametrize("mlp", [False, True])
+def test_the_repeated_kv_count_matches_what_autograd_keeps_when_the_processor_repeats(mlp):
+    """The count of a fused kernel given repeated K/V heads, against autograd on CPU with the
+    processor told to repeat every grouped call (what a GPU before 9.0 gets for the masked ones)."""
+    cpu_repeated = KernelProfile("cpu-repeated", CPU_KERNELS.dropout_mask_bytes, "repeated", CPU_KERNELS.keeps_mask)
+    measured, counted, _ = measure("lora", 8, 0.1, "attention", mlp, kernels=cpu_repeated,
+                                   plan=AttentionPlan(repeat_masked=True, repeat_unmasked=True))
+    _, grouped, _ = measure("lora", 8, 0.1, "attention", mlp)
+    assert counted.kept == pytest.approx(measured["saved"], rel=0.015)
+    assert counted.kept > grouped.kept  # K and V kept at the query width
+
+
+def test_each_gpu_generation_gets_its_kernel_profile():
     assert cuda_kernels((9, 0)) is CUDA_SM90_KERNELS and cuda_kernels((12, 0)) is CUDA_SM90_KERNELS
-    assert cuda_kernels((8, 9)) is CUDA_KERNELS and cuda_kernels(None) is CUDA_KERNELS  # unknown: the worst case
+    assert cuda_kernels((8, 9)) is CUDA_REPEATED_KV_KERNELS and cuda_kernels((8, 0)) is CUDA_REPEATED_KV_KERNELS
+    assert cuda_kernels((7, 5), bf16=False) is CUDA_REPEATED_KV_KERNELS  # fp16 on Turing: the efficient kernel
+    assert cuda_kernels((7, 5), bf16=True) is CUDA_KERNELS  # no fused kernel takes bf16 there
+    assert cuda_kernels(None) is CUDA_KERNELS  # unknown: the worst case
     shape = ModelShape.from_config(CONFIG)
     names = [f"layers.{i}.self_attn.{m}" for i in range(shape.layers) for m in ("to_q", "to_k", "to_v", "to_out.0")]
     adapter = AdapterShape.from_module_names("lora", 8, 0.0, names, shape.layers)
-    math_kept, flash_kept = (activation_bytes(shape, adapter, batch=1, frames=1500, encoder_tokens=TOKENS,
-                                              kernels=k).kept for k in (CUDA_KERNELS, CUDA_SM90_KERNELS))
+    math_kept, repeated_kept, flash_kept = (
+        activation_bytes(shape, adapter, batch=1, frames=1500, encoder_tokens=TOKENS, kernels=k).kept
+        for k in (CUDA_KERNELS, CUDA_REPEATED_KV_KERNELS, CUDA_SM90_KERNELS))
     sliding = sum(kind == "sliding_attention" for kind in shape.layer_types)
-    assert math_kept - flash_kept > sliding * shape.heads * 750 ** 2 * 4  # at least the fp32 probabilities
+    assert math_kept - repeated_kept > sliding * shape.heads * 750 ** 2 * 4  # at least the fp32 probabilities
+    assert repeated_kept > flash_kept

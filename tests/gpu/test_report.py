@@ -59,11 +59,12 @@ def test_the_2b_default_is_said_when_the_model_is_missing(tmp_path):
 
 
 def test_each_gpu_is_compared_with_the_estimate_for_its_generation(tmp_path):
-    """Same free memory, different generations: Hopper's cuDNN attention keeps no probabilities for
-    the sliding-window layers, so a config without checkpointing fits there and not on an Ada card."""
-    path = write_config(tmp_path, "data.batch_size=2", "run.gradient_checkpointing=false")
+    """Same free memory, different generations: Hopper's cuDNN attention takes the grouped K/V heads
+    of the sliding-window layers as they are, an Ada card's efficient kernel keeps them repeated to
+    every query head, so a config without checkpointing fits on the first and not on the second."""
+    path = write_config(tmp_path, "data.batch_size=4", "run.gradient_checkpointing=false")
     text = gpu_command_report(path, tmp_path / "no-models", report=report_of(
-        gpu(0, "NVIDIA H100", 80, 11.5, capability=(9, 0)), gpu(1, "NVIDIA GeForce RTX 4090", 23.6, 11.5,
+        gpu(0, "NVIDIA H100", 80, 17.2, capability=(9, 0)), gpu(1, "NVIDIA GeForce RTX 4090", 23.6, 17.2,
                                                              capability=(8, 9))))
-    assert "GPU 0: fits (11.50 GiB free" in text
-    assert "GPU 1: does not fit now (11.50 GiB free" in text
+    assert "GPU 0: fits (17.20 GiB free" in text
+    assert "GPU 1: does not fit now (17.20 GiB free" in text

@@ -204,6 +204,9 @@ def test_run_folder_holds_config_events_and_tensorboard(tmp_path, tensors_17, ti
     assert {"log", "epoch", "validation", "checkpoint", "best"} <= set(kinds)
     start = events(result.run_dir)[0]["message"]
     assert "logit-normal(μ=-0.4, σ=1)" in start and "trainable parameters" in start and "effective batch 1" in start
+    # the attention plan for this device (CPU's flash kernel takes masks and grouped heads)
+    assert start.endswith("attention: masked calls on the flash_attention kernel, unmasked calls on the "
+                          "flash_attention kernel")
     assert list((result.run_dir / "tensorboard").iterdir())
     with pytest.raises(TrainingError, match="already holds a run"):
         train(config)
