@@ -21,6 +21,7 @@ graph under `torch.compile`.
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 
 import torch
@@ -90,6 +91,12 @@ class AceStepAttentionProcessor:
                                              enable_gqa=grouped)
         out = out.transpose(1, 2).flatten(2, 3).to(query.dtype)
         return attn.to_out[1](attn.to_out[0](out))
+
+
+# diffusers' AceStepAttention.forward asks for the processor's signature on every call (to filter its
+# keyword arguments); a stored one answers in a third of the time (about 11 us less per call, 48
+# to 96 calls per training step).
+AceStepAttentionProcessor.__call__.__signature__ = inspect.signature(AceStepAttentionProcessor.__call__)
 
 
 def _attention_layers(module: nn.Module) -> list[AceStepAttention]:

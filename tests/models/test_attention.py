@@ -139,3 +139,13 @@ def test_the_encoders_run_the_processor_and_the_loader_plans_them(tiny_checkpoin
     layers = [m for m in module.modules() if isinstance(m, AceStepAttention)]
     assert layers and all(isinstance(m.processor, AceStepAttentionProcessor) for m in layers)
     assert all(m.processor.plan.kernels for m in layers)  # planned for the device, not left unplanned
+
+
+def test_diffusers_reads_the_stored_signature_of_the_processor():
+    """AceStepAttention.forward filters its keyword arguments by the processor's signature on every
+    call: the stored one must name what the processor takes."""
+    import inspect
+
+    assert "__signature__" in vars(AceStepAttentionProcessor.__call__)
+    names = list(inspect.signature(AceStepAttentionProcessor().__call__).parameters)
+    assert names == ["attn", "hidden_states", "encoder_hidden_states", "attention_mask", "image_rotary_emb"]
