@@ -157,3 +157,30 @@ class EpochBatches(Sampler[list[int]]):
 
     def __iter__(self) -> Iterator[list[int]]:
         return iter(self.local_batches()[self.skip:])
+
+
+class Lookahead:
+    """Iterate over `items`, loading each next item when the loop calls `prefetch()` instead of at
+    the top of the next iteration. The training loop prefetches right after it has queued a batch's
+    backward pass: the next batch is read and collated on the host while the GPU still runs that
+    backward, instead of after the optimizer step's sync, when the GPU would wait for it. The order
+    and the items are those of `items`; nothing is read twice or skipped."""
+
+    _EMPTY = object()
+
+    def __init__(self, items):
+        self._items = iter(items)
+        self._next = self._EMPTY
+
+    def prefetch(self) -> None:
+        """Load the next item now (once; a second call before it is taken does nothing)."""
+        if self._next is self._EMPTY:
+            self._next = next(self._items, StopIteration)
+
+    def __iter__(self) -> Iterator:
+        while True:
+            self.prefetch()
+            item, self._next = self._next, self._EMPTY
+            if item is StopIteration:
+                return
+            yield item

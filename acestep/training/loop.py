@@ -28,6 +28,7 @@ from acestep.errors import TrainingError
 from acestep.inference.training_hook import TrainingPreviews
 from acestep.training import checkpoint as ckpt
 from acestep.training.config import TrainingConfig
+from acestep.training.data import Lookahead
 from acestep.training.events import make_event
 from acestep.training.session import STOP_FILE, TrainingSession
 
@@ -226,7 +227,7 @@ class Trainer:
 
     def _run_epoch(self, interval: _Interval) -> str:
         s, p, cfg = self.s, self.progress, self.config
-        batches = s.epoch_batches(p.epoch, skip=p.batches_done)
+        batches = Lookahead(s.epoch_batches(p.epoch, skip=p.batches_done))
         count = s.batches_per_epoch
         accumulation = cfg.optimizer.gradient_accumulation
         s.model.train()
@@ -244,6 +245,7 @@ class Trainer:
                 with self.fabric.autocast():
                     loss, per_sample = s.batch_loss(batch, generator)
                 self.fabric.backward(loss / group_size)
+            batches.prefetch()  # host work while the GPU runs the backward pass just queued
             interval.add(per_sample.detach(), len(batch))
             p.batches_done += 1
             if not last_of_group:

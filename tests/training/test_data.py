@@ -86,3 +86,37 @@ def test_validation_split(count, split, held):
     train, val = split_train_validation(count, split, seed=5)
     assert len(val) == held and sorted(train + val) == list(range(count))
     assert split_train_validation(count, split, seed=5) == (train, val)
+
+
+def test_lookahead_yields_every_item_in_order_and_loads_each_once():
+    from acestep.training.data import Lookahead
+
+    loaded = []
+
+    def items():
+        for i in range(4):
+            loaded.append(i)
+            yield i
+
+    ahead = Lookahead(items())
+    seen = []
+    for item in ahead:
+        seen.append(item)
+        ahead.prefetch()
+        ahead.prefetch()  # a second call before the item is taken loads nothing more
+        assert loaded == list(range(min(item + 2, 4)))  # the next one is in, not the one after
+    assert seen == [0, 1, 2, 3] and loaded == [0, 1, 2, 3]
+    assert list(Lookahead([])) == [] and list(Lookahead(iter([7]))) == [7]
+
+
+def test_lookahead_raises_the_loading_error_at_prefetch():
+    from acestep.training.data import Lookahead
+
+    def items():
+        yield 0
+        raise OSError("damaged.safetensors")
+
+    ahead = Lookahead(items())
+    assert next(iter(ahead)) == 0
+    with pytest.raises(OSError, match="damaged"):
+        ahead.prefetch()

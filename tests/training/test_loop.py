@@ -243,3 +243,34 @@ def test_refused_run_leaves_no_folder_and_long_warmup_warns(tmp_path, tensors_17
     warnings = [e["message"] for e in events(result.run_dir) if e["type"] == "warning"]
     assert warnings == ["optimizer.warmup_steps (5) is not below the run's 3 optimizer steps: the learning rate "
                         "never reaches optimizer.lr"]
+
+
+def test_the_next_batch_is_loaded_before_the_optimizer_step_waits_for_the_gpu(tmp_path, tensors_17, tiny_dit,
+                                                                            monkeypatch):
+    """The loop reads batch i + 1 right after queuing batch i's backward pass, before the optimizer
+    step's sync, so the host loads data while the GPU computes; the batches trained are the same."""
+    from acestep.training import loop as loop_module
+    from acestep.training.session import TrainingSession
+
+    order = []
+    epoch_batches, optimizer_step = TrainingSession.epoch_batches, loop_module.Trainer._optimizer_step
+
+    def logged_batches(self, epoch, skip):
+        for i, batch in enumerate(epoch_batches(self, epoch, skip)):
+            order.append(f"load {i}")
+            yield batch
+
+    def logged_step(self):
+        order.append("step")
+        return optimizer_step(self)
+
+    monkeypatch.setattr(TrainingSession, "epoch_batches", logged_batches)
+    monkeypatch.setattr(loop_module.Trainer, "_optimizer_step", logged_step)
+    config = make_config(tmp_path, tensors_17, tiny_dit, "run.epochs=1", "data.batch_size=4",
+                         "data.validation_split=0", "run.save_every_epochs=0")
+    train(config)
+    batches = order.count("step")
+    assert batches >= 3
+    expected = ["load 0"] + [entry for i in range(batches) for entry in
+                             ([f"load {i + 1}", "step"] if i + 1 < batches else ["step"])]
+    assert order == expected
