@@ -22,8 +22,8 @@ from acestep.training.adapters import add_adapter
 from acestep.training.config import TrainingConfig
 from acestep.training.data import CroppedSamples
 from acestep.training.optim import build_optimizer, build_scheduler
-from acestep.training.session import (FRAMES_PER_SECOND, TrainingSession, compile_blocks, compute_dtype,
-                                      resolve_accelerator, resolve_precision)
+from acestep.training.session import (FRAMES_PER_SECOND, MIXED_PRECISIONS, TrainingSession, compile_blocks,
+                                      compute_dtype, resolve_accelerator, resolve_precision)
 from acestep.training.step import Objective
 
 SIZES = {
@@ -99,6 +99,8 @@ def build_session(training: TrainingConfig, model: AceStepModelConfig, samples: 
         transformer.enable_gradient_checkpointing()
     a, o = training.adapter, training.optimizer
     adapter = add_adapter(transformer, a.type, a.rank, a.alpha, a.dropout, a.targets, a.mlp, a.modules, a.lokr_factor)
+    if precision in MIXED_PRECISIONS:
+        adapter.skip_input_casts()
     if training.run.compile:
         compile_blocks(transformer)
     optimizer = build_optimizer(adapter.parameters(), o.name, o.lr, o.weight_decay, tuple(o.betas), o.eps)

@@ -13,8 +13,9 @@ I MLP width, Q = heads x head_dim, K = kv_heads x head_dim, r rank, a = 2 bytes 
 precision, 4 in fp32):
 - each RMSNorm whose input needs a gradient: its input (a*width), its fp32 upcast (4*width, mixed
   precision only) and rsqrt (4 per group); three per layer over H, q_norm over Q, k_norm over K;
-- each adapted Linear: LoRA/DoRA keep the bf16 copy of PEFT's fp32 input cast (a*in), the
-  dropout mask (`mask_bytes`*in, only where the input needs a gradient) and lora_A's output
+- each adapted Linear: LoRA/DoRA keep their input (a*in; PEFT's cast to fp32 is skipped under
+  autocast, so layers fed the same input, such as q/k/v, share it) or, with dropout, the dropout
+  output and mask (`mask_bytes`*in, only where the input needs a gradient), and lora_A's output
   (a*r); DoRA also the base and LoRA outputs (2*a*out), LoKr the input (a*in, shared) and the
   merged weight (a*out*in per module, once, where the input needs a gradient);
 - attention: flash kernels keep q, k, v, the output and the fp32 log-sum-exp; the math kernel
@@ -49,7 +50,7 @@ class KernelProfile:
     """What the kernels of one device keep for the backward pass.
 
     `dropout_mask_bytes`: bytes per element of a dropout mask (CUDA's fused dropout keeps a bool;
-    the CPU path multiplies by a mask of the input's dtype, fp32 after PEFT's cast).
+    None: a mask of the input's dtype, which the CPU path multiplies by).
     `masked_attention`: the kernel for attention with a mask and GQA: "math" (fp32 upcast,
     probabilities kept), "flash" (a fused kernel that takes grouped K/V heads and the mask: CPU's
     flash kernel, cuDNN's) or "repeated" (a fused kernel given K/V heads repeated to the query
@@ -58,7 +59,7 @@ class KernelProfile:
     kernel). `keeps_mask`: the kernel keeps the additive mask (one for all sliding layers)."""
 
     name: str
-    dropout_mask_bytes: int
+    dropout_mask_bytes: int | None
     masked_attention: str
     keeps_mask: bool
 
@@ -66,7 +67,7 @@ class KernelProfile:
 CUDA_KERNELS = KernelProfile("cuda", 1, "math", False)  # an unknown GPU, or bf16 before 8.0: the worst case
 CUDA_REPEATED_KV_KERNELS = KernelProfile("cuda-repeated-kv", 1, "repeated", False)  # efficient kernel
 CUDA_SM90_KERNELS = KernelProfile("cuda-sm90", 1, "flash", False)  # cuDNN attention takes the band mask
-CPU_KERNELS = KernelProfile("cpu", 4, "flash", True)
+CPU_KERNELS = KernelProfile("cpu", None, "flash", True)
 
 
 def cuda_kernels(capability: tuple[int, int] | None, bf16: bool = True) -> KernelProfile:
@@ -200,16 +201,13 @@ class _Step:
                 t.add(f"{label}.merged", n_out * n_in * a)
             return True
         if dropout and grad:
-            t.add(f"{label}.mask", rows * n_in * self.k.dropout_mask_bytes)
-        if self.mixed:
-            t.add(f"{label}.a_in", rows * n_in * a)
-        else:
-            t.add(f"{label}.dropped" if dropout else source, rows * n_in * a)
+            t.add(f"{label}.mask", rows * n_in * (self.k.dropout_mask_bytes or a))
+        # the input itself (PEFT's cast to fp32 is skipped under autocast: Adapter.skip_input_casts),
+        # shared by the layers it feeds, or this layer's dropout output
+        t.add(f"{label}.dropped" if dropout else source, rows * n_in * a)
         t.add(f"{label}.b_in", rows * r * a)
-        if self.ad.kind == "dora":
+        if self.ad.kind == "dora":  # with dropout DoRA runs the frozen weight itself again: nothing more kept
             t.add(f"{label}.dora", 2 * rows * n_out * a)
-            if dropout and grad:
-                t.add(f"{label}.dora_weight", n_out * n_in * a)
         return True
 
     def attention(self, t: _Tally, label: str, q_rows: int, kv_rows: int, masked: bool, grad: bool) -> None:

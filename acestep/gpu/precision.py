@@ -17,5 +17,7 @@ def native_bf16(device: torch.device | str = "cuda") -> bool:
     device = torch.device(device)
     if device.type != "cuda" or not torch.cuda.is_available():
         return False
+    if device.index is None:  # the current device
+        return bool(torch.cuda.is_bf16_supported(including_emulation=False))
     with torch.cuda.device(device):
         return bool(torch.cuda.is_bf16_supported(including_emulation=False))

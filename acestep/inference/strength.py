@@ -29,6 +29,7 @@ class _Saved:
 
     peft_disabled: dict = field(default_factory=dict)  # layer -> disable_adapters
     peft_scaling: dict = field(default_factory=dict)  # layer -> copy of its scaling dict
+    peft_cast: dict = field(default_factory=dict)  # layer -> cast_input_dtype_enabled
     requires_grad: dict = field(default_factory=dict)  # parameter -> requires_grad
     lycoris_forward: dict = field(default_factory=dict)  # original module -> its forward attribute
     lycoris_multiplier: dict = field(default_factory=dict)  # LyCORIS module -> multiplier
@@ -60,6 +61,7 @@ def _snapshot(layers: list, wrapped: list[nn.Module]) -> _Saved:
             raise PreviewError("the adapter is merged into the base weights; previews at a strength need it "
                                "unmerged (call unmerge_adapter() first)")
         saved.peft_disabled[layer] = bool(layer.disable_adapters)
+        saved.peft_cast[layer] = layer.cast_input_dtype_enabled
         if isinstance(getattr(layer, "scaling", None), dict):
             saved.peft_scaling[layer] = dict(layer.scaling)
         for param in layer.parameters():
@@ -78,6 +80,8 @@ def _restore(saved: _Saved) -> None:
     for layer, scaling in saved.peft_scaling.items():
         layer.scaling.clear()
         layer.scaling.update(scaling)
+    for layer, cast in saved.peft_cast.items():
+        layer.cast_input_dtype_enabled = cast
     for param, flag in saved.requires_grad.items():
         param.requires_grad_(flag)
     for module, forward in saved.lycoris_forward.items():
@@ -90,8 +94,10 @@ def _restore(saved: _Saved) -> None:
 def adapter_strength(transformer: nn.Module, strength: float) -> Iterator[None]:
     """Within the block the transformer's adapters act at `strength` (0: off, 1: as trained);
     afterwards every flag, scale and multiplier holds its value from before, exactly, even if the
-    block raised. Raises PreviewError when the transformer has no adapter, the strength is negative,
-    or a PEFT adapter is merged into the weights."""
+    block raised. PEFT layers cast their input to the adapter's dtype within the block (training
+    under autocast turns that off, `Adapter.skip_input_casts`). Raises PreviewError when the
+    transformer has no adapter, the strength is negative, or a PEFT adapter is merged into the
+    weights."""
     if not strength >= 0:
         raise PreviewError(f"an adapter strength must be 0 or more, got {strength!r}")
     layers, wrapped = peft_layers(transformer), lycoris_wrapped(transformer)
@@ -99,6 +105,8 @@ def adapter_strength(transformer: nn.Module, strength: float) -> Iterator[None]:
         raise PreviewError("an adapter strength was asked for, but the transformer has no adapter; load one first")
     saved = _snapshot(layers, wrapped)
     try:
+        for layer in layers:  # sampling runs without autocast: fp32 adapters need their input cast
+            layer.cast_input_dtype_enabled = True
         if strength == 0:
             for layer in layers:
                 layer.enable_adapters(False)

@@ -78,6 +78,19 @@ class Adapter:
             return {k: v.detach() for k, v in tensors.items()}
         return {n: p.detach() for n, p in self.transformer.named_parameters() if "lora_" in n}
 
+    def skip_input_casts(self) -> None:
+        """For training under autocast: PEFT casts each adapted layer's input to the adapter's fp32,
+        and autocast casts it straight back to bf16/fp16 for the matrix product. Without that round
+        trip (exact, so LoRA without dropout computes the same bits) each adapted layer saves two
+        copies of its input per pass, and q, k and v keep their shared input once for the backward
+        pass instead of a copy each. The flag stays off for the run; previews, which run without
+        autocast, turn it on while they sample (`acestep.inference.strength`). LoKr does not cast."""
+        from peft.tuners.tuners_utils import BaseTunerLayer
+
+        for module in self.transformer.modules():
+            if isinstance(module, BaseTunerLayer):
+                module.cast_input_dtype_enabled = False
+
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         """Restore weights saved by `state_dict`; every key must match (no silent partial load)."""
         current = self.state_dict()

@@ -44,9 +44,12 @@ def resolve_precision(config: TrainingConfig, accelerator: str) -> tuple[str, to
     return precision, dtype
 
 
+MIXED_PRECISIONS = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}  # Fabric precision -> autocast dtype
+
+
 def compute_dtype(precision: str, model_dtype: torch.dtype) -> torch.dtype:
     """The dtype the model computes in: autocast's under mixed precision, else the weights'."""
-    return {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(precision, model_dtype)
+    return MIXED_PRECISIONS.get(precision, model_dtype)
 
 
 def resolve_accelerator(name: str) -> str:
@@ -148,6 +151,8 @@ class TrainingSession:
         a = config.adapter
         adapter = add_adapter(transformer, a.type, a.rank, a.alpha, a.dropout, a.targets, a.mlp, a.modules,
                               a.lokr_factor)
+        if precision in MIXED_PRECISIONS:
+            adapter.skip_input_casts()
         if config.run.compile:
             compile_blocks(transformer)
         train_indices, val_indices = split_train_validation(len(samples), config.data.validation_split,

@@ -13,10 +13,14 @@ from acestep.training.config import TrainingConfig
 from acestep.training.session import compute_dtype, resolve_precision
 
 
-def pretend_cuda_gpu(monkeypatch, capability_major: int) -> list[bool]:
+class Asked(list):
+    entered: list
+
+
+def pretend_cuda_gpu(monkeypatch, capability_major: int) -> Asked:
     """torch as it answers on one CUDA GPU of that compute capability; returns the
     `including_emulation` values is_bf16_supported was asked with."""
-    asked = []
+    asked = Asked()
 
     def is_bf16_supported(including_emulation: bool = True) -> bool:
         asked.append(including_emulation)
@@ -24,7 +28,9 @@ def pretend_cuda_gpu(monkeypatch, capability_major: int) -> list[bool]:
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", is_bf16_supported)
-    monkeypatch.setattr(torch.cuda, "device", lambda device: contextlib.nullcontext())
+    entered = []
+    monkeypatch.setattr(torch.cuda, "device", lambda device: entered.append(device) or contextlib.nullcontext())
+    asked.entered = entered
     return asked
 
 
@@ -34,7 +40,8 @@ def pretend_cuda_gpu(monkeypatch, capability_major: int) -> list[bool]:
 ])
 def test_auto_precision_follows_bf16_in_hardware(monkeypatch, major, precision, dtype, inference):
     asked = pretend_cuda_gpu(monkeypatch, major)
-    assert native_bf16("cuda") is (major >= 8)
+    assert native_bf16("cuda") is (major >= 8) and native_bf16("cuda:1") is (major >= 8)
+    assert asked.entered == [torch.device("cuda:1")]  # a numbered GPU is asked as the current one
     assert asked and not any(asked)  # never the emulation answer
     chosen, weights = resolve_precision(TrainingConfig(), "cuda")
     assert (chosen, weights, compute_dtype(chosen, weights)) == (precision, dtype, dtype)

@@ -27,7 +27,8 @@ def adapter_state(transformer) -> dict:
     state = {"params": {n: (p.detach().clone(), p.requires_grad) for n, p in transformer.named_parameters()},
              "modes": [m.training for m in transformer.modules()]}
     for i, layer in enumerate(peft_layers(transformer)):
-        state[f"peft{i}"] = (dict(layer.scaling), layer.disable_adapters, list(layer.active_adapters))
+        state[f"peft{i}"] = (dict(layer.scaling), layer.disable_adapters, list(layer.active_adapters),
+                             layer.cast_input_dtype_enabled)
     for i, module in enumerate(lycoris_wrapped(transformer)):
         state[f"lycoris{i}"] = (module.__dict__["forward"], [w.multiplier for w in module._lycoris_wrappers])
     return state
@@ -97,3 +98,27 @@ def test_strength_needs_an_adapter_and_a_sane_value(turbo_dit, turbo_lora):
     with pytest.raises(PreviewError, match="0 or more"):
         with adapter_strength(turbo_lora[0], -1.0):
             pass
+
+
+
+def test_a_training_adapter_samples_in_bf16_and_keeps_its_training_casts(turbo_dit):
+    """Training under autocast skips PEFT's input cast (`Adapter.skip_input_casts`); a preview samples
+    without autocast, bf16 base and fp32 adapter, so within the block the cast is on, and after it off."""
+    from acestep.inference.sampler import sample_latents
+
+    transformer, adapter = adapted(turbo_dit)
+    transformer.to(torch.bfloat16)
+    for param in adapter.parameters():
+        param.data = param.data.float()  # adapters train in fp32 over a bf16 base
+    adapter.skip_input_casts()
+    transformer.eval()
+    before = adapter_state(transformer)
+    bf16 = {k: v.to(torch.bfloat16) for k, v in inputs().items()}
+    with pytest.raises(RuntimeError, match="dtype"):  # what sampling would meet with the training flags
+        transformer(**bf16)
+    condition, context = torch.randn(1, 8, 64), torch.randn(1, 24, 128)
+    latents = sample_latents(transformer, condition, None, context, 24, [1.0, 0.5], 1.0,
+                             torch.Generator().manual_seed(0), strength=1.0)
+    assert torch.isfinite(latents).all()
+    assert_same_state(before, adapter_state(transformer))
+    assert not any(layer.cast_input_dtype_enabled for layer in peft_layers(transformer))

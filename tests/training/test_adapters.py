@@ -111,3 +111,52 @@ def test_official_target_modules_are_the_shortest_exact_selection(transformer, t
     adapter = add_adapter(transformer, "lora", rank=4, alpha=8, **options)
     save_adapter(adapter, tmp_path / "adapter")
     assert json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())["target_modules"] == targets
+
+
+def autocast_step(transformer, adapter):
+    """A training forward + backward in bf16 under CPU autocast; (prediction, adapter grads, casts)."""
+    from collections import Counter
+
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from acestep.training.objective import context_latents
+
+    class CountCasts(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.counts = Counter()
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.counts[func.overloadpacket.__name__] += 1
+            return func(*args, **(kwargs or {}))
+
+    generator = torch.Generator().manual_seed(3)
+    for param in adapter.parameters():
+        param.grad = None
+    width = transformer.condition_embedder.in_features
+    t = torch.full((2,), 0.4)
+    inputs = {"hidden_states": torch.randn(2, 30, 64, generator=generator), "timestep": t, "timestep_r": t,
+              "encoder_hidden_states": torch.randn(2, 7, width, generator=generator),
+              "context_latents": context_latents(torch.zeros(1, 30, 64), 30, 2)}
+    with CountCasts() as mode:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            prediction = transformer(**inputs).sample
+        prediction.float().pow(2).mean().backward()
+    return prediction.detach(), [p.grad.clone() for p in adapter.parameters()], mode.counts["_to_copy"]
+
+
+def test_skipping_peft_s_input_cast_under_autocast_keeps_lora_s_bits_and_drops_two_copies_a_layer(fixture_dir):
+    transformer = load_acestep(fixture_dir, dtype=torch.bfloat16, components=("transformer",)).transformer
+    adapter = add_adapter(transformer, "lora", rank=4, alpha=8.0, dropout=0.0, mlp=True)
+    with torch.no_grad():
+        for param in adapter.parameters():
+            param.normal_(0.0, 0.05, generator=torch.Generator().manual_seed(7))
+    transformer.train()
+    cast, cast_grads, cast_copies = autocast_step(transformer, adapter)
+    adapter.skip_input_casts()
+    plain, plain_grads, plain_copies = autocast_step(transformer, adapter)
+    assert torch.equal(plain, cast)  # bf16 -> fp32 -> bf16 is exact
+    assert all(torch.equal(a, b) for a, b in zip(plain_grads, cast_grads, strict=True))
+    # each adapted layer: the cast to fp32 and autocast's cast back in the forward pass (and their
+    # gradients in the backward pass where the input needs one)
+    assert cast_copies - plain_copies >= 2 * len(adapter.modules) + 2 * len(adapter.modules) // 2
