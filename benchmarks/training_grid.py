@@ -7,9 +7,9 @@ each cell in a fresh process with a time limit, and write the figures as a table
     env/bin/python benchmarks/training_grid.py --size tiny --batches 1 --seconds 1 --compile off   # CPU check
 
 A cell is `BATCHxSECONDS` plus `:ckpt` (gradient checkpointing) and `:compile` (regional compile),
-`:difflayout` to run the model with diffusers' transposed residual stream (the state before
-`acestep.models.layout`, to measure that change) and `:fusednorm` to compute its RMSNorms with
-`F.rms_norm` (benchmarks/variants.py); without `--cells` the grid is every
+and a variant's flag to measure one change (benchmarks/variants.py: `:difflayout` diffusers'
+transposed residual stream, `:fusednorm` RMSNorm by `F.rms_norm`, `:peftcast` PEFT's input
+casts); without `--cells` the grid is every
 combination of `--batches`, `--seconds`, `--checkpointing` and `--compile`. Each cell runs in its
 own process (its own CUDA context and peak memory), which is killed with its process group at the
 cell's time limit, so a hang or a crash loses only that
@@ -34,10 +34,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from common import SIZES, environment, is_out_of_memory
+from variants import VARIANTS
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-CELL_PATTERN = re.compile(r"^(\d+)x(\d+(?:\.\d+)?)((?::(?:ckpt|compile|difflayout|fusednorm))*)$")
+VARIANT_FLAGS = [variant.flag for variant in VARIANTS]
+CELL_FORM = "BATCHxSECONDS[:ckpt][:compile]" + "".join(f"[:{flag}]" for flag in VARIANT_FLAGS)
+CELL_PATTERN = re.compile(r"^(\d+)x(\d+(?:\.\d+)?)((?::(?:" + "|".join(["ckpt", "compile", *VARIANT_FLAGS])
+                          + r"))*)$")
 
 
 @dataclass(frozen=True)
@@ -46,31 +50,29 @@ class Cell:
     seconds: float
     checkpointing: bool
     compile: bool
-    diffusers_layout: bool = False  # the residual stream as diffusers leaves it (training_step --diffusers-layout)
-    fused_rmsnorm: bool = False  # RMSNorm by F.rms_norm (training_step --fused-rmsnorm)
+    variants: tuple[str, ...] = ()  # flags of benchmarks/variants.py's VARIANTS, in that order
+
+    @property
+    def flags(self) -> list[str]:
+        return (["ckpt"] if self.checkpointing else []) + (["compile"] if self.compile else []) + list(self.variants)
 
     @property
     def label(self) -> str:
-        return f"{self.batch}x{self.seconds:g}" + (":ckpt" if self.checkpointing else "") + (
-            ":compile" if self.compile else "") + (":difflayout" if self.diffusers_layout else "") + (
-            ":fusednorm" if self.fused_rmsnorm else "")
+        return f"{self.batch}x{self.seconds:g}" + "".join(f":{flag}" for flag in self.flags)
 
     @property
     def key(self) -> str:
-        return f"b{self.batch}-{self.seconds:g}s" + ("-ckpt" if self.checkpointing else "") + (
-            "-compile" if self.compile else "") + ("-difflayout" if self.diffusers_layout else "") + (
-            "-fusednorm" if self.fused_rmsnorm else "")
+        return f"b{self.batch}-{self.seconds:g}s" + "".join(f"-{flag}" for flag in self.flags)
 
 
 def parse_cell(text: str) -> Cell:
     """`8x60:ckpt:compile` -> Cell(8, 60.0, True, True). Raises ValueError on another form."""
     match = CELL_PATTERN.match(text.strip())
     if not match:
-        raise ValueError(f"cell {text!r} is not BATCHxSECONDS[:ckpt][:compile][:difflayout][:fusednorm], "
-                         "e.g. 8x60:ckpt:compile")
+        raise ValueError(f"cell {text!r} is not {CELL_FORM}, e.g. 8x60:ckpt:compile")
     flags = match.group(3).split(":")
-    return Cell(int(match.group(1)), float(match.group(2)), "ckpt" in flags, "compile" in flags, "difflayout" in flags,
-                "fusednorm" in flags)
+    return Cell(int(match.group(1)), float(match.group(2)), "ckpt" in flags, "compile" in flags,
+                tuple(flag for flag in VARIANT_FLAGS if flag in flags))
 
 
 def grid_cells(batches: list[int], seconds: list[float], checkpointing: list[bool], compiles: list[bool]) -> list[Cell]:
@@ -83,8 +85,7 @@ def cell_command(cell: Cell, args, json_path: Path) -> list[str]:
                "--warmup", str(args.warmup), "--json", str(json_path)]
     command += ["--gradient-checkpointing"] if cell.checkpointing else []
     command += ["--compile"] if cell.compile else []
-    command += ["--diffusers-layout"] if cell.diffusers_layout else []
-    command += ["--fused-rmsnorm"] if cell.fused_rmsnorm else []
+    command += [variant.option for variant in VARIANTS if variant.flag in cell.variants]
     command += ["--bare"] if args.bare else []
     command += ["--no-reference"] if args.no_reference else []
     command += ["--peak-tflops", str(args.peak_tflops)] if args.peak_tflops else []
@@ -131,8 +132,7 @@ def _number(value, scale: float = 1.0, digits: int = 1) -> str:
     return f"{value * scale:.{digits}f}" if isinstance(value, (int, float)) else "–"
 
 
-LAYOUT_NOTE = " (diffusers layout)"
-NORM_NOTE = " (fused RMSNorm)"
+VARIANT_NOTES = {variant.flag: f" ({variant.note})" for variant in VARIANTS}
 
 
 def markdown_table(rows: list[dict]) -> str:
@@ -145,8 +145,7 @@ def markdown_table(rows: list[dict]) -> str:
         status = result["status"] if result["status"] in ("ok", "skipped") else f"**{result['status']}**"
         speedup = result.get("speedup_over_reference")
         lines.append(
-            f"| {cell['batch']} x {cell['seconds']:g} s{LAYOUT_NOTE if cell.get('diffusers_layout') else ''}"
-            f"{NORM_NOTE if cell.get('fused_rmsnorm') else ''} | "
+            f"| {cell['batch']} x {cell['seconds']:g} s{''.join(VARIANT_NOTES[v] for v in cell.get('variants', ()))} | "
             f"{'on' if cell['checkpointing'] else 'off'} | "
             f"{'on' if cell['compile'] else 'off'} | {status} | {_number(ours.get('seconds_per_step'), 1000)} | "
             f"{_number(ours.get('samples_per_second'), digits=2)} | {_number(ours.get('tokens_per_second'), digits=0)} "

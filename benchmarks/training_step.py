@@ -35,7 +35,7 @@ from common import (CONDITION_TOKENS, SIZES, build_session, is_out_of_memory, mo
                     write_samples)
 from flops import StepFlops, peak_tflops, step_flops
 from reference_loop import ReferenceLoop
-from variants import use_diffusers_layout, use_fused_rms_norm
+from variants import VARIANTS
 from torch.utils.data import DataLoader
 
 from acestep.models.config import parse_model_config
@@ -196,7 +196,7 @@ def print_report(report: dict) -> None:
     r = report
     print(f"device {r['device']}, torch {r['torch']}, model {r['size']}, batch {r['batch']} x {r['seconds']:g} s "
           f"({r['frames']} frames), precision {r['precision']}, checkpointing {r['gradient_checkpointing']}, "
-          f"compile {r['compile']}")
+          f"compile {r['compile']}" + "".join(f", variant {name}" for name in r["variants"]))
     print(f"  {r['attention']}")
     peak = f"{r['peak_tflops']:g} TFLOP/s dense bf16" if r["peak_tflops"] else "peak unknown (--peak-tflops)"
     print(f"  model FLOPs per step {_giga(r['flops_forward'] + r['flops_backward'])} (forward "
@@ -216,10 +216,9 @@ def print_report(report: dict) -> None:
 def run(args, work: Path) -> dict:
     """Build the session, time the loops, return the report (see the module docstring)."""
     session = build_benchmark_session(args, work)
-    if args.diffusers_layout:
-        use_diffusers_layout(session.model)
-    if args.fused_rmsnorm:
-        use_fused_rms_norm(session.model)
+    variants = [variant for variant in VARIANTS if getattr(args, variant.flag)]
+    for variant in variants:
+        variant.apply(session.model)
     device = session.fabric.device
     timers = {"trainer": TrainerTimer(session, args.batch)}
     if not args.no_reference:
@@ -237,7 +236,7 @@ def run(args, work: Path) -> dict:
     report = {"status": "ok", "device": name, "torch": torch.__version__, "size": args.size, "batch": args.batch,
               "seconds": args.seconds, "frames": frames, "condition_tokens": CONDITION_TOKENS,
               "precision": session.checkpoint_info["precision"], "gradient_checkpointing": args.gradient_checkpointing,
-              "compile": args.compile, "diffusers_layout": args.diffusers_layout, "fused_rmsnorm": args.fused_rmsnorm,
+              "compile": args.compile, "variants": [variant.flag for variant in variants],
               "attention": session.attention, "flops_forward": flops.forward, "flops_backward": flops.backward,
               "peak_tflops": peak, "loops": loops}
     if "reference" in loops:
@@ -257,11 +256,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--compile", action="store_true", help="regional compile of the trainer's model "
                                                                "(the reference loop runs it eagerly)")
     parser.add_argument("--no-reference", action="store_true", help="skip the reference loop")
-    parser.add_argument("--diffusers-layout", action="store_true",
-                        help="run the model with diffusers' transposed residual stream (without "
-                             "acestep.models.layout), to measure what that change gains")
-    parser.add_argument("--fused-rmsnorm", action="store_true",
-                        help="compute the model's RMSNorms with F.rms_norm (benchmarks/variants.py), an experiment")
+    for variant in VARIANTS:  # benchmarks/variants.py
+        parser.add_argument(variant.option, dest=variant.flag, action="store_true", help=variant.help)
     parser.add_argument("--bare", action="store_true", help="also time the bare PyTorch loop")
     parser.add_argument("--peak-tflops", type=float, default=None, help="dense bf16 peak of the GPU (for MFU)")
     parser.add_argument("--json", type=Path, default=None, help="write the figures to this file")

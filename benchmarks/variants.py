@@ -1,17 +1,23 @@
 """Model variants the GPU benchmarks compare against the trainer's model, to measure one change at
-a time (`training_step.py --diffusers-layout / --fused-rmsnorm`, the grid's `:difflayout` and
-`:fusednorm` cells, `op_count.py --diffusers-layout`):
+a time (`VARIANTS`: `training_step.py`'s options and the grid's cell flags; `op_count.py
+--diffusers-layout`):
 
-- `use_diffusers_layout`: undo `acestep.models.layout.keep_sequence_major`, the residual stream
-  transposed in memory as diffusers leaves it (the state before that change);
-- `use_fused_rms_norm`: every diffusers `RMSNorm` of the model computed by `F.rms_norm`, one fused
-  kernel on recent CUDA builds instead of eight (an experiment, not in the trainer: the result
-  differs from diffusers' at bf16 rounding, so the GPU figure decides whether it goes in).
+- `use_diffusers_layout` (`--diffusers-layout`, `:difflayout`): undo
+  `acestep.models.layout.keep_sequence_major`, the residual stream transposed in memory as
+  diffusers leaves it (the state before that change);
+- `use_fused_rms_norm` (`--fused-rmsnorm`, `:fusednorm`): every diffusers `RMSNorm` of the model
+  computed by `F.rms_norm`, one fused kernel on recent CUDA builds instead of eight (an
+  experiment, not in the trainer: the result differs from diffusers' at bf16 rounding, so the GPU
+  figure decides whether it goes in);
+- `use_peft_input_casts` (`--peft-casts`, `:peftcast`): PEFT's cast of each adapted layer's input
+  to fp32 turned back on (the state before `Adapter.skip_input_casts`).
 """
 
 from __future__ import annotations
 
 import types
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -47,3 +53,36 @@ def use_fused_rms_norm(model: torch.nn.Module) -> int:
             module.forward = types.MethodType(_fused_rms_norm_forward, module)
             swapped += 1
     return swapped
+
+
+def use_peft_input_casts(model: torch.nn.Module) -> int:
+    """Let every PEFT layer of `model` cast its input to the adapter's dtype again; returns how many."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    layers = [m for m in model.modules() if isinstance(m, BaseTunerLayer)]
+    for layer in layers:
+        layer.cast_input_dtype_enabled = True
+    return len(layers)
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One change to measure: its grid cell flag, `training_step.py` option, table note and help."""
+
+    flag: str
+    option: str
+    note: str
+    help: str
+    apply: Callable[[torch.nn.Module], object]
+
+
+VARIANTS = (
+    Variant("difflayout", "--diffusers-layout", "diffusers layout",
+            "run the model with diffusers' transposed residual stream (without acestep.models.layout), to "
+            "measure what that change gains", use_diffusers_layout),
+    Variant("fusednorm", "--fused-rmsnorm", "fused RMSNorm",
+            "compute the model's RMSNorms with F.rms_norm, an experiment", use_fused_rms_norm),
+    Variant("peftcast", "--peft-casts", "PEFT input casts",
+            "let PEFT cast each adapted layer's input to fp32 again (without Adapter.skip_input_casts), to "
+            "measure what skipping them gains", use_peft_input_casts),
+)

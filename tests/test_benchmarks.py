@@ -162,6 +162,15 @@ def test_grid_cell_failures_are_reported_as_oom_timeout_or_error(tmp_path):
     assert (cell, cell.key) == (grid.Cell(8, 60.0, True, False), "b8-60s-ckpt")
     with pytest.raises(ValueError, match="BATCHxSECONDS"):
         grid.parse_cell("8x60:fast")
+    variant = grid.parse_cell("8x60:ckpt:peftcast:difflayout")  # any order in, the table's order out
+    assert variant == grid.Cell(8, 60.0, True, False, ("difflayout", "peftcast"))
+    assert (variant.label, variant.key) == ("8x60:ckpt:difflayout:peftcast", "b8-60s-ckpt-difflayout-peftcast")
+    args = _tiny_args(python="python", steps=1, rounds=1, bare=False, no_reference=True, peak_tflops=None)
+    command = grid.cell_command(variant, args, tmp_path / "v.json")
+    assert "--diffusers-layout" in command and "--peft-casts" in command and "--fused-rmsnorm" not in command
+    noted = grid.markdown_table([{"cell": {"batch": 8, "seconds": 60.0, "checkpointing": True, "compile": False,
+                                           "variants": ["difflayout", "peftcast"]}, "result": results["a"]}])
+    assert "| 8 x 60 s (diffusers layout) (PEFT input casts) | on |" in noted
     table = grid.markdown_table([{"cell": {"batch": 8, "seconds": 60.0, "checkpointing": True, "compile": False},
                                   "result": results["a"]}])
     assert table.splitlines()[-1].startswith("| 8 x 60 s | on | off | **oom** | – |")
@@ -323,3 +332,19 @@ def test_fused_rms_norm_variant_matches_diffusers_rms_norm(dtype):
         after = model(**inputs).sample.float()
     tolerance = 1e-5 if dtype == torch.float32 else 5e-2
     torch.testing.assert_close(after, before, rtol=tolerance, atol=tolerance)
+
+
+def test_peft_cast_variant_turns_the_casts_the_trainer_skips_back_on():
+    from acestep.models.config import parse_model_config
+    from acestep.training.adapters import add_adapter
+
+    common, variants = bench("common"), bench("variants")
+    model = common.random_transformer(parse_model_config(common.model_config("tiny")), torch.device("cpu"),
+                                      torch.float32)
+    adapter = add_adapter(model, "lora", rank=4, alpha=8.0)
+    adapter.skip_input_casts()
+    layers = [m for m in model.modules() if hasattr(m, "cast_input_dtype_enabled")]
+    assert layers and not any(layer.cast_input_dtype_enabled for layer in layers)
+    assert variants.use_peft_input_casts(model) == len(layers) == len(adapter.modules)
+    assert all(layer.cast_input_dtype_enabled for layer in layers)
+    assert [v.flag for v in variants.VARIANTS] == ["difflayout", "fusednorm", "peftcast"]
