@@ -22,6 +22,7 @@ from acestep.training.adapters import add_adapter
 from acestep.training.config import TrainingConfig
 from acestep.training.data import CroppedSamples
 from acestep.training.optim import build_optimizer, build_scheduler
+from acestep.training.recompute import enable_recompute
 from acestep.training.session import (FRAMES_PER_SECOND, MIXED_PRECISIONS, TrainingSession, compile_blocks,
                                       compute_dtype, resolve_accelerator, resolve_precision)
 from acestep.training.step import Objective
@@ -96,7 +97,7 @@ def build_session(training: TrainingConfig, model: AceStepModelConfig, samples: 
     transformer = random_transformer(model, fabric.device, dtype)
     attention = plan_attention(transformer, fabric.device, compute_dtype(precision, dtype))
     if training.run.gradient_checkpointing:
-        transformer.enable_gradient_checkpointing()
+        enable_recompute(transformer)
     a, o = training.adapter, training.optimizer
     adapter = add_adapter(transformer, a.type, a.rank, a.alpha, a.dropout, a.targets, a.mlp, a.modules, a.lokr_factor)
     if precision in MIXED_PRECISIONS:

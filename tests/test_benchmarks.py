@@ -348,3 +348,14 @@ def test_peft_cast_variant_turns_the_casts_the_trainer_skips_back_on():
     assert variants.use_peft_input_casts(model) == len(layers) == len(adapter.modules)
     assert all(layer.cast_input_dtype_enabled for layer in layers)
     assert [v.flag for v in variants.VARIANTS] == ["difflayout", "fusednorm", "peftcast"]
+
+
+def test_host_overhead_times_each_way_of_running_the_step(capsys):
+    host = bench("host_overhead")
+    assert host.main(["--layers", "2", "--rounds", "1"]) == 0
+    rows = {line[:36].strip(): line[36:].split() for line in capsys.readouterr().out.splitlines()[2:]}
+    assert list(rows) == ["no checkpointing", "checkpointing, diffusers' default", "checkpointing, the trainer's",
+                          "the trainer's, PEFT casts on"]
+    operators = {name: int(values[1]) for name, values in rows.items()}
+    assert operators["checkpointing, the trainer's"] > operators["no checkpointing"]  # the recomputation
+    assert operators["the trainer's, PEFT casts on"] > operators["checkpointing, the trainer's"]  # the casts

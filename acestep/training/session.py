@@ -21,6 +21,7 @@ from acestep.training.config import TrainingConfig, config_to_dict, load_config,
 from acestep.training.data import CroppedSamples, EpochBatches, collate, derived_seed, split_train_validation
 from acestep.training.events import EventLog, TensorBoardListener
 from acestep.training.optim import build_optimizer, build_scheduler, optimizer_steps_per_epoch, total_optimizer_steps
+from acestep.training.recompute import enable_recompute
 from acestep.training.step import Objective, batch_loss, validation_loss
 
 STOP_FILE = "STOP"  # a run stops after its current step when this file appears in its folder
@@ -147,7 +148,7 @@ class TrainingSession:
         transformer = bundle.transformer
         attention = plan_attention(transformer, fabric.device, compute_dtype(precision, model_dtype))
         if config.run.gradient_checkpointing:
-            transformer.enable_gradient_checkpointing()
+            enable_recompute(transformer)
         a = config.adapter
         adapter = add_adapter(transformer, a.type, a.rank, a.alpha, a.dropout, a.targets, a.mlp, a.modules,
                               a.lokr_factor)

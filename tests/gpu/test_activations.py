@@ -24,6 +24,7 @@ from acestep.models.load import build_component
 from acestep.models.tiny import TINY_DIT_CONFIG
 from acestep.training.adapters import add_adapter
 from acestep.training.data import TrainingBatch
+from acestep.training.recompute import enable_recompute
 from acestep.training.step import Objective, batch_loss
 
 CONFIG = parse_model_config(TINY_DIT_CONFIG)
@@ -40,7 +41,7 @@ def measure(kind, rank, dropout, targets, mlp, checkpointing=False, kernels=CPU_
     for param in model.parameters():
         torch.nn.init.normal_(param, std=0.02)
     if checkpointing:
-        model.enable_gradient_checkpointing()
+        enable_recompute(model)  # as the session does
     adapter = add_adapter(model, kind, rank, 2.0 * rank, dropout, targets, mlp, None, -1)
     if kind != "lokr":
         adapter.skip_input_casts()  # as the session does under mixed precision

@@ -63,10 +63,11 @@ def test_sigkill_between_checkpoints_then_resume_matches_an_uninterrupted_run(tm
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_ddp_on_two_cpu_processes_keeps_the_ranks_identical(tmp_path, tiny_dit):
+@pytest.mark.parametrize("checkpointing", ["false", "true"])  # true: re-entrant checkpointing under DDP
+def test_ddp_on_two_cpu_processes_keeps_the_ranks_identical(tmp_path, tiny_dit, checkpointing):
     tensors = write_tensors_dir(tmp_path / "tensors", tiny_dit, 8)
     config = write_config(tmp_path, tensors, tiny_dit, "ddp", "run.devices=2", "run.strategy=ddp", "run.epochs=2",
-                          "run.log_every_steps=1")
+                          "run.log_every_steps=1", f"run.gradient_checkpointing={checkpointing}")
     process = cli("train", "--config", str(config), cwd=tmp_path)
     output = process.communicate(timeout=600)[0]
     assert process.returncode == 0, output

@@ -1,0 +1,117 @@
+"""What a training step costs the host (Python, autograd, the dispatcher), measured on a CPU.
+
+    env/bin/python benchmarks/host_overhead.py                  # the table below, about a minute
+    env/bin/python benchmarks/host_overhead.py --rounds 21 --layers 24
+
+On a fast GPU the DiT's step is bound by the host: the H200 profile had the GPU busy 81 ms of a
+444 ms step at batch 1 (RESULTS.md). This script builds the 2B DiT's structure (24 blocks,
+every module, LoRA rank 4 on self and cross attention, dropout 0.1) at tiny widths, so that the
+arithmetic is negligible and one forward + backward under bf16 autocast on one CPU thread takes
+what the host spends issuing it. It times the ways the trainer can run the step, one change at a
+time, and counts the operators each dispatches (each one is a kernel launch on a GPU):
+
+- no checkpointing;
+- gradient checkpointing as diffusers does it (`use_reentrant=False`: a pack and an unpack hook
+  per saved tensor);
+- gradient checkpointing as the trainer does it (`acestep.training.recompute`, re-entrant);
+- the trainer's checkpointing with PEFT's input casts back on (before `Adapter.skip_input_casts`).
+
+Figures from a CPU are not GPU step times; they compare the host's share of one against another.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections import Counter
+
+import torch
+from common import model_config, random_transformer
+from torch.utils._python_dispatch import TorchDispatchMode
+from variants import use_peft_input_casts
+
+from acestep.models.config import parse_model_config
+from acestep.training.adapters import add_adapter
+from acestep.training.objective import context_latents
+from acestep.training.recompute import enable_recompute
+
+TINY_WIDTHS = {"hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 16, "num_key_value_heads": 8,
+               "head_dim": 8}  # the 2B model's heads and GQA groups, tiny widths
+
+
+class CountOperators(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.counts: Counter[str] = Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.counts[func.overloadpacket.__name__] += 1
+        return func(*args, **(kwargs or {}))
+
+
+def build(layers: int):
+    config = model_config("2b")
+    config.update(TINY_WIDTHS, num_hidden_layers=layers, layer_types=config["layer_types"][:layers])
+    transformer = random_transformer(parse_model_config(config), torch.device("cpu"), torch.bfloat16)
+    adapter = add_adapter(transformer, "lora", rank=4, alpha=8.0, dropout=0.1)
+    adapter.skip_input_casts()  # as the session does under mixed precision
+    return transformer.train(), adapter
+
+
+def make_step(transformer, frames: int = 16):
+    generator = torch.Generator().manual_seed(0)
+    t = torch.full((1,), 0.5)
+    inputs = {"hidden_states": torch.randn(1, frames, 64, generator=generator), "timestep": t, "timestep_r": t,
+              "encoder_hidden_states": torch.randn(1, 8, transformer.condition_embedder.in_features,
+                                                   generator=generator),
+              "context_latents": context_latents(torch.zeros(1, frames, 64), frames, 1)}
+
+    def step() -> None:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            prediction = transformer(**inputs).sample
+        prediction.float().pow(2).mean().backward()
+
+    return step
+
+
+def measure(step, rounds: int) -> tuple[float, int]:
+    """(median seconds per step after two warm-up steps, operators one step dispatches)."""
+    step()
+    step()
+    times = []
+    for _ in range(rounds):
+        began = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - began)
+    with CountOperators() as mode:
+        step()
+    return statistics.median(times), sum(mode.counts.values())
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--layers", type=int, default=24, help="DiT blocks (the 2B model has 24)")
+    parser.add_argument("--rounds", type=int, default=11, help="timed steps per setting (median)")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    transformer, adapter = build(args.layers)
+    step = make_step(transformer)
+    settings = [
+        ("no checkpointing", lambda: transformer.disable_gradient_checkpointing()),
+        ("checkpointing, diffusers' default", lambda: transformer.enable_gradient_checkpointing()),
+        ("checkpointing, the trainer's", lambda: enable_recompute(transformer)),
+        ("the trainer's, PEFT casts on", lambda: use_peft_input_casts(transformer)),
+    ]
+    print(f"torch {torch.__version__}, 1 CPU thread, {args.layers} blocks at tiny widths, LoRA on attention, "
+          f"bf16 autocast, median of {args.rounds} steps")
+    print(f"{'setting':36s} {'host ms/step':>12s} {'operators':>10s}")
+    for name, apply in settings:
+        apply()
+        seconds, operators = measure(step, args.rounds)
+        print(f"{name:36s} {seconds * 1000:12.1f} {operators:10d}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
