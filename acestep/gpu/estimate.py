@@ -218,8 +218,8 @@ def _precision(config, accelerator: str, capability: tuple[int, int] | None = No
     cuda = accelerator == "cuda"
     precision = config.run.precision
     if precision == "auto":
-        native_bf16 = capability is None or tuple(capability) >= (8, 0)
-        precision = ("bf16-mixed" if native_bf16 else "16-mixed") if cuda else "32-true"
+        bf16_in_hardware = capability is None or tuple(capability) >= (8, 0)
+        precision = ("bf16-mixed" if bf16_in_hardware else "16-mixed") if cuda else "32-true"
     dtype = config.model.dtype
     if dtype == "auto":
         dtype = {"bf16-mixed": "bf16", "16-mixed": "fp16"}.get(precision, "fp32") if cuda else "fp32"

@@ -138,10 +138,10 @@ def load_acestep(path: str | Path, dtype: torch.dtype = torch.bfloat16, device: 
 
     `path` is a folder, a folder name in the checkpoints directory, or an HF id. Floating
     weights are cast to `dtype` and placed on `device`; `components` limits what is built (the
-    null embedding and the silence latent are always loaded). Raises `CheckpointError` (or its
-    subclass `CheckpointNotFoundError`) naming the file and the problem. The attention of every module is
+    null embedding and the silence latent are always loaded). The attention of every module is
     planned for `device` and `dtype` (`acestep.models.attention`); a caller that computes in
-    another dtype (autocast) plans it again.
+    another dtype (autocast) plans it again. Raises `CheckpointError` (or its subclass
+    `CheckpointNotFoundError`) naming the file and the problem.
     """
     unknown = set(components) - set(ALL_COMPONENTS)
     if unknown:

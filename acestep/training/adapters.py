@@ -80,8 +80,8 @@ class Adapter:
 
     def skip_input_casts(self) -> None:
         """For training under autocast: PEFT casts each adapted layer's input to the adapter's fp32,
-        and autocast casts it straight back to bf16/fp16 for the matrix product. Without that round
-        trip (exact, so LoRA without dropout computes the same bits) each adapted layer saves two
+        and autocast casts it straight back to bf16/fp16 for the matrix product. Skipping that round
+        trip (exact, so LoRA without dropout computes the same bits) spares each adapted layer two
         copies of its input per pass, and q, k and v keep their shared input once for the backward
         pass instead of a copy each. The flag stays off for the run; previews, which run without
         autocast, turn it on while they sample (`acestep.inference.strength`). LoKr does not cast."""
