@@ -10,7 +10,10 @@ a time (`VARIANTS`: `training_step.py`'s options and the grid's cell flags; `op_
   experiment, not in the trainer: the result differs from diffusers' at bf16 rounding, so the GPU
   figure decides whether it goes in);
 - `use_peft_input_casts` (`--peft-casts`, `:peftcast`): PEFT's cast of each adapted layer's input
-  to fp32 turned back on (the state before `Adapter.skip_input_casts`).
+  to fp32 turned back on (the state before `Adapter.skip_input_casts`);
+- `use_diffusers_checkpointing` (`--diffusers-checkpointing`, `:diffckpt`, with checkpointing on):
+  diffusers' hook-based gradient checkpointing instead of `acestep.training.recompute`'s
+  re-entrant one (the state before that change).
 """
 
 from __future__ import annotations
@@ -65,6 +68,20 @@ def use_peft_input_casts(model: torch.nn.Module) -> int:
     return len(layers)
 
 
+def use_diffusers_checkpointing(model: torch.nn.Module) -> int:
+    """Checkpoint the blocks of every checkpointed diffusers model in `model` the way diffusers does
+    by default (`use_reentrant=False`); returns how many models. Raises ValueError when none has
+    gradient checkpointing on (the variant needs it)."""
+    from diffusers.models.modeling_utils import ModelMixin
+
+    models = [m for m in model.modules() if isinstance(m, ModelMixin) and m.is_gradient_checkpointing]
+    if not models:
+        raise ValueError("the diffusers-checkpointing variant needs gradient checkpointing on (:ckpt)")
+    for checkpointed in models:
+        checkpointed.enable_gradient_checkpointing()
+    return len(models)
+
+
 @dataclass(frozen=True)
 class Variant:
     """One change to measure: its grid cell flag, `training_step.py` option, table note and help."""
@@ -85,4 +102,8 @@ VARIANTS = (
     Variant("peftcast", "--peft-casts", "PEFT input casts",
             "let PEFT cast each adapted layer's input to fp32 again (without Adapter.skip_input_casts), to "
             "measure what skipping them gains", use_peft_input_casts),
+    Variant("diffckpt", "--diffusers-checkpointing", "diffusers' checkpointing",
+            "checkpoint the blocks with diffusers' hook-based default instead of the trainer's re-entrant "
+            "form (needs --gradient-checkpointing), to measure what that change gains",
+            use_diffusers_checkpointing),
 )

@@ -347,7 +347,22 @@ def test_peft_cast_variant_turns_the_casts_the_trainer_skips_back_on():
     assert layers and not any(layer.cast_input_dtype_enabled for layer in layers)
     assert variants.use_peft_input_casts(model) == len(layers) == len(adapter.modules)
     assert all(layer.cast_input_dtype_enabled for layer in layers)
-    assert [v.flag for v in variants.VARIANTS] == ["difflayout", "fusednorm", "peftcast"]
+    assert [v.flag for v in variants.VARIANTS] == ["difflayout", "fusednorm", "peftcast", "diffckpt"]
+
+
+def test_diffusers_checkpointing_variant_puts_back_diffusers_hook_based_checkpointing():
+    from acestep.models.config import parse_model_config
+    from acestep.training.recompute import checkpoint_block, enable_recompute
+
+    common, variants = bench("common"), bench("variants")
+    model = common.random_transformer(parse_model_config(common.model_config("tiny")), torch.device("cpu"),
+                                      torch.float32)
+    with pytest.raises(ValueError, match="needs gradient checkpointing"):
+        variants.use_diffusers_checkpointing(model)
+    enable_recompute(model)
+    assert model._gradient_checkpointing_func is checkpoint_block
+    assert variants.use_diffusers_checkpointing(model) == 1
+    assert model.is_gradient_checkpointing and model._gradient_checkpointing_func is not checkpoint_block
 
 
 def test_host_overhead_times_each_way_of_running_the_step(capsys):
