@@ -32,6 +32,7 @@ from torch import nn
 from torch.nn.attention import SDPBackend
 
 PROBE_TOKENS = 250  # sequence length of the probe calls: not a multiple of 64, as most crops are not
+DISPATCH_KEYS = {"cpu": "CPU", "cuda": "CUDA", "meta": "Meta", "xpu": "XPU"}  # devices _fused_sdp_choice may serve
 
 
 @dataclass(frozen=True)
@@ -44,13 +45,14 @@ class AttentionPlan:
     repeat_masked: bool = False
     repeat_unmasked: bool = False
     kernels: tuple[tuple[str, str], ...] = ()
+    unplanned_because: str = "not planned"
 
     def repeats(self, masked: bool) -> bool:
         return self.repeat_masked if masked else self.repeat_unmasked
 
     def describe(self) -> str:
         if not self.kernels:
-            return "attention: grouped K/V heads passed to PyTorch's dispatcher as they are (not planned)"
+            return f"attention: grouped K/V heads passed to PyTorch as they are ({self.unplanned_because})"
         kernels = dict(self.kernels)
         parts = []
         for kind in ("masked", "unmasked"):
@@ -112,8 +114,14 @@ def probe_plan(heads: int, kv_heads: int, head_dim: int, device: torch.device | 
     """The plan for attention of this shape on `device` in `dtype`, from what PyTorch's dispatcher
     picks (`torch._fused_sdp_choice`) for probe calls of `PROBE_TOKENS` tokens with and without a
     band mask, grouped and with K/V heads repeated. Repeats only where that moves a call off the
-    math kernel; allocates a few hundred KiB on the device for the probes."""
+    math kernel; allocates a few hundred KiB on the device for the probes. A device without that
+    choice (Apple's MPS) gets an unplanned plan that says so."""
     device = torch.device(device)
+    dispatch_key = DISPATCH_KEYS.get(device.type)
+    if dispatch_key is None or not torch._C._dispatch_has_kernel_for_dispatch_key("aten::_fused_sdp_choice",
+                                                                                   dispatch_key):
+        # e.g. Apple's MPS: its attention has no kernel choice to ask about, and takes grouped heads
+        return AttentionPlan(unplanned_because=f"PyTorch has no kernel choice to plan on {device.type}")
     shape = (1, PROBE_TOKENS, head_dim)
     query = torch.zeros(shape[0], heads, *shape[1:], device=device, dtype=dtype, requires_grad=requires_grad)
     key = torch.zeros(shape[0], kv_heads, *shape[1:], device=device, dtype=dtype, requires_grad=requires_grad)

@@ -149,3 +149,13 @@ def test_diffusers_reads_the_stored_signature_of_the_processor():
     assert "__signature__" in vars(AceStepAttentionProcessor.__call__)
     names = list(inspect.signature(AceStepAttentionProcessor().__call__).parameters)
     assert names == ["attn", "hidden_states", "encoder_hidden_states", "attention_mask", "image_rotary_emb"]
+
+
+def test_a_device_without_a_kernel_choice_is_left_unplanned_and_says_why(monkeypatch):
+    """Apple's MPS has no `_fused_sdp_choice` kernel: planning there must not fail, nor allocate."""
+    monkeypatch.setattr(torch._C, "_dispatch_has_kernel_for_dispatch_key", lambda op, key: key != "CPU")
+    plan = probe_plan(16, 8, 128, "cpu", torch.bfloat16)
+    assert plan == AttentionPlan(unplanned_because="PyTorch has no kernel choice to plan on cpu")
+    assert plan.describe() == ("attention: grouped K/V heads passed to PyTorch as they are (PyTorch has no "
+                               "kernel choice to plan on cpu)")
+    assert probe_plan(16, 8, 128, "mps", torch.float16).unplanned_because.endswith("on mps")
