@@ -23,6 +23,7 @@ from variants import use_diffusers_layout
 
 from acestep.models.config import parse_model_config
 from acestep.training.adapters import add_adapter
+from acestep.training.recompute import enable_recompute
 from acestep.training.session import FRAMES_PER_SECOND
 
 # Operators that only make views (no kernel on a GPU).
@@ -47,7 +48,7 @@ def count_step(size: str, batch: int, seconds: float, rank: int = 64, diffusers_
     model = random_transformer(parse_model_config(model_config(size)), device, dtype)
     add_adapter(model, "lora", rank=rank, alpha=2.0 * rank)
     torch.nn.Module.to(model, dtype)  # the meta device has no autocast: the adapter in bf16 as well
-    model.enable_gradient_checkpointing()
+    enable_recompute(model)  # the trainer's checkpointing (acestep.training.recompute)
     model.train()
     if diffusers_layout:
         use_diffusers_layout(model)
