@@ -24,11 +24,10 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
-from collections import Counter
 
 import torch
 from common import model_config, random_transformer
-from torch.utils._python_dispatch import TorchDispatchMode
+from op_count import CountOperators
 from variants import use_peft_input_casts
 
 from acestep.models.config import parse_model_config
@@ -38,16 +37,6 @@ from acestep.training.recompute import enable_recompute
 
 TINY_WIDTHS = {"hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 16, "num_key_value_heads": 8,
                "head_dim": 8}  # the 2B model's heads and GQA groups, tiny widths
-
-
-class CountOperators(TorchDispatchMode):
-    def __init__(self):
-        super().__init__()
-        self.counts: Counter[str] = Counter()
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.counts[func.overloadpacket.__name__] += 1
-        return func(*args, **(kwargs or {}))
 
 
 def build(layers: int):

@@ -60,9 +60,9 @@ def use_fused_rms_norm(model: torch.nn.Module) -> int:
 
 def use_peft_input_casts(model: torch.nn.Module) -> int:
     """Let every PEFT layer of `model` cast its input to the adapter's dtype again; returns how many."""
-    from peft.tuners.tuners_utils import BaseTunerLayer
+    from acestep.inference.strength import peft_layers
 
-    layers = [m for m in model.modules() if isinstance(m, BaseTunerLayer)]
+    layers = peft_layers(model)
     for layer in layers:
         layer.cast_input_dtype_enabled = True
     return len(layers)

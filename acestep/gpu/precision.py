@@ -9,6 +9,8 @@ for hardware support only.
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import torch
 
 
@@ -17,7 +19,6 @@ def native_bf16(device: torch.device | str = "cuda") -> bool:
     device = torch.device(device)
     if device.type != "cuda" or not torch.cuda.is_available():
         return False
-    if device.index is None:  # the current device
-        return bool(torch.cuda.is_bf16_supported(including_emulation=False))
-    with torch.cuda.device(device):
+    # is_bf16_supported asks the current device: make a numbered one current while it asks
+    with nullcontext() if device.index is None else torch.cuda.device(device):
         return bool(torch.cuda.is_bf16_supported(including_emulation=False))

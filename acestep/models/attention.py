@@ -109,8 +109,8 @@ def _kernel(query, key, value, mask, grouped: bool) -> SDPBackend:
     return SDPBackend(torch._fused_sdp_choice(query, key, value, mask, enable_gqa=grouped))
 
 
-def probe_plan(heads: int, kv_heads: int, head_dim: int, device: torch.device | str, dtype: torch.dtype,
-               requires_grad: bool = True) -> AttentionPlan:
+def probe_plan(heads: int, kv_heads: int, head_dim: int, device: torch.device | str, dtype: torch.dtype
+               ) -> AttentionPlan:
     """The plan for attention of this shape on `device` in `dtype`, from what PyTorch's dispatcher
     picks (`torch._fused_sdp_choice`) for probe calls of `PROBE_TOKENS` tokens with and without a
     band mask, grouped and with K/V heads repeated. Repeats only where that moves a call off the
@@ -122,9 +122,9 @@ def probe_plan(heads: int, kv_heads: int, head_dim: int, device: torch.device | 
                                                                                    dispatch_key):
         # e.g. Apple's MPS: its attention has no kernel choice to ask about, and takes grouped heads
         return AttentionPlan(unplanned_because=f"PyTorch has no kernel choice to plan on {device.type}")
-    shape = (1, PROBE_TOKENS, head_dim)
-    query = torch.zeros(shape[0], heads, *shape[1:], device=device, dtype=dtype, requires_grad=requires_grad)
-    key = torch.zeros(shape[0], kv_heads, *shape[1:], device=device, dtype=dtype, requires_grad=requires_grad)
+    # as training makes them: tensors that need a gradient
+    query = torch.zeros(1, heads, PROBE_TOKENS, head_dim, device=device, dtype=dtype, requires_grad=True)
+    key = torch.zeros(1, kv_heads, PROBE_TOKENS, head_dim, device=device, dtype=dtype, requires_grad=True)
     repeated = key.repeat_interleave(heads // kv_heads, dim=1) if heads != kv_heads else key
     mask = torch.zeros(1, 1, PROBE_TOKENS, PROBE_TOKENS, device=device, dtype=dtype)
     repeat, kernels = {}, {}
@@ -139,9 +139,9 @@ def probe_plan(heads: int, kv_heads: int, head_dim: int, device: torch.device | 
 def plan_attention(module: nn.Module, device: torch.device | str, dtype: torch.dtype) -> AttentionPlan:
     """Give every ACE-Step attention layer of `module` an `AceStepAttentionProcessor` planned for
     calls on `device` in `dtype` (the compute dtype: autocast's under mixed precision). Layers of
-    another shape than the first get their own processor and plan. Returns the first layer's plan (an unplanned
-    one when `module` has no attention layer). Idempotent; call it again after a change of device
-    or dtype."""
+    another shape than the first get their own processor and plan. Returns the first layer's plan
+    (an unplanned one when `module` has no attention layer). Idempotent; call it again after a
+    change of device or dtype."""
     processors: dict[tuple[int, int, int], AceStepAttentionProcessor] = {}
     for layer in _attention_layers(module):
         shape = (layer.heads, layer.kv_heads, layer.head_dim)

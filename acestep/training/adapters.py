@@ -85,11 +85,10 @@ class Adapter:
         copies of its input per pass, and q, k and v keep their shared input once for the backward
         pass instead of a copy each. The flag stays off for the run; previews, which run without
         autocast, turn it on while they sample (`acestep.inference.strength`). LoKr does not cast."""
-        from peft.tuners.tuners_utils import BaseTunerLayer
+        from acestep.inference.strength import peft_layers
 
-        for module in self.transformer.modules():
-            if isinstance(module, BaseTunerLayer):
-                module.cast_input_dtype_enabled = False
+        for layer in peft_layers(self.transformer):
+            layer.cast_input_dtype_enabled = False
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         """Restore weights saved by `state_dict`; every key must match (no silent partial load)."""

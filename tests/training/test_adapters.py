@@ -115,34 +115,12 @@ def test_official_target_modules_are_the_shortest_exact_selection(transformer, t
 
 def autocast_step(transformer, adapter):
     """A training forward + backward in bf16 under CPU autocast; (prediction, adapter grads, casts)."""
-    from collections import Counter
+    from models.test_layout import CountOps
+    from training.test_recompute import step
 
-    from torch.utils._python_dispatch import TorchDispatchMode
-
-    from acestep.training.objective import context_latents
-
-    class CountCasts(TorchDispatchMode):
-        def __init__(self):
-            super().__init__()
-            self.counts = Counter()
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            self.counts[func.overloadpacket.__name__] += 1
-            return func(*args, **(kwargs or {}))
-
-    generator = torch.Generator().manual_seed(3)
-    for param in adapter.parameters():
-        param.grad = None
-    width = transformer.condition_embedder.in_features
-    t = torch.full((2,), 0.4)
-    inputs = {"hidden_states": torch.randn(2, 30, 64, generator=generator), "timestep": t, "timestep_r": t,
-              "encoder_hidden_states": torch.randn(2, 7, width, generator=generator),
-              "context_latents": context_latents(torch.zeros(1, 30, 64), 30, 2)}
-    with CountCasts() as mode:
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            prediction = transformer(**inputs).sample
-        prediction.float().pow(2).mean().backward()
-    return prediction.detach(), [p.grad.clone() for p in adapter.parameters()], mode.counts["_to_copy"]
+    with CountOps() as ops:
+        prediction, grads = step(transformer, adapter)
+    return prediction, grads, ops.counts["_to_copy.default"]
 
 
 def test_skipping_peft_s_input_cast_under_autocast_keeps_lora_s_bits_and_drops_two_copies_a_layer(fixture_dir):

@@ -23,7 +23,8 @@ def adapted(fixture_dir, **adapter):
 
 
 def step(transformer, adapter):
-    """Forward + backward of a fixed batch in bf16 under CPU autocast, dropout drawn from seed 0."""
+    """Forward + backward of a fixed batch in bf16 under CPU autocast, dropout drawn from seed 0;
+    (prediction, the adapter's gradients)."""
     generator = torch.Generator().manual_seed(3)
     width = transformer.condition_embedder.in_features
     t = torch.full((2,), 0.6)
@@ -36,16 +37,16 @@ def step(transformer, adapter):
     with torch.autocast("cpu", dtype=torch.bfloat16):
         prediction = transformer(**inputs).sample
     prediction.float().pow(2).mean().backward()
-    return [param.grad.clone() for param in adapter.parameters()]
+    return prediction.detach(), [param.grad.clone() for param in adapter.parameters()]
 
 
 def test_re_entrant_checkpointing_gives_the_gradients_of_no_checkpointing_bit_for_bit(fixture_dir):
     transformer, adapter = adapted(fixture_dir, dropout=0.1)  # dropout: the recomputation redraws the same masks
-    plain = step(transformer, adapter)
+    _, plain = step(transformer, adapter)
     transformer.enable_gradient_checkpointing()  # diffusers' default, non-re-entrant
-    default = step(transformer, adapter)
+    _, default = step(transformer, adapter)
     enable_recompute(transformer)
-    recomputed = step(transformer, adapter)
+    _, recomputed = step(transformer, adapter)
     assert all(torch.equal(a, b) for a, b in zip(recomputed, plain, strict=True))
     assert all(torch.equal(a, b) for a, b in zip(recomputed, default, strict=True))
     first_block = [param.grad for name, param in transformer.named_parameters()
@@ -59,7 +60,7 @@ def test_blocks_with_nothing_to_train_run_without_a_checkpoint(fixture_dir, monk
     import acestep.training.recompute as recompute
 
     transformer, adapter = adapted(fixture_dir, modules=["layers.3.self_attn.to_q"])
-    plain = step(transformer, adapter)
+    _, plain = step(transformer, adapter)
     enable_recompute(transformer)
     checkpointed = []
 
@@ -70,7 +71,7 @@ def test_blocks_with_nothing_to_train_run_without_a_checkpoint(fixture_dir, monk
     monkeypatch.setattr(recompute, "checkpoint", counted)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # "None of the inputs have requires_grad=True" would fail here
-        recomputed = step(transformer, adapter)
+        _, recomputed = step(transformer, adapter)
     assert checkpointed == [transformer.layers[3]]
     assert all(torch.equal(a, b) for a, b in zip(recomputed, plain, strict=True))
 
@@ -92,11 +93,11 @@ def test_re_entrant_checkpointing_works_with_compiled_blocks(fixture_dir, compil
     from acestep.training.session import compile_blocks
 
     transformer, adapter = adapted(fixture_dir)
-    plain = step(transformer, adapter)
+    _, plain = step(transformer, adapter)
     enable_recompute(transformer)
     if compiled:
         compile_blocks(transformer)
-    recomputed = step(transformer, adapter)
+    _, recomputed = step(transformer, adapter)
     # inductor fuses the bf16 arithmetic, which rounds differently: about 1-2% of the largest
     # gradient, with or without checkpointing
     for a, b in zip(recomputed, plain, strict=True):
