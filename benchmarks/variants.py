@@ -5,10 +5,12 @@ a time (`VARIANTS`: `training_step.py`'s options and the grid's cell flags; `op_
 - `use_diffusers_layout` (`--diffusers-layout`, `:difflayout`): undo
   `acestep.models.layout.keep_sequence_major`, the residual stream transposed in memory as
   diffusers leaves it (the state before that change);
-- `use_fused_rms_norm` (`--fused-rmsnorm`, `:fusednorm`): every diffusers `RMSNorm` of the model
-  computed by `F.rms_norm`, one fused kernel on recent CUDA builds instead of eight (an
-  experiment, not in the trainer: the result differs from diffusers' at bf16 rounding, so the GPU
-  figure decides whether it goes in);
+- `use_diffusers_rms_norm` (`--diffusers-rmsnorm`, `:diffnorm`): every RMSNorm computed by
+  diffusers' eight-operator forward instead of `F.rms_norm` (`acestep.models.norms`; the state
+  before that change);
+- `use_diffusers_rope` (`--diffusers-rope`, `:diffrope`): RoPE by diffusers' `apply_rotary_emb`
+  (in fp32, cast back) instead of `acestep.models.attention.apply_rope` (in the activation dtype;
+  the state before that change);
 - `use_peft_input_casts` (`--peft-casts`, `:peftcast`): PEFT's cast of each adapted layer's input
   to fp32 turned back on (the state before `Adapter.skip_input_casts`);
 - `use_diffusers_checkpointing` (`--diffusers-checkpointing`, `:diffckpt`, with checkpointing on):
@@ -18,12 +20,10 @@ a time (`VARIANTS`: `training_step.py`'s options and the grid's cell flags; `op_
 
 from __future__ import annotations
 
-import types
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 
 def use_diffusers_layout(model: torch.nn.Module) -> None:
@@ -38,24 +38,33 @@ def use_diffusers_layout(model: torch.nn.Module) -> None:
             del conv._forward_hooks[key]
 
 
-def _fused_rms_norm_forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-    # diffusers casts to a half-precision weight's dtype before the weight; F.rms_norm takes the
-    # input in that dtype and normalises in fp32 inside; autocast must not upcast the call
-    dtype = self.weight.dtype if self.weight.dtype in (torch.float16, torch.bfloat16) else hidden_states.dtype
-    with torch.autocast(hidden_states.device.type, enabled=False):
-        return F.rms_norm(hidden_states.to(dtype), (hidden_states.shape[-1],), self.weight.to(dtype), self.eps)
-
-
-def use_fused_rms_norm(model: torch.nn.Module) -> int:
-    """Compute every affine, bias-free diffusers `RMSNorm` of `model` with `F.rms_norm`; returns how many."""
+def use_diffusers_rms_norm(model: torch.nn.Module) -> int:
+    """Compute every `FusedRMSNorm` of `model` with diffusers' own `RMSNorm.forward` again; returns how many."""
     from diffusers.models.normalization import RMSNorm
 
-    swapped = 0
-    for module in model.modules():
-        if isinstance(module, RMSNorm) and module.weight is not None and getattr(module, "bias", None) is None:
-            module.forward = types.MethodType(_fused_rms_norm_forward, module)
-            swapped += 1
-    return swapped
+    from acestep.models.norms import FusedRMSNorm
+
+    norms = [m for m in model.modules() if isinstance(m, FusedRMSNorm)]
+    for norm in norms:
+        norm.__class__ = RMSNorm
+    return len(norms)
+
+
+def _diffusers_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    from diffusers.models.embeddings import apply_rotary_emb
+
+    return apply_rotary_emb(x, (cos, sin), use_real=True, use_real_unbind_dim=-2, sequence_dim=1)
+
+
+def use_diffusers_rope(model: torch.nn.Module) -> int:
+    """Apply RoPE with diffusers' `apply_rotary_emb` in every attention processor of `model`; returns how many."""
+    from acestep.models.attention import AceStepAttentionProcessor
+
+    processors = {id(m.processor): m.processor for m in model.modules()
+                  if isinstance(getattr(m, "processor", None), AceStepAttentionProcessor)}
+    for processor in processors.values():
+        processor.rope = _diffusers_rope
+    return len(processors)
 
 
 def use_peft_input_casts(model: torch.nn.Module) -> int:
@@ -97,8 +106,12 @@ VARIANTS = (
     Variant("difflayout", "--diffusers-layout", "diffusers layout",
             "run the model with diffusers' transposed residual stream (without acestep.models.layout), to "
             "measure what that change gains", use_diffusers_layout),
-    Variant("fusednorm", "--fused-rmsnorm", "fused RMSNorm",
-            "compute the model's RMSNorms with F.rms_norm, an experiment", use_fused_rms_norm),
+    Variant("diffnorm", "--diffusers-rmsnorm", "diffusers RMSNorm",
+            "compute the model's RMSNorms with diffusers' forward instead of F.rms_norm (without "
+            "acestep.models.norms), to measure what that change gains", use_diffusers_rms_norm),
+    Variant("diffrope", "--diffusers-rope", "diffusers RoPE",
+            "apply RoPE with diffusers' apply_rotary_emb (in fp32) instead of acestep.models.attention.apply_rope "
+            "(in the activation dtype), to measure what that change gains", use_diffusers_rope),
     Variant("peftcast", "--peft-casts", "PEFT input casts",
             "let PEFT cast each adapted layer's input to fp32 again (without Adapter.skip_input_casts), to "
             "measure what skipping them gains", use_peft_input_casts),

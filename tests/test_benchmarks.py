@@ -167,7 +167,7 @@ def test_grid_cell_failures_are_reported_as_oom_timeout_or_error(tmp_path):
     assert (variant.label, variant.key) == ("8x60:ckpt:difflayout:peftcast", "b8-60s-ckpt-difflayout-peftcast")
     args = _tiny_args(python="python", steps=1, rounds=1, bare=False, no_reference=True, peak_tflops=None)
     command = grid.cell_command(variant, args, tmp_path / "v.json")
-    assert "--diffusers-layout" in command and "--peft-casts" in command and "--fused-rmsnorm" not in command
+    assert "--diffusers-layout" in command and "--peft-casts" in command and "--diffusers-rmsnorm" not in command
     noted = grid.markdown_table([{"cell": {"batch": 8, "seconds": 60.0, "checkpointing": True, "compile": False,
                                            "variants": ["difflayout", "peftcast"]}, "result": results["a"]}])
     assert "| 8 x 60 s (diffusers layout) (PEFT input casts) | on |" in noted
@@ -311,11 +311,46 @@ def test_op_count_counts_a_step_on_the_meta_device_and_shows_the_layout_change(c
     assert "kernels (not views)" in capsys.readouterr().out
 
 
+def test_op_count_counts_each_rms_norm_as_the_one_fused_operator_of_a_cuda_build():
+    """acestep.models.norms: each RMSNorm is one `_fused_rms_norm` forward (and recomputed) and one
+    backward, where diffusers' forward is eight operators; the counting's stand-in for CUDA's
+    dispatch lasts only while it counts."""
+    count = bench("op_count")
+    fused = count.count_step("tiny", 2, 2.0, rank=4)
+    plain = count.count_step("tiny", 2, 2.0, rank=4, diffusers_rms_norm=True)
+    norms, layers = 4 * 7 + 1, 4  # 7 per layer (3 on the stream, q/k norms of both attentions), the output norm
+    assert fused["_fused_rms_norm"] == norms + layers * 7  # the layers' norms again when recomputed
+    assert fused["_fused_rms_norm_backward"] == norms
+    assert plain["_fused_rms_norm"] == 0 and plain["pow"] >= norms
+    assert count.summary(fused)["kernels (not views)"] < count.summary(plain)["kernels (not views)"] - 5 * norms
+    x = torch.randn(2, 3, 8, device="meta", dtype=torch.bfloat16)
+    with count.CountOperators() as mode:
+        torch.nn.functional.rms_norm(x, (8,), torch.ones(8, device="meta", dtype=torch.bfloat16), 1e-6)
+    assert "_fused_rms_norm" not in mode.counts and mode.counts["pow"] == 1  # the meta device decomposes again
+
+
+def test_op_count_shows_the_casts_diffusers_rope_adds():
+    """diffusers' RoPE casts q and k and their rotated halves to fp32 and the result back: three
+    copies per call, forward and recomputed (2 self-attention calls per layer), more backward."""
+    count = bench("op_count")
+    ours = count.summary(count.count_step("tiny", 2, 2.0, rank=4))
+    theirs = count.summary(count.count_step("tiny", 2, 2.0, rank=4, diffusers_rope=True))
+    assert theirs["copies"] - ours["copies"] >= 3 * 2 * 4 * 2
+    assert theirs["kernels (not views)"] > ours["kernels (not views)"]
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_fused_rms_norm_variant_matches_diffusers_rms_norm(dtype):
-    """The experiment swaps every RMSNorm of the DiT (7 per layer and the output norm) and leaves
-    the prediction as it was, to the rounding of the dtype."""
+@pytest.mark.parametrize(("name", "changed"), [("use_diffusers_rms_norm", 4 * 7 + 1), ("use_diffusers_rope", 4 * 2)])
+def test_the_rms_norm_and_rope_variants_put_back_diffusers_arithmetic_with_the_same_prediction(dtype, name, changed):
+    """`:diffnorm` gives every RMSNorm of the DiT (7 per layer and the output norm) diffusers'
+    forward back, `:diffrope` each attention layer's processor (unplanned here) diffusers' fp32 RoPE; the
+    prediction stays what it was, bit for bit in fp32 and to the rounding of bf16, where the
+    trainer's RMSNorm rounds once and its RoPE rounds as the upstream model code does."""
+    from diffusers.models.normalization import RMSNorm
+
+    from acestep.models.attention import apply_rope
     from acestep.models.config import parse_model_config
+    from acestep.models.norms import FusedRMSNorm
     from acestep.training.objective import context_latents
 
     common, variants = bench("common"), bench("variants")
@@ -327,11 +362,21 @@ def test_fused_rms_norm_variant_matches_diffusers_rms_norm(dtype):
               "encoder_hidden_states": torch.randn(2, 12, model.condition_embedder.in_features, dtype=dtype),
               "context_latents": context_latents(torch.zeros(1, 50, 64), 50, 2).to(dtype)}
     with torch.no_grad():
-        before = model(**inputs).sample.float()
-        assert variants.use_fused_rms_norm(model) == 4 * 7 + 1
-        after = model(**inputs).sample.float()
-    tolerance = 1e-5 if dtype == torch.float32 else 5e-2
-    torch.testing.assert_close(after, before, rtol=tolerance, atol=tolerance)
+        trainer = model(**inputs).sample.float()
+        assert getattr(variants, name)(model) == changed
+        diffusers = model(**inputs).sample.float()
+    if name == "use_diffusers_rms_norm":
+        assert not any(isinstance(m, FusedRMSNorm) for m in model.modules())
+        assert sum(type(m) is RMSNorm for m in model.modules()) == changed
+    else:
+        assert all(m.processor.rope is not apply_rope for m in model.modules() if hasattr(m, "processor"))
+    if dtype == torch.float32:
+        assert torch.equal(trainer, diffusers)
+    else:
+        torch.testing.assert_close(trainer, diffusers, rtol=5e-2, atol=5e-2)
+        # (RoPE's rounding does not reach this tiny random model's prediction; tests/models/test_attention.py
+        # compares the two RoPEs themselves)
+        assert name == "use_diffusers_rope" or not torch.equal(trainer, diffusers)
 
 
 def test_peft_cast_variant_turns_the_casts_the_trainer_skips_back_on():
@@ -347,7 +392,7 @@ def test_peft_cast_variant_turns_the_casts_the_trainer_skips_back_on():
     assert layers and not any(layer.cast_input_dtype_enabled for layer in layers)
     assert variants.use_peft_input_casts(model) == len(layers) == len(adapter.modules)
     assert all(layer.cast_input_dtype_enabled for layer in layers)
-    assert [v.flag for v in variants.VARIANTS] == ["difflayout", "fusednorm", "peftcast", "diffckpt"]
+    assert [v.flag for v in variants.VARIANTS] == ["difflayout", "diffnorm", "diffrope", "peftcast", "diffckpt"]
 
 
 def test_diffusers_checkpointing_variant_puts_back_diffusers_hook_based_checkpointing():

@@ -11,8 +11,10 @@ against autograd on CPU (tests) and on CUDA (benchmarks/gpu_presets.py).
 Per DiT layer and per token (S = latent frames / patch 2; E = condition tokens; H hidden,
 I MLP width, Q = heads x head_dim, K = kv_heads x head_dim, r rank, a = 2 bytes in mixed
 precision, 4 in fp32):
-- each RMSNorm whose input needs a gradient: its input (a*width), its fp32 upcast (4*width, mixed
-  precision only) and rsqrt (4 per group); three per layer over H, q_norm over Q, k_norm over K;
+- each RMSNorm whose input needs a gradient (`acestep.models.norms`: `F.rms_norm`): CUDA's fused
+  kernel keeps its input (a*width) and rsqrt (4 per group); PyTorch's composite (CPU) keeps the
+  fp32 upcast of the input instead (4*width, mixed precision; the input itself in fp32); three per
+  layer over H, q_norm over Q, k_norm over K;
 - each adapted Linear: LoRA/DoRA keep their input (a*in; PEFT's cast to fp32 is skipped under
   autocast, so layers fed the same input, such as q/k/v, share it) or, with dropout, the dropout
   output and mask (`mask_bytes`*in, only where the input needs a gradient), and lora_A's output
@@ -56,18 +58,21 @@ class KernelProfile:
     flash kernel, cuDNN's) or "repeated" (a fused kernel given K/V heads repeated to the query
     heads, as `acestep.models.attention` does where the dispatcher would run the math kernel;
     counted so for every grouped call, masked or not, which also covers builds without a flash
-    kernel). `keeps_mask`: the kernel keeps the additive mask (one for all sliding layers)."""
+    kernel). `keeps_mask`: the kernel keeps the additive mask (one for all sliding layers).
+    `fused_norm`: `F.rms_norm` runs as one fused kernel, which keeps the input (CUDA), not as the
+    composite arithmetic, which keeps its fp32 upcast (CPU)."""
 
     name: str
     dropout_mask_bytes: int | None
     masked_attention: str
     keeps_mask: bool
+    fused_norm: bool
 
 
-CUDA_KERNELS = KernelProfile("cuda", 1, "math", False)  # an unknown GPU, or bf16 before 8.0: the worst case
-CUDA_REPEATED_KV_KERNELS = KernelProfile("cuda-repeated-kv", 1, "repeated", False)  # efficient kernel
-CUDA_SM90_KERNELS = KernelProfile("cuda-sm90", 1, "flash", False)  # cuDNN attention takes the band mask
-CPU_KERNELS = KernelProfile("cpu", None, "flash", True)
+CUDA_KERNELS = KernelProfile("cuda", 1, "math", False, True)  # an unknown GPU, or bf16 before 8.0: the worst case
+CUDA_REPEATED_KV_KERNELS = KernelProfile("cuda-repeated-kv", 1, "repeated", False, True)  # efficient kernel
+CUDA_SM90_KERNELS = KernelProfile("cuda-sm90", 1, "flash", False, True)  # cuDNN attention takes the band mask
+CPU_KERNELS = KernelProfile("cpu", None, "flash", True, False)
 
 
 def cuda_kernels(capability: tuple[int, int] | None, bf16: bool = True) -> KernelProfile:
@@ -183,9 +188,10 @@ class _Step:
     # --- building blocks: each returns whether its output needs a gradient ----------------------
     def norm(self, t: _Tally, label: str, source: str, rows: int, width: int, groups: int, grad: bool) -> bool:
         if grad:
-            t.add(source, rows * width * self.a)
-            if self.mixed and not self.compiled:
+            if self.mixed and not (self.compiled or self.k.fused_norm):  # the composite's fp32 upcast
                 t.add(f"{label}.fp32", rows * width * 4)
+            else:  # the input itself: the fused kernel's, inductor's, or the composite's in fp32
+                t.add(source, rows * width * self.a)
             t.add(f"{label}.rsqrt", rows * groups * 4)
         return grad
 

@@ -11,12 +11,16 @@ none accepts the call, the math kernel runs it: several kernels per call, fp32 p
 `heads x T x T` per sample kept for the backward pass.
 
 `AceStepAttentionProcessor` makes the same call as diffusers' processor on its native backend
-(same projections, norms, RoPE and SDPA arguments: the same result, bit for bit), except that
-where `plan_attention` found that the dispatcher of this device and dtype would run a kind of
-call on the math kernel while the call with K/V heads repeated to the query heads gets a fused
-one, it repeats them (`repeat_interleave` over heads, exactly what `enable_gqa` means). The plan
-is made once per device and compute dtype, outside the forward pass, so the forward stays one
-graph under `torch.compile`.
+(same projections, norms and SDPA arguments), except that where `plan_attention` found that the
+dispatcher of this device and dtype would run a kind of call on the math kernel while the call with
+K/V heads repeated to the query heads gets a fused one, it repeats them (`repeat_interleave` over
+heads, exactly what `enable_gqa` means). The plan is made once per device and compute dtype,
+outside the forward pass, so the forward stays one graph under `torch.compile`.
+
+RoPE is applied as ACE-Step's own model code (Qwen3's `apply_rotary_pos_emb`) applies it, in the
+activation dtype: five kernels per call where diffusers' `apply_rotary_emb` takes eight (it casts
+q or k and the rotated half to fp32 and the result back), the same bits as diffusers in fp32 and
+the upstream model's bits in bf16.
 """
 
 from __future__ import annotations
@@ -26,7 +30,6 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from diffusers.models.embeddings import apply_rotary_emb
 from diffusers.models.transformers.ace_step_transformer import AceStepAttention
 from torch import nn
 from torch.nn.attention import SDPBackend
@@ -61,15 +64,25 @@ class AttentionPlan:
         return "attention: " + ", ".join(parts)
 
 
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate-half RoPE of `x` [B, T, heads, head_dim] by `cos` and `sin` [T, head_dim], computed in
+    `x`'s dtype as the upstream model code does (module docstring)."""
+    cos, sin = cos[None, :, None, :].to(x.dtype), sin[None, :, None, :].to(x.dtype)
+    first, second = x.unflatten(-1, (2, -1)).unbind(-2)  # halves as views (its backward is one stack)
+    return x * cos + torch.cat((-second, first), dim=-1) * sin
+
+
 class AceStepAttentionProcessor:
     """diffusers' `AceStepAttnProcessor2_0` on the native backend, with K/V heads repeated where
-    `plan` says so. One instance serves every attention layer of a module."""
+    `plan` says so and RoPE by `rope` (`apply_rope`; any `(x, cos, sin) -> x`). One instance
+    serves every attention layer of a module."""
 
     _attention_backend = None  # read by diffusers' models: None is the native backend
     _parallel_config = None
 
     def __init__(self, plan: AttentionPlan | None = None):
         self.plan = plan or AttentionPlan()
+        self.rope = apply_rope
 
     def __call__(self, attn: AceStepAttention, hidden_states: torch.Tensor,
                  encoder_hidden_states: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
@@ -79,9 +92,8 @@ class AceStepAttentionProcessor:
         query = attn.norm_q(attn.to_q(hidden_states).unflatten(-1, (attn.heads, attn.head_dim)))
         key = attn.norm_k(attn.to_k(source).unflatten(-1, (attn.kv_heads, attn.head_dim)))
         value = attn.to_v(source).unflatten(-1, (attn.kv_heads, attn.head_dim))
-        if not is_cross and image_rotary_emb is not None:  # RoPE on self-attention, Qwen3's rotate-half layout
-            query = apply_rotary_emb(query, image_rotary_emb, use_real=True, use_real_unbind_dim=-2, sequence_dim=1)
-            key = apply_rotary_emb(key, image_rotary_emb, use_real=True, use_real_unbind_dim=-2, sequence_dim=1)
+        if not is_cross and image_rotary_emb is not None:  # RoPE on self-attention only
+            query, key = self.rope(query, *image_rotary_emb), self.rope(key, *image_rotary_emb)
         query, key, value = (x.transpose(1, 2) for x in (query, key, value))  # [B, heads, T, head_dim]
         grouped = attn.heads != attn.kv_heads
         if grouped and self.plan.repeats(attention_mask is not None):

@@ -28,6 +28,7 @@ from acestep.models.attention import plan_attention, use_attention_processor
 from acestep.models.checkpoints import DIT, is_diffusers_layout, resolve_model_path
 from acestep.models.config import AceStepModelConfig, read_dit_config
 from acestep.models.layout import keep_sequence_major
+from acestep.models.norms import use_fused_rms_norm
 from acestep.models.timbre import TimbreEncoder
 from acestep.models.weights import (
     SafetensorsIndex,
@@ -106,8 +107,9 @@ def _require(module: nn.Module | None, name: str) -> nn.Module:
 
 def build_component(config: AceStepModelConfig, component: str) -> nn.Module:
     """Build one module from the config with parameters on the meta device, its attention layers
-    on `AceStepAttentionProcessor` (unplanned: `plan_attention` plans it for a device)."""
-    return use_attention_processor(_build(config, component))
+    on `AceStepAttentionProcessor` (unplanned: `plan_attention` plans it for a device) and its
+    RMSNorms on PyTorch's fused kernel (`acestep.models.norms`)."""
+    return use_fused_rms_norm(use_attention_processor(_build(config, component)))
 
 
 def _build(config: AceStepModelConfig, component: str) -> nn.Module:

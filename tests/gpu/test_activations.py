@@ -118,7 +118,8 @@ def test_count_saved_bytes_counts_a_storage_once_and_forgets_dropped_graphs():
 def test_the_repeated_kv_count_matches_what_autograd_keeps_when_the_processor_repeats(mlp):
     """The count of a fused kernel given repeated K/V heads, against autograd on CPU with the
     processor told to repeat every grouped call (what a GPU before 9.0 gets for the masked ones)."""
-    cpu_repeated = KernelProfile("cpu-repeated", CPU_KERNELS.dropout_mask_bytes, "repeated", CPU_KERNELS.keeps_mask)
+    cpu_repeated = KernelProfile("cpu-repeated", CPU_KERNELS.dropout_mask_bytes, "repeated", CPU_KERNELS.keeps_mask,
+                                 CPU_KERNELS.fused_norm)
     measured, counted, _ = measure("lora", 8, 0.1, "attention", mlp, kernels=cpu_repeated,
                                    plan=AttentionPlan(repeat_masked=True, repeat_unmasked=True))
     _, grouped, _ = measure("lora", 8, 0.1, "attention", mlp)

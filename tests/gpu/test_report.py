@@ -64,7 +64,7 @@ def test_each_gpu_is_compared_with_the_estimate_for_its_generation(tmp_path):
     every query head, so a config without checkpointing fits on the first and not on the second."""
     path = write_config(tmp_path, "data.batch_size=4", "run.gradient_checkpointing=false")
     text = gpu_command_report(path, tmp_path / "no-models", report=report_of(
-        gpu(0, "NVIDIA H100", 80, 17.2, capability=(9, 0)), gpu(1, "NVIDIA GeForce RTX 4090", 23.6, 17.2,
+        gpu(0, "NVIDIA H100", 80, 13.8, capability=(9, 0)), gpu(1, "NVIDIA GeForce RTX 4090", 23.6, 13.8,
                                                              capability=(8, 9))))
-    assert "GPU 0: fits (17.20 GiB free" in text
-    assert "GPU 1: does not fit now (17.20 GiB free" in text
+    assert "GPU 0: fits (13.80 GiB free" in text
+    assert "GPU 1: does not fit now (13.80 GiB free" in text

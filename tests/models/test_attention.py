@@ -1,16 +1,28 @@
 """Every ACE-Step attention layer runs `AceStepAttentionProcessor` (acestep/models/attention.py): the
-same result as diffusers' processor, and K/V heads repeated exactly where the device's dispatcher
-would otherwise run the math kernel."""
+same result as diffusers' processor in fp32, RoPE as the upstream model code computes it in bf16,
+and K/V heads repeated exactly where the device's dispatcher would otherwise run the math kernel."""
 
 import pytest
 import torch
 import torch.nn.functional as F
-from diffusers.models.transformers.ace_step_transformer import AceStepAttention, AceStepAttnProcessor2_0
+from diffusers.models.embeddings import apply_rotary_emb
+from diffusers.models.transformers.ace_step_transformer import (
+    AceStepAttention,
+    AceStepAttnProcessor2_0,
+    _ace_step_rotary_freqs,
+)
 from torch.nn.attention import SDPBackend
 
 from acestep.models import load_acestep
-from acestep.models.attention import AceStepAttentionProcessor, AttentionPlan, plan_attention, probe_plan
+from acestep.models.attention import (
+    AceStepAttentionProcessor,
+    AttentionPlan,
+    apply_rope,
+    plan_attention,
+    probe_plan,
+)
 from acestep.training.objective import context_latents
+from models.test_layout import CountOps
 
 REAL_CHOICE = torch._fused_sdp_choice
 
@@ -72,6 +84,41 @@ def test_the_loader_installs_the_processor_and_it_matches_diffusers_bit_for_bit(
     theirs, their_grads = forward_backward(model)
     assert torch.equal(ours, theirs)
     assert all(torch.equal(our_grads[name], their_grads[name]) for name in our_grads)
+
+
+def upstream_rope(x, cos, sin):
+    """Qwen3's `apply_rotary_pos_emb` as the ACE-Step model code calls it: q * cos + rotate_half(q) * sin."""
+    half = x.shape[-1] // 2
+    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+    return x * cos[None, :, None] + rotated * sin[None, :, None]
+
+
+def diffusers_rope(x, cos, sin):
+    return apply_rotary_emb(x, (cos, sin), use_real=True, use_real_unbind_dim=-2, sequence_dim=1)
+
+
+def kernels_of_rope(rope, x, cos, sin) -> int:
+    """Operators other than views of RoPE's forward and backward."""
+    x = x.clone().requires_grad_()
+    with CountOps() as ops:
+        rope(x, cos, sin).backward(torch.ones_like(x))
+    views = ("view", "unsqueeze", "slice", "unbind", "split", "expand", "as_strided", "detach", "alias")
+    return sum(n for name, n in ops.counts.items() if name.split(".")[0] not in views)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_rope_gives_diffusers_bits_in_fp32_and_the_upstream_models_bits_in_bf16(dtype):
+    torch.manual_seed(0)
+    cos, sin = _ace_step_rotary_freqs(37, 16, 1e6, torch.device("cpu"), dtype)  # the transformer's own
+    x = (torch.randn(2, 37, 4, 16) * 3).to(dtype)
+    ours = apply_rope(x, cos, sin)
+    assert ours.dtype == dtype and torch.equal(ours, upstream_rope(x, cos, sin))
+    if dtype == torch.float32:
+        assert torch.equal(ours, diffusers_rope(x, cos, sin))
+    else:  # diffusers computes in fp32 and rounds once: within a bf16 rounding or two of it
+        assert not torch.equal(ours, diffusers_rope(x, cos, sin))
+        torch.testing.assert_close(ours.float(), diffusers_rope(x, cos, sin).float(), rtol=2e-2, atol=4e-2)
+        assert kernels_of_rope(apply_rope, x, cos, sin) <= kernels_of_rope(diffusers_rope, x, cos, sin) - 5
 
 
 def test_repeated_kv_heads_give_the_grouped_result_forward_and_backward(tiny_checkpoints, monkeypatch):

@@ -66,6 +66,6 @@ def test_the_message_gives_the_estimate_and_settings_that_would_fit(tmp_path):
     message = out_of_memory_message(config, torch.device("cpu"), 120, tmp_path / "run",
                                     torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 1.50 GiB"))
     assert message.startswith("Out of GPU memory in the step after step 120 (CUDA out of memory. Tried to allocate")
-    assert "The estimate for these settings is 15.85 GiB." in message
+    assert "The estimate for these settings is 13.32 GiB." in message
     assert "Settings that would fit: --set run.gradient_checkpointing=true (about" in message
     assert f"continue with --resume {tmp_path / 'run'}" in message
