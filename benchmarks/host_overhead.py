@@ -14,9 +14,12 @@ time, and counts the operators each dispatches (each one is a kernel launch on a
 - gradient checkpointing as diffusers does it (`use_reentrant=False`: a pack and an unpack hook
   per saved tensor);
 - gradient checkpointing as the trainer does it (`acestep.training.recompute`, re-entrant);
-- the trainer's checkpointing with PEFT's input casts back on (before `Adapter.skip_input_casts`).
+- the trainer's checkpointing with PEFT's input casts back on (before `Adapter.skip_input_casts`);
+- and with diffusers' RoPE, which casts to fp32 and back (before `acestep.models.attention.apply_rope`).
 
 Figures from a CPU are not GPU step times; they compare the host's share of one against another.
+The fused RMSNorm (`acestep.models.norms`) cannot show here: on a CPU `F.rms_norm` runs the same
+composite arithmetic as diffusers' RMSNorm (`op_count.py` counts it as a CUDA build runs it).
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ import time
 import torch
 from common import model_config, random_transformer
 from op_count import CountOperators
-from variants import use_peft_input_casts
+from variants import use_diffusers_rope, use_peft_input_casts
 
 from acestep.models.config import parse_model_config
 from acestep.training.adapters import add_adapter
@@ -91,6 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         ("checkpointing, diffusers' default", lambda: transformer.enable_gradient_checkpointing()),
         ("checkpointing, the trainer's", lambda: enable_recompute(transformer)),
         ("the trainer's, PEFT casts on", lambda: use_peft_input_casts(transformer)),
+        ("and diffusers' RoPE", lambda: use_diffusers_rope(transformer)),
     ]
     print(f"torch {torch.__version__}, 1 CPU thread, {args.layers} blocks at tiny widths, LoRA on attention, "
           f"bf16 autocast, median of {args.rounds} steps")
