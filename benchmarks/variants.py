@@ -24,6 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+from diffusers.models.embeddings import apply_rotary_emb
 
 
 def use_diffusers_layout(model: torch.nn.Module) -> None:
@@ -51,8 +52,6 @@ def use_diffusers_rms_norm(model: torch.nn.Module) -> int:
 
 
 def _diffusers_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    from diffusers.models.embeddings import apply_rotary_emb
-
     return apply_rotary_emb(x, (cos, sin), use_real=True, use_real_unbind_dim=-2, sequence_dim=1)
 
 
