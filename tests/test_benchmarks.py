@@ -415,7 +415,8 @@ def test_host_overhead_times_each_way_of_running_the_step(capsys):
     assert host.main(["--layers", "2", "--rounds", "1"]) == 0
     rows = {line[:36].strip(): line[36:].split() for line in capsys.readouterr().out.splitlines()[2:]}
     assert list(rows) == ["no checkpointing", "checkpointing, diffusers' default", "checkpointing, the trainer's",
-                          "the trainer's, PEFT casts on"]
+                          "the trainer's, PEFT casts on", "and diffusers' RoPE"]
     operators = {name: int(values[1]) for name, values in rows.items()}
     assert operators["checkpointing, the trainer's"] > operators["no checkpointing"]  # the recomputation
     assert operators["the trainer's, PEFT casts on"] > operators["checkpointing, the trainer's"]  # the casts
+    assert operators["and diffusers' RoPE"] > operators["the trainer's, PEFT casts on"]  # RoPE's fp32 casts
