@@ -11,7 +11,8 @@ and elsewhere (CPU) as the composite arithmetic above.
 `FusedRMSNorm` is diffusers' RMSNorm with its forward on `F.rms_norm`: the same parameters, state
 dict and output dtype. Where diffusers rounds twice in half precision (the normalised input, then
 its product with the weight) the fused kernel rounds once, so a bf16 output differs from diffusers'
-by at most one unit in the last place and is the nearer to the exact value; in fp32 they agree.
+by at most one unit in the last place and is the nearer to the exact value; in fp32 they agree
+to fp32 rounding (bit for bit on a CPU, where both run the same arithmetic).
 Autocast is kept out of the call: CUDA's autocast runs `rms_norm` in fp32, which would hand an fp32
 output on. A call whose input dtype is not the weight's (diffusers normalises in the input's dtype
 and casts after), and a norm with a bias, compute as diffusers does.

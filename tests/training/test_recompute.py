@@ -102,3 +102,24 @@ def test_re_entrant_checkpointing_works_with_compiled_blocks(fixture_dir, compil
     # gradient, with or without checkpointing
     for a, b in zip(recomputed, plain, strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=(4e-2 if compiled else 0) * b.abs().max().item())
+
+
+def test_a_block_of_the_trained_model_compiles_to_one_graph(fixture_dir):
+    """Regional compile sees each block whole: the attention processor (its plan, RoPE), the fused
+    RMSNorms with autocast kept out of them, and PEFT's LoRA layers trace without a graph break."""
+    transformer, adapter = adapted(fixture_dir, dropout=0.1)
+    adapter.skip_input_casts()
+    captured = {}
+
+    def capture(module, args, kwargs):
+        captured.setdefault("call", (args, kwargs))
+
+    hook = transformer.layers[0].register_forward_pre_hook(capture, with_kwargs=True)
+    try:
+        step(transformer, adapter)
+    finally:
+        hook.remove()
+    args, kwargs = captured["call"]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        explained = torch._dynamo.explain(transformer.layers[0])(*args, **kwargs)
+    assert (explained.graph_count, explained.graph_break_count) == (1, 0), explained.break_reasons
