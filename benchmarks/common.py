@@ -102,6 +102,7 @@ def build_session(training: TrainingConfig, model: AceStepModelConfig, samples: 
     adapter = add_adapter(transformer, a.type, a.rank, a.alpha, a.dropout, a.targets, a.mlp, a.modules, a.lokr_factor)
     if precision in MIXED_PRECISIONS:
         adapter.skip_input_casts()
+        adapter.fuse_lora_products()
     if training.run.compile:
         compile_blocks(transformer)
     optimizer = build_optimizer(adapter.parameters(), o.name, o.lr, o.weight_decay, tuple(o.betas), o.eps)

@@ -15,6 +15,7 @@
 #        8x60:ckpt:difflayout          8x60:ckpt before acestep.models.layout (that change's effect)
 #        8x60:ckpt:diffnorm            8x60:ckpt with diffusers' RMSNorm (acestep.models.norms' effect)
 #        8x60:ckpt:diffrope            8x60:ckpt with diffusers' fp32 RoPE (apply_rope's effect)
+#        8x60:ckpt:peftlora            8x60:ckpt with PEFT's LoRA product (lora_product's effect)
 #        8x60:ckpt:compile 1x60:compile    the same with regional compile
 #        8x60:compile                  batch 8 x 60 s without checkpointing
 #        4x60:ckpt                     a cell the H200 session measured (2026-11-26)
@@ -31,7 +32,7 @@ cd "$(dirname "$0")/.."
 RESULTS=${1:-${OUT:-gpu-perf}}
 BUDGET=${BUDGET:-450}
 SIZE=${SIZE:-2b}
-CELLS=${CELLS-8x60:ckpt,1x60,1x60:ckpt,1x60:ckpt:diffckpt,8x60:ckpt:peftcast,8x60:ckpt:difflayout,8x60:ckpt:diffnorm,8x60:ckpt:diffrope,8x60:ckpt:compile,1x60:compile,8x60:compile,4x60:ckpt}
+CELLS=${CELLS-8x60:ckpt,1x60,1x60:ckpt,1x60:ckpt:diffckpt,8x60:ckpt:peftcast,8x60:ckpt:difflayout,8x60:ckpt:diffnorm,8x60:ckpt:diffrope,8x60:ckpt:peftlora,8x60:ckpt:compile,1x60:compile,8x60:compile,4x60:ckpt}
 source benchmarks/parts.sh  # PYTHON, the environment, part and $failed
 
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$RESULTS/gpu.txt"

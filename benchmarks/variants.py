@@ -11,8 +11,12 @@ a time (`VARIANTS`: `training_step.py`'s options and the grid's cell flags; `op_
 - `use_diffusers_rope` (`--diffusers-rope`, `:diffrope`): RoPE by diffusers' `apply_rotary_emb`
   (in fp32, cast back) instead of `acestep.models.attention.apply_rope` (in the activation dtype;
   the state before that change);
+- `use_peft_lora_product` (`--peft-lora-product`, `:peftlora`): PEFT's LoRA forward, the product
+  scaled and added by two more kernels, instead of `acestep.training.lora_product`'s one `addmm`
+  (the state before that change);
 - `use_peft_input_casts` (`--peft-casts`, `:peftcast`): PEFT's cast of each adapted layer's input
-  to fp32 turned back on (the state before `Adapter.skip_input_casts`);
+  to fp32 turned back on (the state before `Adapter.skip_input_casts`; with the cast on, the
+  fused LoRA product gives way to PEFT's forward too);
 - `use_diffusers_checkpointing` (`--diffusers-checkpointing`, `:diffckpt`, with checkpointing on):
   diffusers' hook-based gradient checkpointing instead of `acestep.training.recompute`'s
   re-entrant one (the state before that change).
@@ -66,6 +70,18 @@ def use_diffusers_rope(model: torch.nn.Module) -> int:
     return len(processors)
 
 
+def use_peft_lora_product(model: torch.nn.Module) -> int:
+    """Give every fused LoRA layer of `model` PEFT's own forward again; returns how many."""
+    from peft.tuners.lora.layer import Linear as LoraLinear
+
+    from acestep.training.lora_product import FusedLoraLinear
+
+    layers = [m for m in model.modules() if isinstance(m, FusedLoraLinear)]
+    for layer in layers:
+        layer.__class__ = LoraLinear
+    return len(layers)
+
+
 def use_peft_input_casts(model: torch.nn.Module) -> int:
     """Let every PEFT layer of `model` cast its input to the adapter's dtype again; returns how many."""
     from acestep.inference.strength import peft_layers
@@ -111,6 +127,9 @@ VARIANTS = (
     Variant("diffrope", "--diffusers-rope", "diffusers RoPE",
             "apply RoPE with diffusers' apply_rotary_emb (in fp32) instead of acestep.models.attention.apply_rope "
             "(in the activation dtype), to measure what that change gains", use_diffusers_rope),
+    Variant("peftlora", "--peft-lora-product", "PEFT LoRA product",
+            "add each LoRA product by PEFT's three kernels instead of one addmm (without "
+            "acestep.training.lora_product), to measure what that change gains", use_peft_lora_product),
     Variant("peftcast", "--peft-casts", "PEFT input casts",
             "let PEFT cast each adapted layer's input to fp32 again (without Adapter.skip_input_casts), to "
             "measure what skipping them gains", use_peft_input_casts),

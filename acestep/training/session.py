@@ -152,8 +152,9 @@ class TrainingSession:
         a = config.adapter
         adapter = add_adapter(transformer, a.type, a.rank, a.alpha, a.dropout, a.targets, a.mlp, a.modules,
                               a.lokr_factor)
-        if precision in MIXED_PRECISIONS:
+        if precision in MIXED_PRECISIONS:  # training under autocast: no fp32 round trips, one GEMM per LoRA sum
             adapter.skip_input_casts()
+            adapter.fuse_lora_products()
         if config.run.compile:
             compile_blocks(transformer)
         train_indices, val_indices = split_train_validation(len(samples), config.data.validation_split,

@@ -109,6 +109,7 @@ def test_a_block_of_the_trained_model_compiles_to_one_graph(fixture_dir):
     RMSNorms with autocast kept out of them, and PEFT's LoRA layers trace without a graph break."""
     transformer, adapter = adapted(fixture_dir, dropout=0.1)
     adapter.skip_input_casts()
+    assert adapter.fuse_lora_products() == len(adapter.modules)
     captured = {}
 
     def capture(module, args, kwargs):

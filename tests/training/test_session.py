@@ -86,3 +86,20 @@ def test_compile_compiles_each_block_and_keeps_the_output(tiny_dit):
     assert transformer._compiled_call_impl is None
     assert all(block._compiled_call_impl is not None for block in transformer.layers)
     torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-5)
+
+
+def test_a_mixed_precision_run_trains_with_the_casts_skipped_and_the_lora_products_fused(config, monkeypatch):
+    """bf16-mixed on the CPU (autocast, bf16 weights): the session skips PEFT's input casts and fuses
+    every LoRA product (acestep/training/lora_product.py), and the run trains to finite losses."""
+    import math
+
+    from acestep.training.adapters import Adapter
+    from training.test_loop import events
+
+    fused, original = [], Adapter.fuse_lora_products
+    monkeypatch.setattr(Adapter, "fuse_lora_products", lambda self: fused.append(original(self)) or fused[-1])
+    result = train(apply_overrides(config, ["run.precision=bf16-mixed", "model.dtype=bf16", "run.max_steps=2",
+                                            "run.log_every_steps=1"]))
+    assert result.step == 2 and len(fused) == 1 and fused[0] > 0
+    losses = [e["loss"] for e in events(result.run_dir) if e["type"] == "log"]
+    assert len(losses) == 2 and all(math.isfinite(loss) for loss in losses)
