@@ -48,8 +48,7 @@ def build(layers: int):
     config.update(TINY_WIDTHS, num_hidden_layers=layers, layer_types=config["layer_types"][:layers])
     transformer = random_transformer(parse_model_config(config), torch.device("cpu"), torch.bfloat16)
     adapter = add_adapter(transformer, "lora", rank=4, alpha=8.0, dropout=0.1)
-    adapter.skip_input_casts()  # as the session does under mixed precision
-    adapter.fuse_lora_products()
+    adapter.prepare_for_autocast()  # as the session does under mixed precision
     return transformer.train(), adapter
 
 

@@ -73,8 +73,7 @@ def count_step(size: str, batch: int, seconds: float, rank: int = 64, diffusers_
     model = random_transformer(parse_model_config(model_config(size)), device, dtype)
     adapter = add_adapter(model, "lora", rank=rank, alpha=2.0 * rank)
     torch.nn.Module.to(model, dtype)  # the meta device has no autocast: the adapter in bf16 as well
-    adapter.skip_input_casts()  # as the session does under mixed precision
-    adapter.fuse_lora_products()
+    adapter.prepare_for_autocast()  # as the session does under mixed precision
     enable_recompute(model)  # the trainer's checkpointing (acestep.training.recompute)
     model.train()
     if diffusers_layout:

@@ -43,16 +43,20 @@ def use_diffusers_layout(model: torch.nn.Module) -> None:
             del conv._forward_hooks[key]
 
 
+def _undo_subclass(model: torch.nn.Module, subclass: type) -> int:
+    """Give every module of `model` that is a `subclass` instance its base class back (the
+    trainer's swaps only change `forward`); returns how many."""
+    modules = [m for m in model.modules() if isinstance(m, subclass)]
+    for module in modules:
+        module.__class__ = subclass.__base__
+    return len(modules)
+
+
 def use_diffusers_rms_norm(model: torch.nn.Module) -> int:
     """Compute every `FusedRMSNorm` of `model` with diffusers' own `RMSNorm.forward` again; returns how many."""
-    from diffusers.models.normalization import RMSNorm
-
     from acestep.models.norms import FusedRMSNorm
 
-    norms = [m for m in model.modules() if isinstance(m, FusedRMSNorm)]
-    for norm in norms:
-        norm.__class__ = RMSNorm
-    return len(norms)
+    return _undo_subclass(model, FusedRMSNorm)
 
 
 def _diffusers_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -72,14 +76,9 @@ def use_diffusers_rope(model: torch.nn.Module) -> int:
 
 def use_peft_lora_product(model: torch.nn.Module) -> int:
     """Give every fused LoRA layer of `model` PEFT's own forward again; returns how many."""
-    from peft.tuners.lora.layer import Linear as LoraLinear
-
     from acestep.training.lora_product import FusedLoraLinear
 
-    layers = [m for m in model.modules() if isinstance(m, FusedLoraLinear)]
-    for layer in layers:
-        layer.__class__ = LoraLinear
-    return len(layers)
+    return _undo_subclass(model, FusedLoraLinear)
 
 
 def use_peft_input_casts(model: torch.nn.Module) -> int:

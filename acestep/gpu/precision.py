@@ -1,4 +1,5 @@
-"""Whether a GPU computes in bf16 natively: the one test every "auto" dtype and precision uses.
+"""Whether a GPU computes in bf16 natively: the one test every "auto" dtype and precision uses;
+and whether autocast is on for a device type (`autocast_enabled`).
 
 `torch.cuda.is_bf16_supported()` says yes by default on GPUs that only emulate bf16 (compute
 capability below 8.0: Turing's T4 and RTX 20xx, Volta), because bf16 tensors can be made there.
@@ -22,3 +23,9 @@ def native_bf16(device: torch.device | str = "cuda") -> bool:
     # is_bf16_supported asks the current device: make a numbered one current while it asks
     with nullcontext() if device.index is None else torch.cuda.device(device):
         return bool(torch.cuda.is_bf16_supported(including_emulation=False))
+
+
+def autocast_enabled(device_type: str) -> bool:
+    """Whether autocast is on for `device_type` at this point (False for a device type autocast
+    does not know, such as "meta")."""
+    return torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type)

@@ -20,10 +20,14 @@ and casts after), and a norm with a bias, compute as diffusers does.
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import torch
 import torch.nn.functional as F
 from diffusers.models.normalization import RMSNorm
 from torch import nn
+
+from acestep.gpu.precision import autocast_enabled
 
 
 class FusedRMSNorm(RMSNorm):
@@ -34,10 +38,8 @@ class FusedRMSNorm(RMSNorm):
         if self.bias is not None or (weight is not None and weight.dtype != hidden_states.dtype):
             return super().forward(hidden_states)
         device = hidden_states.device.type
-        if torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device):
-            with torch.autocast(device, enabled=False):
-                return F.rms_norm(hidden_states, hidden_states.shape[-1:], weight, self.eps)
-        return F.rms_norm(hidden_states, hidden_states.shape[-1:], weight, self.eps)
+        with torch.autocast(device, enabled=False) if autocast_enabled(device) else nullcontext():
+            return F.rms_norm(hidden_states, hidden_states.shape[-1:], weight, self.eps)
 
 
 def use_fused_rms_norm(module: nn.Module) -> nn.Module:

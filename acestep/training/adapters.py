@@ -99,6 +99,12 @@ class Adapter:
 
         return fuse_lora_products(self.transformer)
 
+    def prepare_for_autocast(self) -> int:
+        """What training under autocast sets up (the session, under mixed precision):
+        `skip_input_casts`, then `fuse_lora_products`. Returns how many LoRA layers are fused."""
+        self.skip_input_casts()
+        return self.fuse_lora_products()
+
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         """Restore weights saved by `state_dict`; every key must match (no silent partial load)."""
         current = self.state_dict()

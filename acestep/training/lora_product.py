@@ -21,6 +21,8 @@ import torch
 from peft.tuners.lora.layer import Linear as LoraLinear
 from torch import nn
 
+from acestep.gpu.precision import autocast_enabled
+
 
 class FusedLoraLinear(LoraLinear):
     """PEFT's LoRA `Linear` with the product, scaling and sum in one `addmm` (module docstring)."""
@@ -48,11 +50,9 @@ class FusedLoraLinear(LoraLinear):
         lora_a, lora_b = self.lora_A._modules.get(name), self.lora_B._modules.get(name)
         if lora_a is None or lora_b is None or lora_b.bias is not None or name in self.lora_variant:
             return None
-        device = x.device.type
-        if not (torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device)):
-            # without autocast PEFT casts between the dtypes; addmm would refuse a mix
-            if not x.dtype == self.base_layer.weight.dtype == lora_a.weight.dtype == lora_b.weight.dtype:
-                return None
+        same_dtype = x.dtype == self.base_layer.weight.dtype == lora_a.weight.dtype == lora_b.weight.dtype
+        if not (same_dtype or autocast_enabled(x.device.type)):  # PEFT casts between them; addmm would refuse
+            return None
         return lora_a, self.lora_dropout._modules[name], lora_b, self.scaling[name]
 
 

@@ -153,8 +153,7 @@ class TrainingSession:
         adapter = add_adapter(transformer, a.type, a.rank, a.alpha, a.dropout, a.targets, a.mlp, a.modules,
                               a.lokr_factor)
         if precision in MIXED_PRECISIONS:  # training under autocast: no fp32 round trips, one GEMM per LoRA sum
-            adapter.skip_input_casts()
-            adapter.fuse_lora_products()
+            adapter.prepare_for_autocast()
         if config.run.compile:
             compile_blocks(transformer)
         train_indices, val_indices = split_train_validation(len(samples), config.data.validation_split,

@@ -11,9 +11,8 @@ from peft.tuners.lora.layer import Linear as LoraLinear
 from acestep.models import load_acestep
 from acestep.training.adapters import add_adapter
 from acestep.training.lora_product import FusedLoraLinear, fuse_lora_products
-from acestep.training.objective import context_latents
 from models.test_layout import CountOps
-from training.test_recompute import step
+from training.test_recompute import step, step_inputs
 
 
 def adapted(fixture_dir, kind="lora", dtype=torch.bfloat16, **options):
@@ -41,18 +40,10 @@ def test_under_autocast_the_fused_product_is_peft_s_to_rounding_and_no_farther_f
     fused, fused_grads, fused_ops = counted_step(transformer, adapter)
     torch.testing.assert_close(fused, peft, rtol=2e-2, atol=2e-2 * peft.abs().max().item())
     assert not torch.equal(fused, peft)  # one rounding where PEFT's three kernels round three times
-    # the same step in fp32 (PEFT's forward, no autocast) as the reference for both
-    for layer in reference.modules():
-        if isinstance(layer, FusedLoraLinear):
-            layer.__class__ = LoraLinear
-    generator = torch.Generator().manual_seed(3)
-    width = reference.condition_embedder.in_features
-    t = torch.full((2,), 0.6)
-    inputs = {"hidden_states": torch.randn(2, 30, 64, generator=generator), "timestep": t, "timestep_r": t,
-              "encoder_hidden_states": torch.randn(2, 7, width, generator=generator),
-              "context_latents": context_latents(torch.zeros(1, 30, 64), 30, 2)}
+    # the same step in fp32 (the copy made before the fusion: PEFT's forward, no autocast) as the
+    # reference for both
     torch.manual_seed(0)
-    exact = reference(**inputs).sample
+    exact = reference(**step_inputs(reference)).sample
     exact.pow(2).mean().backward()
     exact_grads = [p.grad for p in reference_adapter]
 

@@ -22,15 +22,20 @@ def adapted(fixture_dir, **adapter):
     return transformer.train(), found
 
 
-def step(transformer, adapter):
-    """Forward + backward of a fixed batch in bf16 under CPU autocast, dropout drawn from seed 0;
-    (prediction, the adapter's gradients)."""
+def step_inputs(transformer) -> dict:
+    """The fixed batch `step` trains on (fp32 tensors, seed 3)."""
     generator = torch.Generator().manual_seed(3)
     width = transformer.condition_embedder.in_features
     t = torch.full((2,), 0.6)
-    inputs = {"hidden_states": torch.randn(2, 30, 64, generator=generator), "timestep": t, "timestep_r": t,
-              "encoder_hidden_states": torch.randn(2, 7, width, generator=generator),
-              "context_latents": context_latents(torch.zeros(1, 30, 64), 30, 2)}
+    return {"hidden_states": torch.randn(2, 30, 64, generator=generator), "timestep": t, "timestep_r": t,
+            "encoder_hidden_states": torch.randn(2, 7, width, generator=generator),
+            "context_latents": context_latents(torch.zeros(1, 30, 64), 30, 2)}
+
+
+def step(transformer, adapter):
+    """Forward + backward of `step_inputs` in bf16 under CPU autocast, dropout drawn from seed 0;
+    (prediction, the adapter's gradients)."""
+    inputs = step_inputs(transformer)
     for param in adapter.parameters():
         param.grad = None
     torch.manual_seed(0)
@@ -108,8 +113,7 @@ def test_a_block_of_the_trained_model_compiles_to_one_graph(fixture_dir):
     """Regional compile sees each block whole: the attention processor (its plan, RoPE), the fused
     RMSNorms with autocast kept out of them, and PEFT's LoRA layers trace without a graph break."""
     transformer, adapter = adapted(fixture_dir, dropout=0.1)
-    adapter.skip_input_casts()
-    assert adapter.fuse_lora_products() == len(adapter.modules)
+    assert adapter.prepare_for_autocast() == len(adapter.modules)
     captured = {}
 
     def capture(module, args, kwargs):
