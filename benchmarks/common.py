@@ -22,9 +22,10 @@ from acestep.training.adapters import add_adapter
 from acestep.training.config import TrainingConfig
 from acestep.training.data import CroppedSamples
 from acestep.training.optim import build_optimizer, build_scheduler
+from acestep.training.compilation import compile_blocks
 from acestep.training.recompute import enable_recompute
-from acestep.training.session import (FRAMES_PER_SECOND, MIXED_PRECISIONS, TrainingSession, compile_blocks,
-                                      compute_dtype, resolve_accelerator, resolve_precision)
+from acestep.training.session import (FRAMES_PER_SECOND, MIXED_PRECISIONS, TrainingSession, compute_dtype,
+                                      resolve_accelerator, resolve_precision)
 from acestep.training.step import Objective
 
 SIZES = {

@@ -12,6 +12,8 @@
 #                                      for the MFU goal (>= 40%)
 #        1x60:compile                  batch 1 x 60 s compiled against the reference loop, which runs
 #                                      eagerly (goal: >= 1.5x)
+#        8x60:compile:staticcompile    8x60:compile with the blocks compiled for static shapes, what the
+#                                      trainer's dynamic shapes (acestep.training.compilation) cost
 #        8x60:ckpt 1x60                the same eagerly, with checkpointing at batch 8 (the presets' way)
 #        8x60:ckpt:diffnorm            8x60:ckpt with diffusers' RMSNorm (acestep.models.norms' effect)
 #        8x60:ckpt:peftlora            8x60:ckpt with PEFT's LoRA product (lora_product's effect)
@@ -36,7 +38,7 @@ cd "$(dirname "$0")/.."
 RESULTS=${1:-${OUT:-gpu-perf}}
 BUDGET=${BUDGET:-450}
 SIZE=${SIZE:-2b}
-CELLS=${CELLS-8x60:compile,1x60:compile,8x60:ckpt,1x60,8x60:ckpt:diffnorm,8x60:ckpt:peftlora,8x60:ckpt:diffrope,8x60:ckpt:difflayout,8x60:ckpt:peftcast,1x60:ckpt,1x60:ckpt:diffckpt,8x60:ckpt:compile,4x60:ckpt}
+CELLS=${CELLS-8x60:compile,1x60:compile,8x60:compile:staticcompile,8x60:ckpt,1x60,8x60:ckpt:diffnorm,8x60:ckpt:peftlora,8x60:ckpt:diffrope,8x60:ckpt:difflayout,8x60:ckpt:peftcast,1x60:ckpt,1x60:ckpt:diffckpt,8x60:ckpt:compile,4x60:ckpt}
 source benchmarks/parts.sh  # PYTHON, the environment, part and $failed
 
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$RESULTS/gpu.txt"

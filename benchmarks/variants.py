@@ -19,7 +19,11 @@ a time (`VARIANTS`: `training_step.py`'s options and the grid's cell flags; `op_
   fused LoRA product gives way to PEFT's forward too);
 - `use_diffusers_checkpointing` (`--diffusers-checkpointing`, `:diffckpt`, with checkpointing on):
   diffusers' hook-based gradient checkpointing instead of `acestep.training.recompute`'s
-  re-entrant one (the state before that change).
+  re-entrant one (the state before that change);
+- `use_static_shape_compile` (`--static-compile`, `:staticcompile`, with compile on): the blocks
+  compiled for the shapes they first see, torch.compile's default, instead of
+  `acestep.training.compilation`'s dynamic shapes (the state before that change; the benchmark's
+  shapes are fixed, so this measures what dynamic-shape kernels cost, not the recompiles).
 """
 
 from __future__ import annotations
@@ -105,6 +109,17 @@ def use_diffusers_checkpointing(model: torch.nn.Module) -> int:
     return len(models)
 
 
+def use_static_shape_compile(model: torch.nn.Module) -> int:
+    """Compile every compiled block of `model` again for static shapes (torch.compile's default);
+    returns how many. Raises ValueError when no block is compiled (the variant needs compile on)."""
+    blocks = [m for m in model.modules() if getattr(m, "_compiled_call_impl", None) is not None]
+    if not blocks:
+        raise ValueError("the static-compile variant needs compile on (:compile)")
+    for block in blocks:
+        block.compile()
+    return len(blocks)
+
+
 @dataclass(frozen=True)
 class Variant:
     """One change to measure: its grid cell flag, `training_step.py` option, table note and help."""
@@ -136,4 +151,7 @@ VARIANTS = (
             "checkpoint the blocks with diffusers' hook-based default instead of the trainer's re-entrant "
             "form (needs --gradient-checkpointing), to measure what that change gains",
             use_diffusers_checkpointing),
+    Variant("staticcompile", "--static-compile", "static-shape compile",
+            "compile the blocks for the shapes they first see (torch.compile's default) instead of dynamic shapes "
+            "(needs --compile), to measure what dynamic-shape kernels cost", use_static_shape_compile),
 )

@@ -404,7 +404,7 @@ def test_peft_cast_variant_turns_the_casts_the_trainer_skips_back_on():
     assert variants.use_peft_input_casts(model) == len(layers) == len(adapter.modules)
     assert all(layer.cast_input_dtype_enabled for layer in layers)
     assert [v.flag for v in variants.VARIANTS] == ["difflayout", "diffnorm", "diffrope", "peftlora", "peftcast",
-                                                   "diffckpt"]
+                                                   "diffckpt", "staticcompile"]
 
 
 def test_diffusers_checkpointing_variant_puts_back_diffusers_hook_based_checkpointing():
@@ -420,6 +420,36 @@ def test_diffusers_checkpointing_variant_puts_back_diffusers_hook_based_checkpoi
     assert model._gradient_checkpointing_func is checkpoint_block
     assert variants.use_diffusers_checkpointing(model) == 1
     assert model.is_gradient_checkpointing and model._gradient_checkpointing_func is not checkpoint_block
+
+
+def test_static_compile_variant_compiles_the_blocks_for_the_shapes_they_first_see():
+    from torch._dynamo.utils import counters
+
+    from acestep.models.config import parse_model_config
+    from acestep.training.compilation import compile_blocks
+
+    common, variants = bench("common"), bench("variants")
+    model = common.random_transformer(parse_model_config(common.model_config("tiny")), torch.device("cpu"),
+                                      torch.float32).eval()
+    with pytest.raises(ValueError, match="needs compile on"):
+        variants.use_static_shape_compile(model)
+    compile_blocks(model, backend="eager")
+    assert variants.use_static_shape_compile(model) == len(model.layers)
+
+    def forward(tokens: int) -> None:
+        with torch.no_grad():
+            model(hidden_states=torch.randn(1, 8, 64), timestep=torch.full((1,), 0.5), timestep_r=torch.full((1,), 0.5),
+                  encoder_hidden_states=torch.randn(1, tokens, model.condition_embedder.in_features),
+                  context_latents=torch.randn(1, 8, 128))
+
+    torch._dynamo.reset()
+    counters.clear()
+    forward(5)
+    first = counters["stats"]["unique_graphs"]
+    forward(5)
+    assert counters["stats"]["unique_graphs"] == first  # the same shapes: nothing new
+    forward(7)  # a static graph serves one condition length: another length compiles again
+    assert counters["stats"]["unique_graphs"] > first
 
 
 def test_host_overhead_times_each_way_of_running_the_step(capsys):

@@ -9,7 +9,8 @@ adapter's flags and scales are restored exactly (`acestep.inference.strength`), 
 from its own generator, and neither the default dtype nor autocast is touched. The renderer (VAE,
 and the encoders while a caption is encoded) is created at the first preview, on the training
 device in the training dtype. A preview that fails (e.g. out of memory) is reported as a `warning`
-event and training goes on; models that cannot be found stop the run at its start.
+event and training goes on; models that cannot be found stop the run at its start. With
+`run.compile` the blocks run their eager code for previews (`acestep.training.compilation`).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import torch
 from acestep.errors import AceStepError, TrainingError
 from acestep.inference.preview import PreviewRenderer, PreviewRequest
 from acestep.inference.render import write_preview
+from acestep.training.compilation import eagerly
 
 PREVIEWS_FOLDER = "previews"
 
@@ -108,7 +110,8 @@ class TrainingPreviews:
         rng = capture_rng()
         dtype = torch.get_default_dtype()
         try:
-            files = self._render_files(step)
+            with eagerly():  # compiled blocks (run.compile) would compile graphs for each strength
+                files = self._render_files(step)
         except (AceStepError, RuntimeError) as exc:  # RuntimeError: e.g. CUDA out of memory
             self.emit("warning", step=step, epoch=epoch,
                       message=f"preview at step {step} failed ({type(exc).__name__}: {exc}); training goes on")

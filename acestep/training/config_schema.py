@@ -181,8 +181,8 @@ class RunConfig:
     gradient_checkpointing: bool = _option(
         False, "Recompute activations during the backward pass: much less VRAM, slower steps.")
     compile: bool = _option(
-        False, "torch.compile each transformer block: fewer, fused kernels (1.6x faster steps on an H200), "
-               "after a first minute of compiling.")
+        False, "torch.compile each transformer block, for shapes that change from batch to batch: fewer, fused "
+               "kernels (1.6x faster steps on an H200), after a first minute of compiling; previews run uncompiled.")
     skip_vram_check: bool = _option(
         False, "Start on a CUDA GPU even when the estimated peak memory is above the GPU's free memory. The "
         "check (CUDA only) stops such a run before the model loads, naming the shortfall, the processes holding "

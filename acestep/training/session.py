@@ -17,6 +17,7 @@ from acestep.errors import TrainingError
 from acestep.gpu.precision import native_bf16
 from acestep.training import checkpoint as ckpt
 from acestep.training.adapters import Adapter, add_adapter, save_adapter
+from acestep.training.compilation import compile_blocks
 from acestep.training.config import TrainingConfig, config_to_dict, load_config, parse_devices, save_config
 from acestep.training.data import CroppedSamples, EpochBatches, collate, derived_seed, split_train_validation
 from acestep.training.events import EventLog, TensorBoardListener
@@ -73,14 +74,6 @@ def new_run_dir(config: TrainingConfig) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     return folder
 
-
-
-def compile_blocks(transformer: torch.nn.Module) -> None:
-    """torch.compile each transformer block in place (regional compilation). The blocks share their
-    code, so one compile per layer type serves all of them; compiling the whole model instead breaks
-    its graph at every gradient-checkpointed block and gains nothing."""
-    for block in transformer.layers:
-        block.compile()
 
 @dataclass
 class TrainingSession:

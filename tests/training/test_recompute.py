@@ -95,7 +95,7 @@ def test_checkpoint_block_marks_the_input_only_when_the_block_has_something_to_t
 
 @pytest.mark.parametrize("compiled", [False, True])
 def test_re_entrant_checkpointing_works_with_compiled_blocks(fixture_dir, compiled):
-    from acestep.training.session import compile_blocks
+    from acestep.training.compilation import compile_blocks
 
     transformer, adapter = adapted(fixture_dir)
     _, plain = step(transformer, adapter)

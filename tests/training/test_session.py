@@ -66,28 +66,6 @@ def test_on_cpu_there_is_no_check(config, checks):
     assert checks == []
 
 
-def test_compile_compiles_each_block_and_keeps_the_output(tiny_dit):
-    """run.compile compiles the transformer's blocks one by one (regional compilation), not the
-    whole model, and the compiled model computes what the eager one does."""
-    import torch
-
-    from acestep.models.load import load_acestep
-
-    transformer = load_acestep(tiny_dit, dtype=torch.float32, components=("transformer",)).transformer.eval()
-    generator = torch.Generator().manual_seed(0)
-    inputs = {"hidden_states": torch.randn(1, 20, 64, generator=generator),
-              "timestep": torch.tensor([0.5]), "timestep_r": torch.tensor([0.5]),
-              "encoder_hidden_states": torch.randn(1, 5, transformer.config.hidden_size, generator=generator),
-              "context_latents": torch.randn(1, 20, 128, generator=generator)}
-    with torch.no_grad():
-        eager = transformer(**inputs).sample
-        session_module.compile_blocks(transformer)
-        compiled = transformer(**inputs).sample
-    assert transformer._compiled_call_impl is None
-    assert all(block._compiled_call_impl is not None for block in transformer.layers)
-    torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-5)
-
-
 def test_a_mixed_precision_run_trains_with_the_casts_skipped_and_the_lora_products_fused(config, monkeypatch):
     """bf16-mixed on the CPU (autocast, bf16 weights): the session skips PEFT's input casts and fuses
     every LoRA product (acestep/training/lora_product.py), and the run trains to finite losses."""

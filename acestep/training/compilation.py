@@ -1,0 +1,47 @@
+"""Regional compilation of the transformer's blocks (`run.compile`).
+
+Each block is compiled on its own: the blocks share their code, so the graphs compiled for one
+serve all of them, and what lies between them (embeddings, the checkpointing around each block)
+stays eager. Compiling the whole model instead breaks its graph at every checkpointed block and
+gains nothing.
+
+What a run feeds the blocks changes from batch to batch: the condition's length (lyric and caption
+tokens) nearly always, the latent frames when a song is shorter than the crop, the batch when an
+epoch's last batch is short. A block compiled for the shapes it first sees (torch.compile's default)
+compiles again for each new size, and once its code has `torch._dynamo.config.recompile_limit` (8)
+graphs it runs eagerly for the rest of the run, with a warning in the log. On the tiny model that
+happened in the third batch of a run, after two batches whose conditions differed in length.
+
+So the blocks are compiled for dynamic shapes from the start, and a run needs one graph for each
+combination of: grad mode (the re-entrant checkpoint runs a block without grad, then recomputes it
+with grad), sliding-window layer or not (an attention mask or none), training or evaluation
+(validation), and a batch of one or of more (PyTorch specialises a size of 1). That made 14 graphs
+in the test of a run with all of them; `BLOCK_GRAPH_LIMIT` leaves room above that. Previews run
+eagerly (`eagerly`): their adapter strengths, input casts and batches would each compile graphs
+that serve a few seconds of sampling.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+
+BLOCK_GRAPH_LIMIT = 32  # graphs of the block's code before torch.compile gives up on it (its default: 8)
+
+
+def compile_blocks(transformer: torch.nn.Module, backend: str = "inductor") -> None:
+    """torch.compile each block of `transformer.layers` in place, for dynamic shapes, and raise
+    torch's recompile limit to `BLOCK_GRAPH_LIMIT` (a process-wide setting; never lowered).
+    `backend`: torch.compile's; "aot_eager" traces the same graphs without generating kernels."""
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, BLOCK_GRAPH_LIMIT)
+    for block in transformer.layers:
+        block.compile(dynamic=True, backend=backend)
+
+
+@contextlib.contextmanager
+def eagerly() -> Iterator[None]:
+    """Inside the block, compiled modules run their eager code and compile nothing."""
+    with torch.compiler.set_stance("force_eager"):
+        yield

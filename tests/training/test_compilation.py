@@ -1,0 +1,69 @@
+"""Regional compilation (`acestep/training/compilation.py`): each block compiled, the output kept,
+and a run whose batches vary as real data does stays compiled to its end."""
+
+from functools import partial
+
+import torch
+from torch._dynamo.utils import counters
+
+import acestep.training.session as session_module
+from acestep.inference.training_hook import TrainingPreviews
+from acestep.training.compilation import compile_blocks
+from acestep.training.loop import train
+
+from .conftest import write_tensors_dir
+from .test_loop import events, make_config
+
+
+def test_compile_compiles_each_block_and_keeps_the_output(tiny_dit):
+    """run.compile compiles the transformer's blocks one by one (regional compilation), not the
+    whole model, and the compiled model computes what the eager one does."""
+    from acestep.models.load import load_acestep
+
+    transformer = load_acestep(tiny_dit, dtype=torch.float32, components=("transformer",)).transformer.eval()
+    generator = torch.Generator().manual_seed(0)
+    inputs = {"hidden_states": torch.randn(1, 20, 64, generator=generator),
+              "timestep": torch.tensor([0.5]), "timestep_r": torch.tensor([0.5]),
+              "encoder_hidden_states": torch.randn(1, 5, transformer.config.hidden_size, generator=generator),
+              "context_latents": torch.randn(1, 20, 128, generator=generator)}
+    with torch.no_grad():
+        eager = transformer(**inputs).sample
+        compile_blocks(transformer)
+        compiled = transformer(**inputs).sample
+    assert transformer._compiled_call_impl is None
+    assert all(block._compiled_call_impl is not None for block in transformer.layers)
+    torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-5)
+
+
+def test_a_compiled_run_stays_compiled_through_varied_batches_validation_and_previews(tmp_path, tiny_dit,
+                                                                                     monkeypatch):
+    """Crops and conditions of different lengths in every batch, a last batch of one, validation
+    batches of two and one, previews at two strengths, gradient checkpointing, bf16-mixed: the run
+    ends without torch.compile giving up on the blocks (that raises here instead of running them
+    eagerly), and previews compile nothing."""
+    tensors = write_tensors_dir(tmp_path / "tensors", tiny_dit, 8)  # 20-44 frames, 6-13 condition tokens
+    # aot_eager traces and guards the same graphs as inductor without generating kernels (minutes on a CPU)
+    monkeypatch.setattr(session_module, "compile_blocks", partial(compile_blocks, backend="aot_eager"))
+    preview_graphs, render = [], TrainingPreviews._render_files
+
+    def counted_render(self, step):
+        before = counters["stats"]["unique_graphs"]
+        files = render(self, step)
+        preview_graphs.append(counters["stats"]["unique_graphs"] - before)
+        return files
+
+    monkeypatch.setattr(TrainingPreviews, "_render_files", counted_render)
+    config = make_config(tmp_path, tensors, tiny_dit, "run.compile=true", "run.gradient_checkpointing=true",
+                         "run.precision=bf16-mixed", "model.dtype=bf16", "data.batch_size=2",
+                         "data.validation_split=0.4", "run.epochs=1", "run.save_every_epochs=0",
+                         "run.preview_caption=mystyle, lofi", "run.preview_seconds=0.4",
+                         "run.preview_strengths=[0, 1]", "run.preview_every_epochs=1")
+    torch._dynamo.reset()
+    counters.clear()
+    with torch._dynamo.config.patch(fail_on_recompile_limit_hit=True):
+        result = train(config)
+    log = events(result.run_dir)
+    assert "3 batches" in next(e["message"] for e in log if e["type"] == "start")  # 5 samples: 2, 2 and 1
+    assert result.step == 3 and any(e["type"] == "validation" for e in log)
+    assert preview_graphs == [0]
+    assert 0 < counters["stats"]["unique_graphs"] <= 14  # 14 on torch 2.13; past BLOCK_GRAPH_LIMIT it raises above
