@@ -126,7 +126,7 @@ def add_adapter(transformer: nn.Module, kind: str = "lora", rank: int = 64, alph
     transformer.requires_grad_(False)
     names = target_module_names(transformer, targets, mlp, modules)
     if kind == "lokr":
-        network = _add_lokr(transformer, names, rank, alpha, dropout, lokr_factor)
+        network = _add_lokr(transformer, names, rank, alpha, lokr_factor)
         return Adapter(kind, transformer, rank, alpha, names, network)
     from peft import LoraConfig
 
@@ -140,8 +140,7 @@ def add_adapter(transformer: nn.Module, kind: str = "lora", rank: int = 64, alph
     return Adapter(kind, transformer, rank, alpha, names)
 
 
-def _add_lokr(transformer: nn.Module, names: list[str], rank: int, alpha: float, dropout: float,
-              factor: int) -> nn.Module:
+def _add_lokr(transformer: nn.Module, names: list[str], rank: int, alpha: float, factor: int) -> nn.Module:
     try:
         from lycoris import LycorisNetwork, create_lycoris
     except ImportError as exc:
@@ -149,8 +148,10 @@ def _add_lokr(transformer: nn.Module, names: list[str], rank: int, alpha: float,
     logging.getLogger("LyCORIS").setLevel(logging.WARNING)  # it logs every module at INFO
     # The preset is class-level state in LyCORIS: set it right before creating the network.
     LycorisNetwork.apply_preset({"target_module": [], "target_name": names})
+    # LyCORIS rebuilds each LoKr weight in this mode and applies no dropout there (it prints a warning
+    # per module instead): dropout 0 trains the same, and the run says so once (training/loop.py)
     network = create_lycoris(transformer, 1.0, linear_dim=rank, linear_alpha=alpha, algo="lokr",
-                             factor=factor, dropout=dropout)
+                             factor=factor, dropout=0.0)
     network.apply_to()
     from acestep.export.lokr import attach_network
 

@@ -84,7 +84,8 @@ class AdapterConfig:
         64, "Rank of the low-rank update: higher learns more detail and makes a larger file.", ge=1)
     alpha: float = _option(
         128.0, "The update is scaled by alpha / rank; alpha = 2 x rank is the usual choice.", gt=0)
-    dropout: float = _option(0.1, "Dropout on the adapter's input during training.", ge=0, lt=1)
+    dropout: float = _option(
+        0.1, "Dropout on the adapter's input during training (LoRA and DoRA; LoKr trains without it).", ge=0, lt=1)
     targets: str = _option(
         "attention", "Attention layers that get an adapter: self_attention, cross_attention (attends to "
         "the text and lyrics condition) or attention (both).",

@@ -201,6 +201,15 @@ class Trainer:
             self.emit("warning", step=p.step, epoch=p.epoch,
                       message=f"optimizer.warmup_steps ({warmup}) is not below the run's {s.total_steps} optimizer "
                               "steps: the learning rate never reaches optimizer.lr")
+        if s.adapter.kind == "lokr" and cfg.adapter.dropout > 0:
+            self.emit("warning", step=p.step, epoch=p.epoch,
+                      message=f"adapter.dropout {cfg.adapter.dropout:g} has no effect on LoKr: LyCORIS rebuilds each "
+                              "LoKr weight and applies no dropout that way; the run trains without adapter dropout")
+        if cfg.run.compile and s.adapter.kind == "dora":
+            self.emit("warning", step=p.step, epoch=p.epoch,
+                      message="run.compile with DoRA: PEFT's DoRA layers break each compiled block at every adapted "
+                              "layer (torch.compile cannot trace their quantization check), so fewer kernels fuse "
+                              "and compiling takes longer; LoRA and LoKr blocks compile whole")
         self.previews.check_models()  # a preview model that cannot be found stops the run now, not hours in
         interval = self.interval
         status = "completed"

@@ -138,3 +138,38 @@ def test_skipping_peft_s_input_cast_under_autocast_keeps_lora_s_bits_and_drops_t
     # each adapted layer: the cast to fp32 and autocast's cast back in the forward pass (and their
     # gradients in the backward pass where the input needs one)
     assert cast_copies - plain_copies >= 2 * len(adapter.modules) + 2 * len(adapter.modules) // 2
+
+
+@pytest.mark.parametrize("dropout, warned", [(0.1, 1), (0.0, 0)])
+def test_a_lokr_run_with_dropout_says_once_that_lokr_trains_without_it(tmp_path, tiny_dit, capfd, dropout, warned):
+    """LyCORIS applies no dropout when it rebuilds LoKr weights (as the trainer runs it), and printed
+    a warning per module about it; the run says it once, as a warning event."""
+    from acestep.training.loop import train
+
+    from .conftest import write_tensors_dir
+    from .test_loop import events, make_config
+
+    tensors = write_tensors_dir(tmp_path / "tensors", tiny_dit, 2)
+    result = train(make_config(tmp_path, tensors, tiny_dit, "adapter.type=lokr", f"adapter.dropout={dropout}",
+                               "run.max_steps=1", "optimizer.warmup_steps=0"))
+    messages = [e["message"] for e in events(result.run_dir) if e["type"] == "warning"]
+    assert len(messages) == warned and all("has no effect on LoKr" in m for m in messages)
+    assert "haven't implemented normal dropout" not in capfd.readouterr().out
+
+
+def test_lycoris_lokr_applies_no_dropout_when_it_rebuilds_the_weight():
+    """The fact behind the warning above: with dropout 0.5 and weights set, two forward passes in
+    training mode give the same output (LyCORIS rebuilds the weight and never calls its dropout)."""
+    from lycoris.modules.lokr import LokrModule
+
+    base = torch.nn.Linear(16, 16)
+    module = LokrModule("t", base, multiplier=1.0, lora_dim=4, alpha=4, dropout=0.5, factor=4)
+    assert not module.bypass_mode
+    with torch.no_grad():
+        for parameter in module.parameters():
+            parameter.normal_(0.0, 0.5, generator=torch.Generator().manual_seed(0))
+    module.apply_to()
+    x = torch.randn(8, 16)
+    module.train()
+    first, second = base(x), base(x)
+    assert torch.equal(first, second) and not torch.equal(first, torch.nn.functional.linear(x, base.weight, base.bias))

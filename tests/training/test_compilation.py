@@ -3,6 +3,7 @@ and a run whose batches vary as real data does stays compiled to its end."""
 
 from functools import partial
 
+import pytest
 import torch
 from torch._dynamo.utils import counters
 
@@ -13,6 +14,7 @@ from acestep.training.loop import train
 
 from .conftest import write_tensors_dir
 from .test_loop import events, make_config
+from .test_recompute import adapted, step
 
 
 def test_compile_compiles_each_block_and_keeps_the_output(tiny_dit):
@@ -67,3 +69,44 @@ def test_a_compiled_run_stays_compiled_through_varied_batches_validation_and_pre
     assert result.step == 3 and any(e["type"] == "validation" for e in log)
     assert preview_graphs == [0]
     assert 0 < counters["stats"]["unique_graphs"] <= 14  # 14 on torch 2.13; past BLOCK_GRAPH_LIMIT it raises above
+
+
+@pytest.mark.parametrize("kind", ["lora", "lokr", "dora"])
+def test_a_block_of_the_trained_model_compiles_to_one_graph_except_with_dora(fixture_dir, kind):
+    """Regional compile sees each block whole: the attention processor (its plan, RoPE), the fused
+    RMSNorms with autocast kept out of them, and the LoRA or LoKr layers trace without a graph
+    break. PEFT's DoRA breaks the graph at every adapted layer (its weight's quantization check
+    reads `type(weight).__module__`, which dynamo cannot trace): the run warns about it."""
+    transformer, adapter = adapted(fixture_dir, kind, dropout=0.1)
+    adapter.prepare_for_autocast()
+    captured = {}
+
+    def capture(module, args, kwargs):
+        captured.setdefault("call", (args, kwargs))
+
+    hook = transformer.layers[0].register_forward_pre_hook(capture, with_kwargs=True)
+    try:
+        step(transformer, adapter)
+    finally:
+        hook.remove()
+    args, kwargs = captured["call"]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        explained = torch._dynamo.explain(transformer.layers[0])(*args, **kwargs)
+    if kind == "dora":
+        adapted_layers = sum(name.startswith("layers.0.") for name in adapter.modules)
+        assert explained.graph_break_count >= adapted_layers > 0
+        assert "startswith" in str(explained.break_reasons[0].reason)
+    else:
+        assert (explained.graph_count, explained.graph_break_count) == (1, 0), explained.break_reasons
+
+
+def test_a_compiled_dora_run_warns_that_its_blocks_break(tmp_path, tiny_dit, monkeypatch):
+    tensors = write_tensors_dir(tmp_path / "tensors", tiny_dit, 2)
+    monkeypatch.setattr(session_module, "compile_blocks", lambda transformer: None)  # the warning is the subject
+    warned = {}
+    for kind in ("dora", "lora"):
+        config = make_config(tmp_path / kind, tensors, tiny_dit, f"adapter.type={kind}", "run.compile=true",
+                             "run.max_steps=1", "optimizer.warmup_steps=0")
+        warned[kind] = [e["message"] for e in events(train(config).run_dir) if e["type"] == "warning"]
+    assert len(warned["dora"]) == 1 and warned["dora"][0].startswith("run.compile with DoRA: PEFT's DoRA layers break")
+    assert warned["lora"] == []
