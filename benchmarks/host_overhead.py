@@ -2,6 +2,7 @@
 
     env/bin/python benchmarks/host_overhead.py                  # the table below, about a minute
     env/bin/python benchmarks/host_overhead.py --rounds 21 --layers 24
+    env/bin/python benchmarks/host_overhead.py --compile    # and with compiled blocks, two minutes more
 
 On a fast GPU the DiT's step is bound by the host: the H200 profile had the GPU busy 81 ms of a
 444 ms step at batch 1 (RESULTS.md). This script builds the 2B DiT's structure (24 blocks,
@@ -16,7 +17,12 @@ time, and counts the operators each dispatches (each one is a kernel launch on a
 - gradient checkpointing as the trainer does it (`acestep.training.recompute`, re-entrant);
 - the trainer's checkpointing with PEFT's LoRA forward (before `acestep.training.lora_product`);
 - and with PEFT's input casts back on (before `Adapter.skip_input_casts`);
-- and with diffusers' RoPE, which casts to fp32 and back (before `acestep.models.attention.apply_rope`).
+- and with diffusers' RoPE, which casts to fp32 and back (before `acestep.models.attention.apply_rope`);
+- with `--compile`, on a fresh model: the trainer's checkpointing with its blocks compiled as
+  `run.compile` compiles them (`acestep.training.compilation`, dynamic shapes), then compiled for
+  static shapes (torch.compile's default); inductor's CPU kernels, whose arithmetic is negligible at
+  these widths, stand in for a GPU's. Their first step (compiling) is printed; their operators are
+  not counted (compiled kernels do not pass through the dispatcher).
 
 Figures from a CPU are not GPU step times; they compare the host's share of one against another.
 The fused RMSNorm (`acestep.models.norms`) cannot show here: on a CPU `F.rms_norm` runs the same
@@ -36,6 +42,7 @@ from variants import use_diffusers_rope, use_peft_input_casts, use_peft_lora_pro
 
 from acestep.models.config import parse_model_config
 from acestep.training.adapters import add_adapter
+from acestep.training.compilation import compile_blocks
 from acestep.training.objective import context_latents
 from acestep.training.recompute import enable_recompute
 
@@ -68,24 +75,44 @@ def make_step(transformer, frames: int = 16):
     return step
 
 
-def measure(step, rounds: int) -> tuple[float, int]:
-    """(median seconds per step after two warm-up steps, operators one step dispatches)."""
+def measure(step, rounds: int, count: bool = True) -> tuple[float, float, int | None]:
+    """(seconds of the first step, median seconds per step after two warm-up steps, operators one
+    step dispatches or None when not `count`)."""
+    began = time.perf_counter()
     step()
+    first = time.perf_counter() - began
     step()
     times = []
     for _ in range(rounds):
         began = time.perf_counter()
         step()
         times.append(time.perf_counter() - began)
+    if not count:
+        return first, statistics.median(times), None
     with CountOperators() as mode:
         step()
-    return statistics.median(times), sum(mode.counts.values())
+    return first, statistics.median(times), sum(mode.counts.values())
+
+
+def compiled_settings(layers: int) -> list[tuple[str, object]]:
+    """(name, step) of the trainer's checkpointed step with its blocks compiled for dynamic shapes,
+    then for static shapes, each on a fresh model."""
+    rows = []
+    for name, compile_for in (("the trainer's, compiled (dynamic)", compile_blocks),
+                              ("the trainer's, compiled (static)", lambda t: [b.compile() for b in t.layers])):
+        transformer, _ = build(layers)
+        enable_recompute(transformer)
+        compile_for(transformer)
+        rows.append((name, make_step(transformer)))
+    return rows
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--layers", type=int, default=24, help="DiT blocks (the 2B model has 24)")
     parser.add_argument("--rounds", type=int, default=11, help="timed steps per setting (median)")
+    parser.add_argument("--compile", action="store_true", help="add the step with compiled blocks (dynamic and "
+                        "static shapes; compiling takes a minute or two)")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     transformer, adapter = build(args.layers)
@@ -100,11 +127,14 @@ def main(argv: list[str] | None = None) -> int:
     ]
     print(f"torch {torch.__version__}, 1 CPU thread, {args.layers} blocks at tiny widths, LoRA on attention, "
           f"bf16 autocast, median of {args.rounds} steps")
-    print(f"{'setting':36s} {'host ms/step':>12s} {'operators':>10s}")
+    print(f"{'setting':36s} {'host ms/step':>12s} {'operators':>10s} {'first step s':>12s}")
     for name, apply in settings:
         apply()
-        seconds, operators = measure(step, args.rounds)
-        print(f"{name:36s} {seconds * 1000:12.1f} {operators:10d}")
+        first, seconds, operators = measure(step, args.rounds)
+        print(f"{name:36s} {seconds * 1000:12.1f} {operators:10d} {first:12.2f}")
+    for name, compiled_step in compiled_settings(args.layers) if args.compile else ():
+        first, seconds, _ = measure(compiled_step, args.rounds, count=False)
+        print(f"{name:36s} {seconds * 1000:12.1f} {'-':>10s} {first:12.2f}")
     return 0
 
 

@@ -454,10 +454,15 @@ def test_static_compile_variant_compiles_the_blocks_for_the_shapes_they_first_se
 
 def test_host_overhead_times_each_way_of_running_the_step(capsys):
     host = bench("host_overhead")
-    assert host.main(["--layers", "2", "--rounds", "1"]) == 0
+    assert host.main(["--layers", "2", "--rounds", "1", "--compile"]) == 0
     rows = {line[:36].strip(): line[36:].split() for line in capsys.readouterr().out.splitlines()[2:]}
     assert list(rows) == ["no checkpointing", "checkpointing, diffusers' default", "checkpointing, the trainer's",
-                          "the trainer's, PEFT's LoRA product", "and PEFT casts on", "and diffusers' RoPE"]
+                          "the trainer's, PEFT's LoRA product", "and PEFT casts on", "and diffusers' RoPE",
+                          "the trainer's, compiled (dynamic)", "the trainer's, compiled (static)"]
+    compiled = {name: rows.pop(name) for name in list(rows) if "compiled" in name}
+    assert all(values[1] == "-" and float(values[0]) > 0 for values in compiled.values())
+    # compiling makes the first step the slow one
+    assert all(float(values[2]) > 10 * float(values[0]) / 1000 for values in compiled.values())
     operators = {name: int(values[1]) for name, values in rows.items()}
     assert operators["checkpointing, the trainer's"] > operators["no checkpointing"]  # the recomputation
     assert operators["the trainer's, PEFT's LoRA product"] > operators["checkpointing, the trainer's"]
