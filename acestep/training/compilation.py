@@ -18,13 +18,15 @@ with grad), sliding-window layer or not (an attention mask or none), training or
 (validation), and a batch of one or of more (PyTorch specialises a size of 1). That made 14 graphs
 in the test of a run with all of them; `BLOCK_GRAPH_LIMIT` leaves room above that. Previews run
 eagerly (`eagerly`): their adapter strengths, input casts and batches would each compile graphs
-that serve a few seconds of sampling.
+that serve a few seconds of sampling. Should torch still give up on the blocks, it only logs it;
+`reporting_fallbacks` turns that into a warning of the run.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+import logging
+from collections.abc import Callable, Iterator
 
 import torch
 
@@ -45,3 +47,32 @@ def eagerly() -> Iterator[None]:
     """Inside the block, compiled modules run their eager code and compile nothing."""
     with torch.compiler.set_stance("force_eager"):
         yield
+
+
+class _FallbackReport(logging.Handler):
+    """Passes torch.compile's "hit config.recompile_limit" warning on as one line."""
+
+    def __init__(self, report: Callable[[str], None]):
+        super().__init__(logging.WARNING)
+        self.report = report
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if isinstance(record.msg, str) and record.msg.startswith("torch._dynamo hit config.") \
+                and isinstance(record.args, tuple) and len(record.args) >= 3:
+            limit_type, limit, function = record.args[:3]
+            self.report(f"torch.compile gave up on {function} after {limit} graphs ({limit_type}): it runs "
+                        "uncompiled from here on, so steps are slower; the run goes on. Please report it with the "
+                        "run's config.toml.")
+
+
+@contextlib.contextmanager
+def reporting_fallbacks(report: Callable[[str], None]) -> Iterator[None]:
+    """Inside the block, torch.compile giving up on a function (it then runs that function eagerly)
+    calls `report` with a message saying so."""
+    logger = logging.getLogger("torch._dynamo.convert_frame")
+    handler = _FallbackReport(report)
+    logger.addHandler(handler)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)

@@ -27,6 +27,7 @@ import torch
 from acestep.errors import TrainingError
 from acestep.inference.training_hook import TrainingPreviews
 from acestep.training import checkpoint as ckpt
+from acestep.training.compilation import reporting_fallbacks
 from acestep.training.config import TrainingConfig
 from acestep.training.data import Lookahead
 from acestep.training.events import make_event
@@ -193,37 +194,45 @@ class Trainer:
         return bool(self.fabric.all_reduce(flag, reduce_op="max").item() > 0)
 
     # ---- the loop ----------------------------------------------------------------------------------
-    def run(self) -> TrainingResult:
-        cfg, s, p = self.config, self.s, self.progress
-        self.emit("start", step=p.step, epoch=p.epoch, message=s.start_message())
+    def _start_warnings(self) -> list[str]:
+        cfg, s = self.config, self.s
+        warnings = []
         warmup = cfg.optimizer.warmup_steps
         if cfg.optimizer.scheduler != "constant" and warmup >= s.total_steps:
-            self.emit("warning", step=p.step, epoch=p.epoch,
-                      message=f"optimizer.warmup_steps ({warmup}) is not below the run's {s.total_steps} optimizer "
-                              "steps: the learning rate never reaches optimizer.lr")
+            warnings.append(f"optimizer.warmup_steps ({warmup}) is not below the run's {s.total_steps} optimizer "
+                            "steps: the learning rate never reaches optimizer.lr")
         if s.adapter.kind == "lokr" and cfg.adapter.dropout > 0:
-            self.emit("warning", step=p.step, epoch=p.epoch,
-                      message=f"adapter.dropout {cfg.adapter.dropout:g} has no effect on LoKr: LyCORIS rebuilds each "
-                              "LoKr weight and applies no dropout that way; the run trains without adapter dropout")
+            warnings.append(f"adapter.dropout {cfg.adapter.dropout:g} has no effect on LoKr: LyCORIS rebuilds each "
+                            "LoKr weight and applies no dropout that way; the run trains without adapter dropout")
         if cfg.run.compile and s.adapter.kind == "dora":
-            self.emit("warning", step=p.step, epoch=p.epoch,
-                      message="run.compile with DoRA: PEFT's DoRA layers break each compiled block at every adapted "
-                              "layer (torch.compile cannot trace their quantization check), so fewer kernels fuse "
-                              "and compiling takes longer; LoRA and LoKr blocks compile whole")
-        self.previews.check_models()  # a preview model that cannot be found stops the run now, not hours in
+            warnings.append("run.compile with DoRA: PEFT's DoRA layers break each compiled block at every adapted "
+                            "layer (torch.compile cannot trace their quantization check), so fewer kernels fuse and "
+                            "compiling takes longer; LoRA and LoKr blocks compile whole")
+        return warnings
+
+    def _train_epochs(self) -> str:
+        """Epochs until the end, a stop or early stopping: "completed", "stopped" or the early stop's status."""
+        cfg, s, p = self.config, self.s, self.progress
         interval = self.interval
-        status = "completed"
         while p.epoch < cfg.run.epochs and p.step < s.total_steps:
             outcome = self._run_epoch(interval)
             if outcome == "stopped":
-                status = "stopped"
-                break
+                return "stopped"
             if outcome == "max_steps":  # the step budget ended inside an epoch
                 break
             outcome = self._end_epoch(interval)
             if outcome != "continue":
-                status = outcome
-                break
+                return outcome
+        return "completed"
+
+    def run(self) -> TrainingResult:
+        cfg, s, p = self.config, self.s, self.progress
+        self.emit("start", step=p.step, epoch=p.epoch, message=s.start_message())
+        for message in self._start_warnings():
+            self.emit("warning", step=p.step, epoch=p.epoch, message=message)
+        self.previews.check_models()  # a preview model that cannot be found stops the run now, not hours in
+        with reporting_fallbacks(lambda message: self.emit("warning", step=p.step, epoch=p.epoch, message=message)):
+            status = self._train_epochs()
         if status != "stopped":
             if status == "completed":
                 self.save_checkpoint("end of training")

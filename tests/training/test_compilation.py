@@ -110,3 +110,22 @@ def test_a_compiled_dora_run_warns_that_its_blocks_break(tmp_path, tiny_dit, mon
         warned[kind] = [e["message"] for e in events(train(config).run_dir) if e["type"] == "warning"]
     assert len(warned["dora"]) == 1 and warned["dora"][0].startswith("run.compile with DoRA: PEFT's DoRA layers break")
     assert warned["lora"] == []
+
+
+def test_torch_compile_giving_up_on_the_blocks_is_a_warning_of_the_run(tmp_path, tiny_dit, monkeypatch):
+    """Past its recompile limit torch.compile runs a function eagerly and only logs it; the run
+    reports it as a warning event and trains on."""
+    import acestep.training.compilation as compilation
+
+    tensors = write_tensors_dir(tmp_path / "tensors", tiny_dit, 2)
+    monkeypatch.setattr(compilation, "BLOCK_GRAPH_LIMIT", 1)
+    monkeypatch.setattr(session_module, "compile_blocks", partial(compile_blocks, backend="aot_eager"))
+    config = make_config(tmp_path, tensors, tiny_dit, "run.compile=true", "run.max_steps=1",
+                         "optimizer.warmup_steps=0")
+    torch._dynamo.reset()
+    with torch._dynamo.config.patch(recompile_limit=1):  # the sliding-window and full layers need two graphs
+        result = train(config)
+    warnings = [e for e in events(result.run_dir) if e["type"] == "warning"]
+    assert result.step == 1 and len(warnings) == 1
+    assert warnings[0]["message"].startswith("torch.compile gave up on 'forward' (") and "after 1 graphs" in \
+        warnings[0]["message"]
