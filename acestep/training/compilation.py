@@ -25,12 +25,27 @@ that serve a few seconds of sampling. Should torch still give up on the blocks, 
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import logging
+import sys
 from collections.abc import Callable, Iterator
 
 import torch
 
+from acestep.errors import TrainingError
+
 BLOCK_GRAPH_LIMIT = 32  # graphs of the block's code before torch.compile gives up on it (its default: 8)
+
+
+def check_compile_support(accelerator: str) -> None:
+    """Raise TrainingError naming the fix when torch.compile cannot generate kernels for
+    `accelerator` (cuda, mps, cpu): on a CUDA GPU inductor writes Triton kernels, and Triton is not
+    part of torch on Windows."""
+    if accelerator == "cuda" and importlib.util.find_spec("triton") is None:
+        install = ("python -m pip install triton-windows" if sys.platform == "win32" else
+                   "reinstall torch's CUDA build (install.sh), which brings Triton")
+        raise TrainingError(f"run.compile needs Triton to compile for the GPU, and this Python has none: {install}, "
+                            "or set run.compile=false.")
 
 
 def compile_blocks(transformer: torch.nn.Module, backend: str = "inductor") -> None:

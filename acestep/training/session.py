@@ -17,7 +17,7 @@ from acestep.errors import TrainingError
 from acestep.gpu.precision import native_bf16
 from acestep.training import checkpoint as ckpt
 from acestep.training.adapters import Adapter, add_adapter, save_adapter
-from acestep.training.compilation import compile_blocks
+from acestep.training.compilation import check_compile_support, compile_blocks
 from acestep.training.config import TrainingConfig, config_to_dict, load_config, parse_devices, save_config
 from acestep.training.data import CroppedSamples, EpochBatches, collate, derived_seed, split_train_validation
 from acestep.training.events import EventLog, TensorBoardListener
@@ -134,6 +134,8 @@ class TrainingSession:
             from acestep.gpu.fit import check_training_memory
 
             check_training_memory(config, fabric, checkpoints_dir)
+        if config.run.compile:
+            check_compile_support(accelerator)
         bundle = load_acestep(config.model.checkpoint, dtype=model_dtype, device=fabric.device,
                               components=("transformer",), checkpoints_dir=checkpoints_dir)
         check_model_matches(samples.manifest, bundle.config.fingerprint,
@@ -245,7 +247,9 @@ class TrainingSession:
                 f"({c.data.batch_size} x {c.optimizer.gradient_accumulation} accumulation x {self.fabric.world_size} "
                 f"process(es)); {self.batches_per_epoch} batches and "
                 f"{optimizer_steps_per_epoch(self.batches_per_epoch, c.optimizer.gradient_accumulation)} optimizer "
-                f"steps per epoch, {self.total_steps} steps in all; {self.attention}")
+                f"steps per epoch, {self.total_steps} steps in all; {self.attention}"
+                + ("; blocks compiled by torch.compile: the first steps, the first validation and the first "
+                   "short batch wait while it compiles" if c.run.compile else ""))
 
     def check_ranks_agree(self) -> None:
         """Under DDP every rank must end with the same adapter; a difference is a desync bug."""

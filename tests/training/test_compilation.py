@@ -65,7 +65,8 @@ def test_a_compiled_run_stays_compiled_through_varied_batches_validation_and_pre
     with torch._dynamo.config.patch(fail_on_recompile_limit_hit=True):
         result = train(config)
     log = events(result.run_dir)
-    assert "3 batches" in next(e["message"] for e in log if e["type"] == "start")  # 5 samples: 2, 2 and 1
+    start = next(e["message"] for e in log if e["type"] == "start")
+    assert "3 batches" in start and "blocks compiled by torch.compile" in start  # 5 samples: 2, 2 and 1
     assert result.step == 3 and any(e["type"] == "validation" for e in log)
     assert preview_graphs == [0]
     assert 0 < counters["stats"]["unique_graphs"] <= 14  # 14 on torch 2.13; past BLOCK_GRAPH_LIMIT it raises above

@@ -81,3 +81,19 @@ def test_a_mixed_precision_run_trains_with_the_casts_skipped_and_the_lora_produc
     assert result.step == 2 and len(fused) == 1 and fused[0] > 0
     losses = [e["loss"] for e in events(result.run_dir) if e["type"] == "log"]
     assert len(losses) == 2 and all(math.isfinite(loss) for loss in losses)
+
+
+def test_compile_without_triton_stops_before_the_model_loads(config, pretend_cuda, monkeypatch):
+    import acestep.training.compilation as compilation
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("the model was loaded before the compile check")
+
+    real_find_spec = compilation.importlib.util.find_spec
+    monkeypatch.setattr(compilation.importlib.util, "find_spec",
+                        lambda name, *args: None if name == "triton" else real_find_spec(name, *args))
+    monkeypatch.setattr("acestep.models.load.load_acestep", no_load)
+    with pytest.raises(TrainingError, match="run.compile needs Triton .* or set run.compile=false"):
+        train(apply_overrides(config, ["run.compile=true", "run.skip_vram_check=true"]))
+    compilation.check_compile_support("cpu")  # CPU (C++) and MPS kernels need no Triton
+    compilation.check_compile_support("mps")
