@@ -159,9 +159,9 @@ def optimizer_state_bytes(optimizer) -> int:
 def measure(timers: dict, warmup: int, rounds: int, steps: int, device: torch.device) -> dict[str, dict]:
     """Median seconds per step of each loop over alternating rounds (a change in machine load
     affects all alike), and on a GPU each loop's peak memory without the other loops' optimizer
-    state (each loop has its own optimizer; a real run holds one)."""
-    for timer in timers.values():
-        timer.seconds_per_step(warmup)
+    state (each loop has its own optimizer; a real run holds one); `warmup_seconds`: each loop's
+    warm-up steps together, compiling included."""
+    warmups = {name: timer.seconds_per_step(warmup) * warmup for name, timer in timers.items()}
     times = {name: [] for name in timers}
     peaks = dict.fromkeys(timers, 0)
     for _ in range(rounds):
@@ -176,6 +176,7 @@ def measure(timers: dict, warmup: int, rounds: int, steps: int, device: torch.de
                 spare = sum(optimizer_state_bytes(o) for o in others.values())
                 peaks[name] = max(peaks[name], torch.cuda.max_memory_allocated() - spare)
     return {name: {"seconds_per_step": statistics.median(times[name]), "rounds": times[name],
+                   "warmup_seconds": warmups[name], "warmup_steps": warmup,
                    "peak_memory_bytes": peaks[name] if device.type == "cuda" else None} for name in timers}
 
 
@@ -205,7 +206,8 @@ def print_report(report: dict) -> None:
         mfu = f"MFU {100 * f['mfu']:5.1f}%" if f["mfu"] is not None else "MFU n/a"
         memory = f"peak {f['peak_memory_gib']:.1f} GiB" if f["peak_memory_gib"] is not None else ""
         print(f"  {LOOP_LABELS[name]:18s} {f['seconds_per_step'] * 1000:9.1f} ms/step  {f['samples_per_second']:8.2f} "
-              f"samples/s  {f['tokens_per_second']:10.0f} tokens/s  {f['tflops']:7.2f} TFLOP/s  {mfu}  {memory}")
+              f"samples/s  {f['tokens_per_second']:10.0f} tokens/s  {f['tflops']:7.2f} TFLOP/s  {mfu}  {memory}  "
+              f"warm-up {f['warmup_seconds']:.1f} s ({f['warmup_steps']} steps)")
     if r.get("speedup_over_reference"):
         print(f"  speed-up over the reference loop: {r['speedup_over_reference']:.2f}x")
     if "bare" in r["loops"]:

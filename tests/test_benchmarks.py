@@ -192,6 +192,7 @@ def test_training_grid_runs_each_cell_in_its_own_process_and_writes_the_table(tm
         ours, ref = result["loops"]["trainer"], result["loops"]["reference"]
         assert result["speedup_over_reference"] == pytest.approx(ref["seconds_per_step"] / ours["seconds_per_step"])
         assert ours["samples_per_second"] == pytest.approx(1 / ours["seconds_per_step"])
+        assert ours["warmup_steps"] == 1 and ours["warmup_seconds"] > 0  # compiling, if any, is in there
         assert ours["tokens_per_second"] == pytest.approx(13 / ours["seconds_per_step"])  # 25 frames -> 13 tokens
         log = (tmp_path / result["log"]).read_text()
         assert "trainer step" in log and "reference loop" in log and "speed-up over the reference loop:" in log
