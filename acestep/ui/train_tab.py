@@ -163,7 +163,8 @@ def plot_frames(events: list[dict]) -> dict[str, pd.DataFrame]:
 
 def progress_text(events: list[dict], now: float | None = None) -> str:
     """Markdown: step of total, epoch, last loss, seconds per step and ETA (from the log events
-    since the last start), or how the run ended."""
+    since the last start), or how the run ended; then the warnings since the last start, one line
+    each (a run's own notices: LoKr dropout, torch.compile giving up, a failed preview...)."""
     if not events:
         return "No events yet."
     start = max((i for i, event in enumerate(events) if event.get("type") == "start"), default=0)
@@ -183,7 +184,9 @@ def progress_text(events: list[dict], now: float | None = None) -> str:
         parts.append(f"failed: {message}" if last["type"] == "error" else message)
     elif logs:
         parts += _speed(_rate_reference(events[start], logs), logs[-1], total, now)
-    return " · ".join(parts)
+    warnings = [f"\n\n⚠ step {event.get('step', '?')}: {event.get('message', '')}" for event in events[start:]
+                if event.get("type") == "warning"]
+    return " · ".join(parts) + "".join(warnings)
 
 
 def preview_files(run_dir: Path) -> tuple[str, list[tuple[str, Path]]]:

@@ -257,6 +257,12 @@ def test_progress_gives_step_of_total_rate_and_eta():
     failed = events + [{"type": "error", "time": 130.0, "step": 20, "epoch": 1, "message": "out of memory"}]
     assert progress_text(failed).endswith(" · failed: out of memory")
     assert progress_text([]) == "No events yet."
+    warned = events[:1] + [{"type": "warning", "time": 91.0, "step": 0, "epoch": 0, "message": "LoKr trains without "
+                            "dropout"}] + events[1:]
+    assert progress_text(warned, now=125.0) == progress_text(events, now=125.0) + (
+        "\n\n⚠ step 0: LoKr trains without dropout")
+    before_restart = [{"type": "warning", "step": 3, "message": "old"}] + events
+    assert progress_text(before_restart, now=125.0) == progress_text(events, now=125.0)  # only since the last start
 
 
 def test_plot_data_keeps_the_last_value_of_a_step_logged_again_after_a_resume(tmp_path):
