@@ -20,11 +20,18 @@ in the test of a run with all of them; `BLOCK_GRAPH_LIMIT` leaves room above tha
 eagerly (`eagerly`): their adapter strengths, input casts and batches would each compile graphs
 that serve a few seconds of sampling. Should torch still give up on the blocks, it only logs it;
 `reporting_fallbacks` turns that into a warning of the run.
+
+PEFT's DoRA layers ask `peft.utils.integrations.dequantize_module_weight` for their base weight,
+which tests `type(weight).__module__`, something dynamo cannot trace: each DoRA layer broke its
+block's graph (25 breaks in a block with DoRA on attention). The trainer's base weights are never
+quantized, so inside compiled code that function is replaced by what it returns for them, the
+layer's weight (`_trace_base_weights_as_is`), and DoRA blocks compile whole.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib.util
 import logging
 import sys
@@ -53,8 +60,20 @@ def compile_blocks(transformer: torch.nn.Module, backend: str = "inductor") -> N
     torch's recompile limit to `BLOCK_GRAPH_LIMIT` (a process-wide setting; never lowered).
     `backend`: torch.compile's; "aot_eager" traces the same graphs without generating kernels."""
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, BLOCK_GRAPH_LIMIT)
+    _trace_base_weights_as_is()
     for block in transformer.layers:
         block.compile(dynamic=True, backend=backend)
+
+
+@functools.cache  # once per process: dynamo keeps one substitute per function
+def _trace_base_weights_as_is() -> None:
+    """Inside compiled code, PEFT's `dequantize_module_weight(module)` is `module.weight`: what it
+    returns for an unquantized layer, without the type check dynamo cannot trace (module docstring)."""
+    from peft.utils.integrations import dequantize_module_weight
+
+    @torch._dynamo.substitute_in_graph(dequantize_module_weight)
+    def base_weight(module: torch.nn.Module) -> torch.nn.Parameter:
+        return module.weight
 
 
 @contextlib.contextmanager

@@ -204,10 +204,6 @@ class Trainer:
         if s.adapter.kind == "lokr" and cfg.adapter.dropout > 0:
             warnings.append(f"adapter.dropout {cfg.adapter.dropout:g} has no effect on LoKr: LyCORIS rebuilds each "
                             "LoKr weight and applies no dropout that way; the run trains without adapter dropout")
-        if cfg.run.compile and s.adapter.kind == "dora":
-            warnings.append("run.compile with DoRA: PEFT's DoRA layers break each compiled block at every adapted "
-                            "layer (torch.compile cannot trace their quantization check), so fewer kernels fuse and "
-                            "compiling takes longer; LoRA and LoKr blocks compile whole")
         return warnings
 
     def _train_epochs(self) -> str:
