@@ -1,17 +1,20 @@
 #!/usr/bin/env bash
 # GPU performance (issue 11) as one script for a machine with an NVIDIA GPU, about 8 minutes on an
-# H100 including the model builds and compiles:
+# H100 including the model builds and compiles. The goals come first, so a session that the budget
+# cuts off still measures them:
 #   1. the GPU, driver, torch and CUDA versions, the date (gpu.txt, env.txt);
 #   2. benchmarks/preprocess_throughput.py: the real-size VAE, text encoder and condition encoder
 #      (seconds of audio encoded per second; goal: VAE >= 200x real time);
-#   3. benchmarks/attention_backends.py: the kernel each attention call of the 2B model gets at
-#      batch 8 x 60 s, and what the other kernels and two rewrites of the call cost (attention.log);
-#   4. benchmarks/training_grid.py on the 2B transformer: each cell in its own process with its own
-#      time limit, in this order, until the budget is spent (grid/grid.md, grid/grid.json, logs):
+#   3. benchmarks/training_grid.py on the 2B transformer, the goal cells (GOALS; goals/grid.md,
+#      goals/grid.json, logs), each in its own process with its own time limit:
 #        8x60:compile                  batch 8 x 60 s, regional compile, no checkpointing: the best case
 #                                      for the MFU goal (>= 40%)
 #        1x60:compile                  batch 1 x 60 s compiled against the reference loop, which runs
 #                                      eagerly (goal: >= 1.5x)
+#   4. benchmarks/attention_backends.py: the kernel each attention call of the 2B model gets at
+#      batch 8 x 60 s, and what the other kernels and two rewrites of the call cost (attention.log);
+#   5. the grid's other cells (CELLS; grid/grid.md, grid/grid.json, logs), in this order, until the
+#      budget is spent:
 #        8x60:compile:staticcompile    8x60:compile with the blocks compiled for static shapes, what the
 #                                      trainer's dynamic shapes (acestep.training.compilation) cost
 #        8x60:ckpt 1x60                the same eagerly, with checkpointing at batch 8 (the presets' way)
@@ -23,23 +26,36 @@
 #        1x60:ckpt 1x60:ckpt:diffckpt  re-entrant checkpointing against diffusers' (that change's effect)
 #        8x60:ckpt:compile             regional compile with checkpointing
 #        4x60:ckpt                     a cell the H200 session measured (2026-11-26)
-# The goals come first: a short session that the budget cuts off still measures them; a later one
-# can run the rest with CELLS=.
+# A later session can run what the budget left out with GOALS= CELLS=...
 #
-#   bash benchmarks/gpu_perf.sh [RESULTS_DIR]          # default: gpu-perf/ ($OUT when set)
-#   BUDGET=1800 CELLS= bash benchmarks/gpu_perf.sh     # the whole grid (24 cells), 30 minutes
+#   bash benchmarks/gpu_perf.sh [RESULTS_DIR]                   # default: gpu-perf/ ($OUT when set)
+#   BUDGET=1800 GOALS= CELLS= bash benchmarks/gpu_perf.sh       # the whole grid (24 cells), 30 minutes
 #
-# BUDGET is the script's time in seconds (default 450); CELLS the grid's cells (empty: all 24);
-# SIZE=tiny checks the script on a CPU in about a minute (with CELLS=1x1);
-# PYTHON the interpreter (default: env/bin/python when present, else python3). Exit status: the
-# number of parts that failed (a cell out of memory is a result, not a failure).
+# BUDGET is the script's time in seconds (default 450); GOALS the goal cells (empty: none); CELLS
+# the other cells (empty: all 24); SIZE=tiny checks the script on a CPU in about a minute (with
+# GOALS=1x1 CELLS=1x1); PYTHON the interpreter (default: env/bin/python when present, else
+# python3). Exit status: the number of parts that failed (a cell out of memory is a result, not a
+# failure).
 set -u
 cd "$(dirname "$0")/.."
 RESULTS=${1:-${OUT:-gpu-perf}}
 BUDGET=${BUDGET:-450}
 SIZE=${SIZE:-2b}
-CELLS=${CELLS-8x60:compile,1x60:compile,8x60:compile:staticcompile,8x60:ckpt,1x60,8x60:ckpt:diffnorm,8x60:ckpt:peftlora,8x60:ckpt:diffrope,8x60:ckpt:difflayout,8x60:ckpt:peftcast,1x60:ckpt,1x60:ckpt:diffckpt,8x60:ckpt:compile,4x60:ckpt}
+GOALS=${GOALS-8x60:compile,1x60:compile}
+CELLS=${CELLS-8x60:compile:staticcompile,8x60:ckpt,1x60,8x60:ckpt:diffnorm,8x60:ckpt:peftlora,8x60:ckpt:diffrope,8x60:ckpt:difflayout,8x60:ckpt:peftcast,1x60:ckpt,1x60:ckpt:diffckpt,8x60:ckpt:compile,4x60:ckpt}
 source benchmarks/parts.sh  # PYTHON, the environment, part and $failed
+
+grid() {  # grid NAME CELLS: the grid's CELLS (empty: all) in what is left of the budget, into RESULTS/NAME
+    local name=$1 cells=$2 left=$((BUDGET - SECONDS))
+    if [ "$left" -ge 60 ]; then
+        # the grid stops starting cells 15 s before its own limit, so it ends by itself and writes its table
+        part "$name" "$left" "$PYTHON" benchmarks/training_grid.py --size "$SIZE" ${cells:+--cells "$cells"} \
+            --budget $((left - 15)) --timeout 150 --compile-timeout 240 --out "$RESULTS/$name"
+    else
+        echo "== $name: skipped, ${left} s of the ${BUDGET} s budget left"
+        failed=$((failed + 1))
+    fi
+}
 
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$RESULTS/gpu.txt"
 {
@@ -50,16 +66,9 @@ torch.backends.cudnn.version())"
 } | tee "$RESULTS/env.txt"
 if [ "$SIZE" = tiny ]; then models=(--size tiny --audio-seconds 2 --repeats 1); else models=(--size real); fi
 part preprocess 100 "$PYTHON" benchmarks/preprocess_throughput.py "${models[@]}" --json "$RESULTS/preprocess.json"
+if [ -n "$GOALS" ]; then grid goals "$GOALS"; fi
 if [ "$SIZE" = tiny ]; then shape=(--batch 1 --seconds 2 --repeats 2); else shape=(--batch 8 --seconds 60); fi
 part attention 60 "$PYTHON" benchmarks/attention_backends.py --size "$SIZE" "${shape[@]}"
-left=$((BUDGET - SECONDS))
-if [ "$left" -ge 60 ]; then
-    # the grid stops starting cells 15 s before its own limit, so it ends by itself and writes its table
-    part grid "$left" "$PYTHON" benchmarks/training_grid.py --size "$SIZE" ${CELLS:+--cells "$CELLS"} \
-        --budget $((left - 15)) --timeout 150 --compile-timeout 240 --out "$RESULTS/grid"
-else
-    echo "== grid: skipped, ${left} s of the ${BUDGET} s budget left"
-    failed=$((failed + 1))
-fi
+grid grid "$CELLS"
 echo "parts failed: $failed; results in $RESULTS"
 exit "$failed"
