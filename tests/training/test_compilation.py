@@ -1,5 +1,6 @@
 """Regional compilation (`acestep/training/compilation.py`): each block compiled, the output kept,
-and a run whose batches vary as real data does stays compiled to its end."""
+a run whose batches vary as real data does stays compiled to its end, each block (LoRA, LoKr,
+DoRA) is one graph, and torch.compile giving up becomes a warning of the run."""
 
 from functools import partial
 
