@@ -197,6 +197,11 @@ class TrainingSession:
     def close(self) -> None:
         for close in self.closers:
             close()
+        # Fabric starts the process group and leaves it to the interpreter's exit, where a finished
+        # two-process CPU run once ended in std::terminate (exit status -6): end it here, after the
+        # last collective, as PyTorch asks
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
 
     # ---- what the loop uses --------------------------------------------------------------------------
     def epoch_batches(self, epoch: int, skip: int):
