@@ -23,7 +23,6 @@ nothing is downloaded.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import statistics
 import tempfile
@@ -39,6 +38,7 @@ from variants import VARIANTS
 from torch.utils.data import DataLoader
 
 from acestep.models.config import parse_model_config
+from acestep.training.compilation import eagerly
 from acestep.training.config import TrainingConfig, apply_overrides
 from acestep.training.data import CroppedSamples, collate
 from acestep.training.loop import Trainer, _Interval
@@ -112,8 +112,7 @@ class ReferenceTimer:
         loader = DataLoader(chosen, batch_size=self.batch, shuffle=True, collate_fn=self.loop.collate,
                             num_workers=s.config.data.num_workers, pin_memory=s.fabric.device.type == "cuda")
         # the official trainer does not compile: blocks compiled for the trainer run eagerly here
-        eager = torch.compiler.set_stance("force_eager") if s.config.run.compile else contextlib.nullcontext()
-        with eager:
+        with eagerly():
             synchronize(s.fabric.device)
             began = time.perf_counter()
             for batch in loader:
