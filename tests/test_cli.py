@@ -111,6 +111,11 @@ def test_train_export_merge_from_the_command_line(tmp_path, capsys, tiny_checkpo
     assert main(["merge", str(run / "final"), "--checkpoint", str(dit), "--out", str(tmp_path / "merged" / "m"),
                  "--strength", "0.5"]) == 0
     assert json.loads((tmp_path / "merged" / "m" / "merge_info.json").read_text())["strength"] == 0.5
+    # without --checkpoint: the base the run trained on, from the run folder or from an exported file
+    comfyui = next((tmp_path / "export").glob("*_comfyui.safetensors"))
+    for index, adapter in enumerate((run, comfyui)):
+        assert main(["merge", str(adapter), "--out", str(tmp_path / "merged" / f"d{index}"), "--shared", "skip"]) == 0
+        assert json.loads((tmp_path / "merged" / f"d{index}" / "merge_info.json").read_text())["base"] == str(dit)
 
 
 def test_caption_with_signal_analysis_labels_a_folder(tmp_path, real_loops, capsys):

@@ -143,8 +143,9 @@ def add_commands(commands) -> None:
     split.set_defaults(func=cmd_split)
 
     build = commands.add_parser("build", help="scan an audio folder and its sidecars into a dataset JSON")
-    build.add_argument("audio_dir", type=Path, metavar="AUDIO_DIR")
-    build.add_argument("--out", type=Path, required=True, metavar="DATASET.json")
+    build.add_argument("audio_dir", type=Path, metavar="AUDIO_DIR",
+                       help="folder of audio files and their sidecars (searched recursively)")
+    build.add_argument("--out", type=Path, required=True, metavar="DATASET.json", help="the dataset file to write")
     build.add_argument("--name", default=None, help="dataset name (default: the folder's name)")
     build.add_argument("--tag", default="", help="trigger tag added to every caption (e.g. 'mystyle')")
     build.add_argument("--tag-position", choices=("prepend", "append", "replace"), default="prepend",
@@ -164,10 +165,12 @@ def add_commands(commands) -> None:
     report.set_defaults(func=cmd_report)
 
     pre = commands.add_parser("preprocess", help="encode a dataset into training tensors")
-    pre.add_argument("--dataset", type=Path, required=True, metavar="DATASET.json")
+    pre.add_argument("--dataset", type=Path, required=True, metavar="DATASET.json",
+                     help="the dataset file `acestep-trainer build` wrote")
     pre.add_argument("--checkpoint", required=True, metavar="DIT",
                      help="DiT folder, folder name in the checkpoints directory, or HF id")
-    pre.add_argument("--out", type=Path, required=True, metavar="TENSORS_DIR")
+    pre.add_argument("--out", type=Path, required=True, metavar="TENSORS_DIR",
+                     help="folder for the tensors and their manifest (a re-run skips what is unchanged)")
     pre.add_argument("--vae", default=None, help="VAE folder (default: vae/ beside the DiT)")
     pre.add_argument("--text-encoder", default=None,
                      help="text encoder folder (default: Qwen3-Embedding-0.6B/ beside the DiT)")

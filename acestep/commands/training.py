@@ -129,7 +129,8 @@ def add_commands(commands) -> None:
 
     merge = commands.add_parser("merge", help="merge an adapter into its base model (a complete checkpoint)")
     merge.add_argument("adapter", type=Path, metavar="ADAPTER", help="adapter folder or file (any format), or a run")
-    merge.add_argument("--checkpoint", required=True, metavar="DIT", help="base DiT the adapter was trained on")
+    merge.add_argument("--checkpoint", default=None, metavar="DIT",
+                       help="base DiT (default: the one the adapter was trained on)")
     merge.add_argument("--out", type=Path, required=True, metavar="DIR", help="the new checkpoint folder")
     merge.add_argument("--strength", type=float, default=1.0, help="adapter strength to merge (default 1.0)")
     merge.add_argument("--dtype", choices=("bf16", "fp16", "fp32", "keep"), default="bf16",

@@ -34,6 +34,7 @@ from acestep.export.lora import (
     _read_peft_folder,
     load_adapter,
     read_safetensors,
+    read_safetensors_header,
 )
 from acestep.files import read_json_object
 from acestep.models.convert import rename_module_path_to_original
@@ -69,6 +70,48 @@ def resolve_adapter_folder(path: str | Path) -> Path:
     if latest is not None:
         return latest / ADAPTER_DIR
     raise AdapterError(f"{path} is neither an adapter folder nor a run folder with final/ or checkpoints.")
+
+
+def adapter_source(path: str | Path) -> Path:
+    """What `load_adapter` reads for `path`: an adapter folder or file as given, or the adapter of a
+    run or checkpoint folder (`resolve_adapter_folder`)."""
+    path = Path(path)
+    if not path.exists():
+        raise AdapterError(f"{path} does not exist; give an adapter folder or file, or a run folder.")
+    if path.is_dir() and not ((path / PEFT_CONFIG_NAME).is_file() or any(path.glob("*.safetensors"))):
+        return resolve_adapter_folder(path)
+    return path
+
+
+def trained_base(adapter: str | Path) -> str | None:
+    """The base checkpoint `adapter` (from `adapter_source`) says it was trained on: training's
+    metadata beside its weights, or the `acestep.base_checkpoint` field every exported file
+    carries; None when it does not say."""
+    adapter = Path(adapter)
+    base = read_metadata(adapter if adapter.is_dir() else adapter.parent).get("checkpoint")
+    files = sorted(adapter.glob("*.safetensors")) if adapter.is_dir() else [adapter]
+    if not base and len(files) == 1:
+        base = read_safetensors_header(files[0]).get("acestep.base_checkpoint")
+    return base or None
+
+
+def base_checkpoint(adapter: Path, checkpoint: str | Path | None, checkpoints_dir: Path | None = None) -> Path:
+    """The DiT folder of `checkpoint` when given, else of the one `adapter` was trained on;
+    AdapterError when neither is known, CheckpointNotFoundError (saying where the name came from)
+    when it is not on disk."""
+    from acestep.errors import CheckpointNotFoundError
+    from acestep.models.checkpoints import DIT, resolve_model_path
+
+    if checkpoint:
+        return resolve_model_path(checkpoint, DIT, checkpoints_dir)
+    trained = trained_base(adapter)
+    if not trained:
+        raise AdapterError(f"{adapter} does not say which checkpoint it was trained on; give --checkpoint.")
+    try:
+        return resolve_model_path(trained, DIT, checkpoints_dir)
+    except CheckpointNotFoundError as exc:
+        raise CheckpointNotFoundError(f"{adapter} was trained on {trained}, which is not found: {exc} "
+                                      "Give --checkpoint with the base model's folder.") from exc
 
 
 # The fields of training_metadata.json / lokr_config.json that export reads, and their types.
@@ -189,11 +232,8 @@ def export_adapter(source: str | Path, out_dir: str | Path, formats: tuple[str, 
             raise AdapterError(f"{out_dir} is not empty; choose another folder or pass --overwrite.")
         shutil.rmtree(out_dir)
     base_name = name or _default_name(folder, metadata)
-    base = checkpoint or metadata.get("checkpoint")
-    if not base:
-        raise AdapterError(f"{folder} does not say which checkpoint it was trained on; give --checkpoint.")
-    transformer = load_acestep(base, dtype=torch.float32, components=("transformer",),
-                               checkpoints_dir=checkpoints_dir).transformer
+    base = base_checkpoint(folder, checkpoint, checkpoints_dir)
+    transformer = load_acestep(base, dtype=torch.float32, components=("transformer",)).transformer
     out_dir.mkdir(parents=True, exist_ok=True)
     result = ExportResult(out_dir=out_dir, metadata=metadata)
     try:

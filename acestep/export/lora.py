@@ -60,10 +60,22 @@ class LoraWeights:
 
 def read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Tensors and header metadata of a file; `AdapterError` naming it when it cannot be read."""
-    try:
+    return _reading(path, lambda: (load_file(path), read_safetensors_header(path)))
+
+
+def read_safetensors_header(path: Path) -> dict[str, str]:
+    """The header metadata of a file, without its tensors; `AdapterError` naming it when it cannot be read."""
+
+    def header():
         with safe_open(path, framework="pt") as handle:
-            metadata = handle.metadata() or {}
-        return load_file(path), metadata
+            return handle.metadata() or {}
+
+    return _reading(path, header)
+
+
+def _reading(path: Path, read):
+    try:
+        return read()
     except FileNotFoundError as exc:
         raise AdapterError(f"{path} does not exist; the adapter is incomplete.") from exc
     except (SafetensorError, OSError) as exc:

@@ -169,29 +169,27 @@ def _shards(plan, max_shard_bytes: int | None) -> list[list]:
     return shards + ([current] if current else [])
 
 
-def merge_adapter(checkpoint: str | Path, adapter: str | Path, out_dir: str | Path, strength: float = 1.0,
+def merge_adapter(checkpoint: str | Path | None, adapter: str | Path, out_dir: str | Path, strength: float = 1.0,
                   dtype: str = "bf16", max_shard_bytes: int | None = None, shared: str = "copy",
                   overwrite: bool = False, checkpoints_dir: Path | None = None) -> Path:
-    """Merge `adapter` (any format `load_adapter` reads) at `strength` into `checkpoint` and write
-    the result to `out_dir`. `dtype` bf16|fp16|fp32|keep; `shared` copy|link|skip decides what
-    happens to `vae/` and the text encoder when they are not beside `out_dir` already.
+    """Merge `adapter` (any format `load_adapter` reads, or a run) at `strength` into `checkpoint`
+    (None: the checkpoint the adapter was trained on) and write the result to `out_dir`. `dtype`
+    bf16|fp16|fp32|keep; `shared` copy|link|skip decides what happens to `vae/` and the text
+    encoder when they are not beside `out_dir` already.
     Raises `AdapterError` / `CheckpointError`; an existing non-empty `out_dir` needs `overwrite`."""
-    from acestep.export.formats import resolve_adapter_folder
-    from acestep.models.checkpoints import DIT, is_diffusers_layout, resolve_model_path
+    from acestep.export.formats import adapter_source, base_checkpoint
+    from acestep.models.checkpoints import is_diffusers_layout
     from acestep.models.weights import weight_files
 
     if dtype not in (*DTYPES, "keep") or shared not in ("copy", "link", "skip"):
         raise AdapterError(f"dtype must be one of {', '.join([*DTYPES, 'keep'])} and shared one of copy, link, skip.")
-    base = resolve_model_path(checkpoint, DIT, checkpoints_dir)
+    adapter_path = adapter_source(adapter)
+    base = base_checkpoint(adapter_path, checkpoint, checkpoints_dir)
     if is_diffusers_layout(base):
         raise AdapterError(f"{base} is in the diffusers layout; merge needs an official-layout checkpoint.")
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
         raise AdapterError(f"{out_dir} is not empty; choose another folder or pass --overwrite.")
-    adapter_path = Path(adapter)
-    is_adapter = (adapter_path / PEFT_CONFIG_NAME).is_file() or list(adapter_path.glob("*.safetensors"))
-    if adapter_path.is_dir() and not is_adapter:
-        adapter_path = resolve_adapter_folder(adapter_path)  # a run or checkpoint folder
     deltas = DeltaSource(adapter_path, strength)
     tmp = out_dir.parent / f".{out_dir.name}.merging-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)

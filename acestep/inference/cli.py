@@ -30,10 +30,12 @@ def parse_strengths(text: str) -> list[float]:
 
 def add_preview_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of `acestep-trainer preview`."""
-    parser.add_argument("--checkpoint", required=True,
-                        help="the base DiT: a model folder, a name in the checkpoints directory, or an HF id")
+    parser.add_argument("--checkpoint", default=None,
+                        help="the base DiT: a model folder, a name in the checkpoints directory, or an HF id "
+                             "(default with --adapter: the one the adapter was trained on)")
     parser.add_argument("--adapter", type=Path, default=None,
-                        help="an adapter folder to apply (e.g. <run>/final); without it the base model is rendered")
+                        help="an adapter folder or file to apply, or a run (its final/ adapter); without it the base "
+                             "model is rendered")
     parser.add_argument("--caption", required=True, help="what to render (include the adapter's trigger tag)")
     parser.add_argument("--lyrics", default="", help="lyrics (default: an instrumental)")
     parser.add_argument("--language", default="en", help="language code of the lyrics (default: en)")
@@ -72,6 +74,9 @@ def run_preview(args: argparse.Namespace) -> int:
 
     if args.adapter is None and args.strengths is not None:
         raise PreviewError("--strengths needs --adapter: strengths scale an adapter")
+    if args.adapter is None and args.checkpoint is None:
+        raise PreviewError("give --checkpoint (the model to render), or --adapter (rendered on the model it was "
+                           "trained on)")
     strengths = (args.strengths or [0.0, 1.0]) if args.adapter is not None else [None]
     names = [BASE_NAME if s is None else strength_name(s) for s in strengths]
     taken = [args.out / f"{name}{ext}" for name in names for ext in (".wav", ".png")
@@ -83,17 +88,23 @@ def run_preview(args: argparse.Namespace) -> int:
                              keyscale=args.key, timesignature=args.time_signature, duration=args.duration,
                              seed=args.seed, steps=args.steps, shift=args.shift, guidance_scale=args.guidance_scale,
                              guidance=args.guidance)
-    renderer = PreviewRenderer(args.checkpoint, vae=args.vae, text_encoder=args.text_encoder, device=args.device,
+    checkpoint, adapter = args.checkpoint, None
+    if args.adapter is not None:
+        from acestep.export.formats import adapter_source, base_checkpoint
+
+        adapter = adapter_source(args.adapter)
+        checkpoint = base_checkpoint(adapter, checkpoint, args.checkpoints_dir)
+    renderer = PreviewRenderer(checkpoint, vae=args.vae, text_encoder=args.text_encoder, device=args.device,
                                dtype=args.dtype, checkpoints_dir=args.checkpoints_dir)
-    bundle = load_acestep(args.checkpoint, dtype=renderer.dtype, device=renderer.device, components=("transformer",),
+    bundle = load_acestep(checkpoint, dtype=renderer.dtype, device=renderer.device, components=("transformer",),
                           checkpoints_dir=args.checkpoints_dir)
     transformer = bundle.transformer
-    if args.adapter is not None:
+    if adapter is not None:
         from acestep.export import load_adapter
 
-        transformer = load_adapter(transformer, args.adapter)
+        transformer = load_adapter(transformer, adapter)
     print(f"Rendering {request.duration:g} s with {bundle.path} ({bundle.variant})"
-          + (f" and {args.adapter}" if args.adapter is not None else ""), flush=True)
+          + (f" and {adapter}" if adapter is not None else ""), flush=True)
     for strength, name in zip(strengths, names, strict=True):
         audio = renderer.render(transformer, request, strength=strength)
         wav, png = write_preview(audio, args.out, name)

@@ -358,7 +358,11 @@ class Trainer:
         if finished_epoch + 1 >= cfg.run.best_after_epochs and (p.best_metric is None or score < p.best_metric):
             p.best_metric = score
             folder = self.save_named("best")
-            self.emit("best", step=p.step, epoch=finished_epoch, loss=score, message=f"new best adapter in {folder}")
+            window = min(len(p.epoch_metrics), MOVING_AVERAGE_EPOCHS)
+            measure = ("validation loss" if self.s.has_validation
+                       else f"training loss averaged over the last {window} epoch(s)")
+            self.emit("best", step=p.step, epoch=finished_epoch, loss=score,
+                      message=f"new best adapter in {folder} ({measure} {score:.5f})")
 
 
 class _Interval:

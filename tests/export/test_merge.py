@@ -81,3 +81,21 @@ def test_adapter_of_another_model_is_refused_and_nothing_written(tiny_checkpoint
         merge_adapter(tiny_checkpoints / "acestep-v15-turbo", adapter, tmp_path / "out")
     assert not (tmp_path / "out").exists()
     assert not list(tmp_path.glob(".out.merging-*"))
+
+
+def test_merge_without_a_checkpoint_takes_the_trained_one_or_says_what_to_give(tiny_checkpoints, tmp_path):
+    from acestep.errors import CheckpointNotFoundError
+
+    base = tiny_checkpoints / "acestep-v15-turbo"
+    adapter = trained_adapter(base, tmp_path / "final")
+    merged = merge_adapter(None, adapter, tmp_path / "merged" / "a", dtype="fp32", shared="skip")
+    assert json.loads((merged / "merge_info.json").read_text())["base"] == str(base)
+    (adapter / "training_metadata.json").unlink()  # an adapter made elsewhere does not say
+    with pytest.raises(AdapterError, match="does not say which checkpoint it was trained on; give --checkpoint"):
+        merge_adapter(None, adapter, tmp_path / "merged" / "b")
+    (adapter / "training_metadata.json").write_text(json.dumps({"checkpoint": str(tmp_path / "gone" / "my-dit")}))
+    with pytest.raises(CheckpointNotFoundError, match=r"trained on .*my-dit, which is not found.*Give --checkpoint"):
+        merge_adapter(None, adapter, tmp_path / "merged" / "c")
+    with pytest.raises(AdapterError, match="does not exist; give an adapter folder or file, or a run folder"):
+        merge_adapter(None, tmp_path / "nothing", tmp_path / "merged" / "d")
+    assert not (tmp_path / "merged" / "b").exists() and not (tmp_path / "merged" / "c").exists()

@@ -39,6 +39,20 @@ def test_preview_command_renders_each_strength_of_a_saved_adapter(tmp_path, turb
         run_preview(parse(*common, "--strengths", "0.5"))
 
 
+def test_preview_of_an_adapter_renders_on_the_model_it_was_trained_on(tmp_path, turbo_dit, capsys):
+    _, adapter = adapted(turbo_dit)
+    run = tmp_path / "run"
+    save_adapter(adapter, run / "final", {"checkpoint": str(turbo_dit)})
+    common = ["--caption", "mystyle, lofi beat", "--duration", "0.4", "--device", "cpu"]
+    assert run_preview(parse(*common, "--adapter", str(run), "--strengths", "1", "--out", str(tmp_path / "a"))) == 0
+    assert f"with {turbo_dit} (turbo) and {run / 'final'}" in capsys.readouterr().out
+    explicit = ["--checkpoint", str(turbo_dit), "--adapter", str(run / "final"), "--strengths", "1"]
+    assert run_preview(parse(*common, *explicit, "--out", str(tmp_path / "b"))) == 0
+    assert np.array_equal(sf.read(tmp_path / "a" / "strength-1.wav")[0], sf.read(tmp_path / "b" / "strength-1.wav")[0])
+    with pytest.raises(PreviewError, match="give --checkpoint .*or --adapter"):
+        run_preview(parse(*common, "--out", str(tmp_path / "c")))
+
+
 @pytest.mark.parametrize("text", ["", "a,b", "1,1", "-1"])
 def test_bad_strength_lists_are_refused(text):
     with pytest.raises(argparse.ArgumentTypeError):

@@ -62,6 +62,10 @@ def test_accumulation_steps_and_logged_per_sample_loss(tmp_path, tensors_17, tin
     assert [e["loss"] for e in logs] == pytest.approx(expected, abs=1e-6)
     epoch = next(e for e in events(result.run_dir) if e["type"] == "epoch")
     assert epoch["loss"] == pytest.approx(sum(per_batch) / 17, abs=1e-6)
+    # without validation, best/ is picked on the training loss's moving average, and says so
+    best = next(e for e in events(result.run_dir) if e["type"] == "best")
+    assert best["loss"] == epoch["loss"]
+    assert best["message"].endswith(f"(training loss averaged over the last 1 epoch(s) {epoch['loss']:.5f})")
 
 
 def test_resume_after_a_stop_gives_bit_identical_adapter_and_loss_curve(tmp_path, tensors_17, tiny_dit):
@@ -202,6 +206,9 @@ def test_run_folder_holds_config_events_and_tensorboard(tmp_path, tensors_17, ti
     kinds = [e["type"] for e in events(result.run_dir)]
     assert kinds[0] == "start" and kinds[-1] == "done"
     assert {"log", "epoch", "validation", "checkpoint", "best"} <= set(kinds)
+    validation, best = (next(e for e in events(result.run_dir) if e["type"] == kind) for kind in ("validation", "best"))
+    assert best["loss"] == validation["val_loss"]
+    assert best["message"].endswith(f"(validation loss {validation['val_loss']:.5f})")
     start = events(result.run_dir)[0]["message"]
     assert "logit-normal(μ=-0.4, σ=1)" in start and "trainable parameters" in start and "effective batch 1" in start
     # the attention plan for this device (CPU's flash kernel takes masks and grouped heads)
