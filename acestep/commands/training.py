@@ -7,7 +7,7 @@ import signal
 import sys
 from pathlib import Path
 
-from acestep.commands.common import checkpoints_dir_arg, interrupt_signals
+from acestep.commands.common import EXIT_STOPPED, checkpoints_dir_arg, interrupt_signals
 from acestep.errors import AceStepError
 
 
@@ -54,7 +54,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     result = train(config, resume=args.resume, force=args.force, listeners=[console_listener], stop_signal=install)
     print(f"{result.status}: step {result.step}, epoch {result.epoch}; run folder {result.run_dir}")
-    return 0
+    # a stopped run is not finished: a script's `train && export` must not go on with it
+    return EXIT_STOPPED if result.status == "stopped" else 0
 
 
 def _run_folder(path: Path) -> Path:
