@@ -186,7 +186,7 @@ def test_a_train_job_is_stopped_by_its_stop_file_and_its_run_events_are_read(man
     assert offset == sum(len(json.dumps(e)) + 1 for e in events)
     manager.stop(job.id, timeout=20)
     job = manager.wait(job.id, timeout=10)
-    assert (job.status, job.exit_code) == ("stopped", 0)  # train exits 0 after a stop: still "stopped"
+    assert (job.status, job.exit_code) == ("stopped", 0)  # exit 0 after a requested stop: still "stopped"
     rest, _ = manager.read_events(job.id, since=offset)
     assert rest[-1]["type"] == "stop" and rest[-1]["step"] == len(events) + len(rest) - 1
     assert job.message == f"stopped: step {rest[-1]['step']}"
@@ -395,7 +395,7 @@ def test_a_real_train_job_reports_its_loss_and_stops_after_a_saved_step(manager,
     assert seen[0]["type"] == "start" and all(event["loss"] > 0 for event in seen if event["type"] == "log")
     manager.stop(job.id, timeout=60)
     job = manager.wait(job.id, timeout=90)
-    assert (job.status, job.exit_code) == ("stopped", 0), manager.tail_log(job.id)
+    assert (job.status, job.exit_code) == ("stopped", 130), manager.tail_log(job.id)
     events, _ = manager.read_events(job.id, since=offset)
     step = events[-1]["step"]
     assert events[-1]["type"] == "stop" and (run / "checkpoints" / f"step-{step:06d}" / "COMPLETE").is_file()
