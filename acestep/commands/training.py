@@ -110,9 +110,10 @@ def add_commands(commands) -> None:
                             "vram_16gb, vram_12gb, vram_8gb, recommended, high_quality, quick_test, or a saved one; "
                             "`acestep-trainer gpu` recommends one)")
     train.add_argument("--resume", type=Path, default=None, metavar="RUN_DIR",
-                       help="continue a run from its newest complete checkpoint (or from one checkpoint folder)")
+                       help="continue a run from its newest complete checkpoint (or from one checkpoint folder) "
+                            "with its own settings; --set may change some for the rest of the run")
     train.add_argument("--force", action="store_true",
-                       help="resume even if the dataset or the number of processes changed")
+                       help="resume even if the dataset, the number of processes or the data order changed")
     train.set_defaults(func=cmd_train)
 
     export = commands.add_parser("export", help="write a trained adapter for ACE-Step, ComfyUI or diffusers")

@@ -31,7 +31,8 @@ from acestep.training.compilation import reporting_fallbacks
 from acestep.training.config import TrainingConfig
 from acestep.training.data import Lookahead
 from acestep.training.events import make_event
-from acestep.training.session import STOP_FILE, TrainingSession
+from acestep.training.resume_settings import ResumeSettings
+from acestep.training.session import CONFIG_FILE, STOP_FILE, TrainingSession
 
 MOVING_AVERAGE_EPOCHS = 5
 
@@ -433,6 +434,9 @@ def train(config: TrainingConfig, resume: Path | None = None, force: bool = Fals
     given, is called with the trainer's `request_stop` so a signal handler can ask for a stop.
     Raises `TrainingError`, `ConfigError`, `CheckpointError` or `PreprocessError` with the fix.
     """
+    settings = None
+    if resume is not None:  # changed settings are refused or accepted before anything loads
+        settings = ResumeSettings(ckpt.resolve_resume(resume)[0] / CONFIG_FILE, config, force)
     session = TrainingSession.start(config, resume=resume, listeners=listeners)
     trainer = Trainer(session)
     try:
@@ -440,6 +444,11 @@ def train(config: TrainingConfig, resume: Path | None = None, force: bool = Fals
             stop_signal(trainer.request_stop)
         if session.resume_from is not None:
             trainer.restore(session.resume_from, force)
+            if settings.warning:
+                trainer.emit("warning", step=trainer.progress.step, epoch=trainer.progress.epoch,
+                             message=settings.warning)
+                if session.fabric.global_rank == 0:
+                    settings.save()
         try:
             return trainer.run()
         except torch.OutOfMemoryError as exc:
