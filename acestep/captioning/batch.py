@@ -9,7 +9,9 @@
   the same folder does no inference at all.
 - Out of memory: the labeller switches to a smaller setting and the file is retried.
 - A bad file, a malformed sidecar or a folder that cannot be written is a per-file failure; the
-  batch goes on. Stop requests are honoured between files.
+  batch goes on. A model that cannot be loaded (missing, damaged) or a missing package stops the
+  batch with its message, once: every file would fail alike. Sidecars written before are kept.
+  Stop requests are honoured between files.
 - When signal analysis ran, it cross-checks the BPM and key the language models gave (they
   hallucinate them): a BPM off by more than 4 % (and not a clean double or half) or a key that is
   neither the analysed one nor its relative is replaced, with a note.
@@ -32,7 +34,7 @@ from typing import Protocol
 from acestep.audio.analysis import file_content_hash
 from acestep.audio.io import FileFailure
 from acestep.captioning.labels import SIDECAR_FIELDS, Labels
-from acestep.errors import AceStepError
+from acestep.errors import AceStepError, CheckpointError, EnvironmentProblem
 from acestep.files import write_atomically
 
 MODES = ("fill_missing", "overwrite")
@@ -229,6 +231,8 @@ def _label_one(labeller: Labeller, path: Path, mode: str, cache, hashes: dict, s
         return status, "" if labels.parsed else "output kept raw: it could not be parsed"
     except OSError as error:
         return "failed", f"cannot write the sidecar ({error.strerror or error}); is the folder read-only?"
+    except (CheckpointError, EnvironmentProblem):
+        raise  # the model or a package, not this file: every file would fail the same way; stop with it once
     except AceStepError as error:
         return "failed", getattr(error, "reason", None) or str(error)
 

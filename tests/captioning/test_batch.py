@@ -195,3 +195,18 @@ def test_sidecar_path_prefers_an_existing_plain_sidecar(library):
     assert sidecar_path(library / "one.wav") == library / "one.json"
     assert sidecar_path(library / "album" / "two.flac") == library / "album" / "two.flac.json"
     assert isinstance(sidecar_path(Path(library / "one.wav")), Path)
+
+
+def test_a_model_that_cannot_load_stops_the_batch_once_and_keeps_what_was_written(library, tmp_path):
+    from acestep.errors import CheckpointNotFoundError
+
+    class MissingModel(FakeLabeller):
+        def label(self, path):
+            self.calls += 1
+            raise CheckpointNotFoundError("transcriber model: not in checkpoints/; download it with ...")
+
+    captioner, transcriber = FakeLabeller(), MissingModel("transcriber")
+    with pytest.raises(CheckpointNotFoundError, match="transcriber model: not in checkpoints/"):
+        label_folder(library, [captioner, transcriber], cache_dir=tmp_path / "cache")
+    assert transcriber.calls == 1  # not once per file: the second file would fail the same way
+    assert sidecar(library / "one.wav")["caption"] == "a song called one"  # the captioner's pass is kept
