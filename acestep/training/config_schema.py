@@ -69,8 +69,8 @@ class DataConfig:
         1234, "Seed of the choice of validation samples and of their fixed noise, apart from run.seed.",
         ge=0, le=_SEED_MAX)
     num_workers: int = _option(
-        0, "Data-loader worker processes (0: load in the training process, the next batch while the GPU runs "
-        "the backward pass; tensors are small).", ge=0)
+        0, "Data-loader worker processes, started once for the whole run (0: load in the training process, "
+        "the next batch while the GPU runs the backward pass; tensors are small).", ge=0)
 
 
 @dataclass

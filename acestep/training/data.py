@@ -82,7 +82,10 @@ class CroppedSamples(Dataset):
     def __len__(self) -> int:
         return len(self.indices)
 
-    def __getitem__(self, position: int) -> dict:
+    def __getitem__(self, key: int | tuple[int, int]) -> dict:
+        """The item at a position, cropped for the epoch set with `set_epoch`; or at (epoch, position),
+        cropped for that epoch (what a loader's worker processes get: they hold their own copy)."""
+        epoch, position = key if isinstance(key, tuple) else (self.epoch, key)
         index = self.indices[position]
         item = self.samples[index]
         latents = item["target_latents"]
@@ -90,7 +93,7 @@ class CroppedSamples(Dataset):
         if self.max_frames and frames > self.max_frames:
             offset = 0
             if self.random_crop:
-                offset = random.Random(derived_seed(self.seed, "crop", self.epoch, index)).randrange(
+                offset = random.Random(derived_seed(self.seed, "crop", epoch, index)).randrange(
                     frames - self.max_frames + 1)
             latents = latents[offset: offset + self.max_frames]
         return {"target_latents": latents, "encoder_hidden_states": item["encoder_hidden_states"],
@@ -157,6 +160,29 @@ class EpochBatches(Sampler[list[int]]):
 
     def __iter__(self) -> Iterator[list[int]]:
         return iter(self.local_batches()[self.skip:])
+
+
+class EpochKeyedBatches(Sampler[list[tuple[int, int]]]):
+    """The batch sampler of a loader that lasts the whole run: the batches of the epoch last set
+    with `use`, each position keyed with its epoch, `(epoch, position)`. Worker processes kept from
+    one epoch to the next (`persistent_workers`, no new processes and imports per epoch: seconds
+    on Windows) hold their own copy of the dataset, which never sees `set_epoch`; the key tells
+    them which epoch's crop to cut."""
+
+    def __init__(self):
+        self.batches: EpochBatches | None = None
+
+    def use(self, batches: EpochBatches) -> None:
+        self.batches = batches
+
+    def __len__(self) -> int:
+        return len(self.batches) if self.batches is not None else 0
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        if self.batches is None:
+            return iter(())
+        epoch = self.batches.epoch
+        return ([(epoch, position) for position in batch] for batch in self.batches)
 
 
 class Lookahead:

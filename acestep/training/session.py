@@ -19,7 +19,9 @@ from acestep.training import checkpoint as ckpt
 from acestep.training.adapters import Adapter, add_adapter, save_adapter
 from acestep.training.compilation import check_compile_support, compile_blocks
 from acestep.training.config import TrainingConfig, config_to_dict, load_config, parse_devices, save_config
-from acestep.training.data import CroppedSamples, EpochBatches, collate, derived_seed, split_train_validation
+from acestep.training.data import (
+    CroppedSamples, EpochBatches, EpochKeyedBatches, collate, derived_seed, split_train_validation,
+)
 from acestep.training.events import EventLog, TensorBoardListener
 from acestep.training.optim import build_optimizer, build_scheduler, optimizer_steps_per_epoch, total_optimizer_steps
 from acestep.training.recompute import enable_recompute
@@ -99,6 +101,8 @@ class TrainingSession:
     attention: str = ""  # the attention plan, as AttentionPlan.describe() words it
     listeners: list = field(default_factory=list)
     closers: list = field(default_factory=list)
+    _epoch_sampler: EpochKeyedBatches = field(default_factory=EpochKeyedBatches, init=False, repr=False)
+    _train_loader: DataLoader | None = field(default=None, init=False, repr=False)
 
     @property
     def config_dict(self) -> dict:
@@ -197,6 +201,7 @@ class TrainingSession:
     def close(self) -> None:
         for close in self.closers:
             close()
+        self._train_loader = None  # its worker processes end with it
         # Fabric starts the process group and leaves it to the interpreter's exit, where a finished
         # two-process CPU run once ended in std::terminate (exit status -6): end it here, after the
         # last collective, as PyTorch asks
@@ -205,13 +210,18 @@ class TrainingSession:
 
     # ---- what the loop uses --------------------------------------------------------------------------
     def epoch_batches(self, epoch: int, skip: int):
-        """The batches this process trains in `epoch`, after the first `skip` (resume)."""
+        """The batches this process trains in `epoch`, after the first `skip` (resume), from one
+        loader for the whole run: its worker processes (data.num_workers) start once."""
         self.train_set.set_epoch(epoch)
-        sampler = EpochBatches(self.train_set.frames(), self.config.data.batch_size, self.config.run.seed, epoch,
-                               self.config.data.group_by_length, self.fabric.global_rank, self.fabric.world_size,
-                               skip=skip)
-        return DataLoader(self.train_set, batch_sampler=sampler, collate_fn=collate,
-                          num_workers=self.config.data.num_workers, pin_memory=self.fabric.device.type == "cuda")
+        if self._train_loader is None:
+            workers = self.config.data.num_workers
+            self._train_loader = DataLoader(self.train_set, batch_sampler=self._epoch_sampler, collate_fn=collate,
+                                            num_workers=workers, persistent_workers=workers > 0,
+                                            pin_memory=self.fabric.device.type == "cuda")
+        self._epoch_sampler.use(EpochBatches(self.train_set.frames(), self.config.data.batch_size,
+                                             self.config.run.seed, epoch, self.config.data.group_by_length,
+                                             self.fabric.global_rank, self.fabric.world_size, skip=skip))
+        return self._train_loader
 
     def step_generator(self, epoch: int, batch_index: int) -> torch.Generator:
         """The generator of one micro-batch's draws (CFG, timesteps, noise), and the global seed for

@@ -40,6 +40,21 @@ def test_random_crops_depend_on_epoch_and_repeat_for_a_seed():
     assert data.frames() == [10, 12, 12, 12, 12, 12]
 
 
+def test_an_epoch_keyed_item_is_the_crop_of_that_epoch_whatever_set_epoch_says():
+    from acestep.training.data import EpochKeyedBatches
+
+    data = CroppedSamples(FakeSamples(), range(6), max_frames=12, seed=1)
+    data.set_epoch(1)
+    epoch_1 = [data[i]["target_latents"][0, 0].item() for i in range(6)]
+    data.set_epoch(0)  # what a worker process's copy of the dataset still says
+    assert [data[(1, i)]["target_latents"][0, 0].item() for i in range(6)] == epoch_1
+    sampler = EpochKeyedBatches()
+    assert list(sampler) == [] and len(sampler) == 0
+    batches = EpochBatches(data.frames(), 4, seed=1, epoch=1, skip=1)
+    sampler.use(batches)
+    assert list(sampler) == [[(1, p) for p in batch] for batch in batches] and len(sampler) == len(batches) == 1
+
+
 def test_validation_crops_start_at_zero():
     data = CroppedSamples(FakeSamples(), range(6), max_frames=12, seed=1, random_crop=False)
     assert all(data[i]["target_latents"][0, 0].item() == 0 for i in range(6))

@@ -281,3 +281,31 @@ def test_the_next_batch_is_loaded_before_the_optimizer_step_waits_for_the_gpu(tm
     expected = ["load 0"] + [entry for i in range(batches) for entry in
                              ([f"load {i + 1}", "step"] if i + 1 < batches else ["step"])]
     assert order == expected
+
+
+def test_loader_workers_start_once_per_run_and_load_the_same_crops(tmp_path, tensors_17, tiny_dit, monkeypatch):
+    """With data.num_workers the worker processes last the whole run (no new processes and imports
+    each epoch) and cut each epoch's crops, so the run trains exactly what a run without them does."""
+    import os
+
+    overrides = ("run.epochs=3", "data.batch_size=4", "run.save_every_epochs=0", "optimizer.lr=1e-2")
+    serial = train(make_config(tmp_path / "serial", tensors_17, tiny_dit, *overrides))
+    loads = tmp_path / "loads.txt"
+    original = CroppedSamples.__getitem__
+
+    def recording(self, key):
+        with open(loads, "a") as handle:
+            handle.write(f"{os.getpid()} {key[0]}\n")
+        return original(self, key)
+
+    monkeypatch.setattr(CroppedSamples, "__getitem__", recording)
+    workers = train(make_config(tmp_path / "workers", tensors_17, tiny_dit, *overrides, "data.num_workers=2"))
+    a, b = adapter_tensors(serial.run_dir / "final"), adapter_tensors(workers.run_dir / "final")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    curve = [[(e["step"], e["loss"]) for e in events(run.run_dir) if e["type"] == "log"] for run in (serial, workers)]
+    assert curve[0] == curve[1]
+    rows = [line.split() for line in loads.read_text().splitlines()]
+    assert sorted(int(epoch) for _, epoch in rows) == [0] * 17 + [1] * 17 + [2] * 17
+    by_epoch = [{pid for pid, epoch in rows if epoch == str(e)} for e in range(3)]
+    assert len(by_epoch[0]) == 2 and by_epoch[0] == by_epoch[1] == by_epoch[2]  # the same two processes
+    assert str(os.getpid()) not in by_epoch[0]
