@@ -70,14 +70,15 @@ def random_transformer(config: AceStepModelConfig, device: torch.device, dtype: 
 
 def write_samples(folder: Path, count: int, frames: int, width: int, tokens: int = CONDITION_TOKENS,
                   seed: int = 0) -> PreprocessedDataset:
-    """A tensors folder of `count` random samples of `frames` latent frames and `tokens` condition tokens."""
+    """A tensors folder of `count` random samples of `frames` latent frames and `tokens` condition tokens,
+    in the dtypes preprocessing on a GPU writes (fp32 latents, bf16 conditions)."""
     folder.mkdir(parents=True, exist_ok=True)
     generator = torch.Generator().manual_seed(seed)
     manifest = Manifest(model={}, settings={})
     for i in range(count):
         name = f"s{i}.safetensors"
         write_sample(folder, name, {"target_latents": torch.randn(frames, 64, generator=generator),
-                                    "encoder_hidden_states": torch.randn(tokens, width, generator=generator),
+                                    "encoder_hidden_states": torch.randn(tokens, width, generator=generator).bfloat16(),
                                     "encoder_attention_mask": torch.ones(tokens, dtype=torch.bool)}, {})
         manifest.samples.append(ManifestSample(f"s{i}", f"{i}.wav", name, frames, frames / FRAMES_PER_SECOND, "", ""))
     write_manifest(folder, manifest)

@@ -469,3 +469,16 @@ def test_host_overhead_times_each_way_of_running_the_step(capsys):
     assert operators["the trainer's, PEFT's LoRA product"] > operators["checkpointing, the trainer's"]
     assert operators["and PEFT casts on"] > operators["the trainer's, PEFT's LoRA product"]  # the casts
     assert operators["and diffusers' RoPE"] > operators["and PEFT casts on"]  # RoPE's fp32 casts
+
+
+def test_data_loading_times_each_batch_of_a_training_epoch_after_the_first(capsys, monkeypatch):
+    loading = bench("data_loading")
+    read = []
+    original = loading.CroppedSamples.__getitem__
+    monkeypatch.setattr(loading.CroppedSamples, "__getitem__",
+                        lambda self, key: read.append(key) or original(self, key))
+    times = loading.batch_seconds(batch=3, seconds=1.0, songs=7, song_frames=60, tokens=5, width=16, epochs=2)
+    assert len(times) == 2 * (3 - 1) and all(t > 0 for t in times)  # batches of 3, 3 and 1; the first not timed
+    assert sorted(read) == [(epoch, p) for epoch in (0, 1) for p in range(7)]  # every sample once per epoch
+    assert loading.main(["--batch", "2", "--seconds", "1", "--songs", "4", "--song-seconds", "3", "--tokens", "5"]) == 0
+    assert capsys.readouterr().out.startswith("batch 2 x 1 s crops of 3 s songs, 5 condition tokens")
