@@ -173,3 +173,12 @@ def test_the_bitsandbytes_4bit_kernel_warning_stays_out_of_the_output():
                             capture_output=True, text=True)
     assert result.returncode == 0 and "Estimated peak GPU memory" in result.stdout
     assert "gemm_4bit_forward" not in result.stdout + result.stderr
+
+
+def test_torch_s_weight_norm_deprecation_stays_out_of_the_output(tmp_path):
+    """diffusers builds the VAE with torch's deprecated weight_norm; commands that build one keep
+    torch's FutureWarning (addressed to diffusers) out of what users read."""
+    result = subprocess.run([sys.executable, "-m", "acestep.cli", "tiny-checkpoint", str(tmp_path / "models")],
+                            capture_output=True, text=True)
+    assert result.returncode == 0 and (tmp_path / "models" / "vae" / "config.json").is_file()
+    assert "FutureWarning" not in result.stderr and "is deprecated" not in result.stderr
