@@ -4,13 +4,38 @@ clear error of the caller's own type, naming the file."""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
 from pathlib import Path
 from typing import Any
 
+from safetensors import SafetensorError
+
 from acestep.errors import AceStepError
+
+
+NEW_FILE_MODE = 0o644  # what an atomically written file gets (the temporary file it was is 0600)
+
+# What writing a file can raise: the OS's error, or safetensors' (its writer reports an OS error
+# such as a full disk as "I/O error: ... (os error 28)" in a SafetensorError).
+WRITE_ERRORS = (OSError, SafetensorError)
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """Whether a write failed because the disk (or the user's quota) is full."""
+    codes = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
+    if isinstance(exc, OSError):
+        return exc.errno in codes
+    return isinstance(exc, SafetensorError) and any(f"(os error {code})" in str(exc) for code in codes)
+
+
+def write_failure(exc: BaseException) -> str:
+    """The reason of a failed write, in words: "the disk is full" or the OS's own."""
+    if is_disk_full(exc):
+        return "the disk is full"
+    return (exc.strerror if isinstance(exc, OSError) else None) or str(exc)
 
 
 def read_text(path: str | Path, error: type[AceStepError], what: str, expected: str) -> str:
@@ -58,7 +83,7 @@ def write_atomically(path: str | Path, data: bytes | str, error: type[AceStepErr
     temp_name = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        mode = path.stat().st_mode & 0o777 if path.exists() else 0o644
+        mode = path.stat().st_mode & 0o777 if path.exists() else NEW_FILE_MODE
         handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         with os.fdopen(handle, "wb") as stream:
             stream.write(payload)
@@ -70,6 +95,6 @@ def write_atomically(path: str | Path, data: bytes | str, error: type[AceStepErr
         if temp_name is not None:
             Path(temp_name).unlink(missing_ok=True)
         if isinstance(exc, OSError) and error is not None:
-            raise error(f"{path}: cannot write the {what} ({exc.strerror or exc})") from None
+            raise error(f"{path}: cannot write the {what} ({write_failure(exc)})") from None
         raise
     return path

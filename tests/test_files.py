@@ -47,7 +47,23 @@ def test_write_atomically_replaces_keeps_mode_and_cleans_up(tmp_path, monkeypatc
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(os, "replace", disk_full)
-    with pytest.raises(CheckpointError, match=r"data.json: cannot write the index \(No space left on device\)"):
+    with pytest.raises(CheckpointError, match=r"data.json: cannot write the index \(the disk is full\)"):
         write_atomically(target, "third", CheckpointError, "index")
     assert target.read_bytes() == b"second"
     assert [p.name for p in target.parent.iterdir()] == ["data.json"]  # no temporary file left
+
+
+def test_a_full_disk_is_recognised_from_the_os_and_from_safetensors():
+    import errno
+
+    from safetensors import SafetensorError
+
+    from acestep.files import is_disk_full, write_failure
+
+    serializing = SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+    assert is_disk_full(OSError(errno.ENOSPC, "No space left on device")) and is_disk_full(serializing)
+    assert is_disk_full(OSError(errno.EDQUOT, "Disk quota exceeded"))  # a full quota is a full disk to the user
+    assert not is_disk_full(OSError(errno.EACCES, "Permission denied"))
+    assert not is_disk_full(SafetensorError("Error while deserializing header: HeaderTooLarge"))
+    assert write_failure(serializing) == "the disk is full"
+    assert write_failure(OSError(errno.EACCES, "Permission denied")) == "Permission denied"

@@ -36,7 +36,7 @@ from acestep.export.lora import (
     read_safetensors,
     read_safetensors_header,
 )
-from acestep.files import read_json_object
+from acestep.files import is_disk_full, read_json_object
 from acestep.models.convert import rename_module_path_to_original
 
 FORMATS = ("peft", "comfyui", "diffusers", "lycoris")
@@ -240,10 +240,19 @@ def export_adapter(source: str | Path, out_dir: str | Path, formats: tuple[str, 
         _write_formats(folder, out_dir, formats, base_name, metadata, transformer, result)
         if verify:
             verify_exports(folder, result, transformer)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(out_dir, ignore_errors=True)
+        raise_if_disk_full(exc, out_dir)
         raise
     return result
+
+
+def raise_if_disk_full(exc: BaseException, out_dir: Path) -> None:
+    """After a failed export or merge into `out_dir` (removed already): an `AdapterError` that
+    says so when the disk was full; nothing otherwise."""
+    if is_disk_full(exc):
+        raise AdapterError(f"The disk is full: could not write {out_dir}. Nothing was left there; free some space "
+                           "and run the command again.") from exc
 
 
 def _default_name(folder: Path, metadata: dict) -> str:

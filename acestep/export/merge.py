@@ -177,7 +177,7 @@ def merge_adapter(checkpoint: str | Path | None, adapter: str | Path, out_dir: s
     bf16|fp16|fp32|keep; `shared` copy|link|skip decides what happens to `vae/` and the text
     encoder when they are not beside `out_dir` already.
     Raises `AdapterError` / `CheckpointError`; an existing non-empty `out_dir` needs `overwrite`."""
-    from acestep.export.formats import adapter_source, base_checkpoint
+    from acestep.export.formats import adapter_source, base_checkpoint, raise_if_disk_full
     from acestep.models.checkpoints import is_diffusers_layout
     from acestep.models.weights import weight_files
 
@@ -211,8 +211,9 @@ def merge_adapter(checkpoint: str | Path | None, adapter: str | Path, out_dir: s
         if out_dir.exists():
             shutil.rmtree(out_dir)
         tmp.rename(out_dir)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
+        raise_if_disk_full(exc, out_dir)
         raise
     _place_shared(base.parent, out_dir.parent, shared)
     return out_dir

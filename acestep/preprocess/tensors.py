@@ -25,7 +25,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from acestep.errors import PreprocessError
-from acestep.files import write_atomically
+from acestep.files import NEW_FILE_MODE, WRITE_ERRORS, write_atomically, write_failure
 
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
@@ -71,7 +71,8 @@ class Manifest:
 
 def write_manifest(directory: Path, manifest: Manifest) -> Path:
     path = Path(directory) / MANIFEST_NAME
-    write_atomically(path, json.dumps(manifest.to_dict(), indent=2, ensure_ascii=False) + "\n")
+    write_atomically(path, json.dumps(manifest.to_dict(), indent=2, ensure_ascii=False) + "\n", PreprocessError,
+                     "manifest")
     return path
 
 
@@ -104,15 +105,23 @@ def read_manifest(directory: Path) -> Manifest:
 
 
 def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> Path:
-    """Write a safetensors file atomically (temporary file in the same folder, then rename)."""
+    """Write a safetensors file atomically (temporary file in the same folder, then rename).
+    A write that fails (a full disk) is a `PreprocessError` that says what to do; the files
+    written before are untouched, and the next run skips them."""
     path = Path(path)
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(handle)
+    tmp = None
     try:
+        handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(handle)
         save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, tmp, metadata=metadata)
+        os.chmod(tmp, NEW_FILE_MODE)
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as exc:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, WRITE_ERRORS):
+            raise PreprocessError(f"Could not write {path}: {write_failure(exc)}. The samples written before are "
+                                  "kept; fix this (free some space) and run preprocess again: it skips them.") from exc
         raise
     return path
 

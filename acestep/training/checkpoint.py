@@ -13,7 +13,6 @@ SIGKILL or a full disk in the middle leaves the previous checkpoints untouched a
 from __future__ import annotations
 
 import contextlib
-import errno
 import json
 import os
 import shutil
@@ -22,6 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from acestep.errors import TrainingError
+from acestep.files import WRITE_ERRORS, is_disk_full
 from acestep.training.state import load_state, save_state
 
 CHECKPOINTS_DIR = "checkpoints"
@@ -61,9 +61,9 @@ def atomic_directory(final: Path) -> Iterator[Path]:
         tmp.rename(final)
         shutil.rmtree(old, ignore_errors=True)
         _fsync_dir(final.parent)
-    except OSError as exc:
+    except WRITE_ERRORS as exc:
         shutil.rmtree(tmp, ignore_errors=True)
-        if exc.errno == errno.ENOSPC:
+        if is_disk_full(exc):
             raise TrainingError(
                 f"The disk is full: could not write {final}. The previous checkpoints are intact; free some "
                 "space and resume the run."

@@ -93,7 +93,7 @@ def test_save_is_atomic_and_leaves_no_temp_files(tmp_path, monkeypatch):
     monkeypatch.setattr("acestep.dataset.schema.os.replace", broken_replace)
     changed = make_dataset(tmp_path)
     changed.name = "changed"
-    with pytest.raises(DatasetError, match="No space left"):
+    with pytest.raises(DatasetError, match="the disk is full"):
         save_dataset(changed, target)
 
     assert target.read_bytes() == before

@@ -141,3 +141,18 @@ def test_remove_adapter_restores_the_base(fixture_dir, tmp_path, transformer):
     remove_adapter(transformer)
     with torch.no_grad():
         assert torch.equal(transformer(**verification_inputs(transformer)).sample, base)
+
+
+def test_a_full_disk_during_export_is_said_and_leaves_no_folder(fixture_dir, tmp_path, monkeypatch):
+    from safetensors import SafetensorError
+
+    from acestep.export import formats
+
+    def disk_full(*args, **kwargs):
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    source = trained_adapter(fixture_dir, tmp_path / "final")
+    monkeypatch.setattr(formats, "save_file", disk_full)
+    with pytest.raises(AdapterError, match=r"The disk is full: could not write .*out\. Nothing was left there"):
+        export_adapter(source, tmp_path / "out", formats=("comfyui",))
+    assert not (tmp_path / "out").exists()

@@ -150,6 +150,33 @@ def test_cancel_leaves_a_consistent_folder_and_a_rerun_finishes(dataset_json, ti
     assert len(PreprocessedDataset(tmp_path)) == 4
 
 
+def test_a_full_disk_stops_preprocessing_with_what_to_do_and_keeps_the_samples_written(
+        dataset_json, tiny_checkpoints, tmp_path, monkeypatch):
+    from safetensors import SafetensorError
+
+    from acestep.preprocess import tensors as tensors_module
+
+    real_save_file, written = tensors_module.save_file, []
+
+    def fills_the_disk_after_one(tensors, path, metadata=None):
+        if written:
+            raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+        written.append(path)
+        real_save_file(tensors, path, metadata=metadata)
+
+    monkeypatch.setattr(tensors_module, "save_file", fills_the_disk_after_one)
+    checkpoint = tiny_checkpoints / "acestep-v15-turbo"
+    with pytest.raises(PreprocessError, match=r"Could not write .*\.safetensors: the disk is full\. The samples "
+                                              r"written before are kept; .*run preprocess again: it skips them"):
+        preprocess_dataset(dataset_json, tmp_path, checkpoint, settings=SETTINGS)
+    assert len(PreprocessedDataset(tmp_path)) == 1  # the manifest lists the one sample on disk
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+    assert all(p.stat().st_mode & 0o777 == 0o644 for p in tmp_path.glob("*.safetensors"))  # not mkstemp's 0600
+    monkeypatch.setattr(tensors_module, "save_file", real_save_file)  # space freed
+    summary = preprocess_dataset(dataset_json, tmp_path, checkpoint, settings=SETTINGS)
+    assert (len(summary.done), len(summary.skipped)) == (3, 1)
+
+
 def test_tensors_folder_of_another_checkpoint_is_refused(tensors_dir, dataset_json, tmp_path):
     other = write_tiny_checkpoints(tmp_path / "other", seed=1)
     with pytest.raises(PreprocessError, match="holds tensors made with .*Choose another output folder"):

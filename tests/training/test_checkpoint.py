@@ -57,6 +57,20 @@ def test_full_disk_is_a_clear_error_and_keeps_the_previous_checkpoint(tmp_path):
     assert [p.name for p in ckpt.complete_checkpoints(tmp_path)] == ["step-000010"]
 
 
+def test_a_full_disk_met_by_safetensors_writer_is_the_same_clear_error(tmp_path):
+    """safetensors reports the OS's "no space" as a SafetensorError, not an OSError."""
+    from safetensors import SafetensorError
+
+    ckpt.write_checkpoint(tmp_path, 10, {"epoch": 0}, write_adapter)
+
+    def disk_full(folder):
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    with pytest.raises(TrainingError, match="The disk is full.*previous checkpoints are intact"):
+        ckpt.write_checkpoint(tmp_path, 20, {"epoch": 0}, disk_full)
+    assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["step-000010"]  # no half-written folder
+
+
 def test_resume_of_a_run_without_checkpoints_is_refused(tmp_path):
     with pytest.raises(TrainingError, match="holds no complete checkpoint"):
         ckpt.resolve_resume(tmp_path)
