@@ -15,6 +15,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from acestep.errors import TrainingError
+from acestep.files import is_disk_full
+
 EVENTS_FILE = "events.jsonl"
 
 Listener = Callable[[dict], None]
@@ -29,8 +32,14 @@ class EventLog:
         self._stream = self.path.open("a", encoding="utf-8")
 
     def __call__(self, event: dict) -> None:
-        self._stream.write(json.dumps(event, default=str) + "\n")
-        self._stream.flush()
+        try:
+            self._stream.write(json.dumps(event, default=str) + "\n")
+            self._stream.flush()
+        except OSError as exc:
+            if not is_disk_full(exc):
+                raise
+            raise TrainingError(f"The disk is full: could not write {self.path}. The checkpoints written before are "
+                                "intact; free some space and resume the run.") from exc
 
     def close(self) -> None:
         self._stream.close()
