@@ -11,23 +11,20 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from safetensors import SafetensorError
 
 from acestep.errors import AceStepError
 
 
 NEW_FILE_MODE = 0o644  # what an atomically written file gets (the temporary file it was is 0600)
 
-# What writing a file can raise: the OS's error, or safetensors' (its writer reports an OS error
-# such as a full disk as "I/O error: ... (os error 28)" in a SafetensorError).
-WRITE_ERRORS = (OSError, SafetensorError)
-
-
 def is_disk_full(exc: BaseException) -> bool:
-    """Whether a write failed because the disk (or the user's quota) is full."""
+    """Whether a write failed because the disk (or the user's quota) is full: an OSError, or
+    safetensors' error for one (its writer reports "I/O error: ... (os error 28)" in a SafetensorError)."""
     codes = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
     if isinstance(exc, OSError):
         return exc.errno in codes
+    from safetensors import SafetensorError  # here, not at the top: launch.py imports this module in a bare Python
+
     return isinstance(exc, SafetensorError) and any(f"(os error {code})" in str(exc) for code in codes)
 
 

@@ -25,7 +25,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from acestep.errors import PreprocessError
-from acestep.files import NEW_FILE_MODE, WRITE_ERRORS, write_atomically, write_failure
+from acestep.files import NEW_FILE_MODE, write_atomically, write_failure
 
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
@@ -119,7 +119,7 @@ def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[st
     except BaseException as exc:
         if tmp is not None:
             Path(tmp).unlink(missing_ok=True)
-        if isinstance(exc, WRITE_ERRORS):
+        if isinstance(exc, (OSError, SafetensorError)):  # safetensors reports the OS's errors as its own
             raise PreprocessError(f"Could not write {path}: {write_failure(exc)}. The samples written before are "
                                   "kept; fix this (free some space) and run preprocess again: it skips them.") from exc
         raise

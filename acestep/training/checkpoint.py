@@ -20,8 +20,10 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from safetensors import SafetensorError
+
 from acestep.errors import TrainingError
-from acestep.files import WRITE_ERRORS, is_disk_full
+from acestep.files import is_disk_full
 from acestep.training.state import load_state, save_state
 
 CHECKPOINTS_DIR = "checkpoints"
@@ -61,7 +63,7 @@ def atomic_directory(final: Path) -> Iterator[Path]:
         tmp.rename(final)
         shutil.rmtree(old, ignore_errors=True)
         _fsync_dir(final.parent)
-    except WRITE_ERRORS as exc:
+    except (OSError, SafetensorError) as exc:  # safetensors reports the OS's errors as its own
         shutil.rmtree(tmp, ignore_errors=True)
         if is_disk_full(exc):
             raise TrainingError(
