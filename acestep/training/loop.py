@@ -436,7 +436,8 @@ def train(config: TrainingConfig, resume: Path | None = None, force: bool = Fals
     """
     settings = None
     if resume is not None:  # changed settings are refused or accepted before anything loads
-        settings = ResumeSettings(ckpt.resolve_resume(resume)[0] / CONFIG_FILE, config, force)
+        run_dir, checkpoint = ckpt.resolve_resume(resume)
+        settings = ResumeSettings(run_dir / CONFIG_FILE, checkpoint, config, force)
     session = TrainingSession.start(config, resume=resume, listeners=listeners)
     trainer = Trainer(session)
     try:

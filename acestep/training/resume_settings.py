@@ -1,7 +1,8 @@
 """What a resume may change in a run's settings.
 
-A resume continues a run with the settings of its own `config.toml`; `--set`, `--preset` or
-another `--config` may change some of them for the rest of the run. Three kinds:
+A resume continues a run with the settings of its own `config.toml`; `--set`, `--preset`,
+another `--config` or an edit of that file may change some of them for the rest of the run. They
+are compared with the settings the checkpoint was written with (its state holds them). Three kinds:
 
 - held in the checkpoint: the base model, the adapter's shape and the optimizer. The optimizer's
   saved state brings back its own lr, betas, eps and weight decay, so a new value would be
@@ -24,9 +25,10 @@ from pathlib import Path
 from typing import Any
 
 from acestep.errors import TrainingError
-from acestep.training.config import TrainingConfig, config_to_dict, load_config, save_config
+from acestep.training.config import TrainingConfig, config_from_dict, config_to_dict, load_config, save_config
 from acestep.training.config_schema import SECTIONS
 from acestep.training.config_values import show
+from acestep.training.state import load_state_entry
 
 HELD_IN_CHECKPOINT = ("model.checkpoint", "adapter.type", "adapter.rank", "adapter.alpha", "adapter.targets",
                       "adapter.mlp", "adapter.modules", "adapter.lokr_factor", "optimizer.name", "optimizer.lr",
@@ -50,10 +52,13 @@ class ResumeSettings:
     """The settings a resume of `run_dir` runs with, checked against the run's own (module
     docstring). `warning` is the text to log (empty when nothing changed)."""
 
-    def __init__(self, config_path: Path, config: TrainingConfig, force: bool):
+    def __init__(self, config_path: Path, checkpoint: Path, config: TrainingConfig, force: bool):
         self.path = Path(config_path)
         run_dir = self.path.parent
-        self.saved = load_config(self.path)
+        trained = load_state_entry(checkpoint, "config")
+        # a checkpoint from before its state held the settings: the run's config.toml says them
+        self.saved = (config_from_dict(trained, f"{checkpoint}/state.json") if trained is not None
+                      else load_config(self.path))
         self.changes = changed_settings(self.saved, config)
         self.config = config
         held = [name for name in self.changes if name in HELD_IN_CHECKPOINT]

@@ -70,6 +70,16 @@ def save_state(state: dict[str, Any], folder: Path, name: str = "state") -> None
     (Path(folder) / f"{name}.json").write_text(json.dumps(structure) + "\n", encoding="utf-8")
 
 
+def load_state_entry(folder: Path, key: str, name: str = "state") -> Any:
+    """One entry of a state written by `save_state` that holds no tensors (None when absent),
+    read from `<name>.json` alone; `TrainingError` names a damaged file."""
+    path = Path(folder) / f"{name}.json"
+    try:
+        return _decode(json.loads(path.read_text(encoding="utf-8")).get(key), {})
+    except (OSError, ValueError, KeyError, AttributeError) as exc:
+        raise TrainingError(f"The training state in {folder} is damaged ({exc}).") from exc
+
+
 def load_state(folder: Path, name: str = "state") -> dict[str, Any]:
     """Read a state written by `save_state`; `TrainingError` names a damaged file."""
     folder = Path(folder)

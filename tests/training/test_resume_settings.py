@@ -70,3 +70,20 @@ def test_a_change_of_the_data_order_needs_force(tmp_path, tensors_17, tiny_dit):
     assert warning.startswith("resumed with changed settings: data.batch_size 17 -> 9, run.epochs 1 -> 2;")
     assert "(forced: the data order differs from the run's so far)" in warning
     assert load_config(run.run_dir / "config.toml").data.batch_size == 9
+
+
+def test_an_edit_of_the_run_s_config_toml_is_compared_with_what_the_checkpoint_trained_with(tmp_path, tensors_17,
+                                                                                          tiny_dit):
+    from acestep.training.config import save_config
+
+    config = make_config(tmp_path, tensors_17, tiny_dit, "run.epochs=1", "data.batch_size=17")
+    run = train(config)
+    own = run.run_dir / "config.toml"
+    save_config(apply_overrides(load_config(own), ["adapter.rank=8"]), own)  # edited by hand, then resumed as is
+    with pytest.raises(TrainingError, match="with adapter.rank 4 -> 8: the checkpoint holds"):
+        train(load_config(own), resume=run.run_dir)
+    save_config(apply_overrides(config, ["run.epochs=2"]), own)
+    resumed = train(load_config(own), resume=run.run_dir)
+    assert (resumed.step, resumed.epoch) == (2, 2)
+    assert any(e["type"] == "warning" and e["message"].startswith("resumed with changed settings: run.epochs 1 -> 2;")
+               for e in events(run.run_dir))

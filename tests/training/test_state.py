@@ -3,6 +3,7 @@
 import random
 
 import numpy as np
+import pytest
 import torch
 
 from acestep.training.state import load_state, save_state
@@ -27,3 +28,16 @@ def test_optimizer_state_round_trips_exactly(tmp_path):
     assert torch.equal(loaded["rng"]["torch"], state["rng"]["torch"])
     random.setstate((loaded["rng"]["python"][0], tuple(loaded["rng"]["python"][1]), loaded["rng"]["python"][2]))
     assert not list(tmp_path.glob("*.pt"))
+
+
+def test_one_tensor_free_entry_is_read_from_the_json_alone(tmp_path):
+    from acestep.errors import TrainingError
+    from acestep.training.state import load_state_entry, save_state
+
+    save_state({"config": {"run": {"epochs": 3, "betas": (0.9, 0.99)}}, "adapter": {"w": torch.ones(2)}}, tmp_path)
+    (tmp_path / "state.safetensors").unlink()  # not needed for it
+    assert load_state_entry(tmp_path, "config") == {"run": {"epochs": 3, "betas": (0.9, 0.99)}}
+    assert load_state_entry(tmp_path, "missing") is None
+    (tmp_path / "state.json").write_text("{not json")
+    with pytest.raises(TrainingError, match="training state in .* is damaged"):
+        load_state_entry(tmp_path, "config")
