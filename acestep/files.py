@@ -11,11 +11,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-
 from acestep.errors import AceStepError
 
-
-NEW_FILE_MODE = 0o644  # what an atomically written file gets (the temporary file it was is 0600)
 
 def is_disk_full(exc: BaseException) -> bool:
     """Whether a write failed because the disk (or the user's quota) is full: an OSError, or
@@ -80,7 +77,7 @@ def write_atomically(path: str | Path, data: bytes | str, error: type[AceStepErr
     temp_name = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        mode = path.stat().st_mode & 0o777 if path.exists() else NEW_FILE_MODE
+        mode = path.stat().st_mode & 0o777 if path.exists() else 0o644
         handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         with os.fdopen(handle, "wb") as stream:
             stream.write(payload)

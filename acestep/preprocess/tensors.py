@@ -15,17 +15,15 @@ so memory does not grow with the size of the dataset.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
+from safetensors.torch import save
 
 from acestep.errors import PreprocessError
-from acestep.files import NEW_FILE_MODE, write_atomically, write_failure
+from acestep.files import write_atomically, write_failure
 
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
@@ -105,25 +103,16 @@ def read_manifest(directory: Path) -> Manifest:
 
 
 def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> Path:
-    """Write a safetensors file atomically (temporary file in the same folder, then rename).
-    A write that fails (a full disk) is a `PreprocessError` that says what to do; the files
-    written before are untouched, and the next run skips them."""
+    """Write a safetensors file atomically (`write_atomically`: a temporary file in the same
+    folder, renamed over `path`). A write that fails (a full disk) is a `PreprocessError` that
+    says what to do; the files written before are untouched, and the next run skips them."""
     path = Path(path)
-    tmp = None
+    data = save({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, metadata=metadata)
     try:
-        handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        os.close(handle)
-        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, tmp, metadata=metadata)
-        os.chmod(tmp, NEW_FILE_MODE)
-        os.replace(tmp, path)
-    except BaseException as exc:
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
-        if isinstance(exc, (OSError, SafetensorError)):  # safetensors reports the OS's errors as its own
-            raise PreprocessError(f"Could not write {path}: {write_failure(exc)}. The samples written before are "
-                                  "kept; fix this (free some space) and run preprocess again: it skips them.") from exc
-        raise
-    return path
+        return write_atomically(path, data)
+    except OSError as exc:
+        raise PreprocessError(f"Could not write {path}: {write_failure(exc)}. The samples written before are "
+                              "kept; fix this (free some space) and run preprocess again: it skips them.") from exc
 
 
 def load_tensors(path: Path, keys: tuple[str, ...]) -> dict[str, torch.Tensor]:
