@@ -49,8 +49,9 @@ def changed_settings(saved: TrainingConfig, current: TrainingConfig) -> dict[str
 
 
 class ResumeSettings:
-    """The settings a resume of `run_dir` runs with, checked against the run's own (module
-    docstring). `warning` is the text to log (empty when nothing changed)."""
+    """The settings `config` a resume runs with, checked against those the checkpoint was written
+    with (module docstring). `warning` is the text to log (empty when nothing changed); `save`
+    writes them to the run's config at `config_path`."""
 
     def __init__(self, config_path: Path, checkpoint: Path, config: TrainingConfig, force: bool):
         self.path = Path(config_path)
