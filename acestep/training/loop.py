@@ -102,6 +102,7 @@ class Trainer:
         self.interval = _Interval(self.fabric.device)
         self.previews = TrainingPreviews(session, self.emit)  # run.preview_*: audio previews, rank 0
         self._group_start: tuple | None = None  # the state where the current accumulation group began
+        self.resume_settings: ResumeSettings | None = None  # a resume's settings, when they changed
 
     # ---- events --------------------------------------------------------------------------------
     def emit(self, kind: str, **fields) -> None:
@@ -205,6 +206,8 @@ class Trainer:
         if s.adapter.kind == "lokr" and cfg.adapter.dropout > 0:
             warnings.append(f"adapter.dropout {cfg.adapter.dropout:g} has no effect on LoKr: LyCORIS rebuilds each "
                             "LoKr weight and applies no dropout that way; the run trains without adapter dropout")
+        if self.resume_settings is not None and self.resume_settings.warning:
+            warnings.append(self.resume_settings.warning)
         return warnings
 
     def _train_epochs(self) -> str:
@@ -445,11 +448,9 @@ def train(config: TrainingConfig, resume: Path | None = None, force: bool = Fals
             stop_signal(trainer.request_stop)
         if session.resume_from is not None:
             trainer.restore(session.resume_from, force)
-            if settings.warning:
-                trainer.emit("warning", step=trainer.progress.step, epoch=trainer.progress.epoch,
-                             message=settings.warning)
-                if session.fabric.global_rank == 0:
-                    settings.save()
+            trainer.resume_settings = settings  # said with the run's other warnings, after its start
+            if session.fabric.global_rank == 0:
+                settings.save()
         try:
             return trainer.run()
         except torch.OutOfMemoryError as exc:
