@@ -21,12 +21,13 @@ import time
 from pathlib import Path
 
 import torch
-from common import write_samples
+from common import model_config, write_samples
 from torch.utils.data import DataLoader
 
+from acestep.models.config import parse_model_config
 from acestep.training.data import FRAMES_PER_SECOND, CroppedSamples, EpochBatches, EpochKeyedBatches, collate
 
-CONDITION_WIDTH = 2048  # the 2B model's encoder hidden size
+CONDITION_WIDTH = parse_model_config(model_config("2b")).encoder_hidden_size  # the width the 2B DiT's conditions have
 
 
 def batch_seconds(batch: int, seconds: float, songs: int, song_frames: int, tokens: int,
