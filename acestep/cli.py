@@ -11,13 +11,12 @@ and runs the chosen command.
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
-import warnings
 
 from acestep import __version__
 from acestep.commands import data, models, training
 from acestep.errors import AceStepError
+from acestep.library_noise import silence_library_noise
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,19 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-# bitsandbytes warns on every import, on CPUs with AVX512-BF16, that an optional kernel for 4-bit
-# matrix products could not be loaded. Nothing here uses 4-bit layers: keep that line out of the logs.
-QUIET_LOGGERS = ("bitsandbytes.backends.cpu.ops",)
-# diffusers builds the Oobleck VAE with torch's deprecated `weight_norm`; the weights load the same,
-# and the FutureWarning (addressed to diffusers) would be the first line of every VAE command.
-QUIET_WARNINGS = (r"`torch\.nn\.utils\.weight_norm` is deprecated",)
-
-
 def main(argv: list[str] | None = None) -> int:
-    for name in QUIET_LOGGERS:
-        logging.getLogger(name).setLevel(logging.ERROR)
-    for message in QUIET_WARNINGS:
-        warnings.filterwarnings("ignore", message=message, category=FutureWarning)
+    silence_library_noise()
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

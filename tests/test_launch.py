@@ -114,6 +114,9 @@ def test_check_passes_in_the_project_environment():
         assert row.rstrip().endswith("ok"), row
     assert "CUDA available:" in result.stdout
     assert "Environment OK." in result.stdout
+    # the check imports bitsandbytes, whose optional 4-bit CPU kernel warning (CPUs with AVX512-BF16)
+    # would otherwise be the first line users read when the app starts
+    assert "gemm_4bit_forward" not in result.stdout + result.stderr
 
 
 @pytest.mark.parametrize("args", [["--share-lan"], ["--host", "0.0.0.0"],

@@ -15,6 +15,7 @@ from acestep.environment.location import (ALLOW_OTHER_ENV_VARIABLE, Problem, fix
 from acestep.environment.packages import (OPTIONAL_PACKAGES, REQUIRED_PACKAGES, PackageState,
                                           PackageStatus, check_packages, check_project_install)
 from acestep.environment.torch_info import TorchSummary, torch_summary
+from acestep.library_noise import silence_library_noise
 
 _REASON_WIDTH = 70
 
@@ -149,6 +150,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "Python is not the project's env/ (set ACESTEP_ALLOW_OTHER_ENV=1 to accept "
                     "another environment; its packages are still checked).")
     parser.parse_args(argv)
+    silence_library_noise()  # before check_environment imports the packages
     report = check_environment()
     print(format_report(report), flush=True)
     return 0 if report.problem is None else 1
