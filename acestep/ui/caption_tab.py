@@ -54,6 +54,7 @@ CSV_NAME = "labels.csv"
 RESULT_HEADERS = ["File", "Caption", "Genre", "BPM", "Key", "Time sig.", "Language", "Lyrics", "Instrumental",
                   "Labelled by", "Notes"]
 SUMMARY_START = re.compile(r"^\d+ file\(s\): ")  # the first line of the caption command's summary
+NOT_LABELLED = "no sidecar yet (not labelled, or its labelling failed: see the summary above)"
 _LABEL_STEP = re.compile(r"^(?P<labeller>\S+)\s+(?P<status>\S+)\s+(?P<rest>.*?)\s+ETA\s+(?P<eta>\S+)$")
 
 
@@ -229,7 +230,10 @@ def label_row(audio: Path, folder: Path, stems: Counter) -> list[str]:
         labels = read_sidecars(audio, stems)
     except DatasetError as error:
         return [name, "", "", "", "", "", "", "", "", "", str(error)]
-    labelled_by, notes = _sidecar_extras(sidecar_paths(audio, stems).get(".json"))
+    sidecars = sidecar_paths(audio, stems)
+    if not sidecars:
+        return [name, "", "", "", "", "", "", "", "", "", NOT_LABELLED]
+    labelled_by, notes = _sidecar_extras(sidecars.get(".json"))
     bpm = labels.get("bpm")
     instrumental = labels.get("instrumental")
     return [name, _cell(labels.get("caption", "")), _cell(labels.get("genre", "")),
@@ -265,7 +269,8 @@ def build_caption_tab(ctx: AppContext) -> None:
                 "the tempo and key they give.")
     with gr.Row():
         folder = gr.Textbox(label="Audio folder", value=default_folder(ctx), scale=2, elem_id="caption-folder",
-                            info="inside the workspace (relative paths start there); sub-folders are searched")
+                            info="inside the workspace (relative paths start there) or a --data-root folder; "
+                                 "sub-folders are searched")
         labeller = gr.Radio([(text, name) for name, text in LABELLERS.items()], value="captioner", label="Labeller",
                             scale=3, elem_id="caption-labeller")
     with gr.Row():

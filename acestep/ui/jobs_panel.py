@@ -15,8 +15,9 @@ from pathlib import Path
 
 import gradio as gr
 
+from acestep.commands.common import EXIT_PARTIAL
 from acestep.errors import AceStepError
-from acestep.jobs import ACTIVE, QUEUED, Job, cli_argv
+from acestep.jobs import ACTIVE, DONE, QUEUED, Job, cli_argv
 from acestep.ui.context import AppContext
 
 JOB_HEADERS = ["Job", "Kind", "What", "Status", "Progress", "Who", "Started", "Message"]
@@ -149,11 +150,14 @@ def summary_from_log(log: str, first_line: re.Pattern) -> list[str]:
 
 
 def job_heading(job: Job) -> str:
-    """'Job **caption-3** (ann): **running**', with why a queued job waits."""
+    """'Job **caption-3** (ann): **running**', with why a queued job waits and whether a finished
+    batch left files out."""
     who = f" ({job.owner})" if job.owner else ""
     head = f"Job **{job.id}**{who}: **{job.status}**"
     if job.status == QUEUED:
         head += ", waiting for the GPU (one GPU job runs at a time)"
+    elif job.status == DONE and job.exit_code == EXIT_PARTIAL:
+        head += ", but some files failed"
     return head
 
 

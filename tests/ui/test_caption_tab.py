@@ -16,6 +16,7 @@ from acestep.jobs.runner import PROGRESS_LINE
 from acestep.ui import caption_tab
 from acestep.ui.caption_tab import (
     CAPTION,
+    NOT_LABELLED,
     CaptionForm,
     caption_args,
     parse_label_step,
@@ -152,7 +153,7 @@ def test_the_results_show_each_files_sidecar_and_its_problems(ctx, songs):
     assert rows["a.wav"][7] == "[Verse] / hello" and rows["a.wav"][9] == "captioner"
     assert "could not be parsed: captioner" in rows["a.wav"][10]
     assert "not valid JSON" in rows["b.wav"][10]
-    assert rows["c.wav"] == ["c.wav"] + [""] * 10
+    assert rows["c.wav"] == ["c.wav"] + [""] * 9 + [NOT_LABELLED]
 
 
 @pytest.mark.slow
@@ -175,10 +176,10 @@ def test_a_real_analysis_job_labels_every_song_with_bpm_and_key(ctx, songs, real
         assert 40 <= float(bpm) <= 250 and key.split()[1] in ("major", "minor"), rows[clip.name]
         assert labelled_by == "analysis"
     assert rows[real_songs[0].name][1] == "chiptune march"  # labels already there are kept
-    assert rows["broken.wav"][3:5] == ["", ""]
+    assert rows["broken.wav"][3:5] == ["", ""] and rows["broken.wav"][-1] == NOT_LABELLED
     assert (songs / "labels.csv").read_text().startswith("file,caption")
 
     text = progress_markdown(ctx, job)
-    assert f"Job **{job.id}** (ann): **done**" in text and "**3/3**" in text
+    assert f"Job **{job.id}** (ann): **done**, but some files failed" in text and "**3/3**" in text
     assert "3 file(s): 2 labelled, 0 from the cache" in text and "failed: " in text and "broken.wav" in text
     assert buttons(ctx, CAPTION) == (gr.update(interactive=True), gr.update(interactive=False))
