@@ -35,6 +35,9 @@ from acestep.ui.jobs_panel import friendly
 
 HEADERS = ["#", "Audio", "Caption", "Genre", "Lyrics", "BPM", "Key", "Time", "Language", "Instrumental",
            "Seconds", "Prompt"]
+# Shares of the table's width: without them the long captions take it all and the short columns'
+# headers wrap one letter per line.
+COLUMN_WIDTHS = ["3%", "14%", "18%", "8%", "8%", "5%", "7%", "5%", "8%", "10%", "7%", "7%"]
 TAG_FIELDS = ("caption", "genre", "caption and genre")
 TAG_ACTIONS = ("add", "remove")
 LANGUAGE_CHOICES = [(f"{name} ({code})", code) for code, name in LANGUAGE_NAMES.items()]
@@ -325,7 +328,8 @@ def build_dataset_tab(ctx: AppContext) -> None:
                     refresh = gr.Button("Refresh list", elem_id="dataset-refresh")
     status = gr.Markdown(status_text(ws, None), elem_id="dataset-status")
     message = gr.Markdown(elem_id="dataset-message")
-    table = gr.Dataframe(headers=HEADERS, interactive=False, wrap=True, elem_id="dataset-table")
+    table = gr.Dataframe(headers=HEADERS, interactive=False, wrap=True, column_widths=COLUMN_WIDTHS,
+                         elem_id="dataset-table")
     with gr.Row():
         with gr.Column():
             note = gr.Markdown("Pick a sample in the table to hear and edit it.", elem_id="dataset-sample")

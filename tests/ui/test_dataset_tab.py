@@ -12,6 +12,8 @@ from acestep.dataset import Dataset, Sample
 from acestep.errors import DatasetError
 from acestep.ui.context import AppContext, PathRefused, Workspace
 from acestep.ui.dataset_tab import (
+    COLUMN_WIDTHS,
+    HEADERS,
     OpenDataset,
     add_tag,
     apply_sample_edit,
@@ -59,6 +61,8 @@ def test_scan_a_folder_of_real_audio_gives_one_row_per_file(workspace):
                                   tag_position="append", all_instrumental=True, language="English")
     rows = sample_rows(opened.dataset)
     assert [row[0] for row in rows] == [1, 2, 3]
+    assert all(len(row) == len(HEADERS) == len(COLUMN_WIDTHS) for row in rows)
+    assert sum(int(width.rstrip("%")) for width in COLUMN_WIDTHS) == 100
     assert [row[1] for row in rows] == [f"{name}.flac" for name in LOOPS]
     assert [float(row[10]) for row in rows] == pytest.approx([6.2, 4.3, 6.9], abs=0.1)
     assert {row[8] for row in rows} == {"en"} and {row[9] for row in rows} == {"yes"}
