@@ -397,7 +397,9 @@ def build_dataset_tab(ctx: AppContext) -> None:
 
     def do_save(opened, target, overwrite):
         saved, text = save_open_dataset(ws, _require(opened), target, overwrite)
-        return (*show(saved, text), gr.update(choices=dataset_choices(ws)), ws.relative(saved.path))
+        where, choices = ws.relative(saved.path), dataset_choices(ws)
+        listed = gr.update(choices=choices, value=where) if where in choices else gr.update(choices=choices)
+        return (*show(saved, text), listed, where)
 
     def do_report(opened, analyse, progress=gr.Progress()):  # noqa: B008
         return report_markdown(_require(opened), analyse, _progress_callback(progress, "Checking"))

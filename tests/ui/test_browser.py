@@ -174,6 +174,7 @@ def test_demo_flow_scan_preprocess_train_export_with_a_second_browser(server, br
     page.locator("#dataset-save").click()
     wait_text(page, "dataset-message", r"Saved 4 sample", 30_000)
     assert (ctx.workspace.datasets / "browser.json").is_file()
+    assert page.locator("#dataset-choice input").input_value() == "datasets/browser.json"  # listed and chosen
     screenshot(page, "flow-1-dataset")
 
     # Preprocess it on the CPU with the tiny models
