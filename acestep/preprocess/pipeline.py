@@ -192,15 +192,26 @@ class _Run:
 
     def __init__(self, out_dir: Path, manifest: Manifest, total: int, progress):
         self.out_dir, self.manifest, self.total, self.progress = out_dir, manifest, total, progress
-        self.start, self.finished = time.monotonic(), 0
+        self.start = time.monotonic()
+        self.finished = 0  # samples settled: skipped, encoded or failed
+        self.skipped = 0
+        self.encoding_since: float | None = None  # when the first sample to encode began
         self.summary = PreprocessSummary(out_dir=out_dir)
 
     def report(self, index: int, source: str, status: str, message: str = "") -> None:
+        """Pass one progress event on. The ETA is paced by the samples encoded so far, from the
+        start of the first: skipped samples take no time and model loading happens once, so
+        counting either would promise the end too soon."""
+        now = time.monotonic()
+        if status == "encoding" and self.encoding_since is None:
+            self.encoding_since = now
         if self.progress is None:
             return
-        elapsed = time.monotonic() - self.start
-        eta = elapsed / self.finished * (self.total - self.finished) if self.finished else None
-        self.progress(PreprocessProgress(index, self.total, source, status, elapsed, eta, message))
+        encoded = self.finished - self.skipped
+        eta = None
+        if encoded and self.encoding_since is not None:
+            eta = (now - self.encoding_since) / encoded * (self.total - self.finished)
+        self.progress(PreprocessProgress(index, self.total, source, status, now - self.start, eta, message))
 
     def record(self, entry: ManifestSample | ManifestFailure) -> None:
         if isinstance(entry, ManifestSample):
@@ -267,6 +278,7 @@ def preprocess_dataset(dataset: Dataset | str | Path, out_dir: str | Path, check
         if _is_current(manifest, job, out_dir):
             run.summary.skipped.append(job.source)
             run.finished += 1
+            run.skipped += 1
             run.report(index, job.source, "skipped")
         else:
             todo.append((index, job))

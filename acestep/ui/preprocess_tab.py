@@ -75,7 +75,7 @@ class PreprocessStep:
 
     index: int
     total: int
-    status: str  # done, skipped, failed (encoding, pass 2 with --verbose)
+    status: str  # encoding, done, skipped, failed, pass 2 (low VRAM)
     source: str  # the audio path as the dataset lists it
     detail: str  # "187 frames", or why it failed
     elapsed: str
@@ -160,7 +160,8 @@ def preprocess_args(ctx: AppContext, form: PreprocessForm) -> list[str]:
     device = check_device(form.device)
     args = ["preprocess", "--dataset", str(dataset), "--checkpoint", checkpoint, "--out", str(out),
             "--max-duration", f"{max_duration:g}", "--normalization", form.normalization,
-            "--checkpoints-dir", str(ctx.workspace.checkpoints)]
+            "--checkpoints-dir", str(ctx.workspace.checkpoints),
+            "--verbose"]  # a line when each sample starts: a long song must not leave the last one on show
     if form.low_vram:
         args.append("--low-vram")
     if device:
@@ -194,7 +195,8 @@ def parse_step(event: dict | None) -> PreprocessStep | None:
 
 
 def progress_markdown(ctx: AppContext, job: Job | None) -> str:
-    """The job's status and the sample it last finished: '**3/10** songs/a.wav done · ETA 0:42'."""
+    """The job's status and the sample it works on or last finished: '**3/10** songs/a.wav encoding ·
+    elapsed 0:12 · ETA 0:42'."""
     if job is None:
         return "No preprocess job has run yet."
     lines = [job_heading(job)]

@@ -126,10 +126,19 @@ def test_changed_caption_reencodes_only_that_sample(tensors_dir, dataset_json, t
     dataset.samples[0].caption = "a completely new caption"
     edited = dataset_json.parent / "edited.json"
     save_dataset(dataset, edited)
-    summary = preprocess_dataset(edited, out, tiny_checkpoints / "acestep-v15-turbo", settings=SETTINGS)
+    events = []
+    summary = preprocess_dataset(edited, out, tiny_checkpoints / "acestep-v15-turbo", settings=SETTINGS,
+                                 progress=events.append)
     assert summary.done == [dataset.samples[0].audio]
     assert len(summary.skipped) == 3
     assert [f.source for f in summary.failed] == ["loops/notes.wav"]
+    # Each sample to encode is announced when it starts. The ETA is paced by encoded samples only:
+    # none until one is done (the skipped ones took no time), then the time per encoded sample.
+    assert [(e.index, e.status) for e in events] == [
+        (2, "skipped"), (3, "skipped"), (4, "skipped"), (1, "encoding"), (1, "done"), (5, "encoding"), (5, "failed")]
+    assert [e.eta for e in events[:4]] == [None] * 4
+    done = events[4]
+    assert 0 < done.eta <= done.elapsed and events[-1].eta == 0
 
 
 def test_cancel_leaves_a_consistent_folder_and_a_rerun_finishes(dataset_json, tiny_checkpoints, tmp_path):

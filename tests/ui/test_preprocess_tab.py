@@ -68,7 +68,7 @@ def test_the_form_becomes_the_preprocess_command_line(ctx, dataset_file):
     assert preprocess_args(ctx, form) == [
         "preprocess", "--dataset", str(dataset_file), "--checkpoint", "acestep-v15-turbo",
         "--out", str(ctx.workspace.tensors / "my-songs"), "--max-duration", "30", "--normalization", "peak_lufs",
-        "--checkpoints-dir", str(ctx.workspace.checkpoints), "--low-vram", "--device", "cuda:1"]
+        "--checkpoints-dir", str(ctx.workspace.checkpoints), "--verbose", "--low-vram", "--device", "cuda:1"]
 
 
 def test_the_demo_dataset_is_offered_first(tmp_path, tiny_checkpoints):
@@ -135,6 +135,9 @@ def test_progress_is_read_from_the_commands_lines():
         3, 12, "done", "songs/a b.wav", "187 frames", "1:05", "2:10")
     step = parse_step(progress_event(progress_line(1, 2, "failed", "x.wav", "x.wav: not audio", 1, None)))
     assert (step.status, step.detail, step.eta) == ("failed", "x.wav: not audio", "--:--")
+    step = parse_step(progress_event(progress_line(2, 2, "encoding", "songs/long song.wav", "", 5, None)))
+    assert (step.index, step.status, step.source, step.detail, step.eta) == (
+        2, "encoding", "songs/long song.wav", "", "--:--")
     step = parse_step(progress_event(progress_line(2, 2, "pass 2", "y.flac", "", 5, 0)))
     assert (step.status, step.source, step.detail) == ("pass 2", "y.flac", "")
     assert parse_step({"type": "start"}) is None
