@@ -377,6 +377,12 @@ def build_train_tab(ctx: AppContext) -> None:
     stop.click(friendly(lambda: gr.Info(stop_training(ctx))))
     resume.click(_errors_shown(on_resume), inputs=[run])
     refresh_runs.click(lambda: gr.update(choices=list_runs(ctx)), outputs=[run])
+    # Lists that follow the disk are read again when opened: a folder preprocessed, a model
+    # downloaded or a run started since the page loaded is offered.
+    tensors_input, model_input = inputs["data.tensors_dir"], inputs["model.checkpoint"]
+    tensors_input.focus(lambda: gr.update(choices=tensors_choices(ctx)), outputs=[tensors_input])
+    model_input.focus(lambda: gr.update(choices=model_choices(ctx)), outputs=[model_input])
+    run.focus(lambda: gr.update(choices=list_runs(ctx)), outputs=[run])
     timer.tick(on_tick, inputs=[run, seen], concurrency_limit=None,
                outputs=[start, stop, resume, status, run, progress, *plots, log, previews_label, *players, seen])
 

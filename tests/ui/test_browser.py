@@ -70,6 +70,13 @@ def logged_in_page(browser, base):
     return page
 
 
+def pick(page, elem_id: str, choice: str) -> None:
+    """Open the dropdown `elem_id` and choose `choice` from its list."""
+    page.locator(f"#{elem_id} input").click()
+    page.locator("ul[role=listbox] li", has_text=choice).first.click(timeout=30_000)
+    assert page.locator(f"#{elem_id} input").input_value() == choice
+
+
 def open_tab(page, name: str) -> None:
     page.get_by_role("tab", name=name).click()
 
@@ -179,7 +186,7 @@ def test_demo_flow_scan_preprocess_train_export_with_a_second_browser(server, br
 
     # Preprocess it on the CPU with the tiny models
     open_tab(page, "Preprocess")
-    fill(page, "preprocess-dataset", str(ctx.workspace.datasets / "browser.json"))
+    pick(page, "preprocess-dataset", "datasets/browser.json")  # saved after the page loaded: listed when opened
     fill(page, "preprocess-out", str(ctx.workspace.tensors / "browser"))
     page.locator("#preprocess-start").click()
     wait_text(page, "preprocess-summary", r"Job \S+ done")
@@ -188,7 +195,7 @@ def test_demo_flow_scan_preprocess_train_export_with_a_second_browser(server, br
 
     # Train: long enough that a second browser finds it running
     open_tab(page, "Train")
-    fill(page, "train-tensors", str(ctx.workspace.tensors / "browser"))
+    pick(page, "train-tensors", "tensors/browser")  # preprocessed after the page loaded: listed when opened
     fill(page, "train-run-name", "browser-run")
     fill(page, "train-run-epochs", "500")
     page.locator("#train-start").click()
