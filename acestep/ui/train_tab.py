@@ -24,7 +24,7 @@ from acestep.errors import AceStepError, ConfigError, JobError
 from acestep.gpu import read_gpus
 from acestep.jobs import QUEUED, Job
 from acestep.models.checkpoints import list_checkpoints
-from acestep.training.config import TrainingConfig, config_from_dict, config_to_dict, save_config
+from acestep.training.config import TrainingConfig, config_from_dict, config_to_dict, load_config, save_config
 from acestep.training.presets import recommendation_message
 from acestep.ui.context import AppContext
 from acestep.ui.jobs_panel import POLL_SECONDS, build_jobs_panel, friendly, owner_of, submit_cli_job
@@ -44,6 +44,8 @@ PREVIEW_SLOTS = 4
 LOG_LINES = 40
 _STEPS_IN_ALL = re.compile(r"(\d+) steps in all")  # the start event's message (TrainingSession.start_message)
 _ENDED = {"done": "finished", "stop": "stopped", "error": "failed"}
+VALIDATION_TITLE = "Validation loss"
+NO_VALIDATION_TITLE = "Validation loss: none (data.validation_split is 0)"
 
 
 # ---- start, stop, resume ------------------------------------------------------------------------------
@@ -266,6 +268,7 @@ class RunSnapshot(NamedTuple):
     frames: dict[str, pd.DataFrame]
     log: str
     previews: tuple[str, list[tuple[str, Path]]]
+    validation_title: str  # the validation plot's title: says so when the run has no validation split
 
 
 def run_snapshot(ctx: AppContext, run_text: str) -> RunSnapshot:
@@ -282,7 +285,18 @@ def run_snapshot(ctx: AppContext, run_text: str) -> RunSnapshot:
     log = ctx.jobs.tail_log(job.id, LOG_LINES) if job else ""
     if job is not None and job.finished and job.message:
         log += f"\n[{job.status}] {job.message}"
-    return RunSnapshot(signature, progress_text(events), plot_frames(events), log.strip(), preview_files(run_dir))
+    return RunSnapshot(signature, progress_text(events), plot_frames(events), log.strip(), preview_files(run_dir),
+                       validation_title(run_dir))
+
+
+def validation_title(run_dir: Path) -> str:
+    """The validation plot's title. A run without a validation split (its config.toml's
+    data.validation_split is 0) says so, instead of showing empty axes as if it were still to come."""
+    try:
+        split = load_config(run_dir / RUN_CONFIG_FILE).data.validation_split
+    except (OSError, ConfigError):
+        return VALIDATION_TITLE
+    return VALIDATION_TITLE if split > 0 else NO_VALIDATION_TITLE
 
 
 def tensors_choices(ctx: AppContext) -> list[str]:
@@ -328,7 +342,7 @@ def build_train_tab(ctx: AppContext) -> None:
         plots = [gr.LinePlot(pd.DataFrame(columns=["step", column]), x="step", y=column, title=title,
                              elem_id=elem_id)
                  for column, title, elem_id in (("loss", "Training loss", "train-loss-plot"),
-                                                ("val_loss", "Validation loss", "train-val-plot"),
+                                                ("val_loss", VALIDATION_TITLE, "train-val-plot"),
                                                 ("lr", "Learning rate", "train-lr-plot"))]
     previews_label = gr.Markdown(elem_id="train-previews")
     with gr.Row():
@@ -399,7 +413,8 @@ def _watch_outputs(ctx: AppContext, run_text: str | None, state: dict) -> list:
     new_state = dict(state)
     plots = [gr.skip()] * 3
     if state.get("events") != snapshot.events_signature:
-        plots = [snapshot.frames[name] for name in ("loss", "val_loss", "lr")]
+        plots = [snapshot.frames["loss"], gr.update(value=snapshot.frames["val_loss"], title=snapshot.validation_title),
+                 snapshot.frames["lr"]]
         new_state["events"] = snapshot.events_signature
     log = gr.skip() if state.get("log") == snapshot.log else snapshot.log
     new_state["log"] = snapshot.log

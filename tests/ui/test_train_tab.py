@@ -13,15 +13,15 @@ import pytest
 
 from acestep.errors import AceStepError, ConfigError, JobError
 from acestep.gpu import GpuStatus, SystemGpuReport
-from acestep.training.config import TrainingConfig, apply_overrides, describe_fields, load_config
+from acestep.training.config import TrainingConfig, apply_overrides, describe_fields, load_config, save_config
 from acestep.ui.context import AppContext, PathRefused, Workspace
 from acestep.ui.train_form import (
     FORM_FIELDS, VramEstimator, apply_preset_to_values, config_from_values, estimate_text, initial_config,
     suggested_preset, values_from_config,
 )
 from acestep.ui.train_tab import (
-    build_train_tab, plot_frames, preview_files, progress_text, read_events, resume_training, run_snapshot,
-    start_training, stop_training, training_status,
+    NO_VALIDATION_TITLE, VALIDATION_TITLE, build_train_tab, plot_frames, preview_files, progress_text, read_events,
+    resume_training, run_snapshot, start_training, stop_training, training_status, validation_title,
 )
 from support import wait_for
 
@@ -207,7 +207,7 @@ def test_start_runs_a_real_train_job_whose_loss_becomes_plot_data(train_ctx):
     assert snapshot.frames["loss"]["step"].tolist() == [event["step"] for event in logs] == [1, 2, 3, 4]
     assert snapshot.frames["loss"]["loss"].tolist() == [event["loss"] for event in logs]
     assert snapshot.frames["lr"]["lr"].tolist() == [event["lr"] for event in logs]
-    assert snapshot.frames["val_loss"].empty  # no validation split
+    assert snapshot.frames["val_loss"].empty and snapshot.validation_title == NO_VALIDATION_TITLE
     assert snapshot.progress.startswith("**Step 4 of 4 (100 %)**") and "finished: adapter in" in (
         snapshot.progress)
     assert "[done] completed: step 4, epoch 1" in snapshot.log
@@ -308,3 +308,12 @@ def test_the_tab_builds_with_its_ids_and_the_ui_process_stays_torch_free(ctx, mo
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=Path(__file__).resolve().parents[2]).stdout
     assert out.strip() == "[]"
+
+
+def test_the_validation_plot_says_when_the_run_has_no_validation_split(tmp_path):
+    assert validation_title(tmp_path) == VALIDATION_TITLE  # no config yet: nothing to say
+    config = apply_overrides(TrainingConfig(), ["data.tensors_dir=tensors/songs"])
+    save_config(config, tmp_path / "config.toml")
+    assert config.data.validation_split == 0 and validation_title(tmp_path) == NO_VALIDATION_TITLE
+    save_config(apply_overrides(config, ["data.validation_split=0.2"]), tmp_path / "config.toml")
+    assert validation_title(tmp_path) == VALIDATION_TITLE
