@@ -45,8 +45,9 @@ def _loss(value: float | None) -> str:
 def run_row(summary: RunSummary) -> list[str]:
     """The table row of one run."""
     started = time.strftime("%Y-%m-%d %H:%M", time.localtime(summary.started)) if summary.started else ""
-    best = _loss(summary.best_loss) + (" (validation)" if summary.best_loss is not None
-                                       and summary.best_is_validation else "")
+    best = ""  # best/ is picked by the validation loss, else by the training loss averaged over epochs
+    if summary.best_loss is not None:
+        best = _loss(summary.best_loss) + (" (validation)" if summary.best_is_validation else " (epoch average)")
     return [summary.name, summary.status, started, "" if summary.step is None else str(summary.step),
             "" if summary.epoch is None else str(summary.epoch), _loss(summary.final_loss), best, summary.adapter]
 

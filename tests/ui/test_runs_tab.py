@@ -71,7 +71,7 @@ def test_history_rows_status_steps_and_losses(ctx, runs):
     rows = rows_by_name(ctx)
     assert set(rows) == {"finished", "writing", "stopped", "failed", "validated"}  # no .jobs, no no-config
     started = time.strftime("%Y-%m-%d %H:%M", time.localtime(T0))
-    assert rows["finished"][1:] == ["done", started, "4", "2", "0.6500", "0.6200", "lora r64"]
+    assert rows["finished"][1:] == ["done", started, "4", "2", "0.6500", "0.6200 (epoch average)", "lora r64"]
     assert rows["writing"][1] == "incomplete" and rows["writing"][3] == "2" and rows["writing"][5] == "1.2500"
     assert rows["writing"][6] == "" and rows["writing"][7] == "lokr r16"
     assert rows["stopped"][1] == "stopped" and rows["stopped"][5] == "2.0000"
