@@ -88,16 +88,18 @@ def build_model_tab(ctx: AppContext) -> None:
     checkpoints_dir = ctx.workspace.checkpoints
     gr.Markdown(f"Models are read from **{checkpoints_dir}** (change it with `--checkpoints-dir` "
                 "or `ACESTEP_CHECKPOINTS_DIR`). The variant comes from each folder's config.json.")
-    table = gr.Dataframe(headers=HEADERS, value=checkpoint_rows(checkpoints_dir), interactive=False,
+    # Read at every page load (a model downloaded or merged since the app started is listed), and
+    # again on Refresh.
+    table = gr.Dataframe(headers=HEADERS, value=lambda: checkpoint_rows(checkpoints_dir), interactive=False,
                          elem_id="checkpoints-table")
-    missing = gr.Markdown(missing_models_text(checkpoints_dir), elem_id="missing-models")
+    missing = gr.Markdown(lambda: missing_models_text(checkpoints_dir), elem_id="missing-models")
     with gr.Row():
         wanted = gr.Dropdown(missing_models(checkpoints_dir), multiselect=True, label="Download",
                              info="Official models from the Hugging Face Hub; an interrupted download continues.",
                              elem_id="model-download-choice", scale=4)
         download = gr.Button("Download", variant="primary", elem_id="model-download", scale=1)
     gr.Markdown("### GPU")
-    gpus = gr.Markdown(gpu_panel(), elem_id="gpu-panel")
+    gpus = gr.Markdown(gpu_panel, elem_id="gpu-panel")
     refresh = gr.Button("Refresh", elem_id="refresh-checkpoints")
 
     def refreshed():
@@ -105,6 +107,7 @@ def build_model_tab(ctx: AppContext) -> None:
                 gr.update(choices=missing_models(checkpoints_dir)))
 
     refresh.click(refreshed, outputs=[table, missing, gpus, wanted])
+    wanted.focus(lambda: gr.update(choices=missing_models(checkpoints_dir)), outputs=[wanted])
 
     def download_clicked(names, request: gr.Request):
         job = start_download(ctx, list(names or []), owner_of(request))

@@ -157,6 +157,19 @@ def test_every_tab_renders_and_is_photographed(server, browser):
     page.context.close()
 
 
+def test_a_model_added_while_the_app_runs_is_listed_at_the_next_page_load(server, browser):
+    base, ctx = server
+    added = ctx.workspace.checkpoints / "vae-copy"  # as a download or a merge would add it
+    shutil.copytree(ctx.workspace.checkpoints / "vae", added)
+    try:
+        page = logged_in_page(browser, base)
+        open_tab(page, "Model")
+        wait_text(page, "checkpoints-table", r"vae-copy", 30_000)
+        page.context.close()
+    finally:
+        shutil.rmtree(added)
+
+
 def wait_text(page, elem_id: str, pattern: str, timeout: int = JOB_SECONDS) -> str:
     """Wait until the element's text matches the regular expression; its text. On a timeout the
     page is photographed (failure-<elem_id>.png) before the error propagates."""
