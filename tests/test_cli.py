@@ -182,3 +182,15 @@ def test_torch_s_weight_norm_deprecation_stays_out_of_the_output(tmp_path):
                             capture_output=True, text=True)
     assert result.returncode == 0 and (tmp_path / "models" / "vae" / "config.json").is_file()
     assert "FutureWarning" not in result.stderr and "is deprecated" not in result.stderr
+
+
+def test_every_argument_of_every_command_has_help():
+    """`acestep-trainer COMMAND --help` explains every path, flag and option it takes."""
+    import argparse
+
+    from acestep.cli import build_parser
+
+    commands = next(action for action in build_parser()._actions if isinstance(action, argparse._SubParsersAction))
+    missing = [f"{name} {action.dest}" for name, parser in commands.choices.items() for action in parser._actions
+               if not isinstance(action, argparse._HelpAction) and not (action.help or "").strip()]
+    assert missing == []

@@ -98,7 +98,8 @@ def add_commands(commands) -> None:
 
     tiny = commands.add_parser("tiny-checkpoint",
                                help="write a tiny random checkpoints directory (tests and the offline demo)")
-    tiny.add_argument("out_dir", type=Path, metavar="OUT_DIR")
+    tiny.add_argument("out_dir", type=Path, metavar="OUT_DIR",
+                      help="the folder to write acestep-v15-turbo/, vae/ and Qwen3-Embedding-0.6B/ into")
     tiny.add_argument("--seed", type=int, default=0, help="random seed of the weights (default 0)")
     tiny.add_argument("--overwrite", action="store_true", help="replace model folders already in OUT_DIR")
     tiny.set_defaults(func=cmd_tiny_checkpoint)
