@@ -35,6 +35,7 @@ from acestep.ui.jobs_panel import (
     job_heading,
     job_state,
     latest_progress,
+    markdown_text,
     newest_job,
     owner_of,
     submit_cli_job,
@@ -193,8 +194,11 @@ def progress_markdown(ctx: AppContext, job: Job | None) -> str:
         lines.append("Loading...")
     if job.finished:
         summary = summary_from_log(ctx.jobs.tail_log(job.id, 400), SUMMARY_START)
-        if summary:
-            lines.append("```\n" + "\n".join(summary) + "\n```")
+        if summary:  # the counts, then one wrapped item per failed file: its reason names the fix
+            head, *details = summary
+            lines.append(markdown_text(head))
+            if details:
+                lines.append("\n".join(f"- {markdown_text(line.strip())}" for line in details))
         elif job.message:
             lines.append(job.message)
     return "\n\n".join(lines)

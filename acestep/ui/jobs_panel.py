@@ -25,6 +25,7 @@ POLL_SECONDS = 2.0
 MAX_SUMMARY_LINES = 40
 _DEVICE = re.compile(r"^(cpu|mps|cuda(:\d+)?)$")
 _JOB_LOG_LINE = re.compile(r"^\[job\] ")
+_MARKDOWN_SPECIAL = re.compile(r"[\\`*_\[\]<>|~]")  # what formats text inside a line
 
 
 def submit_cli_job(ctx: AppContext, kind: str, args: Sequence[object], needs_gpu: bool, label: str = "",
@@ -134,6 +135,12 @@ def newest_job(ctx: AppContext, kind: str) -> Job | None:
     """The most recently submitted job of `kind` (whatever its status), or None."""
     jobs = [job for job in ctx.jobs.poll() if job.kind == kind]
     return jobs[-1] if jobs else None
+
+
+def markdown_text(text: str) -> str:
+    """`text` shown as written in Markdown: the characters that would format it are escaped (file
+    names with `*` or `_`, Windows paths with backslashes)."""
+    return _MARKDOWN_SPECIAL.sub(r"\\\g<0>", text)
 
 
 def summary_from_log(log: str, first_line: re.Pattern) -> list[str]:

@@ -25,7 +25,7 @@ from acestep.ui.caption_tab import (
     start_caption,
 )
 from acestep.ui.context import AppContext, PathRefused, Workspace
-from acestep.ui.jobs_panel import buttons, cancel_job, check_device, summary_from_log
+from acestep.ui.jobs_panel import buttons, cancel_job, check_device, markdown_text, summary_from_log
 
 
 @pytest.fixture
@@ -181,5 +181,6 @@ def test_a_real_analysis_job_labels_every_song_with_bpm_and_key(ctx, songs, real
 
     text = progress_markdown(ctx, job)
     assert f"Job **{job.id}** (ann): **done**, but some files failed" in text and "**3/3**" in text
-    assert "3 file(s): 2 labelled, 0 from the cache" in text and "failed: " in text and "broken.wav" in text
+    assert "3 file(s): 2 labelled, 0 from the cache" in text
+    assert f"\n\n- failed: {markdown_text(str(songs / 'broken.wav'))}: " in text  # a list item: its reason wraps
     assert buttons(ctx, CAPTION) == (gr.update(interactive=True), gr.update(interactive=False))

@@ -5,7 +5,9 @@ import pytest
 import soundfile
 
 from acestep.ui.context import AppContext, Workspace
-from acestep.ui.jobs_panel import active_job, job_details, job_rows, progress_text, stop_job, submit_cli_job
+from acestep.ui.jobs_panel import (
+    active_job, job_details, job_rows, markdown_text, progress_text, stop_job, submit_cli_job,
+)
 
 
 @pytest.fixture
@@ -62,3 +64,8 @@ def test_friendly_turns_our_errors_into_page_messages_and_keeps_the_signature():
     assert list(inspect.signature(wrapped).parameters) == ["path", "progress", "request"]
     with pytest.raises(gr.Error, match="x.json: broken"):
         wrapped("x.json")
+
+
+def test_markdown_text_escapes_what_would_format_a_file_name():
+    shown = markdown_text(r"C:\Music\my_song *live*.wav (take 2) <b>")
+    assert shown == r"C:\\Music\\my\_song \*live\*.wav (take 2) \<b\>"
