@@ -208,6 +208,10 @@ class Trainer:
                             "LoKr weight and applies no dropout that way; the run trains without adapter dropout")
         if self.resume_settings is not None and self.resume_settings.warning:
             warnings.append(self.resume_settings.warning)
+        p = self.progress
+        if p.step >= s.total_steps or p.epoch >= cfg.run.epochs:
+            warnings.append(f"the run had already finished (step {p.step}, epoch {p.epoch}): nothing is left to train. "
+                            "To train longer, resume with a larger run.epochs (--set run.epochs=N) or run.max_steps")
         return warnings
 
     def _train_epochs(self) -> str:

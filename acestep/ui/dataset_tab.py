@@ -33,11 +33,11 @@ from acestep.errors import DatasetError
 from acestep.ui.context import AppContext, PathRefused, Workspace
 from acestep.ui.jobs_panel import friendly
 
-HEADERS = ["#", "Audio", "Caption", "Genre", "Lyrics", "BPM", "Key", "Time", "Language", "Instrumental",
-           "Seconds", "Prompt"]
+HEADERS = ["#", "Audio", "Caption", "Genre", "Lyrics", "BPM", "Key", "Time", "Language", "Instr.", "Seconds",
+           "Prompt"]
 # Shares of the table's width: without them the long captions take it all and the short columns'
 # headers wrap one letter per line.
-COLUMN_WIDTHS = ["3%", "14%", "18%", "8%", "8%", "5%", "7%", "5%", "8%", "10%", "7%", "7%"]
+COLUMN_WIDTHS = ["3%", "13%", "24%", "10%", "7%", "5%", "7%", "5%", "7%", "5%", "7%", "7%"]
 TAG_FIELDS = ("caption", "genre", "caption and genre")
 TAG_ACTIONS = ("add", "remove")
 LANGUAGE_CHOICES = [(f"{name} ({code})", code) for code, name in LANGUAGE_NAMES.items()]

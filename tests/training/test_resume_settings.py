@@ -38,10 +38,14 @@ def test_a_finished_run_resumed_with_more_epochs_trains_them_and_keeps_the_new_s
     assert "⚠ step 5: resumed with changed settings: run.epochs 1 -> 2" in progress_text(events(first.run_dir))
     kept = load_config(first.run_dir / "config.toml")
     assert kept.run.epochs == 2 and kept.run.name == "run"  # the run folder's own name, not the --set one
-    # a later resume with the run's own settings (as the Train tab does) changes nothing and says nothing
+    # a later resume with the run's own settings (as the Train tab does) changes nothing, and says only
+    # that the run has nothing left to train
     third = train(kept, resume=first.run_dir)
     assert (third.step, third.epoch) == (10, 2)
-    assert [e["type"] for e in events(first.run_dir)].count("warning") == 1
+    warnings = [e["message"] for e in events(first.run_dir) if e["type"] == "warning"]
+    assert len(warnings) == 2 and warnings[1] == (
+        "the run had already finished (step 10, epoch 2): nothing is left to train. To train longer, resume with a "
+        "larger run.epochs (--set run.epochs=N) or run.max_steps")
 
 
 @pytest.mark.parametrize("override, fragment", [
