@@ -37,7 +37,7 @@ HEADERS = ["#", "Audio", "Caption", "Genre", "Lyrics", "BPM", "Key", "Time", "La
            "Prompt"]
 # Shares of the table's width: without them the long captions take it all and the short columns'
 # headers wrap one letter per line.
-COLUMN_WIDTHS = ["3%", "13%", "24%", "10%", "7%", "5%", "7%", "5%", "7%", "5%", "7%", "7%"]
+COLUMN_WIDTHS = ["3%", "13%", "23%", "10%", "7%", "5%", "7%", "5%", "7%", "6%", "7%", "7%"]
 TAG_FIELDS = ("caption", "genre", "caption and genre")
 TAG_ACTIONS = ("add", "remove")
 LANGUAGE_CHOICES = [(f"{name} ({code})", code) for code, name in LANGUAGE_NAMES.items()]

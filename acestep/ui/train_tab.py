@@ -44,6 +44,14 @@ PREVIEW_SLOTS = 4
 LOG_LINES = 40
 _STEPS_IN_ALL = re.compile(r"(\d+) steps in all")  # the start event's message (TrainingSession.start_message)
 _ENDED = {"done": "finished", "stop": "stopped", "error": "failed"}
+# The log box shows its newest lines: Gradio's autoscroll left a run's log, once filled, at its oldest
+# line. Not when the reader has scrolled well up to read earlier lines.
+SCROLL_LOG_TO_END = """() => {
+  const box = document.querySelector('#train-log textarea');
+  if (box && (box.scrollTop === 0 || box.scrollHeight - box.scrollTop - box.clientHeight < 2 * box.clientHeight)) {
+    box.scrollTop = box.scrollHeight;
+  }
+}"""
 VALIDATION_TITLE = "Validation loss"
 NO_VALIDATION_TITLE = "Validation loss: none (data.validation_split is 0)"
 
@@ -378,9 +386,12 @@ def build_train_tab(ctx: AppContext) -> None:
         job, status_text = training_status(ctx)
         buttons = [gr.update(interactive=True), gr.update(interactive=job is not None), gr.update(interactive=True)]
         run_update = gr.skip()
-        if not run_text and job is not None:
-            run_text = ctx.workspace.relative(Path(job.events_path).parent)
-            run_update = gr.update(choices=list_runs(ctx), value=run_text)
+        if not run_text:  # a page opened with no run chosen watches the training run, else the newest
+            runs = list_runs(ctx)
+            run_text = ctx.workspace.relative(Path(job.events_path).parent) if job is not None else (
+                runs[0] if runs else None)
+            if run_text:
+                run_update = gr.update(choices=runs, value=run_text)
         return [*buttons, status_text, run_update, *_watch_outputs(ctx, run_text, state)]
 
     gr.on(None, _errors_shown(on_change), inputs=set(form), outputs=[estimate], trigger_mode="always_last",
@@ -397,6 +408,7 @@ def build_train_tab(ctx: AppContext) -> None:
     tensors_input.focus(lambda: gr.update(choices=tensors_choices(ctx)), outputs=[tensors_input])
     model_input.focus(lambda: gr.update(choices=model_choices(ctx)), outputs=[model_input])
     run.focus(lambda: gr.update(choices=list_runs(ctx)), outputs=[run])
+    log.change(None, js=SCROLL_LOG_TO_END)
     timer.tick(on_tick, inputs=[run, seen], concurrency_limit=None,
                outputs=[start, stop, resume, status, run, progress, *plots, log, previews_label, *players, seen])
 

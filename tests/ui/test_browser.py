@@ -228,6 +228,17 @@ def test_demo_flow_scan_preprocess_train_export_with_a_second_browser(server, br
     screenshot(page, "flow-4-train-stopped")
     second.context.close()
 
+    # A page opened now shows the run's log at its newest lines (it opened at the oldest)
+    third = logged_in_page(browser, base)
+    open_tab(third, "Train")
+    wait_text(third, "train-progress", r"stopped")
+    third.wait_for_timeout(2000)
+    height, top, shown = third.evaluate(
+        "() => { const t = document.querySelector('#train-log textarea'); "
+        "return [t.scrollHeight, t.scrollTop, t.clientHeight]; }")
+    assert height > shown and height - top - shown < 5, (height, top, shown)
+    third.context.close()
+
     # Export the adapter the stop saved
     open_tab(page, "Export & Merge")
     page.locator("#export-refresh").click()
