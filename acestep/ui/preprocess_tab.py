@@ -305,9 +305,10 @@ def build_preprocess_tab(ctx: AppContext) -> None:
     gr.Markdown("Encode a dataset into the tensors training reads (VAE latents, encoded caption and lyrics). "
                 "Stopping keeps what is done; running again skips the songs that did not change.")
     with gr.Row():
-        dataset = gr.Dropdown(dataset_choices(ctx), value=default_dataset(ctx) or None, label="Dataset",
+        # The defaults are read at each page load: a dataset saved since the app started is offered.
+        dataset = gr.Dropdown(dataset_choices(ctx), value=lambda: default_dataset(ctx) or None, label="Dataset",
                               allow_custom_value=True, elem_id="preprocess-dataset")
-        out = gr.Textbox(default_out(ctx, default_dataset(ctx)), label="Output folder (tensors)",
+        out = gr.Textbox(lambda: default_out(ctx, default_dataset(ctx)), label="Output folder (tensors)",
                          elem_id="preprocess-out")
         checkpoint = gr.Dropdown(checkpoint_choices(ctx), value=default_checkpoint(ctx) or None,
                                  label="Checkpoint (DiT)", elem_id="preprocess-checkpoint")
