@@ -95,12 +95,14 @@ def dataset_choices(ctx: AppContext) -> list[str]:
 
 
 def default_dataset(ctx: AppContext) -> str:
-    """The dataset the form starts with: the demo's, else the first in datasets/, else ''."""
+    """The dataset the form starts with: the demo's, else the one saved last in datasets/ (the one
+    just built, as a rule), else ''."""
     default = ctx.defaults.get("dataset")
     if default:
         return ctx.workspace.relative(Path(default))
-    choices = dataset_choices(ctx)
-    return choices[0] if choices else ""
+    folder = ctx.workspace.datasets
+    found = [path for path in folder.glob("*.json") if path.is_file()] if folder.is_dir() else []
+    return ctx.workspace.relative(max(found, key=lambda path: path.stat().st_mtime)) if found else ""
 
 
 def default_out(ctx: AppContext, dataset_text: str | None) -> str:

@@ -4,6 +4,7 @@ back from a job's events, and a real preprocess job with the tiny checkpoints on
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -61,6 +62,10 @@ def progress_event(line: str) -> dict:
 
 def test_the_form_becomes_the_preprocess_command_line(ctx, dataset_file):
     assert dataset_choices(ctx) == ["datasets/my-songs.json"] and default_dataset(ctx) == "datasets/my-songs.json"
+    older = ctx.workspace.datasets / "a-first.json"  # listed first, saved before: the newest is the default
+    older.write_text("{}")
+    os.utime(older, (dataset_file.stat().st_mtime - 60,) * 2)
+    assert dataset_choices(ctx)[0] == "datasets/a-first.json" and default_dataset(ctx) == "datasets/my-songs.json"
     assert default_out(ctx, "datasets/my-songs.json") == "tensors/my-songs"
     assert "acestep-v15-turbo" in checkpoint_choices(ctx) and default_checkpoint(ctx) == "acestep-v15-turbo"
     form = PreprocessForm(dataset="datasets/my-songs.json", out="tensors/my-songs", max_duration=30,
