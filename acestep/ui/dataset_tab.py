@@ -10,6 +10,7 @@ Nothing here imports torch: reading audio headers and levels is numpy and soundf
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -100,7 +101,9 @@ def status_text(workspace: Workspace, opened: OpenDataset | None) -> str:
         return "No dataset open: scan a folder or load a dataset JSON."
     where = f"`{workspace.relative(opened.path)}`" if opened.path else "not saved yet"
     changes = " — **unsaved changes**" if opened.unsaved else ""
-    return f"**{opened.dataset.name}** ({where}), {len(opened.dataset.samples)} sample(s){changes}"
+    common = audio_folder(opened.dataset)
+    audio = f", audio in `{common}`" if common is not None else ""
+    return f"**{opened.dataset.name}** ({where}), {len(opened.dataset.samples)} sample(s){audio}{changes}"
 
 
 def default_save_path(workspace: Workspace, opened: OpenDataset | None) -> str:
@@ -116,12 +119,27 @@ def default_save_path(workspace: Workspace, opened: OpenDataset | None) -> str:
 # --- looking at samples ----------------------------------------------------------------------
 
 
+def audio_folder(dataset: Dataset) -> Path | None:
+    """The folder all the samples' audio lies in when the dataset lists absolute paths (as it does
+    when saved away from its songs), else None: the paths are already relative and short."""
+    paths = [Path(sample.audio) for sample in dataset.samples]
+    if not paths or not all(path.is_absolute() for path in paths):
+        return None
+    try:
+        return Path(os.path.commonpath([str(path.parent) for path in paths]))
+    except ValueError:  # on Windows, paths on different drives share no folder
+        return None
+
+
 def sample_rows(dataset: Dataset) -> list[list]:
-    """One table row per sample, numbered from 1 as the bulk tag edit's sample list is."""
+    """One table row per sample, numbered from 1 as the bulk tag edit's sample list is. Absolute
+    audio paths are shown relative to the folder they share (see `audio_folder`)."""
+    common = audio_folder(dataset)
     rows = []
     for number, s in enumerate(dataset.samples, start=1):
         lyrics = " / ".join(line.strip() for line in s.lyrics.splitlines() if line.strip())
-        rows.append([number, s.audio, s.caption, s.genre, lyrics[:60] + ("…" if len(lyrics) > 60 else ""),
+        audio = Path(s.audio).relative_to(common).as_posix() if common is not None else s.audio
+        rows.append([number, audio, s.caption, s.genre, lyrics[:60] + ("…" if len(lyrics) > 60 else ""),
                      "" if s.bpm is None else f"{s.bpm:g}", s.keyscale, s.timesignature, s.language,
                      "yes" if s.instrumental else "", "" if s.duration is None else f"{s.duration:.1f}",
                      s.prompt_source])

@@ -102,6 +102,11 @@ def test_edit_a_sample_and_save_writes_the_edit_to_disk(workspace, scanned):
     assert (sample["language"], sample["instrumental"]) == ("en", True)
     assert sample["audio"] == (workspace.audio / "loops" / "guit_e_slide.flac").as_posix()
     assert dataset_choices(workspace) == ["datasets/loops.json"]
+    # the saved file lists absolute paths (its songs lie elsewhere); the table shows them from their folder
+    loaded = open_dataset(workspace, "datasets/loops.json")
+    assert [row[1] for row in sample_rows(loaded.dataset)] == [f"{name}.flac" for name in LOOPS]
+    assert f"3 sample(s), audio in `{workspace.audio / 'loops'}`" in status_text(workspace, loaded)
+    assert "audio in" not in status_text(workspace, scanned)  # relative paths are shown as they are
 
 
 def test_a_bad_value_in_the_editor_names_the_sample_and_field(scanned):
