@@ -230,13 +230,13 @@ def label_row(audio: Path, folder: Path, stems: Counter) -> list[str]:
     from acestep.dataset.sidecars import read_sidecars, sidecar_paths
 
     name = audio.relative_to(folder).as_posix()
+    sidecars = sidecar_paths(audio, stems)
+    if not sidecars:
+        return [name, "", "", "", "", "", "", "", "", "", NOT_LABELLED]
     try:
         labels = read_sidecars(audio, stems)
     except DatasetError as error:
         return [name, "", "", "", "", "", "", "", "", "", str(error)]
-    sidecars = sidecar_paths(audio, stems)
-    if not sidecars:
-        return [name, "", "", "", "", "", "", "", "", "", NOT_LABELLED]
     labelled_by, notes = _sidecar_extras(sidecars.get(".json"))
     bpm = labels.get("bpm")
     instrumental = labels.get("instrumental")

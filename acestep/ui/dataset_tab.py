@@ -427,8 +427,8 @@ def build_dataset_tab(ctx: AppContext) -> None:
     load.click(_handler(do_load), inputs=[path],
                outputs=[*shown, selected_state, save_path, name, trigger, position, ratio])
     choice.change(lambda chosen: chosen or gr.update(), inputs=[choice], outputs=[path])
-    refresh.click(lambda: gr.update(choices=dataset_choices(ws)), outputs=[choice])
-    choice.focus(lambda: gr.update(choices=dataset_choices(ws)), outputs=[choice])  # saved by another browser
+    # read again on Refresh and when opened (a dataset saved by another browser)
+    gr.on([refresh.click, choice.focus], lambda: gr.update(choices=dataset_choices(ws)), outputs=[choice])
     table.select(_handler(do_select), inputs=[opened_state], outputs=[selected_state, audio, note, *editor])
     apply.click(_handler(do_apply), inputs=[opened_state, selected_state, *editor], outputs=shown)
     tag_apply.click(_handler(do_tags), inputs=[opened_state, tag_action, tag_field, tag_text, tag_samples],

@@ -82,12 +82,16 @@ class PreprocessStep:
     eta: str
 
 
+def _dataset_files(ctx: AppContext) -> list[Path]:
+    """The dataset JSONs in the workspace's datasets/ folder, by name."""
+    folder = ctx.workspace.datasets
+    return sorted(path for path in folder.glob("*.json") if path.is_file()) if folder.is_dir() else []
+
+
 def dataset_choices(ctx: AppContext) -> list[str]:
     """The dataset JSONs in the workspace's datasets/ folder (and the demo's one), as paths
     relative to the workspace."""
-    folder = ctx.workspace.datasets
-    found = sorted(folder.glob("*.json")) if folder.is_dir() else []
-    choices = [ctx.workspace.relative(path) for path in found]
+    choices = [ctx.workspace.relative(path) for path in _dataset_files(ctx)]
     default = ctx.defaults.get("dataset")
     if default and ctx.workspace.relative(Path(default)) not in choices:
         choices.insert(0, ctx.workspace.relative(Path(default)))
@@ -100,8 +104,7 @@ def default_dataset(ctx: AppContext) -> str:
     default = ctx.defaults.get("dataset")
     if default:
         return ctx.workspace.relative(Path(default))
-    folder = ctx.workspace.datasets
-    found = [path for path in folder.glob("*.json") if path.is_file()] if folder.is_dir() else []
+    found = _dataset_files(ctx)
     return ctx.workspace.relative(max(found, key=lambda path: path.stat().st_mtime)) if found else ""
 
 

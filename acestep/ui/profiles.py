@@ -188,6 +188,6 @@ def build_profile_section(ctx: AppContext, form: list) -> list:
 
     load.click(friendly(on_load), inputs=[chosen], outputs=[*form, *dataset])
     save.click(friendly(on_save), inputs=[name, *form, *dataset], outputs=[chosen])
-    refresh.click(lambda: gr.update(choices=choices()), outputs=[chosen])
-    chosen.focus(lambda: gr.update(choices=choices()), outputs=[chosen])  # runs started since the page loaded
+    # read again on Refresh and when opened (runs started since the page loaded)
+    gr.on([refresh.click, chosen.focus], lambda: gr.update(choices=choices()), outputs=[chosen])
     return dataset

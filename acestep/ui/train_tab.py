@@ -276,7 +276,7 @@ class RunSnapshot(NamedTuple):
     frames: dict[str, pd.DataFrame]
     log: str
     previews: tuple[str, list[tuple[str, Path]]]
-    validation_title: str  # the validation plot's title: says so when the run has no validation split
+    run_dir: Path
 
 
 def run_snapshot(ctx: AppContext, run_text: str) -> RunSnapshot:
@@ -294,7 +294,7 @@ def run_snapshot(ctx: AppContext, run_text: str) -> RunSnapshot:
     if job is not None and job.finished and job.message:
         log += f"\n[{job.status}] {job.message}"
     return RunSnapshot(signature, progress_text(events), plot_frames(events), log.strip(), preview_files(run_dir),
-                       validation_title(run_dir))
+                       run_dir)
 
 
 def validation_title(run_dir: Path) -> str:
@@ -401,13 +401,12 @@ def build_train_tab(ctx: AppContext) -> None:
     start.click(_errors_shown(on_start), inputs=set(form), outputs=[run])
     stop.click(friendly(lambda: gr.Info(stop_training(ctx))))
     resume.click(_errors_shown(on_resume), inputs=[run])
-    refresh_runs.click(lambda: gr.update(choices=list_runs(ctx)), outputs=[run])
     # Lists that follow the disk are read again when opened: a folder preprocessed, a model
     # downloaded or a run started since the page loaded is offered.
+    gr.on([refresh_runs.click, run.focus], lambda: gr.update(choices=list_runs(ctx)), outputs=[run])
     tensors_input, model_input = inputs["data.tensors_dir"], inputs["model.checkpoint"]
     tensors_input.focus(lambda: gr.update(choices=tensors_choices(ctx)), outputs=[tensors_input])
     model_input.focus(lambda: gr.update(choices=model_choices(ctx)), outputs=[model_input])
-    run.focus(lambda: gr.update(choices=list_runs(ctx)), outputs=[run])
     log.change(None, js=SCROLL_LOG_TO_END)
     timer.tick(on_tick, inputs=[run, seen], concurrency_limit=None,
                outputs=[start, stop, resume, status, run, progress, *plots, log, previews_label, *players, seen])
@@ -425,8 +424,9 @@ def _watch_outputs(ctx: AppContext, run_text: str | None, state: dict) -> list:
     new_state = dict(state)
     plots = [gr.skip()] * 3
     if state.get("events") != snapshot.events_signature:
-        plots = [snapshot.frames["loss"], gr.update(value=snapshot.frames["val_loss"], title=snapshot.validation_title),
-                 snapshot.frames["lr"]]
+        # the run's config is read only when the plots are redrawn, not at every tick
+        validation = gr.update(value=snapshot.frames["val_loss"], title=validation_title(snapshot.run_dir))
+        plots = [snapshot.frames["loss"], validation, snapshot.frames["lr"]]
         new_state["events"] = snapshot.events_signature
     log = gr.skip() if state.get("log") == snapshot.log else snapshot.log
     new_state["log"] = snapshot.log
