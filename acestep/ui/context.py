@@ -18,6 +18,7 @@ from pathlib import Path
 
 from acestep.errors import AceStepError
 from acestep.jobs import JobManager
+from acestep.models.checkpoints import DIT, list_checkpoints
 
 WORKSPACE_FOLDERS = ("audio", "datasets", "tensors", "runs", "outputs", "profiles")
 
@@ -95,6 +96,12 @@ class Workspace:
         if must_exist and not resolved.exists():
             raise PathRefused(f"The {what} {resolved} does not exist.")
         return resolved
+
+    def dit_names(self, complete_only: bool = False) -> list[str]:
+        """The DiT folders in the checkpoints folder (with `complete_only`, those whose weights are
+        all there: what training and merging can load)."""
+        return [info.name for info in list_checkpoints(self.checkpoints)
+                if info.kind == DIT and (info.complete or not complete_only)]
 
     def relative(self, path: Path) -> str:
         """`path` for display: relative to the workspace root when inside it."""

@@ -16,7 +16,6 @@ import gradio as gr
 
 from acestep.errors import AceStepError
 from acestep.jobs import ACTIVE, DONE, QUEUED, Job
-from acestep.models.checkpoints import DIT, list_checkpoints
 from acestep.ui.context import WORKSPACE_FOLDERS, AppContext
 from acestep.ui.jobs_panel import build_jobs_panel, friendly, owner_of, submit_cli_job
 from acestep.ui.run_folders import (
@@ -87,14 +86,9 @@ def format_choices(kind: str) -> tuple[str, ...]:
     return FORMATS_BY_KIND.get(kind, FORMATS)
 
 
-def base_model_choices(ctx: AppContext) -> list[str]:
-    """The complete DiT folders in the checkpoints folder (what merge can merge into)."""
-    return [info.name for info in list_checkpoints(ctx.workspace.checkpoints) if info.kind == DIT and info.complete]
-
-
 def default_base_model(ctx: AppContext, adapter: Path) -> str | None:
     """The DiT the adapter was trained on when it is in the checkpoints folder, else the first one."""
-    choices = base_model_choices(ctx)
+    choices = ctx.workspace.dit_names(complete_only=True)
     trained_on = Path(str(adapter_metadata(adapter).get("checkpoint") or "")).name
     return trained_on if trained_on in choices else (choices[0] if choices else None)
 
@@ -203,7 +197,7 @@ def merge_args(ctx: AppContext, form: MergeForm) -> list[str]:
     PathRefused naming what is wrong."""
     run = run_folder(ctx.workspace.runs, form.run)
     adapter = adapter_in_run(run, form.checkpoint)
-    bases = base_model_choices(ctx)
+    bases = ctx.workspace.dit_names(complete_only=True)
     if form.base not in bases:
         raise ExportRefused(f"No complete DiT folder {form.base!r} in {ctx.workspace.checkpoints} "
                             f"(found: {', '.join(bases) or 'none'}); pick the model the run was trained on.")
@@ -291,9 +285,9 @@ def picked_updates(ctx: AppContext, run: str | None, checkpoint: str | None) -> 
     kind = adapter_kind(adapter)
     formats = gr.CheckboxGroup(choices=list(format_choices(kind)), value=list(DEFAULT_FORMATS[kind]))
     model = default_base_model(ctx, adapter)
-    return (adapter_info(ctx, run, checkpoint), formats, default_export_output(ctx, run, checkpoint),
-            gr.Dropdown(choices=base_model_choices(ctx), value=model), default_merge_output(ctx, run, checkpoint,
-                                                                                         model or ""))
+    bases = gr.Dropdown(choices=ctx.workspace.dit_names(complete_only=True), value=model)
+    return (adapter_info(ctx, run, checkpoint), formats, default_export_output(ctx, run, checkpoint), bases,
+            default_merge_output(ctx, run, checkpoint, model or ""))
 
 
 def refreshed_choices(ctx: AppContext, run: str | None, checkpoint: str | None) -> tuple[list[str], str | None,
@@ -332,7 +326,8 @@ def build_export_tab(ctx: AppContext) -> None:
     start = gr.Button("Export", variant="primary", elem_id="export-start")
     gr.Markdown("### Merge into the base model")
     with gr.Row():
-        base = gr.Dropdown(base_model_choices(ctx), value=base0, label="Base model (DiT)", elem_id="export-merge-base")
+        base = gr.Dropdown(ctx.workspace.dit_names(complete_only=True), value=base0, label="Base model (DiT)",
+                           elem_id="export-merge-base")
         strength = gr.Slider(0.05, 2.0, value=1.0, step=0.05, label="Strength", elem_id="export-strength")
         dtype = gr.Dropdown(list(MERGE_DTYPES), value="bf16", label="Weights", elem_id="export-merge-dtype")
     with gr.Row():

@@ -114,14 +114,9 @@ def default_out(ctx: AppContext, dataset_text: str | None) -> str:
     return ctx.workspace.relative(ctx.workspace.tensors / name) if name else ""
 
 
-def checkpoint_choices(ctx: AppContext) -> list[str]:
-    """The DiT folders in the checkpoints folder."""
-    return [info.name for info in list_checkpoints(ctx.workspace.checkpoints) if info.kind == DIT]
-
-
 def default_checkpoint(ctx: AppContext) -> str:
     """acestep-v15-turbo when it is there, else the first DiT folder, else ''."""
-    choices = checkpoint_choices(ctx)
+    choices = ctx.workspace.dit_names()
     return DEFAULT_CHECKPOINT if DEFAULT_CHECKPOINT in choices else (choices[0] if choices else "")
 
 
@@ -315,7 +310,7 @@ def build_preprocess_tab(ctx: AppContext) -> None:
                               allow_custom_value=True, elem_id="preprocess-dataset")
         out = gr.Textbox(lambda: default_out(ctx, default_dataset(ctx)), label="Output folder (tensors)",
                          elem_id="preprocess-out")
-        checkpoint = gr.Dropdown(checkpoint_choices(ctx), value=default_checkpoint(ctx) or None,
+        checkpoint = gr.Dropdown(ctx.workspace.dit_names(), value=default_checkpoint(ctx) or None,
                                  label="Checkpoint (DiT)", elem_id="preprocess-checkpoint")
     with gr.Row():
         max_duration = gr.Number(240, label="Max duration (seconds of each song)", minimum=1,
@@ -357,7 +352,7 @@ def build_preprocess_tab(ctx: AppContext) -> None:
     dataset.focus(lambda: gr.update(choices=dataset_choices(ctx)), outputs=[dataset])
     dataset.change(lambda text: default_out(ctx, text), inputs=[dataset], outputs=[out])
     out.blur(lambda text: summary_markdown(ctx, None, text), inputs=[out], outputs=[summary])
-    checkpoint.focus(lambda: gr.update(choices=checkpoint_choices(ctx)), outputs=[checkpoint])
+    checkpoint.focus(lambda: gr.update(choices=ctx.workspace.dit_names()), outputs=[checkpoint])
     start.click(on_start, inputs=[dataset, out, checkpoint, max_duration, normalization, low_vram, device],
                 outputs=[progress, start, cancel])
     cancel.click(on_cancel, outputs=[start, cancel])

@@ -11,7 +11,6 @@ a helper process: `acestep.ui.train_form.VramEstimator`).
 from __future__ import annotations
 
 import functools
-import json
 import re
 import time
 from pathlib import Path
@@ -23,20 +22,18 @@ import pandas as pd
 from acestep.errors import AceStepError, ConfigError, JobError
 from acestep.gpu import read_gpus
 from acestep.jobs import QUEUED, Job
-from acestep.models.checkpoints import list_checkpoints
 from acestep.training.config import TrainingConfig, config_from_dict, config_to_dict, load_config, save_config
 from acestep.training.presets import recommendation_message
 from acestep.ui.context import AppContext
 from acestep.ui.jobs_panel import POLL_SECONDS, build_jobs_panel, friendly, owner_of, submit_cli_job
 from acestep.ui.profiles import build_profile_section
+from acestep.ui.run_folders import CONFIG_FILE, EVENTS_FILE, read_events
 from acestep.ui.train_form import (
     FORM_SOURCE, VramEstimator, apply_preset_to_values, build_form, config_from_values, estimate_text,
     initial_config, names_a_folder, ordered, preset_choices, suggested_preset,
 )
 
 TRAIN_KIND = "train"
-EVENTS_FILE = "events.jsonl"  # acestep.training.events.EVENTS_FILE
-RUN_CONFIG_FILE = "config.toml"  # acestep.training.session.CONFIG_FILE
 PREVIEWS_FOLDER = "previews"  # acestep.inference.training_hook.PREVIEWS_FOLDER (that module imports torch)
 MANIFEST_FILE = "manifest.json"  # acestep.preprocess.tensors.MANIFEST_NAME (that module imports torch)
 CONFIGS_FOLDER = ".configs"  # <runs>/.configs/<run>.toml: the config a Start submitted
@@ -105,8 +102,8 @@ def resume_training(ctx: AppContext, run_text: str, owner: str = "") -> Job:
     that run is queued or training."""
     run_dir = ctx.workspace.check_path(run_text, must_exist=True, what="run folder")
     _refuse_when_training(ctx, run_dir.name)
-    if not (run_dir / RUN_CONFIG_FILE).is_file():
-        raise ConfigError(f"{run_dir} is not a run folder (it has no {RUN_CONFIG_FILE}); pick a run to resume.")
+    if not (run_dir / CONFIG_FILE).is_file():
+        raise ConfigError(f"{run_dir} is not a run folder (it has no {CONFIG_FILE}); pick a run to resume.")
     return submit_cli_job(ctx, TRAIN_KIND, ["train", "--resume", run_dir], needs_gpu=True, label=run_dir.name,
                           owner=owner, events_path=run_dir / EVENTS_FILE)
 
@@ -137,26 +134,9 @@ def _refuse_when_training(ctx: AppContext, run_name: str) -> None:
 def list_runs(ctx: AppContext) -> list[str]:
     """The run folders in the workspace's runs folder (relative to the workspace), newest first."""
     runs = [folder for folder in ctx.workspace.runs.glob("*/") if not folder.name.startswith(".")
-            and ((folder / EVENTS_FILE).is_file() or (folder / RUN_CONFIG_FILE).is_file())]
+            and ((folder / EVENTS_FILE).is_file() or (folder / CONFIG_FILE).is_file())]
     runs.sort(key=lambda folder: folder.stat().st_mtime, reverse=True)
     return [ctx.workspace.relative(folder) for folder in runs]
-
-
-def read_events(run_dir: Path) -> list[dict]:
-    """The run's events (`events.jsonl`), skipping a line being written or not an object."""
-    try:
-        lines = (Path(run_dir) / EVENTS_FILE).read_text(encoding="utf-8", errors="replace").splitlines()
-    except FileNotFoundError:
-        return []
-    events = []
-    for line in lines:
-        try:
-            event = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(event, dict):
-            events.append(event)
-    return events
 
 
 def plot_frames(events: list[dict]) -> dict[str, pd.DataFrame]:
@@ -288,7 +268,7 @@ def run_snapshot(ctx: AppContext, run_text: str) -> RunSnapshot:
         signature = (str(run_dir), stat.st_size, stat.st_mtime_ns)
     except FileNotFoundError:
         signature = (str(run_dir),)
-    events = read_events(run_dir)
+    events = read_events(run_dir / EVENTS_FILE)
     job = run_job(ctx, run_dir)
     log = ctx.jobs.tail_log(job.id, LOG_LINES) if job else ""
     if job is not None and job.finished and job.message:
@@ -301,7 +281,7 @@ def validation_title(run_dir: Path) -> str:
     """The validation plot's title. A run without a validation split (its config.toml's
     data.validation_split is 0) says so, instead of showing empty axes as if it were still to come."""
     try:
-        split = load_config(run_dir / RUN_CONFIG_FILE).data.validation_split
+        split = load_config(run_dir / CONFIG_FILE).data.validation_split
     except (OSError, ConfigError):
         return VALIDATION_TITLE
     return VALIDATION_TITLE if split > 0 else NO_VALIDATION_TITLE
@@ -311,11 +291,6 @@ def tensors_choices(ctx: AppContext) -> list[str]:
     """The preprocessed folders in the workspace's tensors folder (relative to the workspace)."""
     folders = [folder for folder in sorted(ctx.workspace.tensors.glob("*/")) if (folder / MANIFEST_FILE).is_file()]
     return [ctx.workspace.relative(folder) for folder in folders]
-
-
-def model_choices(ctx: AppContext) -> list[str]:
-    """The DiT folders in the checkpoints folder."""
-    return [info.name for info in list_checkpoints(ctx.workspace.checkpoints) if info.kind == "dit"]
 
 
 # ---- the tab ------------------------------------------------------------------------------------------
@@ -331,7 +306,7 @@ def build_train_tab(ctx: AppContext) -> None:
                                info="Suggested: " + recommendation_message(max(totals) if totals else None),
                                elem_id="train-preset")
     inputs = build_form(initial_config(ctx, preset),
-                        {"data.tensors_dir": tensors_choices(ctx), "model.checkpoint": model_choices(ctx)})
+                        {"data.tensors_dir": tensors_choices(ctx), "model.checkpoint": ctx.workspace.dit_names()})
     form = ordered(inputs)
     estimate = gr.Markdown("Estimating the VRAM needed...", elem_id="train-estimate")
     build_profile_section(ctx, form)
@@ -406,7 +381,7 @@ def build_train_tab(ctx: AppContext) -> None:
     gr.on([refresh_runs.click, run.focus], lambda: gr.update(choices=list_runs(ctx)), outputs=[run])
     tensors_input, model_input = inputs["data.tensors_dir"], inputs["model.checkpoint"]
     tensors_input.focus(lambda: gr.update(choices=tensors_choices(ctx)), outputs=[tensors_input])
-    model_input.focus(lambda: gr.update(choices=model_choices(ctx)), outputs=[model_input])
+    model_input.focus(lambda: gr.update(choices=ctx.workspace.dit_names()), outputs=[model_input])
     log.change(None, js=SCROLL_LOG_TO_END)
     timer.tick(on_tick, inputs=[run, seen], concurrency_limit=None,
                outputs=[start, stop, resume, status, run, progress, *plots, log, previews_label, *players, seen])

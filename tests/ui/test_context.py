@@ -1,6 +1,7 @@
 """The workspace roots and the path check every tab applies to what a user types."""
 
 import os
+import shutil
 
 import pytest
 
@@ -49,3 +50,15 @@ def test_missing_and_empty_paths(workspace):
 def test_the_context_shares_one_job_folder(workspace):
     first, second = AppContext.create(workspace), AppContext.create(workspace)
     assert first.jobs.root == second.jobs.root == workspace.jobs
+
+
+def test_dit_names_lists_the_transformers_and_complete_only_leaves_out_one_missing_weights(tmp_path,
+                                                                                         tiny_checkpoints):
+    models = tmp_path / "models"
+    shutil.copytree(tiny_checkpoints, models)
+    half = models / "acestep-v15-base"  # a download stopped before the weights arrived
+    half.mkdir()
+    shutil.copy(models / "acestep-v15-turbo" / "config.json", half / "config.json")
+    workspace = Workspace(tmp_path / "ws", models).create()
+    assert workspace.dit_names() == ["acestep-v15-base", "acestep-v15-turbo"]  # not the VAE or the text encoder
+    assert workspace.dit_names(complete_only=True) == ["acestep-v15-turbo"]

@@ -21,7 +21,6 @@ from acestep.ui.context import AppContext, PathRefused, Workspace
 from acestep.ui.preprocess_tab import (
     PREPROCESS,
     PreprocessForm,
-    checkpoint_choices,
     dataset_choices,
     default_checkpoint,
     default_dataset,
@@ -67,7 +66,7 @@ def test_the_form_becomes_the_preprocess_command_line(ctx, dataset_file):
     os.utime(older, (dataset_file.stat().st_mtime - 60,) * 2)
     assert dataset_choices(ctx)[0] == "datasets/a-first.json" and default_dataset(ctx) == "datasets/my-songs.json"
     assert default_out(ctx, "datasets/my-songs.json") == "tensors/my-songs"
-    assert "acestep-v15-turbo" in checkpoint_choices(ctx) and default_checkpoint(ctx) == "acestep-v15-turbo"
+    assert "acestep-v15-turbo" in ctx.workspace.dit_names() and default_checkpoint(ctx) == "acestep-v15-turbo"
     form = PreprocessForm(dataset="datasets/my-songs.json", out="tensors/my-songs", max_duration=30,
                           normalization="peak_lufs", low_vram=True, device="cuda:1")
     assert preprocess_args(ctx, form) == [

@@ -20,9 +20,10 @@ from acestep.ui.train_form import (
     suggested_preset, values_from_config,
 )
 from acestep.ui.train_tab import (
-    NO_VALIDATION_TITLE, VALIDATION_TITLE, build_train_tab, plot_frames, preview_files, progress_text, read_events,
+    NO_VALIDATION_TITLE, VALIDATION_TITLE, build_train_tab, plot_frames, preview_files, progress_text,
     resume_training, run_snapshot, start_training, stop_training, training_status, validation_title,
 )
+from acestep.ui.run_folders import EVENTS_FILE, read_events
 from support import wait_for
 
 GIB = 2**30
@@ -201,7 +202,7 @@ def test_start_runs_a_real_train_job_whose_loss_becomes_plot_data(train_ctx):
         start_training(ctx, tiny_run_values("ui-run", "run.epochs=1"))
     job = ctx.jobs.wait(job.id, timeout=300)
     assert job.status == "done", ctx.jobs.tail_log(job.id)
-    logs = [event for event in read_events(run) if event["type"] == "log"]
+    logs = [event for event in read_events(run / EVENTS_FILE) if event["type"] == "log"]
     snapshot = run_snapshot(ctx, "runs/ui-run")
     assert len(logs) == 4  # 4 samples, batch 1, 1 epoch
     assert snapshot.frames["loss"]["step"].tolist() == [event["step"] for event in logs] == [1, 2, 3, 4]
@@ -220,19 +221,19 @@ def test_stop_then_resume_continues_the_run(train_ctx):
     ctx = train_ctx
     run = ctx.workspace.runs / "long"
     job = start_training(ctx, tiny_run_values("long", "run.epochs=200", "run.save_every_epochs=0"))
-    wait_for(lambda: sum(event["type"] == "log" for event in read_events(run)) >= 2, 300, "two logged steps",
-             interval=0.2)
+    wait_for(lambda: sum(event["type"] == "log" for event in read_events(run / EVENTS_FILE)) >= 2, 300,
+             "two logged steps", interval=0.2)
     assert stop_training(ctx) in ("Training long: stopping.", "Training long: stopped.")
     job = ctx.jobs.wait(job.id, timeout=120)
     assert job.status == "stopped", ctx.jobs.tail_log(job.id)
-    stopped_at = read_events(run)[-1]
+    stopped_at = read_events(run / EVENTS_FILE)[-1]
     assert stopped_at["type"] == "stop"
-    assert f"stopped on request at step {stopped_at['step']}" in progress_text(read_events(run))
+    assert f"stopped on request at step {stopped_at['step']}" in progress_text(read_events(run / EVENTS_FILE))
     resumed = resume_training(ctx, "runs/long", owner="bob")
     assert resumed.argv[-3:] == ["train", "--resume", str(run)] and resumed.owner == "bob"
     wait_for(lambda: any(event["type"] == "log" and event["step"] > stopped_at["step"]
-                         for event in read_events(run)), 300, "a step after the resume", interval=0.2)
-    resumed_from = [event for event in read_events(run) if event["type"] == "start"
+                         for event in read_events(run / EVENTS_FILE)), 300, "a step after the resume", interval=0.2)
+    resumed_from = [event for event in read_events(run / EVENTS_FILE) if event["type"] == "start"
                     and event["message"].startswith("resumed from")]
     assert [event["step"] for event in resumed_from] == [stopped_at["step"]]
     steps = run_snapshot(ctx, str(run)).frames["loss"]["step"].tolist()
@@ -270,7 +271,7 @@ def test_plot_data_keeps_the_last_value_of_a_step_logged_again_after_a_resume(tm
              {"type": "validation", "step": 2, "val_loss": 0.7}, {"type": "start", "step": 1},
              {"type": "log", "step": 2, "loss": 0.6, "lr": 0.2}, {"type": "log", "step": 3, "loss": 0.5, "lr": 0.3}]
     (tmp_path / "events.jsonl").write_text("\n".join(map(json.dumps, lines)) + '\n{"type": "log", "st')
-    frames = plot_frames(read_events(tmp_path))
+    frames = plot_frames(read_events(tmp_path / EVENTS_FILE))
     assert frames["loss"].values.tolist() == [[1, 0.9], [2, 0.6], [3, 0.5]]
     assert frames["val_loss"].values.tolist() == [[2, 0.7]] and frames["lr"]["lr"].tolist() == [0.1, 0.2, 0.3]
 
