@@ -3,7 +3,8 @@
 `check_fits` compares an estimate (`acestep.gpu.estimate`) with the free memory and raises
 TrainingError naming the shortfall, the other processes holding memory and the first settings
 that fit. `check_training_memory` runs it in `TrainingSession.start` on CUDA, before the model
-loads (`run.skip_vram_check` turns it off). `settings_that_fit` is the search behind the advice.
+loads (`run.skip_vram_check` turns it off). `settings_that_fit` is the search behind the advice,
+which `out_of_memory_message` also gives after a step ran out of memory.
 """
 
 from __future__ import annotations
@@ -11,8 +12,12 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass, replace
 
-from acestep.errors import TrainingError
+from pathlib import Path
+
+from acestep.errors import CheckpointError, TrainingError
 from acestep.gpu.estimate import DEFAULT_TUNING, GIB, VramEstimate, estimate_vram, gib, re_estimate, vary
+from acestep.models.checkpoints import DIT, resolve_model_path
+from acestep.models.config import read_dit_config
 
 SUGGESTIONS = 3
 
@@ -166,3 +171,33 @@ def other_processes(free_bytes: int, total_bytes: int) -> list:
     gpu = min(gpus, key=lambda g: abs(g.free_bytes - free_bytes))
     own = own_process_ids()
     return [p for p in gpu.processes if p.pid not in own]
+
+
+def out_of_memory_message(config, total_bytes: int | None, step: int, run_dir: Path, error: BaseException) -> str:
+    """What to tell the user after running out of GPU memory at `step` of the run in `run_dir`:
+    where, the estimate against the GPU's memory (`total_bytes`, None when unknown), the settings
+    that would fit, and how to go on."""
+    first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    lines = [f"Out of GPU memory in the step after step {step} ({first_line})."]
+    try:
+        model_config = read_dit_config(resolve_model_path(config.model.checkpoint, DIT,
+                                                          checkpoints_dir=config.model.checkpoints_dir))
+    except CheckpointError:
+        model_config = None  # the 2B model's shapes
+    try:
+        estimate = estimate_vram(config, model_config, accelerator="cuda")
+    except Exception as exc:  # the message must not fail: say why there is no estimate
+        lines.append(f"(No estimate: {exc})")
+    else:
+        card = f"; this GPU has {total_bytes / GIB:.2f} GiB in all, other programs included" if total_bytes else ""
+        lines.append(f"The estimate for these settings is {gib(estimate.total_bytes)}{card}.")
+        # The step did not fit: ask for settings that need a fifth less than the estimate (or the card).
+        fixed = estimate.parts.get("CUDA context", 0)
+        target = fixed + int((min(total_bytes or estimate.total_bytes, estimate.total_bytes) - fixed) * 0.8)
+        fits = settings_that_fit(config, estimate, target)
+        lines.append("Settings that would fit: " + "; ".join(
+            " ".join(f"--set {change}" for change in fit.changes) + f" (about {gib(fit.estimate.total_bytes)})"
+            for fit in fits) + "." if fits else "No usual setting lowers it enough: free memory on the GPU.")
+    lines.append(f"The state of step {step} is saved in {run_dir}/checkpoints. Close other programs using the GPU "
+                 f"and continue with --resume {run_dir}, or start a new run with the settings above.")
+    return " ".join(lines)

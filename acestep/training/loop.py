@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from acestep.errors import TrainingError
+from acestep.gpu.fit import out_of_memory_message
 from acestep.inference.training_hook import TrainingPreviews
 from acestep.training import checkpoint as ckpt
 from acestep.training.compilation import reporting_fallbacks
@@ -177,8 +178,9 @@ class Trainer:
             self.interval.restore_snapshot(interval)
             _restore_rng(rng)
         self.save_checkpoint("out of memory")
-        return TrainingError(out_of_memory_message(self.config, self.fabric.device, self.progress.step,
-                                                   s.run_dir, error))
+        device = self.fabric.device
+        total = torch.cuda.get_device_properties(device).total_memory if device.type == "cuda" else None
+        return TrainingError(out_of_memory_message(self.config, total, self.progress.step, s.run_dir, error))
 
     # ---- stop ------------------------------------------------------------------------------------
     def request_stop(self) -> None:
@@ -465,41 +467,3 @@ def train(config: TrainingConfig, resume: Path | None = None, force: bool = Fals
         raise
     finally:
         session.close()
-
-
-def out_of_memory_message(config: TrainingConfig, device: torch.device, step: int, run_dir: Path,
-                          error: BaseException) -> str:
-    """What to tell the user after running out of GPU memory: where, the estimate against the
-    GPU's memory, the settings that would fit, and how to go on."""
-    from acestep.gpu.estimate import GIB, estimate_vram, gib
-    from acestep.gpu.fit import settings_that_fit
-
-    first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-    lines = [f"Out of GPU memory in the step after step {step} ({first_line})."]
-    from acestep.errors import CheckpointError
-    from acestep.models.checkpoints import DIT, resolve_model_path
-    from acestep.models.config import read_dit_config
-
-    try:
-        model_config = read_dit_config(resolve_model_path(config.model.checkpoint, DIT,
-                                                          checkpoints_dir=config.model.checkpoints_dir))
-    except CheckpointError:
-        model_config = None  # the 2B model's shapes
-    try:
-        estimate = estimate_vram(config, model_config, accelerator="cuda")
-    except Exception as exc:  # the message must not fail: say why there is no estimate
-        lines.append(f"(No estimate: {exc})")
-    else:
-        total = torch.cuda.get_device_properties(device).total_memory if device.type == "cuda" else None
-        lines.append(f"The estimate for these settings is {gib(estimate.total_bytes)}"
-                     + (f"; this GPU has {total / GIB:.2f} GiB in all, other programs included." if total else "."))
-        # The step did not fit: ask for settings that need a fifth less than the estimate (or the card).
-        fixed = estimate.parts.get("CUDA context", 0)
-        target = fixed + int((min(total or estimate.total_bytes, estimate.total_bytes) - fixed) * 0.8)
-        fits = settings_that_fit(config, estimate, target)
-        lines.append("Settings that would fit: " + "; ".join(
-            " ".join(f"--set {change}" for change in fit.changes) + f" (about {gib(fit.estimate.total_bytes)})"
-            for fit in fits) + "." if fits else "No usual setting lowers it enough: free memory on the GPU.")
-    lines.append(f"The state of step {step} is saved in {run_dir}/checkpoints. Close other programs using the GPU "
-                 f"and continue with --resume {run_dir}, or start a new run with the settings above.")
-    return " ".join(lines)

@@ -10,7 +10,9 @@ import torch
 import acestep.gpu.monitor as monitor
 from acestep.errors import TrainingError
 from acestep.gpu.estimate import GIB, estimate_vram
-from acestep.gpu.fit import check_fits, check_training_memory, other_processes, settings_that_fit
+from acestep.gpu.fit import (
+    check_fits, check_training_memory, other_processes, out_of_memory_message, settings_that_fit,
+)
 from acestep.gpu.monitor import GpuProcess, GpuStatus, SystemGpuReport
 from acestep.training.config import TrainingConfig, apply_overrides
 from acestep.training.presets import apply_named_preset
@@ -126,3 +128,20 @@ def test_the_trainer_check_counts_the_attention_kernel_of_the_gpu_generation(fak
     assert ada.options["kernels"].masked_attention == "repeated"  # K/V heads repeated for the efficient kernel
     assert hopper.options["kernels"].masked_attention == "flash"
     assert hopper.parts["activations"] < ada.parts["activations"]
+
+
+@pytest.mark.parametrize("total_gib", [None, 12.0])
+def test_the_out_of_memory_message_gives_the_estimate_and_settings_that_would_fit(tmp_path, total_gib):
+    config = apply_named_preset(apply_overrides(TrainingConfig(), [
+        "data.tensors_dir=t", f"model.checkpoints_dir={tmp_path}"]), "vram_24gb_plus")  # no model on disk: 2B
+    total = int(total_gib * GIB) if total_gib else None
+    message = out_of_memory_message(config, total, 120, tmp_path / "run",
+                                    torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 1.50 GiB"))
+    assert message.startswith("Out of GPU memory in the step after step 120 (CUDA out of memory. Tried to allocate")
+    estimate_line = "The estimate for these settings is 13.32 GiB"
+    assert estimate_line + ("; this GPU has 12.00 GiB in all, other programs included." if total else ".") in message
+    fits = [float(gib) for gib in re.findall(r"\(about ([\d.]+) GiB\)", message)]
+    # a fifth under the smaller of the estimate and the card, the fixed CUDA context aside
+    assert fits and max(fits) < (0.8 * 12 + 0.5 if total else 0.8 * 13.32 + 0.5)
+    assert "Settings that would fit: --set run.gradient_checkpointing=true (about" in message
+    assert f"continue with --resume {tmp_path / 'run'}" in message

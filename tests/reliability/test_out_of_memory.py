@@ -54,18 +54,3 @@ def test_an_out_of_memory_step_saves_the_state_and_a_resume_matches_an_uninterru
     losses = [(e["step"], e["loss"]) for e in events(straight.run_dir) if e["type"] == "log"]
     resumed_losses = {(e["step"], e["loss"]) for e in events(run_dir) if e["type"] == "log"}
     assert set(losses) == resumed_losses  # the same loss curve
-
-
-def test_the_message_gives_the_estimate_and_settings_that_would_fit(tmp_path):
-    from acestep.training.config import TrainingConfig, apply_overrides
-    from acestep.training.loop import out_of_memory_message
-    from acestep.training.presets import apply_named_preset
-
-    config = apply_named_preset(apply_overrides(TrainingConfig(), [
-        "data.tensors_dir=t", f"model.checkpoints_dir={tmp_path}"]), "vram_24gb_plus")  # no model on disk: 2B
-    message = out_of_memory_message(config, torch.device("cpu"), 120, tmp_path / "run",
-                                    torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 1.50 GiB"))
-    assert message.startswith("Out of GPU memory in the step after step 120 (CUDA out of memory. Tried to allocate")
-    assert "The estimate for these settings is 13.32 GiB." in message
-    assert "Settings that would fit: --set run.gradient_checkpointing=true (about" in message
-    assert f"continue with --resume {tmp_path / 'run'}" in message
