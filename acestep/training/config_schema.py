@@ -194,6 +194,9 @@ class RunConfig:
         1, "Save a resumable checkpoint every this many epochs; 0: off.", ge=0)
     save_every_steps: int = _option(
         0, "Save a resumable checkpoint every this many optimizer steps; 0: off.", ge=0)
+    save_every_minutes: float = _option(
+        30.0, "Save a resumable checkpoint when this many minutes have passed since the last save (of any "
+        "kind), so that a crash or a power cut loses at most that much training; 0: off.", ge=0)
     keep_checkpoints: int = _option(
         3, "Step checkpoints kept; older ones are deleted (best/ and final/ are always kept).", ge=1)
     early_stopping_patience: int = _option(

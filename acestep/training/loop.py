@@ -36,6 +36,7 @@ from acestep.training.resume_settings import ResumeSettings
 from acestep.training.session import CONFIG_FILE, STOP_FILE, TrainingSession
 
 MOVING_AVERAGE_EPOCHS = 5
+clock = time.monotonic  # what run.save_every_minutes is measured with (tests replace it)
 
 
 @dataclass
@@ -100,6 +101,7 @@ class Trainer:
         self.progress = Progress()
         self.stop_requested = False
         self.saved_at: tuple[int, int, int] | None = None
+        self.saved_clock = clock()  # when the last checkpoint was written (or the run started)
         self.interval = _Interval(self.fabric.device)
         self.previews = TrainingPreviews(session, self.emit)  # run.preview_*: audio previews, rank 0
         self._group_start: tuple | None = None  # the state where the current accumulation group began
@@ -126,6 +128,7 @@ class Trainer:
         if self.saved_at == position:
             return  # this very state is on disk already
         self.saved_at = position
+        self.saved_clock = clock()
         if self.fabric.global_rank == 0:
             folder = ckpt.write_checkpoint(self.s.run_dir, self.progress.step, self.training_state(),
                                            lambda where: self.s.save_adapter(where, self.progress))
@@ -186,16 +189,20 @@ class Trainer:
     def request_stop(self) -> None:
         self.stop_requested = True
 
-    def _stop_wanted(self, at_log_interval: bool) -> bool:
-        """Local request (signal, STOP file); under DDP agreed on at log intervals only, so that
-        every rank stops after the same step without a collective on every step."""
-        local = self.stop_requested or (self.s.run_dir / STOP_FILE).exists()
+    def _stop_asked(self) -> bool:
+        """Whether this process was asked to stop: a signal, or the run's STOP file."""
+        return self.stop_requested or (self.s.run_dir / STOP_FILE).exists()
+
+    def _agreed(self, local: list[bool], at_log_interval: bool) -> list[bool]:
+        """Decisions every rank must take alike (stop, save): as they are in one process; under
+        DDP true where any rank has them true, agreed on at log intervals only (all false between),
+        so that every rank acts after the same step without a collective on every step."""
         if self.fabric.world_size == 1:
             return local
         if not at_log_interval:
-            return False
-        flag = torch.tensor(1.0 if local else 0.0, device=self.fabric.device)
-        return bool(self.fabric.all_reduce(flag, reduce_op="max").item() > 0)
+            return [False] * len(local)
+        flags = torch.tensor([1.0 if flag else 0.0 for flag in local], device=self.fabric.device)
+        return [value > 0 for value in self.fabric.all_reduce(flags, reduce_op="max").tolist()]
 
     # ---- the loop ----------------------------------------------------------------------------------
     def _start_warnings(self) -> list[str]:
@@ -283,7 +290,12 @@ class Trainer:
             if cfg.run.save_every_steps and p.step % cfg.run.save_every_steps == 0:
                 self.save_checkpoint(f"every {cfg.run.save_every_steps} steps")
             self.previews.after_step(p.step, p.epoch)
-            if self._stop_wanted(at_log):
+            minutes = cfg.run.save_every_minutes
+            stop, save_due = self._agreed(
+                [self._stop_asked(), bool(minutes) and clock() - self.saved_clock >= 60 * minutes], at_log)
+            if save_due and not stop:
+                self.save_checkpoint(f"{minutes:g} minutes since the last save")
+            if stop:
                 self.save_checkpoint("stopped on request")
                 self.emit("stop", step=p.step, epoch=p.epoch,
                           message=f"stopped on request at step {p.step}; resume with --resume {s.run_dir}")
@@ -346,7 +358,7 @@ class Trainer:
         self.previews.after_epoch(p.step, p.epoch, finished_epoch)
         if cfg.run.early_stopping_patience and p.epochs_without_improvement >= cfg.run.early_stopping_patience:
             return "early_stopped"
-        if self._stop_wanted(at_log_interval=True):
+        if self._agreed([self._stop_asked()], at_log_interval=True)[0]:
             self.save_checkpoint("stopped on request")
             self.emit("stop", step=p.step, epoch=p.epoch,
                       message=f"stopped on request at step {p.step}; resume with --resume {s.run_dir}")

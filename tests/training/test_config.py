@@ -59,7 +59,7 @@ def test_defaults_are_the_documented_ones():
                 "precision": "auto", "accelerator": "auto", "devices": 1, "num_nodes": 1, "strategy": "auto",
                 "gradient_checkpointing": False, "compile": False, "skip_vram_check": False,
                 "log_every_steps": 10,
-                "save_every_epochs": 1, "save_every_steps": 0, "keep_checkpoints": 3,
+                "save_every_epochs": 1, "save_every_steps": 0, "save_every_minutes": 30.0, "keep_checkpoints": 3,
                 "early_stopping_patience": 0, "early_stopping_min_delta": 0.0, "best_after_epochs": 1,
                 "nan_patience": 5, "preview_every_epochs": 0, "preview_every_steps": 0, "preview_caption": "",
                 "preview_lyrics": "", "preview_language": "en", "preview_seconds": 10.0, "preview_seed": 0,

@@ -15,6 +15,7 @@ from acestep.models import load_acestep
 from acestep.preprocess.tensors import PreprocessedDataset, read_manifest, write_manifest
 from acestep.training.config import TrainingConfig, apply_overrides
 from acestep.training.data import CroppedSamples, EpochBatches, collate, derived_seed
+from acestep.training import loop
 from acestep.training.loop import STOP_FILE, train
 from acestep.training.optim import OPTIMIZERS, SCHEDULERS, lr_lambda
 from acestep.training.step import Objective, batch_loss, validation_loss
@@ -89,6 +90,28 @@ def test_resume_after_a_stop_gives_bit_identical_adapter_and_loss_curve(tmp_path
     curve = [(e["step"], e["loss"]) for e in events(straight.run_dir) if e["type"] == "log"]
     resumed = [(e["step"], e["loss"]) for e in events(second.run_dir) if e["type"] == "log"]
     assert resumed == curve
+
+
+@pytest.mark.parametrize("minutes", [10, 0])
+def test_a_checkpoint_is_saved_when_the_minutes_since_the_last_save_have_passed(tmp_path, tensors_17, tiny_dit,
+                                                                                monkeypatch, minutes):
+    now = [0.0]
+    monkeypatch.setattr(loop, "clock", lambda: now[0])
+    minutes_after_step = {3: 10, 5: 9, 6: 1}  # 10 since the start; then 9 (not yet 10 since the save), 1 more
+
+    def pass_time(event):
+        if event["type"] == "log":
+            now[0] += 60 * minutes_after_step.get(event["step"], 0)
+
+    config = make_config(tmp_path, tensors_17, tiny_dit, "run.epochs=1", "run.max_steps=8", "run.save_every_epochs=0",
+                         f"run.save_every_minutes={minutes}")
+    result = train(config, listeners=[pass_time])
+    saves = [(e["step"], e["message"]) for e in events(result.run_dir) if e["type"] == "checkpoint"]
+    timed = [(3, "10 minutes since the last save"), (6, "10 minutes since the last save")] if minutes else []
+    assert saves == [(step, f"{reason}: {result.run_dir / 'checkpoints' / f'step-{step:06d}'}")
+                     for step, reason in [*timed, (8, "end of training")]]
+    assert sorted(folder.name for folder in (result.run_dir / "checkpoints").iterdir()) == [
+        f"step-{step:06d}" for step, _ in saves]
 
 
 def test_stop_file_stops_and_saves(tmp_path, tensors_17, tiny_dit):

@@ -67,7 +67,8 @@ def test_sigkill_between_checkpoints_then_resume_matches_an_uninterrupted_run(tm
 def test_ddp_on_two_cpu_processes_keeps_the_ranks_identical(tmp_path, tiny_dit, checkpointing):
     tensors = write_tensors_dir(tmp_path / "tensors", tiny_dit, 8)
     config = write_config(tmp_path, tensors, tiny_dit, "ddp", "run.devices=2", "run.strategy=ddp", "run.epochs=2",
-                          "run.log_every_steps=1", f"run.gradient_checkpointing={checkpointing}")
+                          "run.log_every_steps=1", f"run.gradient_checkpointing={checkpointing}",
+                          "run.save_every_minutes=0.00001")  # a time-based save at each log: both ranks agree
     process = cli("train", "--config", str(config), cwd=tmp_path)
     output = process.communicate(timeout=600)[0]
     assert process.returncode == 0, output
@@ -79,6 +80,8 @@ def test_ddp_on_two_cpu_processes_keeps_the_ranks_identical(tmp_path, tiny_dit, 
     start = events[0]["message"]
     assert "effective batch 2 (1 x 1 accumulation x 2 process(es))" in start
     assert [e["step"] for e in events if e["type"] == "log"] == list(range(1, 9))  # 8 samples / 2 ranks x 2 epochs
+    timed = [e["step"] for e in events if e["type"] == "checkpoint" and "minutes since the last save" in e["message"]]
+    assert timed == list(range(1, 9))
     assert final_adapter(run_dir)
 
 
