@@ -92,3 +92,12 @@ def write_atomically(path: str | Path, data: bytes | str, error: type[AceStepErr
             raise error(f"{path}: cannot write the {what} ({write_failure(exc)})") from None
         raise
     return path
+
+
+def free_folder(folder: Path) -> Path:
+    """`folder`, or `folder-2`, `folder-3`, ... : the first that does not exist or is empty."""
+    candidate, number = folder, 1
+    while candidate.exists() and (not candidate.is_dir() or any(candidate.iterdir())):
+        number += 1
+        candidate = folder.with_name(f"{folder.name}-{number}")
+    return candidate

@@ -8,12 +8,15 @@ returns the exit status (AceStepError propagates to the CLI, which prints its me
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 from acestep.errors import PreviewError
+from acestep.files import write_atomically
 from acestep.inference import GUIDANCE_METHODS
 
 BASE_NAME = "base"  # file stem of a render without an adapter
+RECORD_NAME = "preview.json"  # what was rendered, beside the files (read back by the Listen tab)
 
 
 def parse_strengths(text: str) -> list[float]:
@@ -65,9 +68,10 @@ def add_preview_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_preview(args: argparse.Namespace) -> int:
-    """Render the request at each strength (or once without an adapter) into `--out`; prints each
-    file. Raises PreviewError, CheckpointError or AdapterError with the fix."""
-    from acestep.inference.preview import PreviewRenderer, PreviewRequest
+    """Render the request at each strength (or once without an adapter) into `--out`, with a
+    `preview.json` saying what was rendered; prints each file. Raises PreviewError,
+    CheckpointError or AdapterError with the fix."""
+    from acestep.inference.preview import PreviewRenderer, PreviewRequest, sampling_settings
     from acestep.inference.render import write_preview
     from acestep.inference.training_hook import strength_name
     from acestep.models.load import load_acestep
@@ -105,8 +109,17 @@ def run_preview(args: argparse.Namespace) -> int:
         transformer = load_adapter(transformer, adapter)
     print(f"Rendering {request.duration:g} s with {bundle.path} ({bundle.variant})"
           + (f" and {adapter}" if adapter is not None else ""), flush=True)
+    settings = sampling_settings(request, renderer.is_turbo)  # refuses guidance on turbo before any work
     for strength, name in zip(strengths, names, strict=True):
         audio = renderer.render(transformer, request, strength=strength)
         wav, png = write_preview(audio, args.out, name)
         print(f"  {name}: {wav}  {png}", flush=True)
+    record = {"caption": request.caption, "lyrics": request.lyrics, "language": request.language, "bpm": request.bpm,
+              "key": request.keyscale, "time_signature": request.timesignature, "duration": request.duration,
+              "seed": request.seed, "steps": settings.steps, "shift": settings.shift,
+              "guidance_scale": settings.guidance_scale, "guidance": settings.guidance,
+              "checkpoint": str(bundle.path), "variant": bundle.variant,
+              "adapter": str(adapter) if adapter is not None else None,
+              "strengths": [s for s in strengths if s is not None], "files": [f"{name}.wav" for name in names]}
+    write_atomically(args.out / RECORD_NAME, json.dumps(record, indent=2) + "\n", PreviewError)
     return 0

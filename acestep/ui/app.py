@@ -17,6 +17,7 @@ from acestep.ui.caption_tab import build_caption_tab
 from acestep.ui.context import AppContext, Workspace
 from acestep.ui.dataset_tab import build_dataset_tab
 from acestep.ui.export_tab import build_export_tab
+from acestep.ui.listen_tab import build_listen_tab
 from acestep.ui.model_tab import build_model_tab
 from acestep.ui.preprocess_tab import build_preprocess_tab
 from acestep.ui.runs_tab import build_runs_tab
@@ -40,6 +41,7 @@ TABS = (
     ("Dataset", "tab-dataset", build_dataset_tab),
     ("Preprocess", "tab-preprocess", build_preprocess_tab),
     ("Train", "tab-train", build_train_tab),
+    ("Listen", "tab-listen", build_listen_tab),
     ("Export & Merge", "tab-export", build_export_tab),
     ("Runs", "tab-runs", build_runs_tab),
 )

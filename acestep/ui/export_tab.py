@@ -16,17 +16,11 @@ import gradio as gr
 
 from acestep.errors import AceStepError
 from acestep.jobs import ACTIVE, DONE, QUEUED, Job
+from acestep.files import free_folder
+from acestep.ui.adapter_picker import build_adapter_picker, picked_adapter
 from acestep.ui.context import WORKSPACE_FOLDERS, AppContext
-from acestep.ui.jobs_panel import build_jobs_panel, friendly, owner_of, submit_cli_job
-from acestep.ui.run_folders import (
-    adapter_in_run,
-    adapter_kind,
-    adapter_label,
-    adapter_metadata,
-    run_adapters,
-    run_folder,
-    run_folders,
-)
+from acestep.ui.jobs_panel import build_jobs_panel, friendly, job_out_folder, owner_of, submit_cli_job
+from acestep.ui.run_folders import adapter_in_run, adapter_kind, adapter_metadata, run_folder
 
 FORMATS = ("peft", "comfyui", "diffusers", "lycoris")  # `acestep-trainer export --format`
 FORMATS_BY_KIND = {"lora": ("peft", "comfyui", "diffusers"), "dora": ("peft", "diffusers"), "lokr": ("lycoris",)}
@@ -64,24 +58,6 @@ class MergeForm:
 
 # ---- choices and defaults ------------------------------------------------------------------------
 
-def run_choices(ctx: AppContext) -> list[str]:
-    """The runs that hold at least one complete adapter, newest first."""
-    return [folder.name for folder in run_folders(ctx.workspace.runs) if run_adapters(folder)]
-
-
-def checkpoint_choices(ctx: AppContext, run: str) -> list[tuple[str, str]]:
-    """(label, name) of each complete adapter of the run: final, best, then the step checkpoints,
-    newest first; [] for no run."""
-    if not run:
-        return []
-    return [(adapter_label(name, folder), name) for name, folder in run_adapters(run_folder(ctx.workspace.runs, run))]
-
-
-def default_checkpoint(choices: list[tuple[str, str]]) -> str | None:
-    names = [name for _, name in choices]
-    return "final" if "final" in names else (names[0] if names else None)
-
-
 def format_choices(kind: str) -> tuple[str, ...]:
     return FORMATS_BY_KIND.get(kind, FORMATS)
 
@@ -97,15 +73,6 @@ def _slug(checkpoint: str) -> str:
     return Path(checkpoint).name  # final, best, step-000120
 
 
-def free_folder(folder: Path) -> Path:
-    """`folder`, or `folder-2`, `folder-3`, ... : the first that does not exist or is empty."""
-    candidate, number = folder, 1
-    while candidate.exists() and (not candidate.is_dir() or any(candidate.iterdir())):
-        number += 1
-        candidate = folder.with_name(f"{folder.name}-{number}")
-    return candidate
-
-
 def default_export_output(ctx: AppContext, run: str, checkpoint: str) -> str:
     """`outputs/<run>-<checkpoint>` (numbered when taken), relative to the workspace."""
     if not run or not checkpoint:
@@ -119,22 +86,6 @@ def default_merge_output(ctx: AppContext, run: str, checkpoint: str, base: str) 
     if not run or not checkpoint or not base:
         return ""
     return ctx.workspace.relative(free_folder(ctx.workspace.checkpoints / f"{base}-{run}-{_slug(checkpoint)}"))
-
-
-def adapter_info(ctx: AppContext, run: str, checkpoint: str) -> str:
-    """Markdown about the picked adapter: type, rank, alpha, step, epoch, trigger tag, base model."""
-    if not run or not checkpoint:
-        return "Pick a run with a saved adapter (runs appear here once they have saved one)."
-    folder = adapter_in_run(run_folder(ctx.workspace.runs, run), checkpoint)
-    meta = adapter_metadata(folder)
-    parts = [f"**{adapter_kind(folder)}**"]
-    for key, label in (("rank", "rank"), ("alpha", "alpha"), ("step", "step"), ("epoch", "epoch"),
-                       ("trigger_tag", "trigger tag")):
-        if meta.get(key) not in (None, ""):
-            parts.append(f"{label} {meta[key]}")
-    if meta.get("checkpoint"):
-        parts.append(f"trained on `{Path(str(meta['checkpoint'])).name}`")
-    return " · ".join(parts) + f"\n\nFolder: `{ctx.workspace.relative(folder)}`"
 
 
 # ---- checks and command lines ---------------------------------------------------------------------
@@ -231,13 +182,6 @@ def start_merge(ctx: AppContext, form: MergeForm, owner: str = "") -> Job:
 
 # ---- results ------------------------------------------------------------------------------------
 
-def job_out_folder(job: Job) -> Path | None:
-    """The `--out` folder of an export or merge job."""
-    if "--out" in job.argv[:-1]:
-        return Path(job.argv[job.argv.index("--out") + 1])
-    return None
-
-
 def output_files(folder: Path) -> list[tuple[str, int]]:
     """(path relative to `folder`, bytes) of every file under it, sorted."""
     if not folder.is_dir():
@@ -277,45 +221,28 @@ def results_markdown(ctx: AppContext, job_id: str = "") -> str:
 # ---- the tab --------------------------------------------------------------------------------------
 
 def picked_updates(ctx: AppContext, run: str | None, checkpoint: str | None) -> tuple:
-    """What follows a run or adapter pick: the adapter's info, the formats it exports as, the
+    """What follows a run or adapter pick besides its description: the formats it exports as, the
     default export folder, the base model and the default merge folder."""
-    if not run or not checkpoint:
-        return adapter_info(ctx, "", ""), gr.CheckboxGroup(choices=list(FORMATS), value=[]), "", gr.skip(), ""
-    adapter = adapter_in_run(run_folder(ctx.workspace.runs, run), checkpoint)
+    adapter = picked_adapter(ctx, run, checkpoint)
+    if adapter is None:
+        return gr.CheckboxGroup(choices=list(FORMATS), value=[]), "", gr.skip(), ""
     kind = adapter_kind(adapter)
     formats = gr.CheckboxGroup(choices=list(format_choices(kind)), value=list(DEFAULT_FORMATS[kind]))
     model = default_base_model(ctx, adapter)
     bases = gr.Dropdown(choices=ctx.workspace.dit_names(complete_only=True), value=model)
-    return (adapter_info(ctx, run, checkpoint), formats, default_export_output(ctx, run, checkpoint), bases,
+    return (formats, default_export_output(ctx, run, checkpoint), bases,
             default_merge_output(ctx, run, checkpoint, model or ""))
-
-
-def refreshed_choices(ctx: AppContext, run: str | None, checkpoint: str | None) -> tuple[list[str], str | None,
-                                                                                          list, str | None]:
-    """The runs, the run kept (else the newest), its adapters, and the adapter kept (else final)."""
-    runs = run_choices(ctx)
-    run = run if run in runs else (runs[0] if runs else None)
-    choices = checkpoint_choices(ctx, run) if run else []
-    checkpoint = checkpoint if checkpoint in [name for _, name in choices] else default_checkpoint(choices)
-    return runs, run, choices, checkpoint
 
 
 def build_export_tab(ctx: AppContext) -> None:
     """Add the Export & Merge tab's components to the current Blocks context."""
     gr.Markdown("Adapters in a run folder are already PEFT folders that official ACE-Step loads. Export them for "
                 "ComfyUI or diffusers, or merge one into its base model as a standalone model.")
-    runs = run_choices(ctx)
-    run0 = runs[0] if runs else None
-    choices0 = checkpoint_choices(ctx, run0) if run0 else []
-    checkpoint0 = default_checkpoint(choices0)
-    adapter0 = adapter_in_run(run_folder(ctx.workspace.runs, run0), checkpoint0) if checkpoint0 else None
+    picker = build_adapter_picker(ctx, "export")
+    run0, checkpoint0 = picker.run0, picker.checkpoint0
+    adapter0 = picked_adapter(ctx, run0, checkpoint0)
     kind0 = adapter_kind(adapter0) if adapter0 else "lora"
     base0 = default_base_model(ctx, adapter0) if adapter0 else None
-    with gr.Row():
-        run = gr.Dropdown(runs, value=run0, label="Run", elem_id="export-run")
-        checkpoint = gr.Dropdown(choices0, value=checkpoint0, label="Adapter", elem_id="export-checkpoint")
-        refresh = gr.Button("Refresh", scale=0, elem_id="export-refresh")
-    info = gr.Markdown(adapter_info(ctx, run0 or "", checkpoint0 or ""), elem_id="export-info")
     gr.Markdown("### Export")
     formats = gr.CheckboxGroup(list(format_choices(kind0)), value=list(DEFAULT_FORMATS[kind0]), label="Formats",
                                elem_id="export-format")
@@ -338,16 +265,6 @@ def build_export_tab(ctx: AppContext) -> None:
     gr.Markdown("### Jobs")
     panel = build_jobs_panel(ctx, list(JOB_KINDS), "export")
     results = gr.Markdown(lambda: results_markdown(ctx), elem_id="export-files")
-    known = gr.State(runs)
-
-    def on_run(name, picked):
-        _, name, choices, picked = refreshed_choices(ctx, name, picked)
-        return (gr.Dropdown(choices=choices, value=picked), *picked_updates(ctx, name, picked))
-
-    def on_refresh(name, picked):
-        runs, name, choices, picked = refreshed_choices(ctx, name, picked)
-        return (runs, gr.Dropdown(choices=runs, value=name), gr.Dropdown(choices=choices, value=picked),
-                *picked_updates(ctx, name, picked))
 
     def on_export(name, picked, chosen, out, replace, request: gr.Request):
         job = start_export(ctx, ExportForm(name, picked, list(chosen or []), out, bool(replace)), owner_of(request))
@@ -359,22 +276,13 @@ def build_export_tab(ctx: AppContext) -> None:
         gr.Info(f"Merge queued as job {job.id}.")
         return job.id
 
-    def on_tick(before, current):
-        now = run_choices(ctx)
-        if now == before:
-            return gr.skip(), gr.skip()
-        return now, gr.Dropdown(choices=now, value=current if current in now else (now[0] if now else None))
-
-    picked_outputs = [info, formats, output, base, merge_output]
-    run.change(friendly(on_run), inputs=[run, checkpoint], outputs=[checkpoint, *picked_outputs])
-    checkpoint.change(friendly(lambda name, picked: picked_updates(ctx, name, picked)), inputs=[run, checkpoint],
-                      outputs=picked_outputs)
+    run, checkpoint = picker.run, picker.checkpoint
+    picker.wire(ctx, [formats, output, base, merge_output], lambda name, picked: picked_updates(ctx, name, picked),
+                panel["timer"])
     base.input(friendly(lambda name, picked, model: default_merge_output(ctx, name or "", picked or "", model or "")),
                inputs=[run, checkpoint, base], outputs=[merge_output])
     start.click(friendly(on_export), inputs=[run, checkpoint, formats, output, overwrite], outputs=[panel["selected"]])
     merge.click(friendly(on_merge), inputs=[run, checkpoint, base, strength, dtype, merge_output, merge_overwrite],
                 outputs=[panel["selected"]])
-    refresh.click(friendly(on_refresh), inputs=[run, checkpoint], outputs=[known, run, checkpoint, *picked_outputs])
-    panel["timer"].tick(friendly(on_tick), inputs=[known, run], outputs=[known, run])
     gr.on([panel["selected"].change, panel["timer"].tick], friendly(lambda job_id: results_markdown(ctx, job_id)),
           inputs=[panel["selected"]], outputs=[results])

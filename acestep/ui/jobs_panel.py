@@ -137,6 +137,14 @@ def newest_job(ctx: AppContext, kind: str) -> Job | None:
     return jobs[-1] if jobs else None
 
 
+def job_out_folder(job: Job) -> Path | None:
+    """The `--out` folder of a job's command (preprocess, export, merge, preview), absolute; or None."""
+    if "--out" not in job.argv[:-1]:
+        return None
+    out = Path(job.argv[job.argv.index("--out") + 1])
+    return out if out.is_absolute() else Path(job.cwd) / out
+
+
 def markdown_text(text: str) -> str:
     """`text` shown as written in Markdown: the characters that would format it are escaped (file
     names with `*` or `_`, Windows paths with backslashes)."""

@@ -33,6 +33,7 @@ from acestep.ui.jobs_panel import (
     check_device,
     friendly,
     job_heading,
+    job_out_folder,
     job_state,
     latest_progress,
     newest_job,
@@ -210,14 +211,6 @@ def progress_markdown(ctx: AppContext, job: Job | None) -> str:
     elif job.active:
         lines.append("Loading the encoders...")
     return "\n\n".join(lines)
-
-
-def job_out_folder(job: Job) -> Path | None:
-    """The tensors folder a preprocess job writes (its `--out`), absolute."""
-    if "--out" not in job.argv[:-1]:
-        return None
-    out = Path(job.argv[job.argv.index("--out") + 1])
-    return out if out.is_absolute() else Path(job.cwd) / out
 
 
 def read_manifest_json(folder: Path) -> dict | None:

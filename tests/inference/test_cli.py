@@ -1,13 +1,14 @@
 """`acestep-trainer preview` as the CLI will call it: `add_preview_arguments` + `run_preview`."""
 
 import argparse
+import json
 
 import numpy as np
 import pytest
 import soundfile as sf
 
 from acestep.inference import PreviewError
-from acestep.inference.cli import add_preview_arguments, parse_strengths, run_preview
+from acestep.inference.cli import RECORD_NAME, add_preview_arguments, parse_strengths, run_preview
 from acestep.training.adapters import save_adapter
 
 from .conftest import adapted
@@ -29,12 +30,19 @@ def test_preview_command_renders_each_strength_of_a_saved_adapter(tmp_path, turb
     assert audio["0"].shape == (19_200, 2) and np.abs(audio["0"] - audio["1"]).max() > 1e-2
     assert (tmp_path / "out" / "strength-1.png").is_file()
     assert "strength-1" in capsys.readouterr().out
+    record = json.loads((tmp_path / "out" / RECORD_NAME).read_text())  # what was rendered, for the Listen tab
+    assert record == {"caption": "mystyle, lofi beat", "lyrics": "", "language": "en", "bpm": None, "key": "",
+                      "time_signature": "", "duration": 0.4, "seed": 0, "steps": 8, "shift": 3.0,
+                      "guidance_scale": 1.0, "guidance": "apg", "checkpoint": str(turbo_dit), "variant": "turbo",
+                      "adapter": str(folder), "strengths": [0.0, 1.0], "files": ["strength-0.wav", "strength-1.wav"]}
     with pytest.raises(PreviewError, match="already holds strength-0.wav.*--overwrite"):
         run_preview(parse(*common, "--adapter", str(folder)))
     assert run_preview(parse(*common, "--adapter", str(folder), "--overwrite")) == 0
     # without an adapter: the base model once; strength 0 of the adapter is exactly that
     assert run_preview(parse(*common)) == 0
     assert np.array_equal(sf.read(tmp_path / "out" / "base.wav")[0], audio["0"])
+    record = json.loads((tmp_path / "out" / RECORD_NAME).read_text())
+    assert record["adapter"] is None and record["strengths"] == [] and record["files"] == ["base.wav"]
     with pytest.raises(PreviewError, match="--strengths needs --adapter"):
         run_preview(parse(*common, "--strengths", "0.5"))
 

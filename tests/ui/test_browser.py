@@ -19,7 +19,7 @@ from support import free_port
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARTIFACTS = Path(os.environ.get("ACESTEP_TEST_ARTIFACTS", Path(__file__).resolve().parents[2] / "test-artifacts"))
 USER, PASSWORD = "ann", "secret-pw"
-TABS = ("model", "caption", "dataset", "preprocess", "train", "export", "runs")
+TABS = ("model", "caption", "dataset", "preprocess", "train", "listen", "export", "runs")
 JOB_SECONDS = 240_000  # ms a real job may take on a slow CI machine
 
 pytestmark = [pytest.mark.slow,
@@ -149,7 +149,7 @@ def test_every_tab_renders_and_is_photographed(server, browser):
     page = logged_in_page(browser, base)
     assert page.locator("#demo-banner").is_visible()
     labels = {"model": "Model", "caption": "Caption", "dataset": "Dataset", "preprocess": "Preprocess",
-              "train": "Train", "export": "Export & Merge", "runs": "Runs"}
+              "train": "Train", "listen": "Listen", "export": "Export & Merge", "runs": "Runs"}
     for tab in TABS:
         open_tab(page, labels[tab])
         page.wait_for_timeout(1500)
@@ -186,8 +186,9 @@ def test_demo_flow_scan_preprocess_train_export_with_a_second_browser(server, br
     base, ctx = server
     page = logged_in_page(browser, base)
 
-    # Dataset: scan the demo songs (the folder is pre-selected) and save the dataset
+    # Dataset: scan the demo songs (the folder is pre-selected) with a trigger tag and save the dataset
     open_tab(page, "Dataset")
+    fill(page, "dataset-trigger", "browser-style")
     page.locator("#dataset-scan").click()
     wait_text(page, "dataset-status", r"4 sample\(s\)", 60_000)
     fill(page, "dataset-save-path", "datasets/browser.json")
@@ -250,12 +251,28 @@ def test_demo_flow_scan_preprocess_train_export_with_a_second_browser(server, br
     exported = list((ctx.workspace.outputs).rglob("*.safetensors"))
     assert exported and "browser-run" in str(exported[0])
 
+    # Listen: the caption starts from the run's trigger tag; render the adapter and hear it in the page
+    open_tab(page, "Listen")
+    page.locator("#listen-refresh").click()
+    fill(page, "listen-run", "browser-run")
+    page.wait_for_function("() => document.querySelector('#listen-caption textarea').value === 'browser-style'",
+                           timeout=30_000)
+    fill(page, "listen-caption", "browser-style, lofi piano")
+    fill(page, "listen-duration", "2")
+    page.locator("#listen-render").click()
+    wait_text(page, "listen-status", r"done · browser-run")
+    page.locator("#listen-audio-1").wait_for(state="visible", timeout=60_000)  # base model, then the adapter
+    page.locator("#listen-image-1 img").wait_for(state="visible", timeout=30_000)
+    wait_text(page, "listen-description", r"lofi piano · instrumental · 2 s", 30_000)
+    screenshot(page, "flow-6-listen")
+    assert list((ctx.workspace.outputs / "listen").glob("browser-run-*/strength-1.wav"))
+
     # Runs: the run is in the history, stopped, with its losses
     open_tab(page, "Runs")
     page.locator("#runs-refresh").click()
     wait_text(page, "runs-table", r"browser-run[\s\S]*stopped", 30_000)
     page.wait_for_function(DRAWN_LINES.replace("ELEM", "runs-plot") + " > 0", timeout=30_000)
-    screenshot(page, "flow-6-runs")
+    screenshot(page, "flow-7-runs")
     page.context.close()
 
 

@@ -1,0 +1,306 @@
+"""The Listen tab: render a trained adapter with your own caption and lyrics at several strengths
+from the same noise (strength 0 is the base model), and hear the results beside their
+spectrograms, without leaving the app or loading anything into it.
+
+Each render is an `acestep-trainer preview` job (on the GPU, queued behind other GPU jobs, unless
+the device is cpu) writing into `outputs/listen/<run>-<adapter>[-N]/` with a `preview.json`
+saying what was rendered; earlier renders stay listed. The functions take the `AppContext` and
+plain values, so tests run them without a browser.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import gradio as gr
+
+from acestep.errors import AceStepError
+from acestep.files import free_folder
+from acestep.inference.cli import RECORD_NAME, parse_strengths
+from acestep.jobs import ACTIVE, DONE, QUEUED, Job
+from acestep.ui.adapter_picker import (
+    build_adapter_picker,
+    checkpoint_choices,
+    default_checkpoint,
+    picked_adapter,
+)
+from acestep.ui.context import AppContext
+from acestep.ui.jobs_panel import (
+    POLL_SECONDS,
+    build_jobs_panel,
+    check_device,
+    friendly,
+    job_heading,
+    job_out_folder,
+    markdown_text,
+    newest_job,
+    owner_of,
+    submit_cli_job,
+)
+from acestep.ui.run_folders import adapter_metadata, read_run_config, run_folder
+
+LISTEN_KIND = "preview"  # the job kind: `acestep-trainer preview`
+LISTEN_FOLDER = "listen"  # under the workspace's outputs/
+MAX_STRENGTHS = 4  # players on the page
+MAX_SECONDS = 600.0  # acestep.inference.preview.MAX_SECONDS (that module imports torch)
+DEVICES = ("auto", "cuda", "cpu", "mps")
+
+
+class ListenRefused(AceStepError):
+    """The form asks for a render that cannot be made (the message says why)."""
+
+
+@dataclass
+class ListenForm:
+    run: str
+    checkpoint: str  # final, best, checkpoints/step-N
+    caption: str
+    lyrics: str = ""
+    language: str = "en"
+    duration: float = 20.0
+    seed: int = 0
+    strengths: str = "0, 1"
+    bpm: float | None = None
+    key: str = ""
+    time_signature: str = ""
+    steps: int | None = None
+    device: str = "auto"
+
+
+# ---- defaults and the command line ---------------------------------------------------------------
+
+def default_prompt(ctx: AppContext, run: str | None) -> tuple[str, str, str]:
+    """(caption, lyrics, language) to start from: the run's preview settings when it has them,
+    else its adapters' trigger tag; empty without a run."""
+    adapter = picked_adapter(ctx, run, default_checkpoint(checkpoint_choices(ctx, run or "")))
+    if adapter is None:
+        return "", "", "en"
+    settings = read_run_config(run_folder(ctx.workspace.runs, run)).get("run", {})
+    caption = str(settings.get("preview_caption") or adapter_metadata(adapter).get("trigger_tag") or "")
+    return caption, str(settings.get("preview_lyrics") or ""), str(settings.get("preview_language") or "en")
+
+
+def _number(value, what: str, whole: bool = False, low: float = 0.0, high: float = math.inf,
+            low_included: bool = True) -> float | int | None:
+    """A form number checked against its range; None when left empty."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ListenRefused(f"{what} must be a number, found {value!r}.") from None
+    inside = (number >= low if low_included else number > low) and number <= high
+    if not math.isfinite(number) or not inside or (whole and number != int(number)):
+        bound = f"{'at least' if low_included else 'more than'} {low:g}" + (
+            f" and at most {high:g}" if math.isfinite(high) else "")
+        raise ListenRefused(f"{what} must be {'a whole number ' if whole else ''}{bound}, found {value!r}.")
+    return int(number) if whole else number
+
+
+def listen_output(ctx: AppContext, run: str, checkpoint: str) -> Path:
+    """`outputs/listen/<run>-<adapter>`, numbered when taken: every render keeps its own folder."""
+    return free_folder(ctx.workspace.outputs / LISTEN_FOLDER / f"{run}-{Path(checkpoint).name}")
+
+
+def listen_args(ctx: AppContext, form: ListenForm) -> list[str]:
+    """The `preview` command line the form asks for. Raises ListenRefused, RunFolderError or
+    AceStepError (the device) naming what is wrong."""
+    adapter = picked_adapter(ctx, form.run, form.checkpoint)
+    if adapter is None:
+        raise ListenRefused("Pick a run and one of its adapters first.")
+    caption = (form.caption or "").strip()
+    if not caption:
+        raise ListenRefused("Write a caption: what the music should be, with the adapter's trigger tag.")
+    try:
+        strengths = parse_strengths(form.strengths or "")
+    except argparse.ArgumentTypeError as error:
+        raise ListenRefused(f"Strengths: {error}.") from None
+    if len(strengths) > MAX_STRENGTHS or max(strengths) > 2:
+        raise ListenRefused(f"Strengths: at most {MAX_STRENGTHS} of them, each from 0 to 2 (0 is the base model, "
+                            f"1 the adapter as trained), found {form.strengths!r}.")
+    duration = _number(form.duration, "Seconds", low=0, high=MAX_SECONDS, low_included=False)
+    seed = _number(form.seed, "Seed", whole=True)
+    bpm = _number(form.bpm, "BPM", low=0, low_included=False)
+    steps = _number(form.steps, "Sampling steps", whole=True, low=1)
+    device = check_device(form.device)
+    args = ["preview", "--adapter", str(adapter), "--caption", caption, "--strengths",
+            ",".join(f"{s:g}" for s in strengths), "--duration", f"{duration if duration is not None else 20.0:g}",
+            "--seed", str(seed or 0)]
+    optional = (("--lyrics", (form.lyrics or "").strip()), ("--language", (form.language or "").strip()),
+                ("--bpm", f"{bpm:g}" if bpm is not None else ""), ("--key", (form.key or "").strip()),
+                ("--time-signature", (form.time_signature or "").strip()),
+                ("--steps", str(steps) if steps is not None else ""), ("--device", device or ""))
+    args += [part for flag, value in optional if value for part in (flag, value)]
+    out = listen_output(ctx, form.run, form.checkpoint)
+    return args + ["--out", str(out), "--checkpoints-dir", str(ctx.workspace.checkpoints)]
+
+
+def start_listen(ctx: AppContext, form: ListenForm, owner: str = "") -> Job:
+    """Submit the render: a GPU job (it waits while another GPU job runs) unless the device is cpu."""
+    args = listen_args(ctx, form)
+    return submit_cli_job(ctx, LISTEN_KIND, args, needs_gpu=check_device(form.device) != "cpu",
+                          label=f"{form.run}/{Path(form.checkpoint).name}", owner=owner)
+
+
+# ---- renders on disk -----------------------------------------------------------------------------
+
+def render_folders(ctx: AppContext) -> list[str]:
+    """The folders of earlier renders (relative to the workspace), newest first."""
+    root = ctx.workspace.outputs / LISTEN_FOLDER
+    folders = [folder for folder in root.glob("*/") if folder.is_dir() and any(folder.glob("*.wav"))]
+    folders.sort(key=lambda folder: folder.stat().st_mtime, reverse=True)
+    return [ctx.workspace.relative(folder) for folder in folders]
+
+
+def _order(stem: str) -> float:
+    try:
+        return float(stem.removeprefix("strength-"))
+    except ValueError:
+        return -1.0  # base.wav (the model alone) first
+
+
+def render_files(folder: Path) -> list[tuple[str, Path, Path | None]]:
+    """(label, wav, spectrogram PNG or None) of each file of a render, by strength."""
+    wavs = sorted(Path(folder).glob("*.wav"), key=lambda path: _order(path.stem))
+    files = []
+    for wav in wavs:
+        strength = _order(wav.stem)
+        label = ("base model" if strength <= 0 else f"strength {strength:g}" + (" (as trained)" if strength == 1
+                                                                               else ""))
+        png = wav.with_suffix(".png")
+        files.append((label, wav, png if png.is_file() else None))
+    return files
+
+
+def render_description(ctx: AppContext, folder: Path) -> str:
+    """Markdown: what the render in `folder` was made from (its preview.json), or just where it is."""
+    where = f"`{markdown_text(ctx.workspace.relative(folder))}`"
+    try:
+        record = json.loads((Path(folder) / RECORD_NAME).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        record = None
+    if not isinstance(record, dict):
+        return f"Files in {where}."
+    parts = [f"**{markdown_text(str(record.get('caption', '')))}**"]
+    lyrics = str(record.get("lyrics") or "").strip()
+    parts.append(f"lyrics: {markdown_text(lyrics.splitlines()[0])}..." if lyrics else "instrumental")
+    for key, text in (("duration", "{:g} s"), ("seed", "seed {}"), ("steps", "{} steps"), ("bpm", "{:g} BPM"),
+                      ("key", "{}"), ("variant", "{} model")):
+        if record.get(key) not in (None, ""):
+            parts.append(markdown_text(text.format(record[key])))
+    adapter = record.get("adapter")
+    if adapter:
+        parts.append(f"adapter `{markdown_text(ctx.workspace.relative(Path(adapter)))}`")
+    return " · ".join(parts) + f"\n\nFiles in {where}."
+
+
+def job_summary(ctx: AppContext, job: Job | None) -> str:
+    """Markdown: how the newest render job stands (queued behind a GPU job, running, failed)."""
+    if job is None:
+        return "No render yet: pick an adapter, write a caption and press **Render**."
+    out = job_out_folder(job)
+    text = job_heading(job) + f" · {markdown_text(job.label)}"
+    if job.status == QUEUED or job.status in ACTIVE:
+        return text + (f", writing to `{markdown_text(ctx.workspace.relative(out))}`" if out else "")
+    if job.status != DONE and job.message:
+        return text + f": {markdown_text(job.message)}"
+    return text
+
+
+def render_view(ctx: AppContext, folder_text: str | None) -> list:
+    """The updates of the description and of the MAX_STRENGTHS player and image slots for a render."""
+    folder = ctx.workspace.check_path(folder_text, what="render folder") if folder_text else None
+    files = render_files(folder) if folder is not None and folder.is_dir() else []
+    description = render_description(ctx, folder) if files else "Pick a render to listen to."
+    players, images = [], []
+    for i in range(MAX_STRENGTHS):
+        if i < len(files):
+            label, wav, png = files[i]
+            players.append(gr.update(value=str(wav), label=label, visible=True))
+            images.append(gr.update(value=str(png) if png else None, label=label, visible=png is not None))
+        else:
+            players.append(gr.update(value=None, visible=False))
+            images.append(gr.update(value=None, visible=False))
+    return [description, *players, *images]
+
+
+def tick_updates(ctx: AppContext, last: str, current: str | None) -> tuple:
+    """What a page's timer shows: the newest render job's state, the finished job last put on
+    show ("" before the page's first tick, "-" when none was), and the render picked: the newest
+    at the first tick, the new one when a render job finishes, else left as it is."""
+    job = newest_job(ctx, LISTEN_KIND)
+    finished = job.id if job is not None and job.status == DONE else None
+    if last and (finished is None or finished == last):
+        return job_summary(ctx, job), last, gr.skip()
+    choices = render_folders(ctx)
+    out = job_out_folder(job) if finished and last else None
+    value = ctx.workspace.relative(out) if out else (current or (choices[0] if choices else None))
+    picked = gr.Dropdown(choices=choices, value=value if value in choices else None)
+    return job_summary(ctx, job), finished or "-", picked
+
+
+# ---- the tab ---------------------------------------------------------------------------------------
+
+def build_listen_tab(ctx: AppContext) -> None:
+    """Add the Listen tab's components and events to the current Blocks context."""
+    gr.Markdown("Render a trained adapter with your own caption (include the trigger tag) and lyrics, at several "
+                "strengths from the same noise: strength 0 is the base model, 1 the adapter as trained. A render "
+                "is a job; on the GPU it waits while training runs, on the cpu device it runs at once, slowly.")
+    picker = build_adapter_picker(ctx, "listen")
+    caption0, lyrics0, language0 = default_prompt(ctx, picker.run0)
+    caption = gr.Textbox(caption0, label="Caption", lines=2, elem_id="listen-caption")
+    lyrics = gr.Textbox(lyrics0, label="Lyrics (empty: instrumental)", lines=4, elem_id="listen-lyrics")
+    with gr.Row():
+        duration = gr.Number(20, label="Seconds", minimum=1, maximum=MAX_SECONDS, elem_id="listen-duration")
+        seed = gr.Number(0, label="Seed", precision=0, minimum=0, elem_id="listen-seed")
+        strengths = gr.Textbox("0, 1", label=f"Strengths (up to {MAX_STRENGTHS}, 0 to 2)", elem_id="listen-strengths")
+        language = gr.Textbox(language0, label="Lyrics language", elem_id="listen-language")
+    with gr.Accordion("Tempo, key, sampling steps, device", open=False):
+        with gr.Row():
+            bpm = gr.Number(None, label="BPM (empty: not in the prompt)", elem_id="listen-bpm")
+            key = gr.Textbox("", label="Key, e.g. C major", elem_id="listen-key")
+            time_signature = gr.Textbox("", label="Time signature, e.g. 4", elem_id="listen-time-signature")
+            steps = gr.Number(None, precision=0, label="Sampling steps (empty: turbo 8, base/sft 50)",
+                              elem_id="listen-steps")
+            device = gr.Dropdown(list(DEVICES), value="auto", label="Device", allow_custom_value=True,
+                                 elem_id="listen-device")
+    render = gr.Button("Render", variant="primary", elem_id="listen-render")
+    status = gr.Markdown(lambda: job_summary(ctx, newest_job(ctx, LISTEN_KIND)), elem_id="listen-status")
+    shown = gr.Dropdown(render_folders(ctx), value=None, label="Render", elem_id="listen-renders")
+    description = gr.Markdown(elem_id="listen-description")
+    with gr.Row():
+        columns = [gr.Column(min_width=240) for _ in range(MAX_STRENGTHS)]
+    players, images = [], []
+    for i, column in enumerate(columns):
+        with column:
+            players.append(gr.Audio(type="filepath", interactive=False, visible=False, elem_id=f"listen-audio-{i}"))
+            images.append(gr.Image(type="filepath", interactive=False, visible=False, show_label=False,
+                                   elem_id=f"listen-image-{i}"))
+    with gr.Accordion("Render jobs: the queue, logs, stop", open=False):
+        build_jobs_panel(ctx, [LISTEN_KIND], "listen-jobs")
+    timer = gr.Timer(POLL_SECONDS)  # the panel's own timer does not tick while its accordion is closed
+    announced = gr.State("")  # the finished job whose render was put on show ("" until the page's first tick)
+
+    def on_render(run, checkpoint, caption_text, lyrics_text, language_code, seconds, seed_value, strength_list,
+                  bpm_value, key_text, signature, step_count, device_name, request: gr.Request):
+        form = ListenForm(run, checkpoint, caption_text, lyrics_text, language_code, seconds, seed_value,
+                          strength_list, bpm_value, key_text, signature, step_count, device_name)
+        job = start_listen(ctx, form, owner_of(request))
+        gr.Info(f"Render queued as job {job.id}.")
+        return job_summary(ctx, job)
+
+    picker.wire(ctx, [], lambda run, checkpoint: (), timer)
+    picker.run.change(friendly(lambda run: default_prompt(ctx, run)), inputs=[picker.run],
+                      outputs=[caption, lyrics, language])
+    form = [picker.run, picker.checkpoint, caption, lyrics, language, duration, seed, strengths, bpm, key,
+            time_signature, steps, device]
+    render.click(friendly(on_render), inputs=form, outputs=[status])
+    timer.tick(friendly(lambda last, current: tick_updates(ctx, last, current)), inputs=[announced, shown],
+               outputs=[status, announced, shown])
+    shown.focus(lambda: gr.update(choices=render_folders(ctx)), outputs=[shown])
+    shown.change(friendly(lambda folder: render_view(ctx, folder)), inputs=[shown],
+                 outputs=[description, *players, *images])

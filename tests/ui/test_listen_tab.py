@@ -1,0 +1,190 @@
+"""The Listen tab: the caption it starts from, the `preview` command line it submits and what it
+refuses, the renders it lists and shows, and a real render job of a tiny trained run."""
+
+import json
+import sys
+from pathlib import Path
+
+import gradio as gr
+import numpy as np
+import pytest
+import soundfile as sf
+
+from acestep.errors import AceStepError
+from acestep.ui.context import AppContext, Workspace
+from acestep.ui.listen_tab import (
+    LISTEN_KIND,
+    ListenForm,
+    ListenRefused,
+    build_listen_tab,
+    default_prompt,
+    listen_args,
+    render_description,
+    render_files,
+    render_folders,
+    render_view,
+    start_listen,
+    tick_updates,
+)
+from acestep.ui.run_folders import RunFolderError
+
+from .conftest import write_run
+
+
+@pytest.fixture
+def ctx(tmp_path):
+    context = AppContext.create(Workspace(tmp_path / "ws", checkpoints=tmp_path / "checkpoints"))
+    write_run(context.workspace.runs, "song")
+    return context
+
+
+def test_the_form_becomes_the_preview_command_line(ctx):
+    form = ListenForm("song", "best", " mystyle, warm jazz piano ", lyrics="la la la", language="fr", duration=12,
+                      seed=7, strengths="0, 0.5,1", bpm=96, key="C major", time_signature="3", steps=16, device="cpu")
+    out = ctx.workspace.outputs / "listen" / "song-best"
+    assert listen_args(ctx, form) == [
+        "preview", "--adapter", str(ctx.workspace.runs / "song" / "best"), "--caption", "mystyle, warm jazz piano",
+        "--strengths", "0,0.5,1", "--duration", "12", "--seed", "7", "--lyrics", "la la la", "--language", "fr",
+        "--bpm", "96", "--key", "C major", "--time-signature", "3", "--steps", "16", "--device", "cpu",
+        "--out", str(out), "--checkpoints-dir", str(ctx.workspace.checkpoints)]
+    out.mkdir(parents=True)
+    (out / "strength-0.wav").write_bytes(b"x")  # an earlier render keeps its folder
+    step = listen_args(ctx, ListenForm("song", "checkpoints/step-000020", "mystyle", steps=None, bpm=None))
+    assert step[step.index("--out") + 1] == str(ctx.workspace.outputs / "listen" / "song-step-000020")
+    assert "--bpm" not in step and "--steps" not in step and "--device" not in step and "--lyrics" not in step
+    again = listen_args(ctx, form)
+    assert again[again.index("--out") + 1] == str(out.with_name("song-best-2"))
+
+
+@pytest.mark.parametrize(("changes", "message"), [
+    ({"caption": "  "}, "Write a caption"),
+    ({"strengths": "1,1"}, "distinct numbers"),
+    ({"strengths": "loud"}, "numbers separated by commas"),
+    ({"strengths": "0,0.5,1,1.5,2"}, "at most 4 of them"),
+    ({"strengths": "0,3"}, "each from 0 to 2"),
+    ({"duration": 0}, "Seconds must be more than 0 and at most 600"),
+    ({"duration": 601}, "Seconds must be more than 0 and at most 600"),
+    ({"duration": "long"}, "Seconds must be a number"),
+    ({"seed": -1}, "Seed must be a whole number at least 0"),
+    ({"seed": 1.5}, "Seed must be a whole number"),
+    ({"steps": 0}, "Sampling steps must be a whole number at least 1"),
+    ({"bpm": -90}, "BPM must be more than 0"),
+    ({"checkpoint": ""}, "Pick a run and one of its adapters"),
+])
+def test_what_the_form_refuses(ctx, changes, message):
+    values = {"run": "song", "checkpoint": "final", "caption": "mystyle", **changes}
+    with pytest.raises(ListenRefused, match=message):
+        listen_args(ctx, ListenForm(**values))
+
+
+def test_an_adapter_or_device_that_is_not_there_is_refused(ctx):
+    with pytest.raises(RunFolderError, match="no complete adapter 'checkpoints/step-000025'"):
+        listen_args(ctx, ListenForm("song", "checkpoints/step-000025", "mystyle"))  # still being written
+    with pytest.raises(AceStepError, match="Device 'gpu'"):
+        listen_args(ctx, ListenForm("song", "final", "mystyle", device="gpu"))
+
+
+def test_it_is_a_gpu_job_unless_the_device_is_cpu(ctx):
+    on_gpu = start_listen(ctx, ListenForm("song", "final", "mystyle"), owner="ann")
+    on_cpu = start_listen(ctx, ListenForm("song", "final", "mystyle", device="cpu"))
+    assert on_gpu.kind == on_cpu.kind == LISTEN_KIND and on_gpu.label == "song/final" and on_gpu.owner == "ann"
+    assert on_gpu.needs_gpu and not on_cpu.needs_gpu
+    for job in (on_gpu, on_cpu):
+        ctx.jobs.stop(job.id, timeout=30)
+
+
+def test_the_prompt_starts_from_the_runs_preview_settings_else_the_trigger_tag(ctx):
+    assert default_prompt(ctx, "song") == ("mystyle", "", "en")  # training_metadata.json's trigger tag
+    config = ctx.workspace.runs / "song" / "config.toml"
+    config.write_text(config.read_text() + '[run]\npreview_caption = "mystyle, lofi"\npreview_lyrics = "oh"\n'
+                      'preview_language = "de"\n')
+    assert default_prompt(ctx, "song") == ("mystyle, lofi", "oh", "de")
+    assert default_prompt(ctx, None) == ("", "", "en")
+
+
+def write_render(folder: Path, strengths=("0", "1", "0.5"), record: dict | None = None) -> Path:
+    folder.mkdir(parents=True)
+    for name in strengths:
+        (folder / f"strength-{name}.wav").write_bytes(b"RIFF")
+        (folder / f"strength-{name}.png").write_bytes(b"PNG")
+    if record is not None:
+        (folder / "preview.json").write_text(json.dumps(record))
+    return folder
+
+
+def test_renders_are_listed_newest_first_and_shown_by_strength(ctx):
+    import os
+
+    listen = ctx.workspace.outputs / "listen"
+    old = write_render(listen / "song-best", record={"caption": "mystyle, *jazz*", "lyrics": "la la\nla",
+                                                     "duration": 20.0, "seed": 3, "steps": 8, "variant": "turbo",
+                                                     "adapter": str(ctx.workspace.runs / "song" / "best")})
+    os.utime(old, (1, 1))
+    new = write_render(listen / "song-final", strengths=("1",))
+    (listen / "empty").mkdir()
+    assert render_folders(ctx) == ["outputs/listen/song-final", "outputs/listen/song-best"]
+    files = render_files(old)
+    assert [label for label, _, _ in files] == ["base model", "strength 0.5", "strength 1 (as trained)"]
+    assert [wav.name for _, wav, _ in files] == ["strength-0.wav", "strength-0.5.wav", "strength-1.wav"]
+    assert render_description(ctx, old) == (
+        r"**mystyle, \*jazz\*** · lyrics: la la... · 20 s · seed 3 · 8 steps · turbo model · adapter "
+        "`runs/song/best`\n\nFiles in `outputs/listen/song-best`.")
+    assert render_description(ctx, new) == "Files in `outputs/listen/song-final`."
+    description, *slots = render_view(ctx, "outputs/listen/song-best")
+    players, images = slots[:4], slots[4:]
+    assert [p["visible"] for p in players] == [True, True, True, False]
+    assert players[2]["label"] == "strength 1 (as trained)" and players[2]["value"].endswith("strength-1.wav")
+    assert images[0]["value"].endswith("strength-0.png") and images[3]["visible"] is False
+    assert render_view(ctx, None)[0] == "Pick a render to listen to."
+
+
+def test_the_timer_shows_the_newest_render_at_first_then_each_render_that_finishes(ctx):
+    listen = ctx.workspace.outputs / "listen"
+    status, announced, picked = tick_updates(ctx, "", None)  # the page's first tick, no render yet
+    assert status.startswith("No render yet") and announced == "-" and picked.value is None
+    write_render(listen / "song-best")
+    status, announced, picked = tick_updates(ctx, "", None)
+    assert announced == "-" and picked.value == "outputs/listen/song-best"
+    assert not isinstance(tick_updates(ctx, "-", "outputs/listen/song-best")[2], gr.Dropdown)  # nothing new
+
+    job = start_listen(ctx, ListenForm("song", "final", "mystyle", device="cpu"))  # fails: no model to render on
+    job = ctx.jobs.wait(job.id, timeout=120)
+    assert job.status == "failed"
+    status, announced, picked = tick_updates(ctx, "-", "outputs/listen/song-best")
+    assert "**failed**" in status and announced == "-" and not isinstance(picked, gr.Dropdown)
+
+    out = Path(job.argv[job.argv.index("--out") + 1])
+    write_render(out)  # as a render job that finished would have left it
+    done = ctx.jobs.submit("preview", [sys.executable, "-c", "pass", "--out", str(out)], needs_gpu=False)
+    assert ctx.jobs.wait(done.id, timeout=60).status == "done"
+    status, announced, picked = tick_updates(ctx, "-", "outputs/listen/song-best")
+    assert "done" in status and announced == done.id and picked.value == "outputs/listen/song-final"
+    assert not isinstance(tick_updates(ctx, done.id, picked.value)[2], gr.Dropdown)  # shown once, then left
+
+
+def test_tab_builds_with_its_element_ids(ctx):
+    with gr.Blocks() as app:
+        build_listen_tab(ctx)
+    ids = {block.elem_id for block in app.blocks.values()}
+    assert {"listen-run", "listen-checkpoint", "listen-caption", "listen-lyrics", "listen-strengths",
+            "listen-render", "listen-renders", "listen-audio-0", "listen-image-3"} <= ids
+
+
+@pytest.mark.slow
+def test_a_render_job_of_a_trained_run_on_the_cpu(trained):
+    ctx = trained
+    caption, lyrics, language = default_prompt(ctx, "tiny")
+    form = ListenForm("tiny", "final", caption + ", lofi", lyrics, language, duration=0.6, seed=5,
+                      strengths="0, 1", device="cpu")
+    job = ctx.jobs.wait(start_listen(ctx, form).id, timeout=300)
+    assert job.status == "done", ctx.jobs.tail_log(job.id)
+    assert render_folders(ctx) == ["outputs/listen/tiny-final"]
+    folder = ctx.workspace.outputs / "listen" / "tiny-final"
+    files = render_files(folder)
+    assert [label for label, _, _ in files] == ["base model", "strength 1 (as trained)"]
+    audio = [sf.read(wav)[0] for _, wav, _ in files]
+    assert audio[0].shape == audio[1].shape and audio[0].shape[1] == 2 and np.abs(audio[0] - audio[1]).max() > 0
+    assert all(png is not None and png.stat().st_size > 0 for _, _, png in files)
+    record = json.loads((folder / "preview.json").read_text())
+    assert record["caption"] == "mystyle, lofi" and record["seed"] == 5 and record["strengths"] == [0.0, 1.0]
+    assert render_description(ctx, folder).startswith("**mystyle, lofi** · instrumental · 0.6 s · seed 5")
