@@ -127,14 +127,15 @@ def listen_args(ctx: AppContext, form: ListenForm) -> list[str]:
     bpm = _number(form.bpm, "BPM", low=0, low_included=False)
     steps = _number(form.steps, "Sampling steps", whole=True, low=1)
     device = check_device(form.device)
-    args = ["preview", "--adapter", str(adapter), "--caption", caption, "--strengths",
+    # text goes as --flag=text: a caption or lyrics starting with "-" is not taken for an option
+    args = ["preview", "--adapter", str(adapter), f"--caption={caption}", "--strengths",
             ",".join(f"{s:g}" for s in strengths), "--duration", f"{duration if duration is not None else 20.0:g}",
             "--seed", str(seed or 0)]
     optional = (("--lyrics", (form.lyrics or "").strip()), ("--language", (form.language or "").strip()),
                 ("--bpm", f"{bpm:g}" if bpm is not None else ""), ("--key", (form.key or "").strip()),
                 ("--time-signature", (form.time_signature or "").strip()),
                 ("--steps", str(steps) if steps is not None else ""), ("--device", device or ""))
-    args += [part for flag, value in optional if value for part in (flag, value)]
+    args += [f"{flag}={value}" for flag, value in optional if value]
     out = listen_output(ctx, form.run, form.checkpoint)
     return args + ["--out", str(out), "--checkpoints-dir", str(ctx.workspace.checkpoints)]
 

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from acestep.cli import build_parser
 from acestep.errors import AceStepError
 from acestep.ui.context import AppContext, Workspace
 from acestep.ui.listen_tab import (
@@ -43,9 +44,9 @@ def test_the_form_becomes_the_preview_command_line(ctx):
                       seed=7, strengths="0, 0.5,1", bpm=96, key="C major", time_signature="3", steps=16, device="cpu")
     out = ctx.workspace.outputs / "listen" / "song-best"
     assert listen_args(ctx, form) == [
-        "preview", "--adapter", str(ctx.workspace.runs / "song" / "best"), "--caption", "mystyle, warm jazz piano",
-        "--strengths", "0,0.5,1", "--duration", "12", "--seed", "7", "--lyrics", "la la la", "--language", "fr",
-        "--bpm", "96", "--key", "C major", "--time-signature", "3", "--steps", "16", "--device", "cpu",
+        "preview", "--adapter", str(ctx.workspace.runs / "song" / "best"), "--caption=mystyle, warm jazz piano",
+        "--strengths", "0,0.5,1", "--duration", "12", "--seed", "7", "--lyrics=la la la", "--language=fr",
+        "--bpm=96", "--key=C major", "--time-signature=3", "--steps=16", "--device=cpu",
         "--out", str(out), "--checkpoints-dir", str(ctx.workspace.checkpoints)]
     out.mkdir(parents=True)
     (out / "strength-0.wav").write_bytes(b"x")  # an earlier render keeps its folder
@@ -54,6 +55,15 @@ def test_the_form_becomes_the_preview_command_line(ctx):
     assert "--bpm" not in step and "--steps" not in step and "--device" not in step and "--lyrics" not in step
     again = listen_args(ctx, form)
     assert again[again.index("--out") + 1] == str(out.with_name("song-best-2"))
+
+
+def test_the_command_line_reads_back_as_the_form_said_even_text_that_starts_with_a_dash(ctx):
+    form = ListenForm("song", "final", "-dark, techno", lyrics="--verse--\nla la", key="-", duration=5, seed=2,
+                      strengths="0.5,1")
+    args = build_parser().parse_args(listen_args(ctx, form))
+    assert (args.caption, args.lyrics, args.key, args.duration, args.seed, args.strengths) == (
+        "-dark, techno", "--verse--\nla la", "-", 5.0, 2, [0.5, 1.0])
+    assert args.adapter == ctx.workspace.runs / "song" / "final" and args.func.__name__ == "run_preview"
 
 
 @pytest.mark.parametrize(("changes", "message"), [
