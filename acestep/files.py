@@ -101,3 +101,16 @@ def free_folder(folder: Path) -> Path:
         number += 1
         candidate = folder.with_name(f"{folder.name}-{number}")
     return candidate
+
+
+def new_folder(folder: Path) -> Path:
+    """Create and return `folder`, or `folder-2`, `folder-3`, ... : the first that does not exist.
+    Creating it is what reserves it, so two callers at once never get the same folder."""
+    candidate, number = Path(folder), 1
+    while True:
+        try:
+            candidate.mkdir(parents=True)
+            return candidate
+        except FileExistsError:
+            number += 1
+            candidate = Path(folder).with_name(f"{Path(folder).name}-{number}")

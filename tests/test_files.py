@@ -3,7 +3,7 @@
 import pytest
 
 from acestep.errors import CheckpointError
-from acestep.files import read_json_object
+from acestep.files import new_folder, read_json_object
 
 
 @pytest.mark.parametrize("content, message", [
@@ -67,3 +67,10 @@ def test_a_full_disk_is_recognised_from_the_os_and_from_safetensors():
     assert not is_disk_full(SafetensorError("Error while deserializing header: HeaderTooLarge"))
     assert write_failure(serializing) == "the disk is full"
     assert write_failure(OSError(errno.EACCES, "Permission denied")) == "Permission denied"
+
+
+def test_new_folder_makes_the_first_name_not_taken(tmp_path):
+    (tmp_path / "out-2").write_text("a file takes the name too")
+    made = [new_folder(tmp_path / "out") for _ in range(3)]
+    assert made == [tmp_path / "out", tmp_path / "out-3", tmp_path / "out-4"] and all(p.is_dir() for p in made)
+    assert new_folder(tmp_path / "deep" / "er") == tmp_path / "deep" / "er"  # parents are made

@@ -243,7 +243,8 @@ def test_the_files_table_names_the_files_the_code_writes():
         constant("acestep/training/events.py", "EVENTS_FILE"),
         constant("acestep/inference/training_hook.py", "PREVIEWS_FOLDER"),
         constant("acestep/ui/export_tab.py", "MERGE_INFO"),
-        f'{constant("acestep/ui/listen_tab.py", "LISTEN_FOLDER")}/', constant("acestep/inference/cli.py", "RECORD_NAME"),
+        f'{constant("acestep/ui/listen_tab.py", "LISTEN_FOLDER")}/',
+        constant("acestep/inference/cli.py", "RECORD_NAME"),
         *(f"{name}/" for name in constant("acestep/ui/run_folders.py", "NAMED_ADAPTERS")),
     ]
     missing = [name for name in names if name not in table]

@@ -19,7 +19,7 @@ from pathlib import Path
 import gradio as gr
 
 from acestep.errors import AceStepError
-from acestep.files import free_folder
+from acestep.files import new_folder
 from acestep.inference.cli import RECORD_NAME, parse_strengths
 from acestep.jobs import ACTIVE, DONE, QUEUED, Job
 from acestep.ui.adapter_picker import (
@@ -102,13 +102,14 @@ def _number(value, what: str, whole: bool = False, low: float = 0.0, high: float
 
 
 def listen_output(ctx: AppContext, run: str, checkpoint: str) -> Path:
-    """`outputs/listen/<run>-<adapter>`, numbered when taken: every render keeps its own folder."""
-    return free_folder(ctx.workspace.outputs / LISTEN_FOLDER / f"{run}-{Path(checkpoint).name}")
+    """A new folder `outputs/listen/<run>-<adapter>`, numbered when taken: every render keeps its
+    own, and two renders submitted at once never share one."""
+    return new_folder(ctx.workspace.outputs / LISTEN_FOLDER / f"{run}-{Path(checkpoint).name}")
 
 
 def listen_args(ctx: AppContext, form: ListenForm) -> list[str]:
-    """The `preview` command line the form asks for. Raises ListenRefused, RunFolderError or
-    AceStepError (the device) naming what is wrong."""
+    """The `preview` command line the form asks for, but its `--out` (`start_listen` makes the
+    folder). Raises ListenRefused, RunFolderError or AceStepError (the device) naming what is wrong."""
     adapter = picked_adapter(ctx, form.run, form.checkpoint)
     if adapter is None:
         raise ListenRefused("Pick a run and one of its adapters first.")
@@ -136,13 +137,13 @@ def listen_args(ctx: AppContext, form: ListenForm) -> list[str]:
                 ("--time-signature", (form.time_signature or "").strip()),
                 ("--steps", str(steps) if steps is not None else ""), ("--device", device or ""))
     args += [f"{flag}={value}" for flag, value in optional if value]
-    out = listen_output(ctx, form.run, form.checkpoint)
-    return args + ["--out", str(out), "--checkpoints-dir", str(ctx.workspace.checkpoints)]
+    return args + ["--checkpoints-dir", str(ctx.workspace.checkpoints)]
 
 
 def start_listen(ctx: AppContext, form: ListenForm, owner: str = "") -> Job:
     """Submit the render: a GPU job (it waits while another GPU job runs) unless the device is cpu."""
     args = listen_args(ctx, form)
+    args += ["--out", str(listen_output(ctx, form.run, form.checkpoint))]
     return submit_cli_job(ctx, LISTEN_KIND, args, needs_gpu=check_device(form.device) != "cpu",
                           label=f"{form.run}/{Path(form.checkpoint).name}", owner=owner)
 

@@ -42,25 +42,29 @@ def ctx(tmp_path):
 def test_the_form_becomes_the_preview_command_line(ctx):
     form = ListenForm("song", "best", " mystyle, warm jazz piano ", lyrics="la la la", language="fr", duration=12,
                       seed=7, strengths="0, 0.5,1", bpm=96, key="C major", time_signature="3", steps=16, device="cpu")
-    out = ctx.workspace.outputs / "listen" / "song-best"
     assert listen_args(ctx, form) == [
         "preview", "--adapter", str(ctx.workspace.runs / "song" / "best"), "--caption=mystyle, warm jazz piano",
         "--strengths", "0,0.5,1", "--duration", "12", "--seed", "7", "--lyrics=la la la", "--language=fr",
         "--bpm=96", "--key=C major", "--time-signature=3", "--steps=16", "--device=cpu",
-        "--out", str(out), "--checkpoints-dir", str(ctx.workspace.checkpoints)]
-    out.mkdir(parents=True)
-    (out / "strength-0.wav").write_bytes(b"x")  # an earlier render keeps its folder
+        "--checkpoints-dir", str(ctx.workspace.checkpoints)]
     step = listen_args(ctx, ListenForm("song", "checkpoints/step-000020", "mystyle", steps=None, bpm=None))
-    assert step[step.index("--out") + 1] == str(ctx.workspace.outputs / "listen" / "song-step-000020")
-    assert "--bpm" not in step and "--steps" not in step and "--device" not in step and "--lyrics" not in step
-    again = listen_args(ctx, form)
-    assert again[again.index("--out") + 1] == str(out.with_name("song-best-2"))
+    assert not any(part.startswith(("--bpm", "--steps", "--device", "--lyrics")) for part in step)
+
+
+def test_each_render_gets_a_folder_of_its_own_even_two_at_once(ctx):
+    jobs = [start_listen(ctx, ListenForm("song", "best", "mystyle", device="cpu")) for _ in range(2)]
+    outs = [Path(job.argv[job.argv.index("--out") + 1]) for job in jobs]
+    listen = ctx.workspace.outputs / "listen"
+    assert outs == [listen / "song-best", listen / "song-best-2"] and all(out.is_dir() for out in outs)
+    for job in jobs:
+        ctx.jobs.stop(job.id, timeout=30)
+    assert render_folders(ctx) == []  # folders without a render are not listed
 
 
 def test_the_command_line_reads_back_as_the_form_said_even_text_that_starts_with_a_dash(ctx):
     form = ListenForm("song", "final", "-dark, techno", lyrics="--verse--\nla la", key="-", duration=5, seed=2,
                       strengths="0.5,1")
-    args = build_parser().parse_args(listen_args(ctx, form))
+    args = build_parser().parse_args([*listen_args(ctx, form), "--out", "render"])
     assert (args.caption, args.lyrics, args.key, args.duration, args.seed, args.strengths) == (
         "-dark, techno", "--verse--\nla la", "-", 5.0, 2, [0.5, 1.0])
     assert args.adapter == ctx.workspace.runs / "song" / "final" and args.func.__name__ == "run_preview"
@@ -113,7 +117,7 @@ def test_the_prompt_starts_from_the_runs_preview_settings_else_the_trigger_tag(c
 
 
 def write_render(folder: Path, strengths=("0", "1", "0.5"), record: dict | None = None) -> Path:
-    folder.mkdir(parents=True)
+    folder.mkdir(parents=True, exist_ok=True)
     for name in strengths:
         (folder / f"strength-{name}.wav").write_bytes(b"RIFF")
         (folder / f"strength-{name}.png").write_bytes(b"PNG")
