@@ -2,8 +2,8 @@
 that hold one, the adapters of a run (final, best, the step checkpoints), what the picked one is,
 and the two dropdowns with their refresh button, kept in step with the runs on disk.
 
-    picker = build_adapter_picker(ctx, "export")      # inside a tab's Blocks context
-    picker.wire(outputs, lambda run, adapter: (...), timer)   # what else follows a pick
+    picker = build_adapter_picker(ctx, "export")                   # inside a tab's Blocks context
+    picker.wire(ctx, outputs, lambda run, adapter: (...), timer)   # what else follows a pick
 """
 
 from __future__ import annotations
@@ -84,7 +84,8 @@ def refreshed_choices(ctx: AppContext, run: str | None, checkpoint: str | None) 
 @dataclass
 class AdapterPicker:
     """The run and adapter dropdowns, their refresh button, the adapter's description, and the
-    runs last listed (`known`); `run0`/`checkpoint0` are what the page opens with."""
+    runs last listed (`known`, None until the page's first tick); `run0`/`checkpoint0` are what the
+    page was built with."""
 
     run: gr.Dropdown
     checkpoint: gr.Dropdown
@@ -97,7 +98,9 @@ class AdapterPicker:
     def wire(self, ctx: AppContext, outputs: Sequence, updates: Callable[[str | None, str | None], tuple],
              timer: gr.Timer) -> None:
         """After a pick or a refresh, `updates(run, checkpoint)` gives the values of `outputs` (what
-        else follows the adapter); `timer` adds runs that saved their first adapter since."""
+        else follows the adapter). At `timer`'s first tick the picker is refreshed (the page may
+        have been built long before it was opened); later ticks add the runs that saved their
+        first adapter since, leaving the rest as it is."""
         picked = [self.info, *outputs]
 
         def followers(run, checkpoint) -> tuple:
@@ -112,11 +115,14 @@ class AdapterPicker:
             return (runs, gr.Dropdown(choices=runs, value=name), gr.Dropdown(choices=choices, value=checkpoint),
                     *followers(name, checkpoint))
 
-        def on_tick(before, current):
+        def on_tick(before, current, checkpoint):
+            if before is None:  # the page's first tick: what it was built with may be old by now
+                return on_refresh(current, checkpoint)
             now = run_choices(ctx)
             if now == before:
-                return gr.skip(), gr.skip()
-            return now, gr.Dropdown(choices=now, value=current if current in now else (now[0] if now else None))
+                return (gr.skip(),) * (3 + len(picked))
+            runs = gr.Dropdown(choices=now, value=current if current in now else (now[0] if now else None))
+            return (now, runs, *(gr.skip(),) * (1 + len(picked)))  # a form being filled in is left alone
 
         def on_checkpoint(run, checkpoint):
             values = followers(run, checkpoint)
@@ -126,7 +132,8 @@ class AdapterPicker:
         self.checkpoint.change(friendly(on_checkpoint), inputs=[self.run, self.checkpoint], outputs=picked)
         self.refresh.click(friendly(on_refresh), inputs=[self.run, self.checkpoint],
                            outputs=[self.known, self.run, self.checkpoint, *picked])
-        timer.tick(friendly(on_tick), inputs=[self.known, self.run], outputs=[self.known, self.run])
+        timer.tick(friendly(on_tick), inputs=[self.known, self.run, self.checkpoint],
+                   outputs=[self.known, self.run, self.checkpoint, *picked])
 
 
 def build_adapter_picker(ctx: AppContext, prefix: str) -> AdapterPicker:
@@ -142,4 +149,4 @@ def build_adapter_picker(ctx: AppContext, prefix: str) -> AdapterPicker:
         checkpoint = gr.Dropdown(choices0, value=checkpoint0, label="Adapter", elem_id=f"{prefix}-checkpoint")
         refresh = gr.Button("Refresh", scale=0, elem_id=f"{prefix}-refresh")
     info = gr.Markdown(adapter_info(ctx, run0 or "", checkpoint0 or ""), elem_id=f"{prefix}-info")
-    return AdapterPicker(run, checkpoint, refresh, info, gr.State(runs), run0, checkpoint0)
+    return AdapterPicker(run, checkpoint, refresh, info, gr.State(None), run0, checkpoint0)
