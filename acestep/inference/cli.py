@@ -122,4 +122,5 @@ def run_preview(args: argparse.Namespace) -> int:
               "adapter": str(adapter) if adapter is not None else None,
               "strengths": [s for s in strengths if s is not None], "files": [f"{name}.wav" for name in names]}
     write_atomically(args.out / RECORD_NAME, json.dumps(record, indent=2) + "\n", PreviewError)
+    print(f"Done: {len(names)} render(s) of {request.duration:g} s in {args.out}", flush=True)
     return 0

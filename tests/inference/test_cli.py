@@ -29,7 +29,9 @@ def test_preview_command_renders_each_strength_of_a_saved_adapter(tmp_path, turb
     audio = {s: sf.read(tmp_path / "out" / f"strength-{s}.wav")[0] for s in ("0", "1")}
     assert audio["0"].shape == (19_200, 2) and np.abs(audio["0"] - audio["1"]).max() > 1e-2
     assert (tmp_path / "out" / "strength-1.png").is_file()
-    assert "strength-1" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "strength-1" in printed  # the last line is what a job's message shows
+    assert printed.splitlines()[-1] == f"Done: 2 render(s) of 0.4 s in {tmp_path / 'out'}"
     record = json.loads((tmp_path / "out" / RECORD_NAME).read_text())  # what was rendered, for the Listen tab
     assert record == {"caption": "mystyle, lofi beat", "lyrics": "", "language": "en", "bpm": None, "key": "",
                       "time_signature": "", "duration": 0.4, "seed": 0, "steps": 8, "shift": 3.0,
