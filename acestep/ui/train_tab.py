@@ -41,6 +41,7 @@ PREVIEW_SLOTS = 4
 LOG_LINES = 40
 _STEPS_IN_ALL = re.compile(r"(\d+) steps in all")  # the start event's message (TrainingSession.start_message)
 _ENDED = {"done": "finished", "stop": "stopped", "error": "failed"}
+LISTEN_HINT = "hear its adapters on the **Listen** tab"
 # The log box shows its newest lines: Gradio's autoscroll left a run's log, once filled, at its oldest
 # line. Not when the reader has scrolled well up to read earlier lines.
 SCROLL_LOG_TO_END = """() => {
@@ -172,6 +173,8 @@ def progress_text(events: list[dict], now: float | None = None) -> str:
     if last.get("type") in _ENDED:
         message = last.get("message") or _ENDED[last["type"]]
         parts.append(f"failed: {message}" if last["type"] == "error" else message)
+        if last["type"] != "error":
+            parts.append(LISTEN_HINT)
     elif logs:
         parts += _speed(_rate_reference(events[start], logs), logs[-1], total, now)
     warnings = [f"\n\n⚠ step {event.get('step', '?')}: {event.get('message', '')}" for event in events[start:]

@@ -254,7 +254,7 @@ def test_progress_gives_step_of_total_rate_and_eta():
     assert progress_text(one_log, now=100.0) == (
         "**Step 10 of 100 (10 %)** · epoch 1 · loss 0.5000 · 1.00 s/step · ETA 1 min 30 s")
     done = events + [{"type": "done", "time": 130.0, "step": 20, "epoch": 1, "message": "finished: adapter in x"}]
-    assert progress_text(done).endswith(" · finished: adapter in x")
+    assert progress_text(done).endswith(" · finished: adapter in x · hear its adapters on the **Listen** tab")
     failed = events + [{"type": "error", "time": 130.0, "step": 20, "epoch": 1, "message": "out of memory"}]
     assert progress_text(failed).endswith(" · failed: out of memory")
     assert progress_text([]) == "No events yet."
