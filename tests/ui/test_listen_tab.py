@@ -202,3 +202,10 @@ def test_a_render_job_of_a_trained_run_on_the_cpu(trained):
     record = json.loads((folder / "preview.json").read_text())
     assert record["caption"] == "mystyle, lofi" and record["seed"] == 5 and record["strengths"] == [0.0, 1.0]
     assert render_description(ctx, folder).startswith("**mystyle, lofi** · instrumental · 0.6 s · seed 5")
+
+
+def test_the_longest_render_is_the_renderers_own_limit():
+    from acestep.inference.preview import MAX_SECONDS as RENDERER_MAX_SECONDS
+    from acestep.ui.listen_tab import MAX_SECONDS
+
+    assert MAX_SECONDS == RENDERER_MAX_SECONDS  # the tab keeps a copy: the renderer's module imports torch
