@@ -42,7 +42,8 @@ from acestep.gpu.estimate import DEFAULT_TUNING, ENCODER_TOKENS, GIB, estimate_v
 from acestep.models.config import parse_model_config
 from acestep.training.config import TrainingConfig, apply_overrides
 from acestep.training.data import CroppedSamples
-from acestep.training.loop import Trainer, _Interval
+from acestep.training.loop import Trainer
+from acestep.training.loss_interval import LossInterval
 from acestep.training.presets import BUILTIN_ORDER, apply_named_preset, load_preset
 from acestep.training.session import FRAMES_PER_SECOND
 
@@ -73,7 +74,7 @@ def measure_preset(name: str, size: str, steps: int, encoder_tokens: int, work: 
     session.batches_per_epoch = micro_steps
     trainer = Trainer(session)
     began = time.perf_counter()
-    trainer._run_epoch(_Interval(session.fabric.device))
+    trainer._run_epoch(LossInterval(session.fabric.device))
     if cuda:
         torch.cuda.synchronize()
     seconds = (time.perf_counter() - began) / steps

@@ -41,7 +41,8 @@ from acestep.models.config import parse_model_config
 from acestep.training.compilation import eagerly
 from acestep.training.config import TrainingConfig, apply_overrides
 from acestep.training.data import CroppedSamples, collate
-from acestep.training.loop import Trainer, _Interval
+from acestep.training.loop import Trainer
+from acestep.training.loss_interval import LossInterval
 from acestep.training.objective import context_latents, flow_target, masked_flow_loss, noisy_latents
 from acestep.training.session import TrainingSession
 
@@ -81,7 +82,7 @@ class TrainerTimer:
     def __init__(self, session: TrainingSession, batch: int):
         self.session, self.batch, self.optimizer = session, batch, session.optimizer
         self.trainer = Trainer(session)
-        self.interval = _Interval(session.fabric.device)
+        self.interval = LossInterval(session.fabric.device)
         self.cursor = SampleCursor(len(session.samples))
 
     def seconds_per_step(self, count: int) -> float:

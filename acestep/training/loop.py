@@ -8,7 +8,8 @@ What it guarantees:
   (seed, epoch), and checkpoints hold the adapter, optimizer, scheduler, counters and RNG states;
 - no host-device sync per micro-step: losses are read at the log interval; the only per-step sync
   is one boolean, whether the gradient is finite, needed to skip a bad step on every rank alike;
-- stop (Ctrl+C or a STOP file in the run folder) finishes the step, saves, and returns.
+- stop (Ctrl+C or a STOP file in the run folder) finishes the step, saves, and returns;
+- a checkpoint at least every `run.save_every_minutes`, whatever the other save settings.
 """
 
 from __future__ import annotations
@@ -16,12 +17,10 @@ from __future__ import annotations
 import copy
 
 import hashlib
-import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from acestep.errors import TrainingError
@@ -32,8 +31,10 @@ from acestep.training.compilation import reporting_fallbacks
 from acestep.training.config import TrainingConfig
 from acestep.training.data import Lookahead
 from acestep.training.events import make_event
+from acestep.training.loss_interval import LossInterval
 from acestep.training.resume_settings import ResumeSettings
 from acestep.training.session import CONFIG_FILE, STOP_FILE, TrainingSession
+from acestep.training.state import restore_rng, rng_states
 
 MOVING_AVERAGE_EPOCHS = 5
 clock = time.monotonic  # what run.save_every_minutes is measured with (tests replace it)
@@ -67,23 +68,6 @@ class Progress:
         return dict(self.__dict__)
 
 
-def _rng_states() -> dict:
-    states = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
-    if torch.cuda.is_available():
-        states["cuda"] = torch.cuda.get_rng_state_all()
-    return states
-
-
-def _restore_rng(states: dict) -> None:
-    torch.set_rng_state(states["torch"])
-    kind, keys, pos, has_gauss, gauss = states["numpy"]
-    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, gauss))
-    version, internal, gauss_next = states["python"]
-    random.setstate((version, tuple(internal), gauss_next))
-    if "cuda" in states and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(list(states["cuda"]))
-
-
 def dataset_identity(session: TrainingSession) -> str:
     """What the data order depends on: the samples and the split (a resume must see the same)."""
     manifest = session.samples.manifest
@@ -102,7 +86,7 @@ class Trainer:
         self.stop_requested = False
         self.saved_at: tuple[int, int, int] | None = None
         self.saved_clock = clock()  # when the last checkpoint was written (or the run started)
-        self.interval = _Interval(self.fabric.device)
+        self.interval = LossInterval(self.fabric.device)
         self.previews = TrainingPreviews(session, self.emit)  # run.preview_*: audio previews, rank 0
         self._group_start: tuple | None = None  # the state where the current accumulation group began
         self.resume_settings: ResumeSettings | None = None  # a resume's settings, when they changed
@@ -118,7 +102,7 @@ class Trainer:
     def training_state(self) -> dict:
         return {"progress": self.progress.to_state(), "epoch": self.progress.epoch,
                 "adapter": self.s.adapter.state_dict(), "optimizer": self.s.optimizer.state_dict(),
-                "scheduler": self.s.scheduler.state_dict(), "rng": _rng_states(),
+                "scheduler": self.s.scheduler.state_dict(), "rng": rng_states(),
                 "dataset": dataset_identity(self.s), "world_size": self.fabric.world_size,
                 "interval": self.interval.state(),
                 "config": self.s.config_dict}
@@ -161,7 +145,7 @@ class Trainer:
         self.progress = Progress(**state["progress"])
         self.saved_at = (self.progress.step, self.progress.epoch, self.progress.batches_done)
         self.interval.restore(state["interval"])
-        _restore_rng(state["rng"])
+        restore_rng(state["rng"])
         self.emit("start", step=self.progress.step, epoch=self.progress.epoch,
                   message=f"resumed from {folder}" + (" (forced: " + "; ".join(problems) + ")" if problems else ""))
 
@@ -179,7 +163,7 @@ class Trainer:
             progress, interval, rng = self._group_start
             self.progress = Progress(**copy.deepcopy(progress.to_state()))
             self.interval.restore_snapshot(interval)
-            _restore_rng(rng)
+            restore_rng(rng)
         self.save_checkpoint("out of memory")
         device = self.fabric.device
         total = torch.cuda.get_device_properties(device).total_memory if device.type == "cuda" else None
@@ -256,7 +240,7 @@ class Trainer:
         s.check_ranks_agree()
         return TrainingResult(s.run_dir, status, p.step, p.epoch, p.last_loss, p.best_metric)
 
-    def _run_epoch(self, interval: _Interval) -> str:
+    def _run_epoch(self, interval: LossInterval) -> str:
         s, p, cfg = self.s, self.progress, self.config
         batches = Lookahead(s.epoch_batches(p.epoch, skip=p.batches_done))
         count = s.batches_per_epoch
@@ -269,7 +253,7 @@ class Trainer:
             last_of_group = index - group_start + 1 == group_size
             if index == group_start:  # what an out-of-memory stop goes back to (device copies: no sync)
                 self._group_start = (Progress(**copy.deepcopy(p.to_state())), self.interval.snapshot(),
-                                     _rng_states())
+                                     rng_states())
             generator = s.step_generator(p.epoch, index)
             batch = batch.to(self.fabric.device)
             with self.fabric.no_backward_sync(s.model, enabled=not last_of_group):
@@ -328,7 +312,7 @@ class Trainer:
                 "learning rate, use bf16 instead of fp16, or check the tensors folder.")
         return finite
 
-    def _log(self, interval: _Interval) -> None:
+    def _log(self, interval: LossInterval) -> None:
         p = self.progress
         loss, samples, seconds = interval.read(self.fabric)
         if loss is not None:
@@ -337,7 +321,7 @@ class Trainer:
         self.emit("log", step=p.step, epoch=p.epoch, loss=loss, lr=self.s.scheduler.get_last_lr()[0], vram=vram,
                   samples_per_second=samples / seconds if seconds > 0 else None)
 
-    def _end_epoch(self, interval: _Interval) -> str:
+    def _end_epoch(self, interval: LossInterval) -> str:
         s, p, cfg = self.s, self.progress, self.config
         finished_epoch = p.epoch
         epoch_loss = interval.read_epoch(self.fabric)
@@ -385,66 +369,6 @@ class Trainer:
                        else f"training loss averaged over the last {window} epoch(s)")
             self.emit("best", step=p.step, epoch=finished_epoch, loss=score,
                       message=f"new best adapter in {folder} ({measure} {score:.5f})")
-
-
-class _Interval:
-    """Per-sample losses summed on the device; read (one sync) only at log time."""
-
-    def __init__(self, device: torch.device):
-        self.device = device
-        self.sum = torch.zeros((), device=device, dtype=torch.float64)
-        self.count = 0
-        self.epoch_sum = torch.zeros((), device=device, dtype=torch.float64)
-        self.epoch_count = 0
-        self.started = time.perf_counter()
-
-    def state(self) -> dict:
-        """The running sums (a resume continues the loss curve exactly)."""
-        return {"sum": self.sum.item(), "count": self.count, "epoch_sum": self.epoch_sum.item(),
-                "epoch_count": self.epoch_count}
-
-    def snapshot(self) -> tuple:
-        """The running sums as device copies (taken without a host sync)."""
-        return self.sum.clone(), self.count, self.epoch_sum.clone(), self.epoch_count
-
-    def restore_snapshot(self, snapshot: tuple) -> None:
-        total, self.count, epoch_total, self.epoch_count = snapshot
-        self.sum.copy_(total)
-        self.epoch_sum.copy_(epoch_total)
-
-    def restore(self, state: dict) -> None:
-        self.sum.fill_(state["sum"])
-        self.epoch_sum.fill_(state["epoch_sum"])
-        self.count, self.epoch_count = state["count"], state["epoch_count"]
-
-    def add(self, per_sample: torch.Tensor, size: int) -> None:
-        total = per_sample.double().sum()
-        self.sum += total
-        self.epoch_sum += total
-        self.count += size
-        self.epoch_count += size
-
-    def read(self, fabric) -> tuple[float | None, int, float]:
-        loss = _global_mean(fabric, self.sum, self.count)
-        samples, seconds = self.count * fabric.world_size, time.perf_counter() - self.started
-        self.sum.zero_()
-        self.count = 0
-        self.started = time.perf_counter()
-        return loss, samples, seconds
-
-    def read_epoch(self, fabric) -> float | None:
-        loss = _global_mean(fabric, self.epoch_sum, self.epoch_count)
-        self.epoch_sum.zero_()
-        self.epoch_count = 0
-        return loss
-
-
-def _global_mean(fabric, total: torch.Tensor, count: int) -> float | None:
-    both = torch.stack([total, torch.tensor(float(count), device=total.device, dtype=total.dtype)])
-    if fabric.world_size > 1:
-        both = fabric.all_reduce(both, reduce_op="sum")
-    value, n = both.tolist()
-    return value / n if n else None
 
 
 def train(config: TrainingConfig, resume: Path | None = None, force: bool = False, listeners=(),

@@ -3,13 +3,15 @@ without pickle: tensors go to a safetensors file, the structure to JSON.
 
 A structure is encoded as JSON values where tensors are replaced by `{"__tensor__": key}`,
 tuples by `{"__tuple__": [...]}` and dicts with non-string keys by `{"__dict__": [[k, v], ...]}`,
-so optimizer state (integer parameter ids) round-trips exactly, bit for bit.
+so optimizer state (integer parameter ids) round-trips exactly, bit for bit. `rng_states` and
+`restore_rng` take and put back the random generators' states that go with it.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import random
 from pathlib import Path
 from typing import Any
 
@@ -89,3 +91,22 @@ def load_state(folder: Path, name: str = "state") -> dict[str, Any]:
         return _decode(structure, tensors)
     except (OSError, ValueError, KeyError, SafetensorError) as exc:
         raise TrainingError(f"The training state in {folder} is damaged ({exc}).") from exc
+
+
+def rng_states() -> dict:
+    """The states of every random number generator training draws from (torch, CUDA, NumPy, Python)."""
+    states = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def restore_rng(states: dict) -> None:
+    """Put back the generators' states that `rng_states` took (read back from a checkpoint)."""
+    torch.set_rng_state(states["torch"])
+    kind, keys, pos, has_gauss, gauss = states["numpy"]
+    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, gauss))
+    version, internal, gauss_next = states["python"]
+    random.setstate((version, tuple(internal), gauss_next))
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(list(states["cuda"]))

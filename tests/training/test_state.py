@@ -41,3 +41,14 @@ def test_one_tensor_free_entry_is_read_from_the_json_alone(tmp_path):
     (tmp_path / "state.json").write_text("{not json")
     with pytest.raises(TrainingError, match="training state in .* is damaged"):
         load_state_entry(tmp_path, "config")
+
+
+def test_the_random_generators_continue_exactly_after_their_states_are_put_back(tmp_path):
+    from acestep.training.state import restore_rng, rng_states
+
+    torch.manual_seed(3), np.random.seed(4), random.seed(5)
+    save_state({"rng": rng_states()}, tmp_path)  # through the checkpoint files, as a resume reads them
+    first = (torch.rand(3), np.random.rand(3), random.random())
+    restore_rng(load_state(tmp_path)["rng"])
+    again = (torch.rand(3), np.random.rand(3), random.random())
+    assert torch.equal(first[0], again[0]) and np.array_equal(first[1], again[1]) and first[2] == again[2]
