@@ -15,34 +15,17 @@ event and training goes on; models that cannot be found stop the run at its star
 
 from __future__ import annotations
 
-import random
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from acestep.errors import AceStepError, TrainingError
 from acestep.inference.preview import PreviewRenderer, PreviewRequest
 from acestep.inference.render import write_preview
 from acestep.training.compilation import eagerly
+from acestep.training.state import restore_rng, rng_states
 
 PREVIEWS_FOLDER = "previews"
-
-
-def capture_rng() -> dict:
-    """Every global RNG state a training step can draw from."""
-    states = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
-    if torch.cuda.is_available():
-        states["cuda"] = torch.cuda.get_rng_state_all()
-    return states
-
-
-def restore_rng(states: dict) -> None:
-    torch.set_rng_state(states["torch"])
-    np.random.set_state(states["numpy"])
-    random.setstate(states["python"])
-    if "cuda" in states:
-        torch.cuda.set_rng_state_all(states["cuda"])
 
 
 def strength_name(strength: float) -> str:
@@ -107,7 +90,7 @@ class TrainingPreviews:
         if self.session.fabric.global_rank != 0 or self.last_step == step:
             return  # one preview per step, when an epoch's end and a step count coincide
         self.last_step = step
-        rng = capture_rng()
+        rng = rng_states()
         dtype = torch.get_default_dtype()
         try:
             with eagerly():  # compiled blocks (run.compile) would compile graphs for each strength

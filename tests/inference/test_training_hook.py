@@ -64,20 +64,6 @@ def test_a_missing_preview_model_stops_the_run_at_its_start(tmp_path, turbo_dit)
     assert log[-1]["type"] == "error" and not any(e["type"] == "log" for e in log)
 
 
-def test_capture_and_restore_cover_every_global_rng():
-    import random
-
-    import numpy as np
-
-    from acestep.inference.training_hook import capture_rng, restore_rng
-
-    states = capture_rng()
-    first = (torch.rand(3), np.random.rand(3), random.random())
-    restore_rng(states)
-    again = (torch.rand(3), np.random.rand(3), random.random())
-    assert torch.equal(first[0], again[0]) and np.array_equal(first[1], again[1]) and first[2] == again[2]
-
-
 @pytest.mark.parametrize("overrides, fragment", [
     (["run.preview_every_epochs=1"], "run.preview_caption is required when previews are on"),
     (["run.preview_strengths=[]"], "run.preview_strengths must be one or more distinct numbers from 0 to 2"),

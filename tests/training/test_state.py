@@ -52,3 +52,14 @@ def test_the_random_generators_continue_exactly_after_their_states_are_put_back(
     restore_rng(load_state(tmp_path)["rng"])
     again = (torch.rand(3), np.random.rand(3), random.random())
     assert torch.equal(first[0], again[0]) and np.array_equal(first[1], again[1]) and first[2] == again[2]
+
+
+def test_the_states_taken_in_memory_are_put_back_too():
+    """As a preview during training does: every global generator continues where it was."""
+    from acestep.training.state import restore_rng, rng_states
+
+    states = rng_states()
+    first = (torch.rand(3), np.random.rand(3), random.random())
+    restore_rng(states)
+    again = (torch.rand(3), np.random.rand(3), random.random())
+    assert torch.equal(first[0], again[0]) and np.array_equal(first[1], again[1]) and first[2] == again[2]
