@@ -19,6 +19,14 @@ BASE_NAME = "base"  # file stem of a render without an adapter
 RECORD_NAME = "preview.json"  # what was rendered, beside the files (read back by the Listen tab)
 
 
+def render_order(stem: str) -> float:
+    """Sort key of a render's file stem: `base` (the model alone) first, then `strength-S` by S."""
+    try:
+        return float(stem.removeprefix("strength-"))
+    except ValueError:
+        return -1.0
+
+
 def parse_strengths(text: str) -> list[float]:
     """`"0,0.5,1"` -> [0.0, 0.5, 1.0]; distinct numbers of 0 or more."""
     try:

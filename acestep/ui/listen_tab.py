@@ -20,7 +20,7 @@ import gradio as gr
 
 from acestep.errors import AceStepError
 from acestep.files import new_folder
-from acestep.inference.cli import RECORD_NAME, parse_strengths
+from acestep.inference.cli import RECORD_NAME, parse_strengths, render_order
 from acestep.jobs import ACTIVE, DONE, QUEUED, Job
 from acestep.ui.adapter_picker import (
     build_adapter_picker,
@@ -158,19 +158,12 @@ def render_folders(ctx: AppContext) -> list[str]:
     return [ctx.workspace.relative(folder) for folder in folders]
 
 
-def _order(stem: str) -> float:
-    try:
-        return float(stem.removeprefix("strength-"))
-    except ValueError:
-        return -1.0  # base.wav (the model alone) first
-
-
 def render_files(folder: Path) -> list[tuple[str, Path, Path | None]]:
     """(label, wav, spectrogram PNG or None) of each file of a render, by strength."""
-    wavs = sorted(Path(folder).glob("*.wav"), key=lambda path: _order(path.stem))
+    wavs = sorted(Path(folder).glob("*.wav"), key=lambda path: render_order(path.stem))
     files = []
     for wav in wavs:
-        strength = _order(wav.stem)
+        strength = render_order(wav.stem)
         label = ("base model" if strength <= 0 else f"strength {strength:g}" + (" (as trained)" if strength == 1
                                                                                else ""))
         png = wav.with_suffix(".png")

@@ -21,6 +21,7 @@ import pandas as pd
 
 from acestep.errors import AceStepError, ConfigError, JobError
 from acestep.gpu import read_gpus
+from acestep.inference.cli import render_order
 from acestep.jobs import QUEUED, Job
 from acestep.training.config import TrainingConfig, config_from_dict, config_to_dict, load_config, save_config
 from acestep.training.presets import recommendation_message
@@ -186,7 +187,7 @@ def preview_files(run_dir: Path) -> tuple[str, list[tuple[str, Path]]]:
     """(a heading, [(label, wav)]) of the newest previews in `<run>/previews/step-N/`."""
     steps = sorted(folder for folder in (Path(run_dir) / PREVIEWS_FOLDER).glob("step-*") if folder.is_dir())
     for folder in reversed(steps):
-        wavs = sorted(folder.glob("*.wav"), key=lambda path: _strength_order(path.stem))
+        wavs = sorted(folder.glob("*.wav"), key=lambda path: render_order(path.stem))
         if wavs:
             step = folder.name.removeprefix("step-").lstrip("0") or "0"
             return f"Previews at step {step}", [(path.stem.replace("-", " "), path) for path in wavs]
@@ -235,13 +236,6 @@ def _rate_reference(start: dict, logs: list[dict]) -> dict:
     if len(logs) >= 2:
         return logs[0]
     return start if start.get("type") == "start" and "time" in start and "step" in start else {}
-
-
-def _strength_order(stem: str) -> float:
-    try:
-        return float(stem.removeprefix("strength-"))
-    except ValueError:
-        return float("inf")
 
 
 def _duration(seconds: float) -> str:
