@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from acestep.gpu.estimate import ACESTEP_2B_DIT_CONFIG
+from acestep.gpu.estimate import ACESTEP_2B_DIT_CONFIG, ACESTEP_XL_DIT_CONFIG
 from acestep.models.attention import plan_attention
 from acestep.models.config import AceStepModelConfig
 from acestep.models.load import build_component
@@ -23,6 +23,7 @@ from acestep.training.config import TrainingConfig
 from acestep.training.data import CroppedSamples
 from acestep.training.optim import build_optimizer, build_scheduler
 from acestep.training.compilation import compile_blocks
+from acestep.training.quantization import quantize_transformer
 from acestep.training.recompute import enable_recompute
 from acestep.training.session import (FRAMES_PER_SECOND, MIXED_PRECISIONS, TrainingSession, compute_dtype,
                                       resolve_accelerator, resolve_precision)
@@ -33,6 +34,7 @@ SIZES = {
     "small": {**TINY_DIT_CONFIG, "hidden_size": 512, "intermediate_size": 1536, "num_hidden_layers": 4,
               "num_attention_heads": 8, "num_key_value_heads": 4, "head_dim": 64, "sliding_window": 128},
     "2b": dict(ACESTEP_2B_DIT_CONFIG),
+    "xl": dict(ACESTEP_XL_DIT_CONFIG),
 }
 CONDITION_TOKENS = 400  # lyrics + timbre + caption tokens of a typical song
 
@@ -88,15 +90,19 @@ def write_samples(folder: Path, count: int, frames: int, width: int, tokens: int
 def build_session(training: TrainingConfig, model: AceStepModelConfig, samples: PreprocessedDataset,
                   work: Path, seed: int = 0) -> TrainingSession:
     """A TrainingSession as `TrainingSession.start` builds one, on a random-weight transformer:
-    Fabric (accelerator and precision from `training`), gradient checkpointing, the adapter, compile,
-    the optimizer and scheduler, the cropped samples. `checkpoint_info["precision"]` says the precision."""
+    Fabric (accelerator and precision from `training`), the NF4 base when asked, gradient
+    checkpointing, the adapter, compile, the optimizer and scheduler, the cropped samples.
+    `checkpoint_info["precision"]` says the precision."""
     from lightning.fabric import Fabric
 
     accelerator = resolve_accelerator(training.run.accelerator)
     precision, dtype = resolve_precision(training, accelerator)
     fabric = Fabric(accelerator=accelerator, devices=1, precision=precision)
     torch.manual_seed(seed)
-    transformer = random_transformer(model, fabric.device, dtype)
+    quantized = training.model.quantization != "none"  # built on the host, quantized onto the device
+    transformer = random_transformer(model, torch.device("cpu") if quantized else fabric.device, dtype)
+    if quantized:
+        quantize_transformer(transformer, training.model.quantization, fabric.device, compute_dtype(precision, dtype))
     attention = plan_attention(transformer, fabric.device, compute_dtype(precision, dtype))
     if training.run.gradient_checkpointing:
         enable_recompute(transformer)

@@ -4,7 +4,9 @@
 #   1. `acestep-trainer gpu` on the real card (NVML monitor, preset choice, estimate);
 #   2. benchmarks/gpu_presets.py: every preset on the real-size 2B transformer, peak memory
 #      against its card and against the estimate (writes presets.json with every figure);
-#   3. benchmarks/training_step.py on the 2B transformer: trainer step vs the official-style
+#   3. the same for the 4B XL model with its frozen weights in NF4 on the 8 and 12 GB presets
+#      (model.quantization=nf4; writes presets-xl-nf4.json);
+#   4. benchmarks/training_step.py on the 2B transformer: trainer step vs the official-style
 #      reference loop and a bare PyTorch loop, batch 4 and batch 1, 60 s crops, gradient
 #      checkpointing (benchmarks/gpu_perf.sh runs the performance grid of issue 11).
 #
@@ -22,6 +24,8 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$RES
 "$PYTHON" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
 part cli_gpu 40 "$PYTHON" -m acestep.cli gpu --config examples/train_lora.toml
 part presets 240 "$PYTHON" benchmarks/gpu_presets.py --refit --json "$RESULTS/presets.json"
+part presets_xl_nf4 150 "$PYTHON" benchmarks/gpu_presets.py --size xl --presets vram_8gb,vram_12gb \
+    --set model.quantization=nf4 --json "$RESULTS/presets-xl-nf4.json"
 part step_batch4 120 "$PYTHON" benchmarks/training_step.py --size 2b --batch 4 --seconds 60 --gradient-checkpointing --bare
 part step_batch1 100 "$PYTHON" benchmarks/training_step.py --size 2b --batch 1 --seconds 60 --gradient-checkpointing --bare
 echo "parts failed: $failed"

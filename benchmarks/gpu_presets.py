@@ -1,19 +1,21 @@
-"""GPU check of the presets: train each on the real-size 2B transformer and compare its peak memory
-with the estimate and with the card it is meant for.
+"""GPU check of the presets: train each on the real-size 2B transformer (or the 4B XL) and compare its
+peak memory with the estimate and with the card it is meant for.
 
     env/bin/python benchmarks/gpu_presets.py                       # on an NVIDIA GPU: every preset, ~1-2 min on an H100
     env/bin/python benchmarks/gpu_presets.py --refit --json out.json  # also fit the estimate's constants
     env/bin/python benchmarks/gpu_presets.py --size tiny           # on a CPU: checks the script, no memory figures
+    env/bin/python benchmarks/gpu_presets.py --size xl --presets vram_8gb,vram_12gb --set model.quantization=nf4
 
-For each preset the 2B DiT is built from its config with random weights (nothing downloaded), the
-preset's adapter, optimizer, gradient checkpointing, batch and crop are set up by the trainer's own
-parts (benchmarks/common.py), and the trainer's loop runs `--steps` optimizer steps (with the
-preset's accumulation) on synthetic tensors of the preset's crop length and 512 condition tokens.
-Recorded: `torch.cuda.max_memory_allocated` and `max_memory_reserved` over the steps, seconds per
-step, and the bytes autograd keeps for one forward pass (to check the activation count and which
-attention kernel CUDA picked). A preset fails when its peak is above its card's memory less
-0.5 GiB (min_vram_gib - 0.5: 8 GB tier 7.5 GiB, 10-12 GB tier 9.5, 16-24 GB tier 15.5) or when the
-estimate is more than 15% off; the script then exits with 1.
+For each preset the DiT is built from its config with random weights (nothing downloaded), the
+preset's adapter, optimizer, gradient checkpointing, batch and crop (and the `--set` overrides on
+top) are set up by the trainer's own parts (benchmarks/common.py), and the trainer's loop runs
+`--steps` optimizer steps (with the preset's accumulation) on synthetic tensors of the preset's
+crop length and 512 condition tokens. Recorded: `torch.cuda.max_memory_allocated` and
+`max_memory_reserved` over the steps, seconds per step, and the bytes autograd keeps for one
+forward pass (to check the activation count and which attention kernel CUDA picked). A preset
+fails when its peak is above its card's memory less 0.5 GiB (min_vram_gib - 0.5: 8 GB tier
+7.5 GiB, 10-12 GB tier 9.5, 16-24 GB tier 15.5) or when the estimate is more than 15% off; the
+script then exits with 1.
 """
 
 from __future__ import annotations
@@ -51,14 +53,16 @@ TOLERANCE = 0.15  # the estimate must be within 15% of the measured peak
 SPARE_GIB = 0.5  # each preset must leave this much of its card's memory free
 
 
-def measure_preset(name: str, size: str, steps: int, encoder_tokens: int, work: Path) -> dict:
-    """Train preset `name` for `steps` optimizer steps; its figures as a dict."""
+def measure_preset(name: str, size: str, steps: int, encoder_tokens: int, work: Path,
+                   overrides: tuple[str, ...] = ()) -> dict:
+    """Train preset `name` (with `overrides`, "section.field=value" texts) for `steps` optimizer
+    steps; its figures as a dict."""
     preset = load_preset(name)
     model = parse_model_config(model_config(size))
     cuda = torch.cuda.is_available()
     config = apply_overrides(apply_named_preset(TrainingConfig(), name), [
         f"data.tensors_dir={work}", f"run.output_dir={work}", "run.log_every_steps=1000",
-        f"run.accelerator={'cuda' if cuda else 'cpu'}"])
+        f"run.accelerator={'cuda' if cuda else 'cpu'}", *overrides])
     frames = round(config.data.max_seconds * FRAMES_PER_SECOND)
     micro_steps = steps * config.optimizer.gradient_accumulation
     count = micro_steps * config.data.batch_size
@@ -78,7 +82,8 @@ def measure_preset(name: str, size: str, steps: int, encoder_tokens: int, work: 
     if cuda:
         torch.cuda.synchronize()
     seconds = (time.perf_counter() - began) / steps
-    result = {"preset": name, "min_vram_gib": preset.min_vram_gib, "steps": trainer.progress.step,
+    result = {"preset": " ".join([name, *overrides]), "min_vram_gib": preset.min_vram_gib,
+              "steps": trainer.progress.step,
               "seconds_per_step": seconds, "all_steps": trainer.progress.step == steps,
               "peak_allocated": torch.cuda.max_memory_allocated() - baseline if cuda else None,
               "peak_reserved": torch.cuda.max_memory_reserved() - baseline if cuda else None, "baseline": baseline}
@@ -197,7 +202,9 @@ def print_table(results: list[dict], device: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--size", choices=("2b", "tiny"), default="2b")
+    parser.add_argument("--size", choices=("2b", "xl", "tiny"), default="2b")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE",
+                        help="a setting over every preset (repeatable), e.g. model.quantization=nf4")
     parser.add_argument("--presets", default=",".join(BUILTIN_ORDER), help="comma list (default: all built-in)")
     parser.add_argument("--steps", type=int, default=2, help="optimizer steps per preset (the second one holds the "
                                                               "optimizer state)")
@@ -206,13 +213,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, default=None, help="write every figure to this file")
     args = parser.parse_args(argv)
     cuda = torch.cuda.is_available()
-    if args.size == "2b" and not cuda:
-        parser.error("the 2B check needs a CUDA GPU; --size tiny checks the script on a CPU")
+    if args.size != "tiny" and not cuda:
+        parser.error(f"the {args.size} check needs a CUDA GPU; --size tiny checks the script on a CPU")
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.presets.split(","):
             began = time.perf_counter()
-            results.append(measure_preset(name.strip(), args.size, args.steps, args.encoder_tokens, Path(tmp)))
+            results.append(measure_preset(name.strip(), args.size, args.steps, args.encoder_tokens, Path(tmp),
+                                          tuple(args.overrides)))
             print(f"  {name}: measured in {time.perf_counter() - began:.0f} s", file=sys.stderr, flush=True)
     print_table(results, torch.cuda.get_device_name() if cuda else "cpu")
     fitted = refit(results) if args.refit else {}

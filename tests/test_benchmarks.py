@@ -275,6 +275,34 @@ def test_gpu_presets_check_trains_every_preset_and_judges_the_figures(tmp_path):
     assert gpu_presets.judge(off) == ["estimate off by +20%"]
 
 
+def test_gpu_presets_check_takes_settings_over_the_presets_such_as_an_nf4_base(tmp_path):
+    figures = tmp_path / "figures.json"
+    command = [sys.executable, str(ROOT / "benchmarks" / "gpu_presets.py"), "--size", "tiny", "--steps", "1",
+               "--presets", "vram_8gb", "--set", "model.quantization=nf4", "--json", str(figures)]
+    out = subprocess.run(command, capture_output=True, text=True, timeout=600, check=True).stdout
+    assert "all presets passed" in out
+    [result] = json.loads(figures.read_text())["results"]
+    assert result["preset"] == "vram_8gb model.quantization=nf4" and result["steps"] == 1
+
+    from acestep.gpu.estimate import estimate_vram, vary
+    from acestep.models.config import parse_model_config
+    from acestep.training.config import TrainingConfig
+    from acestep.training.presets import apply_named_preset
+
+    tiny = parse_model_config(bench("common").model_config("tiny"))
+    preset = apply_named_preset(TrainingConfig(), "vram_8gb")
+    plain, nf4 = (estimate_vram(vary(preset, model__quantization=kind), tiny) for kind in ("none", "nf4"))
+    assert result["estimate_parts"]["weights"] == nf4.parts["weights"] < plain.parts["weights"]
+
+
+def test_the_xl_size_is_the_4b_decoder_of_the_reference():
+    from acestep.models.config import parse_model_config
+    from acestep.models.load import build_component
+
+    transformer = build_component(parse_model_config(bench("common").model_config("xl")), "transformer")
+    assert sum(p.numel() for p in transformer.parameters()) == 4_168_897_088  # reference 1.5: the XL decoder
+
+
 def test_attention_backends_records_the_three_attention_calls_and_times_each_kernel(capsys):
     """The tiny DiT makes the same three kinds of call as the 2B one: sliding-window self-attention
     with its dense additive mask, full self-attention and cross-attention, all with the GQA flag."""

@@ -5,7 +5,8 @@
 
 The parts, in bytes (training loads the transformer alone: `components=("transformer",)`):
 - weights: the frozen transformer at its dtype (bf16 on CUDA by default), counted from the
-  module shapes (built on the meta device, no memory used);
+  module shapes (built on the meta device, no memory used); with model.quantization=nf4 the
+  blocks' Linear weights at NF4's bytes (`acestep.training.quantization.nf4_bytes`);
 - adapter, gradients: the trainable parameters in fp32, counted exactly by attaching the real
   adapter (PEFT LoRA/DoRA, LyCORIS LoKr) to that meta transformer;
 - optimizer: its state, exactly as each library allocates it (AdamW: two fp32 buffers and a step
@@ -14,7 +15,8 @@ The parts, in bytes (training loads the transformer alone: `components=("transfo
   Prodigy: four fp32 buffers, the initial copy being a scalar for tensors that start at zero);
 - autocast copies: bf16 copies of the adapter weights autocast keeps during the forward pass;
 - activations: what the forward pass keeps for the backward pass (`acestep.gpu.activations`);
-- workspace: temporaries of the largest backward op, the batch on the device, cuBLAS;
+- workspace: temporaries of the largest backward op, the batch on the device, cuBLAS (and with
+  NF4, the largest layer's weight dequantized for its product);
 - allocator: memory the caching allocator holds but has not handed out (fragmentation);
 - CUDA context: the driver context, kernels and libraries of the process (not seen by PyTorch).
 `allocated_bytes` (the first seven) is what `torch.cuda.max_memory_allocated` reports; the GPU
@@ -58,6 +60,15 @@ ACESTEP_2B_DIT_CONFIG = {
     "num_attention_pooler_hidden_layers": 2, "num_audio_decoder_hidden_layers": 24, "pool_window_size": 5,
     "fsq_dim": 2048, "fsq_input_levels": [8, 8, 8, 5, 5, 5], "fsq_input_num_quantizers": 1,
     "timestep_mu": -0.4, "timestep_sigma": 1.0, "data_proportion": 0.5, "vocab_size": 64003,
+}
+
+# The 4B XL DiTs: the 2B config with the XL widths (reference/acestep-model.md 1.3); the condition
+# encoder keeps the 2B widths and the condition embedder maps them to the decoder's.
+ACESTEP_XL_DIT_CONFIG = {
+    **ACESTEP_2B_DIT_CONFIG, "model_version": "xl-turbo", "hidden_size": 2560, "intermediate_size": 9728,
+    "num_hidden_layers": 32, "num_attention_heads": 32, "layer_types": ["sliding_attention", "full_attention"] * 16,
+    "encoder_hidden_size": 2048, "encoder_intermediate_size": 6144,
+    "encoder_num_attention_heads": 16, "encoder_num_key_value_heads": 8,
 }
 
 
@@ -159,21 +170,29 @@ def estimate_vram(config, model_config=None, *, accelerator: str = "cuda", encod
                                    checkpointing=config.run.gradient_checkpointing, compiled=config.run.compile,
                                    kernels=kernels)
     trainable = sum(math.prod(s) for _, s in inventory.trainable)
+    weights, dequantized = inventory.frozen_numel * weight_bytes, 0
+    if config.model.quantization == "nf4":
+        from acestep.training.quantization import nf4_bytes
+
+        quantized = sum(inventory.quantizable)
+        weights += sum(nf4_bytes(n) for n in inventory.quantizable) - quantized * weight_bytes
+        dequantized = max(inventory.quantizable) * (2 if mixed else weight_bytes)  # one layer's weight at a time
     parts = {
-        "weights": inventory.frozen_numel * weight_bytes,
+        "weights": weights,
         "adapter": trainable * 4,
         "gradients": trainable * 4 * (2 if world_size > 1 else 1),
         "optimizer": optimizer_state_bytes(config.optimizer.name, inventory.trainable, config.optimizer.betas),
         "autocast copies": trainable * 2 if mixed else 0,
         "activations": round(activations.saved * tuning.activation_scale),
-        "workspace": round(activations.workspace * tuning.workspace_scale),
+        "workspace": round(activations.workspace * tuning.workspace_scale) + dequantized,
     }
     parts["allocator"] = round(sum(parts.values()) * tuning.allocator_fraction) if accelerator == "cuda" else 0
     parts["CUDA context"] = tuning.cuda_context_bytes if accelerator == "cuda" else 0
     summary = (f"{config.adapter.type} rank {config.adapter.rank}, {config.optimizer.name}, batch "
                f"{config.data.batch_size} x {seconds:g} s ({frames} frames), {encoder_tokens} condition tokens, "
                f"gradient checkpointing {'on' if config.run.gradient_checkpointing else 'off'}"
-               + (", compiled" if config.run.compile else "") + f", {'mixed precision' if mixed else 'fp32'}")
+               + (", compiled" if config.run.compile else "") + f", {'mixed precision' if mixed else 'fp32'}"
+               + (", NF4 base" if config.model.quantization == "nf4" else ""))
     options = {"accelerator": accelerator, "encoder_tokens": encoder_tokens, "world_size": world_size,
                "kernels": kernels, "tuning": tuning}
     return VramEstimate(parts, inventory.frozen_numel, trainable, summary, config, model_config, options)
@@ -236,6 +255,7 @@ class _Inventory:
     frozen_numel: int
     trainable: tuple[tuple[str, tuple[int, ...]], ...]
     modules: tuple[str, ...]
+    quantizable: tuple[int, ...]  # weight sizes of the Linear layers model.quantization replaces
 
 
 @functools.lru_cache(maxsize=64)
@@ -247,9 +267,11 @@ def _inventory(model_key: str, kind: str, rank: int, alpha: float, targets: str,
 
     from acestep.models.weights import empty_weights
     from acestep.training.adapters import add_adapter
+    from acestep.training.quantization import quantizable_linears
 
     with empty_weights():
         transformer = AceStepTransformer1DModel(**json.loads(model_key))
+    quantizable = tuple(transformer.get_submodule(name).weight.numel() for name in quantizable_linears(transformer))
     lycoris = logging.getLogger("LyCORIS")
     level = lycoris.level
     lycoris.setLevel(logging.ERROR)  # LyCORIS warns about rank and dropout on every module
@@ -263,7 +285,7 @@ def _inventory(model_key: str, kind: str, rank: int, alpha: float, targets: str,
     trainable = tuple((name, tuple(p.shape)) for name, p in named if p.requires_grad)
     frozen = sum(p.numel() for p in transformer.parameters() if not p.requires_grad)
     frozen += sum(b.numel() for b in transformer.buffers())
-    return _Inventory(frozen, trainable, tuple(adapter.modules))
+    return _Inventory(frozen, trainable, tuple(adapter.modules), quantizable)
 
 
 def vary(config, **changes):

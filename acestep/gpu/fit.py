@@ -59,8 +59,8 @@ def check_fits(config, free_bytes: int, processes, estimate: VramEstimate) -> No
             changes = " ".join(f"--set {change}" for change in fit.changes)
             lines.append(f"  {number}. {changes}  (about {gib(fit.estimate.total_bytes)})")
     else:
-        lines.append("None of gradient checkpointing, shorter crops, batch 1 with accumulation, a smaller optimizer "
-                     "or a lower rank makes it fit: free memory on the GPU or use a larger one.")
+        lines.append("None of gradient checkpointing, shorter crops, batch 1 with accumulation, a smaller optimizer, "
+                     "a 4-bit base or a lower rank makes it fit: free memory on the GPU or use a larger one.")
     lines.append("To start anyway (the estimate may be off by some 15%): --set run.skip_vram_check=true")
     raise TrainingError("\n".join(lines))
 
@@ -70,7 +70,8 @@ def settings_that_fit(config, estimate: VramEstimate, free_bytes: int, limit: in
 
     Changes are "section.field=value" texts, drawn from: gradient checkpointing on; batch 1 with
     the accumulation raised to keep the effective batch; 8-bit AdamW or Adafactor (with lr 1e-4
-    when leaving Prodigy); 30 s or 15 s crops; half or a quarter of the rank (alpha alike).
+    when leaving Prodigy); the frozen weights in NF4 (LoRA and DoRA, uncompiled); 30 s or 15 s
+    crops; half or a quarter of the rank (alpha alike).
     """
     options = _options(config)
     found = []
@@ -104,6 +105,8 @@ def _options(config) -> list[tuple[str, dict[str, object]]]:
         options.append(("optimizer", {"optimizer.name": "adamw8bit", **lr}))
     if opt.name != "adafactor":
         options.append(("optimizer", {"optimizer.name": "adafactor", **lr}))
+    if config.model.quantization == "none" and adapter.type != "lokr" and not run.compile:
+        options.append(("quantization", {"model.quantization": "nf4"}))
     for seconds in (30.0, 15.0):
         if data.max_seconds is None or data.max_seconds > seconds:
             options.append(("crop", {"data.max_seconds": seconds}))

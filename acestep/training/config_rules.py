@@ -77,6 +77,19 @@ def _check_lokr_factor(config: TrainingConfig) -> str | None:
     return None
 
 
+def _check_quantization(config: TrainingConfig) -> str | None:
+    kind = config.model.quantization
+    if kind == "none":
+        return None
+    if config.adapter.type == "lokr":
+        return (f"model.quantization={kind} works with adapter.type lora or dora, not lokr (PEFT wraps "
+                "4-bit layers, LyCORIS does not here): choose lora or dora, or set model.quantization=none")
+    if config.run.compile:
+        return (f"model.quantization={kind} and run.compile do not go together (compiled blocks are not "
+                "verified with bitsandbytes' 4-bit layers yet): set run.compile=false or model.quantization=none")
+    return None
+
+
 def _check_best_after(config: TrainingConfig) -> str | None:
     run = config.run
     if run.best_after_epochs > run.epochs:
@@ -124,6 +137,7 @@ _CHECKS: tuple[tuple[tuple[str, ...], Callable[[TrainingConfig], str | None]], .
     (("run.name",), _check_run_name),
     (("adapter.modules",), _check_modules),
     (("adapter.lokr_factor",), _check_lokr_factor),
+    (("model.quantization", "adapter.type", "run.compile"), _check_quantization),
     (("run.best_after_epochs", "run.epochs"), _check_best_after),
     (("optimizer.lr", "optimizer.name"), _check_prodigy_lr),
     (("run.preview_caption", "run.preview_every_epochs", "run.preview_every_steps"), _check_preview_caption),

@@ -43,6 +43,11 @@ class ModelConfig:
     dtype: str = _option(
         "auto", "Dtype of the frozen base weights: auto (bf16 on CUDA, fp32 on CPU), bf16, fp16 or fp32. "
         "The adapter's own weights always train in fp32.", choices=("auto", "bf16", "fp16", "fp32"))
+    quantization: str = _option(
+        "none", "none, or nf4: hold the frozen attention and MLP weights in 4 bits (QLoRA, bitsandbytes), "
+        "about a quarter of their memory in bf16, so the 4B XL models train on 8 GB cards. Each step is "
+        "slower and the base the adapter learns on is slightly changed. LoRA and DoRA only; not with "
+        "run.compile.", choices=("none", "nf4"))
 
 
 @dataclass

@@ -24,6 +24,7 @@ from acestep.training.data import (
 )
 from acestep.training.events import EventLog, TensorBoardListener
 from acestep.training.optim import build_optimizer, build_scheduler, optimizer_steps_per_epoch, total_optimizer_steps
+from acestep.training.quantization import parameter_count, quantize_transformer, require_bitsandbytes
 from acestep.training.recompute import enable_recompute
 from acestep.training.step import Objective, batch_loss, validation_loss
 
@@ -140,11 +141,18 @@ class TrainingSession:
             check_training_memory(config, fabric, checkpoints_dir)
         if config.run.compile:
             check_compile_support(accelerator)
-        bundle = load_acestep(config.model.checkpoint, dtype=model_dtype, device=fabric.device,
+        quantized = config.model.quantization != "none"
+        if quantized:
+            require_bitsandbytes()  # before minutes of loading
+        # a quantized base is loaded on the host and quantized onto the device layer by layer
+        bundle = load_acestep(config.model.checkpoint, dtype=model_dtype, device="cpu" if quantized else fabric.device,
                               components=("transformer",), checkpoints_dir=checkpoints_dir)
         check_model_matches(samples.manifest, bundle.config.fingerprint,
                             encoder_digest(bundle.path), Path(config.data.tensors_dir))
         transformer = bundle.transformer
+        if quantized:
+            quantize_transformer(transformer, config.model.quantization, fabric.device,
+                                 compute_dtype(precision, model_dtype))
         attention = plan_attention(transformer, fabric.device, compute_dtype(precision, model_dtype))
         if config.run.gradient_checkpointing:
             enable_recompute(transformer)
@@ -248,11 +256,13 @@ class TrainingSession:
         metadata = {**self.checkpoint_info, "adapter_type": self.adapter.kind, "rank": self.adapter.rank,
                     "alpha": self.adapter.alpha, "step": progress.step, "epoch": progress.epoch,
                     "date": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        if self.config.model.quantization != "none":
+            metadata["base_quantization"] = self.config.model.quantization
         save_adapter(self.adapter, folder, metadata)
 
     def start_message(self) -> str:
         trainable = sum(p.numel() for p in self.adapter.parameters())
-        total = sum(p.numel() for p in self.adapter.transformer.parameters())
+        total = parameter_count(self.adapter.transformer)
         c = self.config
         effective = c.data.batch_size * c.optimizer.gradient_accumulation * self.fabric.world_size
         return (f"run {self.run_dir}; timesteps: {self.objective.describe()}; CFG dropout {self.objective.cfg_dropout} "
@@ -263,6 +273,8 @@ class TrainingSession:
                 f"process(es)); {self.batches_per_epoch} batches and "
                 f"{optimizer_steps_per_epoch(self.batches_per_epoch, c.optimizer.gradient_accumulation)} optimizer "
                 f"steps per epoch, {self.total_steps} steps in all; {self.attention}"
+                + (f"; frozen attention and MLP weights in {c.model.quantization.upper()} (bitsandbytes)"
+                   if c.model.quantization != "none" else "")
                 + ("; blocks compiled by torch.compile: the first steps, the first validation and the first "
                    "short batch wait while it compiles" if c.run.compile else ""))
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from acestep.gpu.estimate import (
-    ACESTEP_2B_DIT_CONFIG,
+    ACESTEP_XL_DIT_CONFIG,
     GIB,
     PART_NAMES,
     EstimateTuning,
@@ -21,6 +21,7 @@ from acestep.training.adapters import add_adapter
 from acestep.training.config import TrainingConfig, apply_overrides
 from acestep.training.data import TrainingBatch
 from acestep.training.optim import build_optimizer
+from acestep.training.quantization import nf4_bytes
 from acestep.training.step import Objective, batch_loss
 
 
@@ -109,6 +110,17 @@ def test_the_2b_counts_match_the_model_reference():
         "CUDA context"]
 
 
+def test_an_nf4_base_holds_its_block_weights_in_half_a_byte_and_a_bit():
+    plain, quantized = estimate_vram(config_with()), estimate_vram(config_with("model.quantization=nf4"))
+    blocks = 24 * (2 * (2048 * 2048 * 2 + 2048 * 1024 * 2) + 3 * 2048 * 6144)  # attention q, o, k, v and the MLP
+    assert blocks == 1_509_949_440
+    nf4 = 24 * (2 * (2 * nf4_bytes(2048 * 2048) + 2 * nf4_bytes(2048 * 1024)) + 3 * nf4_bytes(2048 * 6144))
+    assert plain.parts["weights"] - quantized.parts["weights"] == 2 * blocks - nf4
+    assert 0.5158 < nf4 / blocks < 0.5159  # 4 bits, an 8-bit absmax per 64, an fp32 scale per 256 absmax
+    assert quantized.parts["workspace"] - plain.parts["workspace"] == 2 * 2048 * 6144  # one MLP weight in bf16
+    assert quantized.trainable_params == plain.trainable_params and "NF4 base" in quantized.summary
+
+
 def test_monotone_in_batch_crop_and_rank():
     base = config_with("run.gradient_checkpointing=false")
 
@@ -157,11 +169,7 @@ def test_the_optimizers_order_as_expected():
 def test_an_xl_config_gives_a_larger_estimate():
     from acestep.models.config import parse_model_config
 
-    xl = parse_model_config({**ACESTEP_2B_DIT_CONFIG, "model_version": "xl-turbo", "hidden_size": 2560,
-                             "intermediate_size": 9728, "num_hidden_layers": 32, "num_attention_heads": 32,
-                             "layer_types": ["sliding_attention", "full_attention"] * 16, "encoder_hidden_size": 2048,
-                             "encoder_intermediate_size": 6144, "encoder_num_attention_heads": 16,
-                             "encoder_num_key_value_heads": 8})
+    xl = parse_model_config(dict(ACESTEP_XL_DIT_CONFIG))
     config = config_with()
     small, large = estimate_vram(config), estimate_vram(config, xl)
     assert large.frozen_params == 4_168_897_088  # reference 1.5: the XL decoder

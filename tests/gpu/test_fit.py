@@ -9,7 +9,7 @@ import torch
 
 import acestep.gpu.monitor as monitor
 from acestep.errors import TrainingError
-from acestep.gpu.estimate import GIB, estimate_vram
+from acestep.gpu.estimate import ACESTEP_XL_DIT_CONFIG, GIB, estimate_vram
 from acestep.gpu.fit import (
     check_fits, check_training_memory, other_processes, out_of_memory_message, settings_that_fit,
 )
@@ -66,6 +66,21 @@ def test_the_suggested_settings_really_fit_and_keep_the_effective_batch():
             assert "optimizer.lr=0.0001" in changes  # Prodigy's 1.0 would be far too high for them
         applied = apply_overrides(BIG, changes)  # the texts are valid --set overrides
         assert estimate_vram(applied).total_bytes == fitted.total_bytes
+
+
+def test_an_xl_run_too_large_for_an_8gb_card_is_offered_an_nf4_base():
+    from acestep.models.config import parse_model_config
+
+    xl = parse_model_config(dict(ACESTEP_XL_DIT_CONFIG))
+    config = apply_overrides(apply_named_preset(TrainingConfig(), "vram_8gb"), ["data.tensors_dir=/t"])
+    estimate = estimate_vram(config, xl)
+    assert estimate.total_bytes > 8 * GIB  # the XL's bf16 weights alone are 8.3 GB
+    found = settings_that_fit(config, estimate, int(7.5 * GIB))
+    assert found and found[0].changes == ("model.quantization=nf4",)
+    assert found[0].estimate.total_bytes < estimate.total_bytes - 5 * GIB
+    lokr = apply_overrides(config, ["adapter.type=lokr"])
+    assert all("model.quantization=nf4" not in fit.changes
+               for fit in settings_that_fit(lokr, estimate_vram(lokr, xl), int(7.5 * GIB)))
 
 
 def test_nothing_fits_a_nearly_full_gpu():

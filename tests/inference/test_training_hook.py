@@ -21,11 +21,13 @@ def events(run_dir):
     return [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
 
 
-def test_previews_leave_training_bit_identical_and_are_listed(tmp_path, turbo_dit):
+@pytest.mark.parametrize("quantization", ["none", "nf4"])  # nf4: PEFT's layers over bitsandbytes' 4-bit ones
+def test_previews_leave_training_bit_identical_and_are_listed(tmp_path, turbo_dit, quantization):
     tensors = write_tensors_dir(tmp_path / "tensors", turbo_dit, 5)
     # adapter dropout 0.1 draws from the global RNG and runs only in train mode: a preview that
     # left a draw, the eval mode or a changed adapter scale behind would change the weights.
-    common = ("run.epochs=2", "optimizer.gradient_accumulation=2", "run.save_every_epochs=0")
+    common = ("run.epochs=2", "optimizer.gradient_accumulation=2", "run.save_every_epochs=0",
+              f"model.quantization={quantization}")
     plain = train(make_config(tmp_path / "off", tensors, turbo_dit, *common))
     dtype = torch.get_default_dtype()
     previewed = train(make_config(tmp_path / "on", tensors, turbo_dit, *common, *PREVIEW,

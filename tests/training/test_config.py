@@ -45,7 +45,8 @@ def problems_of(call) -> tuple[str, list[tuple[str, str]]]:
 def test_defaults_are_the_documented_ones():
     assert config_to_dict(TrainingConfig()) == {
         "version": 1,
-        "model": {"checkpoint": "acestep-v15-turbo", "checkpoints_dir": None, "dtype": "auto"},
+        "model": {"checkpoint": "acestep-v15-turbo", "checkpoints_dir": None, "dtype": "auto",
+                  "quantization": "none"},
         "data": {"tensors_dir": "", "batch_size": 1, "max_seconds": 60.0, "group_by_length": True,
                  "validation_split": 0.0, "validation_seed": 1234, "num_workers": 0},
         "adapter": {"type": "lora", "rank": 64, "alpha": 128.0, "dropout": 0.1, "targets": "attention",
@@ -335,6 +336,18 @@ def test_ints_are_accepted_for_floats_and_stored_as_floats():
     assert config.optimizer.lr == 1.0 and type(config.optimizer.lr) is float
     assert all(type(beta) is float for beta in config.optimizer.betas)
     assert type(config.adapter.alpha) is float
+
+
+@pytest.mark.parametrize(("sections", "fragment"), [
+    ({"adapter": {"type": "lokr"}}, "model.quantization=nf4 works with adapter.type lora or dora, not lokr"),
+    ({"run": {"compile": True}}, "model.quantization=nf4 and run.compile do not go together"),
+])
+def test_an_nf4_base_refuses_lokr_and_compile(sections, fragment):
+    message, problems = problems_of(lambda: config_from_dict(minimal(model={"quantization": "nf4"}, **sections)))
+    assert fragment in message and problems[0][0] == "model.quantization"
+    dora = config_from_dict(minimal(model={"quantization": "nf4"}, adapter={"type": "dora"}))
+    assert dora.model.quantization == "nf4"
+    assert config_from_dict(minimal(**sections)).model.quantization == "none"  # each alone is fine
 
 
 def test_prodigy_needs_an_lr_near_one():
