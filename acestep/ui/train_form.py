@@ -260,6 +260,7 @@ replies = os.fdopen(os.dup(1), "w", encoding="utf-8")
 os.dup2(2, 1)
 sys.stdout = sys.stderr
 from acestep.gpu.estimate import estimate_vram
+from acestep.gpu.fit import settings_that_fit
 from acestep.models.config import read_dit_config
 from acestep.training.config import config_from_dict
 for line in sys.stdin:
@@ -268,9 +269,11 @@ for line in sys.stdin:
         config = config_from_dict(request["config"], "estimate", complete=False)
         model = read_dit_config(request["model"]) if request["model"] else None
         reply = {"estimates": []}
-        for capability in request["capabilities"]:
+        for capability, free in request["gpus"]:
             estimate = estimate_vram(config, model, capability=tuple(capability) if capability else None)
-            reply["estimates"].append({"total_bytes": estimate.total_bytes, "describe": estimate.describe()})
+            fits = settings_that_fit(config, estimate, free) if free is not None and estimate.total_bytes > free else []
+            reply["estimates"].append({"total_bytes": estimate.total_bytes, "describe": estimate.describe(),
+                                       "fits": [[list(f.changes), f.estimate.total_bytes] for f in fits]})
     except Exception as error:
         reply = {"error": f"{type(error).__name__}: {error}"}
     replies.write(json.dumps(reply) + "\n")
@@ -290,12 +293,14 @@ class VramEstimator:
         self._replies: queue.Queue = queue.Queue()
         self._stderr: deque[str] = deque(maxlen=20)
 
-    def estimate(self, config: TrainingConfig, model_dir: Path | None, capabilities: list) -> list[dict]:
-        """One {"total_bytes", "describe"} per compute capability (None: unknown, the worst case).
-        Raises AceStepError when the estimate fails, or the helper ends or does not answer within
-        the timeout (with the helper's last error line; the next call starts a new helper)."""
+    def estimate(self, config: TrainingConfig, model_dir: Path | None, gpus: list[tuple]) -> list[dict]:
+        """One {"total_bytes", "describe", "fits"} per (compute capability, free bytes) in `gpus`
+        (capability None: unknown, the worst case; free None: unknown). "fits" lists, when the run
+        needs more than is free, [changes, total bytes] of `settings_that_fit`. Raises AceStepError
+        when the estimate fails, or the helper ends or does not answer within the timeout (with the
+        helper's last error line; the next call starts a new helper)."""
         request = json.dumps({"config": config_to_dict(config), "model": str(model_dir) if model_dir else None,
-                              "capabilities": [list(c) if c else None for c in capabilities]})
+                              "gpus": [[list(c) if c else None, free] for c, free in gpus]})
         with self._lock:
             process = self._start()
             try:
@@ -363,19 +368,24 @@ def estimate_text(ctx: AppContext, config: TrainingConfig, report: SystemGpuRepo
     """Markdown: the run's estimated peak VRAM, whether it fits each GPU's free memory now, and
     the estimate by part. Raises AceStepError when the estimate cannot be made."""
     model = dit_folder(ctx, config)
-    capabilities = list(dict.fromkeys(gpu.compute_capability for gpu in report.gpus)) or [None]
-    estimates = dict(zip(capabilities, estimator.estimate(config, model, capabilities), strict=True))
+    pairs = list(dict.fromkeys((gpu.compute_capability, gpu.free_bytes) for gpu in report.gpus)) or [(None, None)]
+    estimates = dict(zip(pairs, estimator.estimate(config, model, pairs), strict=True))
     first = next(iter(estimates.values()))
     lines = [f"**Estimated peak VRAM: {gib(first['total_bytes'])}**"
              + ("" if model else f" (for the 2B ACE-Step 1.5 DiT: `{config.model.checkpoint}` is not on disk)")]
     if not report.gpus:
         lines.append(f"No GPU to compare it with ({report.message}).")
     for gpu in report.gpus:
-        needed = estimates[gpu.compute_capability]["total_bytes"]
-        spare = gpu.free_bytes - needed
-        verdict = (f"fits: {gib(gpu.free_bytes)} free, {spare / GIB:.2f} GiB to spare" if spare >= 0 else
-                   f"**does not fit now**: {gib(gpu.free_bytes)} free, {-spare / GIB:.2f} GiB short (gradient "
-                   "checkpointing, a smaller batch or shorter crops need less)")
+        estimate = estimates[(gpu.compute_capability, gpu.free_bytes)]
+        spare = gpu.free_bytes - estimate["total_bytes"]
+        if spare >= 0:
+            verdict = f"fits: {gib(gpu.free_bytes)} free, {spare / GIB:.2f} GiB to spare"
+        else:
+            fits = "; ".join(" ".join(f"`{change}`" for change in changes) + f" (about {gib(total)})"
+                             for changes, total in estimate["fits"])
+            verdict = (f"**does not fit now**: {gib(gpu.free_bytes)} free, {-spare / GIB:.2f} GiB short; "
+                       + (f"these settings would fit: {fits}" if fits else
+                          "no usual setting makes it fit: free memory on the GPU"))
         lines.append(f"GPU {gpu.index} {gpu.name}: {verdict}.")
     lines.append(f"```\n{first['describe']}\n```")
     return "\n\n".join(lines)

@@ -130,3 +130,23 @@ def test_a_stopped_run_resumes_on_an_nf4_base_as_after_running_out_of_memory(tmp
     warnings = [e["message"] for e in events(first.run_dir) if e["type"] == "warning"]
     assert any("resumed with changed settings: model.quantization 'none' -> 'nf4'" in w for w in warnings)
     assert "quantization = \"nf4\"" in (first.run_dir / "config.toml").read_text()
+
+
+@pytest.mark.parametrize("quantization", ["none", "nf4"])
+def test_an_xl_checkpoint_trains_with_and_without_an_nf4_base(tmp_path, quantization):
+    from models.test_xl import XL_CONFIG
+    from training.conftest import write_tensors_dir
+
+    from acestep.models.tiny import write_dit_checkpoint
+
+    xl = tmp_path / "acestep-v15-xl-turbo"  # decoder 96 wide, q 128, conditions 64
+    generator = torch.Generator().manual_seed(7)
+    write_dit_checkpoint(xl, XL_CONFIG, generator, torch.randn(1, 300, 64, generator=generator))
+    tensors = write_tensors_dir(tmp_path / "tensors", xl, 4)
+    result = train(make_config(tmp_path, tensors, xl, f"model.quantization={quantization}"))
+    assert result.status == "completed" and result.step == 8
+    logs = [e["loss"] for e in events(result.run_dir) if e["type"] == "log"]
+    assert len(logs) == 8 and all(0 < loss < 10 for loss in logs)
+    names = adapter_tensors(result.run_dir / "final").keys()
+    assert "base_model.model.layers.0.self_attn.q_proj.lora_A.weight" in names
+    assert len(names) == 2 * 4 * 2 * 4  # lora_A and lora_B of q, k, v, o in self and cross attention, 4 blocks

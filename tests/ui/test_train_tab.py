@@ -125,6 +125,8 @@ def test_the_estimate_grows_with_the_batch_and_says_whether_it_fits(ctx):
     assert 6 < total(small) < 10 < total(large)
     assert "GPU 0 GPU0: fits: 10.00 GiB free" in small and "batch 1 x 60 s" in small
     assert "GPU 0 GPU0: **does not fit now**: 10.00 GiB free" in large and "batch 3 x 60 s" in large
+    fits = re.findall(r"`([\w.]+=[\w.]+)` \(about ([\d.]+) GiB\)", large.split("these settings would fit: ")[1])
+    assert fits[0] == ("run.gradient_checkpointing=true", fits[0][1]) and all(float(t) <= 10 for _, t in fits)
     assert "`acestep-v15-turbo` is not on disk" in small  # no checkpoints here: the 2B DiT's shapes
 
 
@@ -135,11 +137,11 @@ def test_an_estimate_helper_that_dies_gives_its_error_and_is_started_again(ctx):
     for _ in range(2):  # the second call starts a new helper
         with pytest.raises(AceStepError, match=r"helper process ended or hung \(its last error: ImportError: no "
                                                r"diffusers\); it is started again"):
-            estimator.estimate(config, None, [None])
+            estimator.estimate(config, None, [(None, None)])
     replying = VramEstimator(script="import sys\nfor line in sys.stdin: print('{\"error\": \"bad\"}', flush=True)")
     try:
         with pytest.raises(AceStepError, match="The VRAM estimate failed: bad"):
-            replying.estimate(config, None, [None])
+            replying.estimate(config, None, [(None, None)])
     finally:
         replying.close()
 
