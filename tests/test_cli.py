@@ -194,3 +194,25 @@ def test_every_argument_of_every_command_has_help():
     missing = [f"{name} {action.dest}" for name, parser in commands.choices.items() for action in parser._actions
                if not isinstance(action, argparse._HelpAction) and not (action.help or "").strip()]
     assert missing == []
+
+
+def test_tags_adds_and_removes_in_the_dataset_file(tmp_path, capsys):
+    import json
+
+    from acestep.dataset import Dataset, Sample, save_dataset
+
+    dataset = tmp_path / "songs.json"
+    save_dataset(Dataset("songs", [Sample(str(tmp_path / f"{n}.wav"), caption="piano") for n in "abc"]), dataset)
+    assert main(["tags", str(dataset), "--add", "lofi", "--samples", "1,3"]) == 0
+    assert capsys.readouterr().out.strip() == f"Added 'lofi' in 2 of 2 sample(s). Saved {dataset}."
+    assert [s["caption"] for s in json.loads(dataset.read_text())["samples"]] == ["piano, lofi", "piano",
+                                                                               "piano, lofi"]
+    before = dataset.read_bytes()
+    assert main(["tags", str(dataset), "--remove", "rock", "--field", "both"]) == 0
+    assert "Removed 'rock' in 0 of 3 sample(s). Nothing to save in" in capsys.readouterr().out
+    assert dataset.read_bytes() == before
+    assert main(["tags", str(dataset), "--add", "x", "--samples", "4"]) == 1
+    assert capsys.readouterr().err.strip() == "error: samples: '4' is outside 1-3"
+    assert main(["tags", str(tmp_path / "missing.json"), "--add", "x"]) == 1
+    assert "missing.json" in capsys.readouterr().err
+

@@ -1,4 +1,4 @@
-"""Data commands: split audio, build and check a dataset, label songs, preprocess into tensors."""
+"""Data commands: split audio, build, check and tag a dataset, label songs, preprocess into tensors."""
 
 from __future__ import annotations
 
@@ -60,6 +60,21 @@ def cmd_report(args: argparse.Namespace) -> int:
         dataset = load_dataset(args.dataset)
     report = dataset_report(dataset, analyse_audio=not args.no_audio)
     print(json.dumps(report.to_dict(), indent=2) if args.json else format_report(report))
+    return 0
+
+
+def cmd_tags(args: argparse.Namespace) -> int:
+    """Add or remove a tag in the captions and/or genres of a dataset's samples, in place."""
+    from acestep.dataset import load_dataset_revision, save_dataset
+    from acestep.dataset.tags import edit_tags
+
+    dataset, revision = load_dataset_revision(args.dataset)
+    action, tag = ("add", args.add) if args.add is not None else ("remove", args.remove)
+    where = "caption and genre" if args.field == "both" else args.field
+    result = edit_tags(dataset, action, tag, where, args.samples)
+    if result.changed:  # refused if the file changed since it was read (the web app saving it, say)
+        save_dataset(result.dataset, args.dataset, expected_revision=revision)
+    print(f"{result.message} {'Saved' if result.changed else 'Nothing to save in'} {args.dataset}.")
     return 0
 
 
@@ -163,6 +178,18 @@ def add_commands(commands) -> None:
     report.add_argument("--json", action="store_true", help="print the report as JSON")
     report.add_argument("--no-audio", action="store_true", help="skip decoding (no clipping/silence checks)")
     report.set_defaults(func=cmd_report)
+
+    tags = commands.add_parser("tags", help="add or remove a tag in the captions or genres of a dataset's samples")
+    tags.add_argument("dataset", type=Path, metavar="DATASET.json", help="the dataset file, edited in place")
+    edit = tags.add_mutually_exclusive_group(required=True)
+    edit.add_argument("--add", metavar="TAG", help="add this tag where it is missing (at the end)")
+    edit.add_argument("--remove", metavar="TAG", help="remove this tag (whole comma-separated tags, any case)")
+    tags.add_argument("--field", choices=("caption", "genre", "both"), default="caption",
+                      help="where to add or remove it (default caption)")
+    tags.add_argument("--samples", default="", metavar="LIST",
+                      help="samples by number, in the file's order from 1 as the Dataset tab lists them, e.g. '1-3,7' "
+                           "(default all)")
+    tags.set_defaults(func=cmd_tags)
 
     pre = commands.add_parser("preprocess", help="encode a dataset into training tensors")
     pre.add_argument("--dataset", type=Path, required=True, metavar="DATASET.json",

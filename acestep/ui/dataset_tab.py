@@ -29,6 +29,8 @@ from acestep.dataset import (
     parse_language,
     save_dataset_revision,
 )
+from acestep.dataset import tags as dataset_tags
+from acestep.dataset.tags import TAG_ACTIONS, TAG_FIELDS
 from acestep.dataset.values import normalize_keyscale, normalize_timesignature, parse_bpm
 from acestep.errors import DatasetError
 from acestep.ui.context import AppContext, PathRefused, Workspace
@@ -39,8 +41,6 @@ HEADERS = ["#", "Audio", "Caption", "Genre", "Lyrics", "BPM", "Key", "Time", "La
 # Shares of the table's width: without them the long captions take it all and the short columns'
 # headers wrap one letter per line.
 COLUMN_WIDTHS = ["3%", "13%", "23%", "10%", "7%", "5%", "7%", "5%", "7%", "6%", "7%", "7%"]
-TAG_FIELDS = ("caption", "genre", "caption and genre")
-TAG_ACTIONS = ("add", "remove")
 LANGUAGE_CHOICES = [(f"{name} ({code})", code) for code, name in LANGUAGE_NAMES.items()]
 Progress = Callable[[int, int, Path], None]
 
@@ -194,66 +194,13 @@ def apply_settings(opened: OpenDataset, name: str, trigger_tag: str, tag_positio
 # --- bulk tag edit ---------------------------------------------------------------------------
 
 
-def parse_selection(text: str, count: int) -> list[int]:
-    """Sample indices (0-based) from "1-3, 7" (numbers as the table shows them); empty means all.
-    Raises DatasetError for anything else or a number outside 1..count."""
-    if not (text or "").strip():
-        return list(range(count))
-    chosen: set[int] = set()
-    for part in text.replace(";", ",").split(","):
-        part = part.strip()
-        if not part:
-            continue
-        first, _, last = part.partition("-")
-        try:
-            low, high = int(first), int(last or first)
-        except ValueError:
-            raise DatasetError(f"samples: {part!r} is not a number or a range like 2-5") from None
-        if not 1 <= low <= high <= count:
-            raise DatasetError(f"samples: {part!r} is outside 1-{count}")
-        chosen.update(range(low - 1, high))
-    return sorted(chosen)
-
-
-def add_tag(text: str, tag: str) -> str:
-    """`text` (comma-separated tags) with `tag` added at the end, unless it is there already
-    (compared without case)."""
-    parts = [part.strip() for part in text.split(",") if part.strip()]
-    if tag.casefold() in (part.casefold() for part in parts):
-        return text
-    return ", ".join([*parts, tag])
-
-
-def remove_tag(text: str, tag: str) -> str:
-    """`text` without the comma-separated parts equal to `tag` (compared without case)."""
-    parts = [part.strip() for part in text.split(",") if part.strip()]
-    kept = [part for part in parts if part.casefold() != tag.casefold()]
-    return text if len(kept) == len(parts) else ", ".join(kept)
-
-
 def edit_tags(opened: OpenDataset, action: str, tag: str, where: str = "caption",
               selection: str = "") -> tuple[OpenDataset, str]:
-    """Add or remove `tag` in the caption and/or genre of the selected samples (all when
-    `selection` is empty); the copy and a message saying how many samples changed."""
-    tag = tag.strip().strip(",").strip()
-    if not tag:
-        raise DatasetError("Type the tag to add or remove.")
-    if action not in TAG_ACTIONS or where not in TAG_FIELDS:
-        raise DatasetError(f"tag edit: action must be add or remove and field one of {', '.join(TAG_FIELDS)}")
-    edit = add_tag if action == "add" else remove_tag
-    names = ("caption", "genre") if where == "caption and genre" else (where,)
-    indices = parse_selection(selection, len(opened.dataset.samples))
-    samples = list(opened.dataset.samples)
-    changed = 0
-    for index in indices:
-        sample = samples[index]
-        edited = replace(sample, **{name: edit(getattr(sample, name), tag) for name in names})
-        if edited != sample:
-            samples[index], changed = edited, changed + 1
-    message = f"{'Added' if action == 'add' else 'Removed'} {tag!r} in {changed} of {len(indices)} sample(s)."
-    if not changed:
-        return opened, message
-    return replace(opened, dataset=replace(opened.dataset, samples=samples), unsaved=True), message
+    """`acestep.dataset.tags.edit_tags` on the open dataset: the copy and the message."""
+    result = dataset_tags.edit_tags(opened.dataset, action, tag, where, selection)
+    if not result.changed:
+        return opened, result.message
+    return replace(opened, dataset=result.dataset, unsaved=True), result.message
 
 
 # --- report and save -------------------------------------------------------------------------

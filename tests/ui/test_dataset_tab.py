@@ -15,15 +15,12 @@ from acestep.ui.dataset_tab import (
     COLUMN_WIDTHS,
     HEADERS,
     OpenDataset,
-    add_tag,
     apply_sample_edit,
     apply_settings,
     build_dataset_tab,
     dataset_choices,
     edit_tags,
     open_dataset,
-    parse_selection,
-    remove_tag,
     report_markdown,
     sample_rows,
     sample_view,
@@ -171,20 +168,6 @@ def test_bulk_tag_edit_adds_and_removes_in_selected_samples(scanned):
     assert edited.unsaved and [s.caption for s in scanned.dataset.samples] == ["", "", ""]
     with pytest.raises(DatasetError, match="Type the tag"):
         edit_tags(scanned, "add", " , ")
-
-
-def test_tag_helpers_and_sample_selection():
-    assert add_tag("piano, calm", "Lofi") == "piano, calm, Lofi"
-    assert add_tag("piano, LOFI", "lofi") == "piano, LOFI"
-    assert add_tag("", "lofi") == "lofi"
-    assert remove_tag("piano,  lofi , calm, Lofi", "LOFI") == "piano, calm"
-    assert remove_tag("a lofi song", "lofi") == "a lofi song"  # whole tags only
-    assert parse_selection("", 4) == [0, 1, 2, 3]
-    assert parse_selection("3, 1-2; 2", 4) == [0, 1, 2]
-    with pytest.raises(DatasetError, match="'5' is outside 1-4"):
-        parse_selection("5", 4)
-    with pytest.raises(DatasetError, match="'x' is not a number"):
-        parse_selection("1, x", 4)
 
 
 def test_selecting_a_sample_gives_its_audio_and_values(workspace, scanned, tmp_path, real_loops):
