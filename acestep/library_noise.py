@@ -9,8 +9,9 @@ from __future__ import annotations
 import logging
 import warnings
 
-# bitsandbytes warns on every import, on CPUs with AVX512-BF16, that an optional kernel for 4-bit
-# matrix products could not be loaded. Nothing here uses 4-bit layers: keep that line out of the logs.
+# bitsandbytes warns on every import, on CPUs with AVX512-BF16, that an optional kernel for its CPU
+# 4-bit inference path could not be loaded. Our 4-bit layers (model.quantization) keep that path
+# off (acestep/training/quantization.py): keep that line out of the logs.
 QUIET_LOGGERS = ("bitsandbytes.backends.cpu.ops",)
 # diffusers builds the Oobleck VAE with torch's deprecated `weight_norm`; the weights load the same,
 # and the FutureWarning (addressed to diffusers) would be the first line of every VAE command.

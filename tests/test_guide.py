@@ -245,7 +245,7 @@ def test_the_files_table_names_the_files_the_code_writes():
         constant("acestep/ui/export_tab.py", "MERGE_INFO"),
         f'{constant("acestep/ui/listen_tab.py", "LISTEN_FOLDER")}/',
         constant("acestep/inference/cli.py", "RECORD_NAME"),
-        *(f"{name}/" for name in constant("acestep/ui/run_folders.py", "NAMED_ADAPTERS")),
+        *(f"{name}/" for name in constant("acestep/training/run_folders.py", "NAMED_ADAPTERS")),
     ]
     missing = [name for name in names if name not in table]
     assert not missing, f"files the code writes that the table does not name: {missing}"

@@ -1,4 +1,4 @@
-"""Training commands: GPU check, train, export, merge, preview."""
+"""Training commands: GPU check, train, the runs so far, export, merge, preview."""
 
 from __future__ import annotations
 
@@ -91,6 +91,28 @@ def cmd_merge(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_runs(args: argparse.Namespace) -> int:
+    """The training runs in a runs folder, newest first, as the web app's Runs tab lists them."""
+    import json
+
+    from acestep.training.run_folders import RUN_HEADERS, run_adapters, run_row, summarize_runs
+
+    summaries = summarize_runs(args.runs_dir, [])  # status from the events (no job manager here)
+    if not summaries:
+        raise AceStepError(f"No training runs in {args.runs_dir} (folders with a config.toml). Give the runs "
+                           "folder: `runs` under the folder `train` ran in, or workspace/runs for the web app.")
+    if args.json:
+        print(json.dumps([{**{key: str(value) if key == "path" else value for key, value in vars(s).items()},
+                           "adapters": [name for name, _ in run_adapters(s.path)]} for s in summaries], indent=2))
+        return 0
+    rows = [RUN_HEADERS + ["Adapters"]]
+    rows += [run_row(s) + [", ".join(name for name, _ in run_adapters(s.path)) or "none yet"] for s in summaries]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False)) + "  " + row[-1])
+    return 0
+
+
 def add_commands(commands) -> None:
     gpu = commands.add_parser("gpu", help="show the GPUs, the recommended preset and a config's VRAM estimate")
     gpu.add_argument("--config", type=Path, default=None, metavar="RUN.toml",
@@ -115,6 +137,13 @@ def add_commands(commands) -> None:
     train.add_argument("--force", action="store_true",
                        help="resume even if the dataset, the number of processes or the data order changed")
     train.set_defaults(func=cmd_train)
+
+    runs = commands.add_parser("runs", help="list the training runs in a runs folder: status, steps, losses, "
+                                            "adapters")
+    runs.add_argument("runs_dir", type=Path, nargs="?", default=Path("runs"), metavar="RUNS_DIR",
+                      help="the folder holding the run folders (default: runs, as run.output_dir)")
+    runs.add_argument("--json", action="store_true", help="print every run's figures as JSON")
+    runs.set_defaults(func=cmd_runs)
 
     export = commands.add_parser("export", help="write a trained adapter for ACE-Step, ComfyUI or diffusers")
     export.add_argument("source", type=Path, metavar="ADAPTER",

@@ -14,9 +14,7 @@ from pathlib import Path
 
 import gradio as gr
 
-from acestep.ui.context import AppContext
-from acestep.ui.jobs_panel import friendly
-from acestep.ui.run_folders import (
+from acestep.training.run_folders import (
     adapter_in_run,
     adapter_kind,
     adapter_label,
@@ -25,6 +23,8 @@ from acestep.ui.run_folders import (
     run_folder,
     run_folders,
 )
+from acestep.ui.context import AppContext
+from acestep.ui.jobs_panel import friendly
 
 NO_ADAPTER = "Pick a run with a saved adapter (runs appear here once they have saved one)."
 

@@ -15,12 +15,12 @@ from pathlib import Path
 import gradio as gr
 
 from acestep.errors import AceStepError
-from acestep.jobs import ACTIVE, DONE, QUEUED, Job
 from acestep.files import free_folder
+from acestep.jobs import ACTIVE, DONE, QUEUED, Job
+from acestep.training.run_folders import adapter_in_run, adapter_kind, adapter_metadata, run_folder
 from acestep.ui.adapter_picker import build_adapter_picker, picked_adapter
 from acestep.ui.context import WORKSPACE_FOLDERS, AppContext
 from acestep.ui.jobs_panel import build_jobs_panel, friendly, job_out_folder, owner_of, submit_cli_job
-from acestep.ui.run_folders import adapter_in_run, adapter_kind, adapter_metadata, run_folder
 
 FORMATS = ("peft", "comfyui", "diffusers", "lycoris")  # `acestep-trainer export --format`
 FORMATS_BY_KIND = {"lora": ("peft", "comfyui", "diffusers"), "dora": ("peft", "diffusers"), "lokr": ("lycoris",)}

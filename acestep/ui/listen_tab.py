@@ -22,6 +22,7 @@ from acestep.errors import AceStepError
 from acestep.files import new_folder
 from acestep.inference.cli import RECORD_NAME, parse_strengths, render_order
 from acestep.jobs import ACTIVE, DONE, QUEUED, Job
+from acestep.training.run_folders import adapter_metadata, read_run_config, run_folder
 from acestep.ui.adapter_picker import (
     build_adapter_picker,
     checkpoint_choices,
@@ -41,7 +42,6 @@ from acestep.ui.jobs_panel import (
     owner_of,
     submit_cli_job,
 )
-from acestep.ui.run_folders import adapter_metadata, read_run_config, run_folder
 
 LISTEN_KIND = "preview"  # the job kind: `acestep-trainer preview`
 LISTEN_FOLDER = "listen"  # under the workspace's outputs/

@@ -1,55 +1,40 @@
 """The Runs tab: the history of training runs in the workspace (status, steps, losses, adapter),
 one run's config.toml, and the loss curves of several runs on one plot.
 
-Reads run folders only (`acestep.ui.run_folders`: TOML and JSON), so the UI process stays light.
+Reads run folders only (`acestep.training.run_folders`: TOML and JSON), so the UI process stays light.
 A run's status comes from its newest train job while one is known, else from its last events.
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
 import gradio as gr
 import pandas as pd
 
-from acestep.ui.context import AppContext
-from acestep.ui.jobs_panel import friendly
-from acestep.ui.run_folders import (
+from acestep.training.run_folders import (
     CONFIG_FILE,
     EVENTS_FILE,
-    RunSummary,
+    RUN_HEADERS,
     read_events,
     run_adapters,
     run_folder,
     run_folders,
+    run_row,
     summarize_run,
     summarize_runs,
     train_jobs_by_run,
 )
+from acestep.ui.context import AppContext
+from acestep.ui.jobs_panel import friendly
 
-RUN_HEADERS = ["Run", "Status", "Started", "Steps", "Epochs", "Final loss", "Best loss", "Adapter"]
 # metric shown -> (event type, field)
 METRICS = {"training loss": ("log", "loss"), "epoch loss": ("epoch", "loss"),
            "validation loss": ("validation", "val_loss")}
 DEFAULT_METRIC = "training loss"
 CURVE_COLUMNS = ["step", "loss", "run"]
 REFRESH_SECONDS = 5.0
-
-
-def _loss(value: float | None) -> str:
-    return "" if value is None else f"{value:.4f}"
-
-
-def run_row(summary: RunSummary) -> list[str]:
-    """The table row of one run."""
-    started = time.strftime("%Y-%m-%d %H:%M", time.localtime(summary.started)) if summary.started else ""
-    best = ""  # best/ is picked by the validation loss, else by the training loss averaged over epochs
-    if summary.best_loss is not None:
-        best = _loss(summary.best_loss) + (" (validation)" if summary.best_is_validation else " (epoch average)")
-    return [summary.name, summary.status, started, "" if summary.step is None else str(summary.step),
-            "" if summary.epoch is None else str(summary.epoch), _loss(summary.final_loss), best, summary.adapter]
 
 
 def run_rows(ctx: AppContext) -> list[list[str]]:

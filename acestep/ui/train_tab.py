@@ -25,10 +25,10 @@ from acestep.inference.cli import render_order
 from acestep.jobs import QUEUED, Job
 from acestep.training.config import TrainingConfig, config_from_dict, config_to_dict, load_config, save_config
 from acestep.training.presets import recommendation_message
+from acestep.training.run_folders import CONFIG_FILE, EVENTS_FILE, read_events
 from acestep.ui.context import AppContext
 from acestep.ui.jobs_panel import POLL_SECONDS, build_jobs_panel, friendly, owner_of, submit_cli_job
 from acestep.ui.profiles import build_profile_section
-from acestep.ui.run_folders import CONFIG_FILE, EVENTS_FILE, read_events
 from acestep.ui.train_form import (
     FORM_SOURCE, VramEstimator, apply_preset_to_values, build_form, config_from_values, estimate_text,
     initial_config, names_a_folder, ordered, preset_choices, suggested_preset,

@@ -191,7 +191,7 @@ def in_adapter_folder(source: Path, path: Path) -> None:
 
 def runs_tab_reads(folder: Path) -> None:
     """The Runs tab's readers never raise: a damaged file is listed with what can be read."""
-    from acestep.ui.run_folders import adapter_kind, adapter_metadata
+    from acestep.training.run_folders import adapter_kind, adapter_metadata
 
     assert adapter_kind(folder) in ("lora", "dora", "lokr")
     assert isinstance(adapter_metadata(folder), dict)

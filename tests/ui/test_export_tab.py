@@ -10,6 +10,8 @@ import gradio as gr
 import pytest
 
 from acestep.jobs import cli_argv
+from acestep.training.run_folders import RunFolderError
+from acestep.ui.adapter_picker import checkpoint_choices, run_choices
 from acestep.ui.context import AppContext, PathRefused, Workspace
 from acestep.ui.export_tab import (
     ExportForm,
@@ -24,8 +26,6 @@ from acestep.ui.export_tab import (
     start_export,
     start_merge,
 )
-from acestep.ui.adapter_picker import checkpoint_choices, run_choices
-from acestep.ui.run_folders import RunFolderError
 
 from .conftest import write_run
 

@@ -12,6 +12,7 @@ import soundfile as sf
 
 from acestep.cli import build_parser
 from acestep.errors import AceStepError
+from acestep.training.run_folders import RunFolderError
 from acestep.ui.context import AppContext, Workspace
 from acestep.ui.listen_tab import (
     LISTEN_KIND,
@@ -27,7 +28,6 @@ from acestep.ui.listen_tab import (
     start_listen,
     tick_updates,
 )
-from acestep.ui.run_folders import RunFolderError
 
 from .conftest import write_run
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import gradio as gr
 import pytest
 
+from acestep.training.run_folders import RunFolderError, read_events, summarize_run
 from acestep.ui.context import AppContext, Workspace
-from acestep.ui.run_folders import RunFolderError, read_events, summarize_run
 from acestep.ui.runs_tab import build_runs_tab, loss_curves, run_config_text, run_details, run_rows
 
 T0 = 1_800_000_000.0

@@ -14,6 +14,7 @@ import pytest
 from acestep.errors import AceStepError, ConfigError, JobError
 from acestep.gpu import GpuStatus, SystemGpuReport
 from acestep.training.config import TrainingConfig, apply_overrides, describe_fields, load_config, save_config
+from acestep.training.run_folders import EVENTS_FILE, read_events
 from acestep.ui.context import AppContext, PathRefused, Workspace
 from acestep.ui.train_form import (
     FORM_FIELDS, VramEstimator, apply_preset_to_values, config_from_values, estimate_text, initial_config,
@@ -23,7 +24,6 @@ from acestep.ui.train_tab import (
     NO_VALIDATION_TITLE, VALIDATION_TITLE, build_train_tab, plot_frames, preview_files, progress_text,
     resume_training, run_snapshot, start_training, stop_training, training_status, validation_title,
 )
-from acestep.ui.run_folders import EVENTS_FILE, read_events
 from support import wait_for
 
 GIB = 2**30

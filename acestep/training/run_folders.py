@@ -1,6 +1,6 @@
-"""Training run folders as the Runs and Export tabs read them: their config, their events, how
-they ended, and the adapters in them. Folders, TOML and JSON only (no torch), so the UI process
-stays light.
+"""Training run folders as the web app's Runs, Train, Listen and Export tabs and `acestep-trainer
+runs` read them: their config, their events, how they ended, and the adapters in them. Folders,
+TOML and JSON only (no torch), so the UI process stays light.
 
     runs/my-run/config.toml                     the resolved config of the run
     runs/my-run/events.jsonl                    one JSON event per line (acestep.training.events)
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -173,6 +174,23 @@ def summarize_run(run_dir: Path, job: Job | None = None) -> RunSummary:
     if summary.best_loss is None and validation:  # validates, but no best/ yet (before best_after_epochs)
         summary.best_loss = min(validation)
     return summary
+
+
+RUN_HEADERS = ["Run", "Status", "Started", "Steps", "Epochs", "Final loss", "Best loss", "Adapter"]
+
+
+def _loss(value: float | None) -> str:
+    return "" if value is None else f"{value:.4f}"
+
+
+def run_row(summary: RunSummary) -> list[str]:
+    """The history table's row of one run (RUN_HEADERS)."""
+    started = time.strftime("%Y-%m-%d %H:%M", time.localtime(summary.started)) if summary.started else ""
+    best = ""  # best/ is picked by the validation loss, else by the training loss averaged over epochs
+    if summary.best_loss is not None:
+        best = _loss(summary.best_loss) + (" (validation)" if summary.best_is_validation else " (epoch average)")
+    return [summary.name, summary.status, started, "" if summary.step is None else str(summary.step),
+            "" if summary.epoch is None else str(summary.epoch), _loss(summary.final_loss), best, summary.adapter]
 
 
 def summarize_runs(runs_dir: Path, jobs: list[Job]) -> list[RunSummary]:
