@@ -237,15 +237,13 @@ def test_the_files_table_names_the_files_the_code_writes():
         *(constant("acestep/jobs/store.py", name) for name in ("JOB_FILE", "LOG_FILE", "EVENTS_FILE", "LOCK_FILE")),
         constant("acestep/preprocess/tensors.py", "MANIFEST_NAME"),
         constant("acestep/preprocess/pipeline.py", "INTERMEDIATE_DIR"),
-        *(constant("acestep/training/checkpoint.py", name) for name in ("CHECKPOINTS_DIR", "COMPLETE_MARKER",
-                                                                        "ADAPTER_DIR")),
-        *(constant("acestep/training/session.py", name) for name in ("STOP_FILE", "CONFIG_FILE")),
-        constant("acestep/training/events.py", "EVENTS_FILE"),
-        constant("acestep/inference/training_hook.py", "PREVIEWS_FOLDER"),
+        *(constant("acestep/training/run_layout.py", name) for name in (
+            "CHECKPOINTS_DIR", "COMPLETE_MARKER", "ADAPTER_DIR", "CONFIG_FILE", "EVENTS_FILE", "PREVIEWS_FOLDER")),
+        constant("acestep/training/session.py", "STOP_FILE"),
         constant("acestep/ui/export_tab.py", "MERGE_INFO"),
         f'{constant("acestep/ui/listen_tab.py", "LISTEN_FOLDER")}/',
         constant("acestep/inference/cli.py", "RECORD_NAME"),
-        *(f"{name}/" for name in constant("acestep/training/run_folders.py", "NAMED_ADAPTERS")),
+        *(f"{name}/" for name in constant("acestep/training/run_layout.py", "NAMED_ADAPTERS")),
     ]
     missing = [name for name in names if name not in table]
     assert not missing, f"files the code writes that the table does not name: {missing}"

@@ -27,8 +27,8 @@ from safetensors.torch import save_file
 
 from acestep.export.lora import (
     DIFFUSERS_METADATA_KEY,
-    PEFT_CONFIG_NAME,
-    PEFT_WEIGHTS_NAME,
+    PEFT_CONFIG,
+    PEFT_WEIGHTS,
     AdapterError,
     LoraWeights,
     _read_peft_folder,
@@ -38,11 +38,9 @@ from acestep.export.lora import (
 )
 from acestep.files import is_disk_full, read_json_object
 from acestep.models.convert import rename_module_path_to_original
+from acestep.training.run_layout import LOKR_CONFIG, LOKR_WEIGHTS, TRAINING_METADATA
 
 FORMATS = ("peft", "comfyui", "diffusers", "lycoris")
-TRAINING_METADATA = "training_metadata.json"
-LOKR_CONFIG = "lokr_config.json"
-LOKR_WEIGHTS = "lokr_weights.safetensors"
 VERIFY_ATOL = 1e-5
 
 
@@ -60,7 +58,7 @@ def resolve_adapter_folder(path: str | Path) -> Path:
     from acestep.training.checkpoint import ADAPTER_DIR, latest_checkpoint
 
     path = Path(path)
-    if (path / PEFT_CONFIG_NAME).is_file() or (path / LOKR_WEIGHTS).is_file():
+    if (path / PEFT_CONFIG).is_file() or (path / LOKR_WEIGHTS).is_file():
         return path
     if (path / ADAPTER_DIR).is_dir():
         return path / ADAPTER_DIR
@@ -78,7 +76,7 @@ def adapter_source(path: str | Path) -> Path:
     path = Path(path)
     if not path.exists():
         raise AdapterError(f"{path} does not exist; give an adapter folder or file, or a run folder.")
-    if path.is_dir() and not ((path / PEFT_CONFIG_NAME).is_file() or any(path.glob("*.safetensors"))):
+    if path.is_dir() and not ((path / PEFT_CONFIG).is_file() or any(path.glob("*.safetensors"))):
         return resolve_adapter_folder(path)
     return path
 
@@ -190,10 +188,10 @@ def _diffusers_state(weights: LoraWeights) -> tuple[dict[str, torch.Tensor], dic
 
 def _write_peft(source: Path, target: Path, meta: dict[str, str], metadata: dict) -> Path:
     target.mkdir(parents=True)
-    state, header = read_safetensors(source / PEFT_WEIGHTS_NAME)
-    save_file({k: v.contiguous() for k, v in state.items()}, target / PEFT_WEIGHTS_NAME,
+    state, header = read_safetensors(source / PEFT_WEIGHTS)
+    save_file({k: v.contiguous() for k, v in state.items()}, target / PEFT_WEIGHTS,
               metadata={**header, "format": "pt", **meta})
-    shutil.copy2(source / PEFT_CONFIG_NAME, target / PEFT_CONFIG_NAME)
+    shutil.copy2(source / PEFT_CONFIG, target / PEFT_CONFIG)
     (target / TRAINING_METADATA).write_text(json.dumps(metadata, indent=2, default=str) + "\n", encoding="utf-8")
     return target
 

@@ -29,9 +29,8 @@ from torch import nn
 from acestep.errors import AceStepError
 from acestep.files import read_json_object
 from acestep.models.convert import rename_module_path_to_diffusers
+from acestep.training.run_layout import PEFT_CONFIG, PEFT_WEIGHTS
 
-PEFT_CONFIG_NAME = "adapter_config.json"
-PEFT_WEIGHTS_NAME = "adapter_model.safetensors"
 DIFFUSERS_METADATA_KEY = "lora_adapter_metadata"
 _PREFIXES = ("base_model.model.", "diffusion_model.decoder.", "transformer.", "decoder.")
 _ADAPTER_NAME_INFIX = re.compile(r"\.default(?=\.|$)")
@@ -162,9 +161,9 @@ def apply_lora(transformer: nn.Module, weights: LoraWeights, source: Path, adapt
 
 
 def _read_peft_folder(folder: Path) -> LoraWeights:
-    config_path = folder / PEFT_CONFIG_NAME
+    config_path = folder / PEFT_CONFIG
     config = read_json_object(config_path, AdapterError,
-                              f"{folder} has no {PEFT_CONFIG_NAME}: it is not a PEFT adapter folder.")
+                              f"{folder} has no {PEFT_CONFIG}: it is not a PEFT adapter folder.")
     if config.get("peft_type") != "LORA":
         raise AdapterError(f"{config_path} describes a {config.get('peft_type')!r} adapter; only PEFT LoRA/DoRA "
                            "folders load here.")
@@ -175,8 +174,8 @@ def _read_peft_folder(folder: Path) -> LoraWeights:
         raise AdapterError(f"{config_path}: bias {config['bias']!r} is not supported (ACE-Step adapters use 'none').")
     if config.get("use_rslora"):
         raise AdapterError(f"{config_path}: rsLoRA scaling is not supported; export the adapter without it.")
-    state, _ = read_safetensors(folder / PEFT_WEIGHTS_NAME)
-    weights = lora_weights_from_state(state, folder / PEFT_WEIGHTS_NAME, use_dora=bool(config.get("use_dora")))
+    state, _ = read_safetensors(folder / PEFT_WEIGHTS)
+    weights = lora_weights_from_state(state, folder / PEFT_WEIGHTS, use_dora=bool(config.get("use_dora")))
     patterns = _alpha_patterns(config.get("alpha_pattern") or {}, config_path)  # ranks come from the tensors
     for module in weights.modules:
         weights.alphas[module] = _peft_alpha(module, float(config["lora_alpha"]), patterns)
@@ -234,11 +233,11 @@ def load_adapter(transformer: nn.Module, path: str | Path, adapter_name: str = "
     model, or is damaged."""
     path = Path(path)
     if path.is_dir():
-        if (path / PEFT_CONFIG_NAME).is_file():
-            return apply_lora(transformer, _read_peft_folder(path), path / PEFT_WEIGHTS_NAME, adapter_name)
+        if (path / PEFT_CONFIG).is_file():
+            return apply_lora(transformer, _read_peft_folder(path), path / PEFT_WEIGHTS, adapter_name)
         candidates = sorted(path.glob("*.safetensors"))
         if len(candidates) != 1:
-            raise AdapterError(f"{path} has no {PEFT_CONFIG_NAME}: it is not a PEFT adapter folder, and it holds "
+            raise AdapterError(f"{path} has no {PEFT_CONFIG}: it is not a PEFT adapter folder, and it holds "
                                f"{len(candidates)} .safetensors files, not one adapter file.")
         path = candidates[0]
     state, metadata = read_safetensors(path)
@@ -248,7 +247,7 @@ def load_adapter(transformer: nn.Module, path: str | Path, adapter_name: str = "
         return apply_lokr(transformer, state, path)
     if any(key.startswith("base_model.model.") and ".lora_A" in key for key in state) and not any(
             key.endswith(".alpha") for key in state):
-        raise AdapterError(f"{path} is a PEFT weights file without its {PEFT_CONFIG_NAME}: put both in one folder "
+        raise AdapterError(f"{path} is a PEFT weights file without its {PEFT_CONFIG}: put both in one folder "
                            "and give the folder, so the adapter's alpha is known.")
     alpha, use_dora = _read_diffusers_metadata(metadata, path)
     return apply_lora(transformer, lora_weights_from_state(state, path, default_alpha=alpha, use_dora=use_dora),

@@ -25,7 +25,7 @@ import torch
 from safetensors import safe_open
 from torch import nn
 
-from acestep.export.lora import PEFT_CONFIG_NAME, AdapterError, LoraWeights, _read_peft_folder, read_safetensors
+from acestep.export.lora import PEFT_CONFIG, AdapterError, LoraWeights, _read_peft_folder, read_safetensors
 from acestep.models import convert
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -77,7 +77,7 @@ class DeltaSource:
         adapter = Path(adapter)
         self.lora: LoraWeights | None = None
         self.lokr: dict[str, dict[str, torch.Tensor]] = {}
-        if adapter.is_dir() and (adapter / PEFT_CONFIG_NAME).is_file():
+        if adapter.is_dir() and (adapter / PEFT_CONFIG).is_file():
             self.lora = _read_peft_folder(adapter)
             return
         if adapter.is_dir():

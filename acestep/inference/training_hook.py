@@ -25,7 +25,7 @@ from acestep.inference.render import write_preview
 from acestep.training.compilation import eagerly
 from acestep.training.state import restore_rng, rng_states
 
-PREVIEWS_FOLDER = "previews"
+from acestep.training.run_layout import PREVIEWS_FOLDER
 
 
 def strength_name(strength: float) -> str:

@@ -18,13 +18,12 @@ from torch import nn
 
 from acestep.errors import TrainingError
 from acestep.models.convert import rename_module_path_to_diffusers, rename_module_path_to_original
+from acestep.training.run_layout import LOKR_CONFIG, LOKR_WEIGHTS
 
 ATTENTION_PROJECTIONS = ("to_q", "to_k", "to_v", "to_out.0")
 MLP_PROJECTIONS = ("mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
 TARGET_CHOICES = ("self_attention", "cross_attention", "attention")
 ADAPTER_TYPES = ("lora", "dora", "lokr")
-LOKR_WEIGHTS = "lokr_weights.safetensors"
-LOKR_CONFIG = "lokr_config.json"
 
 
 def target_module_names(transformer: nn.Module, targets: str = "attention", mlp: bool = False,

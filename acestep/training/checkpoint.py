@@ -26,9 +26,7 @@ from acestep.errors import TrainingError
 from acestep.files import is_disk_full
 from acestep.training.state import load_state, save_state
 
-CHECKPOINTS_DIR = "checkpoints"
-COMPLETE_MARKER = "COMPLETE"
-ADAPTER_DIR = "adapter"
+from acestep.training.run_layout import ADAPTER_DIR, CHECKPOINTS_DIR, COMPLETE_MARKER
 
 
 def checkpoint_name(step: int) -> str:

@@ -18,7 +18,7 @@ from pathlib import Path
 from acestep.errors import TrainingError
 from acestep.files import is_disk_full
 
-EVENTS_FILE = "events.jsonl"
+from acestep.training.run_layout import EVENTS_FILE
 
 Listener = Callable[[dict], None]
 

@@ -20,18 +20,20 @@ from pathlib import Path
 from acestep.errors import AceStepError
 from acestep.jobs import Job
 
-CONFIG_FILE = "config.toml"
-EVENTS_FILE = "events.jsonl"  # acestep.training.events.EVENTS_FILE
-# The names acestep.training.checkpoint uses (not imported from there: it imports torch).
-CHECKPOINTS_DIR = "checkpoints"
-COMPLETE_MARKER = "COMPLETE"
-ADAPTER_DIR = "adapter"
-NAMED_ADAPTERS = ("final", "best")
-TRAINING_METADATA = "training_metadata.json"  # acestep.export.formats.TRAINING_METADATA
-LOKR_CONFIG = "lokr_config.json"
-PEFT_CONFIG = "adapter_config.json"
-PEFT_WEIGHTS = "adapter_model.safetensors"
-LOKR_WEIGHTS = "lokr_weights.safetensors"
+from acestep.training.run_layout import (
+    ADAPTER_DIR,
+    CHECKPOINTS_DIR,
+    COMPLETE_MARKER,
+    CONFIG_FILE,
+    EVENTS_FILE,
+    LOKR_CONFIG,
+    LOKR_WEIGHTS,
+    NAMED_ADAPTERS,
+    PEFT_CONFIG,
+    PEFT_WEIGHTS,
+    TRAINING_METADATA,
+)
+
 TRAIN_JOB_KIND = "train"
 
 # Events that say how a run stands; the last one seen wins (a resumed run starts again).

@@ -26,10 +26,10 @@ from acestep.training.events import EventLog, TensorBoardListener
 from acestep.training.optim import build_optimizer, build_scheduler, optimizer_steps_per_epoch, total_optimizer_steps
 from acestep.training.quantization import parameter_count, quantize_transformer, require_bitsandbytes
 from acestep.training.recompute import enable_recompute
+from acestep.training.run_layout import CONFIG_FILE
 from acestep.training.step import Objective, batch_loss, validation_loss
 
 STOP_FILE = "STOP"  # a run stops after its current step when this file appears in its folder
-CONFIG_FILE = "config.toml"
 FRAMES_PER_SECOND = 25
 
 

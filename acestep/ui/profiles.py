@@ -34,12 +34,12 @@ from acestep.errors import ConfigError
 from acestep.files import read_text, write_atomically
 from acestep.training.config import TrainingConfig, config_from_dict, config_to_toml_data, validate
 from acestep.training.config_values import show
+from acestep.training.run_layout import CONFIG_FILE
 from acestep.ui.context import AppContext
 from acestep.ui.jobs_panel import friendly
 from acestep.ui.train_form import config_from_values, values_from_config
 
 PROFILE_VERSION = 1
-RUN_CONFIG_FILE = "config.toml"  # a run folder's resolved config (acestep.training.session.CONFIG_FILE)
 DATASET_DEFAULTS: dict[str, Any] = {"dataset_path": "", "trigger_tag": "", "tag_position": "prepend",
                                     "genre_ratio": 0.0}
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 _.-]{0,63}$")
@@ -120,7 +120,7 @@ def list_profiles(profiles_dir: Path, runs_dir: Path) -> list[tuple[str, str]]:
     """(label, path) of every profile in `profiles_dir`, then of every run's config.toml in
     `runs_dir` (newest run first), for a dropdown."""
     choices = [(path.stem, str(path)) for path in sorted(Path(profiles_dir).glob("*.toml"))]
-    runs = [path for path in Path(runs_dir).glob(f"*/{RUN_CONFIG_FILE}") if not path.parent.name.startswith(".")]
+    runs = [path for path in Path(runs_dir).glob(f"*/{CONFIG_FILE}") if not path.parent.name.startswith(".")]
     runs.sort(key=lambda path: path.stat().st_mtime, reverse=True)
     choices += [(f"run: {path.parent.name}", str(path)) for path in runs]
     return choices

@@ -14,8 +14,6 @@ import gradio as gr
 import pandas as pd
 
 from acestep.training.run_folders import (
-    CONFIG_FILE,
-    EVENTS_FILE,
     RUN_HEADERS,
     read_events,
     run_adapters,
@@ -26,6 +24,7 @@ from acestep.training.run_folders import (
     summarize_runs,
     train_jobs_by_run,
 )
+from acestep.training.run_layout import CONFIG_FILE, EVENTS_FILE
 from acestep.ui.context import AppContext
 from acestep.ui.jobs_panel import friendly
 

@@ -25,7 +25,8 @@ from acestep.inference.cli import render_order
 from acestep.jobs import QUEUED, Job
 from acestep.training.config import TrainingConfig, config_from_dict, config_to_dict, load_config, save_config
 from acestep.training.presets import recommendation_message
-from acestep.training.run_folders import CONFIG_FILE, EVENTS_FILE, read_events
+from acestep.training.run_folders import read_events, run_folders
+from acestep.training.run_layout import CONFIG_FILE, EVENTS_FILE, PREVIEWS_FOLDER
 from acestep.ui.context import AppContext
 from acestep.ui.jobs_panel import POLL_SECONDS, build_jobs_panel, friendly, owner_of, submit_cli_job
 from acestep.ui.profiles import build_profile_section
@@ -35,7 +36,6 @@ from acestep.ui.train_form import (
 )
 
 TRAIN_KIND = "train"
-PREVIEWS_FOLDER = "previews"  # acestep.inference.training_hook.PREVIEWS_FOLDER (that module imports torch)
 MANIFEST_FILE = "manifest.json"  # acestep.preprocess.tensors.MANIFEST_NAME (that module imports torch)
 CONFIGS_FOLDER = ".configs"  # <runs>/.configs/<run>.toml: the config a Start submitted
 PREVIEW_SLOTS = 4
@@ -135,10 +135,7 @@ def _refuse_when_training(ctx: AppContext, run_name: str) -> None:
 # ---- watching a run --------------------------------------------------------------------------------------
 def list_runs(ctx: AppContext) -> list[str]:
     """The run folders in the workspace's runs folder (relative to the workspace), newest first."""
-    runs = [folder for folder in ctx.workspace.runs.glob("*/") if not folder.name.startswith(".")
-            and ((folder / EVENTS_FILE).is_file() or (folder / CONFIG_FILE).is_file())]
-    runs.sort(key=lambda folder: folder.stat().st_mtime, reverse=True)
-    return [ctx.workspace.relative(folder) for folder in runs]
+    return [ctx.workspace.relative(folder) for folder in run_folders(ctx.workspace.runs)]
 
 
 def plot_frames(events: list[dict]) -> dict[str, pd.DataFrame]:
