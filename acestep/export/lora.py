@@ -227,6 +227,22 @@ def _is_lycoris(keys) -> bool:
     return any(key.startswith("lycoris_") for key in keys)
 
 
+def is_lokr_adapter(path: str | Path) -> bool:
+    """Whether `load_adapter` would read LyCORIS (LoKr) weights at `path` (a folder or a file),
+    from the tensor names alone; False for what is not a readable adapter (load_adapter says why)."""
+    path = Path(path)
+    if path.is_dir():
+        candidates = sorted(path.glob("*.safetensors"))
+        if (path / PEFT_CONFIG).is_file() or len(candidates) != 1:
+            return False
+        path = candidates[0]
+    try:
+        with safe_open(path, framework="pt") as handle:
+            return _is_lycoris(handle.keys())
+    except (OSError, SafetensorError):
+        return False
+
+
 def load_adapter(transformer: nn.Module, path: str | Path, adapter_name: str = "default") -> nn.Module:
     """Apply the adapter at `path` (any format above, a folder or a file) to `transformer` in place
     and return it. Raises `AdapterError` naming the file when it is not an adapter, does not fit the

@@ -29,6 +29,9 @@ def _option(default: Any, help: str, **rules: Any) -> Any:
     return field(default=default, metadata=metadata)
 
 
+QUANTIZATIONS = ("none", "nf4")  # model.quantization: how the frozen blocks are held (acestep.training.quantization)
+
+
 @dataclass
 class ModelConfig:
     """The base model to train and how its frozen weights are held."""
@@ -47,7 +50,7 @@ class ModelConfig:
         "none", "none, or nf4: hold the frozen attention and MLP weights in 4 bits (QLoRA, bitsandbytes), "
         "about a quarter of their memory in bf16, so the 4B XL models train on 8 GB cards. Each step is "
         "slower and the base the adapter learns on is slightly changed. LoRA and DoRA only; not with "
-        "run.compile.", choices=("none", "nf4"))
+        "run.compile.", choices=QUANTIZATIONS)
 
 
 @dataclass

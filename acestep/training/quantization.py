@@ -21,8 +21,7 @@ import torch
 from torch import nn
 
 from acestep.errors import TrainingError
-
-QUANTIZATIONS = ("none", "nf4")
+from acestep.training.config_schema import QUANTIZATIONS
 NF4_BLOCK = 64  # weights per absmax (bitsandbytes' default for 4-bit)
 DOUBLE_QUANT_BLOCK = 256  # absmax values per fp32 scale of the 8-bit absmax (double quantisation)
 

@@ -22,6 +22,7 @@ from acestep.errors import AceStepError
 from acestep.files import new_folder
 from acestep.inference.cli import RECORD_NAME, parse_strengths, render_order
 from acestep.jobs import ACTIVE, DONE, QUEUED, Job
+from acestep.training.config_schema import QUANTIZATIONS
 from acestep.training.run_folders import adapter_metadata, read_run_config, run_folder
 from acestep.ui.adapter_picker import (
     build_adapter_picker,
@@ -69,6 +70,7 @@ class ListenForm:
     time_signature: str = ""
     steps: int | None = None
     device: str = "auto"
+    quantization: str = "none"  # "nf4": the DiT's blocks in 4 bits (`preview --quantization`)
 
 
 # ---- defaults and the command line ---------------------------------------------------------------
@@ -82,6 +84,15 @@ def default_prompt(ctx: AppContext, run: str | None) -> tuple[str, str, str]:
     settings = read_run_config(run_folder(ctx.workspace.runs, run)).get("run", {})
     caption = str(settings.get("preview_caption") or adapter_metadata(adapter).get("trigger_tag") or "")
     return caption, str(settings.get("preview_lyrics") or ""), str(settings.get("preview_language") or "en")
+
+
+def default_quantization(ctx: AppContext, run: str | None, checkpoint: str | None = None) -> str:
+    """"nf4" when the adapter picked in `run` was trained on a 4-bit base (its metadata says
+    base_quantization), else "none": renders then need the same memory as the training."""
+    adapter = picked_adapter(ctx, run, checkpoint or default_checkpoint(checkpoint_choices(ctx, run or "")))
+    if adapter is None:
+        return "none"
+    return "nf4" if adapter_metadata(adapter).get("base_quantization") == "nf4" else "none"
 
 
 def _number(value, what: str, whole: bool = False, low: float = 0.0, high: float = math.inf,
@@ -128,6 +139,8 @@ def listen_args(ctx: AppContext, form: ListenForm) -> list[str]:
     bpm = _number(form.bpm, "BPM", low=0, low_included=False)
     steps = _number(form.steps, "Sampling steps", whole=True, low=1)
     device = check_device(form.device)
+    if form.quantization not in QUANTIZATIONS:
+        raise ListenRefused(f"DiT weights: one of {', '.join(QUANTIZATIONS)}, found {form.quantization!r}.")
     # text goes as --flag=text: a caption or lyrics starting with "-" is not taken for an option
     args = ["preview", "--adapter", str(adapter), f"--caption={caption}", "--strengths",
             ",".join(f"{s:g}" for s in strengths), "--duration", f"{duration if duration is not None else 20.0:g}",
@@ -135,7 +148,8 @@ def listen_args(ctx: AppContext, form: ListenForm) -> list[str]:
     optional = (("--lyrics", (form.lyrics or "").strip()), ("--language", (form.language or "").strip()),
                 ("--bpm", f"{bpm:g}" if bpm is not None else ""), ("--key", (form.key or "").strip()),
                 ("--time-signature", (form.time_signature or "").strip()),
-                ("--steps", str(steps) if steps is not None else ""), ("--device", device or ""))
+                ("--steps", str(steps) if steps is not None else ""), ("--device", device or ""),
+                ("--quantization", form.quantization if form.quantization != "none" else ""))
     args += [f"{flag}={value}" for flag, value in optional if value]
     return args + ["--checkpoints-dir", str(ctx.workspace.checkpoints)]
 
@@ -184,8 +198,8 @@ def render_description(ctx: AppContext, folder: Path) -> str:
     lyrics = str(record.get("lyrics") or "").strip()
     parts.append(f"lyrics: {markdown_text(lyrics.splitlines()[0])}..." if lyrics else "instrumental")
     for key, text in (("duration", "{:g} s"), ("seed", "seed {}"), ("steps", "{} steps"), ("bpm", "{:g} BPM"),
-                      ("key", "{}"), ("variant", "{} model")):
-        if record.get(key) not in (None, ""):
+                      ("key", "{}"), ("variant", "{} model"), ("quantization", "{} DiT weights")):
+        if record.get(key) not in (None, "", "none"):
             parts.append(markdown_text(text.format(record[key])))
     adapter = record.get("adapter")
     if adapter:
@@ -254,7 +268,7 @@ def build_listen_tab(ctx: AppContext) -> None:
         seed = gr.Number(0, label="Seed", precision=0, minimum=0, elem_id="listen-seed")
         strengths = gr.Textbox("0, 1", label=f"Strengths (up to {MAX_STRENGTHS}, 0 to 2)", elem_id="listen-strengths")
         language = gr.Textbox(language0, label="Lyrics language", elem_id="listen-language")
-    with gr.Accordion("Tempo, key, sampling steps, device", open=False):
+    with gr.Accordion("Tempo, key, sampling steps, device, DiT weights", open=False):
         with gr.Row():
             bpm = gr.Number(None, label="BPM (empty: not in the prompt)", elem_id="listen-bpm")
             key = gr.Textbox("", label="Key, e.g. C major", elem_id="listen-key")
@@ -263,6 +277,9 @@ def build_listen_tab(ctx: AppContext) -> None:
                               elem_id="listen-steps")
             device = gr.Dropdown(list(DEVICES), value="auto", label="Device", allow_custom_value=True,
                                  elem_id="listen-device")
+            quantization = gr.Dropdown(list(QUANTIZATIONS), value=default_quantization(ctx, picker.run0),
+                                       label="DiT weights (nf4: 4 bits, for the XL models on small cards)",
+                                       elem_id="listen-quantization")
     render = gr.Button("Render", variant="primary", elem_id="listen-render")
     status = gr.Markdown(lambda: job_summary(ctx, newest_job(ctx, LISTEN_KIND)), elem_id="listen-status")
     shown = gr.Dropdown(render_folders(ctx), value=None, label="Render", elem_id="listen-renders")
@@ -281,9 +298,9 @@ def build_listen_tab(ctx: AppContext) -> None:
     announced = gr.State("")  # the finished job whose render was put on show ("" until the page's first tick)
 
     def on_render(run, checkpoint, caption_text, lyrics_text, language_code, seconds, seed_value, strength_list,
-                  bpm_value, key_text, signature, step_count, device_name, request: gr.Request):
+                  bpm_value, key_text, signature, step_count, device_name, weights, request: gr.Request):
         form = ListenForm(run, checkpoint, caption_text, lyrics_text, language_code, seconds, seed_value,
-                          strength_list, bpm_value, key_text, signature, step_count, device_name)
+                          strength_list, bpm_value, key_text, signature, step_count, device_name, weights)
         job = start_listen(ctx, form, owner_of(request))
         gr.Info(f"Render queued as job {job.id}.")
         return job_summary(ctx, job)
@@ -291,8 +308,10 @@ def build_listen_tab(ctx: AppContext) -> None:
     picker.wire(ctx, [], lambda run, checkpoint: (), timer)
     picker.run.change(friendly(lambda run: default_prompt(ctx, run)), inputs=[picker.run],
                       outputs=[caption, lyrics, language])
+    picker.checkpoint.change(friendly(lambda run, checkpoint: default_quantization(ctx, run, checkpoint)),
+                             inputs=[picker.run, picker.checkpoint], outputs=[quantization])
     form = [picker.run, picker.checkpoint, caption, lyrics, language, duration, seed, strengths, bpm, key,
-            time_signature, steps, device]
+            time_signature, steps, device, quantization]
     render.click(friendly(on_render), inputs=form, outputs=[status])
     timer.tick(friendly(lambda last, current: tick_updates(ctx, last, current)), inputs=[announced, shown],
                outputs=[status, announced, shown])

@@ -36,7 +36,8 @@ def test_preview_command_renders_each_strength_of_a_saved_adapter(tmp_path, turb
     assert record == {"caption": "mystyle, lofi beat", "lyrics": "", "language": "en", "bpm": None, "key": "",
                       "time_signature": "", "duration": 0.4, "seed": 0, "steps": 8, "shift": 3.0,
                       "guidance_scale": 1.0, "guidance": "apg", "checkpoint": str(turbo_dit), "variant": "turbo",
-                      "adapter": str(folder), "strengths": [0.0, 1.0], "files": ["strength-0.wav", "strength-1.wav"]}
+                      "quantization": "none", "adapter": str(folder), "strengths": [0.0, 1.0],
+                      "files": ["strength-0.wav", "strength-1.wav"]}
     with pytest.raises(PreviewError, match="already holds strength-0.wav.*--overwrite"):
         run_preview(parse(*common, "--adapter", str(folder)))
     assert run_preview(parse(*common, "--adapter", str(folder), "--overwrite")) == 0
@@ -61,6 +62,28 @@ def test_preview_of_an_adapter_renders_on_the_model_it_was_trained_on(tmp_path, 
     assert np.array_equal(sf.read(tmp_path / "a" / "strength-1.wav")[0], sf.read(tmp_path / "b" / "strength-1.wav")[0])
     with pytest.raises(PreviewError, match="give --checkpoint .*or --adapter"):
         run_preview(parse(*common, "--out", str(tmp_path / "c")))
+
+
+def test_preview_renders_on_an_nf4_base_and_refuses_lokr_there(tmp_path, turbo_dit, capsys):
+    _, adapter = adapted(turbo_dit)
+    folder = save_adapter(adapter, tmp_path / "adapter")
+    common = ["--checkpoint", str(turbo_dit), "--caption", "mystyle, lofi beat", "--duration", "0.4",
+              "--device", "cpu", "--adapter", str(folder), "--strengths", "0,1"]
+    assert run_preview(parse(*common, "--out", str(tmp_path / "full"))) == 0
+    assert run_preview(parse(*common, "--out", str(tmp_path / "nf4"), "--quantization", "nf4")) == 0
+    assert f"with {turbo_dit} (turbo, NF4) and {folder}" in capsys.readouterr().out
+    assert json.loads((tmp_path / "nf4" / RECORD_NAME).read_text())["quantization"] == "nf4"
+    for name in ("strength-0", "strength-1"):
+        full, nf4 = (sf.read(tmp_path / kind / f"{name}.wav")[0] for kind in ("full", "nf4"))
+        assert nf4.shape == full.shape and np.isfinite(nf4).all() and not np.array_equal(nf4, full)
+    strength_1 = sf.read(tmp_path / "nf4" / "strength-1.wav")[0]
+    assert np.abs(strength_1 - sf.read(tmp_path / "nf4" / "strength-0.wav")[0]).max() > 1e-2  # the adapter acts
+
+    _, lokr = adapted(turbo_dit, kind="lokr")
+    lokr_folder = save_adapter(lokr, tmp_path / "lokr")
+    with pytest.raises(PreviewError, match="is a LoKr adapter; --quantization nf4 renders LoRA and DoRA"):
+        run_preview(parse(*common[:-4], "--adapter", str(lokr_folder), "--out", str(tmp_path / "x"),
+                          "--quantization", "nf4"))
 
 
 @pytest.mark.parametrize("text", ["", "a,b", "1,1", "-1"])

@@ -70,6 +70,19 @@ def test_the_command_line_reads_back_as_the_form_said_even_text_that_starts_with
     assert args.adapter == ctx.workspace.runs / "song" / "final" and args.func.__name__ == "run_preview"
 
 
+def test_a_run_trained_on_an_nf4_base_renders_on_one_by_default(ctx):
+    from acestep.ui.listen_tab import default_quantization
+
+    assert default_quantization(ctx, "song") == "none" and default_quantization(ctx, None) == "none"
+    metadata = ctx.workspace.runs / "song" / "final" / "training_metadata.json"
+    metadata.write_text(json.dumps({**json.loads(metadata.read_text()), "base_quantization": "nf4"}))
+    assert default_quantization(ctx, "song", "final") == "nf4"
+    args = listen_args(ctx, ListenForm("song", "final", "mystyle", quantization="nf4"))
+    assert "--quantization=nf4" in args
+    assert build_parser().parse_args([*args, "--out", "render"]).quantization == "nf4"
+    assert not any(a.startswith("--quantization") for a in listen_args(ctx, ListenForm("song", "final", "mystyle")))
+
+
 @pytest.mark.parametrize(("changes", "message"), [
     ({"caption": "  "}, "Write a caption"),
     ({"strengths": "1,1"}, "distinct numbers"),
@@ -84,6 +97,7 @@ def test_the_command_line_reads_back_as_the_form_said_even_text_that_starts_with
     ({"steps": 0}, "Sampling steps must be a whole number at least 1"),
     ({"bpm": -90}, "BPM must be more than 0"),
     ({"checkpoint": ""}, "Pick a run and one of its adapters"),
+    ({"quantization": "int4"}, "DiT weights: one of none, nf4, found 'int4'"),
 ])
 def test_what_the_form_refuses(ctx, changes, message):
     values = {"run": "song", "checkpoint": "final", "caption": "mystyle", **changes}
