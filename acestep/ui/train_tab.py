@@ -3,15 +3,15 @@ VRAM estimate against the GPUs' free memory, Start / Stop / Resume of a `train` 
 as it trains: loss, validation loss and learning-rate plots, progress and ETA, the log tail and
 the audio previews; plus saving and loading profiles (`acestep.ui.profiles`).
 
-The functions take the `AppContext` and plain values, so tests call them without a browser;
-`build_train_tab` only wires them to Gradio. Nothing here imports torch (the estimate runs in
-a helper process: `acestep.ui.train_form.VramEstimator`).
+The run's curves, progress line and previews are read by `acestep.ui.run_progress`. The functions
+take the `AppContext` and plain values, so tests call them without a browser; `build_train_tab`
+only wires them to Gradio. Nothing here imports torch (the estimate runs in a helper process:
+`acestep.ui.train_form.VramEstimator`).
 """
 
 from __future__ import annotations
 
 import functools
-import re
 import time
 from pathlib import Path
 from typing import NamedTuple
@@ -21,15 +21,15 @@ import pandas as pd
 
 from acestep.errors import AceStepError, ConfigError, JobError
 from acestep.gpu import read_gpus
-from acestep.inference.cli import render_order
 from acestep.jobs import QUEUED, Job
 from acestep.training.config import TrainingConfig, config_from_dict, config_to_dict, load_config, save_config
 from acestep.training.presets import recommendation_message
 from acestep.training.run_folders import read_events, run_folders
-from acestep.training.run_layout import CONFIG_FILE, EVENTS_FILE, PREVIEWS_FOLDER
+from acestep.training.run_layout import CONFIG_FILE, EVENTS_FILE
 from acestep.ui.context import AppContext
 from acestep.ui.jobs_panel import POLL_SECONDS, build_jobs_panel, friendly, owner_of, submit_cli_job
 from acestep.ui.profiles import build_profile_section
+from acestep.ui.run_progress import plot_frames, preview_files, progress_markdown
 from acestep.ui.train_form import (
     FORM_SOURCE, VramEstimator, apply_preset_to_values, build_form, config_from_values, estimate_text,
     initial_config, names_a_folder, ordered, preset_choices, suggested_preset,
@@ -40,9 +40,6 @@ MANIFEST_FILE = "manifest.json"  # acestep.preprocess.tensors.MANIFEST_NAME (tha
 CONFIGS_FOLDER = ".configs"  # <runs>/.configs/<run>.toml: the config a Start submitted
 PREVIEW_SLOTS = 4
 LOG_LINES = 40
-_STEPS_IN_ALL = re.compile(r"(\d+) steps in all")  # the start event's message (TrainingSession.start_message)
-_ENDED = {"done": "finished", "stop": "stopped", "error": "failed"}
-LISTEN_HINT = "hear its adapters on the **Listen** tab"
 # The log box shows its newest lines: Gradio's autoscroll left a run's log, once filled, at its oldest
 # line. Not when the reader has scrolled well up to read earlier lines.
 SCROLL_LOG_TO_END = """() => {
@@ -138,59 +135,6 @@ def list_runs(ctx: AppContext) -> list[str]:
     return [ctx.workspace.relative(folder) for folder in run_folders(ctx.workspace.runs)]
 
 
-def plot_frames(events: list[dict]) -> dict[str, pd.DataFrame]:
-    """Data for the plots: "loss" (step, loss), "val_loss" (step, val_loss), "lr" (step, lr). A step
-    logged again after a resume keeps its last value."""
-    frames = {}
-    for name, kind in (("loss", "log"), ("val_loss", "validation"), ("lr", "log")):
-        rows = [(event["step"], event[name]) for event in events
-                if event.get("type") == kind and event.get(name) is not None and event.get("step") is not None]
-        frame = pd.DataFrame(rows, columns=["step", name])
-        frames[name] = frame.drop_duplicates("step", keep="last").sort_values("step").reset_index(drop=True)
-    return frames
-
-
-def progress_text(events: list[dict], now: float | None = None) -> str:
-    """Markdown: step of total, epoch, last loss, seconds per step and ETA (from the log events
-    since the last start), or how the run ended; then the warnings since the last start, one line
-    each (a run's own notices: LoKr dropout, torch.compile giving up, a failed preview...)."""
-    if not events:
-        return "No events yet."
-    start = max((i for i, event in enumerate(events) if event.get("type") == "start"), default=0)
-    totals = [int(match.group(1)) for event in events if event.get("type") == "start"
-              for match in [_STEPS_IN_ALL.search(str(event.get("message", "")))] if match]
-    total = totals[-1] if totals else None
-    logs = [event for event in events[start:] if event.get("type") == "log"]
-    last = events[-1]
-    step = max((event.get("step") or 0 for event in events[start:]), default=0)
-    parts = [f"**Step {step}" + (f" of {total} ({100 * step / total:.0f} %)**" if total else "**")]
-    if logs and logs[-1].get("epoch") is not None:  # a log's epoch is the one running, from 0
-        parts.append(f"epoch {logs[-1]['epoch'] + 1}")
-    if logs and logs[-1].get("loss") is not None:
-        parts.append(f"loss {logs[-1]['loss']:.4f}")
-    if last.get("type") in _ENDED:
-        message = last.get("message") or _ENDED[last["type"]]
-        parts.append(f"failed: {message}" if last["type"] == "error" else message)
-        if last["type"] != "error":
-            parts.append(LISTEN_HINT)
-    elif logs:
-        parts += _speed(_rate_reference(events[start], logs), logs[-1], total, now)
-    warnings = [f"\n\n⚠ step {event.get('step', '?')}: {event.get('message', '')}" for event in events[start:]
-                if event.get("type") == "warning"]
-    return " · ".join(parts) + "".join(warnings)
-
-
-def preview_files(run_dir: Path) -> tuple[str, list[tuple[str, Path]]]:
-    """(a heading, [(label, wav)]) of the newest previews in `<run>/previews/step-N/`."""
-    steps = sorted(folder for folder in (Path(run_dir) / PREVIEWS_FOLDER).glob("step-*") if folder.is_dir())
-    for folder in reversed(steps):
-        wavs = sorted(folder.glob("*.wav"), key=lambda path: render_order(path.stem))
-        if wavs:
-            step = folder.name.removeprefix("step-").lstrip("0") or "0"
-            return f"Previews at step {step}", [(path.stem.replace("-", " "), path) for path in wavs]
-    return "No previews yet (set run.preview_every_epochs or run.preview_every_steps).", []
-
-
 def run_job(ctx: AppContext, run_dir: Path) -> Job | None:
     """The newest training job of the run folder, or None."""
     events = str(Path(run_dir) / EVENTS_FILE)
@@ -214,32 +158,6 @@ def training_status(ctx: AppContext) -> tuple[Job | None, str]:
     if len(jobs) > 1:
         text += " Queued next: " + "; ".join(line(job) for job in jobs[1:]) + "."
     return jobs[0], text
-
-
-def _speed(reference: dict, last_log: dict, total: int | None, now: float | None) -> list[str]:
-    """["2.00 s/step", "ETA 2 min 35 s"] measured from `reference` to the last log, or []."""
-    if not reference or last_log["step"] <= reference["step"]:
-        return []
-    per_step = (last_log["time"] - reference["time"]) / (last_log["step"] - reference["step"])
-    if not total:
-        return [f"{per_step:.2f} s/step"]
-    elapsed = max(0.0, (now or time.time()) - last_log["time"])
-    return [f"{per_step:.2f} s/step", f"ETA {_duration(max(0.0, (total - last_log['step']) * per_step - elapsed))}"]
-
-
-def _rate_reference(start: dict, logs: list[dict]) -> dict:
-    """The event the speed is measured from: the first log (model loading excluded), or the
-    start event while there is one log only."""
-    if len(logs) >= 2:
-        return logs[0]
-    return start if start.get("type") == "start" and "time" in start and "step" in start else {}
-
-
-def _duration(seconds: float) -> str:
-    seconds = int(seconds + 0.5)
-    hours, rest = divmod(seconds, 3600)
-    return (f"{hours} h {rest // 60} min" if hours else f"{rest // 60} min {rest % 60} s" if rest >= 60
-            else f"{rest} s")
 
 
 class RunSnapshot(NamedTuple):
@@ -267,7 +185,7 @@ def run_snapshot(ctx: AppContext, run_text: str) -> RunSnapshot:
     log = ctx.jobs.tail_log(job.id, LOG_LINES) if job else ""
     if job is not None and job.finished and job.message:
         log += f"\n[{job.status}] {job.message}"
-    return RunSnapshot(signature, progress_text(events), plot_frames(events), log.strip(), preview_files(run_dir),
+    return RunSnapshot(signature, progress_markdown(events), plot_frames(events), log.strip(), preview_files(run_dir),
                        run_dir)
 
 

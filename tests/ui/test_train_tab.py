@@ -2,7 +2,6 @@
 path and value checks before a start, a real train job on the tiny model whose events become
 plot data, stop and resume, progress and ETA, and previews."""
 
-import json
 import re
 import subprocess
 import sys
@@ -16,12 +15,13 @@ from acestep.gpu import GpuStatus, SystemGpuReport
 from acestep.training.config import TrainingConfig, apply_overrides, describe_fields, load_config, save_config
 from acestep.training.run_folders import EVENTS_FILE, read_events
 from acestep.ui.context import AppContext, PathRefused, Workspace
+from acestep.ui.run_progress import progress_markdown
 from acestep.ui.train_form import (
     FORM_FIELDS, VramEstimator, apply_preset_to_values, config_from_values, estimate_text, initial_config,
     suggested_preset, values_from_config,
 )
 from acestep.ui.train_tab import (
-    NO_VALIDATION_TITLE, VALIDATION_TITLE, build_train_tab, plot_frames, preview_files, progress_text,
+    NO_VALIDATION_TITLE, VALIDATION_TITLE, build_train_tab,
     resume_training, run_snapshot, start_training, stop_training, training_status, validation_title,
 )
 from support import wait_for
@@ -230,7 +230,7 @@ def test_stop_then_resume_continues_the_run(train_ctx):
     assert job.status == "stopped", ctx.jobs.tail_log(job.id)
     stopped_at = read_events(run / EVENTS_FILE)[-1]
     assert stopped_at["type"] == "stop"
-    assert f"stopped on request at step {stopped_at['step']}" in progress_text(read_events(run / EVENTS_FILE))
+    assert f"stopped on request at step {stopped_at['step']}" in progress_markdown(read_events(run / EVENTS_FILE))
     resumed = resume_training(ctx, "runs/long", owner="bob")
     assert resumed.argv[-3:] == ["train", "--resume", str(run)] and resumed.owner == "bob"
     wait_for(lambda: any(event["type"] == "log" and event["step"] > stopped_at["step"]
@@ -243,53 +243,6 @@ def test_stop_then_resume_continues_the_run(train_ctx):
     stop_training(ctx)
     assert ctx.jobs.wait(resumed.id, timeout=120).status == "stopped"
     assert stop_training(ctx) == "No training job is queued or running."
-
-
-# ---- reading a run ---------------------------------------------------------------------------------------
-def test_progress_gives_step_of_total_rate_and_eta():
-    events = [{"type": "start", "time": 90.0, "step": 0, "epoch": 0, "message": "run x; ... 100 steps in all"},
-              {"type": "log", "time": 100.0, "step": 10, "epoch": 0, "loss": 0.5, "lr": 1e-4},
-              {"type": "log", "time": 120.0, "step": 20, "epoch": 1, "loss": 0.25, "lr": 1e-4}]
-    assert progress_text(events, now=125.0) == (
-        "**Step 20 of 100 (20 %)** · epoch 2 · loss 0.2500 · 2.00 s/step · ETA 2 min 35 s")
-    one_log = events[:2]  # the speed from the start event until the second log arrives
-    assert progress_text(one_log, now=100.0) == (
-        "**Step 10 of 100 (10 %)** · epoch 1 · loss 0.5000 · 1.00 s/step · ETA 1 min 30 s")
-    done = events + [{"type": "done", "time": 130.0, "step": 20, "epoch": 1, "message": "finished: adapter in x"}]
-    assert progress_text(done).endswith(" · finished: adapter in x · hear its adapters on the **Listen** tab")
-    failed = events + [{"type": "error", "time": 130.0, "step": 20, "epoch": 1, "message": "out of memory"}]
-    assert progress_text(failed).endswith(" · failed: out of memory")
-    assert progress_text([]) == "No events yet."
-    warned = events[:1] + [{"type": "warning", "time": 91.0, "step": 0, "epoch": 0, "message": "LoKr trains without "
-                            "dropout"}] + events[1:]
-    assert progress_text(warned, now=125.0) == progress_text(events, now=125.0) + (
-        "\n\n⚠ step 0: LoKr trains without dropout")
-    before_restart = [{"type": "warning", "step": 3, "message": "old"}] + events
-    assert progress_text(before_restart, now=125.0) == progress_text(events, now=125.0)  # only since the last start
-
-
-def test_plot_data_keeps_the_last_value_of_a_step_logged_again_after_a_resume(tmp_path):
-    lines = [{"type": "log", "step": 1, "loss": 0.9, "lr": 0.1}, {"type": "log", "step": 2, "loss": 0.8, "lr": 0.2},
-             {"type": "validation", "step": 2, "val_loss": 0.7}, {"type": "start", "step": 1},
-             {"type": "log", "step": 2, "loss": 0.6, "lr": 0.2}, {"type": "log", "step": 3, "loss": 0.5, "lr": 0.3}]
-    (tmp_path / "events.jsonl").write_text("\n".join(map(json.dumps, lines)) + '\n{"type": "log", "st')
-    frames = plot_frames(read_events(tmp_path / EVENTS_FILE))
-    assert frames["loss"].values.tolist() == [[1, 0.9], [2, 0.6], [3, 0.5]]
-    assert frames["val_loss"].values.tolist() == [[2, 0.7]] and frames["lr"]["lr"].tolist() == [0.1, 0.2, 0.3]
-
-
-def test_previews_are_the_newest_steps_wavs_by_strength(tmp_path):
-    assert preview_files(tmp_path)[1] == []
-    for step, strengths in ((10, ("0", "1")), (200, ("1", "0.5", "0"))):
-        folder = tmp_path / "previews" / f"step-{step:06d}"
-        folder.mkdir(parents=True)
-        for strength in strengths:
-            (folder / f"strength-{strength}.wav").write_bytes(b"RIFF")
-            (folder / f"strength-{strength}.png").write_bytes(b"PNG")
-    label, files = preview_files(tmp_path)
-    assert label == "Previews at step 200"
-    assert [(name, path.name) for name, path in files] == [
-        ("strength 0", "strength-0.wav"), ("strength 0.5", "strength-0.5.wav"), ("strength 1", "strength-1.wav")]
 
 
 # ---- the tab ------------------------------------------------------------------------------------------
