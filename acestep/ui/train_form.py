@@ -56,6 +56,7 @@ LABELS = {
     "data.batch_size": "Batch size", "optimizer.gradient_accumulation": "Gradient accumulation",
     "data.max_seconds": "Crop seconds", "run.gradient_checkpointing": "Gradient checkpointing",
     "model.checkpoint": "Model", "model.checkpoints_dir": "Checkpoints folder", "run.output_dir": "Runs folder",
+    "model.quantization": "Frozen weights in 4 bits (nf4: QLoRA)",
 }
 ELEM_IDS = {"data.tensors_dir": "train-tensors", "run.name": "train-run-name"}
 ESTIMATE_TIMEOUT = 300.0  # seconds; the first estimate imports torch and diffusers in the helper process
