@@ -22,6 +22,7 @@ from torch import nn
 
 from acestep.errors import TrainingError
 from acestep.training.config_schema import QUANTIZATIONS
+
 NF4_BLOCK = 64  # weights per absmax (bitsandbytes' default for 4-bit)
 DOUBLE_QUANT_BLOCK = 256  # absmax values per fp32 scale of the 8-bit absmax (double quantisation)
 
