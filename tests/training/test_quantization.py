@@ -150,3 +150,19 @@ def test_an_xl_checkpoint_trains_with_and_without_an_nf4_base(tmp_path, quantiza
     names = adapter_tensors(result.run_dir / "final").keys()
     assert "base_model.model.layers.0.self_attn.q_proj.lora_A.weight" in names
     assert len(names) == 2 * 4 * 2 * 4  # lora_A and lora_B of q, k, v, o in self and cross attention, 4 blocks
+
+
+@pytest.mark.parametrize("kind", ["lora", "dora"])
+def test_under_bf16_autocast_an_nf4_run_follows_the_unquantized_one(tmp_path, tiny_dit, kind):
+    from training.conftest import write_tensors_dir
+
+    tensors = write_tensors_dir(tmp_path / "tensors", tiny_dit, 6)
+    common = ("run.precision=bf16-mixed", "model.dtype=bf16", "run.epochs=1", f"adapter.type={kind}")
+    curves = []
+    for quantization in ("none", "nf4"):
+        result = train(make_config(tmp_path / quantization, tensors, tiny_dit, *common,
+                                   f"model.quantization={quantization}"))
+        curves.append([e["loss"] for e in events(result.run_dir) if e["type"] == "log"])
+    plain, nf4 = curves
+    assert len(plain) == len(nf4) == 6 and nf4 != plain
+    assert max(abs(a - b) for a, b in zip(plain, nf4, strict=True)) < 0.02
