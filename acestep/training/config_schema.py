@@ -48,8 +48,8 @@ class ModelConfig:
         "The adapter's own weights always train in fp32.", choices=("auto", "bf16", "fp16", "fp32"))
     quantization: str = _option(
         "none", "none, or nf4: hold the frozen attention and MLP weights in 4 bits (QLoRA, bitsandbytes), "
-        "about a quarter of their memory in bf16, so the 4B XL models train on 8 GB cards. Each step is "
-        "slower and the base the adapter learns on is slightly changed. LoRA and DoRA only; not with "
+        "about a quarter of their memory in bf16, so the 4B XL models fit 8 GB cards (by the estimate). Each "
+        "step is slower and the base the adapter learns on is slightly changed. LoRA and DoRA only; not with "
         "run.compile.", choices=QUANTIZATIONS)
 
 

@@ -32,10 +32,10 @@ def test_a_finished_run_resumed_with_more_epochs_trains_them_and_keeps_the_new_s
     assert warning["step"] == 5 and warning["message"] == (
         "resumed with changed settings: run.epochs 1 -> 2; they apply from here on and config.toml now holds them "
         "(the learning rate follows the new schedule from here, and may jump)")
-    from acestep.ui.train_tab import progress_text
+    from acestep.ui.run_progress import progress_markdown
 
     # after the resumed run's start, so the Train tab lists it with the run's other warnings
-    assert "⚠ step 5: resumed with changed settings: run.epochs 1 -> 2" in progress_text(events(first.run_dir))
+    assert "⚠ step 5: resumed with changed settings: run.epochs 1 -> 2" in progress_markdown(events(first.run_dir))
     kept = load_config(first.run_dir / "config.toml")
     assert kept.run.epochs == 2 and kept.run.name == "run"  # the run folder's own name, not the --set one
     # a later resume with the run's own settings (as the Train tab does) changes nothing, and says only
