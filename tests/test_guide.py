@@ -239,7 +239,7 @@ def test_the_files_table_names_the_files_the_code_writes():
         constant("acestep/preprocess/pipeline.py", "INTERMEDIATE_DIR"),
         *(constant("acestep/training/run_layout.py", name) for name in (
             "CHECKPOINTS_DIR", "COMPLETE_MARKER", "ADAPTER_DIR", "CONFIG_FILE", "EVENTS_FILE", "PREVIEWS_FOLDER")),
-        constant("acestep/training/session.py", "STOP_FILE"),
+        constant("acestep/training/run_layout.py", "STOP_FILE"),
         constant("acestep/ui/export_tab.py", "MERGE_INFO"),
         f'{constant("acestep/ui/listen_tab.py", "LISTEN_FOLDER")}/',
         constant("acestep/inference/cli.py", "RECORD_NAME"),

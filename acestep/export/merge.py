@@ -25,8 +25,9 @@ import torch
 from safetensors import safe_open
 from torch import nn
 
-from acestep.export.lora import PEFT_CONFIG, AdapterError, LoraWeights, _read_peft_folder, read_safetensors
+from acestep.export.lora import AdapterError, LoraWeights, _read_peft_folder, read_safetensors
 from acestep.models import convert
+from acestep.training.run_layout import PEFT_CONFIG
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 _SAFETENSORS_DTYPES = {torch.bfloat16: "BF16", torch.float16: "F16", torch.float32: "F32", torch.float64: "F64",

@@ -87,7 +87,7 @@ def run_preview(args: argparse.Namespace) -> int:
     from acestep.inference.preview import PreviewRenderer, PreviewRequest, sampling_settings
     from acestep.inference.render import write_preview
     from acestep.inference.training_hook import strength_name
-    from acestep.models.load import load_acestep
+    from acestep.training.quantization import load_transformer
 
     if args.adapter is None and args.strengths is not None:
         raise PreviewError("--strengths needs --adapter: strengths scale an adapter")
@@ -113,9 +113,8 @@ def run_preview(args: argparse.Namespace) -> int:
         checkpoint = base_checkpoint(adapter, checkpoint, args.checkpoints_dir)
     quantized = args.quantization != "none"
     if quantized:
-        from acestep.training.quantization import quantize_transformer, require_bitsandbytes
-
         from acestep.export.lora import is_lokr_adapter
+        from acestep.training.quantization import require_bitsandbytes
 
         require_bitsandbytes()
         if adapter is not None and is_lokr_adapter(adapter):
@@ -123,12 +122,9 @@ def run_preview(args: argparse.Namespace) -> int:
                                "leave --quantization out")
     renderer = PreviewRenderer(checkpoint, vae=args.vae, text_encoder=args.text_encoder, device=args.device,
                                dtype=args.dtype, checkpoints_dir=args.checkpoints_dir)
-    # a quantized DiT is read on the host and quantized onto the device layer by layer
-    bundle = load_acestep(checkpoint, dtype=renderer.dtype, device="cpu" if quantized else renderer.device,
-                          components=("transformer",), checkpoints_dir=args.checkpoints_dir)
+    bundle = load_transformer(checkpoint, args.quantization, renderer.dtype, renderer.device, renderer.dtype,
+                              args.checkpoints_dir)
     transformer = bundle.transformer
-    if quantized:
-        quantize_transformer(transformer, args.quantization, renderer.device, renderer.dtype)
     if adapter is not None:
         from acestep.export import load_adapter
 

@@ -23,9 +23,8 @@ from acestep.errors import AceStepError, TrainingError
 from acestep.inference.preview import PreviewRenderer, PreviewRequest
 from acestep.inference.render import write_preview
 from acestep.training.compilation import eagerly
-from acestep.training.state import restore_rng, rng_states
-
 from acestep.training.run_layout import PREVIEWS_FOLDER
+from acestep.training.state import restore_rng, rng_states
 
 
 def strength_name(strength: float) -> str:

@@ -23,7 +23,7 @@ another exit status (the message is the command's `error:` line). crashed: kille
 nobody asked for (SIGKILL, SIGSEGV, the OOM killer), or its processes vanished without a result.
 """
 
-from acestep.jobs.manager import DEFAULT_STOP_TIMEOUT, JobManager, cli_argv
+from acestep.jobs.manager import DEFAULT_STOP_TIMEOUT, TRAIN_KIND, JobManager, cli_argv
 from acestep.jobs.store import (
     ACTIVE,
     CANCELLED,
@@ -42,5 +42,5 @@ from acestep.jobs.store import (
 
 __all__ = [
     "ACTIVE", "CANCELLED", "CRASHED", "DEFAULT_STOP_TIMEOUT", "DONE", "FAILED", "FINISHED", "QUEUED", "RUNNING",
-    "STATUSES", "STOPPED", "STOPPING", "Job", "JobError", "JobManager", "cli_argv",
+    "STATUSES", "STOPPED", "STOPPING", "TRAIN_KIND", "Job", "JobError", "JobManager", "cli_argv",
 ]

@@ -30,11 +30,11 @@ from acestep.jobs.store import (
     JobError,
     JobStore,
 )
+from acestep.training.run_layout import STOP_FILE
 
 DEFAULT_STOP_TIMEOUT = 120.0  # seconds a stopping job gets to finish its step and save before it is killed
 SUPERVISOR_GRACE = 15.0  # after the kill time, how long the supervisor gets to do the kill itself
-TRAIN_KIND = "train"
-STOP_FILE = "STOP"  # a train run stops after its step when this file appears (acestep.training.session.STOP_FILE)
+TRAIN_KIND = "train"  # the job kind of `acestep-trainer train`
 MAX_EVENTS_BYTES = 8 * 2**20  # read_events returns at most this much per call (call again for more)
 MAX_TAIL_BYTES = 256 * 2**10
 

@@ -33,8 +33,8 @@ from acestep.training.data import Lookahead
 from acestep.training.events import make_event
 from acestep.training.loss_interval import LossInterval
 from acestep.training.resume_settings import ResumeSettings
-from acestep.training.run_layout import CONFIG_FILE
-from acestep.training.session import STOP_FILE, TrainingSession
+from acestep.training.run_layout import CONFIG_FILE, STOP_FILE
+from acestep.training.session import TrainingSession
 from acestep.training.state import restore_rng, rng_states
 
 MOVING_AVERAGE_EPOCHS = 5

@@ -87,6 +87,21 @@ def quantize_transformer(transformer: nn.Module, kind: str, device: torch.device
     return len(names)
 
 
+def load_transformer(checkpoint, quantization: str, dtype: torch.dtype, device: torch.device | str,
+                     compute_dtype: torch.dtype, checkpoints_dir=None):
+    """`load_acestep`'s bundle with the transformer alone, on `device`. With `quantization` "nf4"
+    the model is read on the host and its blocks quantized onto `device` layer by layer
+    (`quantize_transformer`, computing in `compute_dtype`), so the bf16 model never has to fit there."""
+    from acestep.models.load import load_acestep
+
+    quantized = quantization != "none"
+    bundle = load_acestep(checkpoint, dtype=dtype, device="cpu" if quantized else device,
+                          components=("transformer",), checkpoints_dir=checkpoints_dir)
+    if quantized:
+        quantize_transformer(bundle.transformer, quantization, device, compute_dtype)
+    return bundle
+
+
 def parameter_count(module: nn.Module) -> int:
     """The parameters of `module`, a 4-bit weight counted as the values it holds (its packed
     tensor has half as many elements)."""

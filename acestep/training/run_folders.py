@@ -1,11 +1,7 @@
 """Training run folders as the web app's Runs, Train, Listen and Export tabs and `acestep-trainer
 runs` read them: their config, their events, how they ended, and the adapters in them. Folders,
-TOML and JSON only (no torch), so the UI process stays light.
-
-    runs/my-run/config.toml                     the resolved config of the run
-    runs/my-run/events.jsonl                    one JSON event per line (acestep.training.events)
-    runs/my-run/final/, best/                   adapters, written whole (renamed into place)
-    runs/my-run/checkpoints/step-N/adapter/     ... complete once step-N/COMPLETE exists
+TOML and JSON only (no torch), so the UI process stays light. What a run folder holds:
+`acestep.training.run_layout`.
 """
 
 from __future__ import annotations
@@ -18,8 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from acestep.errors import AceStepError
-from acestep.jobs import Job
-
+from acestep.jobs import TRAIN_KIND, Job
 from acestep.training.run_layout import (
     ADAPTER_DIR,
     CHECKPOINTS_DIR,
@@ -33,8 +28,6 @@ from acestep.training.run_layout import (
     PEFT_WEIGHTS,
     TRAINING_METADATA,
 )
-
-TRAIN_JOB_KIND = "train"
 
 # Events that say how a run stands; the last one seen wins (a resumed run starts again).
 _ENDINGS = {"start": "incomplete", "done": "done", "stop": "stopped", "error": "error"}
@@ -141,7 +134,7 @@ def train_jobs_by_run(jobs: list[Job]) -> dict[Path, Job]:
     """The newest train job of each run folder (a train job reads `<run>/events.jsonl`)."""
     found: dict[Path, Job] = {}
     for job in sorted(jobs, key=lambda job: (job.created, job.id)):
-        if job.kind == TRAIN_JOB_KIND and job.events_path:
+        if job.kind == TRAIN_KIND and job.events_path:
             found[Path(job.events_path).parent.resolve()] = job
     return found
 

@@ -7,6 +7,7 @@ UI process can take them without torch).
     runs/my-run/final/, best/                                adapters, written whole
     runs/my-run/checkpoints/step-N/adapter/, COMPLETE        a checkpoint, complete once COMPLETE exists
     runs/my-run/previews/step-N/strength-S.wav, .png         previews during training
+    runs/my-run/STOP                                         asks the running run to stop after its step
 """
 
 CONFIG_FILE = "config.toml"
@@ -16,6 +17,7 @@ COMPLETE_MARKER = "COMPLETE"
 ADAPTER_DIR = "adapter"
 NAMED_ADAPTERS = ("final", "best")
 PREVIEWS_FOLDER = "previews"
+STOP_FILE = "STOP"  # a run stops after its current step when this file appears in its folder
 
 # In an adapter folder
 TRAINING_METADATA = "training_metadata.json"

@@ -24,12 +24,11 @@ from acestep.training.data import (
 )
 from acestep.training.events import EventLog, TensorBoardListener
 from acestep.training.optim import build_optimizer, build_scheduler, optimizer_steps_per_epoch, total_optimizer_steps
-from acestep.training.quantization import parameter_count, quantize_transformer, require_bitsandbytes
+from acestep.training.quantization import load_transformer, parameter_count, require_bitsandbytes
 from acestep.training.recompute import enable_recompute
-from acestep.training.run_layout import CONFIG_FILE
+from acestep.training.run_layout import CONFIG_FILE, STOP_FILE
 from acestep.training.step import Objective, batch_loss, validation_loss
 
-STOP_FILE = "STOP"  # a run stops after its current step when this file appears in its folder
 FRAMES_PER_SECOND = 25
 
 
@@ -119,7 +118,7 @@ class TrainingSession:
         from lightning.fabric import Fabric
 
         from acestep.models.attention import plan_attention
-        from acestep.models.load import encoder_digest, load_acestep
+        from acestep.models.load import encoder_digest
         from acestep.preprocess.tensors import PreprocessedDataset, check_model_matches
 
         resume_from = None
@@ -141,18 +140,13 @@ class TrainingSession:
             check_training_memory(config, fabric, checkpoints_dir)
         if config.run.compile:
             check_compile_support(accelerator)
-        quantized = config.model.quantization != "none"
-        if quantized:
+        if config.model.quantization != "none":
             require_bitsandbytes()  # before minutes of loading
-        # a quantized base is loaded on the host and quantized onto the device layer by layer
-        bundle = load_acestep(config.model.checkpoint, dtype=model_dtype, device="cpu" if quantized else fabric.device,
-                              components=("transformer",), checkpoints_dir=checkpoints_dir)
+        bundle = load_transformer(config.model.checkpoint, config.model.quantization, model_dtype, fabric.device,
+                                  compute_dtype(precision, model_dtype), checkpoints_dir)
         check_model_matches(samples.manifest, bundle.config.fingerprint,
                             encoder_digest(bundle.path), Path(config.data.tensors_dir))
         transformer = bundle.transformer
-        if quantized:
-            quantize_transformer(transformer, config.model.quantization, fabric.device,
-                                 compute_dtype(precision, model_dtype))
         attention = plan_attention(transformer, fabric.device, compute_dtype(precision, model_dtype))
         if config.run.gradient_checkpointing:
             enable_recompute(transformer)

@@ -75,10 +75,15 @@ class ListenForm:
 
 # ---- defaults and the command line ---------------------------------------------------------------
 
+def _adapter(ctx: AppContext, run: str | None, checkpoint: str | None = None) -> Path | None:
+    """The adapter folder of `checkpoint` in `run` (unset: the one the picker starts from), or None."""
+    return picked_adapter(ctx, run, checkpoint or default_checkpoint(checkpoint_choices(ctx, run or "")))
+
+
 def default_prompt(ctx: AppContext, run: str | None) -> tuple[str, str, str]:
     """(caption, lyrics, language) to start from: the run's preview settings when it has them,
     else its adapters' trigger tag; empty without a run."""
-    adapter = picked_adapter(ctx, run, default_checkpoint(checkpoint_choices(ctx, run or "")))
+    adapter = _adapter(ctx, run)
     if adapter is None:
         return "", "", "en"
     settings = read_run_config(run_folder(ctx.workspace.runs, run)).get("run", {})
@@ -89,7 +94,7 @@ def default_prompt(ctx: AppContext, run: str | None) -> tuple[str, str, str]:
 def default_quantization(ctx: AppContext, run: str | None, checkpoint: str | None = None) -> str:
     """"nf4" when the adapter picked in `run` was trained on a 4-bit base (its metadata says
     base_quantization), else "none": renders then need the same memory as the training."""
-    adapter = picked_adapter(ctx, run, checkpoint or default_checkpoint(checkpoint_choices(ctx, run or "")))
+    adapter = _adapter(ctx, run, checkpoint)
     if adapter is None:
         return "none"
     return "nf4" if adapter_metadata(adapter).get("base_quantization") == "nf4" else "none"

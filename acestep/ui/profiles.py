@@ -34,6 +34,7 @@ from acestep.errors import ConfigError
 from acestep.files import read_text, write_atomically
 from acestep.training.config import TrainingConfig, config_from_dict, config_to_toml_data, validate
 from acestep.training.config_values import show
+from acestep.training.run_folders import run_folders
 from acestep.training.run_layout import CONFIG_FILE
 from acestep.ui.context import AppContext
 from acestep.ui.jobs_panel import friendly
@@ -120,9 +121,7 @@ def list_profiles(profiles_dir: Path, runs_dir: Path) -> list[tuple[str, str]]:
     """(label, path) of every profile in `profiles_dir`, then of every run's config.toml in
     `runs_dir` (newest run first), for a dropdown."""
     choices = [(path.stem, str(path)) for path in sorted(Path(profiles_dir).glob("*.toml"))]
-    runs = [path for path in Path(runs_dir).glob(f"*/{CONFIG_FILE}") if not path.parent.name.startswith(".")]
-    runs.sort(key=lambda path: path.stat().st_mtime, reverse=True)
-    choices += [(f"run: {path.parent.name}", str(path)) for path in runs]
+    choices += [(f"run: {folder.name}", str(folder / CONFIG_FILE)) for folder in run_folders(runs_dir)]
     return choices
 
 

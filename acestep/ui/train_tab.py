@@ -21,7 +21,7 @@ import pandas as pd
 
 from acestep.errors import AceStepError, ConfigError, JobError
 from acestep.gpu import read_gpus
-from acestep.jobs import QUEUED, Job
+from acestep.jobs import QUEUED, TRAIN_KIND, Job
 from acestep.training.config import TrainingConfig, config_from_dict, config_to_dict, load_config, save_config
 from acestep.training.presets import recommendation_message
 from acestep.training.run_folders import read_events, run_folders
@@ -35,7 +35,6 @@ from acestep.ui.train_form import (
     initial_config, names_a_folder, ordered, preset_choices, suggested_preset,
 )
 
-TRAIN_KIND = "train"
 MANIFEST_FILE = "manifest.json"  # acestep.preprocess.tensors.MANIFEST_NAME (that module imports torch)
 CONFIGS_FOLDER = ".configs"  # <runs>/.configs/<run>.toml: the config a Start submitted
 PREVIEW_SLOTS = 4

@@ -3,7 +3,7 @@
 import json
 
 from training.conftest import write_tensors_dir
-from training.test_loop import make_config
+from training.test_loop import make_config, train_stopped_after
 
 from acestep.cli import main
 from acestep.training.loop import train
@@ -13,10 +13,7 @@ def test_runs_lists_each_run_with_its_status_losses_and_adapters(tmp_path, tiny_
     dit = tiny_checkpoints / "acestep-v15-turbo"
     tensors = write_tensors_dir(tmp_path / "tensors", dit, 3)
     done = train(make_config(tmp_path, tensors, dit, "run.name=done", "run.epochs=1", "run.save_every_epochs=1"))
-    requests = []
-    stopped = train(make_config(tmp_path, tensors, dit, "run.name=stopped", "run.epochs=2"),
-                    listeners=[lambda event: requests[0]() if event["type"] == "log" and event["step"] == 2 else None],
-                    stop_signal=requests.append)
+    stopped = train_stopped_after(make_config(tmp_path, tensors, dit, "run.name=stopped", "run.epochs=2"), 2)
     assert (done.status, stopped.status) == ("completed", "stopped")
 
     runs = tmp_path / "runs"

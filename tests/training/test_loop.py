@@ -34,6 +34,17 @@ def events(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
 
 
+def train_stopped_after(config: TrainingConfig, step: int):
+    """`train(config)` asked to stop, as Stop or Ctrl+C does, when step `step` has logged."""
+    requests = []
+
+    def stop_after_step(event):
+        if event["type"] == "log" and event["step"] == step:
+            requests[0]()
+
+    return train(config, listeners=[stop_after_step], stop_signal=requests.append)
+
+
 def adapter_tensors(folder: Path) -> dict[str, torch.Tensor]:
     return load_file(folder / "adapter_model.safetensors")
 
@@ -73,14 +84,8 @@ def test_resume_after_a_stop_gives_bit_identical_adapter_and_loss_curve(tmp_path
     overrides = ("run.epochs=3", "optimizer.gradient_accumulation=2", "data.batch_size=2", "run.save_every_epochs=0")
     straight = train(make_config(tmp_path / "a", tensors_17, tiny_dit, *overrides))
 
-    requests = []
-
-    def stop_after_step_5(event):
-        if event["type"] == "log" and event["step"] == 5:
-            requests[0]()
-
     interrupted = make_config(tmp_path / "b", tensors_17, tiny_dit, *overrides)
-    first = train(interrupted, listeners=[stop_after_step_5], stop_signal=requests.append)
+    first = train_stopped_after(interrupted, 5)
     assert first.status == "stopped" and first.step == 5
     assert not (first.run_dir / "final").exists()
     second = train(interrupted, resume=first.run_dir)

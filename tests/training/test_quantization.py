@@ -19,7 +19,7 @@ from acestep.training.quantization import (
     quantizable_linears,
     quantize_transformer,
 )
-from training.test_loop import adapter_tensors, events, make_config
+from training.test_loop import adapter_tensors, events, make_config, train_stopped_after
 
 
 def held_bytes(layer: Linear4bit) -> int:
@@ -101,14 +101,8 @@ def test_a_run_on_an_nf4_base_trains_saves_and_resumes_exactly(tmp_path, tensors
     metadata = json.loads((straight.run_dir / "final" / "training_metadata.json").read_text())
     assert metadata["base_quantization"] == "nf4"
 
-    requests = []
-
-    def stop_after_step_4(event):
-        if event["type"] == "log" and event["step"] == 4:
-            requests[0]()
-
     interrupted = make_config(tmp_path / "b", tensors_17, tiny_dit, *overrides)
-    first = train(interrupted, listeners=[stop_after_step_4], stop_signal=requests.append)
+    first = train_stopped_after(interrupted, 4)
     assert first.status == "stopped" and first.step == 4
     second = train(interrupted, resume=first.run_dir)
     b = adapter_tensors(second.run_dir / "final")
@@ -116,14 +110,7 @@ def test_a_run_on_an_nf4_base_trains_saves_and_resumes_exactly(tmp_path, tensors
 
 
 def test_a_stopped_run_resumes_on_an_nf4_base_as_after_running_out_of_memory(tmp_path, tensors_17, tiny_dit):
-    requests = []
-
-    def stop_after_step_2(event):
-        if event["type"] == "log" and event["step"] == 2:
-            requests[0]()
-
-    config = make_config(tmp_path, tensors_17, tiny_dit, "run.epochs=1")
-    first = train(config, listeners=[stop_after_step_2], stop_signal=requests.append)
+    first = train_stopped_after(make_config(tmp_path, tensors_17, tiny_dit, "run.epochs=1"), 2)
     resumed = train(make_config(tmp_path, tensors_17, tiny_dit, "run.epochs=1", "model.quantization=nf4"),
                     resume=first.run_dir)
     assert resumed.status == "completed" and resumed.step == 17
