@@ -108,12 +108,27 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
 
 
 def prune_checkpoints(run_dir: Path, keep: int) -> None:
-    """Delete all but the `keep` newest complete checkpoints, and leftover temporary folders."""
-    for old in complete_checkpoints(run_dir)[:-keep] if keep > 0 else []:
-        shutil.rmtree(old, ignore_errors=True)
+    """Delete all but the `keep` newest complete checkpoints, then the leftovers. Each checkpoint
+    is renamed to a hidden name before it is deleted, so a kill in the middle of a deletion leaves
+    a hidden folder that the next clean-up removes, never a visible half checkpoint."""
     root = Path(run_dir) / CHECKPOINTS_DIR
-    if root.is_dir():
-        for leftover in root.glob(".step-*"):
+    for old in complete_checkpoints(run_dir)[:-keep] if keep > 0 else []:
+        doomed = root / f".{old.name}.del-{os.getpid()}"
+        old.rename(doomed)
+        shutil.rmtree(doomed, ignore_errors=True)
+    remove_leftovers(run_dir)
+
+
+def remove_leftovers(run_dir: Path) -> None:
+    """Delete what interrupted writes and deletions leave in `checkpoints/`: hidden `.step-*`
+    folders, and `step-*` folders without the completion marker (a deletion cut short by an older
+    version of this code). Complete checkpoints are never touched."""
+    root = Path(run_dir) / CHECKPOINTS_DIR
+    if not root.is_dir():
+        return
+    for leftover in root.iterdir():
+        hidden = leftover.name.startswith(".step-")
+        if leftover.is_dir() and (hidden or (leftover.name.startswith("step-") and not is_complete(leftover))):
             shutil.rmtree(leftover, ignore_errors=True)
 
 

@@ -140,6 +140,8 @@ class Trainer:
         if problems and not force:
             raise TrainingError(f"Cannot resume from {folder}: " + "; ".join(problems)
                                 + ". The data order would differ; pass --force to resume anyway.")
+        if self.fabric.global_rank == 0:
+            ckpt.remove_leftovers(self.s.run_dir)  # what the interrupted run was writing or deleting
         self.s.adapter.load_state_dict(state["adapter"])
         self.s.optimizer.load_state_dict(state["optimizer"])
         self.s.scheduler.load_state_dict(state["scheduler"])

@@ -10,6 +10,8 @@ no cleanup) on the CALL-th call of the function behind PHASE:
     checkpoint-adapter   a checkpoint's adapter is written, its state not yet
     checkpoint-state     a checkpoint's state is written, its COMPLETE marker not yet
     checkpoint-prune     a checkpoint is in place, the older ones not yet pruned
+    checkpoint-delete    the CALL-th prune dies halfway through deleting an old checkpoint: its
+                         COMPLETE marker and state are gone, its adapter not yet
     preview          one preview strength is rendered and written, the next not yet
     disk-full        not a kill: a checkpoint's state write fails with ENOSPC (a full disk),
                      its adapter already written
@@ -23,8 +25,11 @@ from __future__ import annotations
 import errno
 import functools
 import os
+import shutil
 import signal
 import sys
+import types
+from pathlib import Path
 
 
 def kill(*args, **kwargs) -> None:
@@ -33,6 +38,22 @@ def kill(*args, **kwargs) -> None:
 
 def disk_full(state, folder, *args, **kwargs) -> None:
     raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(folder))
+
+
+def die_in_the_next_deletion(*args, **kwargs) -> None:
+    """Make the prune about to run die inside its first deletion of a checkpoint, after the
+    deletion removed the COMPLETE marker and the state but before it reached the adapter."""
+    from acestep.training import checkpoint
+
+    def half_delete(path, ignore_errors=False):
+        path = Path(path)
+        if (path / "adapter").is_dir():
+            for name in ("COMPLETE", "state.json", "state.safetensors"):
+                (path / name).unlink(missing_ok=True)
+            kill()
+        shutil.rmtree(path, ignore_errors=ignore_errors)
+
+    checkpoint.shutil = types.SimpleNamespace(rmtree=half_delete)
 
 
 def arm(owner, name: str, call: int, after: bool, act=kill) -> None:
@@ -83,6 +104,10 @@ def arm_phase(phase: str, call: int) -> None:
         from acestep.training import checkpoint
 
         arm(checkpoint, "prune_checkpoints", call, after=False)
+    elif phase == "checkpoint-delete":
+        from acestep.training import checkpoint
+
+        arm(checkpoint, "prune_checkpoints", call, after=False, act=die_in_the_next_deletion)
     elif phase == "preview":
         from acestep.inference import training_hook
 

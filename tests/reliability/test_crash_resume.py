@@ -1,6 +1,6 @@
 """Crash and resume: 20 training runs of the tiny model, each killed with SIGKILL at a random point
-(inside a step, inside a checkpoint write, inside a preview, or at a random moment from outside),
-are resumed with `acestep-trainer train --resume`. Each resume starts from the newest checkpoint
+(inside a step, inside a checkpoint write or deletion, inside a preview, or at a random moment from
+outside), are resumed with `acestep-trainer train --resume`. Each resume starts from the newest checkpoint
 that was complete when the run died (never from the half-written one) and ends with the adapter
 bit-identical to an uninterrupted run of the same seed. A checkpoint write that fails on a full
 disk stops the run with a clear message and leaves the previous checkpoint usable.
@@ -44,11 +44,12 @@ RUN_SETTINGS = ("adapter.dropout=0.1", "optimizer.gradient_accumulation=2", "run
                 "run.preview_every_steps=5", "run.preview_caption=mystyle, lofi hip hop", "run.preview_seconds=0.4",
                 "run.preview_strengths=[0, 1]")
 # phase -> the calls of its function a kill may land on: all after the first complete checkpoint
-# (step 3, the 6th batch), so that there is one to resume from.
+# (step 3, the 6th batch), so that there is one to resume from; a prune deletes from its 3rd call on.
 CALLS = {"step": range(7, 49), "optimizer": range(4, 25), "checkpoint-adapter": range(2, 9),
-         "checkpoint-state": range(2, 9), "checkpoint-prune": range(2, 9), "preview": range(1, 9),
-         "outside": range(4, 19)}
-PHASES = ("step", "optimizer", "checkpoint-adapter", "checkpoint-state", "checkpoint-prune", "preview", "outside")
+         "checkpoint-state": range(2, 9), "checkpoint-prune": range(2, 9), "checkpoint-delete": range(3, 9),
+         "preview": range(1, 9), "outside": range(4, 19)}
+PHASES = ("step", "optimizer", "checkpoint-adapter", "checkpoint-state", "checkpoint-prune", "checkpoint-delete",
+          "preview", "outside")
 
 
 @dataclass
@@ -189,6 +190,9 @@ def test_a_killed_run_resumes_from_its_last_complete_checkpoint_and_ends_bit_ide
     if scenario.phase in ("checkpoint-adapter", "checkpoint-state"):
         # the kill landed inside a write: its half-written folder is there, hidden, and not complete
         assert any(name.startswith(".step-") and ".tmp-" in name for name in outcome.partial_at_kill), outcome
+    if scenario.phase == "checkpoint-delete":
+        # the kill landed inside the deletion of an old checkpoint: what is left of it is hidden
+        assert outcome.partial_at_kill and all(name.startswith(".") for name in outcome.partial_at_kill), outcome
     assert outcome.resume_status == 0, outcome.resume_output
     assert outcome.resumed_from == outcome.complete_at_kill[-1], "the resume did not start at the newest complete one"
     assert outcome.identical, "the resumed run's final or best adapter differs from the uninterrupted run's"

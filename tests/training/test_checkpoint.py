@@ -2,6 +2,7 @@
 
 import errno
 import os
+from pathlib import Path
 
 import pytest
 
@@ -21,6 +22,32 @@ def test_complete_checkpoint_round_trip_and_latest(tmp_path):
     assert ckpt.read_checkpoint(ckpt.latest_checkpoint(tmp_path))["progress"] == {"step": 30}
     ckpt.prune_checkpoints(tmp_path, keep=2)
     assert [p.name for p in ckpt.complete_checkpoints(tmp_path)] == ["step-000020", "step-000030"]
+
+
+def test_a_deletion_cut_short_leaves_no_visible_half_checkpoint(tmp_path, monkeypatch):
+    for step in (10, 20, 30):
+        ckpt.write_checkpoint(tmp_path, step, {"epoch": 1}, write_adapter)
+    root = tmp_path / "checkpoints"
+
+    def killed_midway(path, ignore_errors=False):
+        (Path(path) / "COMPLETE").unlink()  # the kill lands after the marker went, before the rest
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(ckpt.shutil, "rmtree", killed_midway)
+        with pytest.raises(KeyboardInterrupt):
+            ckpt.prune_checkpoints(tmp_path, keep=2)
+    assert sorted(p.name for p in root.iterdir() if not p.name.startswith(".")) == ["step-000020", "step-000030"]
+    ckpt.remove_leftovers(tmp_path)  # what a resume, or the next checkpoint's prune, does first
+    assert sorted(p.name for p in root.iterdir()) == ["step-000020", "step-000030"]
+
+
+def test_prune_removes_a_visible_folder_without_the_marker(tmp_path):
+    ckpt.write_checkpoint(tmp_path, 20, {"epoch": 1}, write_adapter)
+    half = tmp_path / "checkpoints" / "step-000010"
+    write_adapter(half / "adapter")  # what an interrupted deletion of an older version leaves
+    ckpt.remove_leftovers(tmp_path)
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step-000020"]
 
 
 def test_interrupted_write_leaves_the_previous_checkpoint(tmp_path):
