@@ -4,10 +4,13 @@ clear error of the caller's own type, naming the file."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
+import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -92,6 +95,45 @@ def write_atomically(path: str | Path, data: bytes | str, error: type[AceStepErr
             raise error(f"{path}: cannot write the {what} ({write_failure(exc)})") from None
         raise
     return path
+
+
+def fsync_folder(path: Path) -> None:
+    """Flush a folder's entries (a rename into it) to disk, where the file system allows it."""
+    with contextlib.suppress(OSError):  # not every file system lets a folder be opened for fsync
+        handle = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(handle)
+        finally:
+            os.close(handle)
+
+
+@contextlib.contextmanager
+def replaced_folder(final: str | Path, tag: str = "tmp") -> Iterator[Path]:
+    """Yield a hidden temporary sibling of `final` to fill. When the block ends without an error the
+    sibling takes `final`'s place in one rename (an older `final` is moved aside first and deleted
+    after); on any error, a stop included, the sibling is removed and `final` is left as it was, so
+    what was there before is never lost to a failed write."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.parent / f".{final.name}.{tag}-{os.getpid()}"
+    old = final.parent / f".{final.name}.old-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        yield tmp
+        if final.exists():
+            final.rename(old)
+        try:
+            tmp.rename(final)
+        except BaseException:
+            if old.exists() and not final.exists():
+                old.rename(final)  # put the previous folder back
+            raise
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+    fsync_folder(final.parent)
 
 
 def free_folder(folder: Path) -> Path:

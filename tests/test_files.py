@@ -1,9 +1,12 @@
-"""Every way a small JSON file can be wrong ends in the caller's own error type."""
+"""Small files and folders: every way a small JSON file can be wrong ends in the caller's own error
+type; files and folders are replaced whole or not at all."""
+
+from pathlib import Path
 
 import pytest
 
 from acestep.errors import CheckpointError
-from acestep.files import new_folder, read_json_object
+from acestep.files import new_folder, read_json_object, replaced_folder
 
 
 @pytest.mark.parametrize("content, message", [
@@ -74,3 +77,30 @@ def test_new_folder_makes_the_first_name_not_taken(tmp_path):
     made = [new_folder(tmp_path / "out") for _ in range(3)]
     assert made == [tmp_path / "out", tmp_path / "out-3", tmp_path / "out-4"] and all(p.is_dir() for p in made)
     assert new_folder(tmp_path / "deep" / "er") == tmp_path / "deep" / "er"  # parents are made
+
+
+def test_replaced_folder_swaps_in_whole_or_keeps_the_old_one(tmp_path, monkeypatch):
+    final = tmp_path / "out"
+    with replaced_folder(final) as tmp:
+        (tmp / "a.txt").write_text("first")
+        assert not final.exists()  # nothing is visible until the block ends
+    assert [p.name for p in final.iterdir()] == ["a.txt"]
+    with pytest.raises(KeyboardInterrupt), replaced_folder(final) as tmp:
+        (tmp / "b.txt").write_text("half")
+        raise KeyboardInterrupt  # a stop in the middle
+    assert [p.name for p in final.iterdir()] == ["a.txt"]
+    rename = Path.rename
+
+    def fail_into_final(self, target):
+        if Path(target) == final and self.name.startswith(".out.tmp-"):
+            raise OSError(28, "No space left on device")
+        return rename(self, target)
+
+    monkeypatch.setattr(Path, "rename", fail_into_final)
+    with pytest.raises(OSError), replaced_folder(final) as tmp:
+        (tmp / "c.txt").write_text("new")
+    assert [p.name for p in final.iterdir()] == ["a.txt"]  # the previous folder was put back
+    monkeypatch.undo()
+    with replaced_folder(final) as tmp:
+        (tmp / "c.txt").write_text("new")
+    assert [p.name for p in final.iterdir()] == ["c.txt"] and sorted(p.name for p in tmp_path.iterdir()) == ["out"]

@@ -148,12 +148,13 @@ def add_commands(commands) -> None:
     export = commands.add_parser("export", help="write a trained adapter for ACE-Step, ComfyUI or diffusers")
     export.add_argument("source", type=Path, metavar="ADAPTER",
                         help="a run folder (its final/ adapter), a checkpoint folder, or an adapter folder")
-    export.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder (must be empty)")
+    export.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder (empty, or pass --overwrite)")
     export.add_argument("--format", action="append", choices=("peft", "comfyui", "diffusers", "lycoris"),
                         default=None, help="repeatable; default: peft and comfyui (LoKr: lycoris)")
     export.add_argument("--name", default=None, help="file name stem (default: trigger tag and step)")
     export.add_argument("--checkpoint", default=None, help="base DiT (default: the one the adapter was trained on)")
-    export.add_argument("--overwrite", action="store_true", help="replace the contents of a non-empty --out")
+    export.add_argument("--overwrite", action="store_true",
+                        help="replace the contents of a non-empty --out (once the new export is whole and checked)")
     export.add_argument("--no-verify", action="store_true", help="skip reloading each export to compare outputs")
     checkpoints_dir_arg(export)
     export.set_defaults(func=cmd_export)
@@ -169,7 +170,8 @@ def add_commands(commands) -> None:
     merge.add_argument("--max-shard-gb", type=float, default=None, help="split the weights into shards of this size")
     merge.add_argument("--shared", choices=("copy", "link", "skip"), default="copy",
                        help="vae/ and the text encoder beside the new folder: copy (default), link or skip")
-    merge.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    merge.add_argument("--overwrite", action="store_true",
+                       help="replace a non-empty --out (once the new merge is whole)")
     checkpoints_dir_arg(merge)
     merge.set_defaults(func=cmd_merge)
 

@@ -36,7 +36,7 @@ from acestep.export.lora import (
     read_safetensors,
     read_safetensors_header,
 )
-from acestep.files import is_disk_full, read_json_object
+from acestep.files import is_disk_full, read_json_object, replaced_folder
 from acestep.models.convert import rename_module_path_to_original
 from acestep.training.run_layout import LOKR_CONFIG, LOKR_WEIGHTS, TRAINING_METADATA
 
@@ -225,32 +225,32 @@ def export_adapter(source: str | Path, out_dir: str | Path, formats: tuple[str, 
     if not lokr and "lycoris" in formats:
         raise AdapterError(f"{folder} holds a LoRA/DoRA adapter: 'lycoris' is for LoKr adapters.")
     out_dir = Path(out_dir)
-    if out_dir.exists() and any(out_dir.iterdir()):
-        if not overwrite:
-            raise AdapterError(f"{out_dir} is not empty; choose another folder or pass --overwrite.")
-        shutil.rmtree(out_dir)
+    if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
+        raise AdapterError(f"{out_dir} is not empty; choose another folder or pass --overwrite.")
     base_name = name or _default_name(folder, metadata)
     base = base_checkpoint(folder, checkpoint, checkpoints_dir)
     transformer = load_acestep(base, dtype=torch.float32, components=("transformer",)).transformer
-    out_dir.mkdir(parents=True, exist_ok=True)
-    result = ExportResult(out_dir=out_dir, metadata=metadata)
     try:
-        _write_formats(folder, out_dir, formats, base_name, metadata, transformer, result)
-        if verify:
-            verify_exports(folder, result, transformer)
+        with replaced_folder(out_dir, "exporting") as tmp:  # an earlier export is kept until this one is whole
+            result = ExportResult(out_dir=tmp, metadata=metadata)
+            _write_formats(folder, tmp, formats, base_name, metadata, transformer, result)
+            if verify:
+                verify_exports(folder, result, transformer)
     except BaseException as exc:
-        shutil.rmtree(out_dir, ignore_errors=True)
         raise_if_disk_full(exc, out_dir)
         raise
+    result.out_dir = out_dir
+    result.files = {kind: out_dir / path.relative_to(tmp) for kind, path in result.files.items()}
     return result
 
 
 def raise_if_disk_full(exc: BaseException, out_dir: Path) -> None:
-    """After a failed export or merge into `out_dir` (removed already): an `AdapterError` that
-    says so when the disk was full; nothing otherwise."""
+    """After a failed export or merge into `out_dir` (whose partial files are removed already, and
+    whose earlier contents are kept): an `AdapterError` that says so when the disk was full."""
     if is_disk_full(exc):
-        raise AdapterError(f"The disk is full: could not write {out_dir}. Nothing was left there; free some space "
-                           "and run the command again.") from exc
+        raise AdapterError(f"The disk is full: could not write {out_dir}. Nothing of this attempt was left there "
+                           "and what was there before is untouched; free some space and run the command again."
+                           ) from exc
 
 
 def _default_name(folder: Path, metadata: dict) -> str:

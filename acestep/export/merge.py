@@ -26,6 +26,7 @@ from safetensors import safe_open
 from torch import nn
 
 from acestep.export.lora import AdapterError, LoraWeights, _read_peft_folder, read_safetensors
+from acestep.files import replaced_folder
 from acestep.models import convert
 from acestep.training.run_layout import PEFT_CONFIG
 
@@ -192,28 +193,22 @@ def merge_adapter(checkpoint: str | Path | None, adapter: str | Path, out_dir: s
     if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
         raise AdapterError(f"{out_dir} is not empty; choose another folder or pass --overwrite.")
     deltas = DeltaSource(adapter_path, strength)
-    tmp = out_dir.parent / f".{out_dir.name}.merging-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
     try:
-        touched = _write_weights(weight_files(base, "model.safetensors"), tmp, deltas,
-                                 None if dtype == "keep" else DTYPES[dtype], max_shard_bytes)
-        if deltas.lora is not None and touched != deltas.modules():
-            raise AdapterError(f"{adapter_path} adapts module(s) {sorted(deltas.modules() - touched)[:4]} that "
-                               f"{base} does not have: it was trained for another model.")
-        if deltas.lora is None and not touched:
-            raise AdapterError(f"{adapter_path} matches no module of {base}: it was trained for another model.")
-        for name in ("config.json", "silence_latent.pt", "silence_latent.safetensors"):
-            if (base / name).is_file():
-                shutil.copy2(base / name, tmp / name)
-        (tmp / "merge_info.json").write_text(json.dumps({
-            "base": str(base), "adapter": str(adapter_path), "strength": strength, "dtype": dtype,
-            "modules_merged": len(touched), "date": time.strftime("%Y-%m-%dT%H:%M:%S")}, indent=2) + "\n")
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        tmp.rename(out_dir)
+        with replaced_folder(out_dir, "merging") as tmp:  # an earlier merge is kept until this one is whole
+            touched = _write_weights(weight_files(base, "model.safetensors"), tmp, deltas,
+                                     None if dtype == "keep" else DTYPES[dtype], max_shard_bytes)
+            if deltas.lora is not None and touched != deltas.modules():
+                raise AdapterError(f"{adapter_path} adapts module(s) {sorted(deltas.modules() - touched)[:4]} that "
+                                   f"{base} does not have: it was trained for another model.")
+            if deltas.lora is None and not touched:
+                raise AdapterError(f"{adapter_path} matches no module of {base}: it was trained for another model.")
+            for name in ("config.json", "silence_latent.pt", "silence_latent.safetensors"):
+                if (base / name).is_file():
+                    shutil.copy2(base / name, tmp / name)
+            (tmp / "merge_info.json").write_text(json.dumps({
+                "base": str(base), "adapter": str(adapter_path), "strength": strength, "dtype": dtype,
+                "modules_merged": len(touched), "date": time.strftime("%Y-%m-%dT%H:%M:%S")}, indent=2) + "\n")
     except BaseException as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
         raise_if_disk_full(exc, out_dir)
         raise
     _place_shared(base.parent, out_dir.parent, shared)

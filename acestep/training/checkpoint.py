@@ -23,7 +23,7 @@ from pathlib import Path
 from safetensors import SafetensorError
 
 from acestep.errors import TrainingError
-from acestep.files import is_disk_full
+from acestep.files import is_disk_full, replaced_folder
 from acestep.training.state import load_state, save_state
 
 from acestep.training.run_layout import ADAPTER_DIR, CHECKPOINTS_DIR, COMPLETE_MARKER
@@ -33,44 +33,19 @@ def checkpoint_name(step: int) -> str:
     return f"step-{step:06d}"
 
 
-def _fsync_dir(path: Path) -> None:
-    with contextlib.suppress(OSError):  # not every file system lets a folder be opened for fsync
-        handle = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(handle)
-        finally:
-            os.close(handle)
-
-
 @contextlib.contextmanager
 def atomic_directory(final: Path) -> Iterator[Path]:
-    """Yield a temporary sibling folder to fill; on success it replaces `final` in one rename
-    (an older `final` is moved aside first and deleted after). On any error the temporary folder
-    is removed and `final` is left as it was. A full disk becomes a `TrainingError` that says the
+    """`acestep.files.replaced_folder`, with a full disk raised as a `TrainingError` that says the
     previous files are intact."""
-    final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.parent / f".{final.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
     try:
-        yield tmp
-        old = final.parent / f".{final.name}.old-{os.getpid()}"
-        if final.exists():
-            final.rename(old)
-        tmp.rename(final)
-        shutil.rmtree(old, ignore_errors=True)
-        _fsync_dir(final.parent)
+        with replaced_folder(final) as tmp:
+            yield tmp
     except (OSError, SafetensorError) as exc:  # safetensors reports the OS's errors as its own
-        shutil.rmtree(tmp, ignore_errors=True)
         if is_disk_full(exc):
             raise TrainingError(
                 f"The disk is full: could not write {final}. The previous checkpoints are intact; free some "
                 "space and resume the run."
             ) from exc
-        raise
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
         raise
 
 

@@ -153,6 +153,27 @@ def test_a_full_disk_during_export_is_said_and_leaves_no_folder(fixture_dir, tmp
 
     source = trained_adapter(fixture_dir, tmp_path / "final")
     monkeypatch.setattr(formats, "save_file", disk_full)
-    with pytest.raises(AdapterError, match=r"The disk is full: could not write .*out\. Nothing was left there"):
+    with pytest.raises(AdapterError, match=r"The disk is full: could not write .*out\. Nothing of this attempt"):
         export_adapter(source, tmp_path / "out", formats=("comfyui",))
-    assert not (tmp_path / "out").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["final"]  # no folder, no hidden half one
+
+
+def test_an_overwrite_that_fails_keeps_the_earlier_export(fixture_dir, tmp_path, monkeypatch):
+    from acestep.export import formats
+
+    source = trained_adapter(fixture_dir, tmp_path / "final")
+    earlier = export_adapter(source, tmp_path / "out", formats=("comfyui",))
+    before = {p.name: p.read_bytes() for p in earlier.out_dir.iterdir()}
+
+    def unequal(*args, **kwargs):
+        raise AdapterError("the comfyui file does not reproduce the adapter")
+
+    monkeypatch.setattr(formats, "verify_exports", unequal)
+    with pytest.raises(AdapterError, match="does not reproduce"):
+        export_adapter(source, tmp_path / "out", formats=("peft", "comfyui"), overwrite=True)
+    assert {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["final", "out"]
+    monkeypatch.undo()
+    result = export_adapter(source, tmp_path / "out", formats=("peft",), overwrite=True)
+    assert result.out_dir == tmp_path / "out" and result.files["peft"] == tmp_path / "out" / "peft"
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["peft"]

@@ -69,6 +69,22 @@ def test_non_empty_output_is_refused_and_kept(tiny_checkpoints, tmp_path):
     assert (tmp_path / "out" / "keep.txt").read_text() == "mine"
 
 
+def test_an_overwrite_that_fails_keeps_the_earlier_merge(tiny_checkpoints, fixture_dir, tmp_path):
+    from acestep.models.tiny import TINY_DIT_CONFIG, write_dit_checkpoint
+
+    base = tiny_checkpoints / "acestep-v15-turbo"
+    merged = merge_adapter(base, trained_adapter(base, tmp_path / "a"), tmp_path / "out", shared="skip")
+    before = {p.name: p.read_bytes() for p in merged.iterdir()}
+    deeper = tmp_path / "deep"
+    config = {**TINY_DIT_CONFIG, "num_hidden_layers": 6, "num_audio_decoder_hidden_layers": 6,
+              "layer_types": ["sliding_attention", "full_attention"] * 3}
+    write_dit_checkpoint(deeper, config, torch.Generator().manual_seed(0), torch.zeros(1, 100, 64))
+    with pytest.raises(AdapterError, match="trained for another model"):
+        merge_adapter(base, trained_adapter(deeper, tmp_path / "b"), tmp_path / "out", overwrite=True, shared="skip")
+    assert {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()} == before
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
 def test_adapter_of_another_model_is_refused_and_nothing_written(tiny_checkpoints, fixture_dir, tmp_path):
     from acestep.models.tiny import TINY_DIT_CONFIG, write_dit_checkpoint
 
