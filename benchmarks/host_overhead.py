@@ -94,16 +94,16 @@ def measure(step, rounds: int, count: bool = True) -> tuple[float, float, int | 
     return first, statistics.median(times), sum(mode.counts.values())
 
 
-def compiled_settings(layers: int) -> list[tuple[str, object]]:
+def compiled_settings(layers: int, backend: str = "inductor") -> list[tuple[str, object]]:
     """(name, step) of the trainer's checkpointed step with its blocks compiled for dynamic shapes,
     then for static shapes, each on a fresh model."""
     rows = []
     for name, static in (("the trainer's, compiled (dynamic)", False), ("the trainer's, compiled (static)", True)):
         transformer, _ = build(layers)
         enable_recompute(transformer)
-        compile_blocks(transformer)
+        compile_blocks(transformer, backend=backend)
         if static:
-            use_static_shape_compile(transformer)
+            use_static_shape_compile(transformer, backend=backend)
         rows.append((name, make_step(transformer)))
     return rows
 
@@ -114,6 +114,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=11, help="timed steps per setting (median)")
     parser.add_argument("--compile", action="store_true", help="add the step with compiled blocks (dynamic and "
                         "static shapes; compiling takes a minute or two)")
+    parser.add_argument("--backend", default="inductor", help="torch.compile backend for --compile (default "
+                        "inductor, as run.compile uses; aot_eager traces the same graphs without making kernels)")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     transformer, adapter = build(args.layers)
@@ -133,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
         apply()
         first, seconds, operators = measure(step, args.rounds)
         print(f"{name:36s} {seconds * 1000:12.1f} {operators:10d} {first:12.2f}")
-    for name, compiled_step in compiled_settings(args.layers) if args.compile else ():
+    for name, compiled_step in compiled_settings(args.layers, args.backend) if args.compile else ():
         first, seconds, _ = measure(compiled_step, args.rounds, count=False)
         print(f"{name:36s} {seconds * 1000:12.1f} {'-':>10s} {first:12.2f}")
     return 0

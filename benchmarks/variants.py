@@ -109,14 +109,15 @@ def use_diffusers_checkpointing(model: torch.nn.Module) -> int:
     return len(models)
 
 
-def use_static_shape_compile(model: torch.nn.Module) -> int:
-    """Compile every compiled block of `model` again for static shapes (torch.compile's default);
-    returns how many. Raises ValueError when no block is compiled (the variant needs compile on)."""
+def use_static_shape_compile(model: torch.nn.Module, backend: str = "inductor") -> int:
+    """Compile every compiled block of `model` again for static shapes (torch.compile's default)
+    with `backend`; returns how many. Raises ValueError when no block is compiled (the variant
+    needs compile on)."""
     blocks = [m for m in model.modules() if getattr(m, "_compiled_call_impl", None) is not None]
     if not blocks:
         raise ValueError("the static-compile variant needs compile on (:compile)")
     for block in blocks:
-        block.compile()
+        block.compile(backend=backend)
     return len(blocks)
 
 

@@ -148,7 +148,8 @@ def add_commands(commands) -> None:
     export = commands.add_parser("export", help="write a trained adapter for ACE-Step, ComfyUI or diffusers")
     export.add_argument("source", type=Path, metavar="ADAPTER",
                         help="a run folder (its final/ adapter), a checkpoint folder, or an adapter folder")
-    export.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder (empty, or pass --overwrite)")
+    export.add_argument("--out", type=Path, required=True, metavar="DIR",
+                        help="output folder (empty, or pass --overwrite)")
     export.add_argument("--format", action="append", choices=("peft", "comfyui", "diffusers", "lycoris"),
                         default=None, help="repeatable; default: peft and comfyui (LoKr: lycoris)")
     export.add_argument("--name", default=None, help="file name stem (default: trigger tag and step)")

@@ -1,5 +1,6 @@
-"""Training in real processes: a SIGKILL between checkpoints loses nothing, and DDP on two CPU
-processes (gloo) ends with the same adapter on both ranks."""
+"""Training in real processes: DDP on two CPU processes (gloo) ends with the same adapter on both
+ranks, and Ctrl-C stops a run cleanly. (SIGKILLs at random points, between checkpoints and inside
+them, are `tests/reliability/test_crash_resume.py`.)"""
 
 import json
 import os
@@ -36,31 +37,6 @@ def cli(*args: str, **kwargs) -> subprocess.Popen:
 
 def final_adapter(run_dir: Path) -> dict[str, torch.Tensor]:
     return load_file(run_dir / "final" / "adapter_model.safetensors")
-
-
-def test_sigkill_between_checkpoints_then_resume_matches_an_uninterrupted_run(tmp_path, tiny_dit):
-    tensors = write_tensors_dir(tmp_path / "tensors", tiny_dit, 12)
-    common = ("run.epochs=25", "run.save_every_steps=4", "run.save_every_epochs=0", "run.log_every_steps=1")
-    straight = cli("train", "--config", str(write_config(tmp_path, tensors, tiny_dit, "straight", *common)))
-    assert straight.wait(timeout=600) == 0, straight.stdout.read()
-
-    config = write_config(tmp_path, tensors, tiny_dit, "killed", *common)
-    run_dir = tmp_path / "runs" / "killed"
-    process = cli("train", "--config", str(config))
-    deadline = time.time() + 300
-    while not (run_dir / "checkpoints" / "step-000008" / "COMPLETE").exists():
-        assert process.poll() is None and time.time() < deadline, "the run ended before it could be killed"
-        time.sleep(0.05)
-    time.sleep(0.3)  # somewhere inside the steps after the checkpoint
-    process.send_signal(signal.SIGKILL)
-    process.wait(timeout=60)
-    assert not (run_dir / "final").exists()
-    resumed = cli("train", "--resume", str(run_dir))
-    output = resumed.communicate(timeout=600)[0]
-    assert resumed.returncode == 0, output
-    assert "resumed from" in (run_dir / "events.jsonl").read_text()
-    a, b = final_adapter(tmp_path / "runs" / "straight"), final_adapter(run_dir)
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 @pytest.mark.parametrize("checkpointing", ["false", "true"])  # true: re-entrant checkpointing under DDP

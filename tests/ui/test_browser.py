@@ -7,6 +7,7 @@ Screenshots of every tab go to $ACESTEP_TEST_ARTIFACTS (default: <repo>/test-art
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import urllib.error
@@ -202,9 +203,11 @@ def test_demo_flow_scan_preprocess_train_export_with_a_second_browser(server, br
     open_tab(page, "Preprocess")
     pick(page, "preprocess-dataset", "datasets/browser.json")  # saved after the page loaded: listed when opened
     fill(page, "preprocess-out", str(ctx.workspace.tensors / "browser"))
+    fill(page, "preprocess-max-duration", "2")  # the first 2 s of each song: the tiny VAE takes ~1 s a second
     page.locator("#preprocess-start").click()
     wait_text(page, "preprocess-summary", r"Job \S+ done")
-    assert (ctx.workspace.tensors / "browser" / "manifest.json").is_file()
+    manifest = json.loads((ctx.workspace.tensors / "browser" / "manifest.json").read_text())
+    assert manifest["settings"]["max_duration"] == 2, manifest["settings"]
     screenshot(page, "flow-2-preprocess")
 
     # Train: long enough that a second browser finds it running
