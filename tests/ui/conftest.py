@@ -9,6 +9,19 @@ import pytest
 from acestep.ui.context import AppContext, Workspace
 
 
+@pytest.fixture(scope="session")
+def made(tmp_path_factory):
+    """prepare_demo run once in a fresh workspace: (workspace, defaults, progress messages). The
+    demo tests look at what it made; the browser tests start from a copy of its models and songs."""
+    from acestep.ui import demo
+
+    root = tmp_path_factory.mktemp("demo")
+    workspace = Workspace(root, root / "checkpoints")
+    messages = []
+    defaults = demo.prepare_demo(workspace, progress=messages.append)
+    return workspace, defaults, messages
+
+
 def write_adapter(folder: Path, step: int, kind: str = "lora") -> Path:
     """An adapter folder's files (contents do not matter for the UI, which only reads folders)."""
     folder.mkdir(parents=True)

@@ -30,11 +30,16 @@ pytestmark = [pytest.mark.slow,
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    """The demo app with a login, on a free port; yields (base URL, AppContext)."""
+def server(tmp_path_factory, made):
+    """The demo app with a login, on a free port; yields (base URL, AppContext). Its workspace
+    starts with a copy of the demo's models and songs (prepare_demo keeps them and writes the
+    dataset), so they are not made twice in a test run."""
     from acestep.ui.app import build_app, create_context, serving_options
 
     root = tmp_path_factory.mktemp("browser")
+    template = made[0]
+    shutil.copytree(template.checkpoints, root / "demo" / "checkpoints")
+    shutil.copytree(template.audio, root / "demo" / "audio")
     ctx = create_context(root / "demo", root / "unused", demo=True, progress=lambda *a, **k: None)
     (ctx.workspace.root / "inside.txt").write_text("inside the workspace\n")
     app = build_app(ctx)

@@ -31,16 +31,6 @@ def snapshot(folder: Path) -> dict[str, tuple[int, int]]:
             for path in sorted(folder.rglob("*")) if path.is_file()}
 
 
-@pytest.fixture(scope="module")
-def made(tmp_path_factory):
-    """prepare_demo run once in a fresh workspace: (workspace, defaults, progress messages)."""
-    root = tmp_path_factory.mktemp("demo")
-    workspace = Workspace(root, root / "checkpoints")
-    messages = []
-    defaults = demo.prepare_demo(workspace, progress=messages.append)
-    return workspace, defaults, messages
-
-
 @pytest.fixture
 def fresh_workspace(made, tmp_path):
     """An empty workspace holding a copy of the demo models (so no child process is needed)."""
