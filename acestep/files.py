@@ -136,6 +136,26 @@ def replaced_folder(final: str | Path, tag: str = "tmp") -> Iterator[Path]:
     fsync_folder(final.parent)
 
 
+def recover_replaced_folder(final: str | Path) -> bool:
+    """Clean up after a `replaced_folder` that was killed (SIGKILL, power cut): when `final` is
+    missing because the kill came between moving the previous folder aside and renaming the new
+    one into place, the previous folder is put back. Hidden leftovers of `final` (a folder being
+    filled, one moved aside) are then deleted. Returns whether the previous folder was put back."""
+    final = Path(final)
+    if not final.parent.is_dir():
+        return False
+    leftovers = [p for p in final.parent.glob(f".{final.name}.*-*") if p.is_dir()]
+    put_back = False
+    aside = sorted((p for p in leftovers if ".old-" in p.name), key=lambda p: p.stat().st_mtime)
+    if aside and not final.exists():
+        aside[-1].rename(final)
+        leftovers.remove(aside[-1])
+        put_back = True
+    for leftover in leftovers:
+        shutil.rmtree(leftover, ignore_errors=True)
+    return put_back
+
+
 def free_folder(folder: Path) -> Path:
     """`folder`, or `folder-2`, `folder-3`, ... : the first that does not exist or is empty."""
     candidate, number = folder, 1

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from acestep.errors import CheckpointError
-from acestep.files import new_folder, read_json_object, replaced_folder
+from acestep.files import new_folder, read_json_object, recover_replaced_folder, replaced_folder
 
 
 @pytest.mark.parametrize("content, message", [
@@ -104,3 +104,19 @@ def test_replaced_folder_swaps_in_whole_or_keeps_the_old_one(tmp_path, monkeypat
     with replaced_folder(final) as tmp:
         (tmp / "c.txt").write_text("new")
     assert [p.name for p in final.iterdir()] == ["c.txt"] and sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_a_kill_in_the_middle_of_the_swap_is_recovered_to_the_previous_folder(tmp_path):
+    final = tmp_path / "best"
+    final.mkdir()
+    (final / "a.txt").write_text("previous")
+    # what a SIGKILL between the two renames leaves: the previous folder aside, the new one hidden
+    final.rename(tmp_path / ".best.old-4242")
+    (tmp_path / ".best.tmp-4242").mkdir()
+    (tmp_path / ".best.tmp-4242" / "a.txt").write_text("new")
+    assert recover_replaced_folder(final)
+    assert (final / "a.txt").read_text() == "previous" and sorted(p.name for p in tmp_path.iterdir()) == ["best"]
+    (tmp_path / ".best.tmp-4243").mkdir()  # killed while filling: the folder in place stays
+    assert not recover_replaced_folder(final)
+    assert (final / "a.txt").read_text() == "previous" and sorted(p.name for p in tmp_path.iterdir()) == ["best"]
+    assert not recover_replaced_folder(tmp_path / "missing" / "best")

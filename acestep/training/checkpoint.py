@@ -23,7 +23,7 @@ from pathlib import Path
 from safetensors import SafetensorError
 
 from acestep.errors import TrainingError
-from acestep.files import is_disk_full, replaced_folder
+from acestep.files import is_disk_full, recover_replaced_folder, replaced_folder
 from acestep.training.state import load_state, save_state
 
 from acestep.training.run_layout import ADAPTER_DIR, CHECKPOINTS_DIR, COMPLETE_MARKER
@@ -97,10 +97,15 @@ def prune_checkpoints(run_dir: Path, keep: int) -> None:
 def remove_leftovers(run_dir: Path) -> None:
     """Delete what interrupted writes and deletions leave in `checkpoints/`: hidden `.step-*`
     folders, and `step-*` folders without the completion marker (a deletion cut short by an older
-    version of this code). Complete checkpoints are never touched."""
+    version of this code). Complete checkpoints are never touched, and one that a kill left moved
+    aside while it was being rewritten is put back first."""
     root = Path(run_dir) / CHECKPOINTS_DIR
     if not root.is_dir():
         return
+    for aside in root.glob(".step-*.old-*"):  # a rewrite of a checkpoint killed mid-swap: put it back
+        final = root / aside.name[1:].split(".old-")[0]
+        if not final.exists() and is_complete(aside):
+            recover_replaced_folder(final)
     for leftover in root.iterdir():
         hidden = leftover.name.startswith(".step-")
         if leftover.is_dir() and (hidden or (leftover.name.startswith("step-") and not is_complete(leftover))):

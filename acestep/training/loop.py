@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 from acestep.errors import TrainingError
+from acestep.files import recover_replaced_folder
 from acestep.gpu.fit import out_of_memory_message
 from acestep.inference.training_hook import TrainingPreviews
 from acestep.training import checkpoint as ckpt
@@ -33,7 +34,7 @@ from acestep.training.data import Lookahead
 from acestep.training.events import make_event
 from acestep.training.loss_interval import LossInterval
 from acestep.training.resume_settings import ResumeSettings
-from acestep.training.run_layout import CONFIG_FILE, STOP_FILE
+from acestep.training.run_layout import CONFIG_FILE, NAMED_ADAPTERS, STOP_FILE
 from acestep.training.session import TrainingSession
 from acestep.training.state import restore_rng, rng_states
 
@@ -140,8 +141,10 @@ class Trainer:
         if problems and not force:
             raise TrainingError(f"Cannot resume from {folder}: " + "; ".join(problems)
                                 + ". The data order would differ; pass --force to resume anyway.")
-        if self.fabric.global_rank == 0:
-            ckpt.remove_leftovers(self.s.run_dir)  # what the interrupted run was writing or deleting
+        if self.fabric.global_rank == 0:  # what the interrupted run was writing or deleting
+            ckpt.remove_leftovers(self.s.run_dir)
+            for name in NAMED_ADAPTERS:
+                recover_replaced_folder(self.s.run_dir / name)
         self.s.adapter.load_state_dict(state["adapter"])
         self.s.optimizer.load_state_dict(state["optimizer"])
         self.s.scheduler.load_state_dict(state["scheduler"])

@@ -42,6 +42,17 @@ def test_a_deletion_cut_short_leaves_no_visible_half_checkpoint(tmp_path, monkey
     assert sorted(p.name for p in root.iterdir()) == ["step-000020", "step-000030"]
 
 
+def test_a_checkpoint_killed_while_being_rewritten_is_put_back(tmp_path):
+    ckpt.write_checkpoint(tmp_path, 10, {"epoch": 1, "progress": {"step": 10}}, write_adapter)
+    root = tmp_path / "checkpoints"
+    (root / "step-000010").rename(root / ".step-000010.old-77")  # a rewrite, killed between the renames
+    (root / ".step-000010.tmp-77").mkdir()
+    assert ckpt.latest_checkpoint(tmp_path) is None
+    ckpt.remove_leftovers(tmp_path)
+    assert sorted(p.name for p in root.iterdir()) == ["step-000010"]
+    assert ckpt.read_checkpoint(ckpt.latest_checkpoint(tmp_path))["progress"] == {"step": 10}
+
+
 def test_prune_removes_a_visible_folder_without_the_marker(tmp_path):
     ckpt.write_checkpoint(tmp_path, 20, {"epoch": 1}, write_adapter)
     half = tmp_path / "checkpoints" / "step-000010"

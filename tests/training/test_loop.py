@@ -15,6 +15,7 @@ from acestep.models import load_acestep
 from acestep.preprocess.tensors import PreprocessedDataset, read_manifest, write_manifest
 from acestep.training.config import TrainingConfig, apply_overrides
 from acestep.training.data import CroppedSamples, EpochBatches, collate, derived_seed
+from acestep.training import checkpoint as ckpt
 from acestep.training import loop
 from acestep.training.loop import STOP_FILE, train
 from acestep.training.optim import OPTIMIZERS, SCHEDULERS, lr_lambda
@@ -95,6 +96,23 @@ def test_resume_after_a_stop_gives_bit_identical_adapter_and_loss_curve(tmp_path
     curve = [(e["step"], e["loss"]) for e in events(straight.run_dir) if e["type"] == "log"]
     resumed = [(e["step"], e["loss"]) for e in events(second.run_dir) if e["type"] == "log"]
     assert resumed == curve
+
+
+def test_a_resume_puts_back_the_best_adapter_a_kill_left_moved_aside(tmp_path, tensors_17, tiny_dit):
+    """A kill between `best/` being moved aside and the new one renamed in leaves no `best/`; the
+    resume puts the previous one back (and deletes the half-written one) before it trains on."""
+    config = make_config(tmp_path, tensors_17, tiny_dit, "run.epochs=2", "run.save_every_epochs=0")
+    first = train_stopped_after(config, 3)
+    shutil.copytree(ckpt.latest_checkpoint(first.run_dir) / "adapter", first.run_dir / ".best.old-99")
+    (first.run_dir / ".best.tmp-99").mkdir()  # the new best, half written
+    at_start = []
+
+    def look(event):
+        if event["type"] == "start":
+            at_start.append(sorted(p.name for p in first.run_dir.iterdir() if p.name.startswith((".best", "best"))))
+
+    train(config, resume=first.run_dir, listeners=[look])
+    assert at_start[0] == ["best"]  # at the first event of the resumed run already
 
 
 @pytest.mark.parametrize("minutes", [10, 0])
