@@ -12,14 +12,13 @@ weights random (seeded: the same seed writes the same files).
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 
 from acestep.captioning.lm_prompt import CODEBOOK_SIZE, THINK_END, THINK_START, audio_code_token
 from acestep.errors import AceStepError
+from acestep.files import replaced_folder
 
 TINY_LM_NAME = "acestep-5Hz-lm-1.7B"
 CHAT_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
@@ -122,11 +121,6 @@ def write_tiny_lm(out_dir: str | Path, name: str = TINY_LM_NAME, seed: int = 0, 
     target = out_dir / name
     if target.exists() and not overwrite:
         raise AceStepError(f"{target} already exists; choose an empty folder or pass overwrite=True.")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=out_dir, prefix=".tiny-lm-") as tmp:
-        staging = Path(tmp) / name
+    with replaced_folder(target) as staging:
         _write(staging, seed)
-        if target.exists():
-            shutil.rmtree(target)
-        staging.rename(target)
     return target
