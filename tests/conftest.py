@@ -1,4 +1,5 @@
-"""Settings every test needs (no network, no telemetry) and the shared model fixtures."""
+"""Settings every test needs (no network, no telemetry), how the suite is spread over worker
+processes (pytest-xdist), the reliability figures table and the shared model fixtures."""
 
 import os
 from pathlib import Path
@@ -11,6 +12,72 @@ from safetensors.torch import load_file
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
+
+# --- worker processes (pytest-xdist; pyproject's addopts ask for `-n auto --dist loadfile`) ---
+# Each test file runs whole in one worker, so its module fixtures are built once. Past 4 workers
+# the suite gains little (its longest file takes minutes alone) and each worker holds its own torch.
+MAX_WORKERS = 4
+ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
+
+
+def pytest_xdist_auto_num_workers(config) -> int:
+    return max(1, min(os.cpu_count() or 1, MAX_WORKERS))
+
+
+def _share_the_cores_among_the_workers() -> None:
+    """Workers side by side would each start one torch thread per core and fight over them: each
+    takes its share of the cores instead (its training subprocesses inherit OMP_NUM_THREADS)."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        torch.set_num_threads(threads)
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+
+
+_share_the_cores_among_the_workers()
+
+
+def pytest_collection_modifyitems(items) -> None:
+    """Files with slow tests first: the workers start on the long files and finish together on the
+    short ones, instead of one worker taking a long file when the others are done."""
+    slow_files = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in slow_files)  # stable: the order within a file stays
+
+
+# --- the reliability figures (tests/reliability/conftest.py `record`) ---
+# Each report carries the figures its test recorded (under "reliability figures" in its
+# user_properties), so that they reach this process from the workers; the table is printed at the
+# end of the run and written to test-artifacts/reliability.md.
+FIGURES_PROPERTY = "reliability figures"
+_figures: dict[str, list] = {}  # area -> [what was tried, how many, what went wrong, how many]
+
+
+def pytest_runtest_logreport(report) -> None:
+    for name, rows in report.user_properties:
+        if name != FIGURES_PROPERTY:
+            continue
+        for area, tried, count, failed, failures in rows:
+            row = _figures.setdefault(area, [tried, 0, failed, 0])
+            row[1] += count
+            row[3] += failures
+
+
+def figures_table() -> list[str]:
+    lines = ["| area | tried | count | failed | count |", "|---|---|---|---|---|"]
+    lines += [f"| {area} | {tried} | {count} | {failed} | {failures} |"
+              for area, (tried, count, failed, failures) in _figures.items()]
+    return lines
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    if not _figures:
+        return
+    lines = figures_table()
+    terminalreporter.section(FIGURES_PROPERTY)
+    for line in lines:
+        terminalreporter.write_line(line)
+    ARTIFACTS.mkdir(exist_ok=True)
+    (ARTIFACTS / "reliability.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 FIXTURE_DIR = Path(__file__).resolve().parent / "fixtures" / "tiny-acestep-v15-turbo"
 
