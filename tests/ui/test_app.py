@@ -31,6 +31,28 @@ def test_ui_process_does_not_import_model_code():
     assert out.strip() == "[]"
 
 
+def test_opening_a_tab_starts_its_timers_and_stops_the_others(tmp_path, tiny_checkpoints):
+    """A tab left stays in the page, hidden: its timers must not go on polling (each tick costs
+    the browser a pass over the whole page)."""
+    import gradio as gr
+
+    from acestep.ui.app import TABS, build_app, timers_in
+    from acestep.ui.context import AppContext, Workspace
+
+    app = build_app(AppContext.create(Workspace(tmp_path / "ws", checkpoints=tiny_checkpoints)))
+    tabs = [block for block in app.blocks.values() if isinstance(block, gr.Tab)]
+    everyone = {timer._id for timer in app.blocks.values() if isinstance(timer, gr.Timer)}
+    assert [tab.label for tab in tabs] == [label for label, _, _ in TABS]
+    owned = {tab.label: {timer._id for timer in timers_in(tab)} for tab in tabs}
+    assert all(owned[label] for label in ("Caption", "Preprocess", "Train", "Listen", "Export & Merge", "Runs"))
+    assert set().union(*owned.values()) == everyone
+    for tab in tabs:
+        [on_select] = [fn for fn in app.fns.values() if (tab._id, "select") in fn.targets]
+        assert {block._id for block in on_select.outputs} == everyone
+        active = {block._id for block, update in zip(on_select.outputs, on_select.fn(), strict=True)
+                  if update.active}
+        assert active == owned[tab.label], tab.label
+
 
 def fetch(opener, url, data=None):
     try:
