@@ -3,7 +3,8 @@ that hold one, the adapters of a run (final, best, the step checkpoints), what t
 and the two dropdowns with their refresh button, kept in step with the runs on disk.
 
     picker = build_adapter_picker(ctx, "export")                   # inside a tab's Blocks context
-    picker.wire(ctx, outputs, lambda run, adapter: (...), timer)   # what else follows a pick
+    picker.wire(ctx, outputs, lambda run, adapter: (...), ticks)   # what else follows a pick; ticks: the
+                                                                   # tab's timer parts (acestep.ui.ticks)
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from acestep.training.run_folders import (
 )
 from acestep.ui.context import AppContext
 from acestep.ui.jobs_panel import friendly
+from acestep.ui.ticks import Ticks
 
 NO_ADAPTER = "Pick a run with a saved adapter (runs appear here once they have saved one)."
 
@@ -96,9 +98,9 @@ class AdapterPicker:
     checkpoint0: str | None
 
     def wire(self, ctx: AppContext, outputs: Sequence, updates: Callable[[str | None, str | None], tuple],
-             timer: gr.Timer) -> None:
+             ticks: Ticks) -> None:
         """After a pick or a refresh, `updates(run, checkpoint)` gives the values of `outputs` (what
-        else follows the adapter). At `timer`'s first tick the picker is refreshed (the page may
+        else follows the adapter). At the first tick of `ticks`' timer the picker is refreshed (the page may
         have been built long before it was opened); later ticks add the runs that saved their
         first adapter since, leaving the rest as it is."""
         picked = [self.info, *outputs]
@@ -132,8 +134,8 @@ class AdapterPicker:
         self.checkpoint.change(friendly(on_checkpoint), inputs=[self.run, self.checkpoint], outputs=picked)
         self.refresh.click(friendly(on_refresh), inputs=[self.run, self.checkpoint],
                            outputs=[self.known, self.run, self.checkpoint, *picked])
-        timer.tick(friendly(on_tick), inputs=[self.known, self.run, self.checkpoint],
-                   outputs=[self.known, self.run, self.checkpoint, *picked])
+        ticks.add(friendly(on_tick), [self.known, self.run, self.checkpoint],
+                  [self.known, self.run, self.checkpoint, *picked])
 
 
 def build_adapter_picker(ctx: AppContext, prefix: str) -> AdapterPicker:

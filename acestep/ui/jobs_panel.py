@@ -19,6 +19,7 @@ from acestep.commands.common import EXIT_PARTIAL
 from acestep.errors import AceStepError
 from acestep.jobs import ACTIVE, DONE, QUEUED, Job, cli_argv
 from acestep.ui.context import AppContext
+from acestep.ui.ticks import Ticks
 
 JOB_HEADERS = ["Job", "Kind", "What", "Status", "Progress", "Who", "Started", "Message"]
 POLL_SECONDS = 2.0
@@ -190,16 +191,17 @@ def buttons(ctx: AppContext, kind: str) -> tuple[dict, dict]:
     return gr.update(interactive=not running), gr.update(interactive=running)
 
 
-def build_jobs_panel(ctx: AppContext, kinds: Sequence[str], elem_prefix: str) -> dict:
-    """A table of the jobs of `kinds`, the selected job's log, a Stop button, and a timer that
-    refreshes them every POLL_SECONDS. Returns the components by name (table, selected, details,
-    stop, timer) so the tab can add outputs to the timer."""
+def build_jobs_panel(ctx: AppContext, kinds: Sequence[str], elem_prefix: str, ticks: Ticks | None = None) -> dict:
+    """A table of the jobs of `kinds`, the selected job's log, a Stop button, refreshed every
+    POLL_SECONDS by a timer of its own, or as a part of the tab's `ticks` (which the tab wires).
+    Returns the components by name (table, selected, details, stop)."""
     table = gr.Dataframe(headers=JOB_HEADERS, value=lambda: job_rows(ctx, kinds), interactive=False,
                          elem_id=f"{elem_prefix}-jobs")
     selected = gr.Textbox(label="Selected job", interactive=False, elem_id=f"{elem_prefix}-job-id")
     details = gr.Markdown(elem_id=f"{elem_prefix}-job-details")
     stop = gr.Button("Stop job", variant="stop", elem_id=f"{elem_prefix}-stop")
-    timer = gr.Timer(POLL_SECONDS)
+    own_ticks = ticks is None
+    ticks = Ticks(gr.Timer(POLL_SECONDS)) if own_ticks else ticks
 
     def select(evt: gr.SelectData, rows):
         row = evt.index[0] if isinstance(evt.index, (list, tuple)) else evt.index
@@ -209,9 +211,10 @@ def build_jobs_panel(ctx: AppContext, kinds: Sequence[str], elem_prefix: str) ->
     table.select(select, inputs=[table], outputs=[selected])
     selected.change(friendly(lambda job_id: job_details(ctx, job_id)), inputs=[selected], outputs=[details])
     stop.click(friendly(lambda job_id: gr.Info(stop_job(ctx, job_id))), inputs=[selected])
-    timer.tick(friendly(lambda job_id: (job_rows(ctx, kinds), job_details(ctx, job_id))), inputs=[selected],
-               outputs=[table, details])
-    return {"table": table, "selected": selected, "details": details, "stop": stop, "timer": timer}
+    ticks.add(friendly(lambda job_id: (job_rows(ctx, kinds), job_details(ctx, job_id))), [selected], [table, details])
+    if own_ticks:
+        ticks.wire()
+    return {"table": table, "selected": selected, "details": details, "stop": stop}
 
 
 def owner_of(request: gr.Request | None) -> str:

@@ -43,6 +43,7 @@ from acestep.ui.jobs_panel import (
     owner_of,
     submit_cli_job,
 )
+from acestep.ui.ticks import Ticks
 
 LISTEN_KIND = "preview"  # the job kind: `acestep-trainer preview`
 LISTEN_FOLDER = "listen"  # under the workspace's outputs/
@@ -310,7 +311,8 @@ def build_listen_tab(ctx: AppContext) -> None:
         gr.Info(f"Render queued as job {job.id}.")
         return job_summary(ctx, job)
 
-    picker.wire(ctx, [], lambda run, checkpoint: (), timer)
+    ticks = Ticks(timer)  # the picker and the render's state: one event a tick
+    picker.wire(ctx, [], lambda run, checkpoint: (), ticks)
     picker.run.change(friendly(lambda run: default_prompt(ctx, run)), inputs=[picker.run],
                       outputs=[caption, lyrics, language])
     picker.checkpoint.change(friendly(lambda run, checkpoint: default_quantization(ctx, run, checkpoint)),
@@ -318,8 +320,9 @@ def build_listen_tab(ctx: AppContext) -> None:
     form = [picker.run, picker.checkpoint, caption, lyrics, language, duration, seed, strengths, bpm, key,
             time_signature, steps, device, quantization]
     render.click(friendly(on_render), inputs=form, outputs=[status])
-    timer.tick(friendly(lambda last, current: tick_updates(ctx, last, current)), inputs=[announced, shown],
-               outputs=[status, announced, shown])
+    ticks.add(friendly(lambda last, current: tick_updates(ctx, last, current)), [announced, shown],
+              [status, announced, shown])
+    ticks.wire()
     shown.focus(lambda: gr.update(choices=render_folders(ctx)), outputs=[shown])
     shown.change(friendly(lambda folder: render_view(ctx, folder)), inputs=[shown],
                  outputs=[description, *players, *images])

@@ -16,6 +16,7 @@ from acestep.ui.adapter_picker import (
     run_choices,
 )
 from acestep.ui.context import AppContext, Workspace
+from acestep.ui.ticks import Ticks
 
 from .conftest import write_run
 
@@ -43,12 +44,13 @@ def test_choices_info_and_refresh(ctx):
 
 def tick_of(ctx, outputs: int):
     """The picker's timer handler, wired with `outputs` extra outputs that follow a pick."""
-    with gr.Blocks() as app:
+    with gr.Blocks():
         picker = build_adapter_picker(ctx, "pick")
         extras = [gr.Textbox() for _ in range(outputs)]
-        picker.wire(ctx, extras, lambda run, checkpoint: tuple(f"{run}/{checkpoint}" for _ in extras), gr.Timer(1))
-    [function] = [fn.fn for fn in app.fns.values() if fn.name == "on_tick"]
-    return function
+        ticks = Ticks(gr.Timer(1))
+        picker.wire(ctx, extras, lambda run, checkpoint: tuple(f"{run}/{checkpoint}" for _ in extras), ticks)
+    [part] = ticks.parts
+    return part.handler
 
 
 def test_the_first_tick_refreshes_everything_and_later_ones_only_add_runs(ctx):

@@ -52,6 +52,9 @@ def test_opening_a_tab_starts_its_timers_and_stops_the_others(tmp_path, tiny_che
         active = {block._id for block, update in zip(on_select.outputs, on_select.fn(), strict=True)
                   if update.active}
         assert active == owned[tab.label], tab.label
+    # each timer sends one event a tick, however many parts it drives (ticks.py: each event costs the page)
+    for timer in everyone:
+        assert sum((timer, "tick") in fn.targets for fn in app.fns.values()) == 1
 
 
 def fetch(opener, url, data=None):
