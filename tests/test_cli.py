@@ -165,6 +165,27 @@ def test_train_with_a_preset_applies_it_under_the_set_overrides(tmp_path, tiny_c
     assert used.run.epochs == 10 and used.run.max_steps == 1
 
 
+def test_train_without_a_config_file_starts_from_the_defaults(tmp_path, tiny_checkpoints, capsys, monkeypatch):
+    from acestep.training.config import TrainingConfig, load_config
+
+    from training.conftest import write_tensors_dir
+
+    dit = tiny_checkpoints / "acestep-v15-turbo"
+    tensors = write_tensors_dir(tmp_path / "tensors", dit, 2)
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "--preset", "quick_test"]) == 1  # nothing says what to train on
+    assert "--set data.tensors_dir=DIR" in capsys.readouterr().err
+    assert main(["train", "--preset", "quick_test", "--set", f"model.checkpoint={dit}", "--set", "run.name=d"]) == 1
+    assert "data.tensors_dir is required" in capsys.readouterr().err
+    assert main(["train", "--preset", "quick_test", "--set", "data.tensors_dir=tensors",
+                 "--set", f"model.checkpoint={dit}", "--set", "run.name=d", "--set", "run.max_steps=1",
+                 "--set", "run.accelerator=cpu"]) == 0
+    used = load_config(tmp_path / "runs" / "d" / "config.toml")  # run.output_dir's default, under the cwd
+    assert used.data.tensors_dir == str(tensors)  # the run folder's config holds absolute paths
+    assert used.adapter.rank == 16 and used.run.epochs == 10  # the preset's
+    assert used.optimizer.weight_decay == TrainingConfig().optimizer.weight_decay  # a default
+
+
 def test_the_bitsandbytes_4bit_kernel_warning_stays_out_of_the_output():
     """bitsandbytes (imported by the estimate and the optimizers) warns about an optional 4-bit CPU
     kernel on CPUs with AVX512-BF16; the commands keep that line out of what users read."""

@@ -21,22 +21,25 @@ def cmd_gpu(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     """Train an adapter from a TOML config (or continue a run)."""
-    from acestep.training.config import apply_overrides, load_config, resolve_paths
+    from acestep.training.config import apply_overrides, config_from_dict, load_config, resolve_paths
     from acestep.training.events import console_listener
     from acestep.training.loop import train
 
     config_path = args.config
-    if config_path is None:
-        if args.resume is None:
-            raise AceStepError("Give --config RUN.toml (or --resume RUN_DIR to continue a run with its own config).")
+    if config_path is None and args.resume is not None:
         config_path = _run_folder(args.resume) / "config.toml"
     # Relative folders in the config are taken from where the command runs; the run folder's
     # config.toml then holds absolute paths, so the run can be reproduced from anywhere.
-    config = load_config(config_path)
+    # Without a file the run starts from the defaults, and --preset and --set fill it in.
+    config = load_config(config_path) if config_path else config_from_dict({}, complete=False)
     if args.preset:  # the preset's GPU settings over the file, then the --set overrides over both
         from acestep.training.presets import apply_named_preset
 
         config = apply_named_preset(config, args.preset)
+    if config_path is None and not args.set:
+        raise AceStepError("Give --config RUN.toml, or the tensors to train on with --set data.tensors_dir=DIR "
+                           "(the folder `acestep-trainer preprocess` wrote; every other setting then takes its "
+                           "default, the preset's or a --set), or --resume RUN_DIR to continue a run.")
     config = resolve_paths(apply_overrides(config, args.set), Path.cwd())
     handlers = []
 
@@ -124,7 +127,8 @@ def add_commands(commands) -> None:
 
     train = commands.add_parser("train", help="train an adapter from a TOML config, or continue a run")
     train.add_argument("--config", type=Path, default=None, metavar="RUN.toml",
-                       help="training config (see examples/train_lora.toml); optional with --resume")
+                       help="training config (see examples/train_lora.toml); without one the run starts from the "
+                            "defaults, and --preset and --set data.tensors_dir=DIR fill it in")
     train.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
                        help="override one config value, e.g. --set optimizer.lr=2e-4 (repeatable)")
     train.add_argument("--preset", default=None, metavar="NAME",
