@@ -186,9 +186,11 @@ def format_report(report: DatasetReport) -> str:
     if report.ok:
         lines += ["", "No unreadable, silent, clipped or duplicate files."]
     lines += ["", "Files:"]
+    width = max((len(f.audio) for f in report.files), default=0)  # the columns line up
     for f in report.files:
         levels = "" if f.peak_dbfs is None else f"  peak {f.peak_dbfs:6.1f} dBFS  {f.loudness_lufs:6.1f} LUFS"
-        lines.append(f"  {f.audio}  {_duration(f.duration)}  {f.sample_rate} Hz  {_channels(f.channels)}{levels}")
+        lines.append(f"  {f.audio:<{width}}  {_duration(f.duration):>7}  {f.sample_rate} Hz  "
+                     f"{_channels(f.channels):<6}{levels}".rstrip())
     return "\n".join(lines)
 
 

@@ -93,6 +93,9 @@ def test_report_as_text_names_each_problem(dataset):
     assert "  songs/stereo.wav = copy_of_stereo.wav" in text
     assert "Missing labels: no BPM (2):\n  songs/clipped.wav\n  gone.wav" in text
     assert "notes.wav: " in text and "Unreadable (2):" in text
+    files = text.split("Files:\n", 1)[1].splitlines()
+    assert len(files) == 5 and len({line.index(" Hz") for line in files}) == 1  # one column, whatever the name
+    assert len({line.index("dBFS") for line in files if "dBFS" in line}) == 1
 
 
 def test_header_only_report_skips_levels_and_hashes(dataset):
