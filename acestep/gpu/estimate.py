@@ -8,7 +8,8 @@ The parts, in bytes (training loads the transformer alone: `components=("transfo
   module shapes (built on the meta device, no memory used); with model.quantization=nf4 the
   blocks' Linear weights at NF4's bytes (`acestep.training.quantization.nf4_bytes`);
 - adapter, gradients: the trainable parameters in fp32, counted exactly by attaching the real
-  adapter (PEFT LoRA/DoRA, LyCORIS LoKr) to that meta transformer;
+  adapter (PEFT LoRA/DoRA, LyCORIS LoKr) to that meta transformer; with optimizer.ema_decay the
+  adapter twice (the weights and their moving average, `acestep.training.averaging`);
 - optimizer: its state, exactly as each library allocates it (AdamW: two fp32 buffers and a step
   scalar per tensor; 8-bit AdamW: two uint8 buffers plus an fp32 scale per 256 values for tensors
   of 4096+ values, fp32 buffers below; Adafactor: fp32 row and column factors of each matrix and an RMS scalar;
@@ -122,7 +123,8 @@ class VramEstimate:
         """The estimate as text: the total, then one line per part."""
         lines = [f"Estimated peak GPU memory: {gib(self.total_bytes)} ({self.summary})"]
         notes = {"weights": f"{self.frozen_params:,} frozen parameters",
-                 "adapter": f"{self.trainable_params:,} trainable parameters, fp32"}
+                 "adapter": f"{self.trainable_params:,} trainable parameters, fp32"
+                            + (", and their moving average" if self.config.optimizer.ema_decay is not None else "")}
         for name, value in self.parts.items():
             note = f"  ({notes[name]})" if name in notes else ""
             lines.append(f"  {name:16s}{gib(value):>10s}{note}")
@@ -179,7 +181,7 @@ def estimate_vram(config, model_config=None, *, accelerator: str = "cuda", encod
         dequantized = max(inventory.quantizable) * (2 if mixed else weight_bytes)  # one layer's weight at a time
     parts = {
         "weights": weights,
-        "adapter": trainable * 4,
+        "adapter": trainable * 4 * (2 if config.optimizer.ema_decay is not None else 1),
         "gradients": trainable * 4 * (2 if world_size > 1 else 1),
         "optimizer": optimizer_state_bytes(config.optimizer.name, inventory.trainable, config.optimizer.betas),
         "autocast copies": trainable * 2 if mixed else 0,

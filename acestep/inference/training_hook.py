@@ -113,8 +113,9 @@ class TrainingPreviews:
                                             dtype=s.model_dtype, keep_encoders=False)
         folder = s.run_dir / PREVIEWS_FOLDER / f"step-{step:06d}"
         request, files = self.request(), []
-        for strength in s.config.run.preview_strengths:
-            audio = self.renderer.render(s.adapter.transformer, request, strength=float(strength))
-            for path in write_preview(audio, folder, strength_name(strength)):
-                files.append(path.relative_to(s.run_dir).as_posix())
+        with s.averaged():  # the adapter the run hands out (its moving average, with optimizer.ema_decay)
+            for strength in s.config.run.preview_strengths:
+                audio = self.renderer.render(s.adapter.transformer, request, strength=float(strength))
+                for path in write_preview(audio, folder, strength_name(strength)):
+                    files.append(path.relative_to(s.run_dir).as_posix())
         return files

@@ -160,6 +160,11 @@ class OptimizerConfig:
     gradient_accumulation: int = _option(
         1, "Batches whose gradients are summed before each optimizer step; effective batch = "
         "batch_size x gradient_accumulation x GPUs.", ge=1)
+    ema_decay: float | None = _option(
+        None, "Keep an exponential moving average (EMA) of the adapter weights with this decay, e.g. 0.999 "
+        "(an average over about the last 1 / (1 - decay) steps, after a warm-up of about 10 / (1 - decay) "
+        "steps); the run's adapters (checkpoints, best/, final/), its validation loss and its previews then "
+        "use the average, while the weights train as before. \"none\": no average.", gt=0, lt=1)
 
 
 @dataclass

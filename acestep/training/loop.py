@@ -107,7 +107,8 @@ class Trainer:
                 "scheduler": self.s.scheduler.state_dict(), "rng": rng_states(),
                 "dataset": dataset_identity(self.s), "world_size": self.fabric.world_size,
                 "interval": self.interval.state(),
-                "config": self.s.config_dict}
+                "config": self.s.config_dict,
+                **({"average": self.s.average.state()} if self.s.average is not None else {})}
 
     def save_checkpoint(self, reason: str) -> None:
         position = (self.progress.step, self.progress.epoch, self.progress.batches_done)
@@ -148,6 +149,11 @@ class Trainer:
         self.s.adapter.load_state_dict(state["adapter"])
         self.s.optimizer.load_state_dict(state["optimizer"])
         self.s.scheduler.load_state_dict(state["scheduler"])
+        if self.s.average is not None:  # optimizer.ema_decay cannot change on a resume (resume_settings)
+            if "average" not in state:
+                raise TrainingError(f"Cannot resume from {folder}: it holds no adapter average, and this run keeps "
+                                    "one (optimizer.ema_decay). Resume with the settings the run was started with.")
+            self.s.average.restore(state["average"], str(folder))
         self.progress = Progress(**state["progress"])
         self.saved_at = (self.progress.step, self.progress.epoch, self.progress.batches_done)
         self.interval.restore(state["interval"])
@@ -303,6 +309,8 @@ class Trainer:
         if finite:
             s.optimizer.step()
             s.scheduler.step()
+            if s.average is not None:
+                s.average.update()
             p.step += 1
             p.nonfinite_in_a_row = 0
         else:

@@ -4,9 +4,10 @@ A resume continues a run with the settings of its own `config.toml`; `--set`, `-
 another `--config` or an edit of that file may change some of them for the rest of the run. They
 are compared with the settings the checkpoint was written with (its state holds them). Three kinds:
 
-- held in the checkpoint: the base model, the adapter's shape and the optimizer. The optimizer's
-  saved state brings back its own lr, betas, eps and weight decay, so a new value would be
-  ignored without a word; a resume cannot change these, start a new run instead;
+- held in the checkpoint: the base model, the adapter's shape, the optimizer and the adapter's
+  average (`optimizer.ema_decay`). The optimizer's saved state brings back its own lr, betas, eps
+  and weight decay, so a new value would be ignored without a word; a resume cannot change these,
+  start a new run instead;
 - deciding the order and the crops of the data (batch size, accumulation, crop length, grouping,
   seed): the run would no longer continue as it began. Refused unless `--force`, as a changed
   dataset or number of processes is;
@@ -32,7 +33,7 @@ from acestep.training.state import load_state_entry
 
 HELD_IN_CHECKPOINT = ("model.checkpoint", "adapter.type", "adapter.rank", "adapter.alpha", "adapter.targets",
                       "adapter.mlp", "adapter.modules", "adapter.lokr_factor", "optimizer.name", "optimizer.lr",
-                      "optimizer.betas", "optimizer.eps", "optimizer.weight_decay")
+                      "optimizer.betas", "optimizer.eps", "optimizer.weight_decay", "optimizer.ema_decay")
 DATA_ORDER = ("data.batch_size", "data.max_seconds", "data.group_by_length", "optimizer.gradient_accumulation",
               "run.seed")
 SCHEDULE = ("run.epochs", "run.max_steps", "optimizer.scheduler", "optimizer.warmup_steps", "optimizer.restarts")
@@ -65,9 +66,9 @@ class ResumeSettings:
         held = [name for name in self.changes if name in HELD_IN_CHECKPOINT]
         if held:
             raise TrainingError(
-                f"Cannot resume {run_dir} with {self._listed(held)}: the checkpoint holds the base model, the "
-                "adapter and the optimizer with its hyper-parameters, and a resume continues them as they are. "
-                "Start a new run with these settings, or resume without changing them.")
+                f"Cannot resume {run_dir} with {self._listed(held)}: the checkpoint holds the base model, "
+                "the adapter (and its average) and the optimizer with its hyper-parameters, and a resume "
+                "continues them as they are. Start a new run with these settings, or resume without changing them.")
         reordered = [name for name in self.changes if name in DATA_ORDER]
         if reordered and not force:
             raise TrainingError(

@@ -7,6 +7,7 @@ adapter, the data, the optimizer and scheduler, and the listeners.
 from __future__ import annotations
 
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from acestep.errors import TrainingError
 from acestep.gpu.precision import native_bf16
 from acestep.training import checkpoint as ckpt
 from acestep.training.adapters import Adapter, add_adapter, save_adapter
+from acestep.training.averaging import AdapterAverage
 from acestep.training.compilation import check_compile_support, compile_blocks
 from acestep.training.config import TrainingConfig, config_to_dict, load_config, parse_devices, save_config
 from acestep.training.data import (
@@ -99,6 +101,7 @@ class TrainingSession:
     checkpoint_info: dict
     resume_from: Path | None = None
     attention: str = ""  # the attention plan, as AttentionPlan.describe() words it
+    average: AdapterAverage | None = None  # optimizer.ema_decay: the adapter's moving average
     listeners: list = field(default_factory=list)
     closers: list = field(default_factory=list)
     _epoch_sampler: EpochKeyedBatches = field(default_factory=EpochKeyedBatches, init=False, repr=False)
@@ -187,6 +190,8 @@ class TrainingSession:
                       {"checkpoint": str(bundle.path), "variant": bundle.variant,
                        "fingerprint": bundle.config.fingerprint, "trigger_tag": samples.manifest.trigger_tag},
                       resume_from, attention.describe())
+        if o.ema_decay is not None:
+            session.average = AdapterAverage(list(adapter.parameters()), o.ema_decay)
         session._open_listeners(listeners)
         return session
 
@@ -236,11 +241,17 @@ class TrainingSession:
         return batch_loss(self.model, batch, self.objective, self.silence_latent, self.null_condition_emb,
                           generator, self.model_dtype)
 
+    def averaged(self):
+        """A context in which the adapter holds its moving average (optimizer.ema_decay), which is
+        what the run hands out; without one, a context that changes nothing."""
+        return self.average.swapped_in() if self.average is not None else nullcontext()
+
     def validation_loss(self) -> float:
+        """The validation loss of the adapter the run hands out (its average, with optimizer.ema_decay)."""
         loader = DataLoader(self.validation_set, batch_size=self.config.data.batch_size, collate_fn=collate)
         self.model.eval()
         try:
-            with self.fabric.autocast():
+            with self.fabric.autocast(), self.averaged():
                 return validation_loss(self.model, loader, self.objective, self.silence_latent, self.model_dtype,
                                        self.config.data.validation_seed, self.fabric.device)
         finally:
@@ -252,7 +263,10 @@ class TrainingSession:
                     "date": time.strftime("%Y-%m-%dT%H:%M:%S")}
         if self.config.model.quantization != "none":
             metadata["base_quantization"] = self.config.model.quantization
-        save_adapter(self.adapter, folder, metadata)
+        if self.average is not None:
+            metadata["ema_decay"] = self.average.decay  # the folder holds the average, not the last weights
+        with self.averaged():
+            save_adapter(self.adapter, folder, metadata)
 
     def start_message(self) -> str:
         trainable = sum(p.numel() for p in self.adapter.parameters())
@@ -269,6 +283,8 @@ class TrainingSession:
                 f"steps per epoch, {self.total_steps} steps in all; {self.attention}"
                 + (f"; frozen attention and MLP weights in {c.model.quantization.upper()} (bitsandbytes)"
                    if c.model.quantization != "none" else "")
+                + (f"; adapters, validation and previews use the weights' moving average (decay "
+                   f"{self.average.decay:g})" if self.average is not None else "")
                 + ("; blocks compiled by torch.compile: the first steps, the first validation and the first "
                    "short batch wait while it compiles" if c.run.compile else ""))
 

@@ -82,6 +82,22 @@ def test_parameter_gradient_and_optimizer_parts_equal_the_counted_bytes(tiny_dit
     assert estimate.parts["CUDA context"] == 0 and estimate.parts["allocator"] == 0
 
 
+@pytest.mark.parametrize("kind", ["lora", "lokr"])
+def test_a_moving_average_adds_the_bytes_it_holds_to_the_adapter_part(tiny_dit, kind):
+    from acestep.training.averaging import AdapterAverage
+
+    plain = estimate_vram(config_with(f"adapter.type={kind}"), read_dit_config(tiny_dit), accelerator="cpu")
+    averaged = estimate_vram(config_with(f"adapter.type={kind}", "optimizer.ema_decay=0.999"),
+                             read_dit_config(tiny_dit), accelerator="cpu")
+    model = load_acestep(tiny_dit, dtype=torch.float32, components=("transformer",)).transformer
+    average = AdapterAverage(add_adapter(model, kind, 64, 128.0, 0.1, "attention", False, None, -1).parameters(), 0.999)
+    held = sum(a.numel() * a.element_size() for a in average.average)
+    assert averaged.parts["adapter"] == plain.parts["adapter"] + held
+    assert {k: v for k, v in averaged.parts.items() if k not in ("adapter", "allocator")} == {
+        k: v for k, v in plain.parts.items() if k not in ("adapter", "allocator")}
+    assert "trainable parameters, fp32, and their moving average" in averaged.describe()
+
+
 def test_eight_bit_adamw_state_is_a_quarter_of_adamw_for_large_tensors():
     shapes = [("a", (64, 2048)), ("b", (2048, 64))]
     full = optimizer_state_bytes("adamw", shapes)

@@ -9,6 +9,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from acestep.errors import TrainingError
+from acestep.training import checkpoint as ckpt
 from acestep.training.loop import train
 from training.conftest import write_tensors_dir
 from training.test_loop import make_config
@@ -52,6 +53,33 @@ def test_previews_leave_training_bit_identical_and_are_listed(tmp_path, turbo_di
         assert Image.open(previewed.run_dir / names[1]).size == (1 + 10 * 1920 // 512, 128)
     assert not any(e["type"] == "warning" for e in events(previewed.run_dir))
     assert not (plain.run_dir / "previews").exists()
+
+
+def test_with_a_moving_average_previews_render_the_average(tmp_path, turbo_dit, monkeypatch):
+    from acestep.export import load_adapter
+    from acestep.inference import training_hook
+    from acestep.models import load_acestep
+
+    rendered = {}
+    render = training_hook.PreviewRenderer.render
+
+    def recording(self, transformer, request, strength):
+        rendered[strength] = {n: p.detach().clone() for n, p in transformer.named_parameters() if "lora_" in n}
+        return render(self, transformer, request, strength=strength)
+
+    monkeypatch.setattr(training_hook.PreviewRenderer, "render", recording)
+    tensors = write_tensors_dir(tmp_path / "tensors", turbo_dit, 4)
+    result = train(make_config(tmp_path, tensors, turbo_dit, "run.epochs=1", "data.batch_size=2",
+                               "optimizer.ema_decay=0.5", *PREVIEW, "run.preview_every_epochs=1"))
+    # the preview at the end of the last epoch has what final/ has: the average, not the weights
+    model = load_acestep(turbo_dit, dtype=torch.float32, components=("transformer",)).transformer
+    load_adapter(model, result.run_dir / "final")
+    final = {n: p.detach() for n, p in model.named_parameters() if "lora_" in n}
+    assert rendered[1.0].keys() == final.keys()
+    assert all(torch.equal(rendered[1.0][n], final[n]) for n in final)
+    trained = ckpt.read_checkpoint(ckpt.latest_checkpoint(result.run_dir))["adapter"]  # the weights as they trained
+    assert trained.keys() == final.keys() and not all(torch.equal(trained[n], final[n]) for n in final)
+    assert all(torch.equal(rendered[0.5][n], final[n]) for n in final)  # one average for every strength
 
 
 def test_a_missing_preview_model_stops_the_run_at_its_start(tmp_path, turbo_dit):

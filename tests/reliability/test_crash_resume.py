@@ -38,11 +38,12 @@ SEED = int(os.environ.get("ACESTEP_CRASH_SEED", "2026"))
 RUNS = 20
 # 8 samples, accumulation 2: 4 optimizer steps an epoch, 24 in all; a checkpoint every 3 steps
 # (8 of them, the last at the end), previews of 2 strengths every 5 steps (4 previews, 8 files).
+# The adapters are the weights' moving average (ema_decay), which a resume must continue exactly too.
 # (on top of the CPU process tests' settings: rank 4, lr 1e-3, 1.2 s crops, CPU)
 RUN_SETTINGS = ("adapter.dropout=0.1", "optimizer.gradient_accumulation=2", "run.epochs=6", "run.save_every_steps=3",
                 "run.save_every_epochs=0", "run.keep_checkpoints=2", "run.log_every_steps=1",
                 "run.preview_every_steps=5", "run.preview_caption=mystyle, lofi hip hop", "run.preview_seconds=0.4",
-                "run.preview_strengths=[0, 1]")
+                "run.preview_strengths=[0, 1]", "optimizer.ema_decay=0.9")
 # phase -> the calls of its function a kill may land on: all after the first complete checkpoint
 # (step 3, the 6th batch), so that there is one to resume from; a prune deletes from its 3rd call on.
 CALLS = {"step": range(7, 49), "optimizer": range(4, 25), "checkpoint-adapter": range(2, 9),

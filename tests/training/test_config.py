@@ -55,7 +55,7 @@ def test_defaults_are_the_documented_ones():
                       "cfg_dropout": 0.15, "min_snr_gamma": None},
         "optimizer": {"name": "adamw", "lr": 1e-4, "weight_decay": 0.01, "betas": [0.9, 0.999], "eps": 1e-8,
                       "grad_clip": 1.0, "scheduler": "cosine", "warmup_steps": 100, "restarts": 1,
-                      "gradient_accumulation": 1},
+                      "gradient_accumulation": 1, "ema_decay": None},
         "run": {"output_dir": "runs", "name": "", "epochs": 10, "max_steps": None, "seed": 42,
                 "precision": "auto", "accelerator": "auto", "devices": 1, "num_nodes": 1, "strategy": "auto",
                 "gradient_checkpointing": False, "compile": False, "skip_vram_check": False,

@@ -14,7 +14,7 @@ from acestep.export import load_adapter
 from acestep.models import load_acestep
 from acestep.preprocess.tensors import PreprocessedDataset, read_manifest, write_manifest
 from acestep.training.config import TrainingConfig, apply_overrides
-from acestep.training.data import CroppedSamples, EpochBatches, collate, derived_seed
+from acestep.training.data import CroppedSamples, EpochBatches, collate, derived_seed, split_train_validation
 from acestep.training import checkpoint as ckpt
 from acestep.training import loop
 from acestep.training.loop import STOP_FILE, train
@@ -81,8 +81,10 @@ def test_accumulation_steps_and_logged_per_sample_loss(tmp_path, tensors_17, tin
     assert best["message"].endswith(f"(training loss averaged over the last 1 epoch(s) {epoch['loss']:.5f})")
 
 
-def test_resume_after_a_stop_gives_bit_identical_adapter_and_loss_curve(tmp_path, tensors_17, tiny_dit):
-    overrides = ("run.epochs=3", "optimizer.gradient_accumulation=2", "data.batch_size=2", "run.save_every_epochs=0")
+@pytest.mark.parametrize("average", [(), ("optimizer.ema_decay=0.8",)], ids=["weights", "moving-average"])
+def test_resume_after_a_stop_gives_bit_identical_adapter_and_loss_curve(tmp_path, tensors_17, tiny_dit, average):
+    overrides = ("run.epochs=3", "optimizer.gradient_accumulation=2", "data.batch_size=2", "run.save_every_epochs=0",
+                 *average)
     straight = train(make_config(tmp_path / "a", tensors_17, tiny_dit, *overrides))
 
     interrupted = make_config(tmp_path / "b", tensors_17, tiny_dit, *overrides)
@@ -241,6 +243,43 @@ def test_training_learns_and_the_lora_changes_the_output(tmp_path, tiny_dit):
     assert trained_loss < 0.92 * base_loss  # 2.149 -> 1.886 here: memorising x0 is what lowers it
     assert (adapted - base).abs().max() > 1e-3
     assert (result.run_dir / "best" / "adapter_config.json").is_file()
+
+
+def test_with_a_moving_average_the_run_hands_out_and_validates_the_average(tmp_path, tensors_17, tiny_dit):
+    """optimizer.ema_decay changes nothing in how the weights train; final/ (like every adapter the
+    run writes) holds their average, and the validation loss is the average's."""
+    overrides = ("run.epochs=2", "data.batch_size=2", "data.validation_split=0.25", "adapter.dropout=0")
+    plain = train(make_config(tmp_path / "plain", tensors_17, tiny_dit, *overrides))
+    averaged = train(make_config(tmp_path / "averaged", tensors_17, tiny_dit, *overrides, "optimizer.ema_decay=0.7"))
+
+    def logged(run, kind, key):
+        return [e[key] for e in events(run.run_dir) if e["type"] == kind]
+
+    assert logged(averaged, "log", "loss") == logged(plain, "log", "loss")  # the weights train the same
+    weights = [ckpt.read_checkpoint(ckpt.latest_checkpoint(run.run_dir)) for run in (plain, averaged)]
+    assert all(torch.equal(weights[0]["adapter"][k], weights[1]["adapter"][k]) for k in weights[0]["adapter"])
+    assert weights[1]["average"]["updates"] == averaged.step and "average" not in weights[0]
+    a, b = adapter_tensors(plain.run_dir / "final"), adapter_tensors(averaged.run_dir / "final")
+    assert a.keys() == b.keys() and not all(torch.equal(a[k], b[k]) for k in a)
+    metadata = json.loads((averaged.run_dir / "final" / "training_metadata.json").read_text())
+    assert metadata["ema_decay"] == 0.7 and "ema_decay" not in json.loads(
+        (plain.run_dir / "final" / "training_metadata.json").read_text())
+    assert "moving average (decay 0.7)" in events(averaged.run_dir)[0]["message"]
+
+    # the last validation loss is final/'s (nothing trains between them), so it is the average's
+    config = make_config(tmp_path / "x", tensors_17, tiny_dit, *overrides)
+    _, held_out = split_train_validation(17, 0.25, config.data.validation_seed)
+    validation_set = CroppedSamples(PreprocessedDataset(tensors_17), held_out, 30, config.run.seed, random_crop=False)
+    bundle = load_acestep(tiny_dit, dtype=torch.float32, components=("transformer",))
+    load_adapter(bundle.transformer, averaged.run_dir / "final")
+    loader = torch.utils.data.DataLoader(validation_set, batch_size=2, collate_fn=collate)
+    with torch.no_grad():
+        recomputed = validation_loss(bundle.transformer, loader, Objective("logit_normal", -0.4, 1.0, 0.0, None),
+                                     bundle.silence_latent, torch.float32, config.data.validation_seed,
+                                     torch.device("cpu"))
+    assert logged(averaged, "validation", "val_loss")[-1] == pytest.approx(recomputed, rel=1e-5)
+    assert logged(averaged, "validation", "val_loss")[-1] != pytest.approx(logged(plain, "validation", "val_loss")[-1],
+                                                                           rel=1e-5)
 
 
 def test_run_folder_holds_config_events_and_tensorboard(tmp_path, tensors_17, tiny_dit):

@@ -52,6 +52,7 @@ def test_a_finished_run_resumed_with_more_epochs_trains_them_and_keeps_the_new_s
     ("adapter.rank=8", "adapter.rank 4 -> 8"),
     ("optimizer.lr=0.0005", "optimizer.lr 0.001 -> 0.0005"),
     ("optimizer.name=adafactor", "optimizer.name 'adamw' -> 'adafactor'"),
+    ("optimizer.ema_decay=0.99", "optimizer.ema_decay none -> 0.99"),  # a run without an average has none saved
 ])
 def test_settings_the_checkpoint_holds_cannot_change_on_resume(tmp_path, tensors_17, tiny_dit, override, fragment):
     config = make_config(tmp_path, tensors_17, tiny_dit, "run.epochs=1", "data.batch_size=17")
