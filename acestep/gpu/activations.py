@@ -30,7 +30,9 @@ precision, 4 in fp32):
   GPU, or bf16 on a GPU before 8.0, is counted with the math kernel, the worst case;
 - the SwiGLU MLP: gate output, SiLU output and up output (3*a*I).
 Layer 0's input needs no gradient, so it keeps less. With gradient checkpointing only each
-layer's input (a*H per token) and the condition are kept, and one layer is recomputed at a time.
+layer's input (a*H per token) and the condition are kept, and one layer is recomputed at a time;
+with only the first layers checkpointed (`run.gradient_checkpointing_ratio`), the others keep
+all of theirs, and the backward pass frees those before it recomputes the first ones.
 `torch.compile` (inductor) is assumed to recompute the pointwise ops instead of keeping them:
 no fp32 norm upcasts, no SiLU output.
 """
@@ -139,6 +141,12 @@ class AdapterShape:
             if block and leaf:
                 per_layer[int(parts[1])].add(f"{block}.{leaf}")
         return cls(kind, rank, dropout, tuple(frozenset(s) for s in per_layer))
+
+
+def checkpointed_layers(layers: int, ratio: float) -> int:
+    """How many of `layers` blocks `run.gradient_checkpointing_ratio` checkpoints (the first ones;
+    `acestep.training.recompute`): the ratio's share, rounded, at least one."""
+    return max(1, min(layers, round(ratio * layers)))
 
 
 @dataclass(frozen=True)
@@ -288,31 +296,34 @@ class _Step:
             t.add("head.proj_out_in", rows * self.m.hidden * self.a)
             t.add("loss", self.b * frames * LOSS_BYTES_PER_FRAME)
 
-    def saved(self, frames: int, checkpointing: bool) -> tuple[int, int]:
-        """(kept by the forward pass, recomputed at most at once in the backward pass)."""
-        if not checkpointing:
-            t = _Tally()
-            grad = False
-            for i in range(self.m.layers):
-                grad = self.layer(t, i, grad)
-            self.head(t, frames, grad)
-            return t.total, 0
-        # Checkpointing keeps each layer's inputs (the hidden states; position embeddings, time
-        # projection, mask and condition are shared by all layers) and recomputes one layer at a time.
+    def saved(self, frames: int, checkpointed: int) -> tuple[int, int]:
+        """(kept by the forward pass, what the backward pass adds to that at most) with the first
+        `checkpointed` layers checkpointed (0: none)."""
         kept = _Tally()
-        kept.add("encoder", self.b * self.e * self.m.hidden * self.a)
-        kept.add("rope", 2 * self.s * self.m.head_dim * self.a)
-        kept.add("time_projection", 6 * self.b * self.m.hidden * self.a)
-        if "sliding_attention" in self.m.layer_types:  # the band mask is an input of the sliding layers
-            kept.add("sliding_mask", self.s * self.s * self.a)
-        largest, grad = 0, False
+        if checkpointed:
+            # A checkpointed layer keeps its input (the hidden states; position embeddings, time
+            # projection, mask and condition are shared by all layers) and is recomputed alone.
+            kept.add("encoder", self.b * self.e * self.m.hidden * self.a)
+            kept.add("rope", 2 * self.s * self.m.head_dim * self.a)
+            kept.add("time_projection", 6 * self.b * self.m.hidden * self.a)
+            if "sliding_attention" in self.m.layer_types:  # the band mask is an input of the sliding layers
+                kept.add("sliding_mask", self.s * self.s * self.a)
+        largest, grad, plain = 0, False, _Tally()
         for i in range(self.m.layers):
-            kept.add(f"L{i}.in", self.b * self.s * self.m.hidden * self.a)
-            layer = _Tally()
-            grad = self.layer(layer, i, grad)
-            largest = max(largest, layer.total - layer.items.get(f"L{i}.in", 0) - layer.items.get("encoder", 0))
+            if i < checkpointed:
+                kept.add(f"L{i}.in", self.b * self.s * self.m.hidden * self.a)
+                layer = _Tally()
+                grad = self.layer(layer, i, grad)
+                largest = max(largest, layer.total - layer.items.get(f"L{i}.in", 0) - layer.items.get("encoder", 0))
+            else:
+                grad = self.layer(plain, i, grad)
+        # The backward pass frees the plain layers' activations, layer by layer, before it reaches
+        # the checkpointed ones and recomputes them one at a time (what they share stays).
+        freed = sum(nbytes for label, nbytes in plain.items.items() if label not in kept.items)
+        for label, nbytes in plain.items.items():
+            kept.add(label, nbytes)
         self.head(kept, frames, grad)
-        return kept.total, largest
+        return kept.total, max(0, largest - freed)
 
     def workspace(self, frames: int) -> int:
         """Temporaries of the largest backward op, plus the batch and the constants on the device."""
@@ -347,17 +358,18 @@ def _module_dims(m: ModelShape, kind: str) -> tuple[int, int]:
 
 
 def activation_bytes(model: ModelShape, adapter: AdapterShape, *, batch: int, frames: int, encoder_tokens: int,
-                     mixed: bool = True, checkpointing: bool = False, compiled: bool = False,
-                     kernels: KernelProfile = CUDA_KERNELS) -> Activations:
+                     mixed: bool = True, checkpointing: bool = False, checkpoint_ratio: float = 1.0,
+                     compiled: bool = False, kernels: KernelProfile = CUDA_KERNELS) -> Activations:
     """Activation memory of one training micro-step (see the module docstring for the count).
 
     In: the model and adapter shapes, the batch size, the latent frames per sample (the crop,
     25 per second), the condition tokens per sample, mixed precision (bf16/fp16 autocast) or
-    fp32, gradient checkpointing, torch.compile, and the device's kernels. Out: `Activations`.
+    fp32, gradient checkpointing (of the first `checkpointed_layers(layers, checkpoint_ratio)`
+    layers), torch.compile, and the device's kernels. Out: `Activations`.
     """
     tokens = math.ceil(frames / model.patch_size)
     step = _Step(model, adapter, kernels, batch, tokens, encoder_tokens, mixed, compiled)
-    kept, recomputed = step.saved(frames, checkpointing)
+    kept, recomputed = step.saved(frames, checkpointed_layers(model.layers, checkpoint_ratio) if checkpointing else 0)
     return Activations(kept, recomputed, step.workspace(frames))
 
 

@@ -40,6 +40,7 @@ from acestep.gpu.activations import (
     KernelProfile,
     ModelShape,
     activation_bytes,
+    checkpointed_layers,
     cuda_kernels,
 )
 
@@ -169,8 +170,9 @@ def estimate_vram(config, model_config=None, *, accelerator: str = "cuda", encod
     kernels = kernels or (cuda_kernels(capability, bf16) if accelerator == "cuda" else CPU_KERNELS)
     activations = activation_bytes(shape, adapter, batch=config.data.batch_size, frames=frames,
                                    encoder_tokens=encoder_tokens, mixed=mixed,
-                                   checkpointing=config.run.gradient_checkpointing, compiled=config.run.compile,
-                                   kernels=kernels)
+                                   checkpointing=config.run.gradient_checkpointing,
+                                   checkpoint_ratio=config.run.gradient_checkpointing_ratio,
+                                   compiled=config.run.compile, kernels=kernels)
     trainable = sum(math.prod(s) for _, s in inventory.trainable)
     weights, dequantized = inventory.frozen_numel * weight_bytes, 0
     if config.model.quantization == "nf4":
@@ -192,12 +194,20 @@ def estimate_vram(config, model_config=None, *, accelerator: str = "cuda", encod
     parts["CUDA context"] = tuning.cuda_context_bytes if accelerator == "cuda" else 0
     summary = (f"{config.adapter.type} rank {config.adapter.rank}, {config.optimizer.name}, batch "
                f"{config.data.batch_size} x {seconds:g} s ({frames} frames), {encoder_tokens} condition tokens, "
-               f"gradient checkpointing {'on' if config.run.gradient_checkpointing else 'off'}"
+               f"gradient checkpointing {_checkpointing(config, shape.layers)}"
                + (", compiled" if config.run.compile else "") + f", {'mixed precision' if mixed else 'fp32'}"
                + (", NF4 base" if config.model.quantization == "nf4" else ""))
     options = {"accelerator": accelerator, "encoder_tokens": encoder_tokens, "world_size": world_size,
                "kernels": kernels, "tuning": tuning}
     return VramEstimate(parts, inventory.frozen_numel, trainable, summary, config, model_config, options)
+
+
+def _checkpointing(config, layers: int) -> str:
+    """"off", "on", or "on for N of M layers" (run.gradient_checkpointing_ratio below 1)."""
+    if not config.run.gradient_checkpointing:
+        return "off"
+    count = checkpointed_layers(layers, config.run.gradient_checkpointing_ratio)
+    return "on" if count == layers else f"on for {count} of {layers} layers"
 
 
 def re_estimate(estimate: VramEstimate, config) -> VramEstimate:

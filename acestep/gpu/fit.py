@@ -95,8 +95,11 @@ def _options(config) -> list[tuple[str, dict[str, object]]]:
     """(group, changes) in order of preference: what costs speed before what costs quality."""
     options: list[tuple[str, dict[str, object]]] = []
     run, data, opt, adapter = config.run, config.data, config.optimizer, config.adapter
-    if not run.gradient_checkpointing:
-        options.append(("checkpointing", {"run.gradient_checkpointing": True}))
+    checkpointing: dict[str, object] = {} if run.gradient_checkpointing else {"run.gradient_checkpointing": True}
+    if run.gradient_checkpointing_ratio < 1:  # every layer
+        checkpointing["run.gradient_checkpointing_ratio"] = 1.0
+    if checkpointing:
+        options.append(("checkpointing", checkpointing))
     if data.batch_size > 1:
         options.append(("batch", {"data.batch_size": 1,
                                   "optimizer.gradient_accumulation": data.batch_size * opt.gradient_accumulation}))

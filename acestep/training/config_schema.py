@@ -194,6 +194,10 @@ class RunConfig:
         "auto", "auto (DDP when there are several devices) or ddp.", choices=("auto", "ddp"))
     gradient_checkpointing: bool = _option(
         False, "Recompute activations during the backward pass: much less VRAM, slower steps.")
+    gradient_checkpointing_ratio: float = _option(
+        1.0, "With gradient_checkpointing on, the share of the transformer's layers checkpointed, from the "
+        "first (1: all). Below 1 the other layers keep their activations: faster steps for more VRAM (the "
+        "estimate counts it).", gt=0, le=1)
     compile: bool = _option(
         False, "torch.compile each transformer block, for shapes that change from batch to batch: fewer, fused "
                "kernels (1.6x faster steps on an H200), after a first minute of compiling; previews run uncompiled.")

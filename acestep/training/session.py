@@ -27,7 +27,7 @@ from acestep.training.data import (
 from acestep.training.events import EventLog, TensorBoardListener
 from acestep.training.optim import build_optimizer, build_scheduler, optimizer_steps_per_epoch, total_optimizer_steps
 from acestep.training.quantization import load_transformer, parameter_count, require_bitsandbytes
-from acestep.training.recompute import enable_recompute
+from acestep.training.recompute import RECOMPUTE_FLAG, enable_recompute
 from acestep.training.run_layout import CONFIG_FILE, STOP_FILE
 from acestep.training.step import Objective, batch_loss, validation_loss
 
@@ -152,7 +152,7 @@ class TrainingSession:
         transformer = bundle.transformer
         attention = plan_attention(transformer, fabric.device, compute_dtype(precision, model_dtype))
         if config.run.gradient_checkpointing:
-            enable_recompute(transformer)
+            enable_recompute(transformer, config.run.gradient_checkpointing_ratio)
         a = config.adapter
         adapter = add_adapter(transformer, a.type, a.rank, a.alpha, a.dropout, a.targets, a.mlp, a.modules,
                               a.lokr_factor)
@@ -281,12 +281,18 @@ class TrainingSession:
                 f"process(es)); {self.batches_per_epoch} batches and "
                 f"{optimizer_steps_per_epoch(self.batches_per_epoch, c.optimizer.gradient_accumulation)} optimizer "
                 f"steps per epoch, {self.total_steps} steps in all; {self.attention}"
+                + (f"; gradient checkpointing of {self.recomputed_layers()} of {len(self.adapter.transformer.layers)} "
+                   "layers" if c.run.gradient_checkpointing else "")
                 + (f"; frozen attention and MLP weights in {c.model.quantization.upper()} (bitsandbytes)"
                    if c.model.quantization != "none" else "")
                 + (f"; adapters, validation and previews use the weights' moving average (decay "
                    f"{self.average.decay:g})" if self.average is not None else "")
                 + ("; blocks compiled by torch.compile: the first steps, the first validation and the first "
                    "short batch wait while it compiles" if c.run.compile else ""))
+
+    def recomputed_layers(self) -> int:
+        """How many of the transformer's blocks gradient checkpointing recomputes (acestep.training.recompute)."""
+        return sum(getattr(block, RECOMPUTE_FLAG, False) for block in self.adapter.transformer.layers)
 
     def check_ranks_agree(self) -> None:
         """Under DDP every rank must end with the same adapter; a difference is a desync bug."""

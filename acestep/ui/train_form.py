@@ -58,6 +58,7 @@ LABELS = {
     "model.checkpoint": "Model", "model.checkpoints_dir": "Checkpoints folder", "run.output_dir": "Runs folder",
     "model.quantization": "Frozen weights in 4 bits (nf4: QLoRA)",
     "optimizer.ema_decay": "Moving average (EMA) decay",
+    "run.gradient_checkpointing_ratio": "Share of layers checkpointed",
 }
 ELEM_IDS = {"data.tensors_dir": "train-tensors", "run.name": "train-run-name"}
 ESTIMATE_TIMEOUT = 300.0  # seconds; the first estimate imports torch and diffusers in the helper process

@@ -15,6 +15,7 @@ from acestep.gpu.activations import (
     AdapterShape,
     ModelShape,
     activation_bytes,
+    checkpointed_layers,
     count_saved_bytes,
     cuda_kernels,
 )
@@ -31,7 +32,7 @@ CONFIG = parse_model_config(TINY_DIT_CONFIG)
 BATCH, FRAMES, TOKENS = 2, 91, 11  # an odd frame count: the DiT pads one frame before patching
 
 
-def measure(kind, rank, dropout, targets, mlp, checkpointing=False, kernels=CPU_KERNELS, plan=None):
+def measure(kind, rank, dropout, targets, mlp, checkpointing=False, kernels=CPU_KERNELS, plan=None, ratio=1.0):
     torch.manual_seed(0)
     model = build_component(CONFIG, "transformer").to(torch.bfloat16).to_empty(device="cpu")
     if plan is not None:
@@ -41,7 +42,7 @@ def measure(kind, rank, dropout, targets, mlp, checkpointing=False, kernels=CPU_
     for param in model.parameters():
         torch.nn.init.normal_(param, std=0.02)
     if checkpointing:
-        enable_recompute(model)  # as the session does
+        enable_recompute(model, ratio)  # as the session does
     adapter = add_adapter(model, kind, rank, 2.0 * rank, dropout, targets, mlp, None, -1)
     if kind != "lokr":
         adapter.prepare_for_autocast()  # as the session does under mixed precision
@@ -58,7 +59,7 @@ def measure(kind, rank, dropout, targets, mlp, checkpointing=False, kernels=CPU_
     shape = ModelShape.from_config(CONFIG)
     adapter_shape = AdapterShape.from_module_names(kind, rank, dropout, adapter.modules, shape.layers)
     counted = activation_bytes(shape, adapter_shape, batch=BATCH, frames=FRAMES, encoder_tokens=TOKENS, mixed=True,
-                               checkpointing=checkpointing, kernels=kernels)
+                               checkpointing=checkpointing, checkpoint_ratio=ratio, kernels=kernels)
     return measured, counted, sum(p.numel() for p in adapter.parameters())
 
 
@@ -82,6 +83,22 @@ def test_with_checkpointing_the_forward_keeps_only_the_layer_inputs(mlp):
     layers = CONFIG.transformer_kwargs()["num_hidden_layers"]
     assert counted.kept < plain.kept / 3
     assert 0.8 * plain.kept / layers < counted.recomputed < 1.6 * plain.kept / layers  # one layer at a time
+
+
+@pytest.mark.parametrize("ratio", [0.25, 0.5, 0.75])
+def test_with_the_first_layers_checkpointed_the_others_keep_their_activations(ratio):
+    measured, counted, _ = measure("lora", 8, 0.1, "attention", True, checkpointing=True, ratio=ratio)
+    _, every, _ = measure("lora", 8, 0.1, "attention", True, checkpointing=True)
+    _, plain, _ = measure("lora", 8, 0.1, "attention", True)
+    assert counted.kept == pytest.approx(measured["saved"], rel=0.03)
+    assert every.kept < counted.kept < plain.kept
+    # the recomputation of a first layer comes after the later layers' activations are freed
+    assert counted.saved <= max(counted.kept, every.saved)
+
+
+def test_the_ratio_checkpoints_a_rounded_share_of_the_layers_and_at_least_one():
+    assert [checkpointed_layers(24, r) for r in (1.0, 0.5, 0.3, 0.01)] == [24, 12, 7, 1]
+    assert [checkpointed_layers(4, r) for r in (0.25, 0.5, 0.75, 1.0)] == [1, 2, 3, 4]
 
 
 def test_the_cuda_profile_keeps_fp32_probabilities_in_the_sliding_layers():

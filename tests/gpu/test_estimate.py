@@ -153,6 +153,19 @@ def test_monotone_in_batch_crop_and_rank():
         assert series == sorted(series) and len(set(series)) == len(series), series
 
 
+def test_checkpointing_a_share_of_the_layers_lies_between_none_and_all():
+    plain = config_with("run.gradient_checkpointing=false", "data.batch_size=2")
+    every = vary(plain, run__gradient_checkpointing=True)
+    totals = [estimate_vram(vary(every, run__gradient_checkpointing_ratio=r)).total_bytes for r in (0.25, 0.5, 0.75)]
+    assert estimate_vram(every).total_bytes < totals[2] < totals[1] < totals[0] < estimate_vram(plain).total_bytes
+    half = estimate_vram(vary(every, run__gradient_checkpointing_ratio=0.5))
+    assert "gradient checkpointing on for 12 of 24 layers" in half.summary
+    assert "gradient checkpointing on," in estimate_vram(every).summary
+    # the ratio applies only with checkpointing on
+    assert estimate_vram(vary(plain, run__gradient_checkpointing_ratio=0.5)).total_bytes == estimate_vram(
+        plain).total_bytes
+
+
 def test_activations_grow_faster_than_linearly_with_the_crop():
     base = config_with("run.gradient_checkpointing=false")
     short, long = (estimate_vram(vary(base, data__max_seconds=s)).parts["activations"] for s in (60.0, 240.0))

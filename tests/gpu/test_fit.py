@@ -51,6 +51,15 @@ def test_a_run_that_does_not_fit_names_the_shortfall_the_processes_and_what_woul
     assert text.endswith("To start anyway (the estimate may be off by some 15%): --set run.skip_vram_check=true")
 
 
+def test_a_run_checkpointing_some_layers_is_offered_all_of_them_first():
+    some = apply_overrides(BIG, ["run.gradient_checkpointing=true", "run.gradient_checkpointing_ratio=0.25"])
+    every = apply_overrides(some, ["run.gradient_checkpointing_ratio=1"])
+    free = (estimate_vram(some).total_bytes + estimate_vram(every).total_bytes) // 2
+    found = settings_that_fit(some, estimate_vram(some), free, limit=3)
+    assert found[0].changes == ("run.gradient_checkpointing_ratio=1",)
+    assert found[0].estimate.total_bytes == estimate_vram(every).total_bytes
+
+
 def test_the_suggested_settings_really_fit_and_keep_the_effective_batch():
     estimate = estimate_vram(BIG)
     free = int(9 * GIB)

@@ -318,10 +318,15 @@ def test_validation_is_fixed_and_early_stopping_ends_the_run(tmp_path, tensors_1
 
 
 def test_gradient_checkpointing_gives_the_same_training(tmp_path, tensors_17, tiny_dit):
-    runs = [train(make_config(tmp_path / flag, tensors_17, tiny_dit, "run.epochs=1", "run.max_steps=4",
-                              f"run.gradient_checkpointing={flag}")) for flag in ("false", "true")]
+    settings = {"off": ["run.gradient_checkpointing=false"], "all": ["run.gradient_checkpointing=true"],
+                "half": ["run.gradient_checkpointing=true", "run.gradient_checkpointing_ratio=0.5"]}
+    runs = [train(make_config(tmp_path / name, tensors_17, tiny_dit, "run.epochs=1", "run.max_steps=4", *overrides))
+            for name, overrides in settings.items()]
     curves = [[e["loss"] for e in events(r.run_dir) if e["type"] == "log"] for r in runs]
-    assert curves[0] == pytest.approx(curves[1], abs=1e-6)
+    assert curves[0] == pytest.approx(curves[1], abs=1e-6) and curves[0] == pytest.approx(curves[2], abs=1e-6)
+    starts = [events(r.run_dir)[0]["message"] for r in runs]
+    assert "; gradient checkpointing" not in starts[0] and "; gradient checkpointing of 4 of 4 layers" in starts[1]
+    assert "; gradient checkpointing of 2 of 4 layers" in starts[2]
 
 
 def test_refused_run_leaves_no_folder_and_long_warmup_warns(tmp_path, tensors_17, tiny_dit):

@@ -81,6 +81,26 @@ def test_blocks_with_nothing_to_train_run_without_a_checkpoint(fixture_dir, monk
     assert all(torch.equal(a, b) for a, b in zip(recomputed, plain, strict=True))
 
 
+@pytest.mark.parametrize("ratio, expected", [(0.5, [0, 1]), (0.25, [0]), (0.75, [0, 1, 2])])
+def test_a_ratio_checkpoints_the_first_blocks_only_with_the_same_gradients(fixture_dir, monkeypatch, ratio, expected):
+    import acestep.training.recompute as recompute
+
+    transformer, adapter = adapted(fixture_dir, dropout=0.1)
+    plain_prediction, plain = step(transformer, adapter)
+    enable_recompute(transformer, ratio)
+    checkpointed = []
+
+    def counted(function, *args, **kwargs):
+        checkpointed.append(function.__self__)
+        return torch.utils.checkpoint.checkpoint(function, *args, **kwargs)
+
+    monkeypatch.setattr(recompute, "checkpoint", counted)
+    prediction, recomputed = step(transformer, adapter)
+    assert checkpointed == [transformer.layers[i] for i in expected]
+    assert torch.equal(prediction, plain_prediction)
+    assert all(torch.equal(a, b) for a, b in zip(recomputed, plain, strict=True))
+
+
 def test_checkpoint_block_marks_the_input_only_when_the_block_has_something_to_train():
     block = torch.nn.Linear(4, 4)
     block.requires_grad_(False)
