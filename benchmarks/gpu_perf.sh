@@ -26,6 +26,8 @@
 #        1x60:ckpt 1x60:ckpt:diffckpt  re-entrant checkpointing against diffusers' (that change's effect)
 #        8x60:ckpt:compile             regional compile with checkpointing
 #        4x60:ckpt                     a cell the H200 session measured (2026-11-26)
+#        8x60:ckpt:halfckpt            the first 12 of 24 blocks checkpointed (run.gradient_checkpointing_ratio
+#                                      0.5): the time and peak memory it trades against 8x60:ckpt
 # A later session can run what the budget left out with GOALS= CELLS=...
 #
 #   bash benchmarks/gpu_perf.sh [RESULTS_DIR]                   # default: gpu-perf/ ($OUT when set)
@@ -42,7 +44,7 @@ RESULTS=${1:-${OUT:-gpu-perf}}
 BUDGET=${BUDGET:-450}
 SIZE=${SIZE:-2b}
 GOALS=${GOALS-8x60:compile,1x60:compile}
-CELLS=${CELLS-8x60:compile:staticcompile,8x60:ckpt,1x60,8x60:ckpt:diffnorm,8x60:ckpt:peftlora,8x60:ckpt:diffrope,8x60:ckpt:difflayout,8x60:ckpt:peftcast,1x60:ckpt,1x60:ckpt:diffckpt,8x60:ckpt:compile,4x60:ckpt}
+CELLS=${CELLS-8x60:compile:staticcompile,8x60:ckpt,1x60,8x60:ckpt:diffnorm,8x60:ckpt:peftlora,8x60:ckpt:diffrope,8x60:ckpt:difflayout,8x60:ckpt:peftcast,1x60:ckpt,1x60:ckpt:diffckpt,8x60:ckpt:compile,4x60:ckpt,8x60:ckpt:halfckpt}
 source benchmarks/parts.sh  # PYTHON, the environment, part and $failed
 
 grid() {  # grid NAME CELLS: the grid's CELLS (empty: all) in what is left of the budget, into RESULTS/NAME

@@ -74,7 +74,7 @@ def measure_preset(name: str, size: str, steps: int, encoder_tokens: int, work: 
         torch.cuda.reset_peak_memory_stats()
         baseline = torch.cuda.memory_allocated()  # left over from earlier presets (should be about 0)
     session = build_session(config, model, samples, work)
-    session.train_set = CroppedSamples(samples, list(range(count)), frames, 0)
+    session.use_train_set(CroppedSamples(samples, list(range(count)), frames, 0))
     session.batches_per_epoch = micro_steps
     trainer = Trainer(session)
     began = time.perf_counter()

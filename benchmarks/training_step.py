@@ -87,7 +87,7 @@ class TrainerTimer:
 
     def seconds_per_step(self, count: int) -> float:
         s = self.session
-        s.train_set = CroppedSamples(s.samples, self.cursor.take(count * self.batch), s.train_set.max_frames, 0)
+        s.use_train_set(CroppedSamples(s.samples, self.cursor.take(count * self.batch), s.train_set.max_frames, 0))
         s.batches_per_epoch = count
         self.trainer.progress.epoch += 1
         self.trainer.progress.batches_done = 0

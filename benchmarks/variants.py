@@ -20,6 +20,10 @@ a time (`VARIANTS`: `training_step.py`'s options and the grid's cell flags; `op_
 - `use_diffusers_checkpointing` (`--diffusers-checkpointing`, `:diffckpt`, with checkpointing on):
   diffusers' hook-based gradient checkpointing instead of `acestep.training.recompute`'s
   re-entrant one (the state before that change);
+- `use_half_checkpointing` (`--half-checkpointing`, `:halfckpt`, with checkpointing on): only the
+  first half of the blocks checkpointed (`run.gradient_checkpointing_ratio = 0.5`), the others
+  keeping their activations: what the ratio trades, time against memory, beside `:ckpt` (all) and
+  no checkpointing;
 - `use_static_shape_compile` (`--static-compile`, `:staticcompile`, with compile on): the blocks
   compiled for the shapes they first see, torch.compile's default, instead of
   `acestep.training.compilation`'s dynamic shapes (the state before that change; the benchmark's
@@ -121,6 +125,20 @@ def use_static_shape_compile(model: torch.nn.Module, backend: str = "inductor") 
     return len(blocks)
 
 
+def use_half_checkpointing(model: torch.nn.Module) -> int:
+    """Checkpoint only the first half of the blocks of `model`'s transformer (the trainer's
+    `run.gradient_checkpointing_ratio = 0.5`); returns how many. Raises ValueError when gradient
+    checkpointing is off (the variant needs it)."""
+    from acestep.training.recompute import RECOMPUTE_FLAG, enable_recompute
+
+    transformers = [m for m in model.modules()
+                    if hasattr(m, "layers") and getattr(m, "is_gradient_checkpointing", False)]
+    if not transformers:
+        raise ValueError("the half-checkpointing variant needs gradient checkpointing on (:ckpt)")
+    enable_recompute(transformers[0], 0.5)
+    return sum(getattr(block, RECOMPUTE_FLAG) for block in transformers[0].layers)
+
+
 @dataclass(frozen=True)
 class Variant:
     """One change to measure: its grid cell flag, `training_step.py` option, table note and help."""
@@ -152,6 +170,9 @@ VARIANTS = (
             "checkpoint the blocks with diffusers' hook-based default instead of the trainer's re-entrant "
             "form (needs --gradient-checkpointing), to measure what that change gains",
             use_diffusers_checkpointing),
+    Variant("halfckpt", "--half-checkpointing", "half the blocks checkpointed",
+            "checkpoint only the first half of the blocks (run.gradient_checkpointing_ratio = 0.5; needs "
+            "--gradient-checkpointing), to measure what the ratio trades", use_half_checkpointing),
     Variant("staticcompile", "--static-compile", "static-shape compile",
             "compile the blocks for the shapes they first see (torch.compile's default) instead of dynamic shapes "
             "(needs --compile), to measure what dynamic-shape kernels cost", use_static_shape_compile),

@@ -127,6 +127,29 @@ def test_reference_loop_reads_the_loss_every_step_and_trains_the_adapter(tmp_pat
     assert training_step.optimizer_state_bytes(session.optimizer) == 0
 
 
+def test_the_trainer_timer_walks_the_samples_in_slices_of_any_length(tmp_path, monkeypatch):
+    """Warm-up and timed rounds take different numbers of batches (the prepared GPU run: 2 and 5);
+    each round trains on its own slice of the samples, read by a loader built for that slice."""
+    training_step = bench("training_step")
+    args = _tiny_args()
+    args.steps, args.warmup = 3, 2
+    session = training_step.build_benchmark_session(args, tmp_path)
+    timer = training_step.TrainerTimer(session, 1)
+    seen = []
+    original = type(session.train_set).__getitem__
+
+    def reading(dataset, key):
+        item = original(dataset, key)
+        seen.append(item["id"])
+        return item
+
+    monkeypatch.setattr(type(session.train_set), "__getitem__", reading)
+    for count in (2, 3, 3):
+        assert timer.seconds_per_step(count) > 0
+    ids = [sample.id for sample in session.samples.manifest.samples]
+    assert sorted(seen) == sorted(ids[i % len(ids)] for i in range(8))  # 2 + 3 + 3 batches of one sample
+
+
 def test_training_step_reports_running_out_of_memory(tmp_path, monkeypatch, capsys):
     training_step = bench("training_step")
 
@@ -433,7 +456,7 @@ def test_peft_cast_variant_turns_the_casts_the_trainer_skips_back_on():
     assert variants.use_peft_input_casts(model) == len(layers) == len(adapter.modules)
     assert all(layer.cast_input_dtype_enabled for layer in layers)
     assert [v.flag for v in variants.VARIANTS] == ["difflayout", "diffnorm", "diffrope", "peftlora", "peftcast",
-                                                   "diffckpt", "staticcompile"]
+                                                   "diffckpt", "halfckpt", "staticcompile"]
 
 
 def test_diffusers_checkpointing_variant_puts_back_diffusers_hook_based_checkpointing():
@@ -449,6 +472,30 @@ def test_diffusers_checkpointing_variant_puts_back_diffusers_hook_based_checkpoi
     assert model._gradient_checkpointing_func is checkpoint_block
     assert variants.use_diffusers_checkpointing(model) == 1
     assert model.is_gradient_checkpointing and model._gradient_checkpointing_func is not checkpoint_block
+
+
+def test_half_checkpointing_variant_checkpoints_the_first_half_of_the_blocks(monkeypatch):
+    import acestep.training.recompute as recompute
+    from acestep.models.config import parse_model_config
+    from acestep.training.adapters import add_adapter
+    from acestep.training.recompute import enable_recompute
+
+    common, variants = bench("common"), bench("variants")
+    model = common.random_transformer(parse_model_config(common.model_config("tiny")), torch.device("cpu"),
+                                      torch.float32)
+    with pytest.raises(ValueError, match="needs gradient checkpointing"):
+        variants.use_half_checkpointing(model)
+    enable_recompute(model)
+    add_adapter(model, "lora", rank=4, alpha=8.0)
+    assert variants.use_half_checkpointing(model) == len(model.layers) // 2
+    checkpointed = []
+    monkeypatch.setattr(recompute, "checkpoint", lambda function, *args, **kwargs: checkpointed.append(
+        function.__self__) or function(*args))
+    t = torch.full((1,), 0.5)
+    model.train()(hidden_states=torch.randn(1, 8, 64), timestep=t, timestep_r=t,
+                  encoder_hidden_states=torch.randn(1, 3, model.condition_embedder.in_features),
+                  context_latents=torch.randn(1, 8, 128))
+    assert checkpointed == list(model.layers[:len(model.layers) // 2])
 
 
 def test_static_compile_variant_compiles_the_blocks_for_the_shapes_they_first_see():

@@ -230,6 +230,12 @@ class TrainingSession:
                                              self.fabric.global_rank, self.fabric.world_size, skip=skip))
         return self._train_loader
 
+    def use_train_set(self, train_set: CroppedSamples) -> None:
+        """Train on `train_set` from the next epoch on (the benchmarks' timers take the samples in
+        slices); the loader, built for the set it first served, is built again for this one."""
+        self.train_set = train_set
+        self._train_loader = None
+
     def step_generator(self, epoch: int, batch_index: int) -> torch.Generator:
         """The generator of one micro-batch's draws (CFG, timesteps, noise), and the global seed for
         adapter dropout: functions of (seed, rank, epoch, batch), so a resume draws the same."""
