@@ -48,7 +48,8 @@ class EventLog:
 class TensorBoardListener:
     """Scalars for TensorBoard in `<run>/tensorboard`."""
 
-    SCALARS = {"loss": "train/loss", "lr": "train/lr", "val_loss": "validation/loss", "vram": "system/vram_gib",
+    SCALARS = {"loss": "train/loss", "lr": "train/lr", "grad_norm": "train/grad_norm",
+               "grad_norm_max": "train/grad_norm_max", "val_loss": "validation/loss", "vram": "system/vram_gib",
                "samples_per_second": "system/samples_per_second"}
 
     def __init__(self, run_dir: Path):
@@ -74,6 +75,7 @@ def console_listener(event: dict) -> None:
     kind = event["type"]
     if kind == "log":
         print(f"step {event['step']:>6}  epoch {event['epoch']:>3}  loss {event['loss']:.5f}  lr {event['lr']:.3g}"
+              + (f"  grad norm {event['grad_norm']:.3g}" if event.get("grad_norm") is not None else "")
               + (f"  {event['samples_per_second']:.2f} samples/s" if event.get("samples_per_second") else "")
               + (f"  vram {event['vram']:.1f} GiB" if event.get("vram") else ""), flush=True)
     elif kind in ("epoch", "validation"):

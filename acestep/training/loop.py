@@ -307,6 +307,7 @@ class Trainer:
         norm = self.fabric.clip_gradients(s.model, s.optimizer, max_norm=max_norm, error_if_nonfinite=False)
         finite = bool(torch.isfinite(norm).item())
         if finite:
+            self.interval.add_grad_norm(norm)
             s.optimizer.step()
             s.scheduler.step()
             if s.average is not None:
@@ -329,11 +330,13 @@ class Trainer:
     def _log(self, interval: LossInterval) -> None:
         p = self.progress
         loss, samples, seconds = interval.read(self.fabric)
+        grad_norm, grad_norm_max = interval.read_grad_norm()
         if loss is not None:
             p.last_loss = loss
         vram = torch.cuda.max_memory_allocated() / 2**30 if self.fabric.device.type == "cuda" else None
         self.emit("log", step=p.step, epoch=p.epoch, loss=loss, lr=self.s.scheduler.get_last_lr()[0], vram=vram,
-                  samples_per_second=samples / seconds if seconds > 0 else None)
+                  samples_per_second=samples / seconds if seconds > 0 else None, grad_norm=grad_norm,
+                  grad_norm_max=grad_norm_max)
 
     def _end_epoch(self, interval: LossInterval) -> str:
         s, p, cfg = self.s, self.progress, self.config

@@ -95,9 +95,11 @@ def test_resume_after_a_stop_gives_bit_identical_adapter_and_loss_curve(tmp_path
     assert second.status == "completed" and second.step == straight.step
     a, b = adapter_tensors(straight.run_dir / "final"), adapter_tensors(second.run_dir / "final")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    curve = [(e["step"], e["loss"]) for e in events(straight.run_dir) if e["type"] == "log"]
-    resumed = [(e["step"], e["loss"]) for e in events(second.run_dir) if e["type"] == "log"]
-    assert resumed == curve
+    curve = [(e["step"], e["loss"], e["grad_norm"], e["grad_norm_max"]) for e in events(straight.run_dir)
+             if e["type"] == "log"]
+    resumed = [(e["step"], e["loss"], e["grad_norm"], e["grad_norm_max"]) for e in events(second.run_dir)
+               if e["type"] == "log"]
+    assert resumed == curve and all(norm > 0 for _, _, norm, _ in curve)
 
 
 def test_a_resume_puts_back_the_best_adapter_a_kill_left_moved_aside(tmp_path, tensors_17, tiny_dit):
