@@ -1,5 +1,5 @@
-"""What a run's events say while it trains, as the Train tab shows it: the loss, validation-loss
-and learning-rate curves, the progress line (step of total, epoch, loss, speed, ETA, or how the
+"""What a run's events say while it trains, as the Train tab shows it: the loss, validation-loss,
+learning-rate and gradient-norm curves, the progress line (step of total, epoch, loss, speed, ETA, or how the
 run ended, and its warnings) and its newest audio previews. Events and folders only (no torch)."""
 
 from __future__ import annotations
@@ -19,10 +19,11 @@ LISTEN_HINT = "hear its adapters on the **Listen** tab"
 
 
 def plot_frames(events: list[dict]) -> dict[str, pd.DataFrame]:
-    """Data for the plots: "loss" (step, loss), "val_loss" (step, val_loss), "lr" (step, lr). A step
-    logged again after a resume keeps its last value."""
+    """Data for the plots: "loss" (step, loss), "val_loss" (step, val_loss), "lr" (step, lr),
+    "grad_norm" (step, grad_norm: the mean gradient norm since the previous log). A step logged
+    again after a resume keeps its last value."""
     frames = {}
-    for name, kind in (("loss", "log"), ("val_loss", "validation"), ("lr", "log")):
+    for name, kind in (("loss", "log"), ("val_loss", "validation"), ("lr", "log"), ("grad_norm", "log")):
         rows = [(event["step"], event[name]) for event in events
                 if event.get("type") == kind and event.get(name) is not None and event.get("step") is not None]
         frame = pd.DataFrame(rows, columns=["step", name])

@@ -1,7 +1,7 @@
 """The Train tab: a GPU preset and every training option (the form of `acestep.ui.train_form`), the
 VRAM estimate against the GPUs' free memory, Start / Stop / Resume of a `train` job, and the run
-as it trains: loss, validation loss and learning-rate plots, progress and ETA, the log tail and
-the audio previews; plus saving and loading profiles (`acestep.ui.profiles`).
+as it trains: loss, validation loss, learning-rate and gradient-norm plots, progress and ETA, the
+log tail and the audio previews; plus saving and loading profiles (`acestep.ui.profiles`).
 
 The run's curves, progress line and previews are read by `acestep.ui.run_progress`. The functions
 take the `AppContext` and plain values, so tests call them without a browser; `build_train_tab`
@@ -48,7 +48,12 @@ SCROLL_LOG_TO_END = """() => {
   }
 }"""
 VALIDATION_TITLE = "Validation loss"
-NO_VALIDATION_TITLE = "Validation loss: none (data.validation_split is 0)"
+NO_VALIDATION_TITLE = "No validation (data.validation_split is 0)"
+# the plots, left to right: run_progress.plot_frames' curve, title, element id
+PLOTS = (("loss", "Training loss", "train-loss-plot"), ("val_loss", VALIDATION_TITLE, "train-val-plot"),
+         ("lr", "Learning rate", "train-lr-plot"),
+         ("grad_norm", "Gradient norm (before clipping)", "train-grad-norm-plot"))
+PLOTTED = tuple(column for column, _, _ in PLOTS)
 
 
 # ---- start, stop, resume ------------------------------------------------------------------------------
@@ -234,10 +239,7 @@ def build_train_tab(ctx: AppContext) -> None:
     progress = gr.Markdown(elem_id="train-progress")
     with gr.Row():
         plots = [gr.LinePlot(pd.DataFrame(columns=["step", column]), x="step", y=column, title=title,
-                             elem_id=elem_id)
-                 for column, title, elem_id in (("loss", "Training loss", "train-loss-plot"),
-                                                ("val_loss", VALIDATION_TITLE, "train-val-plot"),
-                                                ("lr", "Learning rate", "train-lr-plot"))]
+                             elem_id=elem_id) for column, title, elem_id in PLOTS]
     previews_label = gr.Markdown(elem_id="train-previews")
     with gr.Row():
         players = [gr.Audio(type="filepath", interactive=False, visible=False, elem_id=f"train-preview-{i}")
@@ -302,17 +304,17 @@ def _watch_outputs(ctx: AppContext, run_text: str | None, state: dict) -> list:
     """The timer's updates of progress, plots, log, previews and the state; what did not change
     is skipped, so a preview being listened to is not reloaded."""
     if not run_text:
-        return ["Pick a run to watch, or start one.", *[gr.skip()] * (5 + PREVIEW_SLOTS), state]
+        return ["Pick a run to watch, or start one.", *[gr.skip()] * (len(PLOTTED) + 2 + PREVIEW_SLOTS), state]
     try:
         snapshot = run_snapshot(ctx, run_text)
     except AceStepError as error:
-        return [str(error), *[gr.skip()] * (5 + PREVIEW_SLOTS), state]
+        return [str(error), *[gr.skip()] * (len(PLOTTED) + 2 + PREVIEW_SLOTS), state]
     new_state = dict(state)
-    plots = [gr.skip()] * 3
+    plots = [gr.skip()] * len(PLOTTED)
     if state.get("events") != snapshot.events_signature:
         # the run's config is read only when the plots are redrawn, not at every tick
         validation = gr.update(value=snapshot.frames["val_loss"], title=validation_title(snapshot.run_dir))
-        plots = [snapshot.frames["loss"], validation, snapshot.frames["lr"]]
+        plots = [validation if name == "val_loss" else snapshot.frames[name] for name in PLOTTED]
         new_state["events"] = snapshot.events_signature
     log = gr.skip() if state.get("log") == snapshot.log else snapshot.log
     new_state["log"] = snapshot.log

@@ -229,7 +229,7 @@ def test_demo_flow_scan_preprocess_train_export_with_a_second_browser(server, br
     wait_text(second, "train-progress", r"Step [1-9]")
     second.wait_for_timeout(3000)
     screenshot(second, "flow-3-train-second-browser")
-    assert plotted_points(second, "train-loss-plot") > 0
+    assert plotted_points(second, "train-loss-plot") > 0 and plotted_points(second, "train-grad-norm-plot") > 0
     second.locator("#train-stop").click()  # the other browser stops it: it saves and ends
     wait_text(page, "train-status", r"No training job is running")
     [job] = [job for job in ctx.jobs.list_jobs() if job.kind == "train"]

@@ -32,13 +32,16 @@ def test_progress_gives_step_of_total_rate_and_eta():
 
 
 def test_plot_data_keeps_the_last_value_of_a_step_logged_again_after_a_resume(tmp_path):
-    lines = [{"type": "log", "step": 1, "loss": 0.9, "lr": 0.1}, {"type": "log", "step": 2, "loss": 0.8, "lr": 0.2},
+    lines = [{"type": "log", "step": 1, "loss": 0.9, "lr": 0.1, "grad_norm": 2.0},
+             {"type": "log", "step": 2, "loss": 0.8, "lr": 0.2, "grad_norm": 1.5},
              {"type": "validation", "step": 2, "val_loss": 0.7}, {"type": "start", "step": 1},
-             {"type": "log", "step": 2, "loss": 0.6, "lr": 0.2}, {"type": "log", "step": 3, "loss": 0.5, "lr": 0.3}]
+             {"type": "log", "step": 2, "loss": 0.6, "lr": 0.2, "grad_norm": 1.25},
+             {"type": "log", "step": 3, "loss": 0.5, "lr": 0.3}]  # a run from before the norms were logged
     (tmp_path / "events.jsonl").write_text("\n".join(map(json.dumps, lines)) + '\n{"type": "log", "st')
     frames = plot_frames(read_events(tmp_path / EVENTS_FILE))
     assert frames["loss"].values.tolist() == [[1, 0.9], [2, 0.6], [3, 0.5]]
     assert frames["val_loss"].values.tolist() == [[2, 0.7]] and frames["lr"]["lr"].tolist() == [0.1, 0.2, 0.3]
+    assert frames["grad_norm"].values.tolist() == [[1, 2.0], [2, 1.25]]
 
 
 def test_previews_are_the_newest_steps_wavs_by_strength(tmp_path):

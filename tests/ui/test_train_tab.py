@@ -210,6 +210,7 @@ def test_start_runs_a_real_train_job_whose_loss_becomes_plot_data(train_ctx):
     assert snapshot.frames["loss"]["step"].tolist() == [event["step"] for event in logs] == [1, 2, 3, 4]
     assert snapshot.frames["loss"]["loss"].tolist() == [event["loss"] for event in logs]
     assert snapshot.frames["lr"]["lr"].tolist() == [event["lr"] for event in logs]
+    assert snapshot.frames["grad_norm"]["grad_norm"].tolist() == [event["grad_norm"] for event in logs]
     assert snapshot.frames["val_loss"].empty and validation_title(snapshot.run_dir) == NO_VALIDATION_TITLE
     assert snapshot.progress.startswith("**Step 4 of 4 (100 %)**") and "finished: adapter in" in (
         snapshot.progress)
