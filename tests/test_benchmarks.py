@@ -107,6 +107,14 @@ def test_reference_loss_equals_the_trainer_loss_on_an_unpadded_batch_and_counts_
     assert 0.9545454545454546 not in t.tolist() and 0.953125 in table.tolist()  # bf16 rounding of the table
 
 
+def tiny_random_transformer(common):
+    """The tiny DiT with random weights, fp32 on the CPU, as benchmarks/common.py builds it."""
+    from acestep.models.config import parse_model_config
+
+    return common.random_transformer(parse_model_config(common.model_config("tiny")), torch.device("cpu"),
+                                     torch.float32)
+
+
 def _tiny_args(**changes):
     import argparse
 
@@ -443,12 +451,10 @@ def test_the_rms_norm_and_rope_variants_put_back_diffusers_arithmetic_with_the_s
 
 
 def test_peft_cast_variant_turns_the_casts_the_trainer_skips_back_on():
-    from acestep.models.config import parse_model_config
     from acestep.training.adapters import add_adapter
 
     common, variants = bench("common"), bench("variants")
-    model = common.random_transformer(parse_model_config(common.model_config("tiny")), torch.device("cpu"),
-                                      torch.float32)
+    model = tiny_random_transformer(common)
     adapter = add_adapter(model, "lora", rank=4, alpha=8.0)
     adapter.skip_input_casts()
     layers = [m for m in model.modules() if hasattr(m, "cast_input_dtype_enabled")]
@@ -460,12 +466,10 @@ def test_peft_cast_variant_turns_the_casts_the_trainer_skips_back_on():
 
 
 def test_diffusers_checkpointing_variant_puts_back_diffusers_hook_based_checkpointing():
-    from acestep.models.config import parse_model_config
     from acestep.training.recompute import checkpoint_block, enable_recompute
 
     common, variants = bench("common"), bench("variants")
-    model = common.random_transformer(parse_model_config(common.model_config("tiny")), torch.device("cpu"),
-                                      torch.float32)
+    model = tiny_random_transformer(common)
     with pytest.raises(ValueError, match="needs gradient checkpointing"):
         variants.use_diffusers_checkpointing(model)
     enable_recompute(model)
@@ -475,22 +479,19 @@ def test_diffusers_checkpointing_variant_puts_back_diffusers_hook_based_checkpoi
 
 
 def test_half_checkpointing_variant_checkpoints_the_first_half_of_the_blocks(monkeypatch):
-    import acestep.training.recompute as recompute
-    from acestep.models.config import parse_model_config
     from acestep.training.adapters import add_adapter
     from acestep.training.recompute import enable_recompute
 
+    from training.test_recompute import record_checkpointed
+
     common, variants = bench("common"), bench("variants")
-    model = common.random_transformer(parse_model_config(common.model_config("tiny")), torch.device("cpu"),
-                                      torch.float32)
+    model = tiny_random_transformer(common)
     with pytest.raises(ValueError, match="needs gradient checkpointing"):
         variants.use_half_checkpointing(model)
     enable_recompute(model)
     add_adapter(model, "lora", rank=4, alpha=8.0)
     assert variants.use_half_checkpointing(model) == len(model.layers) // 2
-    checkpointed = []
-    monkeypatch.setattr(recompute, "checkpoint", lambda function, *args, **kwargs: checkpointed.append(
-        function.__self__) or function(*args))
+    checkpointed = record_checkpointed(monkeypatch)
     t = torch.full((1,), 0.5)
     model.train()(hidden_states=torch.randn(1, 8, 64), timestep=t, timestep_r=t,
                   encoder_hidden_states=torch.randn(1, 3, model.condition_embedder.in_features),
@@ -501,12 +502,10 @@ def test_half_checkpointing_variant_checkpoints_the_first_half_of_the_blocks(mon
 def test_static_compile_variant_compiles_the_blocks_for_the_shapes_they_first_see():
     from torch._dynamo.utils import counters
 
-    from acestep.models.config import parse_model_config
     from acestep.training.compilation import compile_blocks
 
     common, variants = bench("common"), bench("variants")
-    model = common.random_transformer(parse_model_config(common.model_config("tiny")), torch.device("cpu"),
-                                      torch.float32).eval()
+    model = tiny_random_transformer(common).eval()
     with pytest.raises(ValueError, match="needs compile on"):
         variants.use_static_shape_compile(model)
     compile_blocks(model, backend="eager")

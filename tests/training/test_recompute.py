@@ -45,6 +45,20 @@ def step(transformer, adapter):
     return prediction.detach(), [param.grad.clone() for param in adapter.parameters()]
 
 
+def record_checkpointed(monkeypatch) -> list:
+    """The blocks `checkpoint_block` hands to torch's checkpoint from now on, in call order."""
+    import acestep.training.recompute as recompute
+
+    checkpointed = []
+
+    def counted(function, *args, **kwargs):
+        checkpointed.append(function.__self__)
+        return torch.utils.checkpoint.checkpoint(function, *args, **kwargs)
+
+    monkeypatch.setattr(recompute, "checkpoint", counted)
+    return checkpointed
+
+
 def test_re_entrant_checkpointing_gives_the_gradients_of_no_checkpointing_bit_for_bit(fixture_dir):
     transformer, adapter = adapted(fixture_dir, dropout=0.1)  # dropout: the recomputation redraws the same masks
     _, plain = step(transformer, adapter)
@@ -62,18 +76,10 @@ def test_re_entrant_checkpointing_gives_the_gradients_of_no_checkpointing_bit_fo
 def test_blocks_with_nothing_to_train_run_without_a_checkpoint(fixture_dir, monkeypatch):
     """With the adapter on the last block only, the blocks before it get no gradient from their
     input nor their parameters: they run plainly (no recomputation, no warning)."""
-    import acestep.training.recompute as recompute
-
     transformer, adapter = adapted(fixture_dir, modules=["layers.3.self_attn.to_q"])
     _, plain = step(transformer, adapter)
     enable_recompute(transformer)
-    checkpointed = []
-
-    def counted(function, *args, **kwargs):
-        checkpointed.append(function.__self__)
-        return torch.utils.checkpoint.checkpoint(function, *args, **kwargs)
-
-    monkeypatch.setattr(recompute, "checkpoint", counted)
+    checkpointed = record_checkpointed(monkeypatch)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # "None of the inputs have requires_grad=True" would fail here
         _, recomputed = step(transformer, adapter)
@@ -83,18 +89,10 @@ def test_blocks_with_nothing_to_train_run_without_a_checkpoint(fixture_dir, monk
 
 @pytest.mark.parametrize("ratio, expected", [(0.5, [0, 1]), (0.25, [0]), (0.75, [0, 1, 2])])
 def test_a_ratio_checkpoints_the_first_blocks_only_with_the_same_gradients(fixture_dir, monkeypatch, ratio, expected):
-    import acestep.training.recompute as recompute
-
     transformer, adapter = adapted(fixture_dir, dropout=0.1)
     plain_prediction, plain = step(transformer, adapter)
     enable_recompute(transformer, ratio)
-    checkpointed = []
-
-    def counted(function, *args, **kwargs):
-        checkpointed.append(function.__self__)
-        return torch.utils.checkpoint.checkpoint(function, *args, **kwargs)
-
-    monkeypatch.setattr(recompute, "checkpoint", counted)
+    checkpointed = record_checkpointed(monkeypatch)
     prediction, recomputed = step(transformer, adapter)
     assert checkpointed == [transformer.layers[i] for i in expected]
     assert torch.equal(prediction, plain_prediction)
