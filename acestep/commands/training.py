@@ -28,6 +28,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     config_path = args.config
     if config_path is None and args.resume is not None:
         config_path = _run_folder(args.resume) / "config.toml"
+    if config_path is None and not args.set:
+        raise AceStepError("Give --config RUN.toml, or the tensors to train on with --set data.tensors_dir=DIR "
+                           "(the folder `acestep-trainer preprocess` wrote; every other setting then takes its "
+                           "default, the preset's or a --set), or --resume RUN_DIR to continue a run.")
     # Relative folders in the config are taken from where the command runs; the run folder's
     # config.toml then holds absolute paths, so the run can be reproduced from anywhere.
     # Without a file the run starts from the defaults, and --preset and --set fill it in.
@@ -36,10 +40,6 @@ def cmd_train(args: argparse.Namespace) -> int:
         from acestep.training.presets import apply_named_preset
 
         config = apply_named_preset(config, args.preset)
-    if config_path is None and not args.set:
-        raise AceStepError("Give --config RUN.toml, or the tensors to train on with --set data.tensors_dir=DIR "
-                           "(the folder `acestep-trainer preprocess` wrote; every other setting then takes its "
-                           "default, the preset's or a --set), or --resume RUN_DIR to continue a run.")
     config = resolve_paths(apply_overrides(config, args.set), Path.cwd())
     handlers = []
 
