@@ -242,7 +242,7 @@ def test_the_files_table_names_the_files_the_code_writes():
         constant("acestep/training/run_layout.py", "STOP_FILE"),
         constant("acestep/ui/export_tab.py", "MERGE_INFO"),
         f'{constant("acestep/ui/listen_tab.py", "LISTEN_FOLDER")}/',
-        constant("acestep/inference/cli.py", "RECORD_NAME"),
+        constant("acestep/inference/render.py", "RECORD_NAME"),
         *(f"{name}/" for name in constant("acestep/training/run_layout.py", "NAMED_ADAPTERS")),
     ]
     missing = [name for name in names if name not in table]

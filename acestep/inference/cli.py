@@ -14,18 +14,8 @@ from pathlib import Path
 from acestep.errors import PreviewError
 from acestep.files import write_atomically
 from acestep.inference import GUIDANCE_METHODS
+from acestep.inference.render import BASE_NAME, RECORD_NAME, strength_name
 from acestep.training.config_schema import QUANTIZATIONS
-
-BASE_NAME = "base"  # file stem of a render without an adapter
-RECORD_NAME = "preview.json"  # what was rendered, beside the files (read back by the Listen tab)
-
-
-def render_order(stem: str) -> float:
-    """Sort key of a render's file stem: `base` (the model alone) first, then `strength-S` by S."""
-    try:
-        return float(stem.removeprefix("strength-"))
-    except ValueError:
-        return -1.0
 
 
 def parse_strengths(text: str) -> list[float]:
@@ -57,7 +47,8 @@ def add_preview_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--duration", type=float, default=10.0, help="seconds of audio (default: 10)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the noise (default: 0)")
     parser.add_argument("--strengths", type=parse_strengths, default=None,
-                        help="adapter strengths, comma-separated (default with --adapter: 0,1; 0 is the base model)")
+                        help="adapter strengths, comma-separated (default with --adapter: 0,1; 0 is the base model, "
+                             "and with 0 among them the adapter effect of the others is printed and recorded)")
     parser.add_argument("--steps", type=int, default=None, help="sampling steps (default: turbo 8, base/sft 50)")
     parser.add_argument("--shift", type=float, default=None, help="timestep shift (default: turbo 3, base/sft 1)")
     parser.add_argument("--guidance-scale", type=float, default=None,
@@ -82,11 +73,12 @@ def add_preview_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_preview(args: argparse.Namespace) -> int:
     """Render the request at each strength (or once without an adapter) into `--out`, with a
-    `preview.json` saying what was rendered; prints each file. Raises PreviewError,
+    `preview.json` saying what was rendered and, with strength 0 among the strengths, the adapter
+    effect of the others (`acestep.inference.effect`); prints each file. Raises PreviewError,
     CheckpointError or AdapterError with the fix."""
+    from acestep.inference.effect import adapter_effects, effect_summary
     from acestep.inference.preview import PreviewRenderer, PreviewRequest, sampling_settings
     from acestep.inference.render import write_preview
-    from acestep.inference.training_hook import strength_name
     from acestep.training.quantization import load_transformer
 
     if args.adapter is None and args.strengths is not None:
@@ -133,17 +125,22 @@ def run_preview(args: argparse.Namespace) -> int:
           + (f", {args.quantization.upper()}" if quantized else "") + ")"
           + (f" and {adapter}" if adapter is not None else ""), flush=True)
     settings = sampling_settings(request, renderer.is_turbo)  # refuses guidance on turbo before any work
+    renders = {}
     for strength, name in zip(strengths, names, strict=True):
-        audio = renderer.render(transformer, request, strength=strength)
-        wav, png = write_preview(audio, args.out, name)
+        renders[strength] = renderer.render(transformer, request, strength=strength)
+        wav, png = write_preview(renders[strength], args.out, name)
         print(f"  {name}: {wav}  {png}", flush=True)
+    effects = adapter_effects(renders) if adapter is not None else {}
+    if effects:
+        print(f"Adapter effect (mean log-mel difference): {effect_summary(effects)}", flush=True)
     record = {"caption": request.caption, "lyrics": request.lyrics, "language": request.language, "bpm": request.bpm,
               "key": request.keyscale, "time_signature": request.timesignature, "duration": request.duration,
               "seed": request.seed, "steps": settings.steps, "shift": settings.shift,
               "guidance_scale": settings.guidance_scale, "guidance": settings.guidance,
               "checkpoint": str(bundle.path), "variant": bundle.variant, "quantization": args.quantization,
               "adapter": str(adapter) if adapter is not None else None,
-              "strengths": [s for s in strengths if s is not None], "files": [f"{name}.wav" for name in names]}
+              "strengths": [s for s in strengths if s is not None], "files": [f"{name}.wav" for name in names],
+              "effect_db": effects}
     write_atomically(args.out / RECORD_NAME, json.dumps(record, indent=2) + "\n", PreviewError)
     print(f"Done: {len(names)} render(s) of {request.duration:g} s in {args.out}", flush=True)
     return 0

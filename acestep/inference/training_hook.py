@@ -1,7 +1,9 @@
 """Previews during training (`run.preview_*`): every N steps and/or epochs, on the main process,
 render the preview caption at each configured strength with the live adapter, write
-`<run>/previews/step-NNNNNN/strength-S.wav` and `.png`, and emit a `preview` event whose `files`
-lists them (paths relative to the run folder).
+`<run>/previews/step-NNNNNN/strength-S.wav` and `.png` and the folder's `preview.json` (what was
+rendered, and the adapter effect of each strength when 0 is among them: `acestep.inference.effect`),
+and emit a `preview` event whose `files` lists the wav and PNG files (paths relative to the run
+folder) and whose `effect_db` holds the effects.
 
 Training is unchanged by it, bit for bit: every RNG state (torch CPU and every CUDA device, numpy,
 Python) is saved before and restored after, every module's train/eval mode is put back, the
@@ -15,21 +17,19 @@ event and training goes on; models that cannot be found stop the run at its star
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
 
-from acestep.errors import AceStepError, TrainingError
+from acestep.errors import AceStepError, PreviewError, TrainingError
+from acestep.files import write_atomically
+from acestep.inference.effect import adapter_effects, effect_summary
 from acestep.inference.preview import PreviewRenderer, PreviewRequest
-from acestep.inference.render import write_preview
+from acestep.inference.render import RECORD_NAME, strength_label, strength_name, write_preview
 from acestep.training.compilation import eagerly
 from acestep.training.run_layout import PREVIEWS_FOLDER
 from acestep.training.state import restore_rng, rng_states
-
-
-def strength_name(strength: float) -> str:
-    """File stem of one strength: 0 -> strength-0, 0.5 -> strength-0.5, 1 -> strength-1."""
-    return f"strength-{strength:g}"
 
 
 class TrainingPreviews:
@@ -93,7 +93,7 @@ class TrainingPreviews:
         dtype = torch.get_default_dtype()
         try:
             with eagerly():  # compiled blocks (run.compile) would compile graphs for each strength
-                files = self._render_files(step)
+                files, effects = self._render_files(step, epoch)
         except (AceStepError, RuntimeError) as exc:  # RuntimeError: e.g. CUDA out of memory
             self.emit("warning", step=step, epoch=epoch,
                       message=f"preview at step {step} failed ({type(exc).__name__}: {exc}); training goes on")
@@ -101,21 +101,31 @@ class TrainingPreviews:
         finally:
             restore_rng(rng)
             torch.set_default_dtype(dtype)
-        strengths = ", ".join(f"{s:g}" for s in self.session.config.run.preview_strengths)
-        self.emit("preview", step=step, epoch=epoch, files=files,
-                  message=f"{reason}: previews at strength {strengths} in {self.session.run_dir / PREVIEWS_FOLDER}")
+        strengths = ", ".join(map(strength_label, self.session.config.run.preview_strengths))
+        effect = f"; adapter effect {effect_summary(effects)}" if effects else ""
+        self.emit("preview", step=step, epoch=epoch, files=files, effect_db=effects or None,
+                  message=f"{reason}: previews at strength {strengths} in {self.session.run_dir / PREVIEWS_FOLDER}"
+                          + effect)
 
-    def _render_files(self, step: int) -> list[str]:
+    def _render_files(self, step: int, epoch: int) -> tuple[list[str], dict[str, float]]:
+        """Render and write each strength, and the folder's `preview.json`; returns the files
+        (relative to the run folder) and the adapter effects."""
         s = self.session
         if self.renderer is None:
             self.renderer = PreviewRenderer(s.checkpoint_info["checkpoint"], vae=self.vae,
                                             text_encoder=self.text_encoder, device=s.fabric.device,
                                             dtype=s.model_dtype, keep_encoders=False)
         folder = s.run_dir / PREVIEWS_FOLDER / f"step-{step:06d}"
-        request, files = self.request(), []
+        request, files, renders = self.request(), [], {}
         with s.averaged():  # the adapter the run hands out (its moving average, with optimizer.ema_decay)
-            for strength in s.config.run.preview_strengths:
-                audio = self.renderer.render(s.adapter.transformer, request, strength=float(strength))
-                for path in write_preview(audio, folder, strength_name(strength)):
+            for strength in map(float, s.config.run.preview_strengths):
+                renders[strength] = self.renderer.render(s.adapter.transformer, request, strength=strength)
+                for path in write_preview(renders[strength], folder, strength_name(strength)):
                     files.append(path.relative_to(s.run_dir).as_posix())
-        return files
+        effects = adapter_effects(renders)
+        record = {"step": step, "epoch": epoch, "caption": request.caption, "lyrics": request.lyrics,
+                  "language": request.language, "duration": request.duration, "seed": request.seed,
+                  "checkpoint": str(s.checkpoint_info["checkpoint"]), "strengths": list(renders),
+                  "files": [f"{strength_name(strength)}.wav" for strength in renders], "effect_db": effects}
+        write_atomically(folder / RECORD_NAME, json.dumps(record, indent=2) + "\n", PreviewError)
+        return files, effects

@@ -4,8 +4,10 @@ edge, and only the main process (rank 0) has them.
 
 Event fields: `type` (start, log, epoch, validation, checkpoint, best, warning, stop, done,
 error, ranks, preview), `time`, and when they apply `step`, `epoch`, `loss`, `lr`, `val_loss`,
+`grad_norm` and `grad_norm_max` (log: the mean and the largest gradient norm before clipping),
 `vram` (peak GiB), `samples_per_second`, `message`, `checksums` (ranks: one adapter checksum per
-process), `files` (preview: the wav and PNG files, relative to the run folder).
+process), `files` (preview: the wav and PNG files, relative to the run folder), `effect_db`
+(preview: {strength: adapter effect in dB}, `acestep.inference.effect`).
 """
 
 from __future__ import annotations
@@ -58,7 +60,14 @@ class TensorBoardListener:
         self.writer = SummaryWriter(log_dir=str(Path(run_dir) / "tensorboard"))
 
     def __call__(self, event: dict) -> None:
-        if event.get("step") is None or event["type"] not in ("log", "validation", "epoch"):
+        if event.get("step") is None:
+            return
+        if event["type"] == "preview":
+            for strength, effect in (event.get("effect_db") or {}).items():
+                self.writer.add_scalar(f"preview/adapter_effect_db/strength_{strength}", effect, event["step"])
+            self.writer.flush()
+            return
+        if event["type"] not in ("log", "validation", "epoch"):
             return
         for field, tag in self.SCALARS.items():
             if event.get(field) is not None:

@@ -11,7 +11,6 @@ plain values, so tests run them without a browser.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +19,9 @@ import gradio as gr
 
 from acestep.errors import AceStepError
 from acestep.files import new_folder
-from acestep.inference.cli import RECORD_NAME, parse_strengths, render_order
+from acestep.inference.cli import parse_strengths
+from acestep.inference.effect import effect_summary, recorded_effects
+from acestep.inference.render import read_record, render_order, strength_label
 from acestep.jobs import ACTIVE, DONE, QUEUED, Job
 from acestep.training.config_schema import QUANTIZATIONS
 from acestep.training.run_folders import adapter_metadata, read_run_config, run_folder
@@ -179,13 +180,17 @@ def render_folders(ctx: AppContext) -> list[str]:
 
 
 def render_files(folder: Path) -> list[tuple[str, Path, Path | None]]:
-    """(label, wav, spectrogram PNG or None) of each file of a render, by strength."""
+    """(label, wav, spectrogram PNG or None) of each file of a render, by strength; a strength's
+    label names its adapter effect when the folder's preview.json records one."""
     wavs = sorted(Path(folder).glob("*.wav"), key=lambda path: render_order(path.stem))
+    effects = recorded_effects(read_record(folder))
     files = []
     for wav in wavs:
         strength = render_order(wav.stem)
-        label = ("base model" if strength <= 0 else f"strength {strength:g}" + (" (as trained)" if strength == 1
-                                                                               else ""))
+        label = ("base model" if strength <= 0 else f"strength {strength_label(strength)}"
+                 + (" (as trained)" if strength == 1 else ""))
+        if strength > 0 and strength_label(strength) in effects:
+            label += f", {effects[strength_label(strength)]:.2f} dB from the base model"
         png = wav.with_suffix(".png")
         files.append((label, wav, png if png.is_file() else None))
     return files
@@ -194,11 +199,8 @@ def render_files(folder: Path) -> list[tuple[str, Path, Path | None]]:
 def render_description(ctx: AppContext, folder: Path) -> str:
     """Markdown: what the render in `folder` was made from (its preview.json), or just where it is."""
     where = f"`{markdown_text(ctx.workspace.relative(folder))}`"
-    try:
-        record = json.loads((Path(folder) / RECORD_NAME).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        record = None
-    if not isinstance(record, dict):
+    record = read_record(folder)
+    if record is None:
         return f"Files in {where}."
     parts = [f"**{markdown_text(str(record.get('caption', '')))}**"]
     lyrics = str(record.get("lyrics") or "").strip()
@@ -210,7 +212,10 @@ def render_description(ctx: AppContext, folder: Path) -> str:
     adapter = record.get("adapter")
     if adapter:
         parts.append(f"adapter `{markdown_text(ctx.workspace.relative(Path(adapter)))}`")
-    return " · ".join(parts) + f"\n\nFiles in {where}."
+    effect = (f"\n\nAdapter effect: {markdown_text(effect_summary(recorded_effects(record)))} (the mean log-mel "
+              "difference from the render at strength 0, same noise; 0 dB is the same sound)"
+              if recorded_effects(record) else "")
+    return " · ".join(parts) + effect + f"\n\nFiles in {where}."
 
 
 def job_summary(ctx: AppContext, job: Job | None) -> str:

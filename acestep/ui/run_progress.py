@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from acestep.inference.cli import render_order
+from acestep.inference.effect import effect_summary, recorded_effects
+from acestep.inference.render import read_record, render_order
 from acestep.training.run_layout import PREVIEWS_FOLDER
 
 _STEPS_IN_ALL = re.compile(r"(\d+) steps in all")  # the start event's message (TrainingSession.start_message)
@@ -62,13 +63,16 @@ def progress_markdown(events: list[dict], now: float | None = None) -> str:
 
 
 def preview_files(run_dir: Path) -> tuple[str, list[tuple[str, Path]]]:
-    """(a heading, [(label, wav)]) of the newest previews in `<run>/previews/step-N/`."""
+    """(a heading, [(label, wav)]) of the newest previews in `<run>/previews/step-N/`; the heading
+    names the adapter effect its `preview.json` records."""
     steps = sorted(folder for folder in (Path(run_dir) / PREVIEWS_FOLDER).glob("step-*") if folder.is_dir())
     for folder in reversed(steps):
         wavs = sorted(folder.glob("*.wav"), key=lambda path: render_order(path.stem))
         if wavs:
             step = folder.name.removeprefix("step-").lstrip("0") or "0"
-            return f"Previews at step {step}", [(path.stem.replace("-", " "), path) for path in wavs]
+            effects = recorded_effects(read_record(folder))
+            effect = f" · adapter effect {effect_summary(effects)}" if effects else ""
+            return f"Previews at step {step}{effect}", [(path.stem.replace("-", " "), path) for path in wavs]
     return "No previews yet (set run.preview_every_epochs or run.preview_every_steps).", []
 
 

@@ -8,10 +8,12 @@ import pytest
 import soundfile as sf
 
 from acestep.inference import PreviewError
-from acestep.inference.cli import RECORD_NAME, add_preview_arguments, parse_strengths, run_preview
-from acestep.training.adapters import save_adapter
+from acestep.inference.cli import add_preview_arguments, parse_strengths, run_preview
+from acestep.inference.effect import spectral_difference_db
+from acestep.inference.render import RECORD_NAME
+from acestep.training.adapters import add_adapter, save_adapter
 
-from .conftest import adapted
+from .conftest import adapted, load_transformer
 
 
 def parse(*argv):
@@ -33,11 +35,16 @@ def test_preview_command_renders_each_strength_of_a_saved_adapter(tmp_path, turb
     assert "strength-1" in printed  # the last line is what a job's message shows
     assert printed.splitlines()[-1] == f"Done: 2 render(s) of 0.4 s in {tmp_path / 'out'}"
     record = json.loads((tmp_path / "out" / RECORD_NAME).read_text())  # what was rendered, for the Listen tab
+    effect = record.pop("effect_db")
     assert record == {"caption": "mystyle, lofi beat", "lyrics": "", "language": "en", "bpm": None, "key": "",
                       "time_signature": "", "duration": 0.4, "seed": 0, "steps": 8, "shift": 3.0,
                       "guidance_scale": 1.0, "guidance": "apg", "checkpoint": str(turbo_dit), "variant": "turbo",
                       "quantization": "none", "adapter": str(folder), "strengths": [0.0, 1.0],
                       "files": ["strength-0.wav", "strength-1.wav"]}
+    # the adapter effect, measured on the renders: the same figure from the 16-bit files
+    assert list(effect) == ["1"] and effect["1"] > 0.1
+    assert spectral_difference_db(audio["1"].T, audio["0"].T) == pytest.approx(effect["1"], abs=0.05)
+    assert f"Adapter effect (mean log-mel difference): strength 1: {effect['1']:.2f} dB from the base model" in printed
     with pytest.raises(PreviewError, match="already holds strength-0.wav.*--overwrite"):
         run_preview(parse(*common, "--adapter", str(folder)))
     assert run_preview(parse(*common, "--adapter", str(folder), "--overwrite")) == 0
@@ -46,8 +53,22 @@ def test_preview_command_renders_each_strength_of_a_saved_adapter(tmp_path, turb
     assert np.array_equal(sf.read(tmp_path / "out" / "base.wav")[0], audio["0"])
     record = json.loads((tmp_path / "out" / RECORD_NAME).read_text())
     assert record["adapter"] is None and record["strengths"] == [] and record["files"] == ["base.wav"]
+    assert record["effect_db"] == {}
     with pytest.raises(PreviewError, match="--strengths needs --adapter"):
         run_preview(parse(*common, "--strengths", "0.5"))
+
+
+def test_an_untrained_adapter_has_no_effect_and_without_strength_0_none_is_measured(tmp_path, turbo_dit, capsys):
+    transformer = load_transformer(turbo_dit)
+    folder = save_adapter(add_adapter(transformer, "lora", rank=4, alpha=8.0, dropout=0.0), tmp_path / "fresh")
+    common = ["--checkpoint", str(turbo_dit), "--caption", "mystyle, lofi beat", "--duration", "0.4",
+              "--device", "cpu", "--adapter", str(folder)]
+    assert run_preview(parse(*common, "--strengths", "0,0.5,1", "--out", str(tmp_path / "a"))) == 0
+    assert json.loads((tmp_path / "a" / RECORD_NAME).read_text())["effect_db"] == {"0.5": 0.0, "1": 0.0}  # LoRA B = 0
+    assert "strength 0.5: 0.00 dB, strength 1: 0.00 dB from the base model" in capsys.readouterr().out
+    assert run_preview(parse(*common, "--strengths", "1", "--out", str(tmp_path / "b"))) == 0
+    assert json.loads((tmp_path / "b" / RECORD_NAME).read_text())["effect_db"] == {}
+    assert "Adapter effect" not in capsys.readouterr().out
 
 
 def test_preview_of_an_adapter_renders_on_the_model_it_was_trained_on(tmp_path, turbo_dit, capsys):

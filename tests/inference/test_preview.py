@@ -123,3 +123,15 @@ def test_write_preview_writes_a_wav_and_a_spectrogram(tmp_path):
 def test_write_preview_refuses_bad_input(tmp_path, audio, name, fragment):
     with pytest.raises(PreviewError, match=fragment):
         write_preview(audio, tmp_path, name)
+
+
+def test_write_preview_says_when_the_disk_is_full(tmp_path, monkeypatch):
+    import errno
+
+    def full_disk(self, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Image.Image, "save", full_disk)
+    with pytest.raises(PreviewError, match=r"strength-1\.png: cannot write the preview \(the disk is full\)"):
+        write_preview(np.zeros((2, 4800), np.float32), tmp_path, "strength-1")
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["strength-1.wav"]  # no temporary file left

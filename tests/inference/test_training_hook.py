@@ -4,11 +4,13 @@ files and events appear, and the run ends bit-identical to the same run without 
 import json
 
 import pytest
+import soundfile as sf
 import torch
 from PIL import Image
 from safetensors.torch import load_file
 
 from acestep.errors import TrainingError
+from acestep.inference.effect import effect_summary, spectral_difference_db
 from acestep.training import checkpoint as ckpt
 from acestep.training.loop import train
 from training.conftest import write_tensors_dir
@@ -51,6 +53,18 @@ def test_previews_leave_training_bit_identical_and_are_listed(tmp_path, turbo_di
         for name in names:
             assert (previewed.run_dir / name).stat().st_size > 0
         assert Image.open(previewed.run_dir / names[1]).size == (1 + 10 * 1920 // 512, 128)
+        # the adapter effect of 0.5 and 1 against 0, in the event, the message and the folder's record
+        folder = previewed.run_dir / f"previews/step-{event['step']:06d}"
+        audio = {s: sf.read(folder / f"strength-{s}.wav")[0].T for s in ("0", "0.5", "1")}
+        assert list(event["effect_db"]) == ["0.5", "1"] and event["effect_db"]["1"] > 0
+        for strength in ("0.5", "1"):
+            assert spectral_difference_db(audio[strength], audio["0"]) == pytest.approx(event["effect_db"][strength],
+                                                                                         abs=0.05)
+        assert event["message"].endswith(f"; adapter effect {effect_summary(event['effect_db'])}")
+        record = json.loads((folder / "preview.json").read_text())
+        assert record["effect_db"] == event["effect_db"] and record["step"] == event["step"]
+        assert record["strengths"] == [0.0, 0.5, 1.0] and record["seed"] == 3
+        assert record["files"] == ["strength-0.wav", "strength-0.5.wav", "strength-1.wav"]
     assert not any(e["type"] == "warning" for e in events(previewed.run_dir))
     assert not (plain.run_dir / "previews").exists()
 
@@ -80,6 +94,29 @@ def test_with_a_moving_average_previews_render_the_average(tmp_path, turbo_dit, 
     trained = ckpt.read_checkpoint(ckpt.latest_checkpoint(result.run_dir))["adapter"]  # the weights as they trained
     assert trained.keys() == final.keys() and not all(torch.equal(trained[n], final[n]) for n in final)
     assert all(torch.equal(rendered[0.5][n], final[n]) for n in final)  # one average for every strength
+
+
+def test_a_preview_that_fails_is_a_warning_and_training_goes_on(tmp_path, turbo_dit, monkeypatch):
+    import errno
+
+    save, calls = Image.Image.save, []
+
+    def full_disk_once(self, *args, **kwargs):  # the first spectrogram finds the disk full
+        calls.append(1)
+        if len(calls) == 1:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return save(self, *args, **kwargs)
+
+    monkeypatch.setattr(Image.Image, "save", full_disk_once)
+    tensors = write_tensors_dir(tmp_path / "tensors", turbo_dit, 4)
+    result = train(make_config(tmp_path, tensors, turbo_dit, "run.epochs=2", *PREVIEW, "run.preview_every_epochs=1"))
+    log = events(result.run_dir)
+    warning = next(e for e in log if e["type"] == "warning")
+    assert warning["step"] == 4 and warning["message"] == (
+        f"preview at step 4 failed (PreviewError: {result.run_dir}/previews/step-000004/strength-0.png: cannot write "
+        "the preview (the disk is full)); training goes on")
+    assert [e["step"] for e in log if e["type"] == "preview"] == [8] and log[-1]["type"] == "done"
+    assert (result.run_dir / "final" / "adapter_model.safetensors").is_file()
 
 
 def test_a_missing_preview_model_stops_the_run_at_its_start(tmp_path, turbo_dit):

@@ -146,22 +146,26 @@ def test_renders_are_listed_newest_first_and_shown_by_strength(ctx):
     listen = ctx.workspace.outputs / "listen"
     old = write_render(listen / "song-best", record={"caption": "mystyle, *jazz*", "lyrics": "la la\nla",
                                                      "duration": 20.0, "seed": 3, "steps": 8, "variant": "turbo",
-                                                     "adapter": str(ctx.workspace.runs / "song" / "best")})
+                                                     "adapter": str(ctx.workspace.runs / "song" / "best"),
+                                                     "effect_db": {"0.5": 0.8, "1": 2.345}})
     os.utime(old, (1, 1))
     new = write_render(listen / "song-final", strengths=("1",))
     (listen / "empty").mkdir()
     assert render_folders(ctx) == ["outputs/listen/song-final", "outputs/listen/song-best"]
     files = render_files(old)
-    assert [label for label, _, _ in files] == ["base model", "strength 0.5", "strength 1 (as trained)"]
+    assert [label for label, _, _ in files] == ["base model", "strength 0.5, 0.80 dB from the base model",
+                                                "strength 1 (as trained), 2.35 dB from the base model"]
     assert [wav.name for _, wav, _ in files] == ["strength-0.wav", "strength-0.5.wav", "strength-1.wav"]
     assert render_description(ctx, old) == (
         r"**mystyle, \*jazz\*** · lyrics: la la... · 20 s · seed 3 · 8 steps · turbo model · adapter "
-        "`runs/song/best`\n\nFiles in `outputs/listen/song-best`.")
+        "`runs/song/best`\n\nAdapter effect: strength 0.5: 0.80 dB, strength 1: 2.35 dB from the base model (the "
+        "mean log-mel difference from the render at strength 0, same noise; 0 dB is the same sound)"
+        "\n\nFiles in `outputs/listen/song-best`.")
     assert render_description(ctx, new) == "Files in `outputs/listen/song-final`."
     description, *slots = render_view(ctx, "outputs/listen/song-best")
     players, images = slots[:4], slots[4:]
     assert [p["visible"] for p in players] == [True, True, True, False]
-    assert players[2]["label"] == "strength 1 (as trained)" and players[2]["value"].endswith("strength-1.wav")
+    assert players[2]["label"] == files[2][0] and players[2]["value"].endswith("strength-1.wav")
     assert images[0]["value"].endswith("strength-0.png") and images[3]["visible"] is False
     assert render_view(ctx, None)[0] == "Pick a render to listen to."
 
@@ -209,7 +213,9 @@ def test_a_render_job_of_a_trained_run_on_the_cpu(trained):
     assert render_folders(ctx) == ["outputs/listen/tiny-final"]
     folder = ctx.workspace.outputs / "listen" / "tiny-final"
     files = render_files(folder)
-    assert [label for label, _, _ in files] == ["base model", "strength 1 (as trained)"]
+    effect = json.loads((folder / "preview.json").read_text())["effect_db"]["1"]
+    assert [label for label, _, _ in files] == ["base model",
+                                                f"strength 1 (as trained), {effect:.2f} dB from the base model"]
     audio = [sf.read(wav)[0] for _, wav, _ in files]
     assert audio[0].shape == audio[1].shape and audio[0].shape[1] == 2 and np.abs(audio[0] - audio[1]).max() > 0
     assert all(png is not None and png.stat().st_size > 0 for _, _, png in files)

@@ -54,5 +54,11 @@ def test_previews_are_the_newest_steps_wavs_by_strength(tmp_path):
             (folder / f"strength-{strength}.png").write_bytes(b"PNG")
     label, files = preview_files(tmp_path)
     assert label == "Previews at step 200"
+    record = tmp_path / "previews" / "step-000200" / "preview.json"
+    record.write_text(json.dumps({"step": 200, "effect_db": {"0.5": 1.204, "1": 3.456}}))
+    assert preview_files(tmp_path)[0] == ("Previews at step 200 · adapter effect strength 0.5: 1.20 dB, "
+                                          "strength 1: 3.46 dB from the base model")
+    record.write_text('{"effect_db": {"1": "loud"}}')  # a record the heading cannot use is left out
+    assert preview_files(tmp_path)[0] == "Previews at step 200"
     assert [(name, path.name) for name, path in files] == [
         ("strength 0", "strength-0.wav"), ("strength 0.5", "strength-0.5.wav"), ("strength 1", "strength-1.wav")]
