@@ -55,6 +55,9 @@ def add_preview_arguments(parser: argparse.ArgumentParser) -> None:
                         help="guidance scale for base/sft (default: 7; turbo samples without guidance)")
     parser.add_argument("--guidance", choices=GUIDANCE_METHODS, default="apg",
                         help="guidance method for base/sft: apg (upstream's default) or cfg (plain CFG)")
+    parser.add_argument("--songs", type=Path, default=None, metavar="TENSORS_DIR",
+                        help="a preprocessed tensors folder (your songs): also measure each render's latent "
+                             "distance to them, printed and recorded (lower is closer)")
     parser.add_argument("--out", type=Path, required=True, help="folder for the wav and PNG files")
     parser.add_argument("--overwrite", action="store_true", help="replace preview files already in --out")
     parser.add_argument("--vae", default=None, help="VAE folder (default: vae/ beside the checkpoint)")
@@ -74,9 +77,11 @@ def add_preview_arguments(parser: argparse.ArgumentParser) -> None:
 def run_preview(args: argparse.Namespace) -> int:
     """Render the request at each strength (or once without an adapter) into `--out`, with a
     `preview.json` saying what was rendered and, with strength 0 among the strengths, the adapter
-    effect of the others (`acestep.inference.effect`); prints each file. Raises PreviewError,
+    effect of the others and, with `--songs`, each render's latent distance to those songs
+    (`acestep.inference.effect`); prints each file. Raises PreviewError, PreprocessError (--songs),
     CheckpointError or AdapterError with the fix."""
-    from acestep.inference.effect import adapter_effects, effect_summary
+    from acestep.inference.effect import (adapter_effects, distance_summary, effect_summary, songs_distances,
+                                          songs_profile)
     from acestep.inference.preview import PreviewRenderer, PreviewRequest, sampling_settings
     from acestep.inference.render import write_preview
     from acestep.training.quantization import load_transformer
@@ -112,6 +117,7 @@ def run_preview(args: argparse.Namespace) -> int:
         if adapter is not None and is_lokr_adapter(adapter):
             raise PreviewError(f"{adapter} is a LoKr adapter; --quantization nf4 renders LoRA and DoRA adapters only: "
                                "leave --quantization out")
+    songs = songs_profile(args.songs) if args.songs is not None else None  # a wrong folder stops before the models load
     renderer = PreviewRenderer(checkpoint, vae=args.vae, text_encoder=args.text_encoder, device=args.device,
                                dtype=args.dtype, checkpoints_dir=args.checkpoints_dir)
     bundle = load_transformer(checkpoint, args.quantization, renderer.dtype, renderer.device, renderer.dtype,
@@ -125,14 +131,19 @@ def run_preview(args: argparse.Namespace) -> int:
           + (f", {args.quantization.upper()}" if quantized else "") + ")"
           + (f" and {adapter}" if adapter is not None else ""), flush=True)
     settings = sampling_settings(request, renderer.is_turbo)  # refuses guidance on turbo before any work
-    renders = {}
+    renders, latents = {}, {}
     for strength, name in zip(strengths, names, strict=True):
-        renders[strength] = renderer.render(transformer, request, strength=strength)
+        sampled = renderer.latents(transformer, request, strength=strength)
+        latents[0.0 if strength is None else strength] = sampled[0].cpu().numpy()
+        renders[strength] = renderer.decode(sampled)
         wav, png = write_preview(renders[strength], args.out, name)
         print(f"  {name}: {wav}  {png}", flush=True)
     effects = adapter_effects(renders) if adapter is not None else {}
     if effects:
         print(f"Adapter effect (mean log-mel difference): {effect_summary(effects)}", flush=True)
+    distances = songs_distances(latents, songs) if songs is not None else {}
+    if distances:
+        print(f"Latent distance to the songs of {args.songs}: {distance_summary(distances)}", flush=True)
     record = {"caption": request.caption, "lyrics": request.lyrics, "language": request.language, "bpm": request.bpm,
               "key": request.keyscale, "time_signature": request.timesignature, "duration": request.duration,
               "seed": request.seed, "steps": settings.steps, "shift": settings.shift,
@@ -140,7 +151,8 @@ def run_preview(args: argparse.Namespace) -> int:
               "checkpoint": str(bundle.path), "variant": bundle.variant, "quantization": args.quantization,
               "adapter": str(adapter) if adapter is not None else None,
               "strengths": [s for s in strengths if s is not None], "files": [f"{name}.wav" for name in names],
-              "effect_db": effects}
+              "effect_db": effects, "songs": str(args.songs) if songs is not None else None,
+              "songs_distance": distances}
     write_atomically(args.out / RECORD_NAME, json.dumps(record, indent=2) + "\n", PreviewError)
     print(f"Done: {len(names)} render(s) of {request.duration:g} s in {args.out}", flush=True)
     return 0

@@ -1,9 +1,10 @@
 """Previews during training (`run.preview_*`): every N steps and/or epochs, on the main process,
 render the preview caption at each configured strength with the live adapter, write
 `<run>/previews/step-NNNNNN/strength-S.wav` and `.png` and the folder's `preview.json` (what was
-rendered, and the adapter effect of each strength when 0 is among them: `acestep.inference.effect`),
-and emit a `preview` event whose `files` lists the wav and PNG files (paths relative to the run
-folder) and whose `effect_db` holds the effects.
+rendered, the adapter effect of each strength when 0 is among them, and each strength's latent
+distance to the songs of data.tensors_dir: `acestep.inference.effect`), and emit a `preview` event whose
+`files` lists the wav and PNG files (paths relative to the run folder), with the effects in
+`effect_db` and the distances in `songs_distance`.
 
 Training is unchanged by it, bit for bit: every RNG state (torch CPU and every CUDA device, numpy,
 Python) is saved before and restored after, every module's train/eval mode is put back, the
@@ -24,7 +25,8 @@ import torch
 
 from acestep.errors import AceStepError, PreviewError, TrainingError
 from acestep.files import write_atomically
-from acestep.inference.effect import adapter_effects, effect_summary
+from acestep.inference.effect import (LatentProfile, adapter_effects, distance_summary, effect_summary, songs_distances,
+                                      songs_profile)
 from acestep.inference.preview import PreviewRenderer, PreviewRequest
 from acestep.inference.render import RECORD_NAME, strength_label, strength_name, write_preview
 from acestep.training.compilation import eagerly
@@ -44,6 +46,7 @@ class TrainingPreviews:
         self.renderer: PreviewRenderer | None = None
         self.last_step: int | None = None
         self.vae = self.text_encoder = None
+        self.songs: LatentProfile | None = None  # the dataset's latents, summed up at the first preview
 
     def check_models(self) -> None:
         """Find the VAE and text encoder previews need (rank 0, previews on): the ones preprocessing
@@ -93,7 +96,7 @@ class TrainingPreviews:
         dtype = torch.get_default_dtype()
         try:
             with eagerly():  # compiled blocks (run.compile) would compile graphs for each strength
-                files, effects = self._render_files(step, epoch)
+                files, effects, distances = self._render_files(step, epoch)
         except (AceStepError, RuntimeError) as exc:  # RuntimeError: e.g. CUDA out of memory
             self.emit("warning", step=step, epoch=epoch,
                       message=f"preview at step {step} failed ({type(exc).__name__}: {exc}); training goes on")
@@ -104,28 +107,35 @@ class TrainingPreviews:
         strengths = ", ".join(map(strength_label, self.session.config.run.preview_strengths))
         effect = f"; adapter effect {effect_summary(effects)}" if effects else ""
         self.emit("preview", step=step, epoch=epoch, files=files, effect_db=effects or None,
+                  songs_distance=distances,
                   message=f"{reason}: previews at strength {strengths} in {self.session.run_dir / PREVIEWS_FOLDER}"
-                          + effect)
+                          + effect + f"; latent distance to the songs {distance_summary(distances)}")
 
-    def _render_files(self, step: int, epoch: int) -> tuple[list[str], dict[str, float]]:
+    def _render_files(self, step: int, epoch: int) -> tuple[list[str], dict[str, float], dict[str, float]]:
         """Render and write each strength, and the folder's `preview.json`; returns the files
-        (relative to the run folder) and the adapter effects."""
+        (relative to the run folder), the adapter effects and the latent distances to the
+        songs (`acestep.inference.effect`)."""
         s = self.session
         if self.renderer is None:
             self.renderer = PreviewRenderer(s.checkpoint_info["checkpoint"], vae=self.vae,
                                             text_encoder=self.text_encoder, device=s.fabric.device,
                                             dtype=s.model_dtype, keep_encoders=False)
         folder = s.run_dir / PREVIEWS_FOLDER / f"step-{step:06d}"
-        request, files, renders = self.request(), [], {}
+        request, files, renders, latents = self.request(), [], {}, {}
         with s.averaged():  # the adapter the run hands out (its moving average, with optimizer.ema_decay)
             for strength in map(float, s.config.run.preview_strengths):
-                renders[strength] = self.renderer.render(s.adapter.transformer, request, strength=strength)
+                sampled = self.renderer.latents(s.adapter.transformer, request, strength=strength)
+                latents[strength] = sampled[0].cpu().numpy()
+                renders[strength] = self.renderer.decode(sampled)
                 for path in write_preview(renders[strength], folder, strength_name(strength)):
                     files.append(path.relative_to(s.run_dir).as_posix())
-        effects = adapter_effects(renders)
+        if self.songs is None:
+            self.songs = songs_profile(s.config.data.tensors_dir)
+        effects, distances = adapter_effects(renders), songs_distances(latents, self.songs)
         record = {"step": step, "epoch": epoch, "caption": request.caption, "lyrics": request.lyrics,
                   "language": request.language, "duration": request.duration, "seed": request.seed,
                   "checkpoint": str(s.checkpoint_info["checkpoint"]), "strengths": list(renders),
-                  "files": [f"{strength_name(strength)}.wav" for strength in renders], "effect_db": effects}
+                  "files": [f"{strength_name(strength)}.wav" for strength in renders], "effect_db": effects,
+                  "songs_distance": distances}
         write_atomically(folder / RECORD_NAME, json.dumps(record, indent=2) + "\n", PreviewError)
-        return files, effects
+        return files, effects, distances

@@ -7,7 +7,8 @@ error, ranks, preview), `time`, and when they apply `step`, `epoch`, `loss`, `lr
 `grad_norm` and `grad_norm_max` (log: the mean and the largest gradient norm before clipping),
 `vram` (peak GiB), `samples_per_second`, `message`, `checksums` (ranks: one adapter checksum per
 process), `files` (preview: the wav and PNG files, relative to the run folder), `effect_db`
-(preview: {strength: adapter effect in dB}, `acestep.inference.effect`).
+(preview: {strength: adapter effect in dB}), `songs_distance` (preview: {strength: latent distance
+to the songs of data.tensors_dir}; both explained in `acestep.inference.effect`).
 """
 
 from __future__ import annotations
@@ -63,8 +64,9 @@ class TensorBoardListener:
         if event.get("step") is None:
             return
         if event["type"] == "preview":
-            for strength, effect in (event.get("effect_db") or {}).items():
-                self.writer.add_scalar(f"preview/adapter_effect_db/strength_{strength}", effect, event["step"])
+            for field, tag in (("effect_db", "adapter_effect_db"), ("songs_distance", "songs_distance")):
+                for strength, value in (event.get(field) or {}).items():
+                    self.writer.add_scalar(f"preview/{tag}/strength_{strength}", value, event["step"])
             self.writer.flush()
             return
         if event["type"] not in ("log", "validation", "epoch"):

@@ -21,6 +21,12 @@ from acestep.jobs import JobManager
 from acestep.models.checkpoints import DIT, list_checkpoints
 
 WORKSPACE_FOLDERS = ("audio", "datasets", "tensors", "runs", "outputs", "profiles")
+MANIFEST_NAME = "manifest.json"  # acestep.preprocess.tensors.MANIFEST_NAME (that module imports torch)
+
+
+def holds_tensors(folder: str | Path) -> bool:
+    """Whether `folder` is a preprocessed tensors folder (it holds the manifest)."""
+    return (Path(folder) / MANIFEST_NAME).is_file()
 
 
 class PathRefused(AceStepError):

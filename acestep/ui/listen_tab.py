@@ -20,7 +20,7 @@ import gradio as gr
 from acestep.errors import AceStepError
 from acestep.files import new_folder
 from acestep.inference.cli import parse_strengths
-from acestep.inference.effect import effect_summary, recorded_effects
+from acestep.inference.effect import distance_summary, effect_summary, recorded_distances, recorded_effects
 from acestep.inference.render import read_record, render_order, strength_label
 from acestep.jobs import ACTIVE, DONE, QUEUED, Job
 from acestep.training.config_schema import QUANTIZATIONS
@@ -31,7 +31,7 @@ from acestep.ui.adapter_picker import (
     default_checkpoint,
     picked_adapter,
 )
-from acestep.ui.context import AppContext
+from acestep.ui.context import AppContext, holds_tensors
 from acestep.ui.jobs_panel import (
     POLL_SECONDS,
     build_jobs_panel,
@@ -158,7 +158,19 @@ def listen_args(ctx: AppContext, form: ListenForm) -> list[str]:
                 ("--steps", str(steps) if steps is not None else ""), ("--device", device or ""),
                 ("--quantization", form.quantization if form.quantization != "none" else ""))
     args += [f"{flag}={value}" for flag, value in optional if value]
+    songs = run_songs(ctx, form.run)
+    if songs is not None:
+        args.append(f"--songs={songs}")
     return args + ["--checkpoints-dir", str(ctx.workspace.checkpoints)]
+
+
+def run_songs(ctx: AppContext, run: str) -> Path | None:
+    """The tensors folder a run trained on (its config's data.tensors_dir), when it is still there:
+    renders measure their latent distance to those songs."""
+    tensors_dir = read_run_config(run_folder(ctx.workspace.runs, run)).get("data", {}).get("tensors_dir")
+    if not isinstance(tensors_dir, str) or not tensors_dir:
+        return None
+    return Path(tensors_dir) if holds_tensors(tensors_dir) else None
 
 
 def start_listen(ctx: AppContext, form: ListenForm, owner: str = "") -> Job:
@@ -215,6 +227,10 @@ def render_description(ctx: AppContext, folder: Path) -> str:
     effect = (f"\n\nAdapter effect: {markdown_text(effect_summary(recorded_effects(record)))} (the mean log-mel "
               "difference from the render at strength 0, same noise; 0 dB is the same sound)"
               if recorded_effects(record) else "")
+    distances = recorded_distances(record)
+    if distances:
+        effect += ("\n\nLatent distance to the songs the adapter trained on (lower is closer): "
+                   f"{markdown_text(distance_summary(distances))}")
     return " · ".join(parts) + effect + f"\n\nFiles in {where}."
 
 

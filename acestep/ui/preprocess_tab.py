@@ -23,7 +23,7 @@ import gradio as gr
 from acestep.errors import AceStepError
 from acestep.jobs import Job
 from acestep.models.checkpoints import DIT, list_checkpoints
-from acestep.ui.context import AppContext
+from acestep.ui.context import MANIFEST_NAME, AppContext, holds_tensors
 from acestep.ui.jobs_panel import (
     POLL_SECONDS,
     active_job,
@@ -51,7 +51,6 @@ NORMALIZATIONS = {
     "peak_lufs": "peak_lufs (both)",
 }
 MAX_DURATION_LIMIT = 600.0  # the checkpoint's silence latent covers 600 s
-MANIFEST_NAME = "manifest.json"
 MAX_FAILED_SHOWN = 50
 SUMMARY_START = re.compile(r"^\d+ encoded, ")  # the first line of the preprocess command's summary
 _STEP = re.compile(r"^(?P<status>pass 2|\S+)\s+(?P<rest>.*?)\s+elapsed\s+(?P<elapsed>\S+)\s+ETA\s+(?P<eta>\S+)$")
@@ -286,7 +285,7 @@ def summary_markdown(ctx: AppContext, job: Job | None, out_text: str = "") -> st
             folder = ctx.workspace.check_path(out_text, what="output folder")
         except AceStepError:
             folder = None
-        if folder is not None and (folder / MANIFEST_NAME).is_file():
+        if folder is not None and holds_tensors(folder):
             parts.append("Already in the output folder (a new run skips the unchanged songs):")
     if folder is not None:
         parts.append(manifest_markdown(ctx, folder))

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from acestep.inference.effect import effect_summary, recorded_effects
+from acestep.inference.effect import distance_summary, effect_summary, recorded_distances, recorded_effects
 from acestep.inference.render import read_record, render_order
 from acestep.training.run_layout import PREVIEWS_FOLDER
 
@@ -64,15 +64,19 @@ def progress_markdown(events: list[dict], now: float | None = None) -> str:
 
 def preview_files(run_dir: Path) -> tuple[str, list[tuple[str, Path]]]:
     """(a heading, [(label, wav)]) of the newest previews in `<run>/previews/step-N/`; the heading
-    names the adapter effect its `preview.json` records."""
+    names the adapter effect and the latent distances to the songs its `preview.json`
+    records."""
     steps = sorted(folder for folder in (Path(run_dir) / PREVIEWS_FOLDER).glob("step-*") if folder.is_dir())
     for folder in reversed(steps):
         wavs = sorted(folder.glob("*.wav"), key=lambda path: render_order(path.stem))
         if wavs:
             step = folder.name.removeprefix("step-").lstrip("0") or "0"
-            effects = recorded_effects(read_record(folder))
-            effect = f" · adapter effect {effect_summary(effects)}" if effects else ""
-            return f"Previews at step {step}{effect}", [(path.stem.replace("-", " "), path) for path in wavs]
+            record = read_record(folder)
+            effects, distances = recorded_effects(record), recorded_distances(record)
+            heading = f"Previews at step {step}" + (f" · adapter effect {effect_summary(effects)}" if effects else "")
+            if distances:
+                heading += f" · latent distance to the songs {distance_summary(distances)}"
+            return heading, [(path.stem.replace("-", " "), path) for path in wavs]
     return "No previews yet (set run.preview_every_epochs or run.preview_every_steps).", []
 
 

@@ -26,7 +26,7 @@ from acestep.training.config import TrainingConfig, config_from_dict, config_to_
 from acestep.training.presets import recommendation_message
 from acestep.training.run_folders import read_events, run_folders
 from acestep.training.run_layout import CONFIG_FILE, EVENTS_FILE
-from acestep.ui.context import AppContext
+from acestep.ui.context import MANIFEST_NAME, AppContext, holds_tensors
 from acestep.ui.jobs_panel import POLL_SECONDS, build_jobs_panel, friendly, owner_of, submit_cli_job
 from acestep.ui.profiles import build_profile_section
 from acestep.ui.run_progress import plot_frames, preview_files, progress_markdown
@@ -35,7 +35,6 @@ from acestep.ui.train_form import (
     initial_config, names_a_folder, ordered, preset_choices, suggested_preset,
 )
 
-MANIFEST_FILE = "manifest.json"  # acestep.preprocess.tensors.MANIFEST_NAME (that module imports torch)
 CONFIGS_FOLDER = ".configs"  # <runs>/.configs/<run>.toml: the config a Start submitted
 PREVIEW_SLOTS = 4
 LOG_LINES = 40
@@ -64,8 +63,8 @@ def prepare_run(ctx: AppContext, values: list) -> tuple[TrainingConfig, Path]:
     config = config_from_values(values)
     workspace = ctx.workspace
     tensors = workspace.check_path(config.data.tensors_dir, must_exist=True, what="tensors folder (data.tensors_dir)")
-    if not (tensors / MANIFEST_FILE).is_file():
-        raise ConfigError(f"data.tensors_dir: {tensors} holds no {MANIFEST_FILE}; preprocess the dataset into it first "
+    if not holds_tensors(tensors):
+        raise ConfigError(f"data.tensors_dir: {tensors} holds no {MANIFEST_NAME}; preprocess the dataset into it first "
                           "(Preprocess tab).")
     data = config_to_dict(config)
     data["data"]["tensors_dir"] = str(tensors)
@@ -205,7 +204,7 @@ def validation_title(run_dir: Path) -> str:
 
 def tensors_choices(ctx: AppContext) -> list[str]:
     """The preprocessed folders in the workspace's tensors folder (relative to the workspace)."""
-    folders = [folder for folder in sorted(ctx.workspace.tensors.glob("*/")) if (folder / MANIFEST_FILE).is_file()]
+    folders = [folder for folder in sorted(ctx.workspace.tensors.glob("*/")) if holds_tensors(folder)]
     return [ctx.workspace.relative(folder) for folder in folders]
 
 

@@ -9,7 +9,7 @@ import soundfile as sf
 
 from acestep.inference import PreviewError
 from acestep.inference.cli import add_preview_arguments, parse_strengths, run_preview
-from acestep.inference.effect import spectral_difference_db
+from acestep.inference.effect import distance_summary, spectral_difference_db
 from acestep.inference.render import RECORD_NAME
 from acestep.training.adapters import add_adapter, save_adapter
 
@@ -36,6 +36,7 @@ def test_preview_command_renders_each_strength_of_a_saved_adapter(tmp_path, turb
     assert printed.splitlines()[-1] == f"Done: 2 render(s) of 0.4 s in {tmp_path / 'out'}"
     record = json.loads((tmp_path / "out" / RECORD_NAME).read_text())  # what was rendered, for the Listen tab
     effect = record.pop("effect_db")
+    assert record.pop("songs") is None and record.pop("songs_distance") == {}  # no --songs
     assert record == {"caption": "mystyle, lofi beat", "lyrics": "", "language": "en", "bpm": None, "key": "",
                       "time_signature": "", "duration": 0.4, "seed": 0, "steps": 8, "shift": 3.0,
                       "guidance_scale": 1.0, "guidance": "apg", "checkpoint": str(turbo_dit), "variant": "turbo",
@@ -53,7 +54,7 @@ def test_preview_command_renders_each_strength_of_a_saved_adapter(tmp_path, turb
     assert np.array_equal(sf.read(tmp_path / "out" / "base.wav")[0], audio["0"])
     record = json.loads((tmp_path / "out" / RECORD_NAME).read_text())
     assert record["adapter"] is None and record["strengths"] == [] and record["files"] == ["base.wav"]
-    assert record["effect_db"] == {}
+    assert record["effect_db"] == {} and record["songs"] is None and record["songs_distance"] == {}
     with pytest.raises(PreviewError, match="--strengths needs --adapter"):
         run_preview(parse(*common, "--strengths", "0.5"))
 
@@ -69,6 +70,28 @@ def test_an_untrained_adapter_has_no_effect_and_without_strength_0_none_is_measu
     assert run_preview(parse(*common, "--strengths", "1", "--out", str(tmp_path / "b"))) == 0
     assert json.loads((tmp_path / "b" / RECORD_NAME).read_text())["effect_db"] == {}
     assert "Adapter effect" not in capsys.readouterr().out
+
+
+def test_with_songs_each_render_measures_its_latent_distance_to_them(tmp_path, turbo_dit, capsys):
+    from acestep.errors import PreprocessError
+    from training.conftest import write_tensors_dir
+
+    songs = write_tensors_dir(tmp_path / "tensors", turbo_dit, 3)
+    _, adapter = adapted(turbo_dit)
+    folder = save_adapter(adapter, tmp_path / "adapter")
+    common = ["--checkpoint", str(turbo_dit), "--caption", "mystyle, lofi beat", "--duration", "0.4",
+              "--device", "cpu", "--songs", str(songs)]
+    assert run_preview(parse(*common, "--adapter", str(folder), "--out", str(tmp_path / "a"))) == 0
+    record = json.loads((tmp_path / "a" / RECORD_NAME).read_text())
+    distance = record["songs_distance"]
+    assert record["songs"] == str(songs) and list(distance) == ["0", "1"] and distance["0"] != distance["1"]
+    assert f"Latent distance to the songs of {songs}: {distance_summary(distance)}" in capsys.readouterr().out
+    # the base model alone: the same noise and model as strength 0, so the same distance
+    assert run_preview(parse(*common, "--out", str(tmp_path / "b"))) == 0
+    assert json.loads((tmp_path / "b" / RECORD_NAME).read_text())["songs_distance"] == {"0": distance["0"]}
+    with pytest.raises(PreprocessError, match=r"manifest\.json does not exist: .* is not a preprocessed tensors"):
+        run_preview(parse(*common[:-1], str(tmp_path / "a"), "--out", str(tmp_path / "c")))
+    assert not (tmp_path / "c").exists()  # refused before anything was rendered
 
 
 def test_preview_of_an_adapter_renders_on_the_model_it_was_trained_on(tmp_path, turbo_dit, capsys):

@@ -4,7 +4,17 @@ import numpy as np
 import pytest
 
 from acestep.inference import PreviewError
-from acestep.inference.effect import adapter_effects, effect_summary, recorded_effects, spectral_difference_db
+from acestep.inference.effect import (
+    adapter_effects,
+    distance_summary,
+    effect_summary,
+    latent_profile,
+    profile_distance,
+    recorded_distances,
+    recorded_effects,
+    songs_distances,
+    spectral_difference_db,
+)
 from acestep.inference.render import SAMPLE_RATE, TOP_DB
 
 
@@ -50,3 +60,36 @@ def test_effects_are_measured_against_strength_0_and_read_back_from_records():
     for record in (None, {}, {"effect_db": None}, {"effect_db": [1.0]}, {"effect_db": {"1": "loud"}},
                    {"effect_db": {"1": True}}):
         assert recorded_effects(record) == {}
+
+
+def test_a_latent_profile_sums_up_its_arrays_as_one_and_distances_are_frechet_per_channel():
+    rng = np.random.default_rng(0)
+    parts = [rng.standard_normal((n, 8)) * 2 + 1 for n in (5, 17, 40)]
+    whole = np.concatenate(parts)
+    profile = latent_profile(iter(parts))  # streamed: one array at a time
+    assert profile.frames == 62
+    np.testing.assert_allclose(profile.mean, whole.mean(axis=0), rtol=1e-12)
+    np.testing.assert_allclose(profile.std, whole.std(axis=0), rtol=1e-12)
+    assert profile_distance(profile, profile) == 0.0
+    shifted = latent_profile([whole + 3.0])  # every channel's mean moves by 3, the spread stays
+    assert profile_distance(shifted, profile) == pytest.approx(3.0, rel=1e-12)
+    spread = latent_profile([(whole - profile.mean) * 2 + profile.mean])  # every spread doubles
+    assert profile_distance(spread, profile) == pytest.approx(np.sqrt(np.mean(profile.std ** 2)), rel=1e-12)
+    songs = latent_profile([np.zeros((4, 8)) + 1.0])
+    assert songs_distances({0.0: np.zeros((3, 8)), 1.0: np.full((3, 8), 0.75)}, songs) == {"0": 1.0, "1": 0.25}
+    with pytest.raises(PreviewError, match="one channel count"):
+        latent_profile([np.zeros((3, 8)), np.zeros((3, 4))])
+    with pytest.raises(PreviewError, match="no latent frames"):
+        latent_profile([])
+    with pytest.raises(PreviewError, match="profiles of 4 and 8 channels"):
+        profile_distance(latent_profile([np.zeros((3, 4))]), profile)
+
+
+def test_distances_are_said_with_the_share_closer_than_the_base_model():
+    assert distance_summary({"0": 1.2, "1": 0.9}) == ("strength 0: 1.200, strength 1: 0.900 (25% closer than the base "
+                                                      "model)")
+    assert distance_summary({"0": 1.0, "0.5": 0.9, "1": 1.1}) == (
+        "strength 0: 1.000, strength 0.5: 0.900, strength 1: 1.100 (10% farther at strength 1 than the base model)")
+    assert distance_summary({"1": 0.9}) == "strength 1: 0.900" and distance_summary({}) == ""
+    assert recorded_distances({"songs_distance": {"0": 1, "1": 0.5}}) == {"0": 1.0, "1": 0.5}
+    assert recorded_distances({"songs_distance": "far"}) == {} and recorded_distances(None) == {}

@@ -10,7 +10,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from acestep.errors import TrainingError
-from acestep.inference.effect import effect_summary, spectral_difference_db
+from acestep.inference.effect import distance_summary, effect_summary, spectral_difference_db
 from acestep.training import checkpoint as ckpt
 from acestep.training.loop import train
 from training.conftest import write_tensors_dir
@@ -60,9 +60,12 @@ def test_previews_leave_training_bit_identical_and_are_listed(tmp_path, turbo_di
         for strength in ("0.5", "1"):
             assert spectral_difference_db(audio[strength], audio["0"]) == pytest.approx(event["effect_db"][strength],
                                                                                          abs=0.05)
-        assert event["message"].endswith(f"; adapter effect {effect_summary(event['effect_db'])}")
+        assert f"; adapter effect {effect_summary(event['effect_db'])}; latent distance to the songs " \
+               f"{distance_summary(event['songs_distance'])}" in event["message"]
         record = json.loads((folder / "preview.json").read_text())
         assert record["effect_db"] == event["effect_db"] and record["step"] == event["step"]
+        assert list(record["songs_distance"]) == ["0", "0.5", "1"]
+        assert record["songs_distance"] == event["songs_distance"]
         assert record["strengths"] == [0.0, 0.5, 1.0] and record["seed"] == 3
         assert record["files"] == ["strength-0.wav", "strength-0.5.wav", "strength-1.wav"]
     assert not any(e["type"] == "warning" for e in events(previewed.run_dir))
@@ -75,13 +78,13 @@ def test_with_a_moving_average_previews_render_the_average(tmp_path, turbo_dit, 
     from acestep.models import load_acestep
 
     rendered = {}
-    render = training_hook.PreviewRenderer.render
+    sample = training_hook.PreviewRenderer.latents
 
     def recording(self, transformer, request, strength):
         rendered[strength] = {n: p.detach().clone() for n, p in transformer.named_parameters() if "lora_" in n}
-        return render(self, transformer, request, strength=strength)
+        return sample(self, transformer, request, strength=strength)
 
-    monkeypatch.setattr(training_hook.PreviewRenderer, "render", recording)
+    monkeypatch.setattr(training_hook.PreviewRenderer, "latents", recording)
     tensors = write_tensors_dir(tmp_path / "tensors", turbo_dit, 4)
     result = train(make_config(tmp_path, tensors, turbo_dit, "run.epochs=1", "data.batch_size=2",
                                "optimizer.ema_decay=0.5", *PREVIEW, "run.preview_every_epochs=1"))
@@ -94,6 +97,46 @@ def test_with_a_moving_average_previews_render_the_average(tmp_path, turbo_dit, 
     trained = ckpt.read_checkpoint(ckpt.latest_checkpoint(result.run_dir))["adapter"]  # the weights as they trained
     assert trained.keys() == final.keys() and not all(torch.equal(trained[n], final[n]) for n in final)
     assert all(torch.equal(rendered[0.5][n], final[n]) for n in final)  # one average for every strength
+
+
+def test_an_adapter_that_learned_the_songs_brings_the_previews_closer_to_them(tmp_path, turbo_dit, monkeypatch):
+    """End to end: training on songs whose latents share a per-channel pattern moves what the
+    sampler makes at strength 1 towards it, and the previews say so."""
+    from safetensors.torch import save_file
+
+    from acestep.inference import training_hook
+    from acestep.inference.effect import latent_profile, profile_distance
+
+    tensors = write_tensors_dir(tmp_path / "tensors", turbo_dit, 4, frames=(24, 24))
+    pattern = 1.5 * torch.sin(torch.arange(64) * 0.7)
+    songs = []
+    for i, path in enumerate(sorted(tensors.glob("sample*.safetensors"))):
+        sample = load_file(path)
+        sample["target_latents"] = pattern + 0.3 * torch.randn(24, 64, generator=torch.Generator().manual_seed(i))
+        save_file(sample, path)
+        songs.append(sample["target_latents"].numpy())
+    sampled, sample = {}, training_hook.PreviewRenderer.latents
+
+    def recording(self, transformer, request, strength):
+        sampled[strength] = sample(self, transformer, request, strength=strength)
+        return sampled[strength]
+
+    monkeypatch.setattr(training_hook.PreviewRenderer, "latents", recording)
+    result = train(make_config(tmp_path, tensors, turbo_dit, "run.epochs=150", "data.batch_size=4", "optimizer.lr=1e-2",
+                               "adapter.rank=8", "objective.cfg_dropout=0", "adapter.dropout=0",
+                               "optimizer.scheduler=constant", "run.save_every_epochs=0",
+                               "run.preview_caption=mystyle, lofi", "run.preview_seconds=0.96",
+                               "run.preview_every_epochs=150"))
+    preview = next(e for e in events(result.run_dir) if e["type"] == "preview")
+    distance = preview["songs_distance"]
+    assert distance["1"] < 0.9 * distance["0"]  # 1.38 -> 1.18 here
+    for strength in (0.0, 1.0):  # the distances are those of the sampled latents to the songs' latents
+        expected = profile_distance(latent_profile([sampled[strength][0].numpy()]), latent_profile(songs))
+        assert distance[f"{strength:g}"] == pytest.approx(expected, abs=1e-4)
+    assert preview["message"].endswith(f"; latent distance to the songs strength 0: {distance['0']:.3f}, "
+                                       f"strength 1: {distance['1']:.3f} ({1 - distance['1'] / distance['0']:.0%} "
+                                       "closer than the base model)")
+    assert json.loads((result.run_dir / "previews/step-000150/preview.json").read_text())["songs_distance"] == distance
 
 
 def test_a_preview_that_fails_is_a_warning_and_training_goes_on(tmp_path, turbo_dit, monkeypatch):

@@ -30,8 +30,9 @@ def test_tensorboard_gets_the_logged_scalars_and_the_preview_effects(tmp_path):
     board = TensorBoardListener(tmp_path)
     board(make_event("log", step=4, epoch=0, loss=0.5, lr=1e-4, grad_norm=0.25, grad_norm_max=0.75))
     board(make_event("epoch", step=4, epoch=0, loss=0.625))
-    board(make_event("preview", step=4, epoch=0, files=[], effect_db={"0.5": 1.5, "1": 3.25}))
-    board(make_event("preview", step=8, epoch=1, files=[]))  # strength 0 not rendered: no effect
+    board(make_event("preview", step=4, epoch=0, files=[], effect_db={"0.5": 1.5, "1": 3.25},
+                     songs_distance={"0": 1.25, "0.5": 1.0, "1": 0.75}))
+    board(make_event("preview", step=8, epoch=1, files=[], songs_distance={"1": 0.5}))  # no strength 0: no effect
     board(make_event("warning", step=8, message="ignored"))
     board.close()
     scalars = EventAccumulator(str(tmp_path / "tensorboard")).Reload()
@@ -39,4 +40,6 @@ def test_tensorboard_gets_the_logged_scalars_and_the_preview_effects(tmp_path):
     assert read == {"train/loss": [(4, 0.5)], "train/lr": [(4, pytest.approx(1e-4))], "train/grad_norm": [(4, 0.25)],
                     "train/grad_norm_max": [(4, 0.75)], "epoch/train/loss": [(4, 0.625)],
                     "preview/adapter_effect_db/strength_0.5": [(4, 1.5)],
-                    "preview/adapter_effect_db/strength_1": [(4, 3.25)]}
+                    "preview/adapter_effect_db/strength_1": [(4, 3.25)],
+                    "preview/songs_distance/strength_0": [(4, 1.25)], "preview/songs_distance/strength_0.5": [(4, 1.0)],
+                    "preview/songs_distance/strength_1": [(4, 0.75), (8, 0.5)]}

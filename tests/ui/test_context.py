@@ -62,3 +62,13 @@ def test_dit_names_lists_the_transformers_and_complete_only_leaves_out_one_missi
     workspace = Workspace(tmp_path / "ws", models).create()
     assert workspace.dit_names() == ["acestep-v15-base", "acestep-v15-turbo"]  # not the VAE or the text encoder
     assert workspace.dit_names(complete_only=True) == ["acestep-v15-turbo"]
+
+
+def test_the_tensors_manifest_name_is_the_preprocessors(tmp_path):
+    from acestep.preprocess.tensors import MANIFEST_NAME as WRITTEN
+    from acestep.ui.context import MANIFEST_NAME, holds_tensors
+
+    assert MANIFEST_NAME == WRITTEN  # the UI keeps a copy: the preprocessor's module imports torch
+    assert not holds_tensors(tmp_path)
+    (tmp_path / WRITTEN).write_text("{}")
+    assert holds_tensors(tmp_path) and not holds_tensors(tmp_path / "missing")

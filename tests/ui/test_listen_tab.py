@@ -51,6 +51,19 @@ def test_the_form_becomes_the_preview_command_line(ctx):
     assert not any(part.startswith(("--bpm", "--steps", "--device", "--lyrics")) for part in step)
 
 
+def test_renders_measure_their_distance_to_the_songs_the_run_trained_on_while_they_are_there(ctx):
+    tensors = ctx.workspace.tensors / "songs"
+    config = ctx.workspace.runs / "song" / "config.toml"
+    config.write_text(config.read_text() + f'[data]\ntensors_dir = "{tensors}"\n')
+    form = ListenForm("song", "final", "mystyle")
+    assert not any(part.startswith("--songs") for part in listen_args(ctx, form))  # not preprocessed (any more)
+    tensors.mkdir()
+    (tensors / "manifest.json").write_text("{}")
+    args = listen_args(ctx, form)
+    assert args[-3:] == [f"--songs={tensors}", "--checkpoints-dir", str(ctx.workspace.checkpoints)]
+    assert build_parser().parse_args([*args, "--out", "render"]).songs == tensors
+
+
 def test_each_render_gets_a_folder_of_its_own_even_two_at_once(ctx):
     jobs = [start_listen(ctx, ListenForm("song", "best", "mystyle", device="cpu")) for _ in range(2)]
     outs = [Path(job.argv[job.argv.index("--out") + 1]) for job in jobs]
@@ -147,7 +160,8 @@ def test_renders_are_listed_newest_first_and_shown_by_strength(ctx):
     old = write_render(listen / "song-best", record={"caption": "mystyle, *jazz*", "lyrics": "la la\nla",
                                                      "duration": 20.0, "seed": 3, "steps": 8, "variant": "turbo",
                                                      "adapter": str(ctx.workspace.runs / "song" / "best"),
-                                                     "effect_db": {"0.5": 0.8, "1": 2.345}})
+                                                     "effect_db": {"0.5": 0.8, "1": 2.345},
+                                                     "songs_distance": {"0": 1.25, "0.5": 1.0, "1": 0.875}})
     os.utime(old, (1, 1))
     new = write_render(listen / "song-final", strengths=("1",))
     (listen / "empty").mkdir()
@@ -160,6 +174,8 @@ def test_renders_are_listed_newest_first_and_shown_by_strength(ctx):
         r"**mystyle, \*jazz\*** · lyrics: la la... · 20 s · seed 3 · 8 steps · turbo model · adapter "
         "`runs/song/best`\n\nAdapter effect: strength 0.5: 0.80 dB, strength 1: 2.35 dB from the base model (the "
         "mean log-mel difference from the render at strength 0, same noise; 0 dB is the same sound)"
+        "\n\nLatent distance to the songs the adapter trained on (lower is closer): strength 0: 1.250, strength 0.5: "
+        "1.000, strength 1: 0.875 (30% closer at strength 1 than the base model)"
         "\n\nFiles in `outputs/listen/song-best`.")
     assert render_description(ctx, new) == "Files in `outputs/listen/song-final`."
     description, *slots = render_view(ctx, "outputs/listen/song-best")
@@ -221,6 +237,7 @@ def test_a_render_job_of_a_trained_run_on_the_cpu(trained):
     assert all(png is not None and png.stat().st_size > 0 for _, _, png in files)
     record = json.loads((folder / "preview.json").read_text())
     assert record["caption"] == "mystyle, lofi" and record["seed"] == 5 and record["strengths"] == [0.0, 1.0]
+    assert record["songs"] == str(ctx.workspace.tensors / "songs") and list(record["songs_distance"]) == ["0", "1"]
     assert render_description(ctx, folder).startswith("**mystyle, lofi** · instrumental · 0.6 s · seed 5")
 
 

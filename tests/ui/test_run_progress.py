@@ -58,6 +58,10 @@ def test_previews_are_the_newest_steps_wavs_by_strength(tmp_path):
     record.write_text(json.dumps({"step": 200, "effect_db": {"0.5": 1.204, "1": 3.456}}))
     assert preview_files(tmp_path)[0] == ("Previews at step 200 · adapter effect strength 0.5: 1.20 dB, "
                                           "strength 1: 3.46 dB from the base model")
+    record.write_text(json.dumps({"step": 200, "effect_db": {"1": 3.456}, "songs_distance": {"0": 1.2, "1": 0.9}}))
+    assert preview_files(tmp_path)[0] == ("Previews at step 200 · adapter effect strength 1: 3.46 dB from the base "
+                                          "model · latent distance to the songs strength 0: 1.200, "
+                                          "strength 1: 0.900 (25% closer than the base model)")
     record.write_text('{"effect_db": {"1": "loud"}}')  # a record the heading cannot use is left out
     assert preview_files(tmp_path)[0] == "Previews at step 200"
     assert [(name, path.name) for name, path in files] == [
