@@ -49,11 +49,11 @@ def test_a_compiled_run_stays_compiled_through_varied_batches_validation_and_pre
     monkeypatch.setattr(session_module, "compile_blocks", partial(compile_blocks, backend="aot_eager"))
     preview_graphs, render = [], TrainingPreviews._render_files
 
-    def counted_render(self, step):
+    def counted_render(self, *args):
         before = counters["stats"]["unique_graphs"]
-        files = render(self, step)
+        rendered = render(self, *args)
         preview_graphs.append(counters["stats"]["unique_graphs"] - before)
-        return files
+        return rendered
 
     monkeypatch.setattr(TrainingPreviews, "_render_files", counted_render)
     config = make_config(tmp_path, tensors, tiny_dit, "run.compile=true", "run.gradient_checkpointing=true",
