@@ -1,6 +1,7 @@
 """Audio previews: sample music from a transformer (with its adapter at chosen strengths) and write
 wav files and spectrograms. `sampler` holds the schedules and the Euler sampler, `strength` the
-adapter strength switch, `preview` the renderer, `render` the files, `training_hook` the previews
+adapter strength switch, `preview` the renderer, `render` the files, `effect` what a render's
+figures say (the adapter effect, the latent distance to the songs), `training_hook` the previews
 during training, `cli` the `preview` command.
 
 Importing the package is cheap (no torch) so that the CLI can build its options quickly; the

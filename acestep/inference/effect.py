@@ -17,8 +17,8 @@ the songs says that: the VAE latents of a render (`[frames, 64]`, before decodin
 all the songs of a tensors folder (`songs_profile`) are each summed up by their per-channel mean
 and standard deviation (a `LatentProfile`), and the distance is the root mean square over
 channels of the Fréchet distance of the two one-dimensional Gaussians,
-sqrt(mean_c((m1 - m2)^2 + (s1 - s2)^2)), in latent units. An adapter that pulls the renders towards the songs' sound makes it smaller at
-strength 1 than at strength 0.
+sqrt(mean_c((m1 - m2)^2 + (s1 - s2)^2)), in latent units. An adapter that pulls the renders
+towards the songs' sound makes it smaller at strength 1 than at strength 0.
 """
 
 from __future__ import annotations

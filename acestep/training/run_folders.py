@@ -53,6 +53,9 @@ class RunSummary:
     best_is_validation: bool = False
     adapter: str = ""
     message: str = ""
+    preview_step: int | None = None  # the last preview's step, and what it measured at strength 1:
+    preview_effect_db: float | None = None  # the adapter effect
+    preview_closer: float | None = None  # how much closer to the songs than strength 0, as a share (0.15: 15%)
 
 
 def read_events(path: Path) -> list[dict]:
@@ -165,13 +168,35 @@ def summarize_run(run_dir: Path, job: Job | None = None) -> RunSummary:
             summary.best_loss = _number(event["loss"])  # each best is lower than the one before
         elif kind == "validation" and _number(event.get("val_loss")) is not None:
             validation.append(_number(event["val_loss"]))
+        elif kind == "preview":
+            _read_preview(summary, event)
     summary.best_is_validation = bool(validation)
     if summary.best_loss is None and validation:  # validates, but no best/ yet (before best_after_epochs)
         summary.best_loss = min(validation)
     return summary
 
 
-RUN_HEADERS = ["Run", "Status", "Started", "Steps", "Epochs", "Final loss", "Best loss", "Adapter"]
+def _read_preview(summary: RunSummary, event: dict) -> None:
+    """Take the strength-1 figures of a preview event (`acestep.inference.effect`)."""
+    from acestep.inference.effect import recorded_distances, recorded_effects  # numpy only
+
+    distances = recorded_distances(event)
+    summary.preview_step = event.get("step") if isinstance(event.get("step"), int) else summary.preview_step
+    summary.preview_effect_db = recorded_effects(event).get("1")
+    summary.preview_closer = (1.0 - distances["1"] / distances["0"]
+                              if distances.get("0") and distances.get("1") is not None else None)
+
+
+def preview_text(summary: RunSummary) -> str:
+    """The last preview's figures at strength 1: "0.68 dB, 15% closer", "0.68 dB", or ""."""
+    parts = [] if summary.preview_effect_db is None else [f"{summary.preview_effect_db:.2f} dB"]
+    if summary.preview_closer is not None:
+        closer = summary.preview_closer
+        parts.append(f"{abs(closer):.0%} {'closer' if closer >= 0 else 'farther'}")
+    return ", ".join(parts)
+
+
+RUN_HEADERS = ["Run", "Status", "Started", "Steps", "Epochs", "Final loss", "Best loss", "Adapter", "Last preview"]
 
 
 def _loss(value: float | None) -> str:
@@ -185,7 +210,8 @@ def run_row(summary: RunSummary) -> list[str]:
     if summary.best_loss is not None:
         best = _loss(summary.best_loss) + (" (validation)" if summary.best_is_validation else " (epoch average)")
     return [summary.name, summary.status, started, "" if summary.step is None else str(summary.step),
-            "" if summary.epoch is None else str(summary.epoch), _loss(summary.final_loss), best, summary.adapter]
+            "" if summary.epoch is None else str(summary.epoch), _loss(summary.final_loss), best, summary.adapter,
+            preview_text(summary)]
 
 
 def summarize_runs(runs_dir: Path, jobs: list[Job]) -> list[RunSummary]:

@@ -1,5 +1,6 @@
-"""The Runs tab: the history of training runs in the workspace (status, steps, losses, adapter),
-one run's config.toml, and the loss curves of several runs on one plot.
+"""The Runs tab: the history of training runs in the workspace (status, steps, losses, adapter,
+what the last preview measured), one run's config.toml, and the curves of several runs on one
+plot: their losses, or their previews' adapter effect and latent distance to the songs.
 
 Reads run folders only (`acestep.training.run_folders`: TOML and JSON), so the UI process stays light.
 A run's status comes from its newest train job while one is known, else from its last events.
@@ -28,11 +29,14 @@ from acestep.training.run_layout import CONFIG_FILE, EVENTS_FILE
 from acestep.ui.context import AppContext
 from acestep.ui.jobs_panel import friendly
 
-# metric shown -> (event type, field)
-METRICS = {"training loss": ("log", "loss"), "epoch loss": ("epoch", "loss"),
-           "validation loss": ("validation", "val_loss")}
+# curve shown -> (event type, field, the key inside the field or None, the plot's y title)
+METRICS = {"training loss": ("log", "loss", None, "loss"), "epoch loss": ("epoch", "loss", None, "loss"),
+           "validation loss": ("validation", "val_loss", None, "loss"),
+           "preview effect": ("preview", "effect_db", "1", "adapter effect at strength 1 (dB)"),
+           "preview distance to the songs": ("preview", "songs_distance", "1",
+                                             "latent distance to the songs at strength 1")}
 DEFAULT_METRIC = "training loss"
-CURVE_COLUMNS = ["step", "loss", "run"]
+CURVE_COLUMNS = ["step", "value", "run"]
 REFRESH_SECONDS = 5.0
 
 
@@ -45,14 +49,14 @@ def run_names(ctx: AppContext) -> list[str]:
     return [folder.name for folder in run_folders(ctx.workspace.runs)]
 
 
-def loss_curves(runs_dir: Path, names: Sequence[str], metric: str | None = DEFAULT_METRIC) -> pd.DataFrame:
-    """The `metric` of each named run as rows (step, loss, run): one series per run for a LinePlot
-    coloured by `run`. A step logged twice (a run resumed from an earlier checkpoint) keeps its
-    last value. Unknown names are skipped."""
+def run_curves(runs_dir: Path, names: Sequence[str], metric: str | None = DEFAULT_METRIC) -> pd.DataFrame:
+    """The `metric` (a METRICS name) of each named run as rows (step, value, run): one series per
+    run for a LinePlot coloured by `run`. A step logged twice (a run resumed from an earlier
+    checkpoint) keeps its last value. Unknown names are skipped."""
     metric = metric or DEFAULT_METRIC
     if metric not in METRICS:
         raise ValueError(f"unknown metric {metric!r}; choose from {', '.join(METRICS)}")
-    kind, field = METRICS[metric]
+    kind, field, key, _ = METRICS[metric]
     rows = []
     for name in names or ():
         path = Path(runs_dir) / name / EVENTS_FILE
@@ -60,9 +64,12 @@ def loss_curves(runs_dir: Path, names: Sequence[str], metric: str | None = DEFAU
             continue
         for event in read_events(path):
             value, step = event.get(field), event.get("step")
-            if event["type"] == kind and isinstance(step, int) and isinstance(value, (int, float)):
+            if key is not None:
+                value = value.get(key) if isinstance(value, dict) else None
+            if (event["type"] == kind and isinstance(step, int) and isinstance(value, (int, float))
+                    and not isinstance(value, bool)):
                 rows.append((step, float(value), name))
-    frame = pd.DataFrame(rows, columns=CURVE_COLUMNS).astype({"step": "int64", "loss": "float64", "run": "str"})
+    frame = pd.DataFrame(rows, columns=CURVE_COLUMNS).astype({"step": "int64", "value": "float64", "run": "str"})
     return frame.drop_duplicates(subset=["run", "step"], keep="last").reset_index(drop=True)
 
 
@@ -70,6 +77,11 @@ def plot_value(frame: pd.DataFrame) -> pd.DataFrame | None:
     """What the LinePlot gets: None for no points. (Gradio 6 draws every later series without a
     colour when a plot coloured by a column starts from an empty frame.)"""
     return None if frame.empty else frame
+
+
+def curve_plot(runs_dir: Path, names: Sequence[str], metric: str | None):
+    """The LinePlot's update for the runs and the curve picked: its points and its y title."""
+    return gr.LinePlot(plot_value(run_curves(runs_dir, names, metric)), y_title=METRICS[metric or DEFAULT_METRIC][3])
 
 
 def run_config_text(ctx: AppContext, name: str) -> str:
@@ -99,8 +111,8 @@ def run_details(ctx: AppContext, name: str) -> str:
 
 def build_runs_tab(ctx: AppContext) -> None:
     """Add the Runs tab's components to the current Blocks context."""
-    gr.Markdown("Every training run in the workspace's `runs/` folder. Pick runs to compare their loss curves; "
-                "click a row to see its config.")
+    gr.Markdown("Every training run in the workspace's `runs/` folder. Pick runs to compare their curves (losses, "
+                "or what their previews measured at strength 1); click a row to see its config.")
     names = run_names(ctx)
     table = gr.Dataframe(headers=RUN_HEADERS, value=lambda: run_rows(ctx), interactive=False, elem_id="runs-table")
     refresh = gr.Button("Refresh", elem_id="runs-refresh")
@@ -108,8 +120,8 @@ def build_runs_tab(ctx: AppContext) -> None:
         compare = gr.Dropdown(names, value=names[:1], multiselect=True, label="Runs to compare", scale=3,
                               elem_id="runs-compare")
         metric = gr.Radio(list(METRICS), value=DEFAULT_METRIC, label="Curve", elem_id="runs-metric")
-    plot = gr.LinePlot(plot_value(loss_curves(ctx.workspace.runs, names[:1])), x="step", y="loss", color="run",
-                       x_title="step", y_title="loss", label="Loss", elem_id="runs-plot")
+    plot = gr.LinePlot(plot_value(run_curves(ctx.workspace.runs, names[:1])), x="step", y="value", color="run",
+                       x_title="step", y_title="loss", label="Curves", elem_id="runs-plot")
     selected = gr.Dropdown(names, value=None, label="Run", elem_id="runs-selected")
     details = gr.Markdown(run_details(ctx, ""), elem_id="runs-details")
     config = gr.Code(language=None, label=CONFIG_FILE, interactive=False, elem_id="runs-config")
@@ -127,7 +139,7 @@ def build_runs_tab(ctx: AppContext) -> None:
         chosen = [name for name in chosen or [] if name in now]
         if not chosen and now != before:
             chosen = now[:1]  # a new run and nothing picked: show the newest run's curve
-        plot_data = plot_value(loss_curves(ctx.workspace.runs, chosen, curve))
+        plot_data = curve_plot(ctx.workspace.runs, chosen, curve)
         if now == before:  # leave the menus alone while someone may have one open
             return rows, now, gr.skip(), gr.skip(), plot_data
         return (rows, now, gr.Dropdown(choices=now, value=chosen),
@@ -137,7 +149,7 @@ def build_runs_tab(ctx: AppContext) -> None:
     selected.change(friendly(lambda name: (run_details(ctx, name), run_config_text(ctx, name))), inputs=[selected],
                     outputs=[details, config])
     gr.on([compare.change, metric.change],
-          lambda chosen, curve: plot_value(loss_curves(ctx.workspace.runs, chosen, curve)),
+          lambda chosen, curve: curve_plot(ctx.workspace.runs, chosen, curve),
           inputs=[compare, metric], outputs=[plot])
     gr.on([refresh.click, timer.tick], friendly(refresh_all), inputs=[known, compare, selected, metric],
           outputs=[table, known, compare, selected, plot])

@@ -11,7 +11,7 @@ import pytest
 
 from acestep.training.run_folders import RunFolderError, read_events, summarize_run
 from acestep.ui.context import AppContext, Workspace
-from acestep.ui.runs_tab import build_runs_tab, loss_curves, run_config_text, run_details, run_rows
+from acestep.ui.runs_tab import build_runs_tab, curve_plot, run_config_text, run_curves, run_details, run_rows
 
 T0 = 1_800_000_000.0
 
@@ -71,7 +71,7 @@ def test_history_rows_status_steps_and_losses(ctx, runs):
     rows = rows_by_name(ctx)
     assert set(rows) == {"finished", "writing", "stopped", "failed", "validated"}  # no .jobs, no no-config
     started = time.strftime("%Y-%m-%d %H:%M", time.localtime(T0))
-    assert rows["finished"][1:] == ["done", started, "4", "2", "0.6500", "0.6200 (epoch average)", "lora r64"]
+    assert rows["finished"][1:] == ["done", started, "4", "2", "0.6500", "0.6200 (epoch average)", "lora r64", ""]
     assert rows["writing"][1] == "incomplete" and rows["writing"][3] == "2" and rows["writing"][5] == "1.2500"
     assert rows["writing"][6] == "" and rows["writing"][7] == "lokr r16"
     assert rows["stopped"][1] == "stopped" and rows["stopped"][5] == "2.0000"
@@ -88,22 +88,48 @@ def test_events_reader_skips_truncated_and_damaged_lines(runs):
 
 
 def test_comparison_plot_has_one_series_per_run(ctx, runs):
-    frame = loss_curves(runs, ["finished", "writing", "nope", "../finished"])
-    assert list(frame.columns) == ["step", "loss", "run"]
+    frame = run_curves(runs, ["finished", "writing", "nope", "../finished"])
+    assert list(frame.columns) == ["step", "value", "run"]
     assert sorted(frame["run"].unique()) == ["finished", "writing"]
-    assert frame[frame.run == "finished"]["loss"].tolist() == [0.9, 0.7, 0.6, 0.65]
+    assert frame[frame.run == "finished"]["value"].tolist() == [0.9, 0.7, 0.6, 0.65]
     assert frame[frame.run == "writing"]["step"].tolist() == [1, 2]
-    validation = loss_curves(runs, ["validated", "finished"], "validation loss")
-    assert validation["run"].unique().tolist() == ["validated"] and validation["loss"].tolist() == [1.2, 1.1]
-    assert loss_curves(runs, []).empty
+    validation = run_curves(runs, ["validated", "finished"], "validation loss")
+    assert validation["run"].unique().tolist() == ["validated"] and validation["value"].tolist() == [1.2, 1.1]
+    assert run_curves(runs, []).empty
+
+
+def preview(step, effect=None, distance=None):
+    return {"type": "preview", "time": T0 + step, "step": step, "epoch": 0, "files": [], "message": "previews",
+            **({"effect_db": effect} if effect else {}), **({"songs_distance": distance} if distance else {})}
+
+
+def test_what_the_previews_measured_is_in_the_table_and_the_curves(ctx):
+    write_run(ctx.workspace.runs, "previewed", [START, log(1, 1.0), preview(1, {"0.5": 0.25, "1": 0.5},
+                                                                            {"0": 1.2, "1": 1.1}),
+                                                log(2, 0.9), preview(2, {"1": 1.5}, {"0": 1.2, "1": 0.9})])
+    write_run(ctx.workspace.runs, "no-zero", [START, log(1, 1.0), preview(1, None, {"1": 0.9})])  # no strength 0
+    write_run(ctx.workspace.runs, "farther", [START, preview(3, {"1": 0.1}, {"0": 1.0, "1": 1.2})])
+    rows = rows_by_name(ctx)
+    assert rows["previewed"][-1] == "1.50 dB, 25% closer"  # the last preview, at strength 1
+    assert rows["no-zero"][-1] == "" and rows["farther"][-1] == "0.10 dB, 20% farther"
+    summary = summarize_run(ctx.workspace.runs / "previewed")
+    assert (summary.preview_step, summary.preview_effect_db) == (2, 1.5)
+    assert summary.preview_closer == pytest.approx(0.25)
+    effect = run_curves(ctx.workspace.runs, ["previewed", "farther"], "preview effect")
+    assert effect.values.tolist() == [[1, 0.5, "previewed"], [2, 1.5, "previewed"], [3, 0.1, "farther"]]
+    distance = run_curves(ctx.workspace.runs, ["previewed", "no-zero"], "preview distance to the songs")
+    assert distance.values.tolist() == [[1, 1.1, "previewed"], [2, 0.9, "previewed"], [1, 0.9, "no-zero"]]
+    plot = curve_plot(ctx.workspace.runs, ["previewed"], "preview effect")
+    assert plot.y_title == "adapter effect at strength 1 (dB)" and len(plot.value["data"]) == 2
+    assert curve_plot(ctx.workspace.runs, ["no-zero"], None).y_title == "loss"
 
 
 def test_a_resumed_run_keeps_the_last_value_of_each_step(ctx):
     write_run(ctx.workspace.runs, "resumed", [START, log(1, 1.0), log(2, 0.9), log(3, 0.8), START,
                                               log(3, 0.85), log(4, 0.7),
                                               {"type": "done", "time": T0 + 9, "step": 4, "epoch": 1}])
-    frame = loss_curves(ctx.workspace.runs, ["resumed"])
-    assert frame["step"].tolist() == [1, 2, 3, 4] and frame["loss"].tolist() == [1.0, 0.9, 0.85, 0.7]
+    frame = run_curves(ctx.workspace.runs, ["resumed"])
+    assert frame["step"].tolist() == [1, 2, 3, 4] and frame["value"].tolist() == [1.0, 0.9, 0.85, 0.7]
     assert rows_by_name(ctx)["resumed"][1] == "done"
 
 
