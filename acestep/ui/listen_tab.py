@@ -202,7 +202,7 @@ def render_files(folder: Path) -> list[tuple[str, Path, Path | None]]:
         label = ("base model" if strength <= 0 else f"strength {strength_label(strength)}"
                  + (" (as trained)" if strength == 1 else ""))
         if strength > 0 and strength_label(strength) in effects:
-            label += f", {effects[strength_label(strength)]:.2f} dB from the base model"
+            label += f", {effects[strength_label(strength)]:.2f} dB"  # the description says what it is
         png = wav.with_suffix(".png")
         files.append((label, wav, png if png.is_file() else None))
     return files

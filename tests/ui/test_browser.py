@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -94,8 +95,9 @@ def fill(page, elem_id: str, text: str) -> None:
 
 
 def screenshot(page, name: str) -> None:
+    """The whole page, without the notices that fade by themselves (they would cover the top)."""
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True, style=".toast-wrap { display: none; }")
 
 
 def fetch(url: str, data: bytes | None = None) -> tuple[int, bytes]:
@@ -210,8 +212,14 @@ def test_demo_flow_scan_preprocess_train_export_with_a_second_browser(server, br
     fill(page, "preprocess-out", str(ctx.workspace.tensors / "browser"))
     fill(page, "preprocess-max-duration", "2")  # the first 2 s of each song: the tiny VAE takes ~1 s a second
     page.locator("#preprocess-start").click()
-    wait_text(page, "preprocess-summary", r"Job \S+ done")
-    manifest = json.loads((ctx.workspace.tensors / "browser" / "manifest.json").read_text())
+    summary = wait_text(page, "preprocess-summary", r"Job \S+ done")
+    manifest_path = ctx.workspace.tensors / "browser" / "manifest.json"
+    deadline = time.monotonic() + 10  # the job is done: its manifest (written first) is there, or say why not
+    while not manifest_path.is_file() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert manifest_path.is_file(), (summary, [(job.id, job.status, job.message, job.argv)
+                                               for job in ctx.jobs.list_jobs()])
+    manifest = json.loads(manifest_path.read_text())
     assert manifest["settings"]["max_duration"] == 2, manifest["settings"]
     screenshot(page, "flow-2-preprocess")
 
@@ -272,6 +280,10 @@ def test_demo_flow_scan_preprocess_train_export_with_a_second_browser(server, br
     page.locator("#listen-audio-1").wait_for(state="visible", timeout=60_000)  # base model, then the adapter
     page.locator("#listen-image-1 img").wait_for(state="visible", timeout=30_000)
     wait_text(page, "listen-description", r"lofi piano · instrumental · 2 s", 30_000)
+    # what the render measured: the adapter effect, and the distance to the songs the run trained on
+    wait_text(page, "listen-description", r"Adapter effect: strength 1: \d+\.\d\d dB from the base model", 30_000)
+    wait_text(page, "listen-description",
+              r"songs .*: strength 0: \d\.\d{3}, strength 1: \d\.\d{3} \(\d+% (closer|farther)", 30_000)
     screenshot(page, "flow-6-listen")
     assert list((ctx.workspace.outputs / "listen").glob("browser-run-*/strength-1.wav"))
 

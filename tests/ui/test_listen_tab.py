@@ -167,8 +167,8 @@ def test_renders_are_listed_newest_first_and_shown_by_strength(ctx):
     (listen / "empty").mkdir()
     assert render_folders(ctx) == ["outputs/listen/song-final", "outputs/listen/song-best"]
     files = render_files(old)
-    assert [label for label, _, _ in files] == ["base model", "strength 0.5, 0.80 dB from the base model",
-                                                "strength 1 (as trained), 2.35 dB from the base model"]
+    assert [label for label, _, _ in files] == ["base model", "strength 0.5, 0.80 dB",
+                                                "strength 1 (as trained), 2.35 dB"]
     assert [wav.name for _, wav, _ in files] == ["strength-0.wav", "strength-0.5.wav", "strength-1.wav"]
     assert render_description(ctx, old) == (
         r"**mystyle, \*jazz\*** · lyrics: la la... · 20 s · seed 3 · 8 steps · turbo model · adapter "
@@ -230,8 +230,7 @@ def test_a_render_job_of_a_trained_run_on_the_cpu(trained):
     folder = ctx.workspace.outputs / "listen" / "tiny-final"
     files = render_files(folder)
     effect = json.loads((folder / "preview.json").read_text())["effect_db"]["1"]
-    assert [label for label, _, _ in files] == ["base model",
-                                                f"strength 1 (as trained), {effect:.2f} dB from the base model"]
+    assert [label for label, _, _ in files] == ["base model", f"strength 1 (as trained), {effect:.2f} dB"]
     audio = [sf.read(wav)[0] for _, wav, _ in files]
     assert audio[0].shape == audio[1].shape and audio[0].shape[1] == 2 and np.abs(audio[0] - audio[1]).max() > 0
     assert all(png is not None and png.stat().st_size > 0 for _, _, png in files)
