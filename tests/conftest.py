@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from support import ARTIFACTS  # $ACESTEP_TEST_ARTIFACTS, default <repo>/test-artifacts
 
 # Tests never download: a hub call must fail at once, not wait on the network.
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -17,7 +18,6 @@ os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
 # Each test file runs whole in one worker, so its module fixtures are built once. Past 4 workers
 # the suite gains little (its longest file takes minutes alone) and each worker holds its own torch.
 MAX_WORKERS = 4
-ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
 
 
 def pytest_xdist_auto_num_workers(config) -> int:

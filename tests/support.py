@@ -1,7 +1,12 @@
-"""Helpers shared by tests that start servers or wait for jobs."""
+"""Helpers shared by tests that start servers or wait for jobs, and where tests leave what a person
+may want to look at (screenshots, the reliability table)."""
 
+import os
 import socket
 import time
+from pathlib import Path
+
+ARTIFACTS = Path(os.environ.get("ACESTEP_TEST_ARTIFACTS", Path(__file__).resolve().parents[1] / "test-artifacts"))
 
 
 def free_port() -> int:

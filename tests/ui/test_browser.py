@@ -8,18 +8,15 @@ Screenshots of every tab go to $ACESTEP_TEST_ARTIFACTS (default: <repo>/test-art
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 import pytest
-from support import free_port
+from support import ARTIFACTS, free_port, wait_for
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-ARTIFACTS = Path(os.environ.get("ACESTEP_TEST_ARTIFACTS", Path(__file__).resolve().parents[2] / "test-artifacts"))
 USER, PASSWORD = "ann", "secret-pw"
 TABS = ("model", "caption", "dataset", "preprocess", "train", "listen", "export", "runs")
 JOB_SECONDS = 240_000  # ms a real job may take on a slow CI machine
@@ -214,11 +211,9 @@ def test_demo_flow_scan_preprocess_train_export_with_a_second_browser(server, br
     page.locator("#preprocess-start").click()
     summary = wait_text(page, "preprocess-summary", r"Job \S+ done")
     manifest_path = ctx.workspace.tensors / "browser" / "manifest.json"
-    deadline = time.monotonic() + 10  # the job is done: its manifest (written first) is there, or say why not
-    while not manifest_path.is_file() and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert manifest_path.is_file(), (summary, [(job.id, job.status, job.message, job.argv)
-                                               for job in ctx.jobs.list_jobs()])
+    # the job is done, so its manifest (written first) is there; if not, say which jobs ran
+    wait_for(manifest_path.is_file, 10, f"{manifest_path} after {summary!r}; jobs: "
+             f"{[(job.id, job.status, job.message, job.argv) for job in ctx.jobs.list_jobs()]}")
     manifest = json.loads(manifest_path.read_text())
     assert manifest["settings"]["max_duration"] == 2, manifest["settings"]
     screenshot(page, "flow-2-preprocess")
