@@ -183,3 +183,13 @@ def real_loops() -> dict[str, Path]:
     loops = {name: SONIC_PI_DIR / f"{name}.flac" for name in _LOOPS}
     _skip_without(*loops.values())
     return loops
+
+
+@pytest.fixture(scope="session")
+def sonic_pi_drum_loops() -> list[Path]:
+    """Every recorded `loop_*.flac` of sonic-pi (17 drum and percussion loops, 44.1 kHz FLAC), by name."""
+    _skip_without(SONIC_PI_DIR)
+    loops = sorted(SONIC_PI_DIR.glob("loop_*.flac"))
+    if not loops:
+        pytest.skip(f"no loop_*.flac in {SONIC_PI_DIR}; install them: {REAL_AUDIO_APT}")
+    return loops

@@ -93,3 +93,35 @@ def test_distances_are_said_with_the_share_closer_than_the_base_model():
     assert distance_summary({"1": 0.9}) == "strength 1: 0.900" and distance_summary({}) == ""
     assert recorded_distances({"songs_distance": {"0": 1, "1": 0.5}}) == {"0": 1.0, "1": 0.5}
     assert recorded_distances({"songs_distance": "far"}) == {} and recorded_distances(None) == {}
+
+
+def test_the_scale_the_guide_gives_on_recorded_loops(sonic_pi_drum_loops):
+    """TRAINING_GUIDE.md (Listen while it trains) quotes these figures to give the dB a scale:
+    renders are peak-normalised, so every sound here is too."""
+    import itertools
+
+    import torch
+
+    from acestep.audio.io import load_audio
+    from acestep.inference.preview import normalize_peak
+
+    frames = 4 * SAMPLE_RATE
+
+    def peak(audio):
+        return normalize_peak(torch.tensor(np.asarray(audio), dtype=torch.float32)).numpy()
+
+    def filtered(audio, gain):  # an FFT filter: gain(frequencies in Hz) -> amplitude
+        spectrum = np.fft.rfft(audio, axis=1) * gain(np.fft.rfftfreq(audio.shape[1], 1 / SAMPLE_RATE))
+        return peak(np.fft.irfft(spectrum, n=audio.shape[1], axis=1))
+
+    loops = []
+    for path in sonic_pi_drum_loops:  # 4 s of each, repeated when shorter
+        audio = load_audio(path)
+        loops.append(peak(np.tile(audio, int(np.ceil(frames / audio.shape[1])))[:, :frames]))
+    assert len(loops) >= 10
+    apart = [spectral_difference_db(a, b) for a, b in itertools.combinations(loops, 2)]
+    assert 16.0 < np.median(apart) < 20.0 and min(apart) > 6.0  # 18.2 (9.0 to 30.8) on the 17 loops
+    low_passed = [spectral_difference_db(filtered(x, lambda f: 1 / np.sqrt(1 + (f / 4000) ** 4)), x) for x in loops]
+    assert 4.5 < np.median(low_passed) < 6.5  # 5.4: a 4 kHz low-pass
+    late = [spectral_difference_db(peak(np.roll(x, SAMPLE_RATE // 20, axis=1)), x) for x in loops]
+    assert 7.0 < np.median(late) < 9.0  # 8.1: the same loop 50 ms later
