@@ -267,6 +267,35 @@ def test_the_tab_builds_with_its_ids_and_the_ui_process_stays_torch_free(ctx, mo
     assert out.strip() == "[]"
 
 
+def test_the_timer_slows_down_while_no_training_job_runs_or_waits(ctx, monkeypatch):
+    from acestep.ui.jobs_panel import POLL_SECONDS
+    from acestep.ui.train_tab import IDLE_POLL_SECONDS
+
+    monkeypatch.setattr("acestep.ui.train_tab.read_gpus", lambda: gpu_report())
+    with gr.Blocks() as app:
+        build_train_tab(ctx)
+    on_tick = next(dependency.fn for dependency in app.fns.values()
+                   if getattr(dependency.fn, "__name__", "") == "on_tick")
+
+    def pace(updates):  # the timer's update among the tick's outputs, or None when it is skipped
+        timers = [update for update in updates if isinstance(update, gr.Timer)]
+        assert len(timers) <= 1
+        return timers[0].value if timers else None
+
+    updates = on_tick("", {})
+    assert pace(updates) == IDLE_POLL_SECONDS and updates[-1]["interval"] == IDLE_POLL_SECONDS
+    assert pace(on_tick("", updates[-1])) is None  # already slow: nothing sent
+    job = ctx.jobs.submit("train", [sys.executable, "-c", "import time; time.sleep(60)"], needs_gpu=False)
+    try:
+        updates = on_tick("", updates[-1])
+        assert pace(updates) == POLL_SECONDS  # a training job: every POLL_SECONDS again
+        assert pace(on_tick("", updates[-1])) is None
+    finally:
+        ctx.jobs.stop(job.id, force=True)
+        assert ctx.jobs.wait(job.id, timeout=60).finished
+    assert pace(on_tick("", updates[-1])) == IDLE_POLL_SECONDS
+
+
 def test_the_validation_plot_says_when_the_run_has_no_validation_split(tmp_path):
     assert validation_title(tmp_path) == VALIDATION_TITLE  # no config yet: nothing to say
     config = apply_overrides(TrainingConfig(), ["data.tensors_dir=tensors/songs"])
