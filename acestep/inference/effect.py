@@ -142,17 +142,28 @@ def recorded_distances(record: Mapping | None) -> dict[str, float]:
     return _numbers((record or {}).get("songs_distance"))
 
 
+def closer_share(distances: Mapping[str, float], label: str) -> float | None:
+    """How much closer to the songs the render at strength `label` is than the one at strength 0,
+    as a share of strength 0's distance (0.15: 15% closer; negative: farther), or None when either
+    is missing (or strength 0's distance is 0)."""
+    base, distance = distances.get("0"), distances.get(label)
+    return 1.0 - distance / base if base and distance is not None else None
+
+
+def closer_text(share: float) -> str:
+    """0.15 -> "15% closer", -0.2 -> "20% farther"."""
+    return f"{abs(share):.0%} {'closer' if share >= 0 else 'farther'}"
+
+
 def distance_summary(distances: Mapping[str, float]) -> str:
     """"strength 0: 1.134, strength 1: 0.915 (19% closer than the base model)", or "" without
     distances. The share is said when strength 0 is among them, for the largest strength."""
     if not distances:
         return ""
     text = ", ".join(f"strength {label}: {value:.3f}" for label, value in distances.items())
-    base = distances.get("0")
     others = [label for label in distances if label != "0"]
-    if base and others:
-        top = max(others, key=float)
-        change = 1.0 - distances[top] / base
-        text += f" ({abs(change):.0%} {'closer' if change >= 0 else 'farther'}" + (
-            " at strength " + top if len(others) > 1 else "") + " than the base model)"
+    top = max(others, key=float) if others else None
+    share = closer_share(distances, top) if top is not None else None
+    if share is not None:
+        text += f" ({closer_text(share)}" + (f" at strength {top}" if len(others) > 1 else "") + " than the base model)"
     return text

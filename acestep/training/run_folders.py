@@ -178,21 +178,20 @@ def summarize_run(run_dir: Path, job: Job | None = None) -> RunSummary:
 
 def _read_preview(summary: RunSummary, event: dict) -> None:
     """Take the strength-1 figures of a preview event (`acestep.inference.effect`)."""
-    from acestep.inference.effect import recorded_distances, recorded_effects  # numpy only
+    from acestep.inference.effect import closer_share, recorded_distances, recorded_effects  # numpy only
 
-    distances = recorded_distances(event)
     summary.preview_step = event.get("step") if isinstance(event.get("step"), int) else summary.preview_step
     summary.preview_effect_db = recorded_effects(event).get("1")
-    summary.preview_closer = (1.0 - distances["1"] / distances["0"]
-                              if distances.get("0") and distances.get("1") is not None else None)
+    summary.preview_closer = closer_share(recorded_distances(event), "1")
 
 
 def preview_text(summary: RunSummary) -> str:
     """The last preview's figures at strength 1: "0.68 dB, 15% closer", "0.68 dB", or ""."""
+    from acestep.inference.effect import closer_text
+
     parts = [] if summary.preview_effect_db is None else [f"{summary.preview_effect_db:.2f} dB"]
     if summary.preview_closer is not None:
-        closer = summary.preview_closer
-        parts.append(f"{abs(closer):.0%} {'closer' if closer >= 0 else 'farther'}")
+        parts.append(closer_text(summary.preview_closer))
     return ", ".join(parts)
 
 

@@ -199,10 +199,10 @@ def render_files(folder: Path) -> list[tuple[str, Path, Path | None]]:
     files = []
     for wav in wavs:
         strength = render_order(wav.stem)
-        label = ("base model" if strength <= 0 else f"strength {strength_label(strength)}"
-                 + (" (as trained)" if strength == 1 else ""))
-        if strength > 0 and strength_label(strength) in effects:
-            label += f", {effects[strength_label(strength)]:.2f} dB"  # the description says what it is
+        written = strength_label(strength)
+        label = "base model" if strength <= 0 else f"strength {written}" + (" (as trained)" if strength == 1 else "")
+        if strength > 0 and written in effects:
+            label += f", {effects[written]:.2f} dB"  # the description says what it is
         png = wav.with_suffix(".png")
         files.append((label, wav, png if png.is_file() else None))
     return files
@@ -224,9 +224,9 @@ def render_description(ctx: AppContext, folder: Path) -> str:
     adapter = record.get("adapter")
     if adapter:
         parts.append(f"adapter `{markdown_text(ctx.workspace.relative(Path(adapter)))}`")
-    effect = (f"\n\nAdapter effect: {markdown_text(effect_summary(recorded_effects(record)))} (the mean log-mel "
-              "difference from the render at strength 0, same noise; 0 dB is the same sound)"
-              if recorded_effects(record) else "")
+    effects = recorded_effects(record)
+    effect = (f"\n\nAdapter effect: {markdown_text(effect_summary(effects))} (the mean log-mel difference from the "
+              "render at strength 0, same noise; 0 dB is the same sound)" if effects else "")
     distances = recorded_distances(record)
     if distances:
         effect += ("\n\nLatent distance to the songs the adapter trained on (lower is closer): "
