@@ -25,7 +25,6 @@ from acestep.errors import AceStepError, DatasetError
 from acestep.jobs import Job
 from acestep.ui.context import AppContext
 from acestep.ui.jobs_panel import (
-    POLL_SECONDS,
     active_job,
     build_jobs_panel,
     buttons,
@@ -41,6 +40,7 @@ from acestep.ui.jobs_panel import (
     submit_cli_job,
     summary_from_log,
 )
+from acestep.ui.ticks import POLL_SECONDS, Ticks
 
 CAPTION = "caption"  # the job kind
 LABELLERS = {
@@ -300,7 +300,7 @@ def build_caption_tab(ctx: AppContext) -> None:
     results = gr.Dataframe(headers=RESULT_HEADERS, value=lambda: _quiet_rows(ctx, default_folder(ctx)),
                            interactive=False, wrap=True, elem_id="caption-results")
     shown = gr.State("")
-    timer = gr.Timer(POLL_SECONDS)
+    ticks = Ticks(gr.Timer(POLL_SECONDS), busy=lambda: active_job(ctx, CAPTION) is not None)
     with gr.Accordion("Caption jobs and their logs", open=False):
         build_jobs_panel(ctx, [CAPTION], "caption")
 
@@ -311,7 +311,7 @@ def build_caption_tab(ctx: AppContext) -> None:
         form = CaptionForm(folder_text or "", labeller_name, bool(transcribe_on), bool(analysis_on), mode_name, seconds,
                            device_name, lm_name or "", bool(csv_on), bool(cache_on))
         job = friendly(start_caption)(ctx, form, owner_of(request))
-        return (progress_markdown(ctx, job), *buttons(ctx, CAPTION))
+        return (progress_markdown(ctx, job), *buttons(ctx, CAPTION), *ticks.hurry())
 
     def on_tick(folder_text, last):
         job = newest_job(ctx, CAPTION)
@@ -323,11 +323,12 @@ def build_caption_tab(ctx: AppContext) -> None:
         gr.Info(friendly(cancel_job)(ctx, CAPTION))
         return buttons(ctx, CAPTION)
 
-    start.click(on_start, inputs=form_inputs, outputs=[progress, start, cancel])
+    start.click(on_start, inputs=form_inputs, outputs=[progress, start, cancel, *ticks.pace_outputs])
     cancel.click(on_cancel, outputs=[start, cancel])
     refresh.click(friendly(lambda text: result_rows(ctx, text)), inputs=[folder], outputs=[results])
     folder.submit(friendly(lambda text: result_rows(ctx, text)), inputs=[folder], outputs=[results])
-    timer.tick(on_tick, inputs=[folder, shown], outputs=[progress, start, cancel, results, shown])
+    ticks.add(on_tick, [folder, shown], [progress, start, cancel, results, shown])
+    ticks.wire()
 
 
 def _quiet_rows(ctx: AppContext, folder_text: str) -> list[list[str]]:

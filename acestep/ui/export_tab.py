@@ -20,8 +20,8 @@ from acestep.jobs import ACTIVE, DONE, QUEUED, Job
 from acestep.training.run_folders import adapter_in_run, adapter_kind, adapter_metadata, run_folder
 from acestep.ui.adapter_picker import build_adapter_picker, picked_adapter
 from acestep.ui.context import WORKSPACE_FOLDERS, AppContext
-from acestep.ui.jobs_panel import POLL_SECONDS, build_jobs_panel, friendly, job_out_folder, owner_of, submit_cli_job
-from acestep.ui.ticks import Ticks
+from acestep.ui.jobs_panel import any_active, build_jobs_panel, friendly, job_out_folder, owner_of, submit_cli_job
+from acestep.ui.ticks import POLL_SECONDS, Ticks
 
 FORMATS = ("peft", "comfyui", "diffusers", "lycoris")  # `acestep-trainer export --format`
 FORMATS_BY_KIND = {"lora": ("peft", "comfyui", "diffusers"), "dora": ("peft", "diffusers"), "lokr": ("lycoris",)}
@@ -264,28 +264,30 @@ def build_export_tab(ctx: AppContext) -> None:
         merge_overwrite = gr.Checkbox(False, label="Replace an earlier merge there", elem_id="export-merge-overwrite")
     merge = gr.Button("Merge", elem_id="export-merge")
     gr.Markdown("### Jobs")
-    ticks = Ticks(gr.Timer(POLL_SECONDS))  # the jobs, the picker and the results: one event a tick
+    # the jobs, the picker and the results: one event a tick
+    ticks = Ticks(gr.Timer(POLL_SECONDS), busy=lambda: any_active(ctx, JOB_KINDS))
     panel = build_jobs_panel(ctx, list(JOB_KINDS), "export", ticks)
     results = gr.Markdown(lambda: results_markdown(ctx), elem_id="export-files")
 
     def on_export(name, picked, chosen, out, replace, request: gr.Request):
         job = start_export(ctx, ExportForm(name, picked, list(chosen or []), out, bool(replace)), owner_of(request))
         gr.Info(f"Export queued as job {job.id}.")
-        return job.id
+        return job.id, *ticks.hurry()
 
     def on_merge(name, picked, model, amount, weights, out, replace, request: gr.Request):
         job = start_merge(ctx, MergeForm(name, picked, model, amount, weights, out, bool(replace)), owner_of(request))
         gr.Info(f"Merge queued as job {job.id}.")
-        return job.id
+        return job.id, *ticks.hurry()
 
     run, checkpoint = picker.run, picker.checkpoint
     picker.wire(ctx, [formats, output, base, merge_output], lambda name, picked: picked_updates(ctx, name, picked),
                 ticks)
     base.input(friendly(lambda name, picked, model: default_merge_output(ctx, name or "", picked or "", model or "")),
                inputs=[run, checkpoint, base], outputs=[merge_output])
-    start.click(friendly(on_export), inputs=[run, checkpoint, formats, output, overwrite], outputs=[panel["selected"]])
+    start.click(friendly(on_export), inputs=[run, checkpoint, formats, output, overwrite],
+                outputs=[panel["selected"], *ticks.pace_outputs])
     merge.click(friendly(on_merge), inputs=[run, checkpoint, base, strength, dtype, merge_output, merge_overwrite],
-                outputs=[panel["selected"]])
+                outputs=[panel["selected"], *ticks.pace_outputs])
     shown_results = friendly(lambda job_id: results_markdown(ctx, job_id))
     panel["selected"].change(shown_results, inputs=[panel["selected"]], outputs=[results])
     ticks.add(shown_results, [panel["selected"]], [results])

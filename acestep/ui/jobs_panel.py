@@ -19,10 +19,9 @@ from acestep.commands.common import EXIT_PARTIAL
 from acestep.errors import AceStepError
 from acestep.jobs import ACTIVE, DONE, QUEUED, Job, cli_argv
 from acestep.ui.context import AppContext
-from acestep.ui.ticks import Ticks
+from acestep.ui.ticks import POLL_SECONDS, Ticks
 
 JOB_HEADERS = ["Job", "Kind", "What", "Status", "Progress", "Who", "Started", "Message"]
-POLL_SECONDS = 2.0
 MAX_SUMMARY_LINES = 40
 _DEVICE = re.compile(r"^(cpu|mps|cuda(:\d+)?)$")
 _JOB_LOG_LINE = re.compile(r"^\[job\] ")
@@ -73,9 +72,19 @@ def job_rows(ctx: AppContext, kinds: Iterable[str] | None = None) -> list[list[s
 def active_job(ctx: AppContext, kind: str) -> Job | None:
     """The newest queued or running job of `kind`, or None (a tab disables its start button then)."""
     for job in reversed(ctx.jobs.poll()):
-        if job.kind == kind and (job.status == QUEUED or job.status in ACTIVE):
+        if job.kind == kind and _waits_or_runs(job):
             return job
     return None
+
+
+def any_active(ctx: AppContext, kinds: Iterable[str]) -> bool:
+    """Whether a job of one of `kinds` is queued or running (a tab's timer keeps its quick pace then)."""
+    kinds = set(kinds)
+    return any(job.kind in kinds and _waits_or_runs(job) for job in ctx.jobs.poll())
+
+
+def _waits_or_runs(job: Job) -> bool:
+    return job.status == QUEUED or job.status in ACTIVE
 
 
 def stop_job(ctx: AppContext, job_id: str) -> str:
@@ -192,16 +201,18 @@ def buttons(ctx: AppContext, kind: str) -> tuple[dict, dict]:
 
 
 def build_jobs_panel(ctx: AppContext, kinds: Sequence[str], elem_prefix: str, ticks: Ticks | None = None) -> dict:
-    """A table of the jobs of `kinds`, the selected job's log, a Stop button, refreshed every
-    POLL_SECONDS by a timer of its own, or as a part of the tab's `ticks` (which the tab wires).
-    Returns the components by name (table, selected, details, stop)."""
+    """A table of the jobs of `kinds`, the selected job's log, a Stop button, refreshed by a timer of
+    its own (every POLL_SECONDS while one of those jobs runs or waits, else every IDLE_POLL_SECONDS),
+    or as a part of the tab's `ticks` (which the tab wires). Returns the components by name (table,
+    selected, details, stop) and the ticks."""
     table = gr.Dataframe(headers=JOB_HEADERS, value=lambda: job_rows(ctx, kinds), interactive=False,
                          elem_id=f"{elem_prefix}-jobs")
     selected = gr.Textbox(label="Selected job", interactive=False, elem_id=f"{elem_prefix}-job-id")
     details = gr.Markdown(elem_id=f"{elem_prefix}-job-details")
     stop = gr.Button("Stop job", variant="stop", elem_id=f"{elem_prefix}-stop")
     own_ticks = ticks is None
-    ticks = Ticks(gr.Timer(POLL_SECONDS)) if own_ticks else ticks
+    if own_ticks:
+        ticks = Ticks(gr.Timer(POLL_SECONDS), busy=lambda: any_active(ctx, kinds))
 
     def select(evt: gr.SelectData, rows):
         row = evt.index[0] if isinstance(evt.index, (list, tuple)) else evt.index
@@ -214,7 +225,7 @@ def build_jobs_panel(ctx: AppContext, kinds: Sequence[str], elem_prefix: str, ti
     ticks.add(friendly(lambda job_id: (job_rows(ctx, kinds), job_details(ctx, job_id))), [selected], [table, details])
     if own_ticks:
         ticks.wire()
-    return {"table": table, "selected": selected, "details": details, "stop": stop}
+    return {"table": table, "selected": selected, "details": details, "stop": stop, "ticks": ticks}
 
 
 def owner_of(request: gr.Request | None) -> str:

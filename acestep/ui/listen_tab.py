@@ -33,7 +33,7 @@ from acestep.ui.adapter_picker import (
 )
 from acestep.ui.context import AppContext, holds_tensors
 from acestep.ui.jobs_panel import (
-    POLL_SECONDS,
+    any_active,
     build_jobs_panel,
     check_device,
     friendly,
@@ -44,7 +44,7 @@ from acestep.ui.jobs_panel import (
     owner_of,
     submit_cli_job,
 )
-from acestep.ui.ticks import Ticks
+from acestep.ui.ticks import POLL_SECONDS, Ticks
 
 LISTEN_KIND = "preview"  # the job kind: `acestep-trainer preview`
 LISTEN_FOLDER = "listen"  # under the workspace's outputs/
@@ -330,9 +330,10 @@ def build_listen_tab(ctx: AppContext) -> None:
                           strength_list, bpm_value, key_text, signature, step_count, device_name, weights)
         job = start_listen(ctx, form, owner_of(request))
         gr.Info(f"Render queued as job {job.id}.")
-        return job_summary(ctx, job)
+        return job_summary(ctx, job), *ticks.hurry()
 
-    ticks = Ticks(timer)  # the picker and the render's state: one event a tick
+    # the picker and the render's state: one event a tick
+    ticks = Ticks(timer, busy=lambda: any_active(ctx, [LISTEN_KIND]))
     picker.wire(ctx, [], lambda run, checkpoint: (), ticks)
     picker.run.change(friendly(lambda run: default_prompt(ctx, run)), inputs=[picker.run],
                       outputs=[caption, lyrics, language])
@@ -340,7 +341,7 @@ def build_listen_tab(ctx: AppContext) -> None:
                              inputs=[picker.run, picker.checkpoint], outputs=[quantization])
     form = [picker.run, picker.checkpoint, caption, lyrics, language, duration, seed, strengths, bpm, key,
             time_signature, steps, device, quantization]
-    render.click(friendly(on_render), inputs=form, outputs=[status])
+    render.click(friendly(on_render), inputs=form, outputs=[status, *ticks.pace_outputs])
     ticks.add(friendly(lambda last, current: tick_updates(ctx, last, current)), [announced, shown],
               [status, announced, shown])
     ticks.wire()

@@ -109,10 +109,12 @@ def build_model_tab(ctx: AppContext) -> None:
     refresh.click(refreshed, outputs=[table, missing, gpus, wanted])
     wanted.focus(lambda: gr.update(choices=missing_models(checkpoints_dir)), outputs=[wanted])
 
+    with gr.Accordion("Downloads", open=True):
+        ticks = build_jobs_panel(ctx, [DOWNLOAD_KIND], "model")["ticks"]
+
     def download_clicked(names, request: gr.Request):
         job = start_download(ctx, list(names or []), owner_of(request))
         gr.Info(f"Download {job.id}: {job.status}. Its progress is in the table below.")
+        return ticks.hurry()
 
-    download.click(friendly(download_clicked), inputs=[wanted])
-    with gr.Accordion("Downloads", open=True):
-        build_jobs_panel(ctx, [DOWNLOAD_KIND], "model")
+    download.click(friendly(download_clicked), inputs=[wanted], outputs=ticks.pace_outputs)

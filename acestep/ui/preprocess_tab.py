@@ -25,7 +25,6 @@ from acestep.jobs import Job
 from acestep.models.checkpoints import DIT, list_checkpoints
 from acestep.ui.context import MANIFEST_NAME, AppContext, holds_tensors
 from acestep.ui.jobs_panel import (
-    POLL_SECONDS,
     active_job,
     build_jobs_panel,
     buttons,
@@ -41,6 +40,7 @@ from acestep.ui.jobs_panel import (
     submit_cli_job,
     summary_from_log,
 )
+from acestep.ui.ticks import POLL_SECONDS, Ticks
 
 PREPROCESS = "preprocess"  # the job kind
 DEFAULT_CHECKPOINT = "acestep-v15-turbo"
@@ -320,7 +320,7 @@ def build_preprocess_tab(ctx: AppContext) -> None:
     summary = gr.Markdown(lambda: summary_markdown(ctx, newest_job(ctx, PREPROCESS), default_out(
         ctx, default_dataset(ctx))), elem_id="preprocess-summary")
     shown = gr.State("")
-    timer = gr.Timer(POLL_SECONDS)
+    ticks = Ticks(gr.Timer(POLL_SECONDS), busy=lambda: active_job(ctx, PREPROCESS) is not None)
     with gr.Accordion("Preprocess jobs and their logs", open=False):
         build_jobs_panel(ctx, [PREPROCESS], "preprocess")
 
@@ -329,7 +329,7 @@ def build_preprocess_tab(ctx: AppContext) -> None:
         form = PreprocessForm(dataset_text or "", out_text or "", checkpoint_name or "", seconds,
                               normalization_name, bool(low_vram_on), device_name)
         job = friendly(start_preprocess)(ctx, form, owner_of(request))
-        return (progress_markdown(ctx, job), *buttons(ctx, PREPROCESS))
+        return (progress_markdown(ctx, job), *buttons(ctx, PREPROCESS), *ticks.hurry())
 
     def on_cancel():
         gr.Info(friendly(cancel_job)(ctx, PREPROCESS))
@@ -346,6 +346,7 @@ def build_preprocess_tab(ctx: AppContext) -> None:
     out.blur(lambda text: summary_markdown(ctx, None, text), inputs=[out], outputs=[summary])
     checkpoint.focus(lambda: gr.update(choices=ctx.workspace.dit_names()), outputs=[checkpoint])
     start.click(on_start, inputs=[dataset, out, checkpoint, max_duration, normalization, low_vram, device],
-                outputs=[progress, start, cancel])
+                outputs=[progress, start, cancel, *ticks.pace_outputs])
     cancel.click(on_cancel, outputs=[start, cancel])
-    timer.tick(on_tick, inputs=[out, shown], outputs=[progress, start, cancel, summary, shown])
+    ticks.add(on_tick, [out, shown], [progress, start, cancel, summary, shown])
+    ticks.wire()

@@ -27,9 +27,10 @@ from acestep.training.presets import recommendation_message
 from acestep.training.run_folders import read_events, run_folders
 from acestep.training.run_layout import CONFIG_FILE, EVENTS_FILE
 from acestep.ui.context import MANIFEST_NAME, AppContext, holds_tensors
-from acestep.ui.jobs_panel import POLL_SECONDS, build_jobs_panel, friendly, owner_of, submit_cli_job
+from acestep.ui.jobs_panel import any_active, build_jobs_panel, friendly, owner_of, submit_cli_job
 from acestep.ui.profiles import build_profile_section
 from acestep.ui.run_progress import plot_frames, preview_files, progress_markdown
+from acestep.ui.ticks import POLL_SECONDS, Ticks
 from acestep.ui.train_form import (
     FORM_SOURCE, VramEstimator, apply_preset_to_values, build_form, config_from_values, estimate_text,
     initial_config, names_a_folder, ordered, preset_choices, suggested_preset,
@@ -37,10 +38,6 @@ from acestep.ui.train_form import (
 
 CONFIGS_FOLDER = ".configs"  # <runs>/.configs/<run>.toml: the config a Start submitted
 PREVIEW_SLOTS = 4
-# The timer's interval while no training job runs or waits. Each tick costs the browser a pass over
-# the page (measured: an idle Train tab at a 2 s tick, 0.22 of a core of headless Chromium against
-# 0.11 for a bare Gradio page); a run started here, or seen at a tick, brings back POLL_SECONDS.
-IDLE_POLL_SECONDS = 10.0
 LOG_LINES = 40
 # The log box shows its newest lines: Gradio's autoscroll left a run's log, once filled, at its oldest
 # line. Not when the reader has scrolled well up to read earlier lines.
@@ -251,7 +248,7 @@ def build_train_tab(ctx: AppContext) -> None:
     with gr.Accordion("Training jobs: the queue, cancelling a waiting run, logs", open=False):
         build_jobs_panel(ctx, [TRAIN_KIND], "train-jobs")
     seen = gr.State({})
-    timer = gr.Timer(POLL_SECONDS)
+    ticks = Ticks(gr.Timer(POLL_SECONDS), busy=lambda: any_active(ctx, [TRAIN_KIND]))
 
     def on_change(data):
         try:
@@ -267,12 +264,12 @@ def build_train_tab(ctx: AppContext) -> None:
         job = start_training(ctx, [data[component] for component in form], owner_of(request))
         gr.Info(f"Training {job.label}: {job.status}.")
         watched = ctx.workspace.relative(Path(job.events_path).parent)
-        return gr.update(choices=list(dict.fromkeys([watched, *list_runs(ctx)])), value=watched), gr.Timer(POLL_SECONDS)
+        return gr.update(choices=list(dict.fromkeys([watched, *list_runs(ctx)])), value=watched), *ticks.hurry()
 
     def on_resume(run_text, request: gr.Request):
         job = resume_training(ctx, run_text, owner_of(request))
         gr.Info(f"Resuming {job.label}: {job.status}.")
-        return gr.Timer(POLL_SECONDS)
+        return ticks.hurry()
 
     def on_tick(run_text, state):
         job, status_text = training_status(ctx)
@@ -284,18 +281,15 @@ def build_train_tab(ctx: AppContext) -> None:
                 runs[0] if runs else None)
             if run_text:
                 run_update = gr.update(choices=runs, value=run_text)
-        *watched, new_state = _watch_outputs(ctx, run_text, state)
-        interval = POLL_SECONDS if job is not None else IDLE_POLL_SECONDS
-        pace = gr.skip() if state.get("interval") == interval else gr.Timer(interval)
-        return [*buttons, status_text, run_update, *watched, pace, {**new_state, "interval": interval}]
+        return [*buttons, status_text, run_update, *_watch_outputs(ctx, run_text, state)]
 
     gr.on(None, _errors_shown(on_change), inputs=set(form), outputs=[estimate], trigger_mode="always_last",
           show_progress="minimal", concurrency_limit=1)
     preset_input.input(friendly(lambda name, *values: apply_preset_to_values(list(values), name)),
                        inputs=[preset_input, *form], outputs=form)
-    start.click(_errors_shown(on_start), inputs=set(form), outputs=[run, timer])
+    start.click(_errors_shown(on_start), inputs=set(form), outputs=[run, *ticks.pace_outputs])
     stop.click(friendly(lambda: gr.Info(stop_training(ctx))))
-    resume.click(_errors_shown(on_resume), inputs=[run], outputs=[timer])
+    resume.click(_errors_shown(on_resume), inputs=[run], outputs=ticks.pace_outputs)
     # Lists that follow the disk are read again when opened: a folder preprocessed, a model
     # downloaded or a run started since the page loaded is offered.
     gr.on([refresh_runs.click, run.focus], lambda: gr.update(choices=list_runs(ctx)), outputs=[run])
@@ -303,8 +297,9 @@ def build_train_tab(ctx: AppContext) -> None:
     tensors_input.focus(lambda: gr.update(choices=tensors_choices(ctx)), outputs=[tensors_input])
     model_input.focus(lambda: gr.update(choices=ctx.workspace.dit_names()), outputs=[model_input])
     log.change(None, js=SCROLL_LOG_TO_END)
-    timer.tick(on_tick, inputs=[run, seen], concurrency_limit=None,
-               outputs=[start, stop, resume, status, run, progress, *plots, log, previews_label, *players, timer, seen])
+    ticks.add(on_tick, [run, seen], [start, stop, resume, status, run, progress, *plots, log, previews_label, *players,
+                                      seen])
+    ticks.wire()
 
 
 def _watch_outputs(ctx: AppContext, run_text: str | None, state: dict) -> list:

@@ -57,6 +57,49 @@ def test_opening_a_tab_starts_its_timers_and_stops_the_others(tmp_path, tiny_che
         assert sum((timer, "tick") in fn.targets for fn in app.fns.values()) == 1
 
 
+def test_a_tab_timer_ticks_slowly_until_a_job_of_its_tab_runs_and_its_start_buttons_quicken_it(
+        tmp_path, tiny_checkpoints):
+    """ticks.py: an idle page ticks every IDLE_POLL_SECONDS; the tab's jobs, or a Start, bring back
+    POLL_SECONDS. The Runs tab keeps its own 5 s refresh."""
+    import gradio as gr
+
+    from acestep.ui.app import build_app, timers_in
+    from acestep.ui.context import AppContext, Workspace
+    from acestep.ui.ticks import Ticks
+
+    ctx = AppContext.create(Workspace(tmp_path / "ws", checkpoints=tiny_checkpoints))
+    app = build_app(ctx)
+    kinds = {"Model": {"download"}, "Caption": {"caption"}, "Preprocess": {"preprocess"}, "Train": {"train"},
+             "Listen": {"preview"}, "Export & Merge": {"export", "merge"}}
+    starters = {"Model": 1, "Caption": 1, "Preprocess": 1, "Train": 2, "Listen": 1, "Export & Merge": 2}
+    tabs = {tab.label: tab for tab in app.blocks.values() if isinstance(tab, gr.Tab)}
+    paced = {}
+    for label, tab in tabs.items():
+        for timer in timers_in(tab):
+            [tick] = [fn for fn in app.fns.values() if (timer._id, "tick") in fn.targets]
+            ticks = getattr(tick.fn, "__self__", None)
+            if label != "Runs":
+                assert isinstance(ticks, Ticks) and ticks.pace is not None, label
+                paced.setdefault(label, []).append(ticks)
+    assert set(paced) == set(kinds)
+    tab_ids = {tab._id for tab in tabs.values()}
+    for label, count in starters.items():  # Start (Resume, Render, Merge, Download) sends the quick pace
+        timers = {ticks.timer._id for ticks in paced[label]}
+        hurried = [fn for fn in app.fns.values() if timers & {block._id for block in fn.outputs}
+                   and not any(event == "tick" or target in tab_ids for target, event in fn.targets)]
+        assert len(hurried) == count, (label, [fn.name for fn in hurried])
+    sleeper = [sys.executable, "-c", "import time; time.sleep(60)"]
+    for kind in sorted(set().union(*kinds.values())):
+        job = ctx.jobs.submit(kind, sleeper, needs_gpu=False)
+        try:
+            busy = {label: [ticks.busy() for ticks in paced_ticks] for label, paced_ticks in paced.items()}
+            assert busy == {label: [kind in kinds[label]] * len(paced[label]) for label in paced}, kind
+        finally:
+            ctx.jobs.stop(job.id, force=True)
+            assert ctx.jobs.wait(job.id, timeout=60).finished
+    assert not any(ticks.busy() for paced_ticks in paced.values() for ticks in paced_ticks)
+
+
 def fetch(opener, url, data=None):
     try:
         with opener.open(url, data=data, timeout=10) as response:

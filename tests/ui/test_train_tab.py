@@ -268,32 +268,33 @@ def test_the_tab_builds_with_its_ids_and_the_ui_process_stays_torch_free(ctx, mo
 
 
 def test_the_timer_slows_down_while_no_training_job_runs_or_waits(ctx, monkeypatch):
-    from acestep.ui.jobs_panel import POLL_SECONDS
-    from acestep.ui.train_tab import IDLE_POLL_SECONDS
+    from acestep.ui.ticks import IDLE_POLL_SECONDS, POLL_SECONDS
 
     monkeypatch.setattr("acestep.ui.train_tab.read_gpus", lambda: gpu_report())
     with gr.Blocks() as app:
         build_train_tab(ctx)
-    on_tick = next(dependency.fn for dependency in app.fns.values()
-                   if getattr(dependency.fn, "__name__", "") == "on_tick")
+    # the tab's own tick: it watches a run (the panel of jobs has a timer of its own)
+    [tick] = [fn for fn in app.fns.values() if any(event == "tick" for _, event in fn.targets)
+              and any(getattr(block, "elem_id", None) == "train-log" for block in fn.outputs)]
 
-    def pace(updates):  # the timer's update among the tick's outputs, or None when it is skipped
+    def pace(updates):  # the timer's update among the tick's outputs (None when skipped), and the pace
         timers = [update for update in updates if isinstance(update, gr.Timer)]
         assert len(timers) <= 1
-        return timers[0].value if timers else None
+        return (timers[0].value if timers else None), updates[-1]
 
-    updates = on_tick("", {})
-    assert pace(updates) == IDLE_POLL_SECONDS and updates[-1]["interval"] == IDLE_POLL_SECONDS
-    assert pace(on_tick("", updates[-1])) is None  # already slow: nothing sent
+    updates = tick.fn("", {}, POLL_SECONDS)
+    assert pace(updates) == (IDLE_POLL_SECONDS, IDLE_POLL_SECONDS)
+    assert pace(tick.fn("", updates[-3], IDLE_POLL_SECONDS)) == (None, IDLE_POLL_SECONDS)  # already slow
     job = ctx.jobs.submit("train", [sys.executable, "-c", "import time; time.sleep(60)"], needs_gpu=False)
     try:
-        updates = on_tick("", updates[-1])
-        assert pace(updates) == POLL_SECONDS  # a training job: every POLL_SECONDS again
-        assert pace(on_tick("", updates[-1])) is None
+        updates = tick.fn("", updates[-3], IDLE_POLL_SECONDS)
+        assert pace(updates) == (POLL_SECONDS, POLL_SECONDS)  # a training job: every POLL_SECONDS again
+        assert "running" in updates[3]  # and the status line says so
+        assert pace(tick.fn("", updates[-3], POLL_SECONDS)) == (None, POLL_SECONDS)
     finally:
         ctx.jobs.stop(job.id, force=True)
         assert ctx.jobs.wait(job.id, timeout=60).finished
-    assert pace(on_tick("", updates[-1])) == IDLE_POLL_SECONDS
+    assert pace(tick.fn("", updates[-3], POLL_SECONDS)) == (IDLE_POLL_SECONDS, IDLE_POLL_SECONDS)
 
 
 def test_the_validation_plot_says_when_the_run_has_no_validation_split(tmp_path):
