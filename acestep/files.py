@@ -28,6 +28,15 @@ def is_disk_full(exc: BaseException) -> bool:
     return isinstance(exc, SafetensorError) and any(f"(os error {code})" in str(exc) for code in codes)
 
 
+def size_text(count: float) -> str:
+    """Bytes as people read them: '512 B', '3.4 KiB', '170.2 MiB', '1.5 GiB'."""
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if count < 1024 or unit == "GiB":
+            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
+        count /= 1024
+    return ""
+
+
 def write_failure(exc: BaseException) -> str:
     """The reason of a failed write, in words: "the disk is full" or the OS's own."""
     if is_disk_full(exc):

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from acestep.errors import CheckpointError
-from acestep.files import new_folder, read_json_object, recover_replaced_folder, replaced_folder
+from acestep.files import new_folder, read_json_object, recover_replaced_folder, replaced_folder, size_text
 
 
 @pytest.mark.parametrize("content, message", [
@@ -120,3 +120,8 @@ def test_a_kill_in_the_middle_of_the_swap_is_recovered_to_the_previous_folder(tm
     assert not recover_replaced_folder(final)
     assert (final / "a.txt").read_text() == "previous" and sorted(p.name for p in tmp_path.iterdir()) == ["best"]
     assert not recover_replaced_folder(tmp_path / "missing" / "best")
+
+
+def test_sizes_are_written_in_the_unit_people_read():
+    assert [size_text(n) for n in (0, 1023, 1024, 5 * 2**20 + 2**19, 3 * 2**30, 2**42)] == \
+        ["0 B", "1023 B", "1.0 KiB", "5.5 MiB", "3.0 GiB", "4096.0 GiB"]

@@ -31,6 +31,7 @@ from acestep.training import checkpoint as ckpt
 from acestep.training.compilation import reporting_fallbacks
 from acestep.training.config import TrainingConfig
 from acestep.training.data import Lookahead
+from acestep.training.disk_space import CheckpointSizes, disk_warning, tensor_bytes
 from acestep.training.events import make_event
 from acestep.training.loss_interval import LossInterval
 from acestep.training.resume_settings import ResumeSettings
@@ -92,6 +93,7 @@ class Trainer:
         self.previews = TrainingPreviews(session, self.emit)  # run.preview_*: audio previews, rank 0
         self._group_start: tuple | None = None  # the state where the current accumulation group began
         self.resume_settings: ResumeSettings | None = None  # a resume's settings, when they changed
+        self.disk_checked = False  # whether the run folder's disk was checked (after the first step)
 
     # ---- events --------------------------------------------------------------------------------
     def emit(self, kind: str, **fields) -> None:
@@ -280,6 +282,8 @@ class Trainer:
             stepped = self._optimizer_step()
             if not stepped:
                 continue
+            if not self.disk_checked:
+                self._check_disk()
             at_log = p.step % cfg.run.log_every_steps == 0 or p.step >= s.total_steps
             if at_log:
                 self._log(interval)
@@ -326,6 +330,18 @@ class Trainer:
                 f"step {p.step} (the adapter was not updated by those steps; the last checkpoint is safe). Lower the "
                 "learning rate, use bf16 instead of fp16, or check the tensors folder.")
         return finite
+
+    def _check_disk(self) -> None:
+        """Once, after the first optimizer step (the optimizer's state exists then): a warning when
+        the run folder's disk cannot hold the checkpoints the run has yet to write."""
+        self.disk_checked = True
+        if self.fabric.global_rank != 0:
+            return
+        adapter = tensor_bytes(self.s.adapter.state_dict())
+        sizes = CheckpointSizes(tensor_bytes(self.training_state()) + adapter, adapter)
+        message = disk_warning(self.s.run_dir, sizes, self.config.run.keep_checkpoints)
+        if message:
+            self.emit("warning", step=self.progress.step, epoch=self.progress.epoch, message=message)
 
     def _log(self, interval: LossInterval) -> None:
         p = self.progress

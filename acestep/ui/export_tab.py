@@ -15,7 +15,7 @@ from pathlib import Path
 import gradio as gr
 
 from acestep.errors import AceStepError
-from acestep.files import free_folder
+from acestep.files import free_folder, size_text
 from acestep.jobs import ACTIVE, DONE, QUEUED, Job
 from acestep.training.run_folders import adapter_in_run, adapter_kind, adapter_metadata, run_folder
 from acestep.ui.adapter_picker import build_adapter_picker, picked_adapter
@@ -190,14 +190,6 @@ def output_files(folder: Path) -> list[tuple[str, int]]:
     return sorted((str(path.relative_to(folder)), path.stat().st_size) for path in folder.rglob("*") if path.is_file())
 
 
-def _size(count: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if count < 1024 or unit == "GiB":
-            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
-        count /= 1024
-    return ""
-
-
 def results_markdown(ctx: AppContext, job_id: str = "") -> str:
     """What the picked export/merge job (else the newest one) wrote: its files once done."""
     jobs = [job for job in ctx.jobs.list_jobs() if job.kind in JOB_KINDS]
@@ -213,7 +205,7 @@ def results_markdown(ctx: AppContext, job_id: str = "") -> str:
     files = output_files(out) if out else []
     if not files:
         return f"**{job.kind} {job.label}**: done, but {where} is empty now."
-    lines = [f"- `{name}` ({_size(size)})" for name, size in files[:MAX_LISTED_FILES]]
+    lines = [f"- `{name}` ({size_text(size)})" for name, size in files[:MAX_LISTED_FILES]]
     if len(files) > MAX_LISTED_FILES:
         lines.append(f"- ... and {len(files) - MAX_LISTED_FILES} more")
     return f"**{job.kind} {job.label}**: done; {len(files)} file(s) in {where}:\n\n" + "\n".join(lines)
