@@ -37,6 +37,21 @@ def size_text(count: float) -> str:
     return ""
 
 
+def free_space(path: str | Path) -> int:
+    """Free bytes on the disk that holds `path`, or would hold it (its nearest existing folder)."""
+    path = Path(path).absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return shutil.disk_usage(path).free
+
+
+def folder_bytes(folder: str | Path) -> int:
+    """The bytes of the files under `folder` (links not followed); 0 when it does not exist."""
+    folder = Path(folder)
+    return sum(path.stat().st_size for path in folder.rglob("*") if path.is_file() and not path.is_symlink()) \
+        if folder.is_dir() else 0
+
+
 def write_failure(exc: BaseException) -> str:
     """The reason of a failed write, in words: "the disk is full" or the OS's own."""
     if is_disk_full(exc):

@@ -26,7 +26,7 @@ from safetensors import safe_open
 from torch import nn
 
 from acestep.export.lora import AdapterError, LoraWeights, _read_peft_folder, read_safetensors
-from acestep.files import replaced_folder
+from acestep.files import folder_bytes, free_space, replaced_folder, size_text
 from acestep.models import convert
 from acestep.training.run_layout import PEFT_CONFIG
 
@@ -34,6 +34,7 @@ DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 _SAFETENSORS_DTYPES = {torch.bfloat16: "BF16", torch.float16: "F16", torch.float32: "F32", torch.float64: "F64",
                        torch.int64: "I64", torch.int32: "I32", torch.bool: "BOOL", torch.uint8: "U8"}
 SHARED_FOLDERS = ("vae", "Qwen3-Embedding-0.6B")
+BASE_FILES = ("config.json", "silence_latent.pt", "silence_latent.safetensors")  # copied from the base as they are
 
 
 class StreamingSafetensorsWriter:
@@ -193,16 +194,17 @@ def merge_adapter(checkpoint: str | Path | None, adapter: str | Path, out_dir: s
     if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
         raise AdapterError(f"{out_dir} is not empty; choose another folder or pass --overwrite.")
     deltas = DeltaSource(adapter_path, strength)
+    files, target = weight_files(base, "model.safetensors"), None if dtype == "keep" else DTYPES[dtype]
+    _check_free_space(out_dir, _bytes_to_write(_plan(files, target), base, out_dir.parent, shared))
     try:
         with replaced_folder(out_dir, "merging") as tmp:  # an earlier merge is kept until this one is whole
-            touched = _write_weights(weight_files(base, "model.safetensors"), tmp, deltas,
-                                     None if dtype == "keep" else DTYPES[dtype], max_shard_bytes)
+            touched = _write_weights(files, tmp, deltas, target, max_shard_bytes)
             if deltas.lora is not None and touched != deltas.modules():
                 raise AdapterError(f"{adapter_path} adapts module(s) {sorted(deltas.modules() - touched)[:4]} that "
                                    f"{base} does not have: it was trained for another model.")
             if deltas.lora is None and not touched:
                 raise AdapterError(f"{adapter_path} matches no module of {base}: it was trained for another model.")
-            for name in ("config.json", "silence_latent.pt", "silence_latent.safetensors"):
+            for name in BASE_FILES:
                 if (base / name).is_file():
                     shutil.copy2(base / name, tmp / name)
             (tmp / "merge_info.json").write_text(json.dumps({
@@ -213,6 +215,26 @@ def merge_adapter(checkpoint: str | Path | None, adapter: str | Path, out_dir: s
         raise
     _place_shared(base.parent, out_dir.parent, shared)
     return out_dir
+
+
+def _bytes_to_write(plan, base: Path, target: Path, shared: str) -> int:
+    """What a merge writes: the planned tensors, the base's small files, and the shared folders it
+    copies (the safetensors headers and merge_info.json come on top: kilobytes)."""
+    small = sum((base / name).stat().st_size for name in BASE_FILES if (base / name).is_file())
+    copied = _shared_to_place(base.parent, target) if shared == "copy" else []
+    return _plan_bytes(plan) + small + sum(folder_bytes(base.parent / name) for name in copied)
+
+
+def _plan_bytes(plan) -> int:
+    return sum(torch.Size(shape).numel() * torch.empty((), dtype=dtype).element_size() for _, _, dtype, shape in plan)
+
+
+def _check_free_space(out_dir: Path, need: int) -> None:
+    free = free_space(out_dir)
+    if free < need:
+        raise AdapterError(f"The merge writes {size_text(need)} into {out_dir}, and its disk has {size_text(free)} "
+                           f"free: free {size_text(need - free)} or more, or choose a folder on another disk. "
+                           "Nothing was written.")
 
 
 def _write_weights(files: list[Path], folder: Path, deltas: DeltaSource, dtype, max_shard_bytes) -> set[str]:
@@ -238,19 +260,23 @@ def _write_weights(files: list[Path], folder: Path, deltas: DeltaSource, dtype, 
             weight_map[key] = name
         writer.close()
     if len(shards) > 1:
-        total = sum(torch.Size(s).numel() * torch.empty((), dtype=d).element_size() for _, _, d, s in plan)
         (folder / "model.safetensors.index.json").write_text(json.dumps(
-            {"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2) + "\n")
+            {"metadata": {"total_size": _plan_bytes(plan)}, "weight_map": weight_map}, indent=2) + "\n")
     return touched
+
+
+def _shared_to_place(source: Path, target: Path) -> list[str]:
+    """The shared folders `_place_shared` copies or links from `source` to `target`."""
+    if source.resolve() == target.resolve():
+        return []
+    return [name for name in SHARED_FOLDERS if not (target / name).exists() and (source / name).is_dir()]
 
 
 def _place_shared(source: Path, target: Path, shared: str) -> None:
     """Make `vae/` and the text encoder available beside the merged checkpoint."""
-    if shared == "skip" or source.resolve() == target.resolve():
+    if shared == "skip":
         return
-    for name in SHARED_FOLDERS:
-        if (target / name).exists() or not (source / name).is_dir():
-            continue
+    for name in _shared_to_place(source, target):
         if shared == "link":
             (target / name).symlink_to((source / name).resolve(), target_is_directory=True)
         else:

@@ -13,7 +13,6 @@ resumes from it), so a shortfall is a warning at the start, while someone watche
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from acestep.files import size_text
+from acestep.files import free_space, size_text
 from acestep.training.checkpoint import complete_checkpoints
 from acestep.training.run_layout import NAMED_ADAPTERS
 
@@ -58,7 +57,7 @@ def disk_warning(run_dir: Path, sizes: CheckpointSizes, keep: int) -> str | None
     """What to do when the free space of `run_dir`'s disk is less than `bytes_to_come`; None
     when it is enough."""
     need = bytes_to_come(run_dir, sizes, keep)
-    free = shutil.disk_usage(run_dir).free
+    free = free_space(run_dir)
     if free >= need:
         return None
     checkpoint, adapter = size_text(sizes.checkpoint), size_text(sizes.adapter)

@@ -115,3 +115,27 @@ def test_merge_without_a_checkpoint_takes_the_trained_one_or_says_what_to_give(t
     with pytest.raises(AdapterError, match="does not exist; give an adapter folder or file, or a run folder"):
         merge_adapter(None, tmp_path / "nothing", tmp_path / "merged" / "d")
     assert not (tmp_path / "merged" / "b").exists() and not (tmp_path / "merged" / "c").exists()
+
+
+@pytest.mark.parametrize("shared", ["copy", "skip"])
+def test_the_space_a_merge_needs_is_what_it_writes_and_a_short_disk_is_refused_first(
+        tiny_checkpoints, tmp_path, monkeypatch, shared):
+    from acestep.export import merge
+    from acestep.files import folder_bytes
+
+    base = tiny_checkpoints / "acestep-v15-turbo"
+    adapter = trained_adapter(base, tmp_path / "a")
+    needs = []
+    monkeypatch.setattr(merge, "_check_free_space", lambda out, need: needs.append(need))
+    out = merge_adapter(base, adapter, tmp_path / "models" / "mine", dtype="fp32", shared=shared)
+    written = folder_bytes(tmp_path / "models")  # the merge, and the copies of vae/ and the text encoder
+    [need] = needs
+    assert need <= written < need + 32 * 1024, (need, written)  # on top: the JSON headers and merge_info.json
+    if shared == "copy":
+        assert need > folder_bytes(out) + folder_bytes(base.parent / "vae")  # the copies are counted
+    monkeypatch.undo()
+    monkeypatch.setattr(merge, "free_space", lambda path: need - 1)
+    with pytest.raises(AdapterError, match=r"The merge writes .* into .*other, and its disk has .* free: free 1 B "
+                                           r"or more, or choose a folder on another disk\. Nothing was written\."):
+        merge_adapter(base, adapter, tmp_path / "elsewhere" / "other", dtype="fp32", shared=shared)
+    assert not (tmp_path / "elsewhere").exists()

@@ -1,26 +1,19 @@
 """The run folder's disk against what a run has yet to write: checkpoint sizes counted from the
 training state, and the warning after the first optimizer step."""
 
-import collections
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from acestep.files import folder_bytes
 from acestep.training import checkpoint as ckpt
 from acestep.training import disk_space, loop
 from acestep.training.disk_space import CheckpointSizes, bytes_to_come, disk_warning, tensor_bytes
 from acestep.training.loop import train
 
 from .test_loop import events, make_config
-
-Usage = collections.namedtuple("Usage", "total used free")
-
-
-def folder_bytes(folder: Path) -> int:
-    return sum(path.stat().st_size for path in folder.rglob("*") if path.is_file())
 
 
 def test_tensor_bytes_counts_every_tensor_and_array_however_nested():
@@ -42,16 +35,16 @@ def test_what_is_to_come_counts_the_checkpoints_and_adapters_not_written_yet(tmp
 
 def test_the_warning_says_what_is_short_and_what_to_do(tmp_path, monkeypatch):
     sizes = CheckpointSizes(checkpoint=300 * 2**20, adapter=100 * 2**20)  # 4 x 300 + 3 x 100 MiB = 1.5 GiB
-    monkeypatch.setattr(disk_space.shutil, "disk_usage", lambda path: Usage(0, 0, 1500 * 2**20))
+    monkeypatch.setattr(disk_space, "free_space", lambda path: 1500 * 2**20)
     assert disk_warning(tmp_path, sizes, keep=3) is None
-    monkeypatch.setattr(disk_space.shutil, "disk_usage", lambda path: Usage(0, 0, 1000 * 2**20))
+    monkeypatch.setattr(disk_space, "free_space", lambda path: 1000 * 2**20)
     message = disk_warning(tmp_path, sizes, keep=3)
     assert f"the disk of {tmp_path} has 1000.0 MiB free" in message
     assert "write up to 1.5 GiB more: 4 checkpoints of 300.0 MiB at once" in message
     assert "best/ and final/ of 100.0 MiB each" in message
     assert "free 500.0 MiB or more, lower run.keep_checkpoints (now 3) or start the run again with " \
            "run.output_dir on another disk" in message
-    monkeypatch.setattr(disk_space.shutil, "disk_usage", lambda path: Usage(0, 0, 800 * 2**20))
+    monkeypatch.setattr(disk_space, "free_space", lambda path: 800 * 2**20)
     assert "lower run.keep_checkpoints" not in disk_warning(tmp_path, sizes, keep=1)  # 2 x 300 + 3 x 100 MiB
 
 
@@ -62,7 +55,7 @@ def test_a_run_warns_after_its_first_step_with_the_size_its_checkpoints_have_on_
 
     def short_disk(run_dir, sizes, keep):
         counted.append(sizes)
-        monkeypatch.setattr(disk_space.shutil, "disk_usage", lambda path: Usage(0, 0, sizes.checkpoint))
+        monkeypatch.setattr(disk_space, "free_space", lambda path: sizes.checkpoint)
         return disk_warning(run_dir, sizes, keep)
 
     monkeypatch.setattr(loop, "disk_warning", short_disk)
