@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from acestep.errors import CheckpointError, CheckpointNotFoundError, DownloadError
+from acestep.files import is_disk_full
 
 CHECKPOINTS_DIR_ENV = "ACESTEP_CHECKPOINTS_DIR"
 MAIN_REPO = "ACE-Step/Ace-Step1.5"
@@ -293,6 +294,12 @@ def download_model(name_or_id: str, checkpoints_dir: Path | None = None) -> Path
             snapshot_download(repo_id, local_dir=root / local_name)
     except (OfflineModeIsEnabled, LocalEntryNotFoundError, HfHubHTTPError, OSError) as exc:
         source = f"{repo_id}/{subfolder}" if subfolder else repo_id
+        if is_disk_full(exc):
+            size = f" ({official.size})" if official is not None else ""
+            raise DownloadError(
+                f"The disk is full: could not download {source}{size} into {root / local_name}. Free some space "
+                f"(or pass --checkpoints-dir on another disk) and run the command again: finished files are kept "
+                f"and partial ones resume.") from exc
         reason = " ".join(str(exc).split()).rstrip(".")
         by_hand = (f"hf download {repo_id} --include '{subfolder}/*' --local-dir {root}" if subfolder
                    else f"hf download {repo_id} --local-dir {root / local_name}")

@@ -1,6 +1,8 @@
 """Finding models: the checkpoints directory, names, HF ids, and what is missing."""
 
+import errno
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -95,6 +97,19 @@ def test_download_places_subfolder_models_in_the_official_layout(tmp_path, monke
     assert download_model("acestep-v15-xl-turbo", tmp_path) == tmp_path / "acestep-v15-xl-turbo"
     assert calls[0] == ("ACE-Step/Ace-Step1.5", {"allow_patterns": ["vae/*"], "local_dir": tmp_path})
     assert calls[1] == ("ACE-Step/acestep-v15-xl-turbo", {"local_dir": tmp_path / "acestep-v15-xl-turbo"})
+
+
+def test_a_full_disk_during_a_download_says_so_and_not_to_check_the_network(tmp_path, monkeypatch):
+    def disk_full(repo_id, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr("huggingface_hub.snapshot_download", disk_full)
+    with pytest.raises(DownloadError) as info:
+        download_model("acestep-v15-xl-turbo", tmp_path)
+    message = str(info.value)
+    assert message.startswith("The disk is full: could not download ACE-Step/acestep-v15-xl-turbo (about 19 GB) "
+                              f"into {tmp_path / 'acestep-v15-xl-turbo'}. Free some space")
+    assert "partial ones resume" in message and "network" not in message
 
 
 def test_registry_covers_every_official_dit():
