@@ -8,6 +8,7 @@ UI process can take them without torch).
     runs/my-run/checkpoints/step-N/adapter/, COMPLETE        a checkpoint, complete once COMPLETE exists
     runs/my-run/previews/step-N/strength-S.wav, .png         previews during training
     runs/my-run/STOP                                         asks the running run to stop after its step
+    runs/my-run/.training.lock                               held by the process that trains the run
 """
 
 CONFIG_FILE = "config.toml"
@@ -18,6 +19,7 @@ ADAPTER_DIR = "adapter"
 NAMED_ADAPTERS = ("final", "best")
 PREVIEWS_FOLDER = "previews"
 STOP_FILE = "STOP"  # a run stops after its current step when this file appears in its folder
+TRAINING_LOCK = ".training.lock"  # locked by the one process that trains the run (acestep.training.run_lock)
 
 # In an adapter folder
 TRAINING_METADATA = "training_metadata.json"

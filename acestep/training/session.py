@@ -29,6 +29,7 @@ from acestep.training.optim import build_optimizer, build_scheduler, optimizer_s
 from acestep.training.quantization import load_transformer, parameter_count, require_bitsandbytes
 from acestep.training.recompute import RECOMPUTE_FLAG, enable_recompute
 from acestep.training.run_layout import CONFIG_FILE, STOP_FILE
+from acestep.training.run_lock import RunLock
 from acestep.training.step import Objective, batch_loss, validation_loss
 
 FRAMES_PER_SECOND = 25
@@ -104,6 +105,7 @@ class TrainingSession:
     average: AdapterAverage | None = None  # optimizer.ema_decay: the adapter's moving average
     listeners: list = field(default_factory=list)
     closers: list = field(default_factory=list)
+    run_lock: RunLock | None = None  # rank 0's hold on the run folder: no other process trains it meanwhile
     _epoch_sampler: EpochKeyedBatches = field(default_factory=EpochKeyedBatches, init=False, repr=False)
     _train_loader: DataLoader | None = field(default=None, init=False, repr=False)
 
@@ -124,17 +126,19 @@ class TrainingSession:
         from acestep.models.load import encoder_digest
         from acestep.preprocess.tensors import PreprocessedDataset, check_model_matches
 
-        resume_from = None
+        resume_from, run_lock = None, None
         if resume is not None:
             run_dir, resume_from = ckpt.resolve_resume(resume)
-            # a STOP file left from the stop being resumed would end this run after its first step
-            (run_dir / STOP_FILE).unlink(missing_ok=True)
         accelerator = resolve_accelerator(config.run.accelerator)
         precision, model_dtype = resolve_precision(config, accelerator)
         fabric = Fabric(accelerator=accelerator, devices=parse_devices(config.run.devices),
                         num_nodes=config.run.num_nodes, strategy=config.run.strategy, precision=precision)
         fabric.launch()
         fabric.seed_everything((config.run.seed + fabric.global_rank) % 2**32, workers=True, verbose=False)
+        if resume is not None and fabric.global_rank == 0:  # refused before the model loads when another trains it
+            run_lock = RunLock.acquire(run_dir)
+            # a STOP file left from the stop being resumed would end this run after its first step
+            (run_dir / STOP_FILE).unlink(missing_ok=True)
         samples = PreprocessedDataset(config.data.tensors_dir)
         checkpoints_dir = Path(config.model.checkpoints_dir) if config.model.checkpoints_dir else None
         if accelerator == "cuda" and not config.run.skip_vram_check:  # refuse a run that would not fit, before loading
@@ -179,6 +183,7 @@ class TrainingSession:
         model, optimizer = fabric.setup(transformer, optimizer)
         if resume is None:  # only now: a run refused above leaves no empty run folder behind
             run_dir = new_run_dir(config) if fabric.global_rank == 0 else None
+            run_lock = RunLock.acquire(run_dir) if run_dir is not None else None
             run_dir = Path(fabric.broadcast(str(run_dir) if run_dir else None, src=0))
         objective = Objective(config.objective.timestep_sampling,
                               _pick(config.objective.timestep_mu, bundle.config.timestep_mu),
@@ -190,6 +195,7 @@ class TrainingSession:
                       {"checkpoint": str(bundle.path), "variant": bundle.variant,
                        "fingerprint": bundle.config.fingerprint, "trigger_tag": samples.manifest.trigger_tag},
                       resume_from, attention.describe())
+        session.run_lock = run_lock
         if o.ema_decay is not None:
             session.average = AdapterAverage(list(adapter.parameters()), o.ema_decay)
         session._open_listeners(listeners)
@@ -208,6 +214,8 @@ class TrainingSession:
     def close(self) -> None:
         for close in self.closers:
             close()
+        if self.run_lock is not None:
+            self.run_lock.release()
         self._train_loader = None  # its worker processes end with it
         # Fabric starts the process group and leaves it to the interpreter's exit, where a finished
         # two-process CPU run once ended in std::terminate (exit status -6): end it here, after the

@@ -26,6 +26,7 @@ from acestep.training.config import TrainingConfig, config_from_dict, config_to_
 from acestep.training.presets import recommendation_message
 from acestep.training.run_folders import read_events, run_folders
 from acestep.training.run_layout import CONFIG_FILE, EVENTS_FILE
+from acestep.training.run_lock import holder
 from acestep.ui.context import MANIFEST_NAME, AppContext, holds_tensors
 from acestep.ui.jobs_panel import any_active, build_jobs_panel, friendly, owner_of, submit_cli_job
 from acestep.ui.profiles import build_profile_section
@@ -102,11 +103,15 @@ def start_training(ctx: AppContext, values: list, owner: str = "") -> Job:
 def resume_training(ctx: AppContext, run_text: str, owner: str = "") -> Job:
     """Submit `train --resume RUN_DIR` for a run folder of the workspace (queued behind a running
     GPU job). Raises PathRefused, ConfigError for a folder that is not a run, or JobError while
-    that run is queued or training."""
+    that run is queued or training (as a job, or in a process of its own)."""
     run_dir = ctx.workspace.check_path(run_text, must_exist=True, what="run folder")
     _refuse_when_training(ctx, run_dir.name)
     if not (run_dir / CONFIG_FILE).is_file():
         raise ConfigError(f"{run_dir} is not a run folder (it has no {CONFIG_FILE}); pick a run to resume.")
+    trainer = holder(run_dir)  # a process outside the app's jobs (a terminal) may train it
+    if trainer is not None:
+        raise JobError(f"Run {run_dir.name} is being trained by {trainer}, outside this app's jobs; wait for it "
+                       "to end or stop it, then resume.")
     return submit_cli_job(ctx, TRAIN_KIND, ["train", "--resume", run_dir], needs_gpu=True, label=run_dir.name,
                           owner=owner, events_path=run_dir / EVENTS_FILE)
 

@@ -2,6 +2,7 @@
 path and value checks before a start, a real train job on the tiny model whose events become
 plot data, stop and resume, progress and ETA, and previews."""
 
+import os
 import re
 import subprocess
 import sys
@@ -14,6 +15,7 @@ from acestep.errors import AceStepError, ConfigError, JobError
 from acestep.gpu import GpuStatus, SystemGpuReport
 from acestep.training.config import TrainingConfig, apply_overrides, describe_fields, load_config, save_config
 from acestep.training.run_folders import EVENTS_FILE, read_events
+from acestep.training.run_lock import RunLock
 from acestep.ui.context import AppContext, PathRefused, Workspace
 from acestep.ui.run_progress import progress_markdown
 from acestep.ui.train_form import (
@@ -163,6 +165,14 @@ def test_paths_outside_the_workspace_are_refused_and_nothing_is_submitted(ctx, t
         start_training(ctx, form_values("run.name=taken"))
     with pytest.raises(ConfigError, match="is not a run folder"):
         resume_training(ctx, "tensors/x")
+    (ctx.workspace.runs / "taken" / "config.toml").write_text("")
+    lock = RunLock.acquire(ctx.workspace.runs / "taken")  # trained by a process outside the app's jobs
+    try:
+        with pytest.raises(JobError, match=rf"Run taken is being trained by process {os.getpid()} on .*, outside "
+                                            "this app's jobs"):
+            resume_training(ctx, "runs/taken")
+    finally:
+        lock.release()
     assert ctx.jobs.list_jobs() == []
 
 
