@@ -98,8 +98,19 @@ def cmd_runs(args: argparse.Namespace) -> int:
     """The training runs in a runs folder, newest first, as the web app's Runs tab lists them."""
     import json
 
-    from acestep.training.run_folders import RUN_HEADERS, run_adapters, run_row, summarize_runs
+    from acestep.files import size_text
+    from acestep.training.run_cleanup import delete_checkpoints, delete_run
+    from acestep.training.run_folders import RUN_HEADERS, run_adapters, run_folder, run_row, summarize_runs
 
+    if args.delete_checkpoints:
+        freed = delete_checkpoints(run_folder(args.runs_dir, args.delete_checkpoints), force=args.force)
+        print(f"Deleted the checkpoints of run {args.delete_checkpoints} ({size_text(freed)} freed); its adapters "
+              "stay, and it can no longer be resumed.")
+        return 0
+    if args.delete:
+        freed = delete_run(run_folder(args.runs_dir, args.delete))
+        print(f"Deleted run {args.delete} ({size_text(freed)} freed).")
+        return 0
     summaries = summarize_runs(args.runs_dir, [])  # status from the events (no job manager here)
     if not summaries:
         raise AceStepError(f"No training runs in {args.runs_dir} (folders with a config.toml). Give the runs "
@@ -143,10 +154,16 @@ def add_commands(commands) -> None:
     train.set_defaults(func=cmd_train)
 
     runs = commands.add_parser("runs", help="list the training runs in a runs folder: status, steps, losses, "
-                                            "adapters")
+                                            "adapters; delete a run or its checkpoints")
     runs.add_argument("runs_dir", type=Path, nargs="?", default=Path("runs"), metavar="RUNS_DIR",
                       help="the folder holding the run folders (default: runs, as run.output_dir)")
     runs.add_argument("--json", action="store_true", help="print every run's figures as JSON")
+    runs.add_argument("--delete-checkpoints", default=None, metavar="RUN",
+                      help="delete the step checkpoints of a finished run (best/ and final/ stay; it can no "
+                           "longer be resumed)")
+    runs.add_argument("--delete", default=None, metavar="RUN", help="delete a whole run folder")
+    runs.add_argument("--force", action="store_true",
+                      help="with --delete-checkpoints: also for a run that has not finished")
     runs.set_defaults(func=cmd_runs)
 
     export = commands.add_parser("export", help="write a trained adapter for ACE-Step, ComfyUI or diffusers")

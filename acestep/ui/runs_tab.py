@@ -14,8 +14,11 @@ from pathlib import Path
 import gradio as gr
 import pandas as pd
 
+from acestep.files import size_text
+from acestep.training.run_cleanup import delete_checkpoints, delete_run
 from acestep.training.run_folders import (
     RUN_HEADERS,
+    RunFolderError,
     read_events,
     run_adapters,
     run_folder,
@@ -109,10 +112,26 @@ def run_details(ctx: AppContext, name: str) -> str:
     return "\n\n".join(lines)
 
 
+def delete_from_runs(ctx: AppContext, name: str, what: str) -> str:
+    """Delete a run (`what` "run") or its step checkpoints ("checkpoints") from the workspace; the
+    message to show. Raises RunFolderError for an unknown run, one a job trains or waits to
+    train, one a process trains, or (checkpoints) one that has not finished."""
+    folder = run_folder(ctx.workspace.runs, name)
+    job = train_jobs_by_run(ctx.jobs.poll()).get(folder.resolve())
+    if job is not None and not job.finished:
+        raise RunFolderError(f"Run {name} is {job.status} as job {job.id}; stop it first (Train tab, or the jobs "
+                             "table there).")
+    if what == "run":
+        return f"Deleted run {name} ({size_text(delete_run(folder))} freed)."
+    return (f"Deleted the checkpoints of run {name} ({size_text(delete_checkpoints(folder))} freed); its adapters "
+            "stay, and it can no longer be resumed.")
+
+
 def build_runs_tab(ctx: AppContext) -> None:
     """Add the Runs tab's components to the current Blocks context."""
     gr.Markdown("Every training run in the workspace's `runs/` folder. Pick runs to compare their curves (losses, "
-                "or what their previews measured at strength 1); click a row to see its config.")
+                "or what their previews measured at strength 1); click a row to see its config, or to delete its "
+                "checkpoints (the disk a finished run no longer needs) or the whole run.")
     names = run_names(ctx)
     table = gr.Dataframe(headers=RUN_HEADERS, value=lambda: run_rows(ctx), interactive=False, elem_id="runs-table")
     refresh = gr.Button("Refresh", elem_id="runs-refresh")
@@ -124,6 +143,11 @@ def build_runs_tab(ctx: AppContext) -> None:
                        x_title="step", y_title="loss", label="Curves", elem_id="runs-plot")
     selected = gr.Dropdown(names, value=None, label="Run", elem_id="runs-selected")
     details = gr.Markdown(run_details(ctx, ""), elem_id="runs-details")
+    with gr.Row():
+        delete_checkpoints_button = gr.Button("Delete its checkpoints (keep its adapters)", size="sm",
+                                              elem_id="runs-delete-checkpoints")
+        delete_run_button = gr.Button("Delete the run", variant="stop", size="sm", elem_id="runs-delete")
+    confirmed = gr.Checkbox(False, visible=False, elem_id="runs-delete-confirmed")  # the browser's confirm() answer
     config = gr.Code(language=None, label=CONFIG_FILE, interactive=False, elem_id="runs-config")
     known = gr.State(names)
     timer = gr.Timer(REFRESH_SECONDS)
@@ -145,6 +169,21 @@ def build_runs_tab(ctx: AppContext) -> None:
         return (rows, now, gr.Dropdown(choices=now, value=chosen),
                 gr.Dropdown(choices=now, value=current if current in now else None), plot_data)
 
+    def deleter(what: str):
+        def on_delete(name, yes):
+            if not yes or not name:
+                return gr.skip(), gr.skip(), gr.skip()
+            gr.Info(friendly(delete_from_runs)(ctx, name, what))
+            kept = name if what == "checkpoints" else ""
+            return run_rows(ctx), run_details(ctx, kept), run_config_text(ctx, kept)
+        return on_delete
+
+    for button, what, question in (
+            (delete_checkpoints_button, "checkpoints", "Delete the step checkpoints of run ${name}? Its adapters "
+                                                      "(best, final) stay; it can no longer be resumed."),
+            (delete_run_button, "run", "Delete run ${name} and everything in it (adapters, previews, logs)?")):
+        button.click(deleter(what), inputs=[selected, confirmed], outputs=[table, details, config],
+                     js=f"(name, yes) => [name, !!name && confirm(`{question}`)]")
     table.select(select, inputs=[table], outputs=[selected])
     selected.change(friendly(lambda name: (run_details(ctx, name), run_config_text(ctx, name))), inputs=[selected],
                     outputs=[details, config])

@@ -163,3 +163,36 @@ def test_tab_builds_with_its_element_ids(ctx, runs):
         build_runs_tab(ctx)
     ids = {block.elem_id for block in app.blocks.values()}
     assert {"runs-table", "runs-plot", "runs-config", "runs-refresh"} <= ids
+
+
+def test_a_run_or_its_checkpoints_are_deleted_from_the_tab_after_the_browser_s_confirm(ctx, runs):
+    from acestep.ui.runs_tab import delete_from_runs
+
+    with gr.Blocks() as app:
+        build_runs_tab(ctx)
+    handlers = {}
+    for fn in app.fns.values():
+        for block_id, event in fn.targets:
+            elem_id = getattr(app.blocks.get(block_id), "elem_id", None)
+            if event == "click" and elem_id in ("runs-delete", "runs-delete-checkpoints"):
+                assert "confirm(`Delete" in fn.js  # the browser asks first; its answer is the second input
+                handlers[elem_id] = fn.fn
+    (runs / "finished" / "checkpoints" / "step-000004").mkdir(parents=True)
+    (runs / "finished" / "checkpoints" / "step-000004" / "COMPLETE").write_text("{}")
+    assert handlers["runs-delete-checkpoints"]("finished", False) == (gr.skip(),) * 3  # not confirmed: nothing
+    assert (runs / "finished" / "checkpoints").is_dir()
+    rows, details, config = handlers["runs-delete-checkpoints"]("finished", True)
+    assert not (runs / "finished" / "checkpoints").exists() and "**finished**: done" in details
+    with pytest.raises(gr.Error, match="has not finished"):
+        handlers["runs-delete-checkpoints"]("stopped", True)
+    running = ctx.jobs.submit("train", [sys.executable, "-c", "import time; time.sleep(60)"], needs_gpu=False,
+                              events_path=runs / "writing" / "events.jsonl", label="writing", cwd=ctx.workspace.root)
+    try:
+        with pytest.raises(RunFolderError, match=f"Run writing is running as job {running.id}; stop it first"):
+            delete_from_runs(ctx, "writing", "run")
+    finally:
+        ctx.jobs.stop(running.id, force=True)
+        assert ctx.jobs.wait(running.id, timeout=60).finished
+    rows, details, config = handlers["runs-delete"]("writing", True)
+    assert not (runs / "writing").exists() and "writing" not in [row[0] for row in rows]
+    assert (details, config) == (run_details(ctx, ""), "")
