@@ -288,6 +288,23 @@ def test_demo_flow_scan_preprocess_train_export_with_a_second_browser(server, br
     wait_text(page, "runs-table", r"browser-run[\s\S]*stopped", 30_000)
     page.wait_for_function(DRAWN_LINES.replace("ELEM", "runs-plot") + " > 0", timeout=30_000)
     screenshot(page, "flow-7-runs")
+
+    # Delete: the browser asks first; a stopped run keeps the checkpoints it resumes from; the run goes
+    run_dir = ctx.workspace.runs / "browser-run"
+    pick(page, "runs-selected", "browser-run")
+    wait_text(page, "runs-details", r"browser-run\*?\*?: stopped")
+    page.once("dialog", lambda dialog: dialog.dismiss())
+    page.locator("#runs-delete").click()
+    page.wait_for_timeout(2000)
+    assert run_dir.is_dir()  # not confirmed: kept
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.locator("#runs-delete-checkpoints").click()
+    page.locator(".toast-body", has_text="has not finished").wait_for(timeout=30_000)
+    assert list((run_dir / "checkpoints").iterdir())
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.locator("#runs-delete").click()
+    wait_for(lambda: not run_dir.exists(), 30, f"{run_dir} deleted from the Runs tab")
+    wait_text(page, "runs-details", r"Pick a run")
     page.context.close()
 
 
