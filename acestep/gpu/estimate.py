@@ -117,6 +117,17 @@ class VramEstimate:
         return sum(v for k, v in self.parts.items() if k not in _NOT_ALLOCATED)
 
     @property
+    def checkpoint_sizes(self):
+        """What a step checkpoint and an adapter folder of the run weigh on disk
+        (`acestep.training.disk_space.CheckpointSizes`): a checkpoint's training state holds the
+        adapter (and its moving average) and the optimizer's state, as counted here, and its adapter
+        folder the adapter once more (fp32; with a moving average, the average)."""
+        from acestep.training.disk_space import CheckpointSizes
+
+        adapter = 4 * self.trainable_params
+        return CheckpointSizes(self.parts["adapter"] + self.parts["optimizer"] + adapter, adapter)
+
+    @property
     def total_gib(self) -> float:
         return self.total_bytes / GIB
 

@@ -40,6 +40,7 @@ def _config_lines(config_path: Path, checkpoints_dir, overrides, report) -> list
     from acestep.gpu.estimate import GIB, estimate_vram, gib
     from acestep.gpu.fit import settings_that_fit
     from acestep.training.config import apply_overrides, load_config, resolve_paths
+    from acestep.training.disk_space import disk_summary, run_folder_of
 
     config = resolve_paths(apply_overrides(load_config(config_path), list(overrides)), Path.cwd())
     model_config, note = _model_config(config, checkpoints_dir)
@@ -47,9 +48,12 @@ def _config_lines(config_path: Path, checkpoints_dir, overrides, report) -> list
     # compute capability, the first GPU's printed (unknown capability: the worst case).
     estimates = {capability: estimate_vram(config, model_config, capability=capability)
                  for capability in [gpu.compute_capability for gpu in report.gpus] or [None]}
-    lines = [f"Training config {config_path}:", next(iter(estimates.values())).describe()]
+    first = next(iter(estimates.values()))
+    lines = [f"Training config {config_path}:", first.describe()]
     if note:
         lines.append(note)
+    run_dir = run_folder_of(config.run.output_dir, config.run.name)
+    lines.append(disk_summary(run_dir, first.checkpoint_sizes, config.run.keep_checkpoints))
     if not report.gpus:
         lines.append("No NVIDIA GPU to compare it with.")
     for gpu in report.gpus:

@@ -27,6 +27,7 @@ from acestep.files import is_disk_full, recover_replaced_folder, replaced_folder
 from acestep.training.state import load_state, save_state
 
 from acestep.training.run_layout import ADAPTER_DIR, CHECKPOINTS_DIR, COMPLETE_MARKER
+from acestep.training.run_folders import complete_checkpoints, is_complete
 
 
 def checkpoint_name(step: int) -> str:
@@ -62,19 +63,6 @@ def write_checkpoint(run_dir: Path, step: int, state: dict, save_adapter_into) -
             handle.flush()
             os.fsync(handle.fileno())
     return final
-
-
-def is_complete(folder: Path) -> bool:
-    return (Path(folder) / COMPLETE_MARKER).is_file()
-
-
-def complete_checkpoints(run_dir: Path) -> list[Path]:
-    """Complete step checkpoints of a run, oldest first (temporary and partial folders skipped)."""
-    root = Path(run_dir) / CHECKPOINTS_DIR
-    if not root.is_dir():
-        return []
-    found = [p for p in root.iterdir() if p.is_dir() and p.name.startswith("step-") and is_complete(p)]
-    return sorted(found, key=lambda p: p.name)
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:

@@ -256,6 +256,19 @@ def adapter_kind(folder: Path) -> str:
     return "dora" if isinstance(config, dict) and config.get("use_dora") else "lora"
 
 
+def is_complete(folder: Path) -> bool:
+    return (Path(folder) / COMPLETE_MARKER).is_file()
+
+
+def complete_checkpoints(run_dir: Path) -> list[Path]:
+    """Complete step checkpoints of a run, oldest first (temporary and partial folders skipped)."""
+    root = Path(run_dir) / CHECKPOINTS_DIR
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if p.is_dir() and p.name.startswith("step-") and is_complete(p)]
+    return sorted(found, key=lambda p: p.name)
+
+
 def run_adapters(run_dir: Path) -> list[tuple[str, Path]]:
     """The complete adapters of a run: (name, adapter folder) for final/, best/ and each complete
     checkpoints/step-N/ (newest step first). Names are what `adapter_in_run` takes back."""

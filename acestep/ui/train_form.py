@@ -31,6 +31,7 @@ from acestep.errors import AceStepError, CheckpointError
 from acestep.gpu import SystemGpuReport
 from acestep.gpu.estimate import GIB, gib
 from acestep.models.checkpoints import DIT, resolve_model_path
+from acestep.training import disk_space
 from acestep.training.config import TrainingConfig, config_from_dict, config_to_dict
 from acestep.training.config_schema import FIELD_META, FIELD_TYPES, SECTIONS, describe_fields
 from acestep.training.config_values import FieldType, Invalid, parse_text
@@ -276,7 +277,8 @@ for line in sys.stdin:
             estimate = estimate_vram(config, model, capability=tuple(capability) if capability else None)
             fits = settings_that_fit(config, estimate, free) if free is not None and estimate.total_bytes > free else []
             reply["estimates"].append({"total_bytes": estimate.total_bytes, "describe": estimate.describe(),
-                                       "fits": [[list(f.changes), f.estimate.total_bytes] for f in fits]})
+                                       "fits": [[list(f.changes), f.estimate.total_bytes] for f in fits],
+                                       "checkpoint_sizes": list(vars(estimate.checkpoint_sizes).values())})
     except Exception as error:
         reply = {"error": f"{type(error).__name__}: {error}"}
     replies.write(json.dumps(reply) + "\n")
@@ -391,6 +393,13 @@ def estimate_text(ctx: AppContext, config: TrainingConfig, report: SystemGpuRepo
                           "no usual setting makes it fit: free memory on the GPU"))
         lines.append(f"GPU {gpu.index} {gpu.name}: {verdict}.")
     lines.append(f"```\n{first['describe']}\n```")
+    try:
+        run_dir = disk_space.run_folder_of(ctx.workspace.check_path(config.run.output_dir, what="runs folder"),
+                                           config.run.name)
+    except AceStepError:  # a runs folder outside the workspace: the Start says so
+        return "\n\n".join(lines)
+    lines.append(disk_space.disk_summary(run_dir, disk_space.CheckpointSizes(*first["checkpoint_sizes"]),
+                                         config.run.keep_checkpoints))
     return "\n\n".join(lines)
 
 

@@ -1,6 +1,9 @@
 """The text of `acestep-trainer gpu`: GPUs, the recommended preset per GPU, and a config's estimate
 against each GPU's free memory (fake NVML reports; no GPU needed)."""
 
+import re
+from pathlib import Path
+
 from acestep.gpu.estimate import GIB
 from acestep.gpu.monitor import GpuProcess, GpuStatus, SystemGpuReport
 from acestep.gpu.report import gpu_command_report
@@ -46,6 +49,9 @@ def test_a_config_is_compared_with_each_gpu_and_gets_advice_where_it_does_not_fi
     assert f"Training config {path}:" in text and "batch 3 x 60 s" in text
     assert "is not on disk" not in text  # the tiny checkpoint's own config gave the shapes
     assert "GPU 0: fits (79.00 GiB free" in text
+    assert re.search(r"Disk: a checkpoint is about [\d.]+ [KM]iB; the run writes up to [\d.]+ MiB \(4 checkpoints at "
+                     rf"once, best/ and final/\) into {re.escape(str(Path.cwd() / 'runs'))}, whose disk has [\d.]+ GiB "
+                     r"free\.", text)  # the run's folder resolved as `train` resolves it
 
 
 def test_the_2b_default_is_said_when_the_model_is_missing(tmp_path):

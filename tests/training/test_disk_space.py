@@ -8,6 +8,8 @@ import pytest
 import torch
 
 from acestep.files import folder_bytes
+from acestep.gpu.estimate import estimate_vram
+from acestep.models.config import read_dit_config
 from acestep.training import checkpoint as ckpt
 from acestep.training import disk_space, loop
 from acestep.training.disk_space import CheckpointSizes, bytes_to_come, disk_warning, tensor_bytes
@@ -74,6 +76,10 @@ def test_a_run_warns_after_its_first_step_with_the_size_its_checkpoints_have_on_
     assert sizes.checkpoint <= on_disk < sizes.checkpoint + 64 * 1024, (sizes, on_disk)
     assert sizes.adapter <= folder_bytes(result.run_dir / "final") < sizes.adapter + 16 * 1024
     assert json.loads((checkpoint / "state.json").read_text())  # a real checkpoint, not a stand-in
+    # the estimate before a run counts the same from the model's shapes (less the RNG states: 8 KB)
+    estimated = estimate_vram(config, read_dit_config(tiny_dit)).checkpoint_sizes
+    assert estimated.adapter == sizes.adapter
+    assert 0 <= sizes.checkpoint - estimated.checkpoint < 16 * 1024, (estimated, sizes)
 
 
 def test_a_run_on_a_disk_with_room_does_not_warn(tmp_path, tensors_17, tiny_dit):

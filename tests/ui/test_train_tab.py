@@ -130,6 +130,12 @@ def test_the_estimate_grows_with_the_batch_and_says_whether_it_fits(ctx):
     fits = re.findall(r"`([\w.]+=[\w.]+)` \(about ([\d.]+) GiB\)", large.split("these settings would fit: ")[1])
     assert fits[0] == ("run.gradient_checkpointing=true", fits[0][1]) and all(float(t) <= 10 for _, t in fits)
     assert "`acestep-v15-turbo` is not on disk" in small  # no checkpoints here: the 2B DiT's shapes
+    # and the disk the run's checkpoints take: the same for both batches (the adapter and the optimizer's state)
+    disk = re.search(r"Disk: a checkpoint is about ([\d.]+) MiB; the run writes up to ([\d.]+) GiB \(4 checkpoints "
+                     rf"at once, best/ and final/\) into {re.escape(str(ctx.workspace.runs))}\S*, whose disk has "
+                     r"[\d.]+ GiB free\.", small)
+    assert disk.group(0) in large
+    assert float(disk.group(1)) == 672.0  # rank 64 on attention: 168 MiB of fp32 adapter twice, AdamW's two moments
 
 
 def test_an_estimate_helper_that_dies_gives_its_error_and_is_started_again(ctx):
