@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from acestep.errors import AceStepError
+from acestep.files import folder_bytes, size_text
 from acestep.jobs import TRAIN_KIND, Job
 from acestep.training.run_layout import (
     ADAPTER_DIR,
@@ -56,6 +57,7 @@ class RunSummary:
     preview_step: int | None = None  # the last preview's step, and what it measured at strength 1:
     preview_effect_db: float | None = None  # the adapter effect
     preview_closer: float | None = None  # how much closer to the songs than strength 0, as a share (0.15: 15%)
+    disk_bytes: int = 0  # what the run folder takes on disk (checkpoints, adapters, previews, logs)
 
 
 def read_events(path: Path) -> list[dict]:
@@ -152,7 +154,7 @@ def summarize_run(run_dir: Path, job: Job | None = None) -> RunSummary:
     if job is not None:
         status, message = job.status, job.message or message
     summary = RunSummary(run_dir.name, run_dir, status, message=message,
-                         adapter=adapter_text(read_run_config(run_dir)))
+                         adapter=adapter_text(read_run_config(run_dir)), disk_bytes=folder_bytes(run_dir))
     validation: list[float] = []
     for event in events:
         kind = event["type"]
@@ -195,7 +197,8 @@ def preview_text(summary: RunSummary) -> str:
     return ", ".join(parts)
 
 
-RUN_HEADERS = ["Run", "Status", "Started", "Steps", "Epochs", "Final loss", "Best loss", "Adapter", "Last preview"]
+RUN_HEADERS = ["Run", "Status", "Started", "Steps", "Epochs", "Final loss", "Best loss", "Adapter", "Last preview",
+               "Disk"]
 
 
 def _loss(value: float | None) -> str:
@@ -210,7 +213,7 @@ def run_row(summary: RunSummary) -> list[str]:
         best = _loss(summary.best_loss) + (" (validation)" if summary.best_is_validation else " (epoch average)")
     return [summary.name, summary.status, started, "" if summary.step is None else str(summary.step),
             "" if summary.epoch is None else str(summary.epoch), _loss(summary.final_loss), best, summary.adapter,
-            preview_text(summary)]
+            preview_text(summary), size_text(summary.disk_bytes)]
 
 
 def summarize_runs(runs_dir: Path, jobs: list[Job]) -> list[RunSummary]:

@@ -6,6 +6,7 @@ from training.conftest import write_tensors_dir
 from training.test_loop import make_config, train_stopped_after
 
 from acestep.cli import main
+from acestep.files import folder_bytes, size_text
 from acestep.training.loop import train
 
 
@@ -21,7 +22,7 @@ def test_runs_lists_each_run_with_its_status_losses_and_adapters(tmp_path, tiny_
     assert main(["runs", str(runs)]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].split() == ["Run", "Status", "Started", "Steps", "Epochs", "Final", "loss", "Best", "loss",
-                                "Adapter", "Last", "preview", "Adapters"]
+                                "Adapter", "Last", "preview", "Disk", "Adapters"]
     rows = {line.split()[0]: line for line in lines[1:]}
     assert set(rows) == {"done", "stopped"}
     assert rows["done"].split()[1] == "done" and rows["done"].endswith("final, best, checkpoints/step-000003")
@@ -32,6 +33,8 @@ def test_runs_lists_each_run_with_its_status_losses_and_adapters(tmp_path, tiny_
     listed = {run["name"]: run for run in json.loads(capsys.readouterr().out)}
     assert (listed["done"]["step"], listed["stopped"]["step"]) == (3, 2)
     assert listed["done"]["final_loss"] > 0 and listed["done"]["path"] == str(runs / "done")
+    assert listed["done"]["disk_bytes"] == folder_bytes(runs / "done")  # what --delete-checkpoints would free, and more
+    assert f"  {size_text(folder_bytes(runs / 'done'))}  final, best" in rows["done"]
     # the preview at the end of the epoch: the adapter effect and the distance to the songs at strength 1
     preview = next(json.loads(line) for line in (runs / "done" / "events.jsonl").read_text().splitlines()
                    if json.loads(line)["type"] == "preview")

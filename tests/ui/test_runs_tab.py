@@ -9,6 +9,7 @@ from pathlib import Path
 import gradio as gr
 import pytest
 
+from acestep.files import folder_bytes, size_text
 from acestep.training.run_folders import RunFolderError, read_events, summarize_run
 from acestep.ui.context import AppContext, Workspace
 from acestep.ui.runs_tab import build_runs_tab, curve_plot, run_config_text, run_curves, run_details, run_rows
@@ -71,7 +72,10 @@ def test_history_rows_status_steps_and_losses(ctx, runs):
     rows = rows_by_name(ctx)
     assert set(rows) == {"finished", "writing", "stopped", "failed", "validated"}  # no .jobs, no no-config
     started = time.strftime("%Y-%m-%d %H:%M", time.localtime(T0))
-    assert rows["finished"][1:] == ["done", started, "4", "2", "0.6500", "0.6200 (epoch average)", "lora r64", ""]
+    size = size_text(folder_bytes(runs / "finished"))  # config.toml and events.jsonl: some 800 bytes
+    assert rows["finished"][1:] == ["done", started, "4", "2", "0.6500", "0.6200 (epoch average)", "lora r64", "",
+                                    size]
+    assert size.endswith(" B") and int(size.split()[0]) > 500
     assert rows["writing"][1] == "incomplete" and rows["writing"][3] == "2" and rows["writing"][5] == "1.2500"
     assert rows["writing"][6] == "" and rows["writing"][7] == "lokr r16"
     assert rows["stopped"][1] == "stopped" and rows["stopped"][5] == "2.0000"
@@ -110,8 +114,8 @@ def test_what_the_previews_measured_is_in_the_table_and_the_curves(ctx):
     write_run(ctx.workspace.runs, "no-zero", [START, log(1, 1.0), preview(1, None, {"1": 0.9})])  # no strength 0
     write_run(ctx.workspace.runs, "farther", [START, preview(3, {"1": 0.1}, {"0": 1.0, "1": 1.2})])
     rows = rows_by_name(ctx)
-    assert rows["previewed"][-1] == "1.50 dB, 25% closer"  # the last preview, at strength 1
-    assert rows["no-zero"][-1] == "" and rows["farther"][-1] == "0.10 dB, 20% farther"
+    assert rows["previewed"][-2] == "1.50 dB, 25% closer"  # the last preview, at strength 1
+    assert rows["no-zero"][-2] == "" and rows["farther"][-2] == "0.10 dB, 20% farther"
     summary = summarize_run(ctx.workspace.runs / "previewed")
     assert (summary.preview_step, summary.preview_effect_db) == (2, 1.5)
     assert summary.preview_closer == pytest.approx(0.25)
