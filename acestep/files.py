@@ -9,6 +9,7 @@ import errno
 import json
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -200,3 +201,37 @@ def new_folder(folder: Path) -> Path:
         except FileExistsError:
             number += 1
             candidate = Path(folder).with_name(f"{Path(folder).name}-{number}")
+
+
+# A lock on an open file that goes with the process holding it (no stale locks after a kill).
+# POSIX: flock, which belongs to the open file (not the process, unlike lockf), so two opens of one
+# file in one process exclude each other too; `offset` does not matter. Windows (untested here): a
+# byte-range lock on the byte at `offset`.
+if sys.platform == "win32":
+    import msvcrt
+
+    def try_lock_file(handle, offset: int = 0) -> bool:
+        """Lock the open file `handle` without waiting; whether it was free."""
+        handle.seek(offset)
+        try:
+            msvcrt.locking(handle.fileno(), msvcrt.LK_NBLCK, 1)
+        except OSError:
+            return False
+        return True
+
+    def unlock_file(handle, offset: int = 0) -> None:
+        handle.seek(offset)
+        msvcrt.locking(handle.fileno(), msvcrt.LK_UNLCK, 1)
+else:
+    import fcntl
+
+    def try_lock_file(handle, offset: int = 0) -> bool:
+        """Lock the open file `handle` without waiting; whether it was free."""
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        return True
+
+    def unlock_file(handle, offset: int = 0) -> None:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_UN)

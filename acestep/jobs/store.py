@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from acestep.errors import JobError
-from acestep.files import read_json_object, write_atomically
+from acestep.files import read_json_object, try_lock_file, unlock_file, write_atomically
 
 FORMAT_VERSION = 1
 JOB_FILE = "job.json"
@@ -186,7 +186,7 @@ class JobStore:
         with open(path, "a+b") as handle:
             deadline = time.monotonic() + timeout
             delay = 0.002
-            while not _try_lock(handle):
+            while not try_lock_file(handle):
                 if time.monotonic() > deadline:
                     raise JobError(f"{path}: another process has held the jobs lock for over {timeout:g} s; "
                                    "if it hangs, end it (the lock is released when it exits).")
@@ -195,36 +195,7 @@ class JobStore:
             try:
                 yield
             finally:
-                _unlock(handle)
-
-
-if sys.platform == "win32":  # untested here: Windows byte-range lock on the first byte of the file
-    import msvcrt
-
-    def _try_lock(handle) -> bool:
-        handle.seek(0)
-        try:
-            msvcrt.locking(handle.fileno(), msvcrt.LK_NBLCK, 1)
-        except OSError:
-            return False
-        return True
-
-    def _unlock(handle) -> None:
-        handle.seek(0)
-        msvcrt.locking(handle.fileno(), msvcrt.LK_UNLCK, 1)
-else:
-    import fcntl
-
-    def _try_lock(handle) -> bool:
-        # flock locks belong to the open file (not the process, unlike lockf), so threads exclude each other.
-        try:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return False
-        return True
-
-    def _unlock(handle) -> None:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+                unlock_file(handle)
 
 
 def _retry_on_windows(action, attempts: int = 20):

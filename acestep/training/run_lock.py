@@ -19,36 +19,11 @@ import time
 from pathlib import Path
 
 from acestep.errors import TrainingError
+from acestep.files import try_lock_file, unlock_file
 from acestep.training.run_layout import TRAINING_LOCK
 
-if os.name == "nt":
-    import msvcrt
-
-    _LOCKED_BYTE = 1 << 20  # the lock covers one byte far past the text, so the holder's text stays readable
-
-    def _try_lock(handle) -> bool:
-        handle.seek(_LOCKED_BYTE)
-        try:
-            msvcrt.locking(handle.fileno(), msvcrt.LK_NBLCK, 1)
-        except OSError:
-            return False
-        return True
-
-    def _unlock(handle) -> None:
-        handle.seek(_LOCKED_BYTE)
-        msvcrt.locking(handle.fileno(), msvcrt.LK_UNLCK, 1)
-else:
-    import fcntl
-
-    def _try_lock(handle) -> bool:
-        try:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return False
-        return True
-
-    def _unlock(handle) -> None:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+# Windows locks a byte far past the text, so the holder's text stays readable (POSIX locks the file).
+_LOCKED_BYTE = 1 << 20
 
 
 class RunLock:
@@ -63,7 +38,7 @@ class RunLock:
         process that trains the run already."""
         run_dir = Path(run_dir)
         handle = open(run_dir / TRAINING_LOCK, "a+", encoding="utf-8")  # noqa: SIM115 - closed in release()
-        if not _try_lock(handle):
+        if not try_lock_file(handle, _LOCKED_BYTE):
             holder = _holder_text(handle)
             handle.close()
             raise TrainingError(f"{run_dir} is being trained by another process ({holder}); wait for it to end, "
@@ -78,7 +53,7 @@ class RunLock:
     def release(self) -> None:
         if self._handle.closed:
             return
-        _unlock(self._handle)
+        unlock_file(self._handle, _LOCKED_BYTE)
         self._handle.close()
 
 
@@ -89,8 +64,8 @@ def holder(run_dir: str | Path) -> str | None:
     if not path.is_file():
         return None
     with open(path, "a+", encoding="utf-8") as handle:
-        if _try_lock(handle):
-            _unlock(handle)
+        if try_lock_file(handle, _LOCKED_BYTE):
+            unlock_file(handle, _LOCKED_BYTE)
             return None
         return _holder_text(handle)
 
