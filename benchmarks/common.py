@@ -93,7 +93,7 @@ def build_session(training: TrainingConfig, model: AceStepModelConfig, samples: 
     Fabric (accelerator and precision from `training`), the NF4 base when asked, gradient
     checkpointing, the adapter, compile, the optimizer and scheduler, the cropped samples.
     `checkpoint_info["precision"]` says the precision."""
-    from lightning.fabric import Fabric
+    from lightning_fabric import Fabric
 
     accelerator = resolve_accelerator(training.run.accelerator)
     precision, dtype = resolve_precision(training, accelerator)

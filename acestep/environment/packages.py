@@ -27,7 +27,7 @@ REQUIRED_PACKAGES: Mapping[str, str] = MappingProxyType({
     "diffusers": "diffusers",
     "transformers": "transformers",
     "peft": "peft",
-    "lightning": "lightning",
+    "lightning_fabric": "lightning-fabric",
     "gradio": "gradio",
     "safetensors": "safetensors",
     "soundfile": "soundfile",

@@ -46,7 +46,7 @@ class EnvironmentReport:
 
 def check_environment() -> EnvironmentReport:
     """Check where we run, import every required and optional package (10-30 s: torch,
-    lightning, peft...) and check the project's own install. Never raises an Exception."""
+    lightning-fabric, peft...) and check the project's own install. Never raises an Exception."""
     packages = (check_packages(REQUIRED_PACKAGES)
                 + [check_project_install(project_root())]
                 + check_packages(OPTIONAL_PACKAGES, required=False))

@@ -120,7 +120,7 @@ class TrainingSession:
     # ---- set-up ------------------------------------------------------------------------------------
     @classmethod
     def start(cls, config: TrainingConfig, resume: Path | None = None, listeners=()) -> TrainingSession:
-        from lightning.fabric import Fabric
+        from lightning_fabric import Fabric
 
         from acestep.models.attention import plan_attention
         from acestep.models.load import encoder_digest

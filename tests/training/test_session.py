@@ -1,7 +1,7 @@
 """TrainingSession.start: the pre-training memory check runs on CUDA before the model loads,
 and is skipped on CPU/MPS and with run.skip_vram_check."""
 
-import lightning.fabric
+import lightning_fabric
 import pytest
 
 import acestep.gpu.fit as fit
@@ -36,13 +36,13 @@ def checks(monkeypatch):
 @pytest.fixture
 def pretend_cuda(monkeypatch):
     """The session believes it runs on CUDA; Fabric runs on the CPU."""
-    real = lightning.fabric.Fabric
+    real = lightning_fabric.Fabric
 
     class CpuFabric(real):
         def __init__(self, **kwargs):
             super().__init__(accelerator="cpu", devices=1, precision="32-true")
 
-    monkeypatch.setattr(lightning.fabric, "Fabric", CpuFabric)
+    monkeypatch.setattr(lightning_fabric, "Fabric", CpuFabric)
     monkeypatch.setattr(session_module, "resolve_accelerator", lambda name: "cuda")
 
 
