@@ -6,7 +6,8 @@ bit-identical to an uninterrupted run of the same seed. A checkpoint write that 
 disk stops the run with a clear message and leaves the previous checkpoint usable.
 
 The kill points are drawn from a seeded generator (`ACESTEP_CRASH_SEED`, default 2026, printed),
-so a failure can be replayed; `tests/reliability/kill_at.py` arms them inside the real CLI.
+so a failure can be replayed; `tests/reliability/kill_at.py` arms them inside the real CLI. Each run
+is its own process, forked from one that imported the package once (`kill_at.start_run`).
 """
 
 from __future__ import annotations
@@ -15,8 +16,6 @@ import json
 import os
 import random
 import signal
-import subprocess
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -30,10 +29,10 @@ from training.test_loop import adapter_tensors, events
 from training.test_processes import write_config as write_training_config
 
 from .conftest import record
+from .kill_at import Run, start_run
 
 pytestmark = pytest.mark.slow
 
-HARNESS = Path(__file__).with_name("kill_at.py")
 SEED = int(os.environ.get("ACESTEP_CRASH_SEED", "2026"))
 RUNS = 20
 # 8 samples, accumulation 2: 4 optimizer steps an epoch, 24 in all; a checkpoint every 3 steps
@@ -86,17 +85,6 @@ def draw_scenarios(seed: int) -> list[Scenario]:
     return scenarios
 
 
-def environment() -> dict[str, str]:
-    # One thread in every process: the reference and the resumed runs must reduce in the same order.
-    return {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1",
-            "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
-
-
-def harness(phase: str, call: int, *command: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, str(HARNESS), phase, str(call), "--", *command], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, env=environment())
-
-
 def write_config(root: Path, tensors: Path, dit: Path, name: str) -> Path:
     return write_training_config(root, tensors, dit, name, *RUN_SETTINGS)
 
@@ -113,7 +101,7 @@ def checkpoint_folders(run_dir: Path) -> tuple[list[str], list[str]]:
     return complete, [name for name in entries if name not in complete]
 
 
-def wait_for_step(process: subprocess.Popen, run_dir: Path, step: int, timeout: float = 300) -> None:
+def wait_for_step(process: Run, run_dir: Path, step: int, timeout: float = 300) -> None:
     deadline = time.time() + timeout
     path = run_dir / "events.jsonl"
     while True:
@@ -121,7 +109,7 @@ def wait_for_step(process: subprocess.Popen, run_dir: Path, step: int, timeout: 
         if any(line.startswith('{"type": "log"') and json.loads(line).get("step", 0) >= step
                for line in text.splitlines() if line.endswith("}")):
             return
-        assert process.poll() is None, f"the run ended before step {step}: {process.stdout.read()}"
+        assert process.poll() is None, f"the run ended before step {step}: {process.output()}"
         assert time.time() < deadline, f"step {step} not reached in {timeout} s"
         time.sleep(0.01)
 
@@ -131,21 +119,23 @@ def play(scenario: Scenario, root: Path, tensors: Path, dit: Path, reference: Pa
     outcome = Outcome()
     config = write_config(root, tensors, dit, scenario.name)
     run_dir = root / "runs" / scenario.name
+    logs = root / "logs"
     if scenario.phase == "outside":
-        process = harness("none", 0, "train", "--config", str(config))
+        process = start_run("none", 0, logs / f"{scenario.name}.log", "train", "--config", str(config))
         wait_for_step(process, run_dir, scenario.call)
         time.sleep(scenario.delay)
-        process.send_signal(signal.SIGKILL)
+        process.kill()
     else:
-        process = harness(scenario.phase, scenario.call, "train", "--config", str(config))
-    killed_output = process.communicate(timeout=600)[0]
+        process = start_run(scenario.phase, scenario.call, logs / f"{scenario.name}.log", "train", "--config",
+                          str(config))
+    killed_output = process.communicate(timeout=600)
     outcome.killed_status = process.returncode
     outcome.complete_at_kill, outcome.partial_at_kill = checkpoint_folders(run_dir)
     if outcome.killed_status != -signal.SIGKILL:
         outcome.resume_output = killed_output
         return outcome
-    resumed = harness("none", 0, "train", "--resume", str(run_dir))
-    outcome.resume_output = resumed.communicate(timeout=600)[0]
+    resumed = start_run("none", 0, logs / f"{scenario.name}-resume.log", "train", "--resume", str(run_dir))
+    outcome.resume_output = resumed.communicate(timeout=600)
     outcome.resume_status = resumed.returncode
     starts = [e["message"] for e in events(run_dir) if e["type"] == "start" and "resumed from" in e["message"]]
     outcome.resumed_from = Path(starts[-1].split("resumed from ", 1)[1]).name if starts else ""
@@ -162,8 +152,10 @@ def crash_runs(tmp_path_factory, tiny_checkpoints):
     root = tmp_path_factory.mktemp("crash")
     dit = tiny_checkpoints / "acestep-v15-turbo"
     tensors = write_tensors_dir(root / "tensors", dit, 8)
-    straight = harness("none", 0, "train", "--config", str(write_config(root, tensors, dit, "straight")))
-    output = straight.communicate(timeout=600)[0]
+    (root / "logs").mkdir()
+    straight = start_run("none", 0, root / "logs" / "straight.log", "train", "--config",
+                       str(write_config(root, tensors, dit, "straight")))
+    output = straight.communicate(timeout=600)
     assert straight.returncode == 0, output
     reference = root / "runs" / "straight"
     scenarios = draw_scenarios(SEED)
@@ -206,15 +198,16 @@ def test_a_full_disk_during_a_checkpoint_stops_the_run_clearly_and_the_previous_
     dit = tiny_checkpoints / "acestep-v15-turbo"
     run_dir = tmp_path / "runs" / "full"
     # the 4th checkpoint (step 12) fails after its adapter is written
-    process = harness("disk-full", 4, "train", "--config", str(write_config(tmp_path, tensors, dit, "full")))
-    output = process.communicate(timeout=600)[0]
+    process = start_run("disk-full", 4, tmp_path / "full.log", "train", "--config",
+                      str(write_config(tmp_path, tensors, dit, "full")))
+    output = process.communicate(timeout=600)
     assert process.returncode == 1, output
     assert "error: The disk is full: could not write" in output and "step-000012" in output
     assert "The previous checkpoints are intact; free some space and resume the run." in output
     assert checkpoint_folders(run_dir) == (["step-000006", "step-000009"], [])
     assert events(run_dir)[-1]["type"] == "error"
-    resumed = harness("none", 0, "train", "--resume", str(run_dir))
-    output = resumed.communicate(timeout=600)[0]
+    resumed = start_run("none", 0, tmp_path / "full-resume.log", "train", "--resume", str(run_dir))
+    output = resumed.communicate(timeout=600)
     assert resumed.returncode == 0, output
     assert same(adapter_tensors(run_dir / "final"), adapter_tensors(reference / "final"))
     record("full disk", "checkpoint writes failed with ENOSPC", 1, "previous checkpoint not usable", 0)
