@@ -78,6 +78,7 @@ class Job:
 
     @property
     def finished(self) -> bool:
+        """Ended one way or another; a job that is not finished is queued or running."""
         return self.status in FINISHED
 
     @property

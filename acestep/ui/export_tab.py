@@ -16,7 +16,7 @@ import gradio as gr
 
 from acestep.errors import AceStepError
 from acestep.files import free_folder, size_text
-from acestep.jobs import ACTIVE, DONE, QUEUED, Job
+from acestep.jobs import DONE, Job
 from acestep.training.run_folders import adapter_in_run, adapter_kind, adapter_metadata, run_folder
 from acestep.ui.adapter_picker import build_adapter_picker, picked_adapter
 from acestep.ui.context import WORKSPACE_FOLDERS, AppContext
@@ -198,7 +198,7 @@ def results_markdown(ctx: AppContext, job_id: str = "") -> str:
         return "No export or merge yet."
     out = job_out_folder(job)
     where = f"`{ctx.workspace.relative(out)}`" if out else "its folder"
-    if job.status == QUEUED or job.status in ACTIVE:
+    if not job.finished:
         return f"**{job.kind} {job.label}**: {job.status}, writing to {where}."
     if job.status != DONE:
         return f"**{job.kind} {job.label}**: {job.status}" + (f": {job.message}" if job.message else "")

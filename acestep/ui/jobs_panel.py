@@ -72,7 +72,7 @@ def job_rows(ctx: AppContext, kinds: Iterable[str] | None = None) -> list[list[s
 def active_job(ctx: AppContext, kind: str) -> Job | None:
     """The newest queued or running job of `kind`, or None (a tab disables its start button then)."""
     for job in reversed(ctx.jobs.poll()):
-        if job.kind == kind and _waits_or_runs(job):
+        if job.kind == kind and not job.finished:
             return job
     return None
 
@@ -80,11 +80,7 @@ def active_job(ctx: AppContext, kind: str) -> Job | None:
 def any_active(ctx: AppContext, kinds: Iterable[str]) -> bool:
     """Whether a job of one of `kinds` is queued or running (a tab's timer keeps its quick pace then)."""
     kinds = set(kinds)
-    return any(job.kind in kinds and _waits_or_runs(job) for job in ctx.jobs.poll())
-
-
-def _waits_or_runs(job: Job) -> bool:
-    return job.status == QUEUED or job.status in ACTIVE
+    return any(job.kind in kinds and not job.finished for job in ctx.jobs.poll())
 
 
 def stop_job(ctx: AppContext, job_id: str) -> str:

@@ -22,7 +22,7 @@ from acestep.files import new_folder
 from acestep.inference.cli import parse_strengths
 from acestep.inference.effect import distance_summary, effect_summary, recorded_distances, recorded_effects
 from acestep.inference.render import read_record, render_order, strength_label
-from acestep.jobs import ACTIVE, DONE, QUEUED, Job
+from acestep.jobs import DONE, Job
 from acestep.training.config_schema import QUANTIZATIONS
 from acestep.training.run_folders import adapter_metadata, read_run_config, run_folder
 from acestep.ui.adapter_picker import (
@@ -240,7 +240,7 @@ def job_summary(ctx: AppContext, job: Job | None) -> str:
         return "No render yet: pick an adapter, write a caption and press **Render**."
     out = job_out_folder(job)
     text = job_heading(job) + f" · {markdown_text(job.label)}"
-    if job.status == QUEUED or job.status in ACTIVE:
+    if not job.finished:  # queued or running
         return text + (f", writing to `{markdown_text(ctx.workspace.relative(out))}`" if out else "")
     if job.status != DONE and job.message:
         return text + f": {markdown_text(job.message)}"

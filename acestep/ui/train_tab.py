@@ -118,7 +118,7 @@ def resume_training(ctx: AppContext, run_text: str, owner: str = "") -> Job:
 
 def training_jobs(ctx: AppContext) -> list[Job]:
     """The training jobs running (first) and queued, in queue order."""
-    jobs = [job for job in ctx.jobs.poll() if job.kind == TRAIN_KIND and (job.active or job.status == QUEUED)]
+    jobs = [job for job in ctx.jobs.poll() if job.kind == TRAIN_KIND and not job.finished]
     return sorted(jobs, key=lambda job: job.status == QUEUED)
 
 
