@@ -373,6 +373,7 @@ def openmsx_renders(tmp_path_factory) -> list[Path]:
     return wavs
 
 
+@pytest.mark.slow  # renders and analyses 31 songs
 def test_accuracy_on_rendered_openmsx_songs(openmsx_renders):
     rows, bpm_results, rule_results, notes_results = [], [], [], []
     start = time.perf_counter()

@@ -38,6 +38,7 @@ def test_compile_compiles_each_block_and_keeps_the_output(tiny_dit):
     torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow  # torch.compile traces for a minute or more on a CPU
 def test_a_compiled_run_stays_compiled_through_varied_batches_validation_and_previews(tmp_path, tiny_dit,
                                                                                      monkeypatch):
     """Crops and conditions of different lengths in every batch, a last batch of one, validation

@@ -111,6 +111,7 @@ def test_checkpoint_block_marks_the_input_only_when_the_block_has_something_to_t
     assert block.weight.grad is not None and block.weight.grad.abs().sum() > 0
 
 
+@pytest.mark.slow  # torch.compile traces for a minute or more on a CPU
 @pytest.mark.parametrize("compiled", [False, True])
 def test_re_entrant_checkpointing_works_with_compiled_blocks(fixture_dir, compiled):
     from acestep.training.compilation import compile_blocks
