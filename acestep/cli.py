@@ -11,10 +11,12 @@ and runs the chosen command.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from acestep import __version__
 from acestep.commands import data, models, training
+from acestep.environment.location import compile_cache_dir
 from acestep.errors import AceStepError
 from acestep.library_noise import silence_library_noise
 
@@ -33,8 +35,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def keep_compiled_kernels() -> None:
+    """torch.compile (`run.compile`) keeps the kernels it generates in the system's temporary folder,
+    which many systems empty at boot, so the first run after each reboot compiled everything again.
+    Keep them in the project's cache folder instead, unless TORCHINDUCTOR_CACHE_DIR says where."""
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(compile_cache_dir()))
+
+
 def main(argv: list[str] | None = None) -> int:
     silence_library_noise()
+    keep_compiled_kernels()
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

@@ -1,5 +1,6 @@
 """`acestep-trainer`: each command does its job and a user error exits 1 with one line."""
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -42,6 +43,19 @@ def test_download_list_names_every_official_model(capsys):
     assert main(["download", "--list"]) == 0
     out = capsys.readouterr().out
     assert "ACE-Step/acestep-v15-xl-turbo" in out and "ACE-Step/Ace-Step1.5/vae" in out
+
+
+def test_commands_keep_torch_compile_kernels_in_the_project_unless_told_otherwise(capsys, monkeypatch, tmp_path):
+    from acestep.environment.location import compile_cache_dir, project_root
+
+    assert compile_cache_dir() == project_root() / "cache" / "torch-compile"  # /cache/ is git-ignored
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", "restored after the test")
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR")
+    assert main(["download", "--list"]) == 0
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(compile_cache_dir())
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))  # the user's choice stays
+    assert main(["download", "--list"]) == 0
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path)
 
 
 def test_console_script_help_lists_commands():

@@ -31,6 +31,12 @@ def project_env_dir() -> Path:
     return project_root() / "env"
 
 
+def compile_cache_dir() -> Path:
+    """Where torch.compile keeps the kernels it generates for training runs (`acestep.cli` points
+    TORCHINDUCTOR_CACHE_DIR here): <project root>/cache/torch-compile."""
+    return project_root() / "cache" / "torch-compile"
+
+
 def running_in_project_env() -> bool:
     """True when this interpreter's sys.prefix is the project's env/ folder."""
     try:

@@ -6,6 +6,7 @@ adapter, the data, the optimizer and scheduler, and the listeners.
 
 from __future__ import annotations
 
+import os
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -302,7 +303,9 @@ class TrainingSession:
                 + (f"; adapters, validation and previews use the weights' moving average (decay "
                    f"{self.average.decay:g})" if self.average is not None else "")
                 + ("; blocks compiled by torch.compile: the first steps, the first validation and the first "
-                   "short batch wait while it compiles" if c.run.compile else ""))
+                   "short batch wait while it compiles (its kernels are kept in "
+                   f"{os.environ.get('TORCHINDUCTOR_CACHE_DIR', 'the temporary folder')} for later runs)"
+                   if c.run.compile else ""))
 
     def recomputed_layers(self) -> int:
         """How many of the transformer's blocks gradient checkpointing recomputes (acestep.training.recompute)."""

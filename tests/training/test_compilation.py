@@ -2,6 +2,7 @@
 a run whose batches vary as real data does stays compiled to its end, each block (LoRA, LoKr,
 DoRA) is one graph, and torch.compile giving up becomes a warning of the run."""
 
+import os
 from functools import partial
 
 import pytest
@@ -69,6 +70,7 @@ def test_a_compiled_run_stays_compiled_through_varied_batches_validation_and_pre
     log = events(result.run_dir)
     start = next(e["message"] for e in log if e["type"] == "start")
     assert "3 batches" in start and "blocks compiled by torch.compile" in start  # 5 samples: 2, 2 and 1
+    assert f"its kernels are kept in {os.environ['TORCHINDUCTOR_CACHE_DIR']} for later runs" in start
     assert result.step == 3 and any(e["type"] == "validation" for e in log)
     assert preview_graphs == [0]
     assert 0 < counters["stats"]["unique_graphs"] <= 14  # 14 on torch 2.13; past BLOCK_GRAPH_LIMIT it raises above
