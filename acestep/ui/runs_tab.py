@@ -15,6 +15,7 @@ import gradio as gr
 import pandas as pd
 
 from acestep.files import size_text
+from acestep.jobs import TRAIN_KIND
 from acestep.training.run_cleanup import delete_checkpoints, delete_run
 from acestep.training.run_folders import (
     RUN_HEADERS,
@@ -30,7 +31,8 @@ from acestep.training.run_folders import (
 )
 from acestep.training.run_layout import CONFIG_FILE, EVENTS_FILE
 from acestep.ui.context import AppContext
-from acestep.ui.jobs_panel import friendly
+from acestep.ui.jobs_panel import any_active, friendly
+from acestep.ui.ticks import Ticks
 
 # curve shown -> (event type, field, the key inside the field or None, the plot's y title)
 METRICS = {"training loss": ("log", "loss", None, "loss"), "epoch loss": ("epoch", "loss", None, "loss"),
@@ -40,7 +42,7 @@ METRICS = {"training loss": ("log", "loss", None, "loss"), "epoch loss": ("epoch
                                              "latent distance to the songs at strength 1")}
 DEFAULT_METRIC = "training loss"
 CURVE_COLUMNS = ["step", "value", "run"]
-REFRESH_SECONDS = 5.0
+REFRESH_SECONDS = 5.0  # while a training job runs or waits; idle, ticks.IDLE_POLL_SECONDS
 
 
 def run_rows(ctx: AppContext) -> list[list[str]]:
@@ -150,7 +152,7 @@ def build_runs_tab(ctx: AppContext) -> None:
     confirmed = gr.Checkbox(False, visible=False, elem_id="runs-delete-confirmed")  # the browser's confirm() answer
     config = gr.Code(language=None, label=CONFIG_FILE, interactive=False, elem_id="runs-config")
     known = gr.State(names)
-    timer = gr.Timer(REFRESH_SECONDS)
+    ticks = Ticks(gr.Timer(REFRESH_SECONDS), busy=lambda: any_active(ctx, [TRAIN_KIND]), quick=REFRESH_SECONDS)
 
     def select(evt: gr.SelectData, rows):
         row = evt.index[0] if isinstance(evt.index, (list, tuple)) else evt.index
@@ -190,5 +192,7 @@ def build_runs_tab(ctx: AppContext) -> None:
     gr.on([compare.change, metric.change],
           lambda chosen, curve: curve_plot(ctx.workspace.runs, chosen, curve),
           inputs=[compare, metric], outputs=[plot])
-    gr.on([refresh.click, timer.tick], friendly(refresh_all), inputs=[known, compare, selected, metric],
-          outputs=[table, known, compare, selected, plot])
+    refresh_inputs, refresh_outputs = [known, compare, selected, metric], [table, known, compare, selected, plot]
+    refresh.click(friendly(refresh_all), inputs=refresh_inputs, outputs=refresh_outputs)
+    ticks.add(friendly(refresh_all), refresh_inputs, refresh_outputs)
+    ticks.wire()

@@ -5,7 +5,8 @@ on the Export tab each of its three tick events every 2 s cost about 0.13 of a c
 even with every output skipped. A tab whose timer drives several parts (the jobs table, the adapter
 picker, the results) adds them here and wires them once, as one event.
 
-The pace: while a job the tab shows runs or waits (`busy`), the timer ticks every POLL_SECONDS;
+The pace: while a job the tab shows runs or waits (`busy`), the timer ticks every POLL_SECONDS
+(a tab may ask for a slower `quick` pace: the Runs tab, which redraws its curves at each tick);
 while none does, every IDLE_POLL_SECONDS (measured on the Train tab: an idle tab at a 2 s tick cost
 headless Chromium 0.22 of a core, at 10 s 0.11, a bare Gradio page's own cost). A handler that
 starts a job sends `hurry()` to `pace_outputs`, so its progress shows at the quick pace at once.
@@ -32,10 +33,12 @@ class TickPart:
 @dataclass
 class Ticks:
     """The parts `timer` runs at each tick; `wire()` registers them as one event. With `busy`
-    (whether a job the tab shows runs or waits) the tick also sets the timer's pace, which a
-    per-page state remembers so that an unchanged pace is not sent again."""
+    (whether a job the tab shows runs or waits) the tick also sets the timer's pace, `quick` while
+    busy, else IDLE_POLL_SECONDS, which a per-page state remembers so that an unchanged pace is not
+    sent again."""
     timer: gr.Timer
     busy: Callable[[], bool] | None = None
+    quick: float = POLL_SECONDS
     parts: list[TickPart] = field(default_factory=list)
     pace: gr.State | None = field(default=None, init=False)
 
@@ -53,10 +56,9 @@ class Ticks:
             raise ValueError("these ticks have no pace: give Ticks a `busy` function")
         return [self.timer, self.pace]
 
-    @staticmethod
-    def hurry() -> tuple[gr.Timer, float]:
+    def hurry(self) -> tuple[gr.Timer, float]:
         """For `pace_outputs`, from a handler that has just started or queued a job."""
-        return gr.Timer(POLL_SECONDS), POLL_SECONDS
+        return gr.Timer(self.quick), self.quick
 
     def run(self, *values) -> list:
         """Every part's handler on its slice of `values`; their outputs in order; then, with a pace,
@@ -67,7 +69,7 @@ class Ticks:
             start += len(part.inputs)
             updates += list(result) if len(part.outputs) > 1 else [result]
         if self.pace is not None:
-            interval = POLL_SECONDS if self.busy() else IDLE_POLL_SECONDS
+            interval = self.quick if self.busy() else IDLE_POLL_SECONDS
             updates += [gr.skip() if values[start] == interval else gr.Timer(interval), interval]
         return updates
 

@@ -56,6 +56,19 @@ def test_the_pace_follows_the_jobs_and_is_sent_only_when_it_changes():
     assert (timer.value, remembered) == (POLL_SECONDS, POLL_SECONDS)
 
 
+def test_a_tab_may_tick_slower_than_the_quick_pace_while_busy():
+    jobs = ["a training job"]
+    with gr.Blocks():
+        ticks = Ticks(gr.Timer(5.0), busy=lambda: bool(jobs), quick=5.0)  # the Runs tab redraws its curves
+        ticks.add(lambda: "curves", [], [gr.Textbox()])
+    assert ticks.run(5.0)[-2:] == [gr.skip(), 5.0]
+    jobs.clear()
+    timer, remembered = ticks.run(5.0)[-2:]
+    assert (timer.value, remembered) == (IDLE_POLL_SECONDS, IDLE_POLL_SECONDS)
+    timer, remembered = ticks.hurry()
+    assert (timer.value, remembered) == (5.0, 5.0)
+
+
 def test_ticks_without_a_pace_have_no_pace_outputs():
     with gr.Blocks():
         ticks = Ticks(gr.Timer(1))
