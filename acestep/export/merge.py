@@ -14,6 +14,7 @@ copied. Peak memory is about one tensor plus the adapter, not the model twice.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -195,10 +196,11 @@ def merge_adapter(checkpoint: str | Path | None, adapter: str | Path, out_dir: s
         raise AdapterError(f"{out_dir} is not empty; choose another folder or pass --overwrite.")
     deltas = DeltaSource(adapter_path, strength)
     files, target = weight_files(base, "model.safetensors"), None if dtype == "keep" else DTYPES[dtype]
-    _check_free_space(out_dir, _bytes_to_write(_plan(files, target), base, out_dir.parent, shared))
+    plan = _plan(files, target)
+    _check_free_space(out_dir, _bytes_to_write(plan, base, out_dir.parent, shared))
     try:
         with replaced_folder(out_dir, "merging") as tmp:  # an earlier merge is kept until this one is whole
-            touched = _write_weights(files, tmp, deltas, target, max_shard_bytes)
+            touched = _write_weights(plan, tmp, deltas, max_shard_bytes)
             if deltas.lora is not None and touched != deltas.modules():
                 raise AdapterError(f"{adapter_path} adapts module(s) {sorted(deltas.modules() - touched)[:4]} that "
                                    f"{base} does not have: it was trained for another model.")
@@ -237,28 +239,32 @@ def _check_free_space(out_dir: Path, need: int) -> None:
                            "Nothing was written.")
 
 
-def _write_weights(files: list[Path], folder: Path, deltas: DeltaSource, dtype, max_shard_bytes) -> set[str]:
-    plan = _plan(files, dtype)
+def _write_weights(plan, folder: Path, deltas: DeltaSource, max_shard_bytes) -> set[str]:
+    """Write the planned tensors, merged with the adapter's deltas, into `folder` (one file, or shards
+    with an index); returns the modules the adapter changed. Each base file is opened once."""
     shards = _shards(plan, max_shard_bytes)
     names = (["model.safetensors"] if len(shards) == 1 else
              [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))])
     touched: set[str] = set()
     weight_map = {}
-    for shard, name in zip(shards, names, strict=True):
-        writer = StreamingSafetensorsWriter(folder / name, [(k, d, s) for _, k, d, s in shard], {"format": "pt"})
-        for path, key, target, _ in shard:
-            with safe_open(path, framework="pt") as handle:
-                tensor = handle.get_tensor(key)
-            merged = None
-            if key.startswith("decoder.") and key.endswith(".weight"):
-                _, module_key = convert.original_key_to_diffusers(key)
-                module = module_key[: -len(".weight")]
-                merged = deltas.merged(module, tensor)
-                if merged is not None:
-                    touched.add(module)
-            writer.write(key, (merged if merged is not None else tensor).to(target))
-            weight_map[key] = name
-        writer.close()
+    with contextlib.ExitStack() as stack:
+        handles = {}
+        for shard, name in zip(shards, names, strict=True):
+            writer = StreamingSafetensorsWriter(folder / name, [(k, d, s) for _, k, d, s in shard], {"format": "pt"})
+            for path, key, target, _ in shard:
+                if path not in handles:
+                    handles[path] = stack.enter_context(safe_open(path, framework="pt"))
+                tensor = handles[path].get_tensor(key)
+                merged = None
+                if key.startswith("decoder.") and key.endswith(".weight"):
+                    _, module_key = convert.original_key_to_diffusers(key)
+                    module = module_key[: -len(".weight")]
+                    merged = deltas.merged(module, tensor)
+                    if merged is not None:
+                        touched.add(module)
+                writer.write(key, (merged if merged is not None else tensor).to(target))
+                weight_map[key] = name
+            writer.close()
     if len(shards) > 1:
         (folder / "model.safetensors.index.json").write_text(json.dumps(
             {"metadata": {"total_size": _plan_bytes(plan)}, "weight_map": weight_map}, indent=2) + "\n")
