@@ -47,10 +47,25 @@ def free_space(path: str | Path) -> int:
 
 
 def folder_bytes(folder: str | Path) -> int:
-    """The bytes of the files under `folder` (links not followed); 0 when it does not exist."""
-    folder = Path(folder)
-    return sum(path.stat().st_size for path in folder.rglob("*") if path.is_file() and not path.is_symlink()) \
-        if folder.is_dir() else 0
+    """The bytes of the regular files under `folder` (links not followed); 0 when it does not
+    exist. One stat per file (the Runs tab sums every run folder at each refresh), and a file or
+    folder deleted meanwhile (a checkpoint being pruned) is left out instead of failing."""
+    total, pending = 0, [os.fspath(folder)]
+    while pending:
+        try:
+            entries = os.scandir(pending.pop())
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        with entries:
+            for entry in entries:
+                try:
+                    if entry.is_dir(follow_symlinks=False):
+                        pending.append(entry.path)
+                    elif entry.is_file(follow_symlinks=False):
+                        total += entry.stat(follow_symlinks=False).st_size
+                except FileNotFoundError:
+                    continue
+    return total
 
 
 def write_failure(exc: BaseException) -> str:

@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 
 from acestep.errors import CheckpointError
-from acestep.files import new_folder, read_json_object, recover_replaced_folder, replaced_folder, size_text
+from acestep.files import (folder_bytes, new_folder, read_json_object, recover_replaced_folder, replaced_folder,
+                           size_text)
 
 
 @pytest.mark.parametrize("content, message", [
@@ -125,3 +126,17 @@ def test_a_kill_in_the_middle_of_the_swap_is_recovered_to_the_previous_folder(tm
 def test_sizes_are_written_in_the_unit_people_read():
     assert [size_text(n) for n in (0, 1023, 1024, 5 * 2**20 + 2**19, 3 * 2**30, 2**42)] == \
         ["0 B", "1023 B", "1.0 KiB", "5.5 MiB", "3.0 GiB", "4096.0 GiB"]
+
+
+def test_folder_bytes_counts_the_regular_files_below_without_following_links(tmp_path):
+    (tmp_path / "run" / "checkpoints" / "step-000010").mkdir(parents=True)
+    (tmp_path / "run" / "config.toml").write_bytes(b"x" * 100)
+    (tmp_path / "run" / "checkpoints" / "step-000010" / "state.safetensors").write_bytes(b"y" * 5000)
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "big.bin").write_bytes(b"z" * 70_000)
+    (tmp_path / "run" / "linked-file").symlink_to(tmp_path / "elsewhere" / "big.bin")
+    (tmp_path / "run" / "linked-folder").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    assert folder_bytes(tmp_path / "run") == 5100
+    assert folder_bytes(tmp_path / "run" / "linked-folder") == 70_000  # a linked folder given itself is read
+    assert folder_bytes(tmp_path / "missing") == 0
+    assert folder_bytes(tmp_path / "run" / "config.toml") == 0  # not a folder
