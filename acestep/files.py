@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import glob
 import json
 import os
 import shutil
@@ -194,6 +195,18 @@ def recover_replaced_folder(final: str | Path) -> bool:
     for leftover in leftovers:
         shutil.rmtree(leftover, ignore_errors=True)
     return put_back
+
+
+def delete_folder(folder: str | Path, ignore_errors: bool = False) -> None:
+    """Delete `folder` so that an interruption never leaves a half folder that looks whole: it is
+    renamed to a hidden `.NAME.del-PID` first, then removed, together with what earlier interrupted
+    deletions of the same name left. `ignore_errors` ignores errors of the removal (not of the
+    rename, which raises when the folder is missing); leftovers are removed whatever is left of them."""
+    folder = Path(folder)
+    doomed = folder.with_name(f".{folder.name}.del-{os.getpid()}")
+    folder.rename(doomed)
+    for leftover in folder.parent.glob(f".{glob.escape(folder.name)}.del-*"):
+        shutil.rmtree(leftover, ignore_errors=ignore_errors or leftover != doomed)
 
 
 def free_folder(folder: Path) -> Path:

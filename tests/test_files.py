@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 
 from acestep.errors import CheckpointError
-from acestep.files import (folder_bytes, new_folder, read_json_object, recover_replaced_folder, replaced_folder,
-                           size_text)
+from acestep.files import (delete_folder, folder_bytes, new_folder, read_json_object, recover_replaced_folder,
+                           replaced_folder, size_text)
 
 
 @pytest.mark.parametrize("content, message", [
@@ -140,3 +140,18 @@ def test_folder_bytes_counts_the_regular_files_below_without_following_links(tmp
     assert folder_bytes(tmp_path / "run" / "linked-folder") == 70_000  # a linked folder given itself is read
     assert folder_bytes(tmp_path / "missing") == 0
     assert folder_bytes(tmp_path / "run" / "config.toml") == 0  # not a folder
+
+
+@pytest.mark.parametrize("name", ["run", "song [v2]", "a*b?"])
+def test_delete_folder_removes_it_and_earlier_interrupted_deletions_of_that_name(tmp_path, name):
+    folder = tmp_path / name
+    (folder / "inside").mkdir(parents=True)
+    (folder / "inside" / "weights.bin").write_bytes(b"x" * 10)
+    (tmp_path / f".{name}.del-99999" / "half").mkdir(parents=True)  # an earlier deletion, killed midway
+    (tmp_path / "runner").mkdir()  # another folder whose name starts the same
+    (tmp_path / ".runner.del-99999").mkdir()  # ... and its own leftover, not this deletion's business
+    delete_folder(folder)
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert left == [".runner.del-99999", "runner"]
+    with pytest.raises(FileNotFoundError):
+        delete_folder(folder)

@@ -23,7 +23,7 @@ from pathlib import Path
 from safetensors import SafetensorError
 
 from acestep.errors import TrainingError
-from acestep.files import is_disk_full, recover_replaced_folder, replaced_folder
+from acestep.files import delete_folder, is_disk_full, recover_replaced_folder, replaced_folder
 from acestep.training.state import load_state, save_state
 
 from acestep.training.run_layout import ADAPTER_DIR, CHECKPOINTS_DIR, COMPLETE_MARKER
@@ -74,11 +74,8 @@ def prune_checkpoints(run_dir: Path, keep: int) -> None:
     """Delete all but the `keep` newest complete checkpoints, then the leftovers. Each checkpoint
     is renamed to a hidden name before it is deleted, so a kill in the middle of a deletion leaves
     a hidden folder that the next clean-up removes, never a visible half checkpoint."""
-    root = Path(run_dir) / CHECKPOINTS_DIR
     for old in complete_checkpoints(run_dir)[:-keep] if keep > 0 else []:
-        doomed = root / f".{old.name}.del-{os.getpid()}"
-        old.rename(doomed)
-        shutil.rmtree(doomed, ignore_errors=True)
+        delete_folder(old, ignore_errors=True)
     remove_leftovers(run_dir)
 
 

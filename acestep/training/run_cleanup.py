@@ -11,11 +11,9 @@ Folders and JSON only (no torch): the web app's Runs tab calls these.
 
 from __future__ import annotations
 
-import os
-import shutil
 from pathlib import Path
 
-from acestep.files import folder_bytes
+from acestep.files import delete_folder, folder_bytes
 from acestep.training.run_folders import RunFolderError, events_status, read_events
 from acestep.training.run_layout import CHECKPOINTS_DIR, EVENTS_FILE
 from acestep.training.run_lock import holder
@@ -34,7 +32,7 @@ def delete_checkpoints(run_dir: str | Path, force: bool = False) -> int:
     folder = run_dir / CHECKPOINTS_DIR
     freed = folder_bytes(folder)
     if folder.is_dir():
-        _delete(folder)
+        delete_folder(folder)
     return freed
 
 
@@ -43,7 +41,7 @@ def delete_run(run_dir: str | Path) -> int:
     run_dir = Path(run_dir)
     _refuse_while_trained(run_dir)
     freed = folder_bytes(run_dir)
-    _delete(run_dir)
+    delete_folder(run_dir)
     return freed
 
 
@@ -51,11 +49,3 @@ def _refuse_while_trained(run_dir: Path) -> None:
     trainer = holder(run_dir)
     if trainer is not None:
         raise RunFolderError(f"Run {run_dir.name} is being trained by {trainer}; stop it first.")
-
-
-def _delete(folder: Path) -> None:
-    """Rename `folder` to a hidden name, then delete it, with what an interrupted deletion left."""
-    doomed = folder.with_name(f".{folder.name}.del-{os.getpid()}")
-    folder.rename(doomed)
-    for leftover in folder.parent.glob(f".{folder.name}.del-*"):
-        shutil.rmtree(leftover, ignore_errors=leftover != doomed)

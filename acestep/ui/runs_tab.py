@@ -193,6 +193,7 @@ def build_runs_tab(ctx: AppContext) -> None:
           lambda chosen, curve: curve_plot(ctx.workspace.runs, chosen, curve),
           inputs=[compare, metric], outputs=[plot])
     refresh_inputs, refresh_outputs = [known, compare, selected, metric], [table, known, compare, selected, plot]
-    refresh.click(friendly(refresh_all), inputs=refresh_inputs, outputs=refresh_outputs)
-    ticks.add(friendly(refresh_all), refresh_inputs, refresh_outputs)
+    refreshed = friendly(refresh_all)
+    refresh.click(refreshed, inputs=refresh_inputs, outputs=refresh_outputs)
+    ticks.add(refreshed, refresh_inputs, refresh_outputs)
     ticks.wire()

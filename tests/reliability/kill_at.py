@@ -35,7 +35,6 @@ import os
 import shutil
 import signal
 import sys
-import types
 from pathlib import Path
 from unittest import mock
 
@@ -57,19 +56,21 @@ def disk_full(state, folder, *args, **kwargs) -> None:
 
 
 def die_in_the_next_deletion(*args, **kwargs) -> None:
-    """Make the prune about to run die inside its first deletion of a checkpoint, after the
-    deletion removed the COMPLETE marker and the state but before it reached the adapter."""
-    from acestep.training import checkpoint
+    """Make the prune about to run die inside its first deletion of a checkpoint (the removal of a
+    hidden `.step-N.del-PID` folder, `acestep.files.delete_folder`), after the deletion removed the
+    COMPLETE marker and the state but before it reached the adapter. Every other removal of this
+    process runs as usual."""
+    remove = shutil.rmtree
 
-    def half_delete(path, ignore_errors=False):
+    def half_delete(path, *args, **kwargs):
         path = Path(path)
-        if (path / "adapter").is_dir():
+        if path.name.startswith(".step-") and ".del-" in path.name and (path / "adapter").is_dir():
             for name in ("COMPLETE", "state.json", "state.safetensors"):
                 (path / name).unlink(missing_ok=True)
             kill()
-        shutil.rmtree(path, ignore_errors=ignore_errors)
+        remove(path, *args, **kwargs)
 
-    checkpoint.shutil = types.SimpleNamespace(rmtree=half_delete)
+    shutil.rmtree = half_delete  # the run's own process, which this kills
 
 
 def arm(owner, name: str, call: int, after: bool, act=kill) -> None:
