@@ -185,7 +185,7 @@ def recover_replaced_folder(final: str | Path) -> bool:
     final = Path(final)
     if not final.parent.is_dir():
         return False
-    leftovers = [p for p in final.parent.glob(f".{final.name}.*-*") if p.is_dir()]
+    leftovers = [p for p in final.parent.glob(f".{glob.escape(final.name)}.*-*") if p.is_dir()]
     put_back = False
     aside = sorted((p for p in leftovers if ".old-" in p.name), key=lambda p: p.stat().st_mtime)
     if aside and not final.exists():
