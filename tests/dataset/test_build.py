@@ -215,6 +215,95 @@ def test_malformed_json_sidecar_fails_that_file_only(tmp_path, make_audio, conte
     assert list(failures(result)) == ["track.wav"]
 
 
+# Laid out as Side-Step's `write_sidecar` writes it: its five fields (an unknown one left blank or
+# "N/A"), its own settings sorted, then the lyrics after `lyrics:`, colons and tags included.
+SIDESTEP_SIDECAR = """caption: dreamy synthwave with warm pads
+genre: synthwave, electronic
+bpm: 110
+key: A minor
+signature: 4/4
+custom_tag: zx
+prompt_override: N/A
+repeat: 2
+tags: favourites, night drive
+lyrics:
+[Verse 1]
+Neon lights: they call my name
+
+[Chorus]
+Love: it's all I need
+"""
+
+
+def test_sidestep_sidecar_gives_labels_and_lyrics(tmp_path, make_audio):
+    make_audio(tmp_path / "song.wav", seconds=0.3)
+    (tmp_path / "song.txt").write_text(SIDESTEP_SIDECAR, encoding="utf-8")
+    # The captioner's JSON fills what the .txt leaves out; what the .txt gives wins.
+    (tmp_path / "song.json").write_text('{"bpm": 96, "language": "en", "genre": "pop"}', encoding="utf-8")
+
+    assert read_sidecars(tmp_path / "song.wav") == {
+        "caption": "dreamy synthwave with warm pads", "genre": "synthwave, electronic", "bpm": 110.0,
+        "keyscale": "A minor", "timesignature": "4", "language": "en",
+        "lyrics": "[Verse 1]\nNeon lights: they call my name\n\n[Chorus]\nLove: it's all I need",
+    }
+    sample = by_audio(build_dataset(tmp_path))["song.wav"]
+    assert (sample.caption, sample.genre, sample.bpm, sample.keyscale, sample.timesignature) == (
+        "dreamy synthwave with warm pads", "synthwave, electronic", 110.0, "A minor", "4")
+    assert sample.lyrics.startswith("[Verse 1]\nNeon lights") and "caption" not in sample.lyrics
+
+
+@pytest.mark.parametrize("text, labels", [
+    # No lyrics block: labels only (Side-Step's reader takes "Time Signature", "sig", "scale" too).
+    ("caption: warm ambient pads\nTime Signature: 3/4\nScale: Dm\n", {
+        "caption": "warm ambient pads", "timesignature": "3", "keyscale": "D minor"}),
+    ("caption: drone\nsig: 6/8", {"caption": "drone", "timesignature": "6"}),
+    ("caption: pads\nsignature: 4\nlanguage: ja", {"caption": "pads", "timesignature": "4", "language": "ja"}),
+    # Side-Step writes an empty `lyrics:` when it has none; its flag marks an instrumental.
+    ("caption: piano\nbpm:\nis_instrumental: true\nlyrics:\n", {"caption": "piano", "instrumental": True}),
+    ("\ufeff\ncaption: piano\nlyrics: [Instrumental]\n", {"caption": "piano", "instrumental": True}),
+    # With a lyrics block, a name Side-Step or we do not know is ignored, as in a .json sidecar.
+    ("caption: piano\nartist: someone\nlyrics:\nla la", {"caption": "piano", "lyrics": "la la"}),
+    # Text after `lyrics:` on its own line starts the lyrics.
+    ("genre: folk\nlyrics: first line\nsecond line", {"genre": "folk", "lyrics": "first line\nsecond line"}),
+])
+def test_sidestep_sidecar_variants(tmp_path, make_audio, text, labels):
+    make_audio(tmp_path / "song.wav", seconds=0.2)
+    (tmp_path / "song.txt").write_text(text, encoding="utf-8")
+    assert read_sidecars(tmp_path / "song.wav") == labels
+
+
+@pytest.mark.parametrize("text", [
+    "[Verse 1]\nLove: it's all I need\nKey: to my heart",  # a section tag first
+    "Love: it's all I need\nBaby: don't you go",  # colons, but no name we know
+    "Key: the one to my heart\nOpen the door and let me in",  # a known name, then a plain line
+    "Tempo: slow it down\n\n[Chorus]\nHold on",
+    "Title: Night Drive\nlyrics:\nla la",  # a first line with a name we do not know
+])
+def test_plain_lyrics_stay_lyrics(tmp_path, make_audio, text):
+    make_audio(tmp_path / "song.wav", seconds=0.2)
+    (tmp_path / "song.txt").write_text(text + "\n", encoding="utf-8")
+    assert read_sidecars(tmp_path / "song.wav") == {"lyrics": text}
+
+
+@pytest.mark.parametrize("content, message", [
+    ("caption: x\nbpm: fast\nlyrics:\nla", r"song.txt: bpm must be a number, found 'fast'"),
+    ("caption: x\nbpm: 900\n", r"song.txt: bpm must be above 0 and below 400, found 900"),
+    ("key: C\nkeyscale: D\nlyrics:\n", r"song.txt: 'key' and 'keyscale' both give the keyscale"),
+    ("caption: warm pads\nand a second caption line\nlyrics:\nla",
+     r"song.txt: line 2 \('and a second caption line'\) is not a `name: value` label"),
+])
+def test_malformed_sidestep_sidecar_fails_that_file_only(tmp_path, make_audio, content, message):
+    make_audio(tmp_path / "song.wav", seconds=0.3)
+    make_audio(tmp_path / "fine.wav", seconds=0.3)
+    (tmp_path / "song.txt").write_text(content, encoding="utf-8")
+
+    with pytest.raises(DatasetError, match=message):
+        read_sidecars(tmp_path / "song.wav")
+    result = build_dataset(tmp_path)
+    assert [s.audio for s in result.dataset.samples] == ["fine.wav"]
+    assert list(failures(result)) == ["song.wav"]
+
+
 # --- CSV --------------------------------------------------------------------------------------
 
 
