@@ -30,7 +30,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from acestep.models.attention import probe_plan
 from acestep.models.config import parse_model_config
 from acestep.training.objective import context_latents
-from acestep.training.session import FRAMES_PER_SECOND
+from acestep.training.plan import FRAMES_PER_SECOND
 
 FORCED = {"flash": SDPBackend.FLASH_ATTENTION, "efficient": SDPBackend.EFFICIENT_ATTENTION,
           "cudnn": SDPBackend.CUDNN_ATTENTION, "math": SDPBackend.MATH}

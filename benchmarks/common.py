@@ -17,7 +17,8 @@ from acestep.models.attention import plan_attention
 from acestep.models.config import AceStepModelConfig
 from acestep.models.load import build_component
 from acestep.models.tiny import TINY_DIT_CONFIG
-from acestep.preprocess.tensors import Manifest, ManifestSample, PreprocessedDataset, write_manifest, write_sample
+from acestep.preprocess.manifest import Manifest, ManifestSample, write_manifest
+from acestep.preprocess.tensors import PreprocessedDataset, write_sample
 from acestep.training.adapters import add_adapter
 from acestep.training.config import TrainingConfig
 from acestep.training.data import CroppedSamples
@@ -25,7 +26,8 @@ from acestep.training.optim import build_optimizer, build_scheduler
 from acestep.training.compilation import compile_blocks
 from acestep.training.quantization import quantize_transformer
 from acestep.training.recompute import enable_recompute
-from acestep.training.session import (FRAMES_PER_SECOND, MIXED_PRECISIONS, TrainingSession, compute_dtype,
+from acestep.training.plan import FRAMES_PER_SECOND
+from acestep.training.session import (MIXED_PRECISIONS, TrainingSession, compute_dtype,
                                       resolve_accelerator, resolve_precision)
 from acestep.training.step import Objective
 

@@ -25,7 +25,8 @@ from common import model_config, write_samples
 from torch.utils.data import DataLoader
 
 from acestep.models.config import parse_model_config
-from acestep.training.data import FRAMES_PER_SECOND, CroppedSamples, EpochBatches, EpochKeyedBatches, collate
+from acestep.training.data import CroppedSamples, EpochBatches, EpochKeyedBatches, collate
+from acestep.training.plan import FRAMES_PER_SECOND
 
 CONDITION_WIDTH = parse_model_config(model_config("2b")).encoder_hidden_size  # the width the 2B DiT's conditions have
 

@@ -47,7 +47,7 @@ from acestep.training.data import CroppedSamples
 from acestep.training.loop import Trainer
 from acestep.training.loss_interval import LossInterval
 from acestep.training.presets import BUILTIN_ORDER, apply_named_preset, load_preset
-from acestep.training.session import FRAMES_PER_SECOND
+from acestep.training.plan import FRAMES_PER_SECOND
 
 TOLERANCE = 0.15  # the estimate must be within 15% of the measured peak
 SPARE_GIB = 0.5  # each preset must leave this much of its card's memory free

@@ -29,7 +29,7 @@ from variants import use_diffusers_layout, use_diffusers_rms_norm, use_diffusers
 from acestep.models.config import parse_model_config
 from acestep.training.adapters import add_adapter
 from acestep.training.recompute import enable_recompute
-from acestep.training.session import FRAMES_PER_SECOND
+from acestep.training.plan import FRAMES_PER_SECOND
 
 # Operators that only make views (no kernel on a GPU).
 VIEWS = {"detach", "view", "t", "_unsafe_view", "expand", "permute", "unsqueeze", "transpose", "slice", "split",

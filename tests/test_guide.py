@@ -172,7 +172,7 @@ def test_the_timestep_section_gives_the_distribution_the_code_draws():
 
 
 def test_the_epoch_table_counts_steps_as_the_trainer_does():
-    from acestep.training.optim import optimizer_steps_per_epoch
+    from acestep.training.plan import optimizer_steps_per_epoch
     from acestep.training.presets import load_preset
 
     text = section("### How long to train")
@@ -235,7 +235,7 @@ def test_the_files_table_names_the_files_the_code_writes():
         *(f"{folder}/" for folder in constant("acestep/ui/context.py", "WORKSPACE_FOLDERS")),
         constant("acestep/ui/train_tab.py", "CONFIGS_FOLDER"), constant("acestep/ui/caption_tab.py", "CSV_NAME"),
         *(constant("acestep/jobs/store.py", name) for name in ("JOB_FILE", "LOG_FILE", "EVENTS_FILE", "LOCK_FILE")),
-        constant("acestep/preprocess/tensors.py", "MANIFEST_NAME"),
+        constant("acestep/preprocess/manifest.py", "MANIFEST_NAME"),
         constant("acestep/preprocess/pipeline.py", "INTERMEDIATE_DIR"),
         *(constant("acestep/training/run_layout.py", name) for name in (
             "CHECKPOINTS_DIR", "COMPLETE_MARKER", "ADAPTER_DIR", "CONFIG_FILE", "EVENTS_FILE", "PREVIEWS_FOLDER")),

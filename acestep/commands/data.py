@@ -80,7 +80,7 @@ def cmd_tags(args: argparse.Namespace) -> int:
 
 def cmd_preprocess(args: argparse.Namespace) -> int:
     """Encode a dataset into training tensors (VAE latents, text and lyric encodings, conditions)."""
-    from acestep.preprocess import PreprocessSettings, preprocess_dataset
+    from acestep.preprocess.pipeline import PreprocessSettings, preprocess_dataset
 
     def show(event) -> None:
         if event.status in ("encoding", "pass 2") and not args.verbose:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from acestep.errors import CheckpointError
+from acestep.errors import AceStepError, CheckpointError
 
 
 def gpu_command_report(config_path: Path | None, checkpoints_dir: Path | None = None,
@@ -54,6 +54,7 @@ def _config_lines(config_path: Path, checkpoints_dir, overrides, report) -> list
         lines.append(note)
     run_dir = run_folder_of(config.run.output_dir, config.run.name)
     lines.append(disk_summary(run_dir, first.checkpoint_sizes, config.run.keep_checkpoints))
+    lines += _plan_lines(config, len(report.gpus))
     if not report.gpus:
         lines.append("No NVIDIA GPU to compare it with.")
     for gpu in report.gpus:
@@ -67,6 +68,19 @@ def _config_lines(config_path: Path, checkpoints_dir, overrides, report) -> list
         lines += [f"  would fit: {' '.join('--set ' + c for c in fit.changes)} (about {gib(fit.estimate.total_bytes)})"
                   for fit in fits] or ["  no usual setting makes it fit; free memory on the GPU."]
     return lines
+
+
+def _plan_lines(config, gpus_found: int) -> list[str]:
+    """The run's plan over its tensors folder (`acestep.training.plan`), or why there is none."""
+    from acestep.training.plan import plan_for
+
+    if not config.data.tensors_dir:
+        return ["Run plan: set data.tensors_dir to see the songs, batches and steps of the run."]
+    try:
+        plan = plan_for(config, gpus_found)
+    except AceStepError as error:
+        return [f"Run plan: {error}"]
+    return [f"Run plan: {plan.describe()}", *(f"  note: {note}" for note in plan.notes())]
 
 
 def _model_config(config, checkpoints_dir):

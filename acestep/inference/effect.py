@@ -112,7 +112,8 @@ def songs_profile(tensors_dir: str | Path) -> LatentProfile:
     """The latent profile of all the songs of a preprocessed tensors folder (their
     `target_latents`, read one at a time). Raises PreprocessError naming a folder that is not one
     or a damaged file."""
-    from acestep.preprocess.tensors import load_tensors, read_manifest  # torch: only when songs are measured
+    from acestep.preprocess.manifest import read_manifest
+    from acestep.preprocess.tensors import load_tensors  # torch: only when songs are measured
 
     directory = Path(tensors_dir)
     manifest = read_manifest(directory)

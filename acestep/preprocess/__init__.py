@@ -1,27 +1,6 @@
-"""Preprocessing: dataset JSON -> a folder of training tensors (see `pipeline.py`)."""
+"""Preprocessing: dataset JSON -> a folder of training tensors.
 
-from acestep.preprocess.pipeline import (
-    PreprocessProgress,
-    PreprocessSettings,
-    PreprocessSummary,
-    preprocess_dataset,
-    sample_id,
-)
-from acestep.preprocess.tensors import (
-    Manifest,
-    PreprocessedDataset,
-    check_model_matches,
-    read_manifest,
-)
-
-__all__ = [
-    "Manifest",
-    "PreprocessProgress",
-    "PreprocessSettings",
-    "PreprocessSummary",
-    "PreprocessedDataset",
-    "check_model_matches",
-    "preprocess_dataset",
-    "read_manifest",
-    "sample_id",
-]
+`pipeline.py` runs it (torch), `encode.py` encodes, `prompts.py` writes the text prompts,
+`tensors.py` writes and reads the per-sample tensors, and `manifest.py` (no torch) the folder's
+manifest. Nothing is imported here, so `acestep.preprocess.manifest` stays torch-free.
+"""

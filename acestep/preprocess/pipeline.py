@@ -33,16 +33,8 @@ from acestep.models.checkpoints import DIT, TEXT_ENCODER, VAE, resolve_model_pat
 from acestep.models.config import read_dit_config
 from acestep.preprocess import encode
 from acestep.preprocess.prompts import caption_prompt, lyric_prompt
-from acestep.preprocess.tensors import (
-    Manifest,
-    ManifestFailure,
-    ManifestSample,
-    load_tensors,
-    read_manifest,
-    save_tensors,
-    write_manifest,
-    write_sample,
-)
+from acestep.preprocess.manifest import Manifest, ManifestFailure, ManifestSample, read_manifest, write_manifest
+from acestep.preprocess.tensors import load_tensors, save_tensors, write_sample
 
 INTERMEDIATE_DIR = ".pass1"
 FRONT_KEYS = ("target_latents", "text_hidden", "lyric_hidden")  # what pass 1 hands to pass 2

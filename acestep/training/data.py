@@ -17,8 +17,6 @@ from torch.utils.data import Dataset, Sampler
 
 from acestep.preprocess.tensors import PreprocessedDataset
 
-FRAMES_PER_SECOND = 25
-
 
 def derived_seed(*parts: int | str) -> int:
     """A 63-bit seed from any parts (run seed, epoch, sample, step...): stable across runs and
@@ -46,17 +44,6 @@ class TrainingBatch:
 
     def __len__(self) -> int:
         return self.target_latents.shape[0]
-
-
-def split_train_validation(count: int, validation_split: float, seed: int) -> tuple[list[int], list[int]]:
-    """Seeded split of sample indices; at least one training sample, and one validation sample
-    whenever the split is above 0."""
-    indices = list(range(count))
-    if validation_split <= 0 or count < 2:
-        return indices, []
-    random.Random(seed).shuffle(indices)
-    held = min(count - 1, max(1, round(count * validation_split)))
-    return sorted(indices[held:]), sorted(indices[:held])
 
 
 class CroppedSamples(Dataset):

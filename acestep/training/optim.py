@@ -134,30 +134,3 @@ def build_scheduler(optimizer: torch.optim.Optimizer, name: str, warmup_steps: i
     from the same config and loads the state. Raises TrainingError as `lr_lambda` does.
     """
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(name, warmup_steps, total_steps, restarts))
-
-
-def optimizer_steps_per_epoch(num_batches: int, accumulation: int) -> int:
-    """ceil(num_batches / accumulation): a partial accumulation at the end of an epoch is flushed with a step.
-
-    Raises TrainingError when there are no batches or the accumulation is below 1.
-    """
-    if int(num_batches) != num_batches or num_batches < 1:
-        raise TrainingError(f"an epoch must have at least one batch, got {num_batches!r} (is the dataset empty?)")
-    if int(accumulation) != accumulation or accumulation < 1:
-        raise TrainingError(f"gradient accumulation must be an integer >= 1, got {accumulation!r}")
-    return -(-int(num_batches) // int(accumulation))
-
-
-def total_optimizer_steps(num_batches: int, accumulation: int, epochs: int, max_steps: int | None = None) -> int:
-    """The optimizer steps of a whole run: steps per epoch × epochs, capped at `max_steps` when given.
-
-    Training stops at whichever comes first. Raises TrainingError for epochs < 1 or max_steps < 1.
-    """
-    if int(epochs) != epochs or epochs < 1:
-        raise TrainingError(f"epochs must be an integer >= 1, got {epochs!r}")
-    steps = optimizer_steps_per_epoch(num_batches, accumulation) * int(epochs)
-    if max_steps is None:
-        return steps
-    if int(max_steps) != max_steps or max_steps < 1:
-        raise TrainingError(f"max_steps must be an integer >= 1 (or unset), got {max_steps!r}")
-    return min(steps, int(max_steps))

@@ -22,18 +22,16 @@ from acestep.training.adapters import Adapter, add_adapter, save_adapter
 from acestep.training.averaging import AdapterAverage
 from acestep.training.compilation import check_compile_support, compile_blocks
 from acestep.training.config import TrainingConfig, config_to_dict, load_config, parse_devices, save_config
-from acestep.training.data import (
-    CroppedSamples, EpochBatches, EpochKeyedBatches, collate, derived_seed, split_train_validation,
-)
+from acestep.training.data import CroppedSamples, EpochBatches, EpochKeyedBatches, collate, derived_seed
 from acestep.training.events import EventLog, TensorBoardListener
-from acestep.training.optim import build_optimizer, build_scheduler, optimizer_steps_per_epoch, total_optimizer_steps
+from acestep.training.optim import build_optimizer, build_scheduler
+from acestep.training.plan import crop_frames, optimizer_steps_per_epoch, plan_run, split_train_validation
 from acestep.training.quantization import load_transformer, parameter_count, require_bitsandbytes
 from acestep.training.recompute import RECOMPUTE_FLAG, enable_recompute
 from acestep.training.run_layout import CONFIG_FILE, STOP_FILE
 from acestep.training.run_lock import RunLock
 from acestep.training.step import Objective, batch_loss, validation_loss
 
-FRAMES_PER_SECOND = 25
 
 
 def resolve_precision(config: TrainingConfig, accelerator: str) -> tuple[str, torch.dtype]:
@@ -141,6 +139,7 @@ class TrainingSession:
             # a STOP file left from the stop being resumed would end this run after its first step
             (run_dir / STOP_FILE).unlink(missing_ok=True)
         samples = PreprocessedDataset(config.data.tensors_dir)
+        plan = plan_run(config, samples.frames, fabric.world_size)  # no batch: raised before the model loads
         checkpoints_dir = Path(config.model.checkpoints_dir) if config.model.checkpoints_dir else None
         if accelerator == "cuda" and not config.run.skip_vram_check:  # refuse a run that would not fit, before loading
             from acestep.gpu.fit import check_training_memory
@@ -167,18 +166,12 @@ class TrainingSession:
             compile_blocks(transformer)
         train_indices, val_indices = split_train_validation(len(samples), config.data.validation_split,
                                                             config.data.validation_seed)
-        max_frames = round(config.data.max_seconds * FRAMES_PER_SECOND) if config.data.max_seconds else None
+        max_frames = crop_frames(config.data.max_seconds)
         train_set = CroppedSamples(samples, train_indices, max_frames, config.run.seed)
         validation_set = CroppedSamples(samples, val_indices, max_frames, config.run.seed, random_crop=False) \
             if val_indices else None
-        batches = len(EpochBatches(train_set.frames(), config.data.batch_size, config.run.seed, 0,
-                                   config.data.group_by_length, fabric.global_rank, fabric.world_size))
-        if batches == 0:
-            raise TrainingError(f"{config.data.tensors_dir} gives no training batch: {len(train_indices)} training "
-                                f"sample(s) for {fabric.world_size} process(es) with batch size "
-                                f"{config.data.batch_size}.")
+        batches, total = plan.batches_per_epoch, plan.total_steps
         o = config.optimizer
-        total = total_optimizer_steps(batches, o.gradient_accumulation, config.run.epochs, config.run.max_steps)
         optimizer = build_optimizer(adapter.parameters(), o.name, o.lr, o.weight_decay, tuple(o.betas), o.eps)
         scheduler = build_scheduler(optimizer, o.scheduler, o.warmup_steps, total, o.restarts)
         model, optimizer = fabric.setup(transformer, optimizer)

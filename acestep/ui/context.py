@@ -19,9 +19,9 @@ from pathlib import Path
 from acestep.errors import AceStepError
 from acestep.jobs import JobManager
 from acestep.models.checkpoints import DIT, list_checkpoints
+from acestep.preprocess.manifest import MANIFEST_NAME
 
 WORKSPACE_FOLDERS = ("audio", "datasets", "tensors", "runs", "outputs", "profiles")
-MANIFEST_NAME = "manifest.json"  # acestep.preprocess.tensors.MANIFEST_NAME (that module imports torch)
 
 
 def holds_tensors(folder: str | Path) -> bool:

@@ -23,7 +23,8 @@ import gradio as gr
 from acestep.errors import AceStepError
 from acestep.jobs import Job
 from acestep.models.checkpoints import DIT, list_checkpoints
-from acestep.ui.context import MANIFEST_NAME, AppContext, holds_tensors
+from acestep.preprocess.manifest import MANIFEST_NAME
+from acestep.ui.context import AppContext, holds_tensors
 from acestep.ui.jobs_panel import (
     active_job,
     build_jobs_panel,

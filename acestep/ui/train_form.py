@@ -20,7 +20,7 @@ import sys
 import threading
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -35,8 +35,9 @@ from acestep.training import disk_space
 from acestep.training.config import TrainingConfig, config_from_dict, config_to_dict
 from acestep.training.config_schema import FIELD_META, FIELD_TYPES, SECTIONS, describe_fields
 from acestep.training.config_values import FieldType, Invalid, parse_text
+from acestep.training.plan import plan_for
 from acestep.training.presets import NO_GPU_PRESET, apply_named_preset, list_presets, recommend_preset
-from acestep.ui.context import AppContext, PathRefused
+from acestep.ui.context import AppContext, PathRefused, holds_tensors
 
 FORM_SOURCE = "Train tab"  # how ConfigError messages name the form
 # The basics, shown on top, row by row; everything else is folded by section.
@@ -401,6 +402,23 @@ def estimate_text(ctx: AppContext, config: TrainingConfig, report: SystemGpuRepo
     lines.append(disk_space.disk_summary(run_dir, disk_space.CheckpointSizes(*first["checkpoint_sizes"]),
                                          config.run.keep_checkpoints))
     return "\n\n".join(lines)
+
+
+def plan_text(ctx: AppContext, config: TrainingConfig, report: SystemGpuReport) -> str:
+    """Markdown: the run's plan (`acestep.training.plan`) over the chosen tensors folder: songs,
+    batches and optimizer steps per epoch, steps in all, what the crops show, and what deserves a
+    look; '' until a folder with a manifest is chosen (Start says what is missing)."""
+    if not (config.data.tensors_dir or "").strip():
+        return ""
+    try:
+        folder = ctx.workspace.check_path(config.data.tensors_dir, what="tensors folder (data.tensors_dir)")
+        if not holds_tensors(folder):
+            return ""
+        plan = plan_for(replace(config, data=replace(config.data, tensors_dir=str(folder))), len(report.gpus))
+    except AceStepError as error:
+        return f"**Run plan**: {error}"
+    notes = "".join(f"\n- {note}" for note in plan.notes())
+    return f"**Run plan.** {plan.describe()}" + (f"\n{notes}" if notes else "")
 
 
 def names_a_folder(ctx: AppContext, text: str) -> bool:

@@ -27,14 +27,15 @@ from acestep.training.presets import recommendation_message
 from acestep.training.run_folders import read_events, run_folders
 from acestep.training.run_layout import CONFIG_FILE, EVENTS_FILE
 from acestep.training.run_lock import holder
-from acestep.ui.context import MANIFEST_NAME, AppContext, holds_tensors
+from acestep.preprocess.manifest import MANIFEST_NAME
+from acestep.ui.context import AppContext, holds_tensors
 from acestep.ui.jobs_panel import any_active, build_jobs_panel, friendly, owner_of, submit_cli_job
 from acestep.ui.profiles import build_profile_section
 from acestep.ui.run_progress import plot_frames, preview_files, progress_markdown
 from acestep.ui.ticks import POLL_SECONDS, Ticks
 from acestep.ui.train_form import (
     FORM_SOURCE, VramEstimator, apply_preset_to_values, build_form, config_from_values, estimate_text,
-    initial_config, names_a_folder, ordered, preset_choices, suggested_preset,
+    initial_config, names_a_folder, ordered, plan_text, preset_choices, suggested_preset,
 )
 
 CONFIGS_FOLDER = ".configs"  # <runs>/.configs/<run>.toml: the config a Start submitted
@@ -260,10 +261,12 @@ def build_train_tab(ctx: AppContext) -> None:
             config = config_from_values([data[component] for component in form], complete=False)
         except ConfigError as error:
             return f"Fix the settings to see the estimate:\n```\n{error}\n```"
+        report = read_gpus()
         try:
-            return estimate_text(ctx, config, read_gpus(), estimator)
+            estimate_part = estimate_text(ctx, config, report, estimator)
         except AceStepError as error:
-            return str(error)
+            estimate_part = str(error)
+        return "\n\n".join(part for part in (plan_text(ctx, config, report), estimate_part) if part)
 
     def on_start(data, request: gr.Request):
         job = start_training(ctx, [data[component] for component in form], owner_of(request))

@@ -74,3 +74,21 @@ def test_each_gpu_is_compared_with_the_estimate_for_its_generation(tmp_path):
                                                              capability=(8, 9))))
     assert "GPU 0: fits (13.80 GiB free" in text
     assert "GPU 1: does not fit now (13.80 GiB free" in text
+
+
+def test_the_run_plan_follows_the_estimate_or_says_why_there_is_none(tmp_path, monkeypatch):
+    from acestep.preprocess.manifest import Manifest, ManifestSample, write_manifest
+
+    monkeypatch.chdir(tmp_path)
+    path = write_config(tmp_path, "data.batch_size=2", "run.epochs=100")
+    text = gpu_command_report(path, tmp_path / "no-models", report=report_of())
+    assert (f"Run plan: {tmp_path / 'tensors' / 'manifest.json'} does not exist: {tmp_path / 'tensors'} is not a "
+            "preprocessed tensors folder") in text
+    samples = [ManifestSample(f"s{i}", f"s{i}.wav", f"s{i}.safetensors", 3000, 120.0, "h", "k") for i in range(6)]
+    write_manifest(tmp_path / "tensors", Manifest(model={}, settings={}, samples=samples))
+    text = gpu_command_report(path, tmp_path / "no-models", report=report_of(gpu(0, "A", 24, 20), gpu(1, "B", 24, 20)))
+    plan = text.split("Run plan: ")[1]
+    assert plan.startswith("6 song(s) train, none held out for validation. Per epoch: 3 batch(es) of 2, ")
+    assert "300 optimizer steps in all (100 epochs)" in plan  # devices=1: one process, whatever the GPUs
+    assert "Crops of 60 s show 50% of the songs' 12.0 minutes per epoch" in plan
+    assert "  note: 300 steps is below the 2,000 to 4,000" in plan

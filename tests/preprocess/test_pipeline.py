@@ -12,7 +12,9 @@ from acestep.dataset import Sample, build_dataset, load_dataset, save_dataset
 from acestep.errors import CheckpointNotFoundError, PreprocessError
 from acestep.models.encoders import load_text_encoder
 from acestep.models.tiny import write_tiny_checkpoints
-from acestep.preprocess import PreprocessedDataset, PreprocessSettings, preprocess_dataset, read_manifest
+from acestep.preprocess.manifest import read_manifest
+from acestep.preprocess.pipeline import PreprocessSettings, preprocess_dataset
+from acestep.preprocess.tensors import PreprocessedDataset
 from acestep.preprocess.prompts import caption_prompt, lyric_prompt
 from acestep.preprocess.tensors import read_sample
 

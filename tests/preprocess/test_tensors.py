@@ -8,15 +8,8 @@ import pytest
 import torch
 
 from acestep.errors import PreprocessError
-from acestep.preprocess.tensors import (
-    Manifest,
-    ManifestSample,
-    PreprocessedDataset,
-    check_model_matches,
-    read_manifest,
-    write_manifest,
-    write_sample,
-)
+from acestep.preprocess.manifest import Manifest, ManifestSample, read_manifest, write_manifest
+from acestep.preprocess.tensors import PreprocessedDataset, check_model_matches, write_sample
 
 
 def sample_tensors(frames=10):

@@ -21,7 +21,7 @@ from acestep.dataset import load_dataset
 from acestep.dataset.csv_metadata import read_csv_metadata
 from acestep.dataset.sidecars import read_sidecars
 from acestep.errors import AceStepError
-from acestep.preprocess.tensors import read_manifest
+from acestep.preprocess.manifest import read_manifest
 from acestep.training.config import load_config
 
 from .conftest import record

@@ -8,7 +8,8 @@ import torch
 
 from acestep.models import read_dit_config
 from acestep.models.load import encoder_digest
-from acestep.preprocess.tensors import Manifest, ManifestSample, write_manifest, write_sample
+from acestep.preprocess.manifest import Manifest, ManifestSample, write_manifest
+from acestep.preprocess.tensors import write_sample
 
 
 def write_tensors_dir(folder: Path, checkpoint: Path, count: int, seed: int = 0, frames=(20, 44)) -> Path:

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from acestep.training.data import CroppedSamples, EpochBatches, collate, derived_seed, split_train_validation
+from acestep.training.data import CroppedSamples, EpochBatches, collate, derived_seed
 
 
 class FakeSamples:
@@ -94,13 +94,6 @@ def test_ranks_get_disjoint_equal_shares():
     rank1 = EpochBatches(lengths, 1, 0, 0, rank=1, world_size=2).local_batches()
     assert len(rank0) == len(rank1) == 5
     assert not {p for b in rank0 for p in b} & {p for b in rank1 for p in b}
-
-
-@pytest.mark.parametrize("count, split, held", [(10, 0.2, 2), (10, 0.0, 0), (3, 0.5, 2), (1, 0.5, 0), (4, 0.01, 1)])
-def test_validation_split(count, split, held):
-    train, val = split_train_validation(count, split, seed=5)
-    assert len(val) == held and sorted(train + val) == list(range(count))
-    assert split_train_validation(count, split, seed=5) == (train, val)
 
 
 def test_lookahead_yields_every_item_in_order_and_loads_each_once():

@@ -12,9 +12,11 @@ from safetensors.torch import load_file
 from acestep.errors import PreprocessError, TrainingError
 from acestep.export import load_adapter
 from acestep.models import load_acestep
-from acestep.preprocess.tensors import PreprocessedDataset, read_manifest, write_manifest
+from acestep.preprocess.manifest import read_manifest, write_manifest
+from acestep.preprocess.tensors import PreprocessedDataset
 from acestep.training.config import TrainingConfig, apply_overrides
-from acestep.training.data import CroppedSamples, EpochBatches, collate, derived_seed, split_train_validation
+from acestep.training.data import CroppedSamples, EpochBatches, collate, derived_seed
+from acestep.training.plan import split_train_validation
 from acestep.training import checkpoint as ckpt
 from acestep.training import loop
 from acestep.training.loop import STOP_FILE, train

@@ -1,4 +1,4 @@
-"""acestep.training.optim: every optimizer trains, no silent fallback, schedule curves, step counts."""
+"""acestep.training.optim: every optimizer trains, no silent fallback, schedule curves."""
 
 import io
 import math
@@ -14,8 +14,6 @@ from acestep.training.optim import (
     build_optimizer,
     build_scheduler,
     lr_lambda,
-    optimizer_steps_per_epoch,
-    total_optimizer_steps,
 )
 
 LEARNING_RATES = {"adamw": 1e-2, "adamw8bit": 1e-2, "adafactor": 1e-2, "prodigy": 1.0}
@@ -211,26 +209,3 @@ def test_scheduler_state_dict_round_trip_resumes_the_lr_sequence(name):
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     assert first_half + _lrs(optimizer, scheduler, 11) == uninterrupted
-
-
-# --- step counts ---
-
-def test_optimizer_steps_per_epoch_flushes_a_partial_accumulation():
-    assert optimizer_steps_per_epoch(17, 4) == 5
-    assert optimizer_steps_per_epoch(16, 4) == 4
-    assert optimizer_steps_per_epoch(3, 4) == 1
-    assert optimizer_steps_per_epoch(17, 1) == 17
-    with pytest.raises(TrainingError, match="empty"):
-        optimizer_steps_per_epoch(0, 4)
-    with pytest.raises(TrainingError):
-        optimizer_steps_per_epoch(17, 0)
-
-
-def test_total_optimizer_steps():
-    assert total_optimizer_steps(17, 4, 3) == 15
-    assert total_optimizer_steps(17, 4, 3, max_steps=7) == 7
-    assert total_optimizer_steps(17, 4, 3, max_steps=100) == 15
-    with pytest.raises(TrainingError):
-        total_optimizer_steps(17, 4, 0)
-    with pytest.raises(TrainingError):
-        total_optimizer_steps(17, 4, 3, max_steps=0)

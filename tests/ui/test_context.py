@@ -64,11 +64,10 @@ def test_dit_names_lists_the_transformers_and_complete_only_leaves_out_one_missi
     assert workspace.dit_names(complete_only=True) == ["acestep-v15-turbo"]
 
 
-def test_the_tensors_manifest_name_is_the_preprocessors(tmp_path):
-    from acestep.preprocess.tensors import MANIFEST_NAME as WRITTEN
-    from acestep.ui.context import MANIFEST_NAME, holds_tensors
+def test_a_tensors_folder_is_one_that_holds_the_preprocessors_manifest(tmp_path):
+    from acestep.preprocess.manifest import MANIFEST_NAME
+    from acestep.ui.context import holds_tensors
 
-    assert MANIFEST_NAME == WRITTEN  # the UI keeps a copy: the preprocessor's module imports torch
     assert not holds_tensors(tmp_path)
-    (tmp_path / WRITTEN).write_text("{}")
+    (tmp_path / MANIFEST_NAME).write_text("{}")
     assert holds_tensors(tmp_path) and not holds_tensors(tmp_path / "missing")

@@ -20,7 +20,7 @@ from acestep.ui.context import AppContext, PathRefused, Workspace
 from acestep.ui.run_progress import progress_markdown
 from acestep.ui.train_form import (
     FORM_FIELDS, VramEstimator, apply_preset_to_values, config_from_values, estimate_text, initial_config,
-    suggested_preset, values_from_config,
+    plan_text, suggested_preset, values_from_config,
 )
 from acestep.ui.train_tab import (
     NO_VALIDATION_TITLE, VALIDATION_TITLE, build_train_tab,
@@ -136,6 +136,25 @@ def test_the_estimate_grows_with_the_batch_and_says_whether_it_fits(ctx):
                      r"[\d.]+ GiB free\.", small)
     assert disk.group(0) in large
     assert float(disk.group(1)) == 672.0  # rank 64 on attention: 168 MiB of fp32 adapter twice, AdamW's two moments
+
+
+def test_the_run_plan_counts_the_chosen_tensors_folders_songs_on_the_gpus_the_run_takes(ctx, tmp_path):
+    from acestep.preprocess.manifest import Manifest, ManifestSample, write_manifest
+
+    config = config_from_values(form_values("data.batch_size=1", "optimizer.gradient_accumulation=4",
+                                            "run.epochs=800", "run.devices=auto"))
+    assert plan_text(ctx, config, gpu_report()) == ""  # no manifest yet: Start says what is missing
+    samples = [ManifestSample(f"s{i}", f"s{i}.wav", f"s{i}.safetensors", 1000, 40.0, "h", "k") for i in range(20)]
+    write_manifest(ctx.workspace.root / "tensors" / "x", Manifest(model={}, settings={}, samples=samples))
+    one = plan_text(ctx, config, gpu_report((24, 20)))
+    assert one.startswith("**Run plan.** 20 song(s) train, none held out for validation. Per epoch: 20 batch(es) of "
+                          "1, 5 optimizer step(s); effective batch 4 (1 x 4 accumulation). 4,000 optimizer steps")
+    assert "Crops" not in one and "\n- " not in one  # 40 s songs, 60 s crops; the usual number of steps
+    two = plan_text(ctx, config, gpu_report((24, 20), (24, 20)))  # devices=auto takes both GPUs
+    assert "10 batch(es) of 1 per process, 3 optimizer step(s); effective batch 8 (1 x 4 accumulation x 2" in two
+    assert "2,400 optimizer steps in all (800 epochs)" in two
+    outside = config_from_values(form_values(f"data.tensors_dir={tmp_path}"))
+    assert plan_text(ctx, outside, gpu_report()).startswith("**Run plan**: The tensors folder (data.tensors_dir)")
 
 
 def test_an_estimate_helper_that_dies_gives_its_error_and_is_started_again(ctx):
