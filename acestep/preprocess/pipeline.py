@@ -90,10 +90,17 @@ class PreprocessSummary:
     skipped: list[str] = field(default_factory=list)
     failed: list[ManifestFailure] = field(default_factory=list)
     cancelled: bool = False
+    cut: list[str] = field(default_factory=list)  # encoded, but longer than max_duration: only its start
+    max_duration: float | None = None
 
     def describe(self) -> str:
         lines = [f"{len(self.done)} encoded, {len(self.skipped)} unchanged (skipped), {len(self.failed)} failed"
                  + (" - cancelled, run again to continue" if self.cancelled else "")]
+        if self.cut:
+            lines.append(f"  {len(self.cut)} longer than --max-duration: only their first {self.max_duration:g} s "
+                         "were encoded, and training never sees the rest (raise --max-duration, up to "
+                         f"{MAX_SECONDS_LIMIT:g}, or split the songs: `acestep-trainer split`):")
+            lines += [f"  cut: {source}" for source in self.cut]
         lines += [f"  failed: {f.source}: {f.reason}" for f in self.failed]
         return "\n".join(lines)
 
@@ -182,13 +189,13 @@ def _plan(dataset: Dataset, settings: PreprocessSettings, identity: dict) -> lis
 class _Run:
     """State of one preprocessing run: the manifest being rebuilt and the progress clock."""
 
-    def __init__(self, out_dir: Path, manifest: Manifest, total: int, progress):
+    def __init__(self, out_dir: Path, manifest: Manifest, total: int, progress, max_duration: float):
         self.out_dir, self.manifest, self.total, self.progress = out_dir, manifest, total, progress
         self.start = time.monotonic()
         self.finished = 0  # samples settled: skipped, encoded or failed
         self.skipped = 0
         self.encoding_since: float | None = None  # when the first sample to encode began
-        self.summary = PreprocessSummary(out_dir=out_dir)
+        self.summary = PreprocessSummary(out_dir=out_dir, max_duration=max_duration)
 
     def report(self, index: int, source: str, status: str, message: str = "") -> None:
         """Pass one progress event on. The ETA is paced by the samples encoded so far, from the
@@ -264,7 +271,7 @@ def preprocess_dataset(dataset: Dataset | str | Path, out_dir: str | Path, check
     manifest = _start_manifest(out_dir, dataset, dataset_label, settings, models.identity)
     write_manifest(out_dir, manifest)
     jobs = _plan(dataset, settings, models.identity)
-    run = _Run(out_dir, manifest, len(jobs), progress)
+    run = _Run(out_dir, manifest, len(jobs), progress, settings.max_duration)
     todo = []
     for index, job in enumerate(jobs, start=1):
         if _is_current(manifest, job, out_dir):
@@ -305,7 +312,11 @@ class _OnePassEncoder:
 
     def front(self, job: _Job, vae, text_encoder, tokenizer) -> dict[str, torch.Tensor]:
         """Audio and text of one sample: latents, caption hidden states, lyric embeddings."""
-        audio = load_audio(job.audio_path, max_seconds=self.settings.max_duration)
+        limit = round(self.settings.max_duration * encode.SAMPLE_RATE)
+        # one frame more than is encoded tells a file longer than max_duration from one that fits
+        audio = load_audio(job.audio_path, max_seconds=self.settings.max_duration + 1 / encode.FRAMES_PER_SECOND)
+        cut = audio.shape[-1] > limit
+        audio = audio[..., :limit]
         audio = encode.trim_to_whole_frames(normalize_loudness(audio, encode.SAMPLE_RATE, self.settings.normalization))
         if audio.shape[-1] == 0:
             raise PreprocessError(f"{job.audio_path}: shorter than one latent frame (40 ms)")
@@ -318,6 +329,8 @@ class _OnePassEncoder:
             job.caption, sample.bpm, sample.timesignature, sample.keyscale, duration))
         lyrics = encode.embed_lyrics(text_encoder, tokenizer, lyric_prompt(
             sample.lyrics, sample.language, sample.instrumental))
+        if cut:
+            self.run.summary.cut.append(job.source)
         return {"target_latents": latents, "text_hidden": text, "lyric_hidden": lyrics}
 
     def finish(self, index: int, job: _Job, front: dict, condition_encoder, timbre) -> None:

@@ -52,10 +52,16 @@ def dataset_json(song_folder) -> Path:
 
 
 @pytest.fixture(scope="module")
-def tensors_dir(dataset_json, tiny_checkpoints, tmp_path_factory) -> Path:
+def tensors_dir(dataset_json, song_folder, tiny_checkpoints, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("tensors")
     summary = preprocess_dataset(dataset_json, out, tiny_checkpoints / "acestep-v15-turbo", settings=SETTINGS)
     assert (len(summary.done), len(summary.skipped), summary.cancelled) == (4, 0, False)
+    # the songs longer than max_duration are named: training never sees their end
+    longer = sorted(source for source in summary.done if sf.info(song_folder / source).duration > MAX_SECONDS)
+    assert sorted(summary.cut) == longer and "songs/coconut_run2_12s.wav" in longer
+    assert (f"  {len(longer)} longer than --max-duration: only their first 4 s were encoded, and training never sees "
+            "the rest") in summary.describe()
+    assert all(f"  cut: {source}" in summary.describe().splitlines() for source in longer)
     return out
 
 
