@@ -1,4 +1,4 @@
-"""Training commands: GPU check, train, the runs so far, export, merge, preview."""
+"""Training commands: GPU check, train, the runs so far, a run's bug report, export, merge, preview."""
 
 from __future__ import annotations
 
@@ -127,10 +127,24 @@ def cmd_runs(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bug_report(args: argparse.Namespace) -> int:
+    """Write a run's bug-report bundle: environment, config, events, log tail, folder listing."""
+    from acestep.environment.bug_report import report_run_folder, write_bug_report
+    from acestep.files import size_text
+
+    run_dir = report_run_folder(args.run_dir)  # a wrong folder is said before the slow environment check
+    print("Checking the environment (10-30 s: it imports every package)...", flush=True)
+    report = write_bug_report(run_dir, args.output)
+    print(f"Bug report written to {report.path} ({size_text(report.size)}); attach it to the issue.")
+    return 0
+
+
 def add_commands(commands) -> None:
-    gpu = commands.add_parser("gpu", help="show the GPUs, the recommended preset and a config's VRAM estimate")
+    gpu = commands.add_parser("gpu", help="show the GPUs, the recommended preset, and a config's VRAM estimate "
+                              "and run plan")
     gpu.add_argument("--config", type=Path, default=None, metavar="RUN.toml",
-                     help="also estimate this training config's peak VRAM against each GPU's free memory")
+                     help="also estimate this training config's peak VRAM against each GPU's free memory, "
+                          "and count its songs, batches and steps")
     gpu.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
                      help="override one config value for the estimate (repeatable)")
     checkpoints_dir_arg(gpu)
@@ -165,6 +179,16 @@ def add_commands(commands) -> None:
     runs.add_argument("--force", action="store_true",
                       help="with --delete-checkpoints: also for a run that has not finished")
     runs.set_defaults(func=cmd_runs)
+
+    # not "report": that is the dataset report (acestep.commands.data)
+    report = commands.add_parser("bug-report", help="write a run's bug report: one .zip with the environment, its "
+                                                    "config, events and log tail, and its folder listing (no weights, "
+                                                    "no audio)")
+    report.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="the run folder (it holds a config.toml)")
+    report.add_argument("--output", type=Path, default=None, metavar="FILE",
+                        help="the .zip to write, or a folder for it (default: RUN_DIR/../<run>-report.zip); an "
+                             "existing file is never replaced: -2, -3, ... is added to the name")
+    report.set_defaults(func=cmd_bug_report)
 
     export = commands.add_parser("export", help="write a trained adapter for ACE-Step, ComfyUI or diffusers")
     export.add_argument("source", type=Path, metavar="ADAPTER",
