@@ -19,6 +19,7 @@ import gradio as gr
 
 from acestep.errors import AceStepError
 from acestep.files import new_folder
+from acestep.inference import GUIDANCE_METHODS
 from acestep.inference.cli import parse_strengths
 from acestep.inference.effect import distance_summary, effect_summary, recorded_distances, recorded_effects
 from acestep.inference.render import read_record, render_order, strength_label
@@ -71,6 +72,9 @@ class ListenForm:
     key: str = ""
     time_signature: str = ""
     steps: int | None = None
+    shift: float | None = None  # None: the variant's default (turbo 3, base/sft 1)
+    guidance_scale: float | None = None  # None: base/sft 7; a turbo model refuses more than 1 (in the job)
+    guidance: str = "apg"  # `preview --guidance`: apg (its default) or cfg
     device: str = "auto"
     quantization: str = "none"  # "nf4": the DiT's blocks in 4 bits (`preview --quantization`)
 
@@ -145,17 +149,26 @@ def listen_args(ctx: AppContext, form: ListenForm) -> list[str]:
     seed = _number(form.seed, "Seed", whole=True)
     bpm = _number(form.bpm, "BPM", low=0, low_included=False)
     steps = _number(form.steps, "Sampling steps", whole=True, low=1)
+    shift = _number(form.shift, "Timestep shift", low=0, low_included=False)
+    guidance_scale = _number(form.guidance_scale, "Guidance scale", low=0)
+    guidance = form.guidance or "apg"
+    if guidance not in GUIDANCE_METHODS:
+        raise ListenRefused(f"Guidance method: one of {', '.join(GUIDANCE_METHODS)}, found {form.guidance!r}.")
     device = check_device(form.device)
     if form.quantization not in QUANTIZATIONS:
         raise ListenRefused(f"DiT weights: one of {', '.join(QUANTIZATIONS)}, found {form.quantization!r}.")
-    # text goes as --flag=text: a caption or lyrics starting with "-" is not taken for an option
+    # text goes as --flag=text: a caption or lyrics starting with "-" is not taken for an option. A guidance
+    # scale on a turbo model is refused by the job: `preview`'s own check, once it knows the model's variant
     args = ["preview", "--adapter", str(adapter), f"--caption={caption}", "--strengths",
             ",".join(f"{s:g}" for s in strengths), "--duration", f"{duration if duration is not None else 20.0:g}",
             "--seed", str(seed or 0)]
     optional = (("--lyrics", (form.lyrics or "").strip()), ("--language", (form.language or "").strip()),
                 ("--bpm", f"{bpm:g}" if bpm is not None else ""), ("--key", (form.key or "").strip()),
                 ("--time-signature", (form.time_signature or "").strip()),
-                ("--steps", str(steps) if steps is not None else ""), ("--device", device or ""),
+                ("--steps", str(steps) if steps is not None else ""),
+                ("--shift", f"{shift:g}" if shift is not None else ""),
+                ("--guidance-scale", f"{guidance_scale:g}" if guidance_scale is not None else ""),
+                ("--guidance", guidance if guidance != "apg" else ""), ("--device", device or ""),
                 ("--quantization", form.quantization if form.quantization != "none" else ""))
     args += [f"{flag}={value}" for flag, value in optional if value]
     songs = run_songs(ctx, form.run)
@@ -217,10 +230,14 @@ def render_description(ctx: AppContext, folder: Path) -> str:
     parts = [f"**{markdown_text(str(record.get('caption', '')))}**"]
     lyrics = str(record.get("lyrics") or "").strip()
     parts.append(f"lyrics: {markdown_text(lyrics.splitlines()[0])}..." if lyrics else "instrumental")
-    for key, text in (("duration", "{:g} s"), ("seed", "seed {}"), ("steps", "{} steps"), ("bpm", "{:g} BPM"),
-                      ("key", "{}"), ("variant", "{} model"), ("quantization", "{} DiT weights")):
-        if record.get(key) not in (None, "", "none"):
-            parts.append(markdown_text(text.format(record[key])))
+    scale = record.get("guidance_scale")  # 1 (turbo): sampled without guidance, not worth a word
+    guided = f"{scale:g} ({record.get('guidance') or 'apg'})" if isinstance(scale, (int, float)) and scale > 1 else None
+    for key, text in (("duration", "{:g} s"), ("seed", "seed {}"), ("steps", "{} steps"), ("shift", "shift {:g}"),
+                      ("guided", "guidance {}"), ("bpm", "{:g} BPM"), ("key", "{}"), ("variant", "{} model"),
+                      ("quantization", "{} DiT weights")):
+        value = guided if key == "guided" else record.get(key)
+        if value not in (None, "", "none"):
+            parts.append(markdown_text(text.format(value)))
     adapter = record.get("adapter")
     if adapter:
         parts.append(f"adapter `{markdown_text(ctx.workspace.relative(Path(adapter)))}`")
@@ -295,13 +312,21 @@ def build_listen_tab(ctx: AppContext) -> None:
         seed = gr.Number(0, label="Seed", precision=0, minimum=0, elem_id="listen-seed")
         strengths = gr.Textbox("0, 1", label=f"Strengths (up to {MAX_STRENGTHS}, 0 to 2)", elem_id="listen-strengths")
         language = gr.Textbox(language0, label="Lyrics language", elem_id="listen-language")
-    with gr.Accordion("Tempo, key, sampling steps, device, DiT weights", open=False):
+    with gr.Accordion("Tempo, key, sampling (steps, shift, guidance), device, DiT weights", open=False):
         with gr.Row():
             bpm = gr.Number(None, label="BPM (empty: not in the prompt)", elem_id="listen-bpm")
             key = gr.Textbox("", label="Key, e.g. C major", elem_id="listen-key")
             time_signature = gr.Textbox("", label="Time signature, e.g. 4", elem_id="listen-time-signature")
+        with gr.Row():
             steps = gr.Number(None, precision=0, label="Sampling steps (empty: turbo 8, base/sft 50)",
                               elem_id="listen-steps")
+            shift = gr.Number(None, label="Timestep shift (empty: turbo 3, base/sft 1; turbo takes 1, 2 or 3)",
+                              elem_id="listen-shift")
+            guidance_scale = gr.Number(None, label="Guidance scale (empty: base/sft 7; turbo: none, refuses more "
+                                       "than 1)", elem_id="listen-guidance-scale")
+            guidance = gr.Dropdown(list(GUIDANCE_METHODS), value="apg", label="Guidance method, base/sft (default: "
+                                   "apg; cfg: plain CFG)", elem_id="listen-guidance")
+        with gr.Row():
             device = gr.Dropdown(list(DEVICES), value="auto", label="Device", allow_custom_value=True,
                                  elem_id="listen-device")
             quantization = gr.Dropdown(list(QUANTIZATIONS), value=default_quantization(ctx, picker.run0),
@@ -325,9 +350,11 @@ def build_listen_tab(ctx: AppContext) -> None:
     announced = gr.State("")  # the finished job whose render was put on show ("" until the page's first tick)
 
     def on_render(run, checkpoint, caption_text, lyrics_text, language_code, seconds, seed_value, strength_list,
-                  bpm_value, key_text, signature, step_count, device_name, weights, request: gr.Request):
+                  bpm_value, key_text, signature, step_count, shift_value, scale, method, device_name, weights,
+                  request: gr.Request):
         form = ListenForm(run, checkpoint, caption_text, lyrics_text, language_code, seconds, seed_value,
-                          strength_list, bpm_value, key_text, signature, step_count, device_name, weights)
+                          strength_list, bpm_value, key_text, signature, step_count, shift=shift_value,
+                          guidance_scale=scale, guidance=method, device=device_name, quantization=weights)
         job = start_listen(ctx, form, owner_of(request))
         gr.Info(f"Render queued as job {job.id}.")
         return job_summary(ctx, job), *ticks.hurry()
@@ -340,7 +367,7 @@ def build_listen_tab(ctx: AppContext) -> None:
     picker.checkpoint.change(friendly(lambda run, checkpoint: default_quantization(ctx, run, checkpoint)),
                              inputs=[picker.run, picker.checkpoint], outputs=[quantization])
     form = [picker.run, picker.checkpoint, caption, lyrics, language, duration, seed, strengths, bpm, key,
-            time_signature, steps, device, quantization]
+            time_signature, steps, shift, guidance_scale, guidance, device, quantization]
     render.click(friendly(on_render), inputs=form, outputs=[status, *ticks.pace_outputs])
     ticks.add(friendly(lambda last, current: tick_updates(ctx, last, current)), [announced, shown],
               [status, announced, shown])

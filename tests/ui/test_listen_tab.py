@@ -14,12 +14,14 @@ from acestep.cli import build_parser
 from acestep.errors import AceStepError
 from acestep.training.run_folders import RunFolderError
 from acestep.ui.context import AppContext, Workspace
+from acestep.ui.jobs_panel import markdown_text
 from acestep.ui.listen_tab import (
     LISTEN_KIND,
     ListenForm,
     ListenRefused,
     build_listen_tab,
     default_prompt,
+    job_summary,
     listen_args,
     render_description,
     render_files,
@@ -41,14 +43,30 @@ def ctx(tmp_path):
 
 def test_the_form_becomes_the_preview_command_line(ctx):
     form = ListenForm("song", "best", " mystyle, warm jazz piano ", lyrics="la la la", language="fr", duration=12,
-                      seed=7, strengths="0, 0.5,1", bpm=96, key="C major", time_signature="3", steps=16, device="cpu")
+                      seed=7, strengths="0, 0.5,1", bpm=96, key="C major", time_signature="3", steps=16, shift=2.5,
+                      guidance_scale=4, guidance="cfg", device="cpu")
     assert listen_args(ctx, form) == [
         "preview", "--adapter", str(ctx.workspace.runs / "song" / "best"), "--caption=mystyle, warm jazz piano",
         "--strengths", "0,0.5,1", "--duration", "12", "--seed", "7", "--lyrics=la la la", "--language=fr",
-        "--bpm=96", "--key=C major", "--time-signature=3", "--steps=16", "--device=cpu",
-        "--checkpoints-dir", str(ctx.workspace.checkpoints)]
+        "--bpm=96", "--key=C major", "--time-signature=3", "--steps=16", "--shift=2.5", "--guidance-scale=4",
+        "--guidance=cfg", "--device=cpu", "--checkpoints-dir", str(ctx.workspace.checkpoints)]
     step = listen_args(ctx, ListenForm("song", "checkpoints/step-000020", "mystyle", steps=None, bpm=None))
-    assert not any(part.startswith(("--bpm", "--steps", "--device", "--lyrics")) for part in step)
+    assert not any(part.startswith(("--bpm", "--steps", "--shift", "--guidance", "--device", "--lyrics"))
+                   for part in step)
+
+
+@pytest.mark.parametrize(("settings", "parsed"), [
+    ({"shift": 2, "guidance_scale": 0, "guidance": "cfg"}, (2.0, 0.0, "cfg")),
+    ({"shift": 0.5, "guidance_scale": 7.5, "guidance": "apg"}, (0.5, 7.5, "apg")),
+    ({"shift": None, "guidance_scale": None, "guidance": "apg"}, (None, None, "apg")),  # the variant's defaults
+    ({"shift": "", "guidance_scale": " ", "guidance": None}, (None, None, "apg")),  # empty inputs: the same
+])
+def test_the_sampling_settings_reach_the_preview_command_as_it_reads_them(ctx, settings, parsed):
+    args = listen_args(ctx, ListenForm("song", "final", "mystyle", **settings))
+    cli = build_parser().parse_args([*args, "--out", "render"])
+    assert (cli.shift, cli.guidance_scale, cli.guidance) == parsed
+    if settings["guidance"] != "cfg":
+        assert not any(part.startswith("--guidance=") for part in args)  # apg is the command's own default
 
 
 def test_renders_measure_their_distance_to_the_songs_the_run_trained_on_while_they_are_there(ctx):
@@ -108,6 +126,10 @@ def test_a_run_trained_on_an_nf4_base_renders_on_one_by_default(ctx):
     ({"seed": -1}, "Seed must be a whole number at least 0"),
     ({"seed": 1.5}, "Seed must be a whole number"),
     ({"steps": 0}, "Sampling steps must be a whole number at least 1"),
+    ({"shift": 0}, "Timestep shift must be more than 0"),
+    ({"shift": "fast"}, "Timestep shift must be a number"),
+    ({"guidance_scale": -1}, "Guidance scale must be at least 0"),
+    ({"guidance": "pag"}, "Guidance method: one of apg, cfg, found 'pag'"),
     ({"bpm": -90}, "BPM must be more than 0"),
     ({"checkpoint": ""}, "Pick a run and one of its adapters"),
     ({"quantization": "int4"}, "DiT weights: one of none, nf4, found 'int4'"),
@@ -186,6 +208,20 @@ def test_renders_are_listed_newest_first_and_shown_by_strength(ctx):
     assert render_view(ctx, None)[0] == "Pick a render to listen to."
 
 
+def test_the_description_names_the_sampling_settings_and_guidance_only_where_it_was_used(ctx):
+    listen = ctx.workspace.outputs / "listen"
+    base = write_render(listen / "base", record={"caption": "mystyle", "duration": 5.0, "seed": 1, "steps": 50,
+                                                 "shift": 1.0, "guidance_scale": 7.0, "guidance": "cfg",
+                                                 "variant": "base"})
+    turbo = write_render(listen / "turbo", record={"caption": "mystyle", "duration": 5.0, "seed": 1, "steps": 8,
+                                                   "shift": 3.0, "guidance_scale": 1.0, "guidance": "apg",
+                                                   "variant": "turbo"})
+    assert render_description(ctx, base).startswith(
+        "**mystyle** · instrumental · 5 s · seed 1 · 50 steps · shift 1 · guidance 7 (cfg) · base model")
+    assert render_description(ctx, turbo).startswith(
+        "**mystyle** · instrumental · 5 s · seed 1 · 8 steps · shift 3 · turbo model")  # no guidance on turbo
+
+
 def test_the_timer_shows_the_newest_render_at_first_then_each_render_that_finishes(ctx):
     listen = ctx.workspace.outputs / "listen"
     status, announced, picked = tick_updates(ctx, "", None)  # the page's first tick, no render yet
@@ -223,7 +259,7 @@ def test_a_render_job_of_a_trained_run_on_the_cpu(trained):
     ctx = trained
     caption, lyrics, language = default_prompt(ctx, "tiny")
     form = ListenForm("tiny", "final", caption + ", lofi", lyrics, language, duration=0.6, seed=5,
-                      strengths="0, 1", device="cpu")
+                      strengths="0, 1", shift=2, guidance_scale=1, guidance="cfg", device="cpu")
     job = ctx.jobs.wait(start_listen(ctx, form).id, timeout=300)
     assert job.status == "done", ctx.jobs.tail_log(job.id)
     assert render_folders(ctx) == ["outputs/listen/tiny-final"]
@@ -236,8 +272,19 @@ def test_a_render_job_of_a_trained_run_on_the_cpu(trained):
     assert all(png is not None and png.stat().st_size > 0 for _, _, png in files)
     record = json.loads((folder / "preview.json").read_text())
     assert record["caption"] == "mystyle, lofi" and record["seed"] == 5 and record["strengths"] == [0.0, 1.0]
+    assert (record["steps"], record["shift"], record["guidance_scale"], record["guidance"]) == (8, 2.0, 1.0, "cfg")
     assert record["songs"] == str(ctx.workspace.tensors / "songs") and list(record["songs_distance"]) == ["0", "1"]
-    assert render_description(ctx, folder).startswith("**mystyle, lofi** · instrumental · 0.6 s · seed 5")
+    assert render_description(ctx, folder).startswith(
+        "**mystyle, lofi** · instrumental · 0.6 s · seed 5 · 8 steps · shift 2 · turbo model")
+
+    # the tiny model is a turbo one: a guidance scale is refused by the command's own check, in its words
+    refused = start_listen(ctx, ListenForm("tiny", "final", "mystyle", duration=0.6, guidance_scale=7, device="cpu"))
+    refused = ctx.jobs.wait(refused.id, timeout=300)
+    message = ("turbo checkpoints are guidance-distilled and sample without CFG; guidance_scale 7.0 is not supported "
+               "(leave it unset or 1)")
+    assert refused.status == "failed" and message in refused.message, ctx.jobs.tail_log(refused.id)
+    assert markdown_text(message) in job_summary(ctx, refused)  # what the tab's status line says
+    assert render_folders(ctx) == ["outputs/listen/tiny-final"]  # nothing rendered
 
 
 def test_the_longest_render_is_the_renderers_own_limit():
