@@ -120,6 +120,7 @@ def run_preview(args: argparse.Namespace) -> int:
     songs = songs_profile(args.songs) if args.songs is not None else None  # a wrong folder stops before the models load
     renderer = PreviewRenderer(checkpoint, vae=args.vae, text_encoder=args.text_encoder, device=args.device,
                                dtype=args.dtype, checkpoints_dir=args.checkpoints_dir)
+    settings = sampling_settings(request, renderer.is_turbo)  # refuses guidance on turbo before the DiT loads
     bundle = load_transformer(checkpoint, args.quantization, renderer.dtype, renderer.device, renderer.dtype,
                               args.checkpoints_dir)
     transformer = bundle.transformer
@@ -130,7 +131,6 @@ def run_preview(args: argparse.Namespace) -> int:
     print(f"Rendering {request.duration:g} s with {bundle.path} ({bundle.variant}"
           + (f", {args.quantization.upper()}" if quantized else "") + ")"
           + (f" and {adapter}" if adapter is not None else ""), flush=True)
-    settings = sampling_settings(request, renderer.is_turbo)  # refuses guidance on turbo before any work
     renders, latents = {}, {}
     for strength, name in zip(strengths, names, strict=True):
         sampled = renderer.latents(transformer, request, strength=strength)

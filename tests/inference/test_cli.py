@@ -135,3 +135,14 @@ def test_bad_strength_lists_are_refused(text):
     with pytest.raises(argparse.ArgumentTypeError):
         parse_strengths(text)
     assert parse_strengths("0, 0.5,1") == [0.0, 0.5, 1.0]
+
+
+def test_guidance_on_a_turbo_model_is_refused_before_the_dit_loads(tmp_path, turbo_dit, monkeypatch):
+    def never(*args, **kwargs):
+        raise AssertionError("the DiT was loaded")
+
+    monkeypatch.setattr("acestep.training.quantization.load_transformer", never)
+    with pytest.raises(PreviewError, match="guidance-distilled and sample without CFG; guidance_scale 7.0"):
+        run_preview(parse("--checkpoint", str(turbo_dit), "--caption", "x", "--duration", "0.4", "--device", "cpu",
+                          "--guidance-scale", "7", "--out", str(tmp_path / "out")))
+    assert not (tmp_path / "out").exists()
