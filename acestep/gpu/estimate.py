@@ -119,13 +119,13 @@ class VramEstimate:
     @property
     def checkpoint_sizes(self):
         """What a step checkpoint and an adapter folder of the run weigh on disk
-        (`acestep.training.disk_space.CheckpointSizes`): a checkpoint's training state holds the
-        adapter (and its moving average) and the optimizer's state, as counted here, and its adapter
-        folder the adapter once more (fp32; with a moving average, the average)."""
+        (`acestep.training.disk_space.CheckpointSizes`): a checkpoint's adapter folder holds the
+        adapter (fp32; with a moving average, the average) and its training state the optimizer's
+        state (and, with a moving average, the weights): the adapter and the optimizer as counted
+        here (`acestep.training.loop.Trainer.training_state`)."""
         from acestep.training.disk_space import CheckpointSizes
 
-        adapter = 4 * self.trainable_params
-        return CheckpointSizes(self.parts["adapter"] + self.parts["optimizer"] + adapter, adapter)
+        return CheckpointSizes(self.parts["adapter"] + self.parts["optimizer"], 4 * self.trainable_params)
 
     @property
     def total_gib(self) -> float:

@@ -13,12 +13,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 from acestep.errors import TrainingError
 from acestep.models.convert import rename_module_path_to_diffusers, rename_module_path_to_original
-from acestep.training.run_layout import LOKR_CONFIG, LOKR_WEIGHTS
+from acestep.training.run_layout import LOKR_CONFIG, LOKR_WEIGHTS, PEFT_WEIGHTS
 
 ATTENTION_PROJECTIONS = ("to_q", "to_k", "to_v", "to_out.0")
 MLP_PROJECTIONS = ("mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
@@ -104,13 +105,18 @@ class Adapter:
         self.skip_input_casts()
         return self.fuse_lora_products()
 
-    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        """Restore weights saved by `state_dict`; every key must match (no silent partial load)."""
+    def load_state_dict(self, state: dict[str, torch.Tensor], source: str = "Adapter state") -> None:
+        """Restore weights saved by `state_dict`; every key and shape must match (no silent partial
+        load). `source` names them in the error."""
         current = self.state_dict()
         missing, unexpected = current.keys() - state.keys(), state.keys() - current.keys()
         if missing or unexpected:
-            raise TrainingError(f"Adapter state does not match the adapter: missing {sorted(missing)[:4]}, "
+            raise TrainingError(f"{source} does not match the adapter: missing {sorted(missing)[:4]}, "
                                 f"unexpected {sorted(unexpected)[:4]}.")
+        for key, tensor in current.items():
+            if state[key].shape != tensor.shape:
+                raise TrainingError(f"{source} does not match the adapter: {key} is {list(state[key].shape)}, the "
+                                    f"adapter's {list(tensor.shape)} (another rank?).")
         with torch.no_grad():
             for key, tensor in current.items():
                 tensor.copy_(state[key].to(tensor.device, tensor.dtype))
@@ -176,14 +182,8 @@ def save_adapter(adapter: Adapter, folder: Path, metadata: dict | None = None) -
             "algo": "lokr", "rank": adapter.rank, "alpha": adapter.alpha, "modules": adapter.modules,
             **(metadata or {})}, indent=2, default=str) + "\n", encoding="utf-8")
         return folder
-    state = {}
-    for name, tensor in adapter.state_dict().items():
-        module, _, suffix = name.partition(".lora_")
-        suffix = "lora_" + suffix.replace(".default", "")
-        if suffix == "lora_magnitude_vector.weight":
-            suffix = "lora_magnitude_vector"  # PEFT saves the DoRA magnitude without ".weight"
-        state[f"base_model.model.{rename_module_path_to_original(module)}.{suffix}"] = tensor.float().contiguous().cpu()
-    save_file(state, folder / "adapter_model.safetensors", metadata={"format": "pt", **meta})
+    state = {saved_lora_name(name): tensor.float().contiguous().cpu() for name, tensor in adapter.state_dict().items()}
+    save_file(state, folder / PEFT_WEIGHTS, metadata={"format": "pt", **meta})
     targets = official_target_modules(adapter)
     config = {
         "peft_type": "LORA", "task_type": "FEATURE_EXTRACTION", "r": adapter.rank, "lora_alpha": adapter.alpha,
@@ -214,8 +214,48 @@ def official_target_modules(adapter: Adapter) -> list[str]:
     return sorted(chosen)
 
 
+def saved_lora_name(name: str) -> str:
+    """The key `save_adapter` gives a LoRA/DoRA weight of `Adapter.state_dict()`: the official module
+    path under `base_model.model.`, PEFT's adapter name dropped (`layers.0.self_attn.to_q.lora_A.
+    default.weight` -> `base_model.model.layers.0.self_attn.q_proj.lora_A.weight`)."""
+    module, _, suffix = name.partition(".lora_")
+    suffix = "lora_" + suffix.replace(".default", "")
+    if suffix == "lora_magnitude_vector.weight":
+        suffix = "lora_magnitude_vector"  # PEFT saves the DoRA magnitude without ".weight"
+    return f"base_model.model.{rename_module_path_to_original(module)}.{suffix}"
+
+
+def load_saved_adapter(adapter: Adapter, folder: Path) -> None:
+    """Load the weights `save_adapter` wrote into `folder` back into `adapter` (of the same kind
+    and shape), bit for bit: they are fp32 as trained, so a checkpoint's adapter folder doubles as
+    its copy of the weights. Raises TrainingError naming the file when it is unreadable or does
+    not match the adapter."""
+    if adapter.network is not None:
+        load_lokr_weights(adapter, folder)
+        return
+    path = Path(folder) / PEFT_WEIGHTS
+    saved = _read_weights(path)
+    names = {saved_lora_name(name): name for name in adapter.state_dict()}
+    missing, unexpected = names.keys() - saved.keys(), saved.keys() - names.keys()
+    if missing or unexpected:
+        raise TrainingError(f"{path} does not match the adapter: missing {sorted(missing)[:4]}, unexpected "
+                            f"{sorted(unexpected)[:4]}.")
+    adapter.load_state_dict({names[key]: tensor for key, tensor in saved.items()}, str(path))
+
+
+def _read_weights(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        return load_file(path)
+    except (OSError, SafetensorError) as exc:
+        raise TrainingError(f"{path} cannot be read ({exc}).") from exc
+
+
 def load_lokr_weights(adapter: Adapter, folder: Path) -> None:
     """Load LoKr weights written by `save_adapter` into an adapter of the same shape."""
-    result = adapter.network.load_state_dict(load_file(Path(folder) / LOKR_WEIGHTS), strict=True)
+    path = Path(folder) / LOKR_WEIGHTS
+    try:
+        result = adapter.network.load_state_dict(_read_weights(path), strict=True)
+    except RuntimeError as exc:  # strict loading raises for missing, unexpected or misshapen weights
+        raise TrainingError(f"{path} does not match the LoKr adapter: {exc}") from exc
     if getattr(result, "missing_keys", None) or getattr(result, "unexpected_keys", None):
-        raise TrainingError(f"{Path(folder) / LOKR_WEIGHTS} does not match the LoKr adapter: {result}")
+        raise TrainingError(f"{path} does not match the LoKr adapter: {result}")

@@ -62,8 +62,13 @@ class AdapterAverage:
                     parameter.copy_(weight)
 
     def state(self) -> dict:
-        """What a checkpoint stores: the decay, the update count and the average (fp32)."""
-        return {"decay": self.decay, "updates": self.updates, "average": list(self.average)}
+        """The decay, the update count and the average (fp32)."""
+        return {**self.counts(), "average": list(self.average)}
+
+    def counts(self) -> dict:
+        """What a checkpoint stores beside the adapter folder, which holds the average: the decay
+        and the update count."""
+        return {"decay": self.decay, "updates": self.updates}
 
     def restore(self, state: dict, source: str) -> None:
         """Put back a `state()` (a resume). Raises TrainingError naming `source` when it does not

@@ -1,7 +1,9 @@
 """Checkpoints in a run folder: written completely or not at all.
 
     run/checkpoints/step-000120/
-        adapter/            the adapter as users load it (PEFT folder, or LoKr weights)
+        adapter/            the adapter as users load it (PEFT folder, or LoKr weights), fp32: a
+                            resume reads the weights back from it (with a moving average it
+                            holds the average, and state.* the weights)
         state.json          optimizer, scheduler, counters, RNG states, data position (structure)
         state.safetensors   ... and their tensors (no pickle anywhere)
         COMPLETE            written last; a folder without it is ignored

@@ -28,6 +28,7 @@ from acestep.files import recover_replaced_folder
 from acestep.gpu.fit import out_of_memory_message
 from acestep.inference.training_hook import TrainingPreviews
 from acestep.training import checkpoint as ckpt
+from acestep.training.adapters import load_saved_adapter
 from acestep.training.compilation import reporting_fallbacks
 from acestep.training.config import TrainingConfig
 from acestep.training.data import Lookahead
@@ -35,7 +36,7 @@ from acestep.training.disk_space import CheckpointSizes, disk_warning, tensor_by
 from acestep.training.events import make_event
 from acestep.training.loss_interval import LossInterval
 from acestep.training.resume_settings import ResumeSettings
-from acestep.training.run_layout import CONFIG_FILE, NAMED_ADAPTERS, STOP_FILE
+from acestep.training.run_layout import ADAPTER_DIR, CONFIG_FILE, NAMED_ADAPTERS, STOP_FILE
 from acestep.training.session import TrainingSession
 from acestep.training.state import restore_rng, rng_states
 
@@ -104,13 +105,19 @@ class Trainer:
 
     # ---- checkpoints ---------------------------------------------------------------------------
     def training_state(self) -> dict:
+        """What a checkpoint holds beside its adapter folder. The folder holds the adapter the run
+        hands out, fp32 as trained, and is read back on a resume, so the weights are not stored
+        twice: without a moving average it holds the weights; with one it holds the average, and
+        the weights are stored here."""
+        average = self.s.average
         return {"progress": self.progress.to_state(), "epoch": self.progress.epoch,
-                "adapter": self.s.adapter.state_dict(), "optimizer": self.s.optimizer.state_dict(),
+                "optimizer": self.s.optimizer.state_dict(),
                 "scheduler": self.s.scheduler.state_dict(), "rng": rng_states(),
                 "dataset": dataset_identity(self.s), "world_size": self.fabric.world_size,
                 "interval": self.interval.state(),
                 "config": self.s.config_dict,
-                **({"average": self.s.average.state()} if self.s.average is not None else {})}
+                **({"adapter": self.s.adapter.state_dict(), "average": average.counts()} if average is not None
+                   else {})}
 
     def save_checkpoint(self, reason: str) -> None:
         position = (self.progress.step, self.progress.epoch, self.progress.batches_done)
@@ -148,20 +155,34 @@ class Trainer:
             ckpt.remove_leftovers(self.s.run_dir)
             for name in NAMED_ADAPTERS:
                 recover_replaced_folder(self.s.run_dir / name)
-        self.s.adapter.load_state_dict(state["adapter"])
+        self.restore_adapter(folder, state)
         self.s.optimizer.load_state_dict(state["optimizer"])
         self.s.scheduler.load_state_dict(state["scheduler"])
-        if self.s.average is not None:  # optimizer.ema_decay cannot change on a resume (resume_settings)
-            if "average" not in state:
-                raise TrainingError(f"Cannot resume from {folder}: it holds no adapter average, and this run keeps "
-                                    "one (optimizer.ema_decay). Resume with the settings the run was started with.")
-            self.s.average.restore(state["average"], str(folder))
         self.progress = Progress(**state["progress"])
         self.saved_at = (self.progress.step, self.progress.epoch, self.progress.batches_done)
         self.interval.restore(state["interval"])
         restore_rng(state["rng"])
         self.emit("start", step=self.progress.step, epoch=self.progress.epoch,
                   message=f"resumed from {folder}" + (" (forced: " + "; ".join(problems) + ")" if problems else ""))
+
+    def restore_adapter(self, folder: Path, state: dict) -> None:
+        """The adapter's weights, and its moving average, from a checkpoint (`training_state`).
+        Checkpoints written before 2026-11-28 hold the weights and the average in their state."""
+        adapter, average = self.s.adapter, self.s.average
+        saved = folder / ADAPTER_DIR
+        if average is not None:  # optimizer.ema_decay cannot change on a resume (resume_settings)
+            if "average" not in state:
+                raise TrainingError(f"Cannot resume from {folder}: it holds no adapter average, and this run keeps "
+                                    "one (optimizer.ema_decay). Resume with the settings the run was started with.")
+            if "average" in state["average"]:
+                average.restore(state["average"], str(folder))
+            else:  # the adapter folder holds the average
+                load_saved_adapter(adapter, saved)
+                average.restore({**state["average"], "average": [p.detach() for p in average.parameters]}, str(folder))
+        if "adapter" in state:
+            adapter.load_state_dict(state["adapter"])
+        else:
+            load_saved_adapter(adapter, saved)
 
     # ---- out of memory ---------------------------------------------------------------------------
     def out_of_memory(self, error: BaseException) -> TrainingError:

@@ -1,7 +1,7 @@
 """Freeing the disk a run folder takes: its step checkpoints, or the whole run.
 
 A finished run keeps `run.keep_checkpoints` step checkpoints (adapter and optimizer state, about
-0.7 GB each on the 2B model with LoRA rank 64 and AdamW) that only a resume needs; `best/`,
+0.5 GB each on the 2B model with LoRA rank 64 and AdamW) that only a resume needs; `best/`,
 `final/`, the events, the config and the previews are what is used afterwards. Both deletions
 refuse while a process trains the run (`run_lock.holder`), and a run that has not finished keeps
 its checkpoints unless forced: they are what it resumes from. A folder is renamed to a hidden name

@@ -173,3 +173,26 @@ def test_lycoris_lokr_applies_no_dropout_when_it_rebuilds_the_weight():
     module.train()
     first, second = base(x), base(x)
     assert torch.equal(first, second) and not torch.equal(first, torch.nn.functional.linear(x, base.weight, base.bias))
+
+
+@pytest.mark.parametrize("kind", ["lora", "dora", "lokr"])
+def test_a_saved_adapter_loads_back_bit_for_bit_and_another_shape_is_refused(fixture_dir, tmp_path, kind):
+    from acestep.training.adapters import load_saved_adapter
+
+    def fresh(rank):
+        model = load_acestep(fixture_dir, dtype=torch.float32, components=("transformer",)).transformer
+        return add_adapter(model, kind, rank=rank, alpha=4)
+
+    adapter = fresh(4)
+    with torch.no_grad():
+        for p in adapter.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    save_adapter(adapter, tmp_path / "saved")
+    loaded = fresh(4)
+    load_saved_adapter(loaded, tmp_path / "saved")
+    expected, got = adapter.state_dict(), loaded.state_dict()
+    assert expected.keys() == got.keys() and all(torch.equal(expected[k], got[k]) for k in expected)
+    with pytest.raises(TrainingError, match=r"saved/\w+\.safetensors does not match the (LoKr )?adapter"):
+        load_saved_adapter(fresh(2), tmp_path / "saved")
+    with pytest.raises(TrainingError, match=r"missing/\w+\.safetensors cannot be read"):
+        load_saved_adapter(loaded, tmp_path / "missing")

@@ -18,6 +18,7 @@ from acestep.training.config import TrainingConfig, apply_overrides
 from acestep.training.data import CroppedSamples, EpochBatches, collate, derived_seed
 from acestep.training.plan import split_train_validation
 from acestep.training import checkpoint as ckpt
+from acestep.training.adapters import saved_lora_name
 from acestep.training import loop
 from acestep.training.loop import STOP_FILE, train
 from acestep.training.optim import OPTIMIZERS, SCHEDULERS, lr_lambda
@@ -49,7 +50,9 @@ def train_stopped_after(config: TrainingConfig, step: int):
 
 
 def adapter_tensors(folder: Path) -> dict[str, torch.Tensor]:
-    return load_file(folder / "adapter_model.safetensors")
+    """The weights of an adapter folder (PEFT's file, or LoKr's)."""
+    [weights] = folder.glob("*.safetensors")
+    return load_file(weights)
 
 
 def test_accumulation_steps_and_logged_per_sample_loss(tmp_path, tensors_17, tiny_dit):
@@ -83,14 +86,45 @@ def test_accumulation_steps_and_logged_per_sample_loss(tmp_path, tensors_17, tin
     assert best["message"].endswith(f"(training loss averaged over the last 1 epoch(s) {epoch['loss']:.5f})")
 
 
-@pytest.mark.parametrize("average", [(), ("optimizer.ema_decay=0.8",)], ids=["weights", "moving-average"])
-def test_resume_after_a_stop_gives_bit_identical_adapter_and_loss_curve(tmp_path, tensors_17, tiny_dit, average):
+RESUMED = {"weights": (), "moving-average": ("optimizer.ema_decay=0.8",), "dora": ("adapter.type=dora",),
+           "lokr": ("adapter.type=lokr", "adapter.dropout=0")}
+
+
+def old_training_state(new_training_state):
+    """`Trainer.training_state` as checkpoints held it before 2026-11-28: the weights, and the
+    moving average, in the state as well as in the adapter folder."""
+    def training_state(self):
+        state = new_training_state(self)
+        state["adapter"] = self.s.adapter.state_dict()
+        if self.s.average is not None:
+            state["average"] = self.s.average.state()
+        return state
+
+    return training_state
+
+
+@pytest.mark.parametrize("checkpoints", ["current", "before-2026-11-28"])
+@pytest.mark.parametrize("settings", list(RESUMED), ids=list(RESUMED))
+def test_resume_after_a_stop_gives_bit_identical_adapter_and_loss_curve(tmp_path, tensors_17, tiny_dit, settings,
+                                                                        checkpoints, monkeypatch):
+    if checkpoints != "current" and settings in ("dora", "lokr"):
+        pytest.skip("the old layout is read the same way for every adapter kind")
     overrides = ("run.epochs=3", "optimizer.gradient_accumulation=2", "data.batch_size=2", "run.save_every_epochs=0",
-                 *average)
+                 *RESUMED[settings])
     straight = train(make_config(tmp_path / "a", tensors_17, tiny_dit, *overrides))
 
     interrupted = make_config(tmp_path / "b", tensors_17, tiny_dit, *overrides)
+    if checkpoints != "current":
+        monkeypatch.setattr(loop.Trainer, "training_state", old_training_state(loop.Trainer.training_state))
     first = train_stopped_after(interrupted, 5)
+    monkeypatch.undo()
+    [checkpoint] = ckpt.complete_checkpoints(first.run_dir)[-1:]
+    state = ckpt.read_checkpoint(checkpoint)
+    if checkpoints == "current":  # the weights once: the adapter folder holds what the run hands out
+        assert ("adapter" in state) == (settings == "moving-average")  # ... which, then, is the average
+        assert "average" not in state.get("average", {})
+    else:
+        shutil.rmtree(checkpoint / "adapter")  # an old checkpoint resumes from its state alone
     assert first.status == "stopped" and first.step == 5
     assert not (first.run_dir / "final").exists()
     second = train(interrupted, resume=first.run_dir)
@@ -260,9 +294,14 @@ def test_with_a_moving_average_the_run_hands_out_and_validates_the_average(tmp_p
         return [e[key] for e in events(run.run_dir) if e["type"] == kind]
 
     assert logged(averaged, "log", "loss") == logged(plain, "log", "loss")  # the weights train the same
-    weights = [ckpt.read_checkpoint(ckpt.latest_checkpoint(run.run_dir)) for run in (plain, averaged)]
-    assert all(torch.equal(weights[0]["adapter"][k], weights[1]["adapter"][k]) for k in weights[0]["adapter"])
-    assert weights[1]["average"]["updates"] == averaged.step and "average" not in weights[0]
+    # the weights: in the plain run's checkpoint folder, in the averaged run's state (its folder holds the average)
+    plain_checkpoint, averaged_checkpoint = (ckpt.latest_checkpoint(run.run_dir) for run in (plain, averaged))
+    plain_weights = adapter_tensors(plain_checkpoint / "adapter")
+    state = ckpt.read_checkpoint(averaged_checkpoint)
+    averaged_weights = {saved_lora_name(k): v for k, v in state["adapter"].items()}
+    assert plain_weights.keys() == averaged_weights.keys()
+    assert all(torch.equal(plain_weights[k], averaged_weights[k]) for k in plain_weights)
+    assert state["average"]["updates"] == averaged.step and "average" not in ckpt.read_checkpoint(plain_checkpoint)
     a, b = adapter_tensors(plain.run_dir / "final"), adapter_tensors(averaged.run_dir / "final")
     assert a.keys() == b.keys() and not all(torch.equal(a[k], b[k]) for k in a)
     metadata = json.loads((averaged.run_dir / "final" / "training_metadata.json").read_text())
