@@ -87,7 +87,9 @@ def test_split_build_report_on_a_folder(tmp_path, capsys):
     assert main(["split", str(library), str(tmp_path / "parts"), "--segment", "30"]) == 2  # broken.wav failed
     assert sorted(p.name for p in (tmp_path / "parts").iterdir()) == [
         "long_part01.wav", "long_part02.wav", "short_part01.wav"]  # 65 s: the 5 s tail is dropped
-    assert "broken.wav" in capsys.readouterr().err
+    summary = capsys.readouterr().out  # the summary and its failures on stdout, in order, as the UI's log shows it
+    assert "Split 2 of 3 file(s) into 3 segment(s)" in summary and "failed: " in summary and "broken.wav" in summary
+    assert "lyrics are not copied: a segment holds part of the song" in summary  # long.wav.txt: lyrics only
 
     dataset = library / "dataset.json"
     assert main(["build", str(library), "--out", str(dataset), "--tag", "mystyle"]) == 2

@@ -7,12 +7,17 @@ file and carry on (`split_folder` does exactly that).
 
 Decoding (`acestep.audio.decode`): libsndfile reads wav, flac, ogg, mp3 and opus; ffmpeg reads
 m4a and whatever libsndfile refuses. Resampling is soxr's "HQ" quality for every format.
+
+`split_folder` also gives each part a `.json` sidecar with its source's song-level labels (read
+through `acestep.dataset.sidecars`); the lyrics stay behind, as a part holds only some of them.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import os
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +28,8 @@ import soxr
 
 from acestep.audio.analysis import SILENCE_DBFS, integrated_loudness
 from acestep.audio.decode import AUDIO_EXTENSIONS, check_file, decode_samples, read_header
-from acestep.errors import AceStepError, AudioError
+from acestep.errors import AceStepError, AudioError, DatasetError
+from acestep.files import write_atomically
 
 SAMPLE_RATE = 48_000
 NORMALIZATION_MODES = ("none", "peak", "lufs", "peak_lufs")
@@ -32,6 +38,11 @@ PEAK_TARGET_DBFS = -1.0
 LUFS_TARGET = -14.0
 MIN_SECONDS = 0.1  # shorter than this is a glitch or a broken export, not something to train on
 WAV_SUBTYPE = "PCM_24"
+
+SEGMENT_CHOICES = (30, 60)  # the segment lengths the CLI and the UI offer (any positive length works)
+# The labels that stay true for a part of a song; the lyrics do not (a part holds some of them).
+SEGMENT_LABELS = ("caption", "genre", "bpm", "keyscale", "timesignature", "language", "instrumental")
+LYRICS_NOT_COPIED = "lyrics are not copied: a segment holds part of the song"
 
 _RESAMPLE_MARGIN_SECONDS = 0.1  # decode this much past max_seconds so the cut is not a resampler edge
 
@@ -61,12 +72,39 @@ class FileFailure:
     reason: str
 
 
-@dataclass(frozen=True)
+@dataclass
 class SplitResult:
-    """Outcome of `split_folder`: the part files written, and the input files that failed."""
+    """Outcome of `split_folder`: the part files written and the input files that failed; how many
+    audio files were found and how many were cut; the parts' label sidecars written, from how many
+    sources, the sources whose sidecars could not be read (their parts have no labels) and those
+    whose lyrics were left behind; whether a stop ended it early."""
 
     written: list[Path] = field(default_factory=list)
     failed: list[FileFailure] = field(default_factory=list)
+    out_dir: Path | None = None
+    files: int = 0
+    split: int = 0
+    labelled: list[Path] = field(default_factory=list)
+    labelled_files: int = 0
+    label_failures: list[FileFailure] = field(default_factory=list)
+    lyrics_left_out: list[Path] = field(default_factory=list)
+    cancelled: bool = False
+
+    def describe(self) -> str:
+        """The summary the CLI prints and the UI shows: counts, then one line per problem."""
+        where = f" in {self.out_dir}" if self.out_dir is not None else ""
+        stopped = " - stopped, run again to continue" if self.cancelled else ""
+        lines = [f"Split {self.split} of {self.files} file(s) into {len(self.written)} segment(s){where}; "
+                 f"{len(self.failed)} failed{stopped}"]
+        if self.labelled or self.lyrics_left_out:
+            copied = (f"copied from the sidecars of {self.labelled_files} file(s) to {len(self.labelled)} segment(s)"
+                      if self.labelled else "none copied")
+            lines.append(f"  labels: {copied}; {LYRICS_NOT_COPIED}")
+        elif not self.label_failures and self.written:
+            lines.append("  labels: none copied (no file had a sidecar with labels)")
+        lines += [f"  labels not copied for {f.path}: {f.reason}" for f in self.label_failures]
+        lines += [f"  failed: {f.path}: {f.reason}" for f in self.failed]
+        return "\n".join(lines)
 
 
 def _to_stereo(samples: np.ndarray) -> np.ndarray:
@@ -279,21 +317,59 @@ def _audio_files(in_dir: Path, out_dir: Path) -> list[Path]:
     return found
 
 
+def _segment_labels(path: Path, stems: Counter[str]) -> tuple[dict, bool]:
+    """The labels of `path`'s sidecars that hold for a part of it, and whether it had lyrics.
+    Raises DatasetError (naming the sidecar) for one that cannot be read."""
+    from acestep.dataset.sidecars import read_sidecars  # here: the audio stack loads no dataset code
+
+    labels = read_sidecars(path, stems)
+    return {name: labels[name] for name in SEGMENT_LABELS if name in labels}, "lyrics" in labels
+
+
+def _write_segment_labels(parts: list[Path], labels: dict, source: str) -> list[Path]:
+    """Each part's `.json` sidecar (`<part>.wav.json`, the name `sidecar_paths` looks up first),
+    holding `labels` and the source it came from; written atomically, replacing an older one."""
+    text = json.dumps({**labels, "split_from": source}, indent=2, ensure_ascii=False) + "\n"
+    return [write_atomically(part.with_name(part.name + ".json"), text) for part in parts]
+
+
+def _copy_labels(result: SplitResult, path: Path, parts: list[Path], stems: Counter[str], source: str) -> None:
+    """Give `parts` the song-level labels of `path`'s sidecars, noting in `result` what was copied,
+    left behind, or could not be read (not raised: the parts are written already)."""
+    try:
+        labels, had_lyrics = _segment_labels(path, stems)
+    except DatasetError as error:
+        result.label_failures.append(FileFailure(path, f"{error}; its segments have no labels"))
+        return
+    if had_lyrics:
+        result.lyrics_left_out.append(path)
+    if labels:
+        result.labelled.extend(_write_segment_labels(parts, labels, source))
+        result.labelled_files += 1
+
+
 def split_folder(
     in_dir: str | Path,
     out_dir: str | Path,
     segment_seconds: int = 30,
     min_tail_seconds: float = 10.0,
     progress: Callable[[int, int, Path], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> SplitResult:
     """`split_audio_file` for every audio file under `in_dir` (recursively), keeping each file's
-    sub-folder under `out_dir`.
+    sub-folder under `out_dir`, and each part's labels: a `<part>.wav.json` sidecar with the
+    source's caption, genre, bpm, keyscale, timesignature, language and instrumental (when its
+    sidecars give any; never its lyrics).
 
     A file that fails becomes a FileFailure and the batch continues; parts already written stay.
-    Files inside `out_dir` (when it lies within `in_dir`) are not inputs. `progress(done, total,
-    path)` is called after each file. Raises AudioError when `in_dir` is not a folder or is
+    A source sidecar that cannot be read is reported in `label_failures` and its parts are written
+    without labels. Files inside `out_dir` (when it lies within `in_dir`) are not inputs.
+    `progress(done, total, path)` is called after each file; `should_stop()` is asked before each
+    one (the result is then `cancelled`). Raises AudioError when `in_dir` is not a folder or is
     `out_dir` itself; ValueError for bad settings; OSError from writing (e.g. a full disk).
     """
+    from acestep.dataset.sidecars import audio_stems
+
     in_dir, out_dir = Path(in_dir), Path(out_dir)
     _check_split_settings(segment_seconds, min_tail_seconds)
     if not in_dir.is_dir():
@@ -304,19 +380,24 @@ def split_folder(
     by_folder: dict[Path, list[Path]] = {}
     for file in files:
         by_folder.setdefault(file.parent, []).append(file)
+    stems = {folder: audio_stems(folder) for folder in by_folder}
     protected = {file.resolve() for file in files}
-    written: list[Path] = []
-    failed: list[FileFailure] = []
+    result = SplitResult(out_dir=out_dir, files=len(files))
     for done, path in enumerate(files, start=1):
+        if should_stop is not None and should_stop():
+            result.cancelled = True
+            break
         target_dir = out_dir / path.parent.relative_to(in_dir)
         stem = _part_stem(path, by_folder[path.parent])
         try:
             parts = _split(path, target_dir, stem, segment_seconds, min_tail_seconds, protected)
         except AudioError as error:
-            failed.append(FileFailure(path, error.reason))
+            result.failed.append(FileFailure(path, error.reason))
         else:
-            written += parts
+            result.split += 1
+            result.written.extend(parts)
             protected.update(part.resolve() for part in parts)
+            _copy_labels(result, path, parts, stems[path.parent], path.relative_to(in_dir).as_posix())
         if progress is not None:
             progress(done, len(files), path)
-    return SplitResult(written, failed)
+    return result

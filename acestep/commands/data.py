@@ -13,35 +13,83 @@ from acestep.commands.common import (
     print_failures,
     stop_on_ctrl_c,
 )
+from acestep.dataset.schema import DEFAULT_SEED
 from acestep.errors import AceStepError
 
 
 def cmd_split(args: argparse.Namespace) -> int:
-    """Cut long audio files into 30 s or 60 s WAV segments (originals untouched)."""
+    """Cut long audio files into 30 s or 60 s WAV segments (originals untouched); each segment gets
+    its source's song-level labels (not the lyrics) in a `.json` sidecar."""
     from acestep.audio.io import split_folder
 
     def show(index: int, total: int, path: Path) -> None:
         print(f"[{index}/{total}] {path}", flush=True)
 
-    result = split_folder(args.in_dir, args.out_dir, segment_seconds=args.segment,
-                          min_tail_seconds=args.min_tail, progress=show)
-    print(f"Wrote {len(result.written)} segment(s) to {args.out_dir}; {len(result.failed)} file(s) failed.")
-    print_failures(result.failed)
+    with stop_on_ctrl_c("the current file") as should_stop:
+        result = split_folder(args.in_dir, args.out_dir, segment_seconds=args.segment,
+                              min_tail_seconds=args.min_tail, progress=show, should_stop=should_stop)
+    print(result.describe())
+    if result.cancelled:
+        return EXIT_STOPPED
     return EXIT_PARTIAL if result.failed else 0
 
 
 def cmd_build(args: argparse.Namespace) -> int:
-    """Scan an audio folder (with its sidecars and CSVs) into a dataset JSON."""
+    """Scan an audio folder (with its sidecars and CSVs) into a dataset JSON, or with --update add
+    its new songs to an existing one."""
     from acestep.dataset import build_dataset, save_dataset
 
+    if args.update is not None:
+        return _update_dataset_file(args)
+    if args.drop_missing:
+        raise AceStepError("--drop-missing only applies with --update EXISTING.json (samples whose audio is gone).")
+    if args.out is None:
+        raise AceStepError("pass --out DATASET.json (the file to write), or --update EXISTING.json to add the "
+                           "folder's new songs to a dataset you already have.")
     if args.out.exists() and not args.overwrite:
-        raise AceStepError(f"{args.out} exists; pass --overwrite to replace it (its edits would be lost) "
-                           "or choose another --out.")
-    result = build_dataset(args.audio_dir, name=args.name, trigger_tag=args.tag, tag_position=args.tag_position,
-                           genre_ratio=args.genre_ratio, all_instrumental=args.instrumental,
-                           language=args.language, seed=args.seed)
+        raise AceStepError(f"{args.out} exists; pass --overwrite to replace it (its edits would be lost), "
+                           f"--update {args.out} to add the folder's new songs to it, or choose another --out.")
+    result = build_dataset(args.audio_dir, name=args.name, trigger_tag=args.tag or "",
+                           tag_position=args.tag_position or "prepend", genre_ratio=args.genre_ratio or 0.0,
+                           all_instrumental=args.instrumental, language=args.language,
+                           seed=DEFAULT_SEED if args.seed is None else args.seed)
     save_dataset(result.dataset, args.out)
     print(f"Wrote {args.out}: {len(result.dataset.samples)} sample(s), {len(result.failed)} file(s) failed.")
+    for warning in result.warnings:
+        print(f"  warning: {warning}")
+    print_failures(result.failed)
+    return EXIT_PARTIAL if result.failed else 0
+
+
+def _update_dataset_file(args: argparse.Namespace) -> int:
+    """`build AUDIO_DIR --update EXISTING.json`: every sample of EXISTING kept as it is, the
+    folder's new songs added, saved back (refused if the file changed meanwhile) or to --out."""
+    from acestep.dataset import load_dataset_revision, save_dataset, update_dataset
+
+    given = [option for option, value in (("--name", args.name), ("--tag", args.tag),
+                                          ("--tag-position", args.tag_position), ("--genre-ratio", args.genre_ratio),
+                                          ("--seed", args.seed)) if value is not None]
+    if given:
+        raise AceStepError(f"{', '.join(given)}: with --update the settings of {args.update} are kept; leave "
+                           "them out (change them on the Dataset tab, or build a new dataset with --out).")
+    out = args.update if args.out is None else args.out
+    same_file = out.resolve() == args.update.resolve()
+    if not same_file and out.exists() and not args.overwrite:
+        raise AceStepError(f"{out} exists; pass --overwrite to replace it, or leave out --out to update "
+                           f"{args.update} itself.")
+    existing, revision = load_dataset_revision(args.update)
+    result = update_dataset(existing, args.audio_dir, all_instrumental=args.instrumental, language=args.language,
+                            drop_missing=args.drop_missing)
+    # refused if the file changed since it was read (the web app saving it, say)
+    save_dataset(result.dataset, out, expected_revision=revision if same_file else None)
+    print(f"Updated {args.update} from {args.audio_dir}: {result.summary()}."
+          + ("" if same_file else f" Wrote {out}."))
+    for sample in result.missing:
+        print(f"  missing: {existing.audio_path(sample)}")
+    if result.missing and not result.dropped:
+        print("  (their samples are kept; pass --drop-missing to remove them)")
+    for sample in result.elsewhere:
+        print(f"  kept, outside {args.audio_dir}: {existing.audio_path(sample)}")
     for warning in result.warnings:
         print(f"  warning: {warning}")
     print_failures(result.failed)
@@ -149,27 +197,40 @@ def cmd_caption(args: argparse.Namespace) -> int:
 
 
 def add_commands(commands) -> None:
-    split = commands.add_parser("split", help="cut long audio files into 30 s or 60 s WAV segments")
+    split = commands.add_parser("split", help="cut long audio files into 30 s or 60 s WAV segments, with their "
+                                "labels (not the lyrics)")
     split.add_argument("in_dir", type=Path, metavar="IN_DIR", help="folder of audio files (searched recursively)")
     split.add_argument("out_dir", type=Path, metavar="OUT_DIR", help="where the segments go (sub-folders kept)")
+    # (30, 60) is acestep.audio.io.SEGMENT_CHOICES, not imported: the CLI starts without the audio stack
     split.add_argument("--segment", type=int, choices=(30, 60), default=30, help="segment length in seconds")
     split.add_argument("--min-tail", type=float, default=10.0,
                        help="drop a last segment shorter than this many seconds (default 10)")
     split.set_defaults(func=cmd_split)
 
-    build = commands.add_parser("build", help="scan an audio folder and its sidecars into a dataset JSON")
+    build = commands.add_parser("build", help="scan an audio folder and its sidecars into a dataset JSON, or add "
+                                              "its new songs to one (--update)")
     build.add_argument("audio_dir", type=Path, metavar="AUDIO_DIR",
                        help="folder of audio files and their sidecars (searched recursively)")
-    build.add_argument("--out", type=Path, required=True, metavar="DATASET.json", help="the dataset file to write")
+    build.add_argument("--out", type=Path, default=None, metavar="DATASET.json",
+                       help="the dataset file to write (required without --update; with it, default: the updated "
+                            "file itself)")
+    build.add_argument("--update", type=Path, default=None, metavar="EXISTING.json",
+                       help="add the folder's new audio files to this dataset, keeping every existing sample (and "
+                            "its edits) and the dataset's settings; samples whose audio is gone are listed")
+    build.add_argument("--drop-missing", action="store_true",
+                       help="with --update: remove the samples whose audio file is gone (default: keep them)")
     build.add_argument("--name", default=None, help="dataset name (default: the folder's name)")
-    build.add_argument("--tag", default="", help="trigger tag added to every caption (e.g. 'mystyle')")
-    build.add_argument("--tag-position", choices=("prepend", "append", "replace"), default="prepend",
+    build.add_argument("--tag", default=None, help="trigger tag added to every caption (e.g. 'mystyle')")
+    build.add_argument("--tag-position", choices=("prepend", "append", "replace"), default=None,
                        help="where the tag goes; 'replace' drops the captions (default prepend)")
-    build.add_argument("--genre-ratio", type=float, default=0.0,
+    build.add_argument("--genre-ratio", type=float, default=None,
                        help="share of samples prompted with their genre instead of the caption (0-1, default 0)")
-    build.add_argument("--instrumental", action="store_true", help="mark every sample instrumental")
-    build.add_argument("--language", default=None, help="language code for samples that do not name one")
-    build.add_argument("--seed", type=int, default=42, help="seed of the genre-ratio choice (default 42)")
+    build.add_argument("--instrumental", action="store_true",
+                       help="mark every sample instrumental (with --update: every new sample)")
+    build.add_argument("--language", default=None,
+                       help="language code for samples that do not name one (with --update: new samples)")
+    build.add_argument("--seed", type=int, default=None,
+                       help=f"seed of the genre-ratio choice (default {DEFAULT_SEED})")
     build.add_argument("--overwrite", action="store_true", help="replace an existing dataset JSON")
     build.set_defaults(func=cmd_build)
 

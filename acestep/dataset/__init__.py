@@ -1,8 +1,9 @@
-"""Datasets: the versioned dataset JSON, building one from a folder of audio, and the report.
+"""Datasets: the versioned dataset JSON, building one from a folder of audio (or adding a folder's
+new songs to one), and the report.
 
-`schema` (the JSON, captions, prompt sources) and `languages` import nothing heavy; `build` and
-`report` decode audio and are imported when one of their names is first used, so that the UI
-can read and edit datasets without loading the audio stack.
+`schema` (the JSON, captions, prompt sources) and `languages` import nothing heavy; `build`,
+`update` and `report` decode audio and are imported when one of their names is first used, so
+that the UI can read and edit datasets without loading the audio stack.
 """
 
 from acestep.dataset.languages import LANGUAGE_NAMES, VALID_LANGUAGES, parse_language
@@ -31,6 +32,8 @@ _LAZY = {
     "FileReport": "report",
     "dataset_report": "report",
     "format_report": "report",
+    "UpdateResult": "update",
+    "update_dataset": "update",
 }
 
 __all__ = [

@@ -23,7 +23,7 @@ import os
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from acestep.audio.io import AUDIO_EXTENSIONS, FileFailure, probe_audio
@@ -33,7 +33,8 @@ from acestep.dataset.schema import DEFAULT_SEED, TAG_POSITIONS, Dataset, Sample,
 from acestep.dataset.sidecars import read_sidecars
 from acestep.errors import AudioError, DatasetError
 
-__all__ = ["BuildResult", "build_dataset", "read_csv_metadata", "read_sidecars", "scan_audio_files"]
+__all__ = ["BuildResult", "build_dataset", "label_audio_files", "read_csv_metadata", "read_sidecars",
+           "scan_audio_files"]
 
 Progress = Callable[[int, int, Path], None]
 
@@ -89,35 +90,52 @@ def build_dataset(
     files = scan_audio_files(audio_dir)
     if not files:
         raise DatasetError(f"{audio_dir}: no audio files ({', '.join(AUDIO_EXTENSIONS)}) in it or its sub-folders")
-    relative = [path.relative_to(audio_dir).as_posix() for path in files]
+    samples, failed, warnings = label_audio_files(audio_dir, files, files, all_instrumental, default_language,
+                                                  progress)
+    dataset = Dataset(name or audio_dir.name, samples, trigger_tag.strip(), tag_position, genre_ratio, seed, audio_dir)
+    result = BuildResult(dataset, failed, warnings)
+    result.dataset = assign_prompt_sources(result.dataset)
+    result.warnings += _genre_shortfall(result.dataset)
+    return result
+
+
+def label_audio_files(audio_dir: Path, files: list[Path], wanted: list[Path], all_instrumental: bool,
+                      default_language: str, progress: Progress | None = None,
+                      ) -> tuple[list[Sample], list[FileFailure], list[str]]:
+    """Samples for the `wanted` files among `files` (every audio file under `audio_dir`, as
+    `scan_audio_files` lists them), labelled from their sidecars and the folder's CSVs; the files
+    left out with the reason (a broken CSV too); and warnings. Sample paths are relative to
+    `audio_dir`. CSV rows naming a file of `files` that is not wanted are neither applied nor
+    reported as unused. `progress(done, len(wanted), path)` is called after each wanted file."""
+    relative = {path: path.relative_to(audio_dir).as_posix() for path in files}
     csv_index, broken_csvs = index_csv_files(audio_dir)
-    csv_index.set_audio_files(relative)
-    result = BuildResult(Dataset(name or audio_dir.name, [], trigger_tag.strip(), tag_position, genre_ratio, seed,
-                                 audio_dir))
-    result.failed += [FileFailure(path, reason) for path, reason in broken_csvs]
+    csv_index.set_audio_files(list(relative.values()))
+    samples: list[Sample] = []
+    failed = [FileFailure(path, reason) for path, reason in broken_csvs]
+    warnings: list[str] = []
     stems: dict[Path, Counter[str]] = {}
     for path in files:
         stems.setdefault(path.parent, Counter())[path.stem] += 1
-    for done, (path, rel) in enumerate(zip(files, relative, strict=True), start=1):
+    for done, path in enumerate(wanted, start=1):
+        rel = relative[path]
         try:
             info = probe_audio(path)
             labels = csv_index.lookup(rel)
             labels.update(read_sidecars(path, stems[path.parent]))
         except AudioError as error:
-            result.failed.append(FileFailure(path, error.reason))
+            failed.append(FileFailure(path, error.reason))
         except DatasetError as error:
-            result.failed.append(FileFailure(path, str(error)))
+            failed.append(FileFailure(path, str(error)))
         else:
             sample = _sample(rel, labels, info.duration, all_instrumental, default_language)
             if all_instrumental and sample.lyrics:
-                result.warnings.append(f"{rel}: has lyrics but is marked instrumental (all instrumental is on)")
-            result.dataset.samples.append(sample)
+                warnings.append(f"{rel}: has lyrics but is marked instrumental (all instrumental is on)")
+            samples.append(sample)
         if progress is not None:
-            progress(done, len(files), path)
-    result.warnings += _unused_csv_rows(csv_index)
-    result.dataset = assign_prompt_sources(result.dataset)
-    result.warnings += _genre_shortfall(result.dataset)
-    return result
+            progress(done, len(wanted), path)
+    not_wanted = {relative[path] for path in files} - {relative[path] for path in wanted}
+    warnings += _unused_csv_rows(csv_index, not_wanted)
+    return samples, failed, warnings
 
 
 def _check_settings(tag_position: str, genre_ratio: float, language: str | None) -> str:
@@ -147,9 +165,14 @@ def _sample(relative: str, labels: dict[str, Any], duration: float, all_instrume
     )
 
 
-def _unused_csv_rows(index: CsvIndex) -> list[str]:
+def _unused_csv_rows(index: CsvIndex, not_wanted: set[str]) -> list[str]:
+    """Warnings for the CSV rows no labelled file used, leaving out the rows that name a file
+    that was not labelled, by its path or by a bare name such a file has."""
+    skipped_names = Counter(PurePosixPath(path).name for path in not_wanted)
     warnings = []
     for row in index.unused():
+        if row.path_key in not_wanted or (row.path_key not in index.audio_paths and skipped_names[row.name_key]):
+            continue
         if row.error:
             warnings.append(f"{row.error} (row not applied)")
         else:

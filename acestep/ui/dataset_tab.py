@@ -1,5 +1,6 @@
-"""The Dataset tab: scan a folder of audio into a dataset or load a dataset JSON, look through and
-edit its samples (one at a time, or a tag across many), check it with the dataset report, save it.
+"""The Dataset tab: scan a folder of audio into a dataset or load a dataset JSON, scan a folder's new
+songs into the open dataset, look through and edit its samples (one at a time, or a tag across
+many), remove samples, check it with the dataset report, save it.
 
 The open dataset lives in the browser's `gr.State` as an `OpenDataset`: the dataset, the file it
 came from and that file's revision, so that a save over a file someone else saved meanwhile is
@@ -19,6 +20,7 @@ import gradio as gr
 
 from acestep.dataset import (
     LANGUAGE_NAMES,
+    PROMPT_SOURCES,
     TAG_POSITIONS,
     Dataset,
     assign_prompt_sources,
@@ -28,6 +30,7 @@ from acestep.dataset import (
     load_dataset_revision,
     parse_language,
     save_dataset_revision,
+    update_dataset,
 )
 from acestep.dataset import tags as dataset_tags
 from acestep.dataset.tags import TAG_ACTIONS, TAG_FIELDS
@@ -43,6 +46,7 @@ HEADERS = ["#", "Audio", "Caption", "Genre", "Lyrics", "BPM", "Key", "Time", "La
 COLUMN_WIDTHS = ["3%", "13%", "23%", "10%", "7%", "5%", "7%", "5%", "7%", "6%", "7%", "7%"]
 LANGUAGE_CHOICES = [(f"{name} ({code})", code) for code, name in LANGUAGE_NAMES.items()]
 Progress = Callable[[int, int, Path], None]
+PICK_A_SAMPLE = "Pick a sample in the table to hear and edit it."
 
 
 @dataclass(frozen=True)
@@ -79,13 +83,45 @@ def scan_folder(workspace: Workspace, folder: str, name: str = "", trigger_tag: 
                            language=language or None, progress=progress)
     lines = [f"Found **{len(result.dataset.samples)}** sample(s) in `{workspace.relative(audio_dir)}`. "
              "Not saved yet."]
-    if result.failed:
-        lines.append(f"**Left out ({len(result.failed)}):**")
-        lines += [f"- `{failure.path.name}`: {failure.reason}" for failure in result.failed]
-    if result.warnings:
+    return OpenDataset(result.dataset, unsaved=True), "\n".join(lines + _problems(result.failed, result.warnings))
+
+
+def scan_into_open(workspace: Workspace, opened: OpenDataset | None, folder: str, all_instrumental: bool = False,
+                   language: str = "", drop_missing: bool = False,
+                   progress: Progress | None = None) -> tuple[OpenDataset, str]:
+    """The open dataset with the new audio files under `folder` added (see
+    `acestep.dataset.update_dataset`: every sample it holds, unsaved edits included, is kept as it
+    is, and so are its settings), and a Markdown summary: kept, added, missing (listed; removed
+    only with `drop_missing`), files left out, warnings. The result keeps the file and revision it
+    was opened from, so Save writes it back only if nobody saved that file meanwhile. Raises
+    DatasetError with no dataset open, PathRefused for a folder outside the workspace roots."""
+    opened = _require(opened)
+    audio_dir = workspace.check_path(folder, must_exist=True, what="audio folder")
+    result = update_dataset(opened.dataset, audio_dir, all_instrumental=bool(all_instrumental),
+                            language=language or None, drop_missing=bool(drop_missing), progress=progress)
+    lines = [f"Scanned `{workspace.relative(audio_dir)}` into **{opened.dataset.name}**: {result.summary()}. "
+             "Not saved yet."]
+    if result.missing:
+        what = "Removed" if result.dropped else "Kept, but their audio is gone (tick Drop to remove them)"
+        lines.append(f"**{what} ({len(result.missing)}):**")
+        lines += [f"- `{sample.audio}`" for sample in result.missing]
+    if result.elsewhere:
+        lines.append(f"**Kept, audio outside that folder ({len(result.elsewhere)}):**")
+        lines += [f"- `{sample.audio}`" for sample in result.elsewhere]
+    lines += _problems(result.failed, result.warnings)
+    return replace(opened, dataset=result.dataset, unsaved=True), "\n".join(lines)
+
+
+def _problems(failed: list, warnings: list[str]) -> list[str]:
+    """Markdown lines listing the files a scan left out and its warnings."""
+    lines = []
+    if failed:
+        lines.append(f"**Left out ({len(failed)}):**")
+        lines += [f"- `{failure.path.name}`: {failure.reason}" for failure in failed]
+    if warnings:
         lines.append("**Warnings:**")
-        lines += [f"- {warning}" for warning in result.warnings]
-    return OpenDataset(result.dataset, unsaved=True), "\n".join(lines)
+        lines += [f"- {warning}" for warning in warnings]
+    return lines
 
 
 def open_dataset(workspace: Workspace, path: str) -> OpenDataset:
@@ -104,6 +140,19 @@ def status_text(workspace: Workspace, opened: OpenDataset | None) -> str:
     common = audio_folder(opened.dataset)
     audio = f", audio in `{common}`" if common is not None else ""
     return f"**{opened.dataset.name}** ({where}), {len(opened.dataset.samples)} sample(s){audio}{changes}"
+
+
+def songs_folder(workspace: Workspace, opened: OpenDataset) -> str:
+    """The folder all the open dataset's songs lie under (for the audio folder box, so that a scan
+    into the dataset looks where its songs are), relative to the workspace; "" with no samples."""
+    dataset = opened.dataset
+    if not dataset.samples:
+        return ""
+    try:
+        common = os.path.commonpath([str(dataset.audio_path(sample).parent) for sample in dataset.samples])
+    except (DatasetError, ValueError):  # no root; or, on Windows, songs on different drives
+        return ""
+    return workspace.relative(Path(common))
 
 
 def default_save_path(workspace: Workspace, opened: OpenDataset | None) -> str:
@@ -149,7 +198,7 @@ def sample_rows(dataset: Dataset) -> list[list]:
 def sample_view(workspace: Workspace, opened: OpenDataset, index: int) -> tuple[str | None, str, tuple]:
     """For the sample at `index`: the audio file to play (None when it is missing or outside the
     workspace roots, which the app may not serve), a note, and the editor's values (caption,
-    genre, lyrics, bpm, key, time signature, language, instrumental)."""
+    genre, lyrics, bpm, key, time signature, language, instrumental, prompt source)."""
     sample = _sample(opened, index)
     path = opened.dataset.audio_path(sample)
     note = f"Sample {index + 1}: `{sample.audio}`"
@@ -158,25 +207,40 @@ def sample_view(workspace: Workspace, opened: OpenDataset, index: int) -> tuple[
     except PathRefused as refused:
         audio, note = None, f"{note} (cannot play it: {refused})"
     values = (sample.caption, sample.genre, sample.lyrics, sample.bpm, sample.keyscale, sample.timesignature,
-              sample.language, sample.instrumental)
+              sample.language, sample.instrumental, sample.prompt_source)
     return audio, note, values
 
 
 def apply_sample_edit(opened: OpenDataset, index: int, caption: str, genre: str, lyrics: str,
                       bpm: float | str | None, keyscale: str, timesignature: str, language: str,
-                      instrumental: bool) -> OpenDataset:
+                      instrumental: bool, prompt_source: str | None = None) -> OpenDataset:
     """A copy of `opened` with the sample at `index` relabelled. The key and time signature are
-    normalised ("Am" -> "A minor", "4/4" -> "4"). Raises DatasetError naming the sample and field."""
+    normalised ("Am" -> "A minor", "4/4" -> "4"); `prompt_source` (one of PROMPT_SOURCES: train on
+    the caption or on the genre) is kept when None. Raises DatasetError naming the sample and field."""
     sample = _sample(opened, index)
+    source = sample.prompt_source if prompt_source is None else prompt_source
     try:
+        if source not in PROMPT_SOURCES:
+            raise ValueError(f"prompt source must be one of {', '.join(PROMPT_SOURCES)}, found {source!r}")
         edited = replace(sample, caption=caption.strip(), genre=genre.strip(), lyrics=(lyrics or "").strip(),
                          bpm=parse_bpm(bpm), keyscale=normalize_keyscale(keyscale or ""),
                          timesignature=normalize_timesignature(timesignature or ""),
-                         language=parse_language(language or ""), instrumental=bool(instrumental))
+                         language=parse_language(language or ""), instrumental=bool(instrumental),
+                         prompt_source=source)
     except ValueError as error:
         raise DatasetError(f"sample {index + 1} ({sample.audio}): {error}") from None
     samples = list(opened.dataset.samples)
     samples[index] = edited
+    return replace(opened, dataset=replace(opened.dataset, samples=samples), unsaved=True)
+
+
+def remove_sample(opened: OpenDataset, index: int) -> OpenDataset:
+    """A copy of `opened` without the sample at `index` (its audio file is not touched); the
+    samples after it move up one number. Saved only when the dataset is saved. Raises
+    DatasetError with no dataset open or no such sample."""
+    _sample(opened, index)
+    samples = list(opened.dataset.samples)
+    del samples[int(index)]
     return replace(opened, dataset=replace(opened.dataset, samples=samples), unsaved=True)
 
 
@@ -285,6 +349,10 @@ def build_dataset_tab(ctx: AppContext) -> None:
                 with gr.Row():
                     scan = gr.Button("Scan folder", variant="primary", elem_id="dataset-scan")
                     settings = gr.Button("Apply name/tag/ratio to the open dataset", elem_id="dataset-settings")
+                with gr.Row():
+                    # keeps every sample of the open dataset (and its edits); adds the folder's new songs
+                    scan_into = gr.Button("Scan new songs into the open dataset", elem_id="dataset-scan-into")
+                    drop_missing = gr.Checkbox(label="Drop samples whose audio is gone", elem_id="dataset-drop-missing")
             with gr.Column():
                 choice = gr.Dropdown(dataset_choices(ws), label="Datasets in the workspace", elem_id="dataset-choice")
                 path = gr.Textbox(label="Dataset JSON", value=ctx.defaults.get("dataset", ""), elem_id="dataset-path")
@@ -297,7 +365,7 @@ def build_dataset_tab(ctx: AppContext) -> None:
                          elem_id="dataset-table")
     with gr.Row():
         with gr.Column():
-            note = gr.Markdown("Pick a sample in the table to hear and edit it.", elem_id="dataset-sample")
+            note = gr.Markdown(PICK_A_SAMPLE, elem_id="dataset-sample")
             audio = gr.Audio(type="filepath", interactive=False, label="Audio", elem_id="dataset-audio")
             caption = gr.Textbox(label="Caption", lines=2, elem_id="dataset-caption")
             genre = gr.Textbox(label="Genre", elem_id="dataset-genre")
@@ -309,7 +377,11 @@ def build_dataset_tab(ctx: AppContext) -> None:
                                               elem_id="dataset-sample-language")
                 sample_instrumental = gr.Checkbox(label="Instrumental", elem_id="dataset-sample-instrumental")
             lyrics = gr.Textbox(label="Lyrics", lines=6, elem_id="dataset-lyrics")
-            apply = gr.Button("Apply", variant="primary", elem_id="dataset-apply")
+            prompt_source = gr.Radio(list(PROMPT_SOURCES), value="caption", label="Train with its",
+                                     elem_id="dataset-prompt-source")
+            with gr.Row():
+                apply = gr.Button("Apply", variant="primary", elem_id="dataset-apply")
+                remove = gr.Button("Remove this sample", variant="stop", elem_id="dataset-remove")
         with gr.Column():
             gr.Markdown("### Tags in many samples")
             with gr.Row():
@@ -328,7 +400,7 @@ def build_dataset_tab(ctx: AppContext) -> None:
         report_button = gr.Button("Check the dataset", elem_id="dataset-report")
         report = gr.Markdown(elem_id="dataset-report-text")
 
-    editor = [caption, genre, lyrics, bpm, key, timesig, sample_language, sample_instrumental]
+    editor = [caption, genre, lyrics, bpm, key, timesig, sample_language, sample_instrumental, prompt_source]
     shown = [opened_state, table, status, message]
 
     def show(opened: OpenDataset, text: str = ""):
@@ -340,11 +412,17 @@ def build_dataset_tab(ctx: AppContext) -> None:
                                    _progress_callback(progress, "Reading"))
         return (*show(opened, text), None, default_save_path(ws, opened))
 
+    def do_scan_into(opened, folder, instrumental_all, language, drop_missing,
+                     progress=gr.Progress()):  # noqa: B008
+        updated, text = scan_into_open(ws, opened, folder, instrumental_all, language, drop_missing,
+                                       _progress_callback(progress, "Reading"))
+        return (*show(updated, text), None, default_save_path(ws, updated))
+
     def do_load(path):
         opened = open_dataset(ws, path)
         d = opened.dataset
         return (*show(opened, f"Loaded `{ws.relative(opened.path)}`."), None, default_save_path(ws, opened),
-                d.name, d.trigger_tag, d.tag_position, d.genre_ratio)
+                d.name, d.trigger_tag, d.tag_position, d.genre_ratio, songs_folder(ws, opened) or gr.update())
 
     def do_select(evt: gr.SelectData, opened):
         index = evt.index[0] if isinstance(evt.index, (list, tuple)) else evt.index
@@ -353,6 +431,11 @@ def build_dataset_tab(ctx: AppContext) -> None:
 
     def do_apply(opened, index, *values):
         return show(apply_sample_edit(opened, index, *values), f"Sample {int(index) + 1} updated (not saved yet).")
+
+    def do_remove(opened, index):
+        gone = _sample(opened, index).audio
+        text = f"Removed sample {int(index) + 1} (`{gone}`); not saved yet."
+        return (*show(remove_sample(opened, index), text), None, None, PICK_A_SAMPLE)
 
     def do_tags(opened, action, field, tag, samples):
         return show(*edit_tags(_require(opened), action, tag, field, samples))
@@ -371,13 +454,17 @@ def build_dataset_tab(ctx: AppContext) -> None:
 
     scan.click(_handler(do_scan), inputs=[folder, name, trigger, position, ratio, instrumental_all, language],
                outputs=[*shown, selected_state, save_path])
+    scan_into.click(_handler(do_scan_into), inputs=[opened_state, folder, instrumental_all, language, drop_missing],
+                    outputs=[*shown, selected_state, save_path])
     load.click(_handler(do_load), inputs=[path],
-               outputs=[*shown, selected_state, save_path, name, trigger, position, ratio])
+               outputs=[*shown, selected_state, save_path, name, trigger, position, ratio, folder])
     choice.change(lambda chosen: chosen or gr.update(), inputs=[choice], outputs=[path])
     # read again on Refresh and when opened (a dataset saved by another browser)
     gr.on([refresh.click, choice.focus], lambda: gr.update(choices=dataset_choices(ws)), outputs=[choice])
     table.select(_handler(do_select), inputs=[opened_state], outputs=[selected_state, audio, note, *editor])
     apply.click(_handler(do_apply), inputs=[opened_state, selected_state, *editor], outputs=shown)
+    remove.click(_handler(do_remove), inputs=[opened_state, selected_state],
+                 outputs=[*shown, selected_state, audio, note])
     tag_apply.click(_handler(do_tags), inputs=[opened_state, tag_action, tag_field, tag_text, tag_samples],
                     outputs=shown)
     settings.click(_handler(do_settings), inputs=[opened_state, name, trigger, position, ratio], outputs=shown)

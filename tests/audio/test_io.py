@@ -2,6 +2,7 @@
 of broken files: decoding of every format, resampling, channels, errors, normalisation, WAV
 writing and splitting."""
 
+import json
 import shutil
 import subprocess
 from pathlib import Path
@@ -504,3 +505,84 @@ def test_split_folder_inside_the_input_does_not_split_its_own_parts(rendered_son
         split_folder(in_dir, in_dir)
     with pytest.raises(AudioError, match="is not a folder"):
         split_folder(tmp_path / "nowhere", tmp_path / "out")
+
+
+def test_split_folder_gives_each_segment_its_sources_labels_but_not_the_lyrics(rendered_songs, tmp_path):
+    from acestep.dataset.sidecars import read_sidecars, sidecar_paths
+
+    in_dir = tmp_path / "music"
+    _music_file(rendered_songs, in_dir / "song.wav", 65.0)
+    (in_dir / "song.wav.json").write_text(json.dumps({
+        "caption": "bright chiptune march", "genre": "chiptune", "bpm": 128, "keyscale": "c major",
+        "timesignature": "4", "language": "en", "lyrics": "[Verse]\nmarching on", "is_instrumental": False,
+        "labelled_by": {"captioner": "x"}}))
+    (in_dir / "song.txt").write_text("[Verse]\nmarching on, all night\n[Chorus]\nla la la\n")  # the person's lyrics
+    _music_file(rendered_songs, in_dir / "bare.wav", 40.0)  # no sidecar: its segments get none
+
+    result = split_folder(in_dir, tmp_path / "parts")
+
+    out = tmp_path / "parts"
+    expected = {"caption": "bright chiptune march", "genre": "chiptune", "bpm": 128, "keyscale": "C major",
+                "timesignature": "4", "language": "en", "instrumental": False}
+    song_parts = [out / "song_part01.wav", out / "song_part02.wav"]
+    for part in song_parts:
+        assert sidecar_paths(part) == {".json": part.with_name(part.name + ".json")}
+        assert read_sidecars(part) == expected  # every song-level label, and no lyrics
+        assert json.loads(part.with_name(part.name + ".json").read_text())["split_from"] == "song.wav"
+    for part in (out / "bare_part01.wav", out / "bare_part02.wav"):
+        assert part.is_file() and sidecar_paths(part) == {}
+    assert sorted(p.name for p in out.iterdir() if p.suffix == ".json") == ["song_part01.wav.json",
+                                                                          "song_part02.wav.json"]
+    assert result.labelled == [p.with_name(p.name + ".json") for p in song_parts]
+    assert (result.files, result.split, result.labelled_files) == (2, 2, 1)
+    assert result.lyrics_left_out == [in_dir / "song.wav"]
+    summary = result.describe()
+    assert summary.splitlines()[0] == f"Split 2 of 2 file(s) into 4 segment(s) in {out}; 0 failed"
+    assert ("labels: copied from the sidecars of 1 file(s) to 2 segment(s); "
+            "lyrics are not copied: a segment holds part of the song") in summary
+
+
+def test_split_folder_without_sidecars_writes_no_labels(rendered_songs, tmp_path):
+    in_dir = tmp_path / "music"
+    _music_file(rendered_songs, in_dir / "song.wav", 45.0)
+    result = split_folder(in_dir, tmp_path / "parts", 30)
+    assert sorted(p.name for p in (tmp_path / "parts").iterdir()) == ["song_part01.wav", "song_part02.wav"]
+    assert result.labelled == [] and result.label_failures == [] and result.lyrics_left_out == []
+    assert "labels: none copied (no file had a sidecar with labels)" in result.describe()
+    assert "lyrics" not in result.describe()
+
+
+def test_split_folder_reports_a_broken_sidecar_and_still_writes_the_segments(rendered_songs, tmp_path):
+    in_dir = tmp_path / "music"
+    _music_file(rendered_songs, in_dir / "broken.wav", 45.0)
+    (in_dir / "broken.wav.json").write_text('{"caption": "half a file"')
+    _music_file(rendered_songs, in_dir / "fast.wav", 35.0)
+    (in_dir / "fast.json").write_text(json.dumps({"caption": "quick", "bpm": "fast"}))  # not a number
+    _music_file(rendered_songs, in_dir / "good.wav", 35.0)
+    (in_dir / "good.json").write_text(json.dumps({"genre": "march"}))
+    calls = []
+
+    result = split_folder(in_dir, tmp_path / "parts", 30, progress=lambda *call: calls.append(call))
+
+    out = tmp_path / "parts"
+    assert sorted(p.name for p in out.iterdir()) == [
+        "broken_part01.wav", "broken_part02.wav", "fast_part01.wav", "good_part01.wav", "good_part01.wav.json"]
+    assert result.failed == [] and len(calls) == 3
+    assert [f.path.name for f in result.label_failures] == ["broken.wav", "fast.wav"]
+    summary = result.describe()
+    assert f"labels not copied for {in_dir / 'broken.wav'}: {in_dir / 'broken.wav.json'}: captioner sidecar is " \
+           "not valid JSON" in summary
+    assert f"labels not copied for {in_dir / 'fast.wav'}: {in_dir / 'fast.json'}: " in summary
+    assert "bpm" in result.label_failures[1].reason and "its segments have no labels" in summary
+    assert json.loads((out / "good_part01.wav.json").read_text())["genre"] == "march"
+
+
+def test_split_folder_stops_between_files_when_asked(rendered_songs, tmp_path):
+    in_dir = tmp_path / "music"
+    for name in ("a.wav", "b.wav", "c.wav"):
+        _music_file(rendered_songs, in_dir / name, 12.0)
+    done = []
+    result = split_folder(in_dir, tmp_path / "parts", 30, progress=lambda *call: done.append(call),
+                          should_stop=lambda: len(done) == 2)
+    assert result.cancelled and [p.name for p in result.written] == ["a_part01.wav", "b_part01.wav"]
+    assert result.describe().startswith("Split 2 of 3 file(s) into 2 segment(s)") and "stopped" in result.describe()

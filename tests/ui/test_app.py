@@ -69,9 +69,9 @@ def test_a_tab_timer_ticks_slowly_until_a_job_of_its_tab_runs_and_its_start_butt
 
     ctx = AppContext.create(Workspace(tmp_path / "ws", checkpoints=tiny_checkpoints))
     app = build_app(ctx)
-    kinds = {"Model": {"download"}, "Caption": {"caption"}, "Preprocess": {"preprocess"}, "Train": {"train"},
+    kinds = {"Model": {"download"}, "Caption": {"caption", "split"}, "Preprocess": {"preprocess"}, "Train": {"train"},
              "Listen": {"preview"}, "Export & Merge": {"export", "merge"}, "Runs": {"train"}}
-    starters = {"Model": 1, "Caption": 1, "Preprocess": 1, "Train": 2, "Listen": 1, "Export & Merge": 2, "Runs": 0}
+    starters = {"Model": 1, "Caption": 2, "Preprocess": 1, "Train": 2, "Listen": 1, "Export & Merge": 2, "Runs": 0}
     tabs = {tab.label: tab for tab in app.blocks.values() if isinstance(tab, gr.Tab)}
     paced = {}
     for label, tab in tabs.items():
@@ -82,7 +82,7 @@ def test_a_tab_timer_ticks_slowly_until_a_job_of_its_tab_runs_and_its_start_butt
             paced.setdefault(label, []).append(ticks)
     assert set(paced) == set(kinds)
     tab_ids = {tab._id for tab in tabs.values()}
-    for label, count in starters.items():  # Start (Resume, Render, Merge, Download) sends the quick pace
+    for label, count in starters.items():  # Start (Resume, Render, Merge, Download, Split) sends the quick pace
         timers = {ticks.timer._id for ticks in paced[label]}
         hurried = [fn for fn in app.fns.values() if timers & {block._id for block in fn.outputs}
                    and not any(event == "tick" or target in tab_ids for target, event in fn.targets)]

@@ -1,5 +1,6 @@
-"""The Dataset tab's functions on real recorded loops in a real workspace: scan, edit, bulk tags,
-report, save, the path check, and two browsers saving the same dataset."""
+"""The Dataset tab's functions on real recorded loops in a real workspace: scan, scan new songs into
+an open dataset, edit, remove, bulk tags, report, save, the path check, and two browsers saving the
+same dataset."""
 
 import hashlib
 import json
@@ -21,11 +22,14 @@ from acestep.ui.dataset_tab import (
     dataset_choices,
     edit_tags,
     open_dataset,
+    remove_sample,
     report_markdown,
     sample_rows,
     sample_view,
     save_open_dataset,
     scan_folder,
+    scan_into_open,
+    songs_folder,
     status_text,
 )
 
@@ -175,7 +179,7 @@ def test_selecting_a_sample_gives_its_audio_and_values(workspace, scanned, tmp_p
     audio, note, values = sample_view(workspace, edited, 2)
     assert audio == str(workspace.audio / "loops" / "loop_amen_full.flac")
     assert note == "Sample 3: `loop_amen_full.flac`"
-    assert values == ("breakbeat", "funk", "", 136.0, "", "4", "unknown", True)
+    assert values == ("breakbeat", "funk", "", 136.0, "", "4", "unknown", True, "caption")
 
     # A sample outside the workspace roots is not served to the browser.
     outside = tmp_path / "elsewhere"
@@ -207,12 +211,13 @@ def test_the_tab_builds_with_its_components(workspace, scanned):
         build_dataset_tab(ctx)
     ids = {block.elem_id for block in app.blocks.values() if getattr(block, "elem_id", None)}
     assert {"dataset-folder", "dataset-scan", "dataset-table", "dataset-caption", "dataset-audio", "dataset-apply",
-            "dataset-tag-apply", "dataset-report", "dataset-save", "dataset-path", "dataset-choice"} <= ids
+            "dataset-tag-apply", "dataset-report", "dataset-save", "dataset-path", "dataset-choice",
+            "dataset-scan-into", "dataset-drop-missing", "dataset-remove", "dataset-prompt-source"} <= ids
     # The scan and report handlers still ask Gradio for a progress bar through the error wrapper.
     from gradio.helpers import special_args
 
     progress_handlers = [fn.name for fn in app.fns.values() if special_args(fn.fn)[1] is not None]
-    assert sorted(progress_handlers) == ["do_report", "do_scan"]
+    assert sorted(progress_handlers) == ["do_report", "do_scan", "do_scan_into"]
     # Clicking the third row of the table fills the player and the editor.
     select = next(fn for fn in app.fns.values() if fn.name == "do_select")
     click = gr.SelectData(None, {"index": [2, 1], "value": "loop_amen_full.flac"})
@@ -221,3 +226,96 @@ def test_the_tab_builds_with_its_components(workspace, scanned):
     index, audio, note, *_ = select.fn(*args)
     assert (index, audio, note) == (2, str(workspace.audio / "loops" / "loop_amen_full.flac"),
                                     "Sample 3: `loop_amen_full.flac`")
+
+    # Remove, through the handler the button calls: the row goes, the editor's sample is cleared.
+    remove = next(fn for fn in app.fns.values() if fn.name == "do_remove")
+    after, rows, _, text, selected, audio, note = remove.fn(scanned, 1)
+    assert [row[1] for row in rows] == ["drum_roll.flac", "loop_amen_full.flac"] and after.unsaved
+    assert text == "Removed sample 2 (`guit_e_slide.flac`); not saved yet." and (selected, audio) == (None, None)
+    with pytest.raises(gr.Error, match="Pick a sample in the table first"):
+        remove.fn(scanned, None)
+
+
+def test_remove_a_sample_is_saved_only_with_the_dataset(workspace, scanned):
+    saved, _ = save_open_dataset(workspace, scanned, "datasets/loops.json")
+    removed = remove_sample(saved, 0)
+    assert [s.audio for s in removed.dataset.samples] == [f"{name}.flac" for name in LOOPS[1:]]
+    assert removed.unsaved and (removed.path, removed.revision) == (saved.path, saved.revision)
+    assert len(saved.dataset.samples) == 3  # the state it came from is untouched
+    assert len(json.loads((workspace.datasets / "loops.json").read_text())["samples"]) == 3  # not saved yet
+    assert (workspace.audio / "loops" / "drum_roll.flac").is_file()  # the audio file stays
+    save_open_dataset(workspace, removed, "datasets/loops.json")
+    samples = json.loads((workspace.datasets / "loops.json").read_text())["samples"]
+    assert [s["audio"].rsplit("/", 1)[1] for s in samples] == ["guit_e_slide.flac", "loop_amen_full.flac"]
+    with pytest.raises(DatasetError, match="Pick a sample"):
+        remove_sample(removed, 2)
+    with pytest.raises(DatasetError, match="No dataset open"):
+        remove_sample(None, 0)
+
+
+def test_the_prompt_source_of_one_sample_is_edited(scanned):
+    s = scanned.dataset.samples[0]
+    args = (s.caption, "breaks", s.lyrics, s.bpm, s.keyscale, s.timesignature, s.language, s.instrumental)
+    edited = apply_sample_edit(scanned, 0, *args, "genre")
+    assert [x.prompt_source for x in edited.dataset.samples] == ["genre", "caption", "caption"]
+    assert apply_sample_edit(edited, 0, *args).dataset.samples[0].prompt_source == "genre"  # None keeps it
+    assert apply_sample_edit(edited, 0, *args, "caption").dataset.samples[0].prompt_source == "caption"
+    with pytest.raises(DatasetError, match=r"sample 1 \(drum_roll.flac\): prompt source must be one of caption, genre, "
+                                           "found 'lyrics'"):
+        apply_sample_edit(scanned, 0, *args, "lyrics")
+
+
+def test_scan_new_songs_into_the_opened_dataset_keeps_its_edits_and_saves_with_the_revision_check(
+        workspace, scanned, real_loops):
+    save_open_dataset(workspace, edit_caption(scanned, 1, "slide guitar, reviewed"), "datasets/loops.json")
+    opened = edit_caption(open_dataset(workspace, "datasets/loops.json"), 0, "an unsaved edit")
+    shutil.copy(real_loops["loop_tabla"], workspace.audio / "loops" / "loop_tabla.flac")
+    (workspace.audio / "loops" / "loop_tabla.json").write_text(json.dumps({"caption": "tabla groove"}))
+    (workspace.audio / "loops" / "drum_roll.flac").unlink()
+
+    updated, text = scan_into_open(workspace, opened, "audio/loops")
+    assert [s.caption for s in updated.dataset.samples] == ["an unsaved edit", "slide guitar, reviewed", "",
+                                                            "tabla groove"]
+    assert text.startswith("Scanned `audio/loops` into **loops**: 2 kept, 1 added, 1 missing (left in the dataset). "
+                           "Not saved yet.")
+    assert "(tick Drop to remove them) (1):**\n- `" in text and text.endswith("drum_roll.flac`")
+    assert updated.dataset.trigger_tag == "mystyle" and updated.unsaved
+    assert (updated.path, updated.revision) == (opened.path, opened.revision)  # Save goes back with its check
+
+    dropped, text = scan_into_open(workspace, opened, "audio/loops", drop_missing=True)
+    assert [s.caption for s in dropped.dataset.samples] == ["slide guitar, reviewed", "", "tabla groove"]
+    assert "1 missing (removed from the dataset)" in text and "**Removed (1):**" in text
+
+    # someone else saves the file meanwhile: the update is refused and their save stays
+    other = open_dataset(workspace, "datasets/loops.json")
+    save_open_dataset(workspace, edit_caption(other, 2, "their amen"), "datasets/loops.json")
+    with pytest.raises(DatasetError, match="changed by someone else since you loaded it"):
+        save_open_dataset(workspace, dropped, "datasets/loops.json")
+    assert open_dataset(workspace, "datasets/loops.json").dataset.samples[2].caption == "their amen"
+
+    reloaded = open_dataset(workspace, "datasets/loops.json")
+    saved, _ = save_open_dataset(workspace, scan_into_open(workspace, reloaded, "audio/loops")[0],
+                                 "datasets/loops.json")
+    assert [s.caption for s in open_dataset(workspace, "datasets/loops.json").dataset.samples] == [
+        "", "slide guitar, reviewed", "their amen", "tabla groove"]
+    assert not saved.unsaved
+
+    with pytest.raises(DatasetError, match="No dataset open"):
+        scan_into_open(workspace, None, "audio/loops")
+
+
+def test_loading_a_dataset_points_the_audio_folder_at_its_songs(workspace, scanned, tmp_path, real_loops):
+    save_open_dataset(workspace, scanned, "datasets/loops.json")
+    (workspace.audio / "loops" / "more").mkdir()
+    shutil.copy(real_loops["loop_tabla"], workspace.audio / "loops" / "more" / "tabla.flac")
+    ctx = AppContext.create(workspace)
+    with gr.Blocks() as app:
+        build_dataset_tab(ctx)
+    load = next(fn for fn in app.fns.values() if fn.name == "do_load")
+    *_, folder = load.fn("datasets/loops.json")
+    assert folder == "audio/loops"  # where a scan into it should look, not the whole audio folder
+    updated, _ = scan_into_open(workspace, open_dataset(workspace, "datasets/loops.json"), folder)
+    assert [s.audio.rsplit("/", 2)[-2:] for s in updated.dataset.samples[3:]] == [["more", "tabla.flac"]]
+    assert songs_folder(workspace, OpenDataset(Dataset("empty", []))) == ""
+    far = tmp_path / "far" / "song.flac"
+    assert songs_folder(workspace, OpenDataset(Dataset("far", [Sample(far.as_posix())]))) == str(far.parent)
