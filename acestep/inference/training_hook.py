@@ -4,7 +4,9 @@ render the preview caption at each configured strength with the live adapter, wr
 rendered, the adapter effect of each strength when 0 is among them, and each strength's latent
 distance to the songs of data.tensors_dir: `acestep.inference.effect`), and emit a `preview` event whose
 `files` lists the wav and PNG files (paths relative to the run folder), with the effects in
-`effect_db` and the distances in `songs_distance`.
+`effect_db` and the distances in `songs_distance`. The prompt's tempo, key and time signature and
+the sampler's steps, shift and guidance come from `run.preview_*` too (unset: the model's defaults);
+`check_preview_sampling` refuses, before the model loads, those the model's variant cannot render.
 
 Training is unchanged by it, bit for bit: every RNG state (torch CPU and every CUDA device, numpy,
 Python) is saved before and restored after, every module's train/eval mode is put back, the
@@ -23,15 +25,45 @@ from pathlib import Path
 
 import torch
 
-from acestep.errors import AceStepError, PreviewError, TrainingError
+from acestep.dataset.values import normalize_keyscale, normalize_timesignature
+from acestep.errors import AceStepError, ConfigError, PreviewError, TrainingError
 from acestep.files import write_atomically
 from acestep.inference.effect import (LatentProfile, adapter_effects, distance_summary, effect_summary, songs_distances,
                                       songs_profile)
-from acestep.inference.preview import PreviewRenderer, PreviewRequest
+from acestep.inference.preview import PreviewRenderer, PreviewRequest, sampling_settings
 from acestep.inference.render import RECORD_NAME, strength_label, strength_name, write_preview
 from acestep.training.compilation import eagerly
+from acestep.training.config_schema import RunConfig
 from acestep.training.run_layout import PREVIEWS_FOLDER
 from acestep.training.state import restore_rng, rng_states
+
+
+def preview_request(run: RunConfig) -> PreviewRequest:
+    """What the previews of a run render (`run.preview_*`); key and time signature in the dataset's
+    form ("Am" -> "A minor", "4/4" -> "4"), as the prompts the adapter trains on write them."""
+    return PreviewRequest(caption=run.preview_caption, lyrics=run.preview_lyrics, language=run.preview_language,
+                          bpm=run.preview_bpm, keyscale=normalize_keyscale(run.preview_key),
+                          timesignature=normalize_timesignature(run.preview_time_signature),
+                          duration=run.preview_seconds, seed=run.preview_seed, steps=run.preview_steps,
+                          shift=run.preview_shift, guidance_scale=run.preview_guidance_scale,
+                          guidance=run.preview_guidance)
+
+
+def check_preview_sampling(run: RunConfig, variant: str) -> None:
+    """Refuse previews' sampling settings that a model of `variant` ("turbo", "xl-base", ...: the one
+    the tensors were preprocessed with) cannot render: a turbo model samples 8 steps with shift 1, 2
+    or 3 and no guidance. Called when a run starts, before its model loads, so that a wrong setting
+    does not fail every preview of a night's training; with previews off or the variant unknown
+    ("") there is nothing to check. Raises ConfigError naming the options and the fix."""
+    if not (run.preview_every_steps or run.preview_every_epochs) or not variant:
+        return
+    try:
+        sampling_settings(preview_request(run), is_turbo=variant.endswith("turbo"))
+    except PreviewError as error:
+        options = [f"run.preview_{name}" for name in ("steps", "shift", "guidance_scale")
+                   if getattr(run, f"preview_{name}") is not None]
+        raise ConfigError(f"{' and '.join(options)} cannot be rendered by this run's {variant} model (the one "
+                          f"data.tensors_dir was preprocessed with): {error}") from None
 
 
 class TrainingPreviews:
@@ -74,9 +106,7 @@ class TrainingPreviews:
         return paths[0], paths[1]
 
     def request(self) -> PreviewRequest:
-        run = self.session.config.run
-        return PreviewRequest(caption=run.preview_caption, lyrics=run.preview_lyrics, language=run.preview_language,
-                              duration=run.preview_seconds, seed=run.preview_seed)
+        return preview_request(self.session.config.run)
 
     def after_step(self, step: int, epoch: int) -> None:
         """Called after each optimizer step."""
@@ -122,6 +152,7 @@ class TrainingPreviews:
                                             dtype=s.model_dtype, keep_encoders=False)
         folder = s.run_dir / PREVIEWS_FOLDER / f"step-{step:06d}"
         request, files, renders, latents = self.request(), [], {}, {}
+        settings = sampling_settings(request, self.renderer.is_turbo)  # the steps, shift and guidance rendered
         with s.averaged():  # the adapter the run hands out (its moving average, with optimizer.ema_decay)
             for strength in map(float, s.config.run.preview_strengths):
                 sampled = self.renderer.latents(s.adapter.transformer, request, strength=strength)
@@ -133,7 +164,10 @@ class TrainingPreviews:
             self.songs = songs_profile(s.config.data.tensors_dir)
         effects, distances = adapter_effects(renders), songs_distances(latents, self.songs)
         record = {"step": step, "epoch": epoch, "caption": request.caption, "lyrics": request.lyrics,
-                  "language": request.language, "duration": request.duration, "seed": request.seed,
+                  "language": request.language, "bpm": request.bpm, "key": request.keyscale,
+                  "time_signature": request.timesignature, "duration": request.duration, "seed": request.seed,
+                  "steps": settings.steps, "shift": settings.shift, "guidance_scale": settings.guidance_scale,
+                  "guidance": settings.guidance,
                   "checkpoint": str(s.checkpoint_info["checkpoint"]), "strengths": list(renders),
                   "files": [f"{strength_name(strength)}.wav" for strength in renders], "effect_db": effects,
                   "songs_distance": distances}

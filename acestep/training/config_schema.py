@@ -14,7 +14,9 @@ import dataclasses
 from dataclasses import dataclass, field, fields
 from typing import Any, NamedTuple
 
+from acestep.dataset.values import BPM_MAX, BPM_MIN
 from acestep.errors import ConfigError
+from acestep.inference import GUIDANCE_METHODS
 from acestep.training.config_values import FieldType, bounds_text, is_int, show
 
 CONFIG_VERSION = 1
@@ -241,11 +243,33 @@ class RunConfig:
     preview_language: str = _option(
         "en", "Language code of the preview lyrics, as the dataset uses them (en, zh, ja, ..., unknown).",
         allowed="a language code ACE-Step knows (en, zh, ja, ..., unknown)")
+    preview_bpm: float | None = _option(
+        None, "Tempo written into the previews' prompt, as the dataset's bpm is; unset: none (N/A).",
+        gt=int(BPM_MIN), lt=int(BPM_MAX))  # the dataset's tempo range (acestep.dataset.values.check_bpm)
+    preview_key: str = _option(
+        "", "Key and scale written into the previews' prompt, e.g. \"A minor\" (\"Am\" is written as the dataset "
+        "writes it: \"A minor\"); empty: none (N/A).")
+    preview_time_signature: str = _option(
+        "", "Time signature written into the previews' prompt as beats per bar, e.g. 4 (\"4/4\" is written 4, as "
+        "the dataset writes it); empty: none (N/A).")
     preview_seconds: float = _option(
         10.0, "Length of each preview in seconds (a VAE hop of 1920 samples at most is added).", gt=0, le=600)
     preview_seed: int = _option(
         0, "Seed of the previews' noise: the same at every preview, so previews of different steps compare.",
         ge=0, le=_SEED_MAX)
+    preview_steps: int | None = _option(
+        None, "Sampling steps of the previews; unset: the model's default (turbo 8, base/sft 50). Fewer steps "
+        "render base/sft previews faster; a turbo model samples exactly 8 (a run on one refuses others at its "
+        "start).", ge=1)
+    preview_shift: float | None = _option(
+        None, "Timestep shift of the previews' schedule; unset: the model's default (turbo 3, base/sft 1). A turbo "
+        "model takes 1, 2 or 3 only (a run on one refuses others at its start).", gt=0)
+    preview_guidance_scale: float | None = _option(
+        None, "Guidance scale of the previews on a base/sft model; unset: its default (7; at most 1: no guidance). "
+        "A turbo model samples without guidance: a run on one refuses a value above 1 at its start.", ge=0)
+    preview_guidance: str = _option(
+        "apg", "Guidance method of the previews on a base/sft model: apg (upstream's default) or cfg (plain "
+        "classifier-free guidance).", choices=GUIDANCE_METHODS)
     preview_strengths: list[float] = _option(
         [0.0, 1.0], "Adapter strengths rendered at each preview, from the same noise: 0 is the base model, "
         "1 the adapter as trained.", allowed="one or more distinct numbers from 0 to 2")

@@ -121,6 +121,7 @@ class TrainingSession:
     def start(cls, config: TrainingConfig, resume: Path | None = None, listeners=()) -> TrainingSession:
         from lightning_fabric import Fabric
 
+        from acestep.inference.training_hook import check_preview_sampling
         from acestep.models.attention import plan_attention
         from acestep.models.load import encoder_digest
         from acestep.preprocess.tensors import PreprocessedDataset, check_model_matches
@@ -140,6 +141,7 @@ class TrainingSession:
             (run_dir / STOP_FILE).unlink(missing_ok=True)
         samples = PreprocessedDataset(config.data.tensors_dir)
         plan = plan_run(config, samples.frames, fabric.world_size)  # no batch: raised before the model loads
+        check_preview_sampling(config.run, samples.manifest.model.get("variant", ""))  # e.g. guidance on turbo
         checkpoints_dir = Path(config.model.checkpoints_dir) if config.model.checkpoints_dir else None
         if accelerator == "cuda" and not config.run.skip_vram_check:  # refuse a run that would not fit, before loading
             from acestep.gpu.fit import check_training_memory

@@ -14,6 +14,7 @@ import argparse
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import gradio as gr
 
@@ -86,15 +87,28 @@ def _adapter(ctx: AppContext, run: str | None, checkpoint: str | None = None) ->
     return picked_adapter(ctx, run, checkpoint or default_checkpoint(checkpoint_choices(ctx, run or "")))
 
 
-def default_prompt(ctx: AppContext, run: str | None) -> tuple[str, str, str]:
-    """(caption, lyrics, language) to start from: the run's preview settings when it has them,
-    else its adapters' trigger tag; empty without a run."""
+class PromptDefaults(NamedTuple):
+    caption: str = ""
+    lyrics: str = ""
+    language: str = "en"
+    bpm: float | None = None
+    key: str = ""
+    time_signature: str = ""
+
+
+def default_prompt(ctx: AppContext, run: str | None) -> PromptDefaults:
+    """The prompt to start from: the run's preview settings when it has them (caption, lyrics,
+    language, BPM, key, time signature), else its adapters' trigger tag; empty without a run."""
     adapter = _adapter(ctx, run)
     if adapter is None:
-        return "", "", "en"
+        return PromptDefaults()
     settings = read_run_config(run_folder(ctx.workspace.runs, run)).get("run", {})
-    caption = str(settings.get("preview_caption") or adapter_metadata(adapter).get("trigger_tag") or "")
-    return caption, str(settings.get("preview_lyrics") or ""), str(settings.get("preview_language") or "en")
+    bpm = settings.get("preview_bpm")
+    return PromptDefaults(
+        caption=str(settings.get("preview_caption") or adapter_metadata(adapter).get("trigger_tag") or ""),
+        lyrics=str(settings.get("preview_lyrics") or ""), language=str(settings.get("preview_language") or "en"),
+        bpm=float(bpm) if isinstance(bpm, (int, float)) and not isinstance(bpm, bool) else None,
+        key=str(settings.get("preview_key") or ""), time_signature=str(settings.get("preview_time_signature") or ""))
 
 
 def default_quantization(ctx: AppContext, run: str | None, checkpoint: str | None = None) -> str:
@@ -304,19 +318,20 @@ def build_listen_tab(ctx: AppContext) -> None:
                 "strengths from the same noise: strength 0 is the base model, 1 the adapter as trained. A render "
                 "is a job; on the GPU it waits while training runs, on the cpu device it runs at once, slowly.")
     picker = build_adapter_picker(ctx, "listen")
-    caption0, lyrics0, language0 = default_prompt(ctx, picker.run0)
-    caption = gr.Textbox(caption0, label="Caption", lines=2, elem_id="listen-caption")
-    lyrics = gr.Textbox(lyrics0, label="Lyrics (empty: instrumental)", lines=4, elem_id="listen-lyrics")
+    prompt0 = default_prompt(ctx, picker.run0)
+    caption = gr.Textbox(prompt0.caption, label="Caption", lines=2, elem_id="listen-caption")
+    lyrics = gr.Textbox(prompt0.lyrics, label="Lyrics (empty: instrumental)", lines=4, elem_id="listen-lyrics")
     with gr.Row():
         duration = gr.Number(20, label="Seconds", minimum=1, maximum=MAX_SECONDS, elem_id="listen-duration")
         seed = gr.Number(0, label="Seed", precision=0, minimum=0, elem_id="listen-seed")
         strengths = gr.Textbox("0, 1", label=f"Strengths (up to {MAX_STRENGTHS}, 0 to 2)", elem_id="listen-strengths")
-        language = gr.Textbox(language0, label="Lyrics language", elem_id="listen-language")
+        language = gr.Textbox(prompt0.language, label="Lyrics language", elem_id="listen-language")
     with gr.Accordion("Tempo, key, sampling (steps, shift, guidance), device, DiT weights", open=False):
         with gr.Row():
-            bpm = gr.Number(None, label="BPM (empty: not in the prompt)", elem_id="listen-bpm")
-            key = gr.Textbox("", label="Key, e.g. C major", elem_id="listen-key")
-            time_signature = gr.Textbox("", label="Time signature, e.g. 4", elem_id="listen-time-signature")
+            bpm = gr.Number(prompt0.bpm, label="BPM (empty: not in the prompt)", elem_id="listen-bpm")
+            key = gr.Textbox(prompt0.key, label="Key, e.g. C major", elem_id="listen-key")
+            time_signature = gr.Textbox(prompt0.time_signature, label="Time signature, e.g. 4",
+                                        elem_id="listen-time-signature")
         with gr.Row():
             steps = gr.Number(None, precision=0, label="Sampling steps (empty: turbo 8, base/sft 50)",
                               elem_id="listen-steps")
@@ -362,8 +377,8 @@ def build_listen_tab(ctx: AppContext) -> None:
     # the picker and the render's state: one event a tick
     ticks = Ticks(timer, busy=lambda: any_active(ctx, [LISTEN_KIND]))
     picker.wire(ctx, [], lambda run, checkpoint: (), ticks)
-    picker.run.change(friendly(lambda run: default_prompt(ctx, run)), inputs=[picker.run],
-                      outputs=[caption, lyrics, language])
+    picker.run.change(friendly(lambda run: tuple(default_prompt(ctx, run))), inputs=[picker.run],
+                      outputs=[caption, lyrics, language, bpm, key, time_signature])
     picker.checkpoint.change(friendly(lambda run, checkpoint: default_quantization(ctx, run, checkpoint)),
                              inputs=[picker.run, picker.checkpoint], outputs=[quantization])
     form = [picker.run, picker.checkpoint, caption, lyrics, language, duration, seed, strengths, bpm, key,

@@ -2,6 +2,7 @@
 files and events appear, and the run ends bit-identical to the same run without previews."""
 
 import json
+import re
 
 import pytest
 import soundfile as sf
@@ -191,3 +192,103 @@ def test_preview_settings_are_checked(overrides, fragment):
     on = apply_overrides(TrainingConfig(),
                          ["data.tensors_dir=/t", "run.preview_every_steps=5", "run.preview_caption=x"])
     assert on.run.preview_strengths == [0.0, 1.0] and on.run.preview_seconds == 10.0
+
+
+def test_the_request_carries_the_prompt_and_sampler_options_of_the_config():
+    from types import SimpleNamespace
+
+    from acestep.inference.preview import PreviewRequest
+    from acestep.inference.training_hook import TrainingPreviews
+    from acestep.training.config import TrainingConfig, apply_overrides
+
+    config = apply_overrides(TrainingConfig(), [
+        "data.tensors_dir=/t", *PREVIEW, "run.preview_lyrics=la la", "run.preview_language=ja", "run.preview_bpm=90",
+        "run.preview_key=Am", "run.preview_time_signature=6/8", "run.preview_steps=12", "run.preview_shift=2.5",
+        "run.preview_guidance_scale=4", "run.preview_guidance=cfg"])
+    request = TrainingPreviews(SimpleNamespace(config=config), emit=None).request()
+    # key and time signature in the form the dataset's prompts use ("Am" -> "A minor", "6/8" -> "6")
+    assert request == PreviewRequest(caption="mystyle, lofi hip hop beat", lyrics="la la", language="ja", bpm=90.0,
+                                     keyscale="A minor", timesignature="6", duration=0.4, seed=3, steps=12, shift=2.5,
+                                     guidance_scale=4.0, guidance="cfg")
+    default = TrainingPreviews(SimpleNamespace(config=TrainingConfig()), emit=None).request()
+    assert (default.bpm, default.keyscale, default.timesignature) == (None, "", "")  # N/A in the prompt
+    assert (default.steps, default.shift, default.guidance_scale, default.guidance) == (None, None, None, "apg")
+
+
+def test_previews_render_with_the_prompt_and_sampler_options_and_record_them(tmp_path, base_checkpoints,
+                                                                             monkeypatch):
+    from acestep.inference import training_hook
+
+    requests, sample = [], training_hook.PreviewRenderer.latents
+
+    def recording(self, transformer, request, strength):
+        requests.append(request)
+        return sample(self, transformer, request, strength=strength)
+
+    monkeypatch.setattr(training_hook.PreviewRenderer, "latents", recording)
+    dit = base_checkpoints / "acestep-v15-base"  # a base model: any steps and shift, guidance
+    tensors = write_tensors_dir(tmp_path / "tensors", dit, 2)
+    result = train(make_config(tmp_path, tensors, dit, "run.epochs=1", *PREVIEW, "run.preview_every_epochs=1",
+                               "run.preview_strengths=[0, 1]", "run.preview_bpm=90", "run.preview_key=C# minor",
+                               "run.preview_time_signature=3/4", "run.preview_steps=3", "run.preview_shift=2",
+                               "run.preview_guidance_scale=3", "run.preview_guidance=cfg"))
+    assert not any(e["type"] == "warning" and "preview" in e["message"] for e in events(result.run_dir))
+    assert [(r.bpm, r.keyscale, r.timesignature, r.steps, r.shift, r.guidance_scale, r.guidance) for r in requests] \
+        == [(90.0, "C# minor", "3", 3, 2.0, 3.0, "cfg")] * 2
+    record = json.loads(next((result.run_dir / "previews").glob("step-*/preview.json")).read_text())
+    assert {key: record[key] for key in ("bpm", "key", "time_signature", "steps", "shift", "guidance_scale",
+                                         "guidance")} == {"bpm": 90.0, "key": "C# minor", "time_signature": "3",
+                                                          "steps": 3, "shift": 2.0, "guidance_scale": 3.0,
+                                                          "guidance": "cfg"}
+
+
+def test_the_record_holds_the_model_s_defaults_for_unset_sampler_options(tmp_path, turbo_dit):
+    tensors = write_tensors_dir(tmp_path / "tensors", turbo_dit, 2)
+    result = train(make_config(tmp_path, tensors, turbo_dit, "run.epochs=1", *PREVIEW, "run.preview_every_epochs=1"))
+    record = json.loads(next((result.run_dir / "previews").glob("step-*/preview.json")).read_text())
+    assert (record["bpm"], record["key"], record["time_signature"]) == (None, "", "")
+    assert (record["steps"], record["shift"], record["guidance_scale"], record["guidance"]) == (8, 3.0, 1.0, "apg")
+
+
+@pytest.mark.parametrize("overrides, fragment", [
+    (["run.preview_guidance_scale=7"], re.escape(
+        "run.preview_guidance_scale cannot be rendered by this run's turbo model (the one data.tensors_dir was "
+        "preprocessed with): turbo checkpoints are guidance-distilled and sample without CFG; guidance_scale 7.0 "
+        "is not supported (leave it unset or 1)")),
+    (["run.preview_steps=20"], "run.preview_steps cannot be rendered by this run's turbo model .*exactly 8 steps"),
+    (["run.preview_steps=8", "run.preview_shift=2.5"],
+     "run.preview_steps and run.preview_shift cannot be rendered .*shift 1, 2 or 3"),
+])
+def test_sampler_options_a_turbo_model_cannot_render_stop_the_run_before_the_model_loads(
+        tmp_path, turbo_dit, monkeypatch, overrides, fragment):
+    from acestep.errors import ConfigError
+    from acestep.training import session
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(session, "load_transformer", no_loading)
+    tensors = write_tensors_dir(tmp_path / "tensors", turbo_dit, 2)
+    config = make_config(tmp_path, tensors, turbo_dit, *PREVIEW, "run.preview_every_steps=1", *overrides)
+    with pytest.raises(ConfigError, match=fragment):
+        train(config)
+    assert not (tmp_path / "runs").exists()  # refused before the run folder is made
+
+
+def test_the_sampler_check_applies_to_turbo_models_with_previews_on():
+    from acestep.errors import ConfigError
+    from acestep.inference.training_hook import check_preview_sampling
+    from acestep.training.config import TrainingConfig, apply_overrides
+
+    guided = ["data.tensors_dir=/t", "run.preview_caption=x", "run.preview_guidance_scale=7", "run.preview_steps=20"]
+    on = apply_overrides(TrainingConfig(), [*guided, "run.preview_every_epochs=1"])
+    for variant in ("base", "sft", "xl-base", ""):  # "": a manifest that does not say; the previews warn if need be
+        check_preview_sampling(on.run, variant)
+    with pytest.raises(ConfigError, match="run.preview_steps and run.preview_guidance_scale cannot be rendered by "
+                                          "this run's xl-turbo model"):
+        check_preview_sampling(on.run, "xl-turbo")
+    check_preview_sampling(apply_overrides(TrainingConfig(), guided).run, "turbo")  # previews off: not used
+    unset = apply_overrides(TrainingConfig(), ["data.tensors_dir=/t", "run.preview_caption=x",
+                                               "run.preview_every_epochs=1", "run.preview_guidance_scale=1",
+                                               "run.preview_shift=2"])
+    check_preview_sampling(unset.run, "turbo")  # scale 1 (no guidance) and shift 2 are what turbo takes

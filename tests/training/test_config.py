@@ -63,7 +63,9 @@ def test_defaults_are_the_documented_ones():
                 "save_every_epochs": 1, "save_every_steps": 0, "save_every_minutes": 30.0, "keep_checkpoints": 3,
                 "early_stopping_patience": 0, "early_stopping_min_delta": 0.0, "best_after_epochs": 1,
                 "nan_patience": 5, "preview_every_epochs": 0, "preview_every_steps": 0, "preview_caption": "",
-                "preview_lyrics": "", "preview_language": "en", "preview_seconds": 10.0, "preview_seed": 0,
+                "preview_lyrics": "", "preview_language": "en", "preview_bpm": None, "preview_key": "",
+                "preview_time_signature": "", "preview_seconds": 10.0, "preview_seed": 0, "preview_steps": None,
+                "preview_shift": None, "preview_guidance_scale": None, "preview_guidance": "apg",
                 "preview_strengths": [0.0, 1.0]},
     }
     assert CONFIG_VERSION == 1
@@ -91,6 +93,8 @@ def test_describe_fields_covers_every_field_with_help():
     assert by_path["adapter.dropout"].allowed == "at least 0 and less than 1"
     assert by_path["optimizer.name"].allowed == "one of: adamw, adamw8bit, adafactor, prodigy"
     assert by_path["data.tensors_dir"].allowed == "required"
+    assert by_path["run.preview_bpm"].allowed == "more than 0 and less than 400"  # the dataset's tempo range
+    assert by_path["run.preview_guidance"].allowed == "one of: apg, cfg"
 
 
 # --- files -----------------------------------------------------------------------------------------
@@ -273,6 +277,16 @@ RULES = [
     ("run.best_after_epochs", 0, "run.best_after_epochs must be at least 1, found 0"),
     ("run.best_after_epochs", 11, "run.best_after_epochs (11) must be at most run.epochs (10): best/ would never"),
     ("run.nan_patience", 0, "run.nan_patience must be at least 1, found 0"),
+    # the previews' prompt and sampler: the dataset's tempo range and what the `preview` command takes
+    ("run.preview_bpm", 0, "run.preview_bpm must be more than 0 and less than 400, found 0"),
+    ("run.preview_bpm", 400, "run.preview_bpm must be more than 0 and less than 400, found 400"),
+    ("run.preview_bpm", "90", "run.preview_bpm must be a number, or \"none\" to unset it, found '90' (text)"),
+    ("run.preview_key", 5, "run.preview_key must be text, found 5"),
+    ("run.preview_steps", 0, "run.preview_steps must be at least 1, found 0"),
+    ("run.preview_steps", 2.5, "run.preview_steps must be a whole number, or \"none\" to unset it, found 2.5"),
+    ("run.preview_shift", 0, "run.preview_shift must be more than 0, found 0"),
+    ("run.preview_guidance_scale", -1, "run.preview_guidance_scale must be at least 0, found -1"),
+    ("run.preview_guidance", "pag", "run.preview_guidance must be one of apg, cfg, found 'pag'"),
     # Types: TOML has real types, so numbers in quotes are refused (with the fix).
     ("optimizer.lr", "1e-4", "optimizer.lr must be a number, found '1e-4' (text): write it without quotes"),
     ("run.epochs", "10", "run.epochs must be a whole number, found '10' (text): write it without quotes"),
@@ -313,6 +327,9 @@ VALID = [
     ("data.max_seconds", None), ("data.max_seconds", "none"), ("optimizer.grad_clip", "NULL"),
     ("objective.timestep_mu", -3), ("run.save_every_epochs", 0), ("run.name", "lora v2_final"),
     ("adapter.modules", ["layers.0.self_attn.q_proj"]), ("optimizer.betas", [0, 0.5]),
+    ("run.preview_bpm", 0.5), ("run.preview_bpm", 399.5), ("run.preview_bpm", "none"), ("run.preview_key", "Am"),
+    ("run.preview_time_signature", "6/8"), ("run.preview_steps", 1), ("run.preview_shift", 0.01),
+    ("run.preview_guidance_scale", 0), ("run.preview_guidance_scale", 15), ("run.preview_guidance", "cfg"),
 ]
 
 

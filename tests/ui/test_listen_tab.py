@@ -157,12 +157,13 @@ def test_it_is_a_gpu_job_unless_the_device_is_cpu(ctx):
 
 
 def test_the_prompt_starts_from_the_runs_preview_settings_else_the_trigger_tag(ctx):
-    assert default_prompt(ctx, "song") == ("mystyle", "", "en")  # training_metadata.json's trigger tag
+    assert default_prompt(ctx, "song") == ("mystyle", "", "en", None, "", "")  # training_metadata.json's trigger tag
     config = ctx.workspace.runs / "song" / "config.toml"
     config.write_text(config.read_text() + '[run]\npreview_caption = "mystyle, lofi"\npreview_lyrics = "oh"\n'
-                      'preview_language = "de"\n')
-    assert default_prompt(ctx, "song") == ("mystyle, lofi", "oh", "de")
-    assert default_prompt(ctx, None) == ("", "", "en")
+                      'preview_language = "de"\npreview_bpm = 92.0\npreview_key = "A minor"\n'
+                      'preview_time_signature = "3"\n')
+    assert default_prompt(ctx, "song") == ("mystyle, lofi", "oh", "de", 92.0, "A minor", "3")
+    assert default_prompt(ctx, None) == ("", "", "en", None, "", "")
 
 
 def write_render(folder: Path, strengths=("0", "1", "0.5"), record: dict | None = None) -> Path:
@@ -257,7 +258,7 @@ def test_tab_builds_with_its_element_ids(ctx):
 @pytest.mark.slow
 def test_a_render_job_of_a_trained_run_on_the_cpu(trained):
     ctx = trained
-    caption, lyrics, language = default_prompt(ctx, "tiny")
+    caption, lyrics, language, *_ = default_prompt(ctx, "tiny")
     form = ListenForm("tiny", "final", caption + ", lofi", lyrics, language, duration=0.6, seed=5,
                       strengths="0, 1", shift=2, guidance_scale=1, guidance="cfg", device="cpu")
     job = ctx.jobs.wait(start_listen(ctx, form).id, timeout=300)
