@@ -1,6 +1,6 @@
 """Audio for the trainer: decode any supported file to 48 kHz stereo float32, measure it,
-normalise its loudness, write and split WAV files (`io`), and analyse levels, tempo and key
-(`analysis`).
+normalise its loudness, write WAV files (`io`), split long files into parts (`split`), and analyse
+levels, tempo and key (`analysis`).
 
 Every per-file problem raises `acestep.errors.AudioError(path, reason)`; batch functions turn
 those into `FileFailure` entries and carry on.
@@ -14,21 +14,19 @@ from acestep.audio.analysis import (
     file_content_hash,
     integrated_loudness,
 )
+from acestep.audio.decode import AUDIO_EXTENSIONS
 from acestep.audio.io import (
-    AUDIO_EXTENSIONS,
     NORMALIZATION_MODES,
     SAMPLE_RATE,
     AudioInfo,
     FileFailure,
     LoudnessError,
-    SplitResult,
     load_audio,
     normalize_loudness,
     probe_audio,
-    split_audio_file,
-    split_folder,
     write_wav,
 )
+from acestep.audio.split import SplitResult, split_audio_file, split_folder
 
 __all__ = [
     "AUDIO_EXTENSIONS",

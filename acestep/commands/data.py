@@ -20,7 +20,7 @@ from acestep.errors import AceStepError
 def cmd_split(args: argparse.Namespace) -> int:
     """Cut long audio files into 30 s or 60 s WAV segments (originals untouched); each segment gets
     its source's song-level labels (not the lyrics) in a `.json` sidecar."""
-    from acestep.audio.io import split_folder
+    from acestep.audio.split import split_folder
 
     def show(index: int, total: int, path: Path) -> None:
         print(f"[{index}/{total}] {path}", flush=True)
@@ -201,7 +201,7 @@ def add_commands(commands) -> None:
                                 "labels (not the lyrics)")
     split.add_argument("in_dir", type=Path, metavar="IN_DIR", help="folder of audio files (searched recursively)")
     split.add_argument("out_dir", type=Path, metavar="OUT_DIR", help="where the segments go (sub-folders kept)")
-    # (30, 60) is acestep.audio.io.SEGMENT_CHOICES, not imported: the CLI starts without the audio stack
+    # (30, 60) is acestep.audio.split.SEGMENT_CHOICES, not imported: the CLI starts without the audio stack
     split.add_argument("--segment", type=int, choices=(30, 60), default=30, help="segment length in seconds")
     split.add_argument("--min-tail", type=float, default=10.0,
                        help="drop a last segment shorter than this many seconds (default 10)")

@@ -26,7 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from acestep.audio.io import AUDIO_EXTENSIONS, FileFailure, probe_audio
+from acestep.audio.decode import AUDIO_EXTENSIONS
+from acestep.audio.io import FileFailure, probe_audio
 from acestep.dataset.csv_metadata import CsvIndex, index_csv_files, read_csv_metadata
 from acestep.dataset.languages import parse_language
 from acestep.dataset.schema import DEFAULT_SEED, TAG_POSITIONS, Dataset, Sample, assign_prompt_sources

@@ -109,7 +109,7 @@ def sidecar_paths(audio_path: Path, folder_stems: Counter[str] | None = None) ->
 
 def audio_stems(folder: Path) -> Counter[str]:
     """How many audio files directly in `folder` have each stem (song.mp3 + song.wav -> song: 2)."""
-    from acestep.audio.io import AUDIO_EXTENSIONS
+    from acestep.audio.decode import AUDIO_EXTENSIONS
 
     return Counter(p.stem for p in folder.iterdir() if p.suffix.lower() in AUDIO_EXTENSIONS and p.is_file())
 

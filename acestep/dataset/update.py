@@ -20,7 +20,8 @@ import random
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from acestep.audio.io import AUDIO_EXTENSIONS, FileFailure
+from acestep.audio.decode import AUDIO_EXTENSIONS
+from acestep.audio.io import FileFailure
 from acestep.dataset.build import Progress, label_audio_files, scan_audio_files
 from acestep.dataset.languages import parse_language
 from acestep.dataset.schema import Dataset, Sample

@@ -12,13 +12,10 @@ import pytest
 from acestep.dataset import Dataset, Sample
 from acestep.errors import DatasetError
 from acestep.ui.context import AppContext, PathRefused, Workspace
-from acestep.ui.dataset_tab import (
-    COLUMN_WIDTHS,
-    HEADERS,
+from acestep.ui.dataset_edits import (
     OpenDataset,
     apply_sample_edit,
     apply_settings,
-    build_dataset_tab,
     dataset_choices,
     edit_tags,
     open_dataset,
@@ -32,6 +29,7 @@ from acestep.ui.dataset_tab import (
     songs_folder,
     status_text,
 )
+from acestep.ui.dataset_tab import COLUMN_WIDTHS, HEADERS, build_dataset_tab
 
 LOOPS = ("drum_roll", "guit_e_slide", "loop_amen_full")  # sorted, as the scan lists them
 
