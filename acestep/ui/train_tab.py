@@ -6,7 +6,7 @@ log tail and the audio previews; plus saving and loading profiles (`acestep.ui.p
 The run's curves, progress line and previews are read by `acestep.ui.run_progress`. The functions
 take the `AppContext` and plain values, so tests call them without a browser; `build_train_tab`
 only wires them to Gradio. Nothing here imports torch (the estimate runs in a helper process:
-`acestep.ui.train_form.VramEstimator`).
+`acestep.ui.train_estimate.VramEstimator`).
 """
 
 from __future__ import annotations
@@ -34,9 +34,10 @@ from acestep.ui.profiles import build_profile_section
 from acestep.ui.run_progress import plot_frames, preview_files, progress_markdown
 from acestep.ui.ticks import POLL_SECONDS, Ticks
 from acestep.ui.train_form import (
-    FORM_SOURCE, VramEstimator, apply_preset_to_values, build_form, config_from_values, estimate_text,
-    initial_config, names_a_folder, ordered, plan_text, preset_choices, suggested_preset,
+    FORM_SOURCE, apply_preset_to_values, build_form, config_from_values, initial_config, names_a_folder, ordered,
+    preset_choices, suggested_preset,
 )
+from acestep.ui.train_estimate import VramEstimator, estimate_text, plan_text
 
 CONFIGS_FOLDER = ".configs"  # <runs>/.configs/<run>.toml: the config a Start submitted
 PREVIEW_SLOTS = 4

@@ -19,9 +19,9 @@ from acestep.training.run_lock import RunLock
 from acestep.ui.context import AppContext, PathRefused, Workspace
 from acestep.ui.run_progress import progress_markdown
 from acestep.ui.train_form import (
-    FORM_FIELDS, VramEstimator, apply_preset_to_values, config_from_values, estimate_text, initial_config,
-    plan_text, suggested_preset, values_from_config,
+    FORM_FIELDS, apply_preset_to_values, config_from_values, initial_config, suggested_preset, values_from_config,
 )
+from acestep.ui.train_estimate import VramEstimator, estimate_text, plan_text
 from acestep.ui.train_tab import (
     NO_VALIDATION_TITLE, VALIDATION_TITLE, build_train_tab,
     resume_training, run_snapshot, start_training, stop_training, training_status, validation_title,
