@@ -42,8 +42,10 @@ def add_preview_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lyrics", default="", help="lyrics (default: an instrumental)")
     parser.add_argument("--language", default="en", help="language code of the lyrics (default: en)")
     parser.add_argument("--bpm", type=float, default=None, help="tempo written into the prompt")
-    parser.add_argument("--key", default="", help="key and scale written into the prompt, e.g. 'C major'")
-    parser.add_argument("--time-signature", default="", help="time signature written into the prompt, e.g. 4")
+    parser.add_argument("--key", default="",
+                        help="key and scale written into the prompt, e.g. 'C major' ('Am' is written 'A minor')")
+    parser.add_argument("--time-signature", default="",
+                        help="time signature written into the prompt, e.g. 4 ('4/4' is written '4')")
     parser.add_argument("--duration", type=float, default=10.0, help="seconds of audio (default: 10)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the noise (default: 0)")
     parser.add_argument("--strengths", type=parse_strengths, default=None,
@@ -82,6 +84,7 @@ def run_preview(args: argparse.Namespace) -> int:
     CheckpointError or AdapterError with the fix."""
     from acestep.inference.effect import (adapter_effects, distance_summary, effect_summary, songs_distances,
                                           songs_profile)
+    from acestep.dataset.values import normalize_keyscale, normalize_timesignature
     from acestep.inference.preview import PreviewRenderer, PreviewRequest, sampling_settings
     from acestep.inference.render import write_preview
     from acestep.training.quantization import load_transformer
@@ -99,7 +102,8 @@ def run_preview(args: argparse.Namespace) -> int:
         raise PreviewError(f"{args.out} already holds {', '.join(p.name for p in taken)}; choose another --out or "
                            "pass --overwrite")
     request = PreviewRequest(caption=args.caption, lyrics=args.lyrics, language=args.language, bpm=args.bpm,
-                             keyscale=args.key, timesignature=args.time_signature, duration=args.duration,
+                             keyscale=normalize_keyscale(args.key),  # "Am" as the dataset writes it: "A minor"
+                             timesignature=normalize_timesignature(args.time_signature), duration=args.duration,
                              seed=args.seed, steps=args.steps, shift=args.shift, guidance_scale=args.guidance_scale,
                              guidance=args.guidance)
     checkpoint, adapter = args.checkpoint, None

@@ -101,6 +101,11 @@ def test_preview_of_an_adapter_renders_on_the_model_it_was_trained_on(tmp_path, 
     common = ["--caption", "mystyle, lofi beat", "--duration", "0.4", "--device", "cpu"]
     assert run_preview(parse(*common, "--adapter", str(run), "--strengths", "1", "--out", str(tmp_path / "a"))) == 0
     assert f"with {turbo_dit} (turbo) and {run / 'final'}" in capsys.readouterr().out
+    # the key and time signature are written into the prompt as the dataset writes them
+    assert run_preview(parse(*common, "--adapter", str(run), "--strengths", "1", "--key", "Am", "--time-signature",
+                             "4/4", "--out", str(tmp_path / "k"))) == 0
+    record = json.loads((tmp_path / "k" / RECORD_NAME).read_text())
+    assert (record["key"], record["time_signature"]) == ("A minor", "4")
     explicit = ["--checkpoint", str(turbo_dit), "--adapter", str(run / "final"), "--strengths", "1"]
     assert run_preview(parse(*common, *explicit, "--out", str(tmp_path / "b"))) == 0
     assert np.array_equal(sf.read(tmp_path / "a" / "strength-1.wav")[0], sf.read(tmp_path / "b" / "strength-1.wav")[0])
