@@ -1,5 +1,6 @@
-"""The job manager: submit long jobs (the CLI in child processes), queue GPU jobs one at a time,
-stop them, and tell every browser (and the app after a restart) the same story from disk.
+"""The job manager: submit long jobs (the CLI in child processes), queue GPU jobs one at a time per
+GPU (see `acestep.jobs.queue`), stop them, and tell every browser (and the app after a restart)
+the same story from disk.
 
 A `JobManager` holds no state of its own beyond a read cache: every instance over the same jobs
 root, in any process, sees and changes the same jobs (see `acestep.jobs.store` for the layout).
@@ -14,10 +15,13 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 import acestep
+from acestep.jobs.gpus import ALL_GPUS, NO_GPU
 from acestep.jobs.process import is_running, kill_tree, process_start, spawn
+from acestep.jobs.queue import ready_to_start
 from acestep.jobs.store import (
     CANCELLED,
     CRASHED,
@@ -59,14 +63,18 @@ class JobManager:
     # ---- changing jobs -----------------------------------------------------------------------------
     def submit(self, kind: str, argv: list[str], needs_gpu: bool, events_path: str | Path | None = None,
                label: str = "", owner: str = "", cwd: str | Path | None = None,
-               env: dict[str, str] | None = None, stop_file: str | Path | None = None) -> Job:
+               env: dict[str, str] | None = None, stop_file: str | Path | None = None,
+               gpus: Iterable[int] | str | None = None) -> Job:
         """Queue `argv` (the full command line, e.g. from `cli_argv`) as a job of `kind` and start
-        it at once when it may run: a CPU job always, a GPU job when no other GPU job is running
-        or queued before it. `events_path` is what `read_events` reads (a train job's
-        `<run>/events.jsonl`; default the job's own events.jsonl); a train job's STOP file goes
-        beside it unless `stop_file` says otherwise. `cwd` defaults to the current folder, `env`
-        adds variables. Returns the job (queued, running, or failed when it could not start).
-        Raises JobError for a malformed kind or argv."""
+        it at once when it may run: a CPU job always, a GPU job when no job running or queued
+        before it shares a GPU with it. `gpus` says which a GPU job takes: CUDA indices (from
+        `acestep.jobs.gpus`), or ALL_GPUS (the default, for a job that cannot say); a CPU job
+        takes none. `events_path` is what `read_events` reads (a train job's `<run>/events.jsonl`;
+        default the job's own events.jsonl); a train job's STOP file goes beside it unless
+        `stop_file` says otherwise. `cwd` defaults to the current folder, `env` adds variables.
+        Returns the job (queued, running, or failed when it could not start).
+        Raises JobError for a malformed kind, argv or gpus."""
+        gpu_list = _gpu_list(needs_gpu, gpus)
         if not isinstance(argv, (list, tuple)) or not argv or not all(isinstance(arg, str) for arg in argv):
             raise JobError(f"job argv must be a non-empty list of strings, not {argv!r}.")
         if env is not None and not all(isinstance(k, str) and isinstance(v, str) for k, v in env.items()):
@@ -77,8 +85,8 @@ class JobManager:
             stop_file = events.parent / STOP_FILE
         with self.store.lock():
             job_id = self.store.new_id(kind)
-            job = Job(id=job_id, kind=kind, argv=list(argv), needs_gpu=bool(needs_gpu), label=str(label),
-                      owner=str(owner), cwd=str(cwd), env=dict(env or {}),
+            job = Job(id=job_id, kind=kind, argv=list(argv), needs_gpu=bool(needs_gpu), gpus=gpu_list,
+                      label=str(label), owner=str(owner), cwd=str(cwd), env=dict(env or {}),
                       events_path=str(events or self.store.own_events_path(job_id)),
                       stop_file=str((cwd / Path(stop_file)).resolve()) if stop_file else None, created=time.time())
             self.store.job_dir(job_id).mkdir(parents=True)
@@ -113,7 +121,7 @@ class JobManager:
         its kill time whose supervisor did not kill it is killed here. Idempotent and cheap when
         nothing changed (no lock, one stat per job): every browser's timer may call it."""
         jobs = self.store.read_all()
-        if not any(self._wants_change(job, jobs) for job in jobs):
+        if not ready_to_start(jobs) and not any(self._needs_reconciling(job) for job in jobs if job.active):
             return jobs
         with self.store.lock():
             for job in self.store.read_all(fresh=True):
@@ -186,23 +194,18 @@ class JobManager:
             time.sleep(interval)
 
     # ---- inside the lock -----------------------------------------------------------------------------
-    def _wants_change(self, job: Job, jobs: list[Job]) -> bool:
-        if job.active:
-            if not is_running(job.runner_pid, job.runner_start):
-                return True
-            return job.kill_at is not None and time.time() > job.kill_at + SUPERVISOR_GRACE
-        if job.status == QUEUED:
-            return not job.needs_gpu or not any(other.needs_gpu and other.active for other in jobs)
-        return False
+    def _needs_reconciling(self, job: Job) -> bool:
+        """An active job whose supervisor is gone, or that is overdue for its kill."""
+        if not is_running(job.runner_pid, job.runner_start):
+            return True
+        return job.kill_at is not None and time.time() > job.kill_at + SUPERVISOR_GRACE
 
     def _start_ready(self, jobs: list[Job]) -> None:
-        """Start every queued CPU job and, when no GPU job is running, the oldest queued GPU job."""
-        gpu_busy = any(job.needs_gpu and job.active for job in jobs)
-        for job in jobs:
-            if job.status != QUEUED or (job.needs_gpu and gpu_busy):
-                continue
-            self._launch(job)
-            gpu_busy = gpu_busy or (job.needs_gpu and job.active)
+        """Start every queued job the queue's rule lets start (`ready_to_start`). A job that fails
+        to start frees its GPUs for the jobs behind it, so look again until none is ready."""
+        while ready := ready_to_start(jobs):
+            for job in ready:
+                self._launch(job)  # leaves it running or failed: never queued, so this loop ends
 
     def _launch(self, job: Job) -> None:
         """Start the job's supervisor, detached from this process, and mark the job running."""
@@ -246,6 +249,22 @@ class JobManager:
             events.write(json.dumps(event) + "\n")
         with open(self.store.log_path(job.id), "a", encoding="utf-8") as log:
             log.write(f"[job] {time.strftime('%Y-%m-%d %H:%M:%S')} {status}: {message}\n")
+
+
+def _gpu_list(needs_gpu: bool, gpus: Iterable[int] | str | None) -> list[int] | str:
+    """What job.json stores for `gpus`: ALL_GPUS or sorted indices; [] for a CPU job. Raises
+    JobError for anything else, and for GPUs given to a CPU job or none given to a GPU job."""
+    if not needs_gpu:
+        if gpus not in (None, NO_GPU, [], ()):
+            raise JobError(f"job gpus {gpus!r} given for a job that needs no GPU (needs_gpu=False).")
+        return []
+    if gpus is None or gpus == ALL_GPUS:
+        return ALL_GPUS
+    indices = list(gpus) if not isinstance(gpus, str) else None
+    if not indices or not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in indices):
+        raise JobError(f"job gpus must be {ALL_GPUS!r} or GPU indices (0, 1, ...), not {gpus!r}; "
+                       "a job on no GPU is needs_gpu=False.")
+    return sorted(set(indices))
 
 
 def _source_checkout() -> str | None:

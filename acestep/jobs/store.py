@@ -26,6 +26,7 @@ from pathlib import Path
 
 from acestep.errors import JobError
 from acestep.files import read_json_object, try_lock_file, unlock_file, write_atomically
+from acestep.jobs.gpus import ALL_GPUS, NO_GPU, GpuSet
 
 FORMAT_VERSION = 1
 JOB_FILE = "job.json"
@@ -57,6 +58,7 @@ class Job:
     argv: list[str]
     needs_gpu: bool
     status: str = QUEUED
+    gpus: list[int] | str = ALL_GPUS  # a GPU job's CUDA indices, or "all" (see acestep.jobs.gpus); [] for a CPU job
     label: str = ""
     owner: str = ""
     cwd: str = ""
@@ -85,6 +87,13 @@ class Job:
     def active(self) -> bool:
         return self.status in ACTIVE
 
+    @property
+    def gpu_set(self) -> GpuSet:
+        """The GPUs the job takes: a frozenset of CUDA indices, ALL_GPUS, or the empty set (a CPU job)."""
+        if not self.needs_gpu:
+            return NO_GPU
+        return ALL_GPUS if self.gpus == ALL_GPUS else frozenset(self.gpus)
+
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2) + "\n"
 
@@ -97,6 +106,9 @@ class Job:
             raise JobError(f"{source}: not a job file (missing {', '.join(missing)}).")
         if data["status"] not in STATUSES:
             raise JobError(f"{source}: unknown job status {data['status']!r} (expected one of {', '.join(STATUSES)}).")
+        gpus = data.get("gpus", ALL_GPUS)  # jobs stored before jobs recorded their GPUs: every GPU
+        if gpus != ALL_GPUS and not (isinstance(gpus, list) and all(_is_index(index) for index in gpus)):
+            raise JobError(f"{source}: gpus must be \"{ALL_GPUS}\" or a list of GPU indices, found {gpus!r}.")
         known = {f.name for f in fields(cls)}
         return cls(**{key: value for key, value in data.items() if key in known})
 
@@ -197,6 +209,10 @@ class JobStore:
                 yield
             finally:
                 unlock_file(handle)
+
+
+def _is_index(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def _retry_on_windows(action, attempts: int = 20):

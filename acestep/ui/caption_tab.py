@@ -23,7 +23,7 @@ from pathlib import Path
 import gradio as gr
 
 from acestep.errors import AceStepError, DatasetError
-from acestep.jobs import Job
+from acestep.jobs import Job, job_gpus
 from acestep.ui.context import AppContext
 from acestep.ui.jobs_panel import (
     active_job,
@@ -137,8 +137,8 @@ def start_caption(ctx: AppContext, form: CaptionForm, owner: str = "") -> Job:
     if running is not None:
         raise AceStepError(f"Caption job {running.id} is {running.status}; wait for it to end or cancel it.")
     args = caption_args(ctx, form)
-    needs_gpu = uses_model(form) and check_device(form.device) != "cpu"
-    return submit_cli_job(ctx, CAPTION, args, needs_gpu=needs_gpu, owner=owner,
+    gpus = job_gpus(form.device) if uses_model(form) else frozenset()  # "auto": cuda (GPU 0) when there is one
+    return submit_cli_job(ctx, CAPTION, args, needs_gpu=bool(gpus), gpus=gpus, owner=owner,
                           label=ctx.workspace.relative(Path(args[1])))
 
 
@@ -159,7 +159,7 @@ def progress_markdown(ctx: AppContext, job: Job | None) -> str:
     the command's summary once it has ended."""
     if job is None:
         return "No caption job has run yet."
-    lines = [job_heading(job)]
+    lines = [job_heading(job, ctx.jobs.list_jobs())]
     step = parse_label_step(latest_progress(ctx, job))
     if step is not None:
         line = f"**{step.index}/{step.total}** {step.file} · {step.labeller} {step.status}"

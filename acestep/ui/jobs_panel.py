@@ -17,7 +17,7 @@ import gradio as gr
 
 from acestep.commands.common import EXIT_PARTIAL
 from acestep.errors import AceStepError
-from acestep.jobs import ACTIVE, DONE, QUEUED, Job, cli_argv
+from acestep.jobs import ACTIVE, DONE, QUEUED, Job, cli_argv, gpus_text, waits_for
 from acestep.ui.context import AppContext
 from acestep.ui.ticks import POLL_SECONDS, Ticks
 
@@ -29,11 +29,12 @@ _MARKDOWN_SPECIAL = re.compile(r"[\\`*_\[\]<>|~]")  # what formats text inside a
 
 
 def submit_cli_job(ctx: AppContext, kind: str, args: Sequence[object], needs_gpu: bool, label: str = "",
-                   owner: str = "", events_path: Path | None = None) -> Job:
-    """Queue `acestep-trainer <args>` as a job (started at once unless a GPU job must wait)."""
+                   owner: str = "", events_path: Path | None = None, gpus: Iterable[int] | str | None = None) -> Job:
+    """Queue `acestep-trainer <args>` as a job (started at once unless a GPU job must wait for one of
+    its `gpus`: CUDA indices from `acestep.jobs.job_gpus` / `training_gpus`; default all GPUs)."""
     argv = cli_argv(*args)
     return ctx.jobs.submit(kind, argv, needs_gpu=needs_gpu, events_path=events_path, label=label, owner=owner,
-                           cwd=ctx.workspace.root)
+                           cwd=ctx.workspace.root, gpus=gpus)
 
 
 def latest_progress(ctx: AppContext, job: Job) -> dict | None:
@@ -60,13 +61,35 @@ def progress_text(event: dict | None) -> str:
 def job_rows(ctx: AppContext, kinds: Iterable[str] | None = None) -> list[list[str]]:
     """One row per job (newest first), optionally only of `kinds`, after reconciling dead jobs."""
     wanted = set(kinds) if kinds is not None else None
-    jobs = [job for job in ctx.jobs.poll() if wanted is None or job.kind in wanted]
+    every_job = ctx.jobs.poll()
+    jobs = [job for job in every_job if wanted is None or job.kind in wanted]
     rows = []
     for job in reversed(jobs):
         started = time.strftime("%Y-%m-%d %H:%M", time.localtime(job.started)) if job.started else ""
         progress = progress_text(latest_progress(ctx, job)) if job.status in (*ACTIVE, "done") else ""
-        rows.append([job.id, job.kind, job.label, job.status, progress, job.owner, started, job.message])
+        rows.append([job.id, job.kind, job.label, status_text(job, every_job), progress, job.owner, started,
+                     job.message])
     return rows
+
+
+def status_text(job: Job, jobs: Sequence[Job]) -> str:
+    """A job's status with the GPUs it takes ('running (GPU 1)'; a CPU job's status alone) and, for
+    a queued job, what it waits for ('queued (GPU 0), waits for GPU 0: train my-run')."""
+    text = job.status
+    if job.gpu_set:
+        text += f" ({gpus_text(job.gpu_set)})"
+    waiting = waiting_text(job, jobs)
+    return f"{text}, {waiting}" if waiting else text
+
+
+def waiting_text(job: Job, jobs: Sequence[Job]) -> str:
+    """'waits for GPU 0: train my-run' (one part per job in its way, among `jobs`), or '' when
+    the queued job waits for nothing (it starts at the next poll) or is not queued."""
+    parts = []
+    for other, shared in waits_for(job, jobs):
+        ahead = "" if other.active else " (queued before it)"
+        parts.append(f"{gpus_text(shared)}: {other.kind} {other.label or other.id}{ahead}")
+    return "waits for " + "; ".join(parts) if parts else ""
 
 
 def active_job(ctx: AppContext, kind: str) -> Job | None:
@@ -170,13 +193,14 @@ def summary_from_log(log: str, first_line: re.Pattern) -> list[str]:
     return summary
 
 
-def job_heading(job: Job) -> str:
-    """'Job **caption-3** (ann): **running**', with why a queued job waits and whether a finished
-    batch left files out."""
+def job_heading(job: Job, jobs: Sequence[Job] = ()) -> str:
+    """'Job **caption-3** (ann): **running**', with the GPUs a queued job waits for (and, given
+    every job as `jobs`, the jobs in its way) and whether a finished batch left files out."""
     who = f" ({job.owner})" if job.owner else ""
     head = f"Job **{job.id}**{who}: **{job.status}**"
-    if job.status == QUEUED:
-        head += ", waiting for the GPU (one GPU job runs at a time)"
+    if job.status == QUEUED and job.gpu_set:
+        waiting = waiting_text(job, jobs)
+        head += ", " + markdown_text(waiting) if waiting else f", waiting for {gpus_text(job.gpu_set)}"
     elif job.status == DONE and job.exit_code == EXIT_PARTIAL:
         head += ", but some files failed"
     return head

@@ -24,7 +24,7 @@ from acestep.inference import GUIDANCE_METHODS
 from acestep.inference.cli import parse_strengths
 from acestep.inference.effect import distance_summary, effect_summary, recorded_distances, recorded_effects
 from acestep.inference.render import read_record, render_order, strength_label
-from acestep.jobs import DONE, Job
+from acestep.jobs import DONE, Job, job_gpus
 from acestep.training.config_schema import QUANTIZATIONS
 from acestep.training.run_folders import adapter_metadata, read_run_config, run_folder
 from acestep.ui.adapter_picker import (
@@ -201,10 +201,11 @@ def run_songs(ctx: AppContext, run: str) -> Path | None:
 
 
 def start_listen(ctx: AppContext, form: ListenForm, owner: str = "") -> Job:
-    """Submit the render: a GPU job (it waits while another GPU job runs) unless the device is cpu."""
+    """Submit the render: a job on its GPU (it waits while another job uses that GPU) unless the device is cpu."""
     args = listen_args(ctx, form)
     args += ["--out", str(listen_output(ctx, form.run, form.checkpoint))]
-    return submit_cli_job(ctx, LISTEN_KIND, args, needs_gpu=check_device(form.device) != "cpu",
+    gpus = job_gpus(form.device)  # "auto" renders on cuda (GPU 0) when there is one
+    return submit_cli_job(ctx, LISTEN_KIND, args, needs_gpu=bool(gpus), gpus=gpus,
                           label=f"{form.run}/{Path(form.checkpoint).name}", owner=owner)
 
 
@@ -270,7 +271,7 @@ def job_summary(ctx: AppContext, job: Job | None) -> str:
     if job is None:
         return "No render yet: pick an adapter, write a caption and press **Render**."
     out = job_out_folder(job)
-    text = job_heading(job) + f" · {markdown_text(job.label)}"
+    text = job_heading(job, ctx.jobs.list_jobs()) + f" · {markdown_text(job.label)}"
     if not job.finished:  # queued or running
         return text + (f", writing to `{markdown_text(ctx.workspace.relative(out))}`" if out else "")
     if job.status != DONE and job.message:

@@ -21,7 +21,7 @@ from pathlib import Path
 import gradio as gr
 
 from acestep.errors import AceStepError
-from acestep.jobs import Job
+from acestep.jobs import Job, job_gpus
 from acestep.models.checkpoints import DIT, list_checkpoints
 from acestep.preprocess.manifest import MANIFEST_NAME
 from acestep.ui.context import AppContext, holds_tensors
@@ -179,8 +179,8 @@ def start_preprocess(ctx: AppContext, form: PreprocessForm, owner: str = "") -> 
         raise AceStepError(f"Preprocess job {running.id} is {running.status}; wait for it to end or cancel it.")
     args = preprocess_args(ctx, form)
     label = f"{Path(args[2]).stem} -> {ctx.workspace.relative(Path(args[6]))}"
-    return submit_cli_job(ctx, PREPROCESS, args, needs_gpu=check_device(form.device) != "cpu", label=label,
-                          owner=owner)
+    gpus = job_gpus(form.device)  # "auto" runs on cuda (GPU 0) when there is one
+    return submit_cli_job(ctx, PREPROCESS, args, needs_gpu=bool(gpus), gpus=gpus, label=label, owner=owner)
 
 
 def parse_step(event: dict | None) -> PreprocessStep | None:
@@ -200,7 +200,7 @@ def progress_markdown(ctx: AppContext, job: Job | None) -> str:
     elapsed 0:12 · ETA 0:42'."""
     if job is None:
         return "No preprocess job has run yet."
-    lines = [job_heading(job)]
+    lines = [job_heading(job, ctx.jobs.list_jobs())]
     step = parse_step(latest_progress(ctx, job))
     if step is not None:
         line = f"**{step.index}/{step.total}** {shown_source(ctx, step.source)} {step.status}"

@@ -116,7 +116,7 @@ def split_markdown(ctx: AppContext, job: Job | None) -> str:
     ended the command's summary (files split, segments written, labels copied, failures)."""
     if job is None:
         return "No split has run yet."
-    lines = [job_heading(job)]
+    lines = [job_heading(job, ctx.jobs.list_jobs())]
     event = latest_progress(ctx, job)
     if event and event.get("type") == "progress":
         name = Path(str(event.get("message", ""))).name

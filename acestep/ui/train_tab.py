@@ -21,7 +21,7 @@ import pandas as pd
 
 from acestep.errors import AceStepError, ConfigError, JobError
 from acestep.gpu import read_gpus
-from acestep.jobs import QUEUED, TRAIN_KIND, Job
+from acestep.jobs import QUEUED, TRAIN_KIND, Job, training_gpus
 from acestep.training.config import TrainingConfig, config_from_dict, config_to_dict, load_config, save_config
 from acestep.training.presets import recommendation_message
 from acestep.training.run_folders import read_events, run_folders
@@ -29,7 +29,8 @@ from acestep.training.run_layout import CONFIG_FILE, EVENTS_FILE
 from acestep.training.run_lock import holder
 from acestep.preprocess.manifest import MANIFEST_NAME
 from acestep.ui.context import AppContext, holds_tensors
-from acestep.ui.jobs_panel import any_active, build_jobs_panel, friendly, owner_of, submit_cli_job
+from acestep.ui.jobs_panel import (any_active, build_jobs_panel, friendly, markdown_text, owner_of, submit_cli_job,
+                                  waiting_text)
 from acestep.ui.profiles import build_profile_section
 from acestep.ui.run_progress import plot_frames, preview_files, progress_markdown
 from acestep.ui.ticks import POLL_SECONDS, Ticks
@@ -92,14 +93,15 @@ def prepare_run(ctx: AppContext, values: list) -> tuple[TrainingConfig, Path]:
 
 def start_training(ctx: AppContext, values: list, owner: str = "") -> Job:
     """Check the form, write its config to `<runs>/.configs/<run>.toml` and submit
-    `train --config FILE` as a GPU job reading `<run>/events.jsonl`: it runs at once, or waits in
-    the queue while another GPU job runs. Raises ConfigError, PathRefused, or JobError while a
-    job for the same run is queued or running."""
+    `train --config FILE` as a job on the GPUs of run.devices reading `<run>/events.jsonl`: it runs
+    at once, or waits in the queue while another job uses one of them. Raises ConfigError,
+    PathRefused, or JobError while a job for the same run is queued or running."""
     config, run_dir = prepare_run(ctx, values)
     _refuse_when_training(ctx, run_dir.name)
     config_file = save_config(config, ctx.workspace.runs / CONFIGS_FOLDER / f"{run_dir.name}.toml")
-    return submit_cli_job(ctx, TRAIN_KIND, ["train", "--config", config_file], needs_gpu=True, label=run_dir.name,
-                          owner=owner, events_path=run_dir / EVENTS_FILE)
+    return submit_cli_job(ctx, TRAIN_KIND, ["train", "--config", config_file], needs_gpu=True,
+                          gpus=training_gpus(config.run.devices), label=run_dir.name, owner=owner,
+                          events_path=run_dir / EVENTS_FILE)
 
 
 def resume_training(ctx: AppContext, run_text: str, owner: str = "") -> Job:
@@ -114,8 +116,10 @@ def resume_training(ctx: AppContext, run_text: str, owner: str = "") -> Job:
     if trainer is not None:
         raise JobError(f"Run {run_dir.name} is being trained by {trainer}, outside this app's jobs; wait for it "
                        "to end or stop it, then resume.")
-    return submit_cli_job(ctx, TRAIN_KIND, ["train", "--resume", run_dir], needs_gpu=True, label=run_dir.name,
-                          owner=owner, events_path=run_dir / EVENTS_FILE)
+    devices = load_config(run_dir / CONFIG_FILE).run.devices  # what `train --resume` runs on
+    return submit_cli_job(ctx, TRAIN_KIND, ["train", "--resume", run_dir], needs_gpu=True,
+                          gpus=training_gpus(devices), label=run_dir.name, owner=owner,
+                          events_path=run_dir / EVENTS_FILE)
 
 
 def training_jobs(ctx: AppContext) -> list[Job]:
@@ -159,11 +163,12 @@ def training_status(ctx: AppContext) -> tuple[Job | None, str]:
     jobs = training_jobs(ctx)
     if not jobs:
         return None, "No training job is running."
+    every_job = ctx.jobs.list_jobs()
 
     def line(job: Job) -> str:
         who = f" by {job.owner}" if job.owner else ""
-        waiting = " (waiting for the GPU)" if job.status == QUEUED else ""
-        return f"**{job.label}**{who}: {job.status}{waiting}"
+        waiting = waiting_text(job, every_job) if job.status == QUEUED else ""
+        return f"**{job.label}**{who}: {job.status}" + (f" ({markdown_text(waiting)})" if waiting else "")
 
     text = f"Training {line(jobs[0])}."
     if len(jobs) > 1:

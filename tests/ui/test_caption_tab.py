@@ -65,7 +65,7 @@ def test_the_form_becomes_the_caption_command_line(ctx, songs):
 def test_a_model_labeller_is_a_gpu_job_and_analysis_only_a_cpu_job(ctx, songs, monkeypatch):
     submitted = []
     monkeypatch.setattr(caption_tab, "submit_cli_job",
-                        lambda ctx, kind, args, needs_gpu, label="", owner="": submitted.append(
+                        lambda ctx, kind, args, needs_gpu, label="", owner="", gpus=None: submitted.append(
                             (kind, needs_gpu, label, owner)))
     for form in (CaptionForm("audio/songs", "captioner"), CaptionForm("audio/songs", "analysis"),
                  CaptionForm("audio/songs", "analysis", transcribe=True),

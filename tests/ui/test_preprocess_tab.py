@@ -86,7 +86,7 @@ def test_the_demo_dataset_is_offered_first(tmp_path, tiny_checkpoints):
 def test_it_is_a_gpu_job_unless_the_device_is_cpu(ctx, dataset_file, monkeypatch):
     submitted = []
     monkeypatch.setattr(preprocess_tab, "submit_cli_job",
-                        lambda ctx, kind, args, needs_gpu, label="", owner="": submitted.append(
+                        lambda ctx, kind, args, needs_gpu, label="", owner="", gpus=None: submitted.append(
                             (kind, needs_gpu, label, owner)))
     for device in ("auto", "cuda", "cpu"):
         start_preprocess(ctx, PreprocessForm("datasets/my-songs.json", "tensors/x", device=device), owner="ann")

@@ -234,7 +234,7 @@ def test_start_runs_a_real_train_job_whose_loss_becomes_plot_data(train_ctx):
     assert training_status(ctx)[0].id == job.id
     second = start_training(ctx, tiny_run_values("second", "run.epochs=1"), owner="bob")  # waits for the GPU
     assert second.status == "queued"
-    assert "Queued next: **second** by bob: queued (waiting for the GPU)" in training_status(ctx)[1]
+    assert "Queued next: **second** by bob: queued (waits for GPU 0: train ui-run)" in training_status(ctx)[1]
     with pytest.raises(JobError, match="Run ui-run is already (queued|running)"):
         start_training(ctx, tiny_run_values("ui-run", "run.epochs=1"))
     job = ctx.jobs.wait(job.id, timeout=300)
