@@ -96,8 +96,8 @@ def crop_frames(max_seconds: float | None) -> int | None:
 class RunPlan:
     """The counts of a run; `describe()` says them in a paragraph, `notes()` what deserves a look."""
 
-    training_samples: int
-    validation_samples: int
+    train_indices: tuple[int, ...]  # the samples that train and those held out, as positions in the manifest
+    validation_indices: tuple[int, ...]
     world_size: int
     batch_size: int
     accumulation: int
@@ -110,6 +110,14 @@ class RunPlan:
     crop_frames: int | None
     training_frames: int  # the training songs' frames, whole
     shown_frames: int  # ... and what one epoch's crops show of them
+
+    @property
+    def training_samples(self) -> int:
+        return len(self.train_indices)
+
+    @property
+    def validation_samples(self) -> int:
+        return len(self.validation_indices)
 
     @property
     def effective_batch(self) -> int:
@@ -174,7 +182,7 @@ def plan_run(config, frames: Sequence[int], world_size: int = 1) -> RunPlan:
     crop = crop_frames(config.data.max_seconds)
     whole = [frames[i] for i in train]
     return RunPlan(
-        training_samples=len(train), validation_samples=len(validation), world_size=world_size,
+        train_indices=tuple(train), validation_indices=tuple(validation), world_size=world_size,
         batch_size=config.data.batch_size, accumulation=accumulation, batches_per_epoch=batches,
         steps_per_epoch=optimizer_steps_per_epoch(batches, accumulation),
         total_steps=total_optimizer_steps(batches, accumulation, config.run.epochs, config.run.max_steps),

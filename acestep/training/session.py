@@ -25,13 +25,12 @@ from acestep.training.config import TrainingConfig, config_to_dict, load_config,
 from acestep.training.data import CroppedSamples, EpochBatches, EpochKeyedBatches, collate, derived_seed
 from acestep.training.events import EventLog, TensorBoardListener
 from acestep.training.optim import build_optimizer, build_scheduler
-from acestep.training.plan import crop_frames, optimizer_steps_per_epoch, plan_run, split_train_validation
+from acestep.training.plan import crop_frames, optimizer_steps_per_epoch, plan_run
 from acestep.training.quantization import load_transformer, parameter_count, require_bitsandbytes
 from acestep.training.recompute import RECOMPUTE_FLAG, enable_recompute
 from acestep.training.run_layout import CONFIG_FILE, STOP_FILE
 from acestep.training.run_lock import RunLock
 from acestep.training.step import Objective, batch_loss, validation_loss
-
 
 
 def resolve_precision(config: TrainingConfig, accelerator: str) -> tuple[str, torch.dtype]:
@@ -166,8 +165,7 @@ class TrainingSession:
             adapter.prepare_for_autocast()
         if config.run.compile:
             compile_blocks(transformer)
-        train_indices, val_indices = split_train_validation(len(samples), config.data.validation_split,
-                                                            config.data.validation_seed)
+        train_indices, val_indices = list(plan.train_indices), list(plan.validation_indices)
         max_frames = crop_frames(config.data.max_seconds)
         train_set = CroppedSamples(samples, train_indices, max_frames, config.run.seed)
         validation_set = CroppedSamples(samples, val_indices, max_frames, config.run.seed, random_crop=False) \

@@ -69,7 +69,8 @@ def test_a_plan_counts_songs_batches_steps_and_the_audio_the_crops_show():
     assert (plan.training_samples, plan.validation_samples) == (8, 2)
     assert (plan.batches_per_epoch, plan.steps_per_epoch, plan.total_steps) == (4, 2, 600)
     assert plan.effective_batch == 4
-    train, _ = split_train_validation(10, 0.2, config().data.validation_seed)
+    train, held = split_train_validation(10, 0.2, config().data.validation_seed)
+    assert (plan.train_indices, plan.validation_indices) == (tuple(train), tuple(held))  # what the session trains on
     assert plan.training_frames == sum(frames[i] for i in train)
     assert plan.shown_frames == sum(min(frames[i], 1500) for i in train)
     text = plan.describe()
