@@ -21,6 +21,11 @@ NO_GPU: frozenset[int] = frozenset()
 _CUDA = re.compile(r"^cuda(?::(\d+))?$")
 
 
+def is_gpu_index(value: object) -> bool:
+    """Whether `value` is a CUDA device index (an int from 0; not a bool)."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
 def job_gpus(device_text: str | None) -> frozenset[int]:
     """The CUDA indices a caption, preprocess or Listen job on device `device_text` takes:
     "cuda:1" -> {1}; "cuda", "auto" and "" (none given) -> {0}, since these commands then run on

@@ -19,7 +19,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import acestep
-from acestep.jobs.gpus import ALL_GPUS, NO_GPU
+from acestep.jobs.gpus import ALL_GPUS, NO_GPU, is_gpu_index
 from acestep.jobs.process import is_running, kill_tree, process_start, spawn
 from acestep.jobs.queue import ready_to_start
 from acestep.jobs.store import (
@@ -261,7 +261,7 @@ def _gpu_list(needs_gpu: bool, gpus: Iterable[int] | str | None) -> list[int] | 
     if gpus is None or gpus == ALL_GPUS:
         return ALL_GPUS
     indices = list(gpus) if not isinstance(gpus, str) else None
-    if not indices or not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in indices):
+    if not indices or not all(is_gpu_index(index) for index in indices):
         raise JobError(f"job gpus must be {ALL_GPUS!r} or GPU indices (0, 1, ...), not {gpus!r}; "
                        "a job on no GPU is needs_gpu=False.")
     return sorted(set(indices))

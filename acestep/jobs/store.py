@@ -26,7 +26,7 @@ from pathlib import Path
 
 from acestep.errors import JobError
 from acestep.files import read_json_object, try_lock_file, unlock_file, write_atomically
-from acestep.jobs.gpus import ALL_GPUS, NO_GPU, GpuSet
+from acestep.jobs.gpus import ALL_GPUS, NO_GPU, GpuSet, is_gpu_index
 
 FORMAT_VERSION = 1
 JOB_FILE = "job.json"
@@ -107,7 +107,7 @@ class Job:
         if data["status"] not in STATUSES:
             raise JobError(f"{source}: unknown job status {data['status']!r} (expected one of {', '.join(STATUSES)}).")
         gpus = data.get("gpus", ALL_GPUS)  # jobs stored before jobs recorded their GPUs: every GPU
-        if gpus != ALL_GPUS and not (isinstance(gpus, list) and all(_is_index(index) for index in gpus)):
+        if gpus != ALL_GPUS and not (isinstance(gpus, list) and all(is_gpu_index(index) for index in gpus)):
             raise JobError(f"{source}: gpus must be \"{ALL_GPUS}\" or a list of GPU indices, found {gpus!r}.")
         known = {f.name for f in fields(cls)}
         return cls(**{key: value for key, value in data.items() if key in known})
@@ -209,10 +209,6 @@ class JobStore:
                 yield
             finally:
                 unlock_file(handle)
-
-
-def _is_index(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def _retry_on_windows(action, attempts: int = 20):
