@@ -196,23 +196,32 @@ def test_non_utf8_lyrics_fail_that_file_only(tmp_path, make_audio):
     assert "bad.txt: lyrics sidecar is not UTF-8" in failures(result)["bad.wav"]
 
 
-@pytest.mark.parametrize("content, message", [
-    ("{not json", r"track.json: captioner sidecar is not valid JSON: .* line 1, column 2"),
-    ("[1, 2]", r"track.json: captioner sidecar must hold a JSON object, found a list"),
-    ('{"bpm": "fast"}', r"track.json: bpm must be a number, found 'fast'"),
-    ('{"key": "C", "keyscale": "D"}', r"track.json: 'key' and 'keyscale' both give the keyscale"),
-    ('{"language": "klingon"}', r"track.json: language must be one of the ACE-Step codes"),
-])
-def test_malformed_json_sidecar_fails_that_file_only(tmp_path, make_audio, content, message):
-    make_audio(tmp_path / "track.wav", seconds=0.3)
+MALFORMED_SIDECARS = [  # (sidecar, content, message): a captioner's .json, then Side-Step's .txt
+    ("track.json", "{not json", r"track.json: captioner sidecar is not valid JSON: .* line 1, column 2"),
+    ("track.json", "[1, 2]", r"track.json: captioner sidecar must hold a JSON object, found a list"),
+    ("track.json", '{"bpm": "fast"}', r"track.json: bpm must be a number, found 'fast'"),
+    ("track.json", '{"key": "C", "keyscale": "D"}', r"track.json: 'key' and 'keyscale' both give the keyscale"),
+    ("track.json", '{"language": "klingon"}', r"track.json: language must be one of the ACE-Step codes"),
+    ("song.txt", "caption: x\nbpm: fast\nlyrics:\nla", r"song.txt: bpm must be a number, found 'fast'"),
+    ("song.txt", "caption: x\nbpm: 900\n", r"song.txt: bpm must be above 0 and below 400, found 900"),
+    ("song.txt", "key: C\nkeyscale: D\nlyrics:\n", r"song.txt: 'key' and 'keyscale' both give the keyscale"),
+    ("song.txt", "caption: warm pads\nand a second caption line\nlyrics:\nla",
+     r"song.txt: line 2 \('and a second caption line'\) is not a `name: value` label"),
+]
+
+
+@pytest.mark.parametrize("sidecar, content, message", MALFORMED_SIDECARS)
+def test_a_malformed_sidecar_fails_that_file_only(tmp_path, make_audio, sidecar, content, message):
+    audio = tmp_path / f"{Path(sidecar).stem}.wav"
+    make_audio(audio, seconds=0.3)
     make_audio(tmp_path / "fine.wav", seconds=0.3)
-    (tmp_path / "track.json").write_text(content, encoding="utf-8")
+    (tmp_path / sidecar).write_text(content, encoding="utf-8")
 
     with pytest.raises(DatasetError, match=message):
-        read_sidecars(tmp_path / "track.wav")
+        read_sidecars(audio)
     result = build_dataset(tmp_path)
     assert [s.audio for s in result.dataset.samples] == ["fine.wav"]
-    assert list(failures(result)) == ["track.wav"]
+    assert list(failures(result)) == [audio.name]
 
 
 # Laid out as Side-Step's `write_sidecar` writes it: its five fields (an unknown one left blank or
@@ -283,25 +292,6 @@ def test_plain_lyrics_stay_lyrics(tmp_path, make_audio, text):
     make_audio(tmp_path / "song.wav", seconds=0.2)
     (tmp_path / "song.txt").write_text(text + "\n", encoding="utf-8")
     assert read_sidecars(tmp_path / "song.wav") == {"lyrics": text}
-
-
-@pytest.mark.parametrize("content, message", [
-    ("caption: x\nbpm: fast\nlyrics:\nla", r"song.txt: bpm must be a number, found 'fast'"),
-    ("caption: x\nbpm: 900\n", r"song.txt: bpm must be above 0 and below 400, found 900"),
-    ("key: C\nkeyscale: D\nlyrics:\n", r"song.txt: 'key' and 'keyscale' both give the keyscale"),
-    ("caption: warm pads\nand a second caption line\nlyrics:\nla",
-     r"song.txt: line 2 \('and a second caption line'\) is not a `name: value` label"),
-])
-def test_malformed_sidestep_sidecar_fails_that_file_only(tmp_path, make_audio, content, message):
-    make_audio(tmp_path / "song.wav", seconds=0.3)
-    make_audio(tmp_path / "fine.wav", seconds=0.3)
-    (tmp_path / "song.txt").write_text(content, encoding="utf-8")
-
-    with pytest.raises(DatasetError, match=message):
-        read_sidecars(tmp_path / "song.wav")
-    result = build_dataset(tmp_path)
-    assert [s.audio for s in result.dataset.samples] == ["fine.wav"]
-    assert list(failures(result)) == ["song.wav"]
 
 
 # --- CSV --------------------------------------------------------------------------------------

@@ -82,17 +82,6 @@ def wait_ready(manager: JobManager, job_id: str, word: str = "ready") -> Job:
     return manager.get(job_id)
 
 
-@pytest.fixture
-def manager(tmp_path):
-    manager = JobManager(tmp_path / "jobs")
-    yield manager
-    for job in manager.list_jobs():  # leave no process behind
-        if not job.finished:
-            manager.stop(job.id, force=True)
-    for job in manager.list_jobs():
-        manager.wait(job.id, timeout=10)
-
-
 def by_status(manager: JobManager) -> dict[str, list[str]]:
     result: dict[str, list[str]] = {}
     for job in manager.list_jobs():

@@ -43,17 +43,6 @@ def job(name: str, status: str, gpus=None, needs_gpu: bool = True, kind: str = "
                gpus=sorted(gpus) if gpus is not None else "all")
 
 
-@pytest.fixture
-def manager(tmp_path):
-    manager = JobManager(tmp_path / "jobs")
-    yield manager
-    for each in manager.list_jobs():  # leave no process behind
-        if not each.finished:
-            manager.stop(each.id, force=True)
-    for each in manager.list_jobs():
-        manager.wait(each.id, timeout=10)
-
-
 def statuses(manager: JobManager, *jobs: Job) -> list[str]:
     return [manager.get(each.id).status for each in jobs]
 

@@ -1,4 +1,4 @@
-"""What the tab tests share: run folders written by hand, and a run trained for real."""
+"""What the tab tests share: a fresh workspace, run folders written by hand, and a run trained for real."""
 
 import json
 import shutil
@@ -7,6 +7,20 @@ from pathlib import Path
 import pytest
 
 from acestep.ui.context import AppContext, Workspace
+
+
+@pytest.fixture
+def ctx(tmp_path) -> AppContext:
+    """A fresh workspace's app context (the tab tests that need more define their own)."""
+    return AppContext.create(Workspace(tmp_path / "workspace", checkpoints=tmp_path / "checkpoints"))
+
+
+@pytest.fixture
+def songs(ctx) -> Path:
+    """An empty audio/songs folder in that workspace."""
+    folder = ctx.workspace.audio / "songs"
+    folder.mkdir(parents=True)
+    return folder
 
 
 @pytest.fixture(scope="session")

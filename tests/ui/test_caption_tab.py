@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import shutil
 import sys
-from pathlib import Path
 
 import gradio as gr
 import pytest
@@ -24,20 +23,8 @@ from acestep.ui.caption_tab import (
     result_rows,
     start_caption,
 )
-from acestep.ui.context import AppContext, PathRefused, Workspace
+from acestep.ui.context import PathRefused
 from acestep.ui.jobs_panel import buttons, cancel_job, check_device, markdown_text, summary_from_log
-
-
-@pytest.fixture
-def ctx(tmp_path) -> AppContext:
-    return AppContext.create(Workspace(tmp_path / "workspace", checkpoints=tmp_path / "checkpoints"))
-
-
-@pytest.fixture
-def songs(ctx) -> Path:
-    folder = ctx.workspace.audio / "songs"
-    folder.mkdir(parents=True)
-    return folder
 
 
 def progress_event(line: str) -> dict:

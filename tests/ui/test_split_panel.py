@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import shutil
 import sys
-from pathlib import Path
 
 import gradio as gr
 import pytest
@@ -17,18 +16,6 @@ from acestep.ui.caption_tab import CAPTION, result_rows
 from acestep.ui.context import AppContext, PathRefused, Workspace
 from acestep.ui.jobs_panel import buttons, cancel_job, markdown_text
 from acestep.ui.split_panel import SPLIT, SplitForm, split_args, split_markdown, start_split
-
-
-@pytest.fixture
-def ctx(tmp_path) -> AppContext:
-    return AppContext.create(Workspace(tmp_path / "workspace", checkpoints=tmp_path / "checkpoints"))
-
-
-@pytest.fixture
-def songs(ctx) -> Path:
-    folder = ctx.workspace.audio / "songs"
-    folder.mkdir(parents=True)
-    return folder
 
 
 def test_the_split_form_becomes_the_split_command_line(ctx, songs, tmp_path):
