@@ -69,6 +69,24 @@ def folder_bytes(folder: str | Path) -> int:
     return total
 
 
+def tail_lines(path: str | Path, count: int, max_bytes: int) -> tuple[list[str], bool]:
+    """The last `count` lines of the text file `path`, read from at most its last `max_bytes` (a
+    line that limit cuts is left out), and whether the file holds more; ([], False) for a missing
+    file. Undecodable bytes are replaced, so a log with a broken character still reads."""
+    try:
+        with open(path, "rb") as stream:
+            size = os.fstat(stream.fileno()).st_size
+            stream.seek(max(0, size - max_bytes))
+            data = stream.read()
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+        return [], False
+    lines = data.decode("utf-8", "replace").splitlines()
+    cut = size > max_bytes
+    if cut:
+        lines = lines[1:]  # the first line read is a part of one
+    return (lines[-count:] if count > 0 else []), cut or len(lines) > count
+
+
 def write_failure(exc: BaseException) -> str:
     """The reason of a failed write, in words: "the disk is full" or the OS's own."""
     if is_disk_full(exc):

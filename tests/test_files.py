@@ -7,7 +7,7 @@ import pytest
 
 from acestep.errors import CheckpointError
 from acestep.files import (delete_folder, folder_bytes, new_folder, read_json_object, recover_replaced_folder,
-                           replaced_folder, size_text)
+                           replaced_folder, size_text, tail_lines)
 
 
 @pytest.mark.parametrize("content, message", [
@@ -155,3 +155,13 @@ def test_delete_folder_removes_it_and_earlier_interrupted_deletions_of_that_name
     assert left == [".runner.del-99999", "runner"]
     with pytest.raises(FileNotFoundError):
         delete_folder(folder)
+
+
+def test_tail_lines_reads_the_end_of_a_file_without_a_line_its_window_cuts(tmp_path):
+    log = tmp_path / "log.txt"
+    log.write_bytes(b"".join(b"line %d\n" % n for n in range(1, 11)) + b"bad \xff byte\n")  # 82 bytes
+    assert tail_lines(log, 3, 1000) == (["line 9", "line 10", "bad \ufffd byte"], True)  # the file holds more
+    assert tail_lines(log, 20, 1000) == ([f"line {n}" for n in range(1, 11)] + ["bad \ufffd byte"], False)
+    assert tail_lines(log, 20, 30) == (["line 9", "line 10", "bad \ufffd byte"], True)  # starts in "line 8": left out
+    assert tail_lines(log, 0, 1000) == ([], True)
+    assert tail_lines(tmp_path / "missing.txt", 5, 1000) == ([], False)

@@ -36,7 +36,7 @@ except ModuleNotFoundError:  # Python 3.10
 import acestep
 from acestep.environment.report import EnvironmentReport, check_environment, format_report
 from acestep.errors import AceStepError, PreprocessError
-from acestep.files import folder_bytes, size_text, write_failure
+from acestep.files import folder_bytes, size_text, tail_lines, write_failure
 from acestep.jobs.store import JobStore
 from acestep.preprocess.manifest import read_manifest
 from acestep.training.run_folders import read_run_config, run_folder, summarize_run, train_jobs_by_run
@@ -137,23 +137,6 @@ def home_as_tilde(text: str, home: str | os.PathLike | None = None) -> str:
     return re.sub(rf"(?<![\w.\-])(?:{pattern})(?![\w.\-])", "~", text, flags=flags)
 
 
-def tail_lines(path: Path, count: int, max_bytes: int = TAIL_BYTES) -> tuple[list[str], bool]:
-    """The last `count` lines of the text file `path` (from at most its last `max_bytes`), and whether
-    the file holds more. A missing file gives ([], False)."""
-    try:
-        with open(path, "rb") as stream:
-            size = os.fstat(stream.fileno()).st_size
-            stream.seek(max(0, size - max_bytes))
-            data = stream.read()
-    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
-        return [], False
-    lines = data.decode("utf-8", "replace").splitlines()
-    cut = size > max_bytes
-    if cut:
-        lines = lines[1:]  # the first line read is a part of one
-    return lines[-count:], cut or len(lines) > count
-
-
 def _report_members(run_dir: Path, environment: EnvironmentReport) -> dict[str, str]:
     """Every text of the bundle, by name; summary.txt says what was found and left out."""
     notes: list[str] = []
@@ -204,7 +187,7 @@ def config_text(run_dir: Path, notes: list[str]) -> str:
 
 
 def _tail_text(path: Path, count: int, what: str, notes: list[str]) -> str:
-    lines, cut = tail_lines(path, count)
+    lines, cut = tail_lines(path, count, TAIL_BYTES)
     if not path.is_file():
         notes.append(f"The {what} file {path} does not exist.")
     elif cut:

@@ -19,6 +19,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import acestep
+from acestep.files import tail_lines
 from acestep.jobs.gpus import ALL_GPUS, NO_GPU, is_gpu_index
 from acestep.jobs.process import is_running, kill_tree, process_start, spawn
 from acestep.jobs.queue import ready_to_start
@@ -172,16 +173,10 @@ class JobManager:
     def tail_log(self, job_id: str, lines: int = 50) -> str:
         """The last `lines` lines of the job's log (from at most its last 256 KiB), '' before it starts."""
         path = self.store.log_path(job_id)
-        try:
-            with open(path, "rb") as stream:
-                size = os.fstat(stream.fileno()).st_size
-                stream.seek(max(0, size - MAX_TAIL_BYTES))
-                data = stream.read()
-        except FileNotFoundError:
+        if not path.is_file():
             self.get(job_id)  # an unknown job raises
             return ""
-        text = data.decode("utf-8", "replace").splitlines()
-        return "\n".join(text[-lines:] if lines > 0 else [])
+        return "\n".join(tail_lines(path, lines, MAX_TAIL_BYTES)[0])
 
     def wait(self, job_id: str, timeout: float | None = None, interval: float = 0.1) -> Job:
         """Poll until the job has finished or `timeout` seconds passed; returns the job either way."""
