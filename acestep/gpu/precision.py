@@ -25,7 +25,17 @@ def native_bf16(device: torch.device | str = "cuda") -> bool:
         return bool(torch.cuda.is_bf16_supported(including_emulation=False))
 
 
+# The device types autocast knows, asked once at import. `autocast_enabled` runs inside compiled
+# blocks (each fused RMSNorm asks it), and before torch 2.13 dynamo cannot trace
+# `torch.amp.is_autocast_available`: asked there, it broke every compiled block's graph at each norm
+# (seen on torch 2.11, H200, 2026-11-28). `torch.is_autocast_enabled` it folds to a constant.
+AUTOCAST_DEVICE_TYPES = frozenset(
+    device_type for device_type in ("cpu", "cuda", "xpu", "mps", "hpu", "mtia", "xla", "ipu", "maia",
+                                    torch._C._get_privateuse1_backend_name())
+    if torch.amp.is_autocast_available(device_type))
+
+
 def autocast_enabled(device_type: str) -> bool:
     """Whether autocast is on for `device_type` at this point (False for a device type autocast
-    does not know, such as "meta")."""
-    return torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type)
+    does not know, such as "meta"). Traceable by torch.compile on every supported torch."""
+    return device_type in AUTOCAST_DEVICE_TYPES and torch.is_autocast_enabled(device_type)

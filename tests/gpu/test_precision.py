@@ -60,3 +60,25 @@ def test_the_compute_dtype_is_autocast_s_under_mixed_precision():
     assert compute_dtype("bf16-mixed", torch.float32) == torch.bfloat16
     assert compute_dtype("16-mixed", torch.float32) == torch.float16
     assert compute_dtype("32-true", torch.float32) == torch.float32
+
+
+def test_autocast_enabled_asks_only_what_torch_compile_traces(monkeypatch):
+    """`autocast_enabled` runs inside compiled blocks (the fused RMSNorm). Before torch 2.13 dynamo
+    cannot trace `torch.amp.is_autocast_available`, and a call to it broke every block's graph at
+    each norm (torch 2.11 on an H200); the device types are asked once, at import."""
+    from acestep.gpu import precision
+
+    def untraceable(device_type):
+        raise AssertionError("is_autocast_available asked on a call")
+
+    monkeypatch.setattr(torch.amp, "is_autocast_available", untraceable)
+    assert not precision.autocast_enabled("cpu")
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert precision.autocast_enabled("cpu")
+        assert not precision.autocast_enabled("meta")  # a device type autocast does not know
+    assert {"cpu", "cuda"} <= precision.AUTOCAST_DEVICE_TYPES and "meta" not in precision.AUTOCAST_DEVICE_TYPES
+    compiled = torch.compile(lambda x: x * 2 if precision.autocast_enabled("cpu") else x, fullgraph=True,
+                             backend="eager")
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert compiled(torch.ones(2)).tolist() == [2.0, 2.0]
+    assert compiled(torch.ones(2)).tolist() == [1.0, 1.0]
