@@ -111,7 +111,7 @@ def build_session(training: TrainingConfig, model: AceStepModelConfig, samples: 
     a, o = training.adapter, training.optimizer
     adapter = add_adapter(transformer, a.type, a.rank, a.alpha, a.dropout, a.targets, a.mlp, a.modules, a.lokr_factor)
     if precision in MIXED_PRECISIONS:
-        adapter.prepare_for_autocast()
+        adapter.skip_input_casts()
     if training.run.compile:
         compile_blocks(transformer)
     optimizer = build_optimizer(adapter.parameters(), o.name, o.lr, o.weight_decay, tuple(o.betas), o.eps)

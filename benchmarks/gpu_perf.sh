@@ -19,7 +19,6 @@
 #                                      trainer's dynamic shapes (acestep.training.compilation) cost
 #        8x60:ckpt 1x60                the same eagerly, with checkpointing at batch 8 (the presets' way)
 #        8x60:ckpt:diffnorm            8x60:ckpt with diffusers' RMSNorm (acestep.models.norms' effect)
-#        8x60:ckpt:peftlora            8x60:ckpt with PEFT's LoRA product (lora_product's effect)
 #        8x60:ckpt:diffrope            8x60:ckpt with diffusers' fp32 RoPE (apply_rope's effect)
 #        8x60:ckpt:difflayout          8x60:ckpt before acestep.models.layout (that change's effect)
 #        8x60:ckpt:peftcast            8x60:ckpt with PEFT's input casts (Adapter.skip_input_casts' effect)
@@ -44,7 +43,7 @@ RESULTS=${1:-${OUT:-gpu-perf}}
 BUDGET=${BUDGET:-450}
 SIZE=${SIZE:-2b}
 GOALS=${GOALS-8x60:compile,1x60:compile}
-CELLS=${CELLS-8x60:compile:staticcompile,8x60:ckpt,1x60,8x60:ckpt:diffnorm,8x60:ckpt:peftlora,8x60:ckpt:diffrope,8x60:ckpt:difflayout,8x60:ckpt:peftcast,1x60:ckpt,1x60:ckpt:diffckpt,8x60:ckpt:compile,4x60:ckpt,8x60:ckpt:halfckpt}
+CELLS=${CELLS-8x60:compile:staticcompile,8x60:ckpt,1x60,8x60:ckpt:diffnorm,8x60:ckpt:diffrope,8x60:ckpt:difflayout,8x60:ckpt:peftcast,1x60:ckpt,1x60:ckpt:diffckpt,8x60:ckpt:compile,4x60:ckpt,8x60:ckpt:halfckpt}
 source benchmarks/parts.sh  # PYTHON, the environment, part and $failed
 
 grid() {  # grid NAME CELLS: the grid's CELLS (empty: all) in what is left of the budget, into RESULTS/NAME

@@ -15,8 +15,7 @@ time, and counts the operators each dispatches (each one is a kernel launch on a
 - gradient checkpointing as diffusers does it (`use_reentrant=False`: a pack and an unpack hook
   per saved tensor);
 - gradient checkpointing as the trainer does it (`acestep.training.recompute`, re-entrant);
-- the trainer's checkpointing with PEFT's LoRA forward (before `acestep.training.lora_product`);
-- and with PEFT's input casts back on (before `Adapter.skip_input_casts`);
+- the trainer's checkpointing with PEFT's input casts back on (before `Adapter.skip_input_casts`);
 - and with diffusers' RoPE, which casts to fp32 and back (before `acestep.models.attention.apply_rope`);
 - with `--compile`, on a fresh model: the trainer's checkpointing with its blocks compiled as
   `run.compile` compiles them (`acestep.training.compilation`, dynamic shapes), then compiled for
@@ -38,7 +37,7 @@ import time
 import torch
 from common import model_config, random_transformer
 from op_count import CountOperators
-from variants import use_diffusers_rope, use_peft_input_casts, use_peft_lora_product, use_static_shape_compile
+from variants import use_diffusers_rope, use_peft_input_casts, use_static_shape_compile
 
 from acestep.models.config import parse_model_config
 from acestep.training.adapters import add_adapter
@@ -55,7 +54,7 @@ def build(layers: int):
     config.update(TINY_WIDTHS, num_hidden_layers=layers, layer_types=config["layer_types"][:layers])
     transformer = random_transformer(parse_model_config(config), torch.device("cpu"), torch.bfloat16)
     adapter = add_adapter(transformer, "lora", rank=4, alpha=8.0, dropout=0.1)
-    adapter.prepare_for_autocast()  # as the session does under mixed precision
+    adapter.skip_input_casts()  # as the session does under mixed precision
     return transformer.train(), adapter
 
 
@@ -124,8 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         ("no checkpointing", lambda: transformer.disable_gradient_checkpointing()),
         ("checkpointing, diffusers' default", lambda: transformer.enable_gradient_checkpointing()),
         ("checkpointing, the trainer's", lambda: enable_recompute(transformer)),
-        ("the trainer's, PEFT's LoRA product", lambda: use_peft_lora_product(transformer)),
-        ("and PEFT casts on", lambda: use_peft_input_casts(transformer)),
+        ("the trainer's, PEFT casts on", lambda: use_peft_input_casts(transformer)),
         ("and diffusers' RoPE", lambda: use_diffusers_rope(transformer)),
     ]
     print(f"torch {torch.__version__}, 1 CPU thread, {args.layers} blocks at tiny widths, LoRA on attention, "

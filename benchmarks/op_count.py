@@ -2,8 +2,7 @@
 
     env/bin/python benchmarks/op_count.py --size 2b --batch 4 --seconds 60
     env/bin/python benchmarks/op_count.py --size 2b --batch 4 --seconds 60 --diffusers-layout
-    env/bin/python benchmarks/op_count.py --size 2b --batch 4 --seconds 60 --diffusers-rmsnorm --diffusers-rope \
-        --peft-lora-product
+    env/bin/python benchmarks/op_count.py --size 2b --batch 4 --seconds 60 --diffusers-rmsnorm --diffusers-rope
 
 The transformer is built on PyTorch's meta device (shapes only, no memory, no arithmetic) with
 the LoRA adapter, gradient checkpointing on, in bf16, and one forward and backward of a batch is
@@ -24,7 +23,7 @@ from contextlib import contextmanager
 import torch
 from common import CONDITION_TOKENS, SIZES, model_config, random_transformer
 from torch.utils._python_dispatch import TorchDispatchMode
-from variants import use_diffusers_layout, use_diffusers_rms_norm, use_diffusers_rope, use_peft_lora_product
+from variants import use_diffusers_layout, use_diffusers_rms_norm, use_diffusers_rope
 
 from acestep.models.config import parse_model_config
 from acestep.training.adapters import add_adapter
@@ -67,13 +66,13 @@ def cuda_rms_norm_dispatch():
 
 
 def count_step(size: str, batch: int, seconds: float, rank: int = 64, diffusers_layout: bool = False,
-               diffusers_rms_norm: bool = False, diffusers_rope: bool = False, peft_lora: bool = False) -> Counter:
+               diffusers_rms_norm: bool = False, diffusers_rope: bool = False) -> Counter:
     """Operators of one forward + backward of the `size` DiT with a LoRA of `rank` on attention."""
     device, dtype = torch.device("meta"), torch.bfloat16
     model = random_transformer(parse_model_config(model_config(size)), device, dtype)
     adapter = add_adapter(model, "lora", rank=rank, alpha=2.0 * rank)
     torch.nn.Module.to(model, dtype)  # the meta device has no autocast: the adapter in bf16 as well
-    adapter.prepare_for_autocast()  # as the session does under mixed precision
+    adapter.skip_input_casts()  # as the session does under mixed precision
     enable_recompute(model)  # the trainer's checkpointing (acestep.training.recompute)
     model.train()
     if diffusers_layout:
@@ -82,8 +81,6 @@ def count_step(size: str, batch: int, seconds: float, rank: int = 64, diffusers_
         use_diffusers_rms_norm(model)
     if diffusers_rope:
         use_diffusers_rope(model)
-    if peft_lora:
-        use_peft_lora_product(model)
     frames = int(seconds * FRAMES_PER_SECOND)
     t = torch.full((batch,), 0.5, device=device, dtype=dtype)
     inputs = {"hidden_states": torch.empty(batch, frames, 64, device=device, dtype=dtype), "timestep": t,
@@ -113,18 +110,15 @@ def main(argv: list[str] | None = None) -> int:
                         help="diffusers' RMSNorm forward (without acestep.models.norms)")
     parser.add_argument("--diffusers-rope", action="store_true",
                         help="diffusers' RoPE in fp32 (without acestep.models.attention.apply_rope)")
-    parser.add_argument("--peft-lora-product", action="store_true",
-                        help="PEFT's LoRA forward (without acestep.training.lora_product)")
     parser.add_argument("--top", type=int, default=15, help="most frequent operators to list")
     args = parser.parse_args(argv)
     counts = count_step(args.size, args.batch, args.seconds, args.rank, args.diffusers_layout, args.diffusers_rmsnorm,
-                        args.diffusers_rope, args.peft_lora_product)
+                        args.diffusers_rope)
     layout = "diffusers' layout" if args.diffusers_layout else "sequence-major stream"
     norm = "diffusers' RMSNorm" if args.diffusers_rmsnorm else "fused RMSNorm"
     rope = "diffusers' RoPE" if args.diffusers_rope else "RoPE in bf16"
-    lora = "PEFT's LoRA product" if args.peft_lora_product else "fused LoRA product"
     print(f"one training step, {args.size} DiT, LoRA rank {args.rank}, batch {args.batch} x {args.seconds:g} s, "
-          f"gradient checkpointing, {layout}, {norm}, {rope}, {lora}:")
+          f"gradient checkpointing, {layout}, {norm}, {rope}:")
     for name, value in summary(counts).items():
         print(f"  {name:20s} {value:7d}")
     print("most frequent:", ", ".join(f"{name} {n}" for name, n in counts.most_common(args.top)))

@@ -11,12 +11,8 @@ a time (`VARIANTS`: `training_step.py`'s options and the grid's cell flags; `op_
 - `use_diffusers_rope` (`--diffusers-rope`, `:diffrope`): RoPE by diffusers' `apply_rotary_emb`
   (in fp32, cast back) instead of `acestep.models.attention.apply_rope` (in the activation dtype;
   the state before that change);
-- `use_peft_lora_product` (`--peft-lora-product`, `:peftlora`): PEFT's LoRA forward, the product
-  scaled and added by two more kernels, instead of `acestep.training.lora_product`'s one `addmm`
-  (the state before that change);
 - `use_peft_input_casts` (`--peft-casts`, `:peftcast`): PEFT's cast of each adapted layer's input
-  to fp32 turned back on (the state before `Adapter.skip_input_casts`; with the cast on, the
-  fused LoRA product gives way to PEFT's forward too);
+  to fp32 turned back on (the state before `Adapter.skip_input_casts`);
 - `use_diffusers_checkpointing` (`--diffusers-checkpointing`, `:diffckpt`, with checkpointing on):
   diffusers' hook-based gradient checkpointing instead of `acestep.training.recompute`'s
   re-entrant one (the state before that change);
@@ -80,13 +76,6 @@ def use_diffusers_rope(model: torch.nn.Module) -> int:
     for processor in processors.values():
         processor.rope = _diffusers_rope
     return len(processors)
-
-
-def use_peft_lora_product(model: torch.nn.Module) -> int:
-    """Give every fused LoRA layer of `model` PEFT's own forward again; returns how many."""
-    from acestep.training.lora_product import FusedLoraLinear
-
-    return _undo_subclass(model, FusedLoraLinear)
 
 
 def use_peft_input_casts(model: torch.nn.Module) -> int:
@@ -160,9 +149,6 @@ VARIANTS = (
     Variant("diffrope", "--diffusers-rope", "diffusers RoPE",
             "apply RoPE with diffusers' apply_rotary_emb (in fp32) instead of acestep.models.attention.apply_rope "
             "(in the activation dtype), to measure what that change gains", use_diffusers_rope),
-    Variant("peftlora", "--peft-lora-product", "PEFT LoRA product",
-            "add each LoRA product by PEFT's three kernels instead of one addmm (without "
-            "acestep.training.lora_product), to measure what that change gains", use_peft_lora_product),
     Variant("peftcast", "--peft-casts", "PEFT input casts",
             "let PEFT cast each adapted layer's input to fp32 again (without Adapter.skip_input_casts), to "
             "measure what skipping them gains", use_peft_input_casts),

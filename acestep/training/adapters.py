@@ -90,21 +90,6 @@ class Adapter:
         for layer in peft_layers(self.transformer):
             layer.cast_input_dtype_enabled = False
 
-    def fuse_lora_products(self) -> int:
-        """For training under autocast, with `skip_input_casts`: each LoRA layer adds its product to
-        the frozen output in one GEMM instead of a product, a scaling and a sum
-        (`acestep.training.lora_product`; DoRA, LoKr and any other call keep PEFT's or LyCORIS'
-        forward). Returns how many layers have it."""
-        from acestep.training.lora_product import fuse_lora_products
-
-        return fuse_lora_products(self.transformer)
-
-    def prepare_for_autocast(self) -> int:
-        """What training under autocast sets up (the session, under mixed precision):
-        `skip_input_casts`, then `fuse_lora_products`. Returns how many LoRA layers are fused."""
-        self.skip_input_casts()
-        return self.fuse_lora_products()
-
     def load_state_dict(self, state: dict[str, torch.Tensor], source: str = "Adapter state") -> None:
         """Restore weights saved by `state_dict`; every key and shape must match (no silent partial
         load). `source` names them in the error."""

@@ -161,8 +161,8 @@ class TrainingSession:
         a = config.adapter
         adapter = add_adapter(transformer, a.type, a.rank, a.alpha, a.dropout, a.targets, a.mlp, a.modules,
                               a.lokr_factor)
-        if precision in MIXED_PRECISIONS:  # training under autocast: no fp32 round trips, one GEMM per LoRA sum
-            adapter.prepare_for_autocast()
+        if precision in MIXED_PRECISIONS:  # training under autocast: no fp32 round trips of the layers' inputs
+            adapter.skip_input_casts()
         if config.run.compile:
             compile_blocks(transformer)
         train_indices, val_indices = list(plan.train_indices), list(plan.validation_indices)

@@ -45,7 +45,7 @@ def measure(kind, rank, dropout, targets, mlp, checkpointing=False, kernels=CPU_
         enable_recompute(model, ratio)  # as the session does
     adapter = add_adapter(model, kind, rank, 2.0 * rank, dropout, targets, mlp, None, -1)
     if kind != "lokr":
-        adapter.prepare_for_autocast()  # as the session does under mixed precision
+        adapter.skip_input_casts()  # as the session does under mixed precision
     model.train()
     batch = TrainingBatch(torch.randn(BATCH, FRAMES, 64), torch.ones(BATCH, FRAMES, dtype=torch.bool),
                           torch.randn(BATCH, TOKENS, 64), torch.ones(BATCH, TOKENS, dtype=torch.bool), ["a", "b"])

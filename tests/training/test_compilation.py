@@ -85,7 +85,7 @@ def test_a_block_of_the_trained_model_compiles_to_one_graph(fixture_dir, kind):
 
     compilation._trace_base_weights_as_is()  # what compile_blocks sets up; without it DoRA broke 25 times
     transformer, adapter = adapted(fixture_dir, kind, dropout=0.1)
-    adapter.prepare_for_autocast()
+    adapter.skip_input_casts()
     captured = {}
 
     def capture(module, args, kwargs):
