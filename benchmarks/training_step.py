@@ -161,7 +161,11 @@ def measure(timers: dict, warmup: int, rounds: int, steps: int, device: torch.de
     affects all alike), and on a GPU each loop's peak memory without the other loops' optimizer
     state (each loop has its own optimizer; a real run holds one); `warmup_seconds`: each loop's
     warm-up steps together, compiling included."""
-    warmups = {name: timer.seconds_per_step(warmup) * warmup for name, timer in timers.items()}
+    warmups = dict.fromkeys(timers, 0.0)
+    for name, timer in timers.items():  # step by step, printed: a cell cut off while compiling shows how far it got
+        for index in range(warmup):
+            warmups[name] += timer.seconds_per_step(1)
+            print(f"warm-up {name} step {index + 1}/{warmup}: {warmups[name]:.1f} s so far", flush=True)
     times = {name: [] for name in timers}
     peaks = dict.fromkeys(timers, 0)
     for _ in range(rounds):
@@ -217,7 +221,9 @@ def print_report(report: dict) -> None:
 
 def run(args, work: Path) -> dict:
     """Build the session, time the loops, return the report (see the module docstring)."""
+    began = time.monotonic()
     session = build_benchmark_session(args, work)
+    print(f"model {args.size} built in {time.monotonic() - began:.1f} s", flush=True)
     variants = [variant for variant in VARIANTS if getattr(args, variant.flag)]
     for variant in variants:
         variant.apply(session.model)
