@@ -151,7 +151,7 @@ def run_preview(args: argparse.Namespace) -> int:
     record = {"caption": request.caption, "lyrics": request.lyrics, "language": request.language, "bpm": request.bpm,
               "key": request.keyscale, "time_signature": request.timesignature, "duration": request.duration,
               "seed": request.seed, "steps": settings.steps, "shift": settings.shift,
-              "guidance_scale": settings.guidance_scale, "guidance": settings.guidance,
+              "guidance_scale": settings.guidance_scale, "guidance": settings.guidance_used,
               "checkpoint": str(bundle.path), "variant": bundle.variant, "quantization": args.quantization,
               "adapter": str(adapter) if adapter is not None else None,
               "strengths": [s for s in strengths if s is not None], "files": [f"{name}.wav" for name in names],

@@ -72,6 +72,12 @@ class SamplingSettings:
     guidance: str
     schedule: tuple[float, ...]
 
+    @property
+    def guidance_used(self) -> str:
+        """What guided the sampling, as records write it: the method where the scale is above 1, else
+        "none" (a scale of 1 or less samples without guidance, and a turbo model always does)."""
+        return self.guidance if self.guidance_scale > 1.0 else "none"
+
 
 def check_request(request: PreviewRequest) -> None:
     """Raise PreviewError naming the field when a request cannot be rendered."""

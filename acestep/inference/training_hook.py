@@ -167,7 +167,7 @@ class TrainingPreviews:
                   "language": request.language, "bpm": request.bpm, "key": request.keyscale,
                   "time_signature": request.timesignature, "duration": request.duration, "seed": request.seed,
                   "steps": settings.steps, "shift": settings.shift, "guidance_scale": settings.guidance_scale,
-                  "guidance": settings.guidance,
+                  "guidance": settings.guidance_used,
                   "checkpoint": str(s.checkpoint_info["checkpoint"]), "strengths": list(renders),
                   "files": [f"{strength_name(strength)}.wav" for strength in renders], "effect_db": effects,
                   "songs_distance": distances}

@@ -39,7 +39,7 @@ def test_preview_command_renders_each_strength_of_a_saved_adapter(tmp_path, turb
     assert record.pop("songs") is None and record.pop("songs_distance") == {}  # no --songs
     assert record == {"caption": "mystyle, lofi beat", "lyrics": "", "language": "en", "bpm": None, "key": "",
                       "time_signature": "", "duration": 0.4, "seed": 0, "steps": 8, "shift": 3.0,
-                      "guidance_scale": 1.0, "guidance": "apg", "checkpoint": str(turbo_dit), "variant": "turbo",
+                      "guidance_scale": 1.0, "guidance": "none", "checkpoint": str(turbo_dit), "variant": "turbo",
                       "quantization": "none", "adapter": str(folder), "strengths": [0.0, 1.0],
                       "files": ["strength-0.wav", "strength-1.wav"]}
     # the adapter effect, measured on the renders: the same figure from the 16-bit files

@@ -7,6 +7,7 @@ import torch
 from PIL import Image
 
 from acestep.inference import PreviewError, PreviewRenderer, PreviewRequest, write_preview
+from acestep.inference.preview import sampling_settings
 from acestep.inference.render import HOP, N_MELS
 from acestep.inference.strength import peft_layers
 
@@ -135,3 +136,14 @@ def test_write_preview_says_when_the_disk_is_full(tmp_path, monkeypatch):
     with pytest.raises(PreviewError, match=r"strength-1\.png: cannot write the preview \(the disk is full\)"):
         write_preview(np.zeros((2, 4800), np.float32), tmp_path, "strength-1")
     assert sorted(path.name for path in tmp_path.iterdir()) == ["strength-1.wav"]  # no temporary file left
+
+
+@pytest.mark.parametrize(("is_turbo", "scale", "method", "used"), [
+    (True, None, "cfg", "none"),  # turbo samples without guidance, whatever method was asked for
+    (False, None, "apg", "apg"),  # base/sft: 7 by default
+    (False, 7.5, "cfg", "cfg"),
+    (False, 1.0, "cfg", "none"),  # a scale of 1 or less: no guidance
+])
+def test_the_record_names_the_guidance_that_sampled(is_turbo, scale, method, used):
+    settings = sampling_settings(PreviewRequest(caption="x", guidance_scale=scale, guidance=method), is_turbo)
+    assert settings.guidance == method and settings.guidance_used == used

@@ -247,7 +247,7 @@ def test_the_record_holds_the_model_s_defaults_for_unset_sampler_options(tmp_pat
     result = train(make_config(tmp_path, tensors, turbo_dit, "run.epochs=1", *PREVIEW, "run.preview_every_epochs=1"))
     record = json.loads(next((result.run_dir / "previews").glob("step-*/preview.json")).read_text())
     assert (record["bpm"], record["key"], record["time_signature"]) == (None, "", "")
-    assert (record["steps"], record["shift"], record["guidance_scale"], record["guidance"]) == (8, 3.0, 1.0, "apg")
+    assert (record["steps"], record["shift"], record["guidance_scale"], record["guidance"]) == (8, 3.0, 1.0, "none")
 
 
 @pytest.mark.parametrize("overrides, fragment", [

@@ -273,7 +273,7 @@ def test_a_render_job_of_a_trained_run_on_the_cpu(trained):
     assert all(png is not None and png.stat().st_size > 0 for _, _, png in files)
     record = json.loads((folder / "preview.json").read_text())
     assert record["caption"] == "mystyle, lofi" and record["seed"] == 5 and record["strengths"] == [0.0, 1.0]
-    assert (record["steps"], record["shift"], record["guidance_scale"], record["guidance"]) == (8, 2.0, 1.0, "cfg")
+    assert (record["steps"], record["shift"], record["guidance_scale"], record["guidance"]) == (8, 2.0, 1.0, "none")
     assert record["songs"] == str(ctx.workspace.tensors / "songs") and list(record["songs_distance"]) == ["0", "1"]
     assert render_description(ctx, folder).startswith(
         "**mystyle, lofi** · instrumental · 0.6 s · seed 5 · 8 steps · shift 2 · turbo model")

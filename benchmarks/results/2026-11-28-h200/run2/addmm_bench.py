@@ -1,3 +1,4 @@
+# ruff: noqa: B023  (each closure is timed inside its own iteration of the loop)
 # The LoRA sum under bf16 autocast, forward + backward: PEFT's three kernels against one addmm.
 import torch
 import triton.testing as tt
