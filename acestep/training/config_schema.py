@@ -69,6 +69,10 @@ class DataConfig:
     max_seconds: float | None = _option(
         60.0, "Each step trains on a random crop of at most this many seconds of each sample; "
         "\"none\" trains on whole samples. Shorter crops use less VRAM.", gt=0)
+    repeats: int = _option(
+        1, "Times each training sample is seen per epoch, each time with its own random crop (1: once). With "
+        "few songs an epoch is a handful of steps; repeats make it longer, so the per-epoch saves, previews, "
+        "validation and early stopping come less often. The steps per epoch grow by the same factor.", ge=1)
     group_by_length: bool = _option(
         True, "Batch samples of similar length together, so less padding is computed (padded frames "
         "never count in the loss).")

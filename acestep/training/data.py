@@ -47,16 +47,20 @@ class TrainingBatch:
 
 
 class CroppedSamples(Dataset):
-    """Samples of a tensors directory, each cut to at most `max_frames` latent frames.
+    """Samples of a tensors directory, each cut to at most `max_frames` latent frames, each there
+    `repeats` times (`data.repeats`; position p is copy p // len(indices) of sample p % len(indices)).
 
-    Training crops start at a random offset drawn from (seed, epoch, index); validation crops
-    (`random_crop=False`) always start at 0, so the validation loss is comparable across epochs.
+    Training crops start at a random offset drawn from (seed, epoch, index), and for the copies
+    after the first from (seed, epoch, index, copy); validation crops (`random_crop=False`) always
+    start at 0, so the validation loss is comparable across epochs.
     """
 
     def __init__(self, samples: PreprocessedDataset, indices: Sequence[int], max_frames: int | None,
-                 seed: int, random_crop: bool = True):
+                 seed: int, random_crop: bool = True, repeats: int = 1):
+        if int(repeats) != repeats or repeats < 1:
+            raise ValueError(f"repeats must be a whole number of 1 or more, got {repeats!r}")
         self.samples, self.indices, self.max_frames = samples, list(indices), max_frames
-        self.seed, self.random_crop, self.epoch = seed, random_crop, 0
+        self.seed, self.random_crop, self.epoch, self.repeats = seed, random_crop, 0, int(repeats)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -64,15 +68,18 @@ class CroppedSamples(Dataset):
     def frames(self) -> list[int]:
         """Length of each item after cropping (what batching groups by)."""
         lengths = [self.samples.frames[i] for i in self.indices]
-        return [min(n, self.max_frames) if self.max_frames else n for n in lengths]
+        return [min(n, self.max_frames) if self.max_frames else n for n in lengths] * self.repeats
 
     def __len__(self) -> int:
-        return len(self.indices)
+        return len(self.indices) * self.repeats
 
     def __getitem__(self, key: int | tuple[int, int]) -> dict:
         """The item at a position, cropped for the epoch set with `set_epoch`; or at (epoch, position),
         cropped for that epoch (what a loader's worker processes get: they hold their own copy)."""
         epoch, position = key if isinstance(key, tuple) else (self.epoch, key)
+        if not 0 <= position < len(self):
+            raise IndexError(f"position {position} is outside the {len(self)} items")
+        copy, position = divmod(position, len(self.indices))
         index = self.indices[position]
         item = self.samples[index]
         latents = item["target_latents"]
@@ -80,8 +87,8 @@ class CroppedSamples(Dataset):
         if self.max_frames and frames > self.max_frames:
             offset = 0
             if self.random_crop:
-                offset = random.Random(derived_seed(self.seed, "crop", epoch, index)).randrange(
-                    frames - self.max_frames + 1)
+                draw = ("crop", epoch, index) + ((copy,) if copy else ())  # the first copy: as without repeats
+                offset = random.Random(derived_seed(self.seed, *draw)).randrange(frames - self.max_frames + 1)
             latents = latents[offset: offset + self.max_frames]
         return {"target_latents": latents, "encoder_hidden_states": item["encoder_hidden_states"],
                 "encoder_attention_mask": item["encoder_attention_mask"], "id": item["id"]}

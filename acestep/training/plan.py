@@ -109,7 +109,8 @@ class RunPlan:
     early_stopping_patience: int
     crop_frames: int | None
     training_frames: int  # the training songs' frames, whole
-    shown_frames: int  # ... and what one epoch's crops show of them
+    shown_frames: int  # ... and what one pass's crops show of them
+    repeats: int = 1  # passes over the training songs per epoch (data.repeats)
 
     @property
     def training_samples(self) -> int:
@@ -135,7 +136,8 @@ class RunPlan:
         stop = (f" (run.max_steps stops it after {self.epochs_run:.1f} of the {self.epochs} epochs)"
                 if self.max_steps is not None and self.total_steps < self.steps_per_epoch * self.epochs
                 else f" ({self.epochs} epochs)")
-        text = (f"{self.training_samples} song(s) train{validation}. Per epoch: {self.batches_per_epoch} "
+        passes = f"each song {self.repeats} times (data.repeats), " if self.repeats > 1 else ""
+        text = (f"{self.training_samples} song(s) train{validation}. Per epoch: {passes}{self.batches_per_epoch} "
                 f"batch(es) of {self.batch_size}{' per process' if self.world_size > 1 else ''}, "
                 f"{self.steps_per_epoch} optimizer step(s); effective batch {self.effective_batch} "
                 f"({self.batch_size} x {self.accumulation} accumulation{processes}). {self.total_steps:,} "
@@ -144,9 +146,10 @@ class RunPlan:
             text += (f" Early stopping after {self.early_stopping_patience} epochs without improvement, "
                      f"{self.early_stopping_patience * self.steps_per_epoch:,} steps.")
         if self.crop_frames and self.shown_frames < self.training_frames:
+            each = "per pass, a new crop each pass" if self.repeats > 1 else "per epoch, a new crop each epoch"
             text += (f" Crops of {self.crop_frames / FRAMES_PER_SECOND:g} s show "
                      f"{100 * self.shown_frames / self.training_frames:.0f}% of the songs' "
-                     f"{self.training_frames / FRAMES_PER_SECOND / 60:.1f} minutes per epoch, a new crop each epoch.")
+                     f"{self.training_frames / FRAMES_PER_SECOND / 60:.1f} minutes {each}.")
         return text
 
     def notes(self) -> list[str]:
@@ -174,10 +177,12 @@ def plan_run(config, frames: Sequence[int], world_size: int = 1) -> RunPlan:
     the run would have no batch: the message says why."""
     train, validation = split_train_validation(len(frames), config.data.validation_split,
                                                config.data.validation_seed)
-    batches = batches_per_epoch(len(train), config.data.batch_size, world_size)
+    repeats = config.data.repeats
+    batches = batches_per_epoch(len(train) * repeats, config.data.batch_size, world_size)
     if batches == 0:
-        raise TrainingError(f"{config.data.tensors_dir} gives no training batch: {len(train)} training sample(s) "
-                            f"for {world_size} process(es) with batch size {config.data.batch_size}.")
+        seen = f" x {repeats} repeats" if repeats > 1 else ""
+        raise TrainingError(f"{config.data.tensors_dir} gives no training batch: {len(train)} training sample(s)"
+                            f"{seen} for {world_size} process(es) with batch size {config.data.batch_size}.")
     accumulation = config.optimizer.gradient_accumulation
     crop = crop_frames(config.data.max_seconds)
     whole = [frames[i] for i in train]
@@ -188,7 +193,7 @@ def plan_run(config, frames: Sequence[int], world_size: int = 1) -> RunPlan:
         total_steps=total_optimizer_steps(batches, accumulation, config.run.epochs, config.run.max_steps),
         epochs=config.run.epochs, max_steps=config.run.max_steps,
         early_stopping_patience=config.run.early_stopping_patience, crop_frames=crop,
-        training_frames=sum(whole), shown_frames=sum(min(n, crop) if crop else n for n in whole))
+        training_frames=sum(whole), shown_frames=sum(min(n, crop) if crop else n for n in whole), repeats=repeats)
 
 
 def plan_for(config, gpus_found: int) -> RunPlan:

@@ -167,7 +167,7 @@ class TrainingSession:
             compile_blocks(transformer)
         train_indices, val_indices = list(plan.train_indices), list(plan.validation_indices)
         max_frames = crop_frames(config.data.max_seconds)
-        train_set = CroppedSamples(samples, train_indices, max_frames, config.run.seed)
+        train_set = CroppedSamples(samples, train_indices, max_frames, config.run.seed, repeats=config.data.repeats)
         validation_set = CroppedSamples(samples, val_indices, max_frames, config.run.seed, random_crop=False) \
             if val_indices else None
         batches, total = plan.batches_per_epoch, plan.total_steps

@@ -55,6 +55,22 @@ def test_an_epoch_keyed_item_is_the_crop_of_that_epoch_whatever_set_epoch_says()
     assert list(sampler) == [[(1, p) for p in batch] for batch in batches] and len(sampler) == len(batches) == 1
 
 
+def test_repeats_give_each_sample_several_items_with_their_own_crops():
+    once = CroppedSamples(FakeSamples(), [5, 3, 4], max_frames=12, seed=1)
+    data = CroppedSamples(FakeSamples(), [5, 3, 4], max_frames=12, seed=1, repeats=4)
+    assert len(data) == 12 and data.frames() == once.frames() * 4
+    assert [data[p]["id"] for p in range(12)] == ["s5", "s3", "s4"] * 4
+    starts = [data[p]["target_latents"][0, 0].item() for p in range(12)]
+    assert starts[:3] == [once[p]["target_latents"][0, 0].item() for p in range(3)]  # copy 0: as without repeats
+    copies_of_s5 = starts[0::3]  # 45 frames: 34 possible starts, four draws
+    assert len(set(copies_of_s5)) > 1
+    assert [data[(0, p)]["target_latents"][0, 0].item() for p in range(12)] == starts  # keyed by (epoch, position)
+    with pytest.raises(IndexError, match="position 12 is outside the 12 items"):
+        data[12]
+    with pytest.raises(ValueError, match="repeats must be a whole number of 1 or more, got 0"):
+        CroppedSamples(FakeSamples(), [1], max_frames=12, seed=1, repeats=0)
+
+
 def test_validation_crops_start_at_zero():
     data = CroppedSamples(FakeSamples(), range(6), max_frames=12, seed=1, random_crop=False)
     assert all(data[i]["target_latents"][0, 0].item() == 0 for i in range(6))

@@ -104,3 +104,21 @@ def test_several_processes_share_the_batches_and_too_few_songs_give_no_batch():
     with pytest.raises(TrainingError, match=r"/data/tensors gives no training batch: 1 training sample\(s\) for "
                                             r"2 process\(es\) with batch size 1"):
         plan_run(config(), [900], world_size=2)
+
+
+def test_repeats_pass_over_the_songs_several_times_per_epoch():
+    frames = [3000, 1000, 6000, 500]
+    once = plan_run(config(data={"batch_size": 2}, run={"epochs": 10}), frames)
+    thrice = plan_run(config(data={"batch_size": 2, "repeats": 3}, run={"epochs": 10}), frames)
+    assert (once.batches_per_epoch, once.total_steps) == (2, 20)
+    assert (thrice.batches_per_epoch, thrice.total_steps) == (6, 60)  # 12 items: 6 batches of 2
+    assert thrice.train_indices == once.train_indices and thrice.shown_frames == once.shown_frames
+    text = thrice.describe()
+    assert "4 song(s) train, none held out for validation. Per epoch: each song 3 times (data.repeats), 6 batch(es)" \
+        in text and "minutes per pass, a new crop each pass." in text
+    assert "each song" not in once.describe() and "per epoch, a new crop each epoch" in once.describe()
+    # one song on two processes: no batch without repeats, a batch each with two
+    plan = plan_run(config(data={"repeats": 2}), [900], world_size=2)
+    assert plan.batches_per_epoch == 1
+    with pytest.raises(TrainingError, match=r"1 training sample\(s\) x 3 repeats for 4 process\(es\)"):
+        plan_run(config(data={"repeats": 3}), [900], world_size=4)

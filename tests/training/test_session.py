@@ -99,3 +99,22 @@ def test_compile_without_triton_stops_before_the_model_loads(config, pretend_cud
         train(apply_overrides(config, ["run.compile=true", "run.skip_vram_check=true"]))
     compilation.check_compile_support("cpu")  # CPU (C++) and MPS kernels need no Triton
     compilation.check_compile_support("mps")
+
+
+def test_repeats_train_each_sample_that_many_times_an_epoch(config, monkeypatch):
+    """data.repeats 3 over 2 samples: the epoch has 6 batches of 1, each sample 3 times, and the run
+    trains the plan's 6 steps (the copies' own crops: test_data)."""
+    from acestep.training.session import TrainingSession
+
+    seen, epoch_batches = [], TrainingSession.epoch_batches
+
+    def logged(self, epoch, skip):
+        for batch in epoch_batches(self, epoch, skip):
+            seen.append(tuple(batch.ids))
+            yield batch
+
+    monkeypatch.setattr(TrainingSession, "epoch_batches", logged)
+    result = train(apply_overrides(config, ["data.repeats=3", "run.max_steps=null", "run.epochs=1",
+                                            "run.save_every_epochs=0"]))
+    assert result.step == 6 and len(seen) == 6
+    assert sorted(ids for batch in seen for ids in batch) == ["sample00"] * 3 + ["sample01"] * 3
