@@ -8,8 +8,8 @@ are compared with the settings the checkpoint was written with (its state holds 
   average (`optimizer.ema_decay`). The optimizer's saved state brings back its own lr, betas, eps
   and weight decay, so a new value would be ignored without a word; a resume cannot change these,
   start a new run instead;
-- deciding the order and the crops of the data (batch size, accumulation, crop length, grouping,
-  seed): the run would no longer continue as it began. Refused unless `--force`, as a changed
+- deciding the order and the crops of the data (batch size, accumulation, crop length, repeats,
+  grouping, seed): the run would no longer continue as it began. Refused unless `--force`, as a changed
   dataset or number of processes is;
 - everything else (epochs, step cap, learning-rate schedule, adapter dropout, the objective,
   saving, logging, previews, early stopping, precision and speed settings): taken from the step
@@ -34,8 +34,8 @@ from acestep.training.state import load_state_entry
 HELD_IN_CHECKPOINT = ("model.checkpoint", "adapter.type", "adapter.rank", "adapter.alpha", "adapter.targets",
                       "adapter.mlp", "adapter.modules", "adapter.lokr_factor", "optimizer.name", "optimizer.lr",
                       "optimizer.betas", "optimizer.eps", "optimizer.weight_decay", "optimizer.ema_decay")
-DATA_ORDER = ("data.batch_size", "data.max_seconds", "data.group_by_length", "optimizer.gradient_accumulation",
-              "run.seed")
+DATA_ORDER = ("data.batch_size", "data.max_seconds", "data.repeats", "data.group_by_length",
+              "optimizer.gradient_accumulation", "run.seed")
 SCHEDULE = ("run.epochs", "run.max_steps", "optimizer.scheduler", "optimizer.warmup_steps", "optimizer.restarts")
 RUN_FOLDER = ("run.output_dir", "run.name")  # the run folder is the one resumed, whatever these say
 

@@ -81,6 +81,16 @@ def test_a_change_of_the_data_order_needs_force(tmp_path, tensors_17, tiny_dit):
     assert load_config(run.run_dir / "config.toml").data.batch_size == 9
 
 
+def test_a_change_of_the_repeats_needs_force_too(tmp_path, tensors_17, tiny_dit):
+    """data.repeats decides how many batches an epoch has and which copy a position is: like the
+    batch size, changing it on resume changes the data a resumed epoch trains on."""
+    run = train(make_config(tmp_path, tensors_17, tiny_dit, "run.epochs=1", "data.batch_size=17"))
+    changed = apply_overrides(load_config(run.run_dir / "config.toml"), ["data.repeats=2", "run.epochs=2"])
+    with pytest.raises(TrainingError, match="with data.repeats 1 -> 2: the order and the crops of the data would "
+                                            "differ .*pass --force"):
+        train(changed, resume=run.run_dir)
+
+
 def test_an_edit_of_the_run_s_config_toml_is_compared_with_what_the_checkpoint_trained_with(tmp_path, tensors_17,
                                                                                           tiny_dit):
     from acestep.training.config import save_config
