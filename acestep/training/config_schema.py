@@ -206,8 +206,8 @@ class RunConfig:
         "estimate counts it).", gt=0, le=1)
     compile: bool = _option(
         False, "torch.compile each transformer block, for shapes that change from batch to batch: fewer, fused "
-               "kernels (1.6x faster steps on an H200), after a first minute of compiling (kept in cache/torch-compile "
-               "for later runs); previews run uncompiled.")
+               "kernels (1.6x faster steps at batch 4 on an H200), after a few minutes of compiling at the start (kept "
+               "in cache/torch-compile for later runs); previews run uncompiled.")
     skip_vram_check: bool = _option(
         False, "Start on a CUDA GPU even when the estimated peak memory is above the GPU's free memory. The "
         "check (CUDA only) stops such a run before the model loads, naming the shortfall, the processes holding "
