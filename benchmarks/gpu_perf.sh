@@ -15,6 +15,9 @@
 #      batch 8 x 60 s, and what the other kernels and two rewrites of the call cost (attention.log);
 #   5. the grid's other cells (CELLS; grid/grid.md, grid/grid.json, logs), in this order, until the
 #      budget is spent:
+#        8x60:compile:cudagraphs 1x60:compile:cudagraphs
+#                                      the goal cells with the blocks compiled with CUDA graphs
+#                                      (mode reduce-overhead): what replaying them saves a host-bound step
 #        8x60:compile:staticcompile    8x60:compile with the blocks compiled for static shapes, what the
 #                                      trainer's dynamic shapes (acestep.training.compilation) cost
 #        8x60:ckpt 1x60                the same eagerly, with checkpointing at batch 8 (the presets' way)
@@ -48,7 +51,7 @@ SIZE=${SIZE:-2b}
 PARTS=${PARTS:-preprocess goals attention grid}
 COMPILE_TIMEOUT=${COMPILE_TIMEOUT:-240}
 GOALS=${GOALS-8x60:compile,1x60:compile}
-CELLS=${CELLS-8x60:compile:staticcompile,8x60:ckpt,1x60,8x60:ckpt:diffnorm,8x60:ckpt:diffrope,8x60:ckpt:difflayout,8x60:ckpt:peftcast,1x60:ckpt,1x60:ckpt:diffckpt,8x60:ckpt:compile,4x60:ckpt,8x60:ckpt:halfckpt}
+CELLS=${CELLS-8x60:compile:cudagraphs,1x60:compile:cudagraphs,8x60:compile:staticcompile,8x60:ckpt,1x60,8x60:ckpt:diffnorm,8x60:ckpt:diffrope,8x60:ckpt:difflayout,8x60:ckpt:peftcast,1x60:ckpt,1x60:ckpt:diffckpt,8x60:ckpt:compile,4x60:ckpt,8x60:ckpt:halfckpt}
 source benchmarks/parts.sh  # PYTHON, the environment, part and $failed
 
 wanted() { [[ " $PARTS " == *" $1 "* ]]; }  # wanted PART: whether PARTS names it

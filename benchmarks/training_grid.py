@@ -9,8 +9,8 @@ each cell in a fresh process with a time limit, and write the figures as a table
 A cell is `BATCHxSECONDS` plus `:ckpt` (gradient checkpointing) and `:compile` (regional compile),
 and a variant's flag to measure one change (benchmarks/variants.py: `:difflayout` diffusers'
 transposed residual stream, `:diffnorm` diffusers' RMSNorm, `:diffrope` diffusers' RoPE,
-`:peftcast` PEFT's input casts, `:diffckpt` diffusers'
-checkpointing, `:staticcompile` blocks compiled for static shapes); without `--cells` the grid is every
+`:peftcast` PEFT's input casts, `:diffckpt` diffusers' checkpointing, `:staticcompile` blocks
+compiled for static shapes, `:cudagraphs` with CUDA graphs); without `--cells` the grid is every
 combination of `--batches`, `--seconds`, `--checkpointing` and `--compile`. Each cell runs in its
 own process (its own CUDA context and peak memory), which is killed with its process group at the
 cell's time limit, so a hang or a crash loses only that

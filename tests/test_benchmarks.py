@@ -451,7 +451,7 @@ def test_peft_cast_variant_turns_the_casts_the_trainer_skips_back_on():
     assert variants.use_peft_input_casts(model) == len(layers) == len(adapter.modules)
     assert all(layer.cast_input_dtype_enabled for layer in layers)
     assert [v.flag for v in variants.VARIANTS] == ["difflayout", "diffnorm", "diffrope", "peftcast",
-                                                   "diffckpt", "halfckpt", "staticcompile"]
+                                                   "diffckpt", "halfckpt", "staticcompile", "cudagraphs"]
 
 
 def test_diffusers_checkpointing_variant_puts_back_diffusers_hook_based_checkpointing():
@@ -514,6 +514,22 @@ def test_static_compile_variant_compiles_the_blocks_for_the_shapes_they_first_se
     assert counters["stats"]["unique_graphs"] == first  # the same shapes: nothing new
     forward(7)  # a static graph serves one condition length: another length compiles again
     assert counters["stats"]["unique_graphs"] > first
+
+
+def test_cuda_graphs_variant_compiles_each_compiled_block_again_with_reduce_overhead(monkeypatch):
+    """CUDA graphs record on a GPU only; here the variant's own work: which blocks it compiles again,
+    and how (inductor's reduce-overhead mode, static shapes)."""
+    from acestep.training.compilation import compile_blocks
+
+    common, variants = bench("common"), bench("variants")
+    model = tiny_random_transformer(common)
+    with pytest.raises(ValueError, match="needs compile on"):
+        variants.use_cuda_graphs(model)
+    compile_blocks(model, backend="eager")
+    calls = []
+    monkeypatch.setattr(torch.nn.Module, "compile", lambda self, **kwargs: calls.append((self, kwargs)))
+    assert variants.use_cuda_graphs(model) == len(model.layers)
+    assert calls == [(block, {"mode": "reduce-overhead", "dynamic": False}) for block in model.layers]
 
 
 def test_host_overhead_times_each_way_of_running_the_step(capsys):
