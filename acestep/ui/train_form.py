@@ -33,7 +33,7 @@ BASIC_ROWS = (
     ("data.tensors_dir", "run.name"),
     ("adapter.type", "adapter.rank", "adapter.alpha"),
     ("optimizer.lr", "run.epochs", "data.batch_size", "optimizer.gradient_accumulation"),
-    ("data.max_seconds", "run.gradient_checkpointing"),
+    ("data.max_seconds", "data.repeats", "run.gradient_checkpointing"),
 )
 BASIC_FIELDS = tuple(path for row in BASIC_ROWS for path in row)
 PREVIEW_PREFIX = "run.preview_"
@@ -44,7 +44,8 @@ LABELS = {
     "data.tensors_dir": "Tensors folder", "run.name": "Run name", "adapter.type": "Adapter type",
     "adapter.rank": "Rank", "adapter.alpha": "Alpha", "optimizer.lr": "Learning rate", "run.epochs": "Epochs",
     "data.batch_size": "Batch size", "optimizer.gradient_accumulation": "Gradient accumulation",
-    "data.max_seconds": "Crop seconds", "run.gradient_checkpointing": "Gradient checkpointing",
+    "data.max_seconds": "Crop seconds", "data.repeats": "Repeats per epoch",
+    "run.gradient_checkpointing": "Gradient checkpointing",
     "model.checkpoint": "Model", "model.checkpoints_dir": "Checkpoints folder", "run.output_dir": "Runs folder",
     "model.quantization": "Frozen weights in 4 bits (nf4: QLoRA)",
     "optimizer.ema_decay": "Moving average (EMA) decay",

@@ -47,7 +47,7 @@ def test_defaults_are_the_documented_ones():
         "version": 1,
         "model": {"checkpoint": "acestep-v15-turbo", "checkpoints_dir": None, "dtype": "auto",
                   "quantization": "none"},
-        "data": {"tensors_dir": "", "batch_size": 1, "max_seconds": 60.0, "group_by_length": True,
+        "data": {"tensors_dir": "", "batch_size": 1, "max_seconds": 60.0, "repeats": 1, "group_by_length": True,
                  "validation_split": 0.0, "validation_seed": 1234, "num_workers": 0},
         "adapter": {"type": "lora", "rank": 64, "alpha": 128.0, "dropout": 0.1, "targets": "attention",
                     "mlp": False, "modules": [], "lokr_factor": -1},

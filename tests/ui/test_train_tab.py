@@ -153,6 +153,9 @@ def test_the_run_plan_counts_the_chosen_tensors_folders_songs_on_the_gpus_the_ru
     two = plan_text(ctx, config, gpu_report((24, 20), (24, 20)))  # devices=auto takes both GPUs
     assert "10 batch(es) of 1 per process, 3 optimizer step(s); effective batch 8 (1 x 4 accumulation x 2" in two
     assert "2,400 optimizer steps in all (800 epochs)" in two
+    repeated = config_from_values(with_input(form_values("run.epochs=800"), "data.repeats", 3.0))  # as Gradio sends it
+    assert repeated.data.repeats == 3
+    assert "Per epoch: each song 3 times (data.repeats), 60 batch(es) of 1" in plan_text(ctx, repeated, gpu_report())
     outside = config_from_values(form_values(f"data.tensors_dir={tmp_path}"))
     assert plan_text(ctx, outside, gpu_report()).startswith("**Run plan**: The tensors folder (data.tensors_dir)")
 
