@@ -113,6 +113,23 @@ def collate(items: list[dict]) -> TrainingBatch:
     return TrainingBatch(latents.float(), frame_mask, states, encoder_mask, [item["id"] for item in items])
 
 
+def _apart_from(order: list[int], positions: list[int], samples: int, batch_size: int) -> list[int]:
+    """`positions` (the next pass) with its first items swapped, where needed, for later ones so that
+    the batch they share with the end of `order` holds no second copy of a sample (position p is a
+    copy of sample p % samples), as far as the pass has other samples to offer."""
+    shared = len(order) % batch_size
+    if not shared:
+        return positions
+    taken, head = {p % samples for p in order[-shared:]}, batch_size - shared
+    for i in range(min(head, len(positions))):
+        if positions[i] % samples in taken:
+            free = next((j for j in range(head, len(positions)) if positions[j] % samples not in taken), None)
+            if free is None:
+                break
+            positions[i], positions[free] = positions[free], positions[i]
+    return positions
+
+
 class EpochBatches(Sampler[list[int]]):
     """The batches of one epoch for one process, as lists of dataset positions.
 
@@ -121,24 +138,37 @@ class EpochBatches(Sampler[list[int]]):
     lengths (little padding) while the order stays random. Under DDP every process gets every
     `world_size`-th batch; the last incomplete round is dropped so all processes take the same
     number of steps. `skip` drops the first batches of the epoch (resume).
+
+    With `passes` above 1 (`data.repeats`: the positions are that many copies of the samples, as
+    `CroppedSamples` lays them out), each pass over the samples is shuffled and grouped on its own
+    and the passes follow one another before the batches are cut: the copies of a sample, which
+    have the same length, are not sorted next to each other into one batch.
     """
 
     WINDOW_BATCHES = 32
 
     def __init__(self, lengths: Sequence[int], batch_size: int, seed: int, epoch: int,
-                 group_by_length: bool = True, rank: int = 0, world_size: int = 1, skip: int = 0):
+                 group_by_length: bool = True, rank: int = 0, world_size: int = 1, skip: int = 0,
+                 passes: int = 1):
+        if passes < 1 or len(lengths) % passes:
+            raise ValueError(f"{len(lengths)} positions are not {passes} passes over the same samples")
         self.lengths, self.batch_size, self.seed, self.epoch = list(lengths), batch_size, seed, epoch
         self.group_by_length, self.rank, self.world_size, self.skip = group_by_length, rank, world_size, skip
+        self.passes = passes
 
     def all_batches(self) -> list[list[int]]:
         """Every process's batches for this epoch, in order (before sharding)."""
-        order = list(range(len(self.lengths)))
+        samples = len(self.lengths) // self.passes
         rng = random.Random(derived_seed(self.seed, "order", self.epoch))
-        rng.shuffle(order)
-        if self.group_by_length:
-            window = self.batch_size * self.WINDOW_BATCHES
-            order = [p for start in range(0, len(order), window)
-                     for p in sorted(order[start:start + window], key=lambda q: self.lengths[q])]
+        order = []
+        for copy in range(self.passes):  # one pass: the order of a run without repeats
+            positions = [copy * samples + i for i in range(samples)]
+            rng.shuffle(positions)
+            if self.group_by_length:
+                window = self.batch_size * self.WINDOW_BATCHES
+                positions = [p for start in range(0, len(positions), window)
+                             for p in sorted(positions[start:start + window], key=lambda q: self.lengths[q])]
+            order += _apart_from(order, positions, samples, self.batch_size)
         batches = [order[i:i + self.batch_size] for i in range(0, len(order), self.batch_size)]
         if self.group_by_length:
             rng.shuffle(batches)

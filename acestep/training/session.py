@@ -229,7 +229,8 @@ class TrainingSession:
                                             pin_memory=self.fabric.device.type == "cuda")
         self._epoch_sampler.use(EpochBatches(self.train_set.frames(), self.config.data.batch_size,
                                              self.config.run.seed, epoch, self.config.data.group_by_length,
-                                             self.fabric.global_rank, self.fabric.world_size, skip=skip))
+                                             self.fabric.global_rank, self.fabric.world_size, skip=skip,
+                                             passes=self.train_set.repeats))
         return self._train_loader
 
     def use_train_set(self, train_set: CroppedSamples) -> None:

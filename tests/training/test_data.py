@@ -97,6 +97,37 @@ def test_epoch_batches_cover_every_sample_once_and_group_lengths():
     assert EpochBatches(lengths, 4, 3, 1).all_batches() != batches
 
 
+@pytest.mark.parametrize("group", [True, False])
+def test_with_repeats_the_copies_of_a_song_do_not_fill_a_batch_together(group):
+    """5 songs shorter than the crop (distinct lengths), 10 repeats, batches of 2: sorted by length
+    over all 50 positions, nearly every batch held two copies of one song, the same crop twice.
+    Pass by pass, a batch holds two songs; the epoch has the batches the plan counts."""
+    lengths = [11, 23, 17, 30, 14] * 10
+    batches = EpochBatches(lengths, 2, seed=4, epoch=3, group_by_length=group, passes=10).all_batches()
+    assert sorted(p for batch in batches for p in batch) == list(range(50)) and len(batches) == 25
+    assert all(len({p % 5 for p in batch}) == len(batch) for batch in batches)
+    for samples, batch_size, passes, seed in [(s, b, r, seed) for s in (3, 5, 8, 33) for b in (1, 2, 3)
+                                              for r in (2, 3, 7) for seed in range(4)]:
+        many = EpochBatches([(7 * i) % 13 + 5 for i in range(samples)] * passes, batch_size, seed=seed, epoch=1,
+                            group_by_length=group, passes=passes).all_batches()
+        assert sorted(p for batch in many for p in batch) == list(range(samples * passes))
+        assert all(len({p % samples for p in batch}) == len(batch) for batch in many), (samples, batch_size, passes)
+    with pytest.raises(ValueError, match="50 positions are not 3 passes"):
+        EpochBatches(lengths, 2, seed=4, epoch=3, passes=3)
+
+
+def test_one_pass_keeps_the_order_of_a_run_without_repeats():
+    lengths = [(17 * i) % 50 + 10 for i in range(40)]
+    for group in (True, False):
+        assert EpochBatches(lengths, 3, seed=9, epoch=2, group_by_length=group, passes=1).all_batches() == \
+            EpochBatches(lengths, 3, seed=9, epoch=2, group_by_length=group).all_batches()
+    # pinned (computed before repeats existed): a resumed run gets the batches it had
+    assert EpochBatches(lengths[:8], 2, seed=9, epoch=2, group_by_length=False).all_batches() == \
+        [[4, 0], [6, 3], [7, 1], [5, 2]]
+    assert EpochBatches(lengths, 4, seed=9, epoch=2).all_batches()[:3] == \
+        [[5, 8, 11, 14], [19, 22, 25, 28], [29, 32, 35, 38]]
+
+
 def test_skip_resumes_inside_an_epoch():
     lengths = list(range(1, 18))
     full = list(EpochBatches(lengths, 1, seed=9, epoch=2))
