@@ -39,9 +39,9 @@
 # "preprocess goals attention grid"; the 2026-11-28 H200 run measured preprocess and attention, so
 # `PARTS="goals grid"` gives a short lease to the step); COMPILE_TIMEOUT a compiled cell's limit in
 # seconds (default 240: whole-block graphs took over 115 s to compile at batch 8 on the H200); GOALS
-# the goal cells (empty: none); CELLS the other cells (empty: all 24); SIZE=tiny checks the script on a CPU in about a minute (with
-# GOALS=1x1 CELLS=1x1); PYTHON the interpreter (default: env/bin/python when present, else
-# python3). Exit status: the number of parts that failed (a cell out of memory is a result, not a
+# the goal cells (empty: none); CELLS the other cells (empty: all 24); SIZE=tiny checks the script
+# on a CPU in about a minute (with GOALS=1x1 CELLS=1x1); PYTHON the interpreter (default:
+# env/bin/python when present, else python3). Exit status: the number of parts that failed (a cell out of memory is a result, not a
 # failure).
 set -u
 cd "$(dirname "$0")/.."

@@ -105,13 +105,20 @@ def use_diffusers_checkpointing(model: torch.nn.Module) -> int:
     return len(models)
 
 
+def _compiled_blocks(model: torch.nn.Module, variant: str) -> list[torch.nn.Module]:
+    """The modules of `model` that torch.compile compiled (the blocks, with compile on). Raises
+    ValueError naming `variant` when there are none: such a variant needs compile on."""
+    blocks = [m for m in model.modules() if getattr(m, "_compiled_call_impl", None) is not None]
+    if not blocks:
+        raise ValueError(f"the {variant} variant needs compile on (:compile)")
+    return blocks
+
+
 def use_static_shape_compile(model: torch.nn.Module, backend: str = "inductor") -> int:
     """Compile every compiled block of `model` again for static shapes (torch.compile's default)
     with `backend`; returns how many. Raises ValueError when no block is compiled (the variant
     needs compile on)."""
-    blocks = [m for m in model.modules() if getattr(m, "_compiled_call_impl", None) is not None]
-    if not blocks:
-        raise ValueError("the static-compile variant needs compile on (:compile)")
+    blocks = _compiled_blocks(model, "static-compile")
     for block in blocks:
         block.compile(backend=backend)
     return len(blocks)
@@ -123,9 +130,7 @@ def use_cuda_graphs(model: torch.nn.Module) -> int:
     block's kernels replayed as recorded graphs instead of launched one by one, the lever on a step
     the host bounds. Returns how many. Raises ValueError when no block is compiled (the variant
     needs compile on)."""
-    blocks = [m for m in model.modules() if getattr(m, "_compiled_call_impl", None) is not None]
-    if not blocks:
-        raise ValueError("the CUDA-graphs variant needs compile on (:compile)")
+    blocks = _compiled_blocks(model, "CUDA-graphs")
     for block in blocks:
         block.compile(mode="reduce-overhead", dynamic=False)
     return len(blocks)
