@@ -24,6 +24,7 @@ least `--min-cell-seconds` of the budget are left, and its limit is cut to what 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -98,6 +99,19 @@ def _last_line(text: str, wanted=None) -> str:
     return lines[-1][:300] if lines else ""
 
 
+def stop_cell(process: subprocess.Popen, grace: float = 10.0) -> None:
+    """Stop a cell's process group: SIGTERM first (training_step.py then prints what torch.compile
+    was doing), SIGKILL after `grace` seconds."""
+    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        pass
+    with contextlib.suppress(ProcessLookupError):  # the group may be gone already
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+
+
 def run_cell(command: list[str], log_path: Path, json_path: Path, timeout: float) -> dict:
     """Run one cell's command with its output in `log_path`; its figures (the JSON it wrote, if
     any) with `status` ok | oom | timeout | error, `message`, `exit_code` and `wall_seconds`. At
@@ -113,8 +127,7 @@ def run_cell(command: list[str], log_path: Path, json_path: Path, timeout: float
             pass
         finally:
             if process.poll() is None:  # past its limit, or the grid itself is being stopped
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
+                stop_cell(process)
     text = log_path.read_text(errors="replace")
     result = json.loads(json_path.read_text()) if json_path.is_file() else {}
     if exit_code is None:

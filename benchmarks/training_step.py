@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import signal
 import statistics
 import tempfile
 import time
@@ -184,6 +186,32 @@ def measure(timers: dict, warmup: int, rounds: int, steps: int, device: torch.de
                    "peak_memory_bytes": peaks[name] if device.type == "cuda" else None} for name in timers}
 
 
+def compile_report() -> dict:
+    """What torch.compile did in this process so far: the graphs it compiled and the stages that took
+    longest (dynamo's stage timers, each summed over the graphs; stages nest, so they overlap)."""
+    names, values = torch._dynamo.utils.compile_times(repr="csv", aggregate=True)
+    stages = sorted(((name, float(value)) for name, value in zip(names, values, strict=True)), key=lambda s: -s[1])
+    return {"graphs": torch._dynamo.utils.counters["stats"]["unique_graphs"], "stage_seconds": dict(stages[:8])}
+
+
+def print_compile_report(report: dict) -> None:
+    stages = ", ".join(f"{name} {seconds:.1f} s" for name, seconds in report["stage_seconds"].items())
+    print(f"torch.compile: {report['graphs']} graphs; longest stages: {stages or 'none'}", flush=True)
+
+
+def report_compile_when_stopped() -> None:
+    """On SIGTERM (training_grid.py stops a cell past its limit with it), print `compile_report` and
+    exit at once: a cell cut off while compiling still says which stage held it."""
+    def stop(signum, frame):
+        print(f"stopped (signal {signum}) after {time.monotonic() - STARTED:.0f} s", flush=True)
+        print_compile_report(compile_report())
+        os._exit(128 + signum)  # not an exception: torch.compile catches those and could run on eagerly
+    signal.signal(signal.SIGTERM, stop)
+
+
+STARTED = time.monotonic()
+
+
 def loop_figures(measured: dict, batch: int, frames: int, flops: StepFlops, peak: float | None) -> dict:
     seconds = measured["seconds_per_step"]
     tflops = flops.total / seconds / 1e12
@@ -214,6 +242,8 @@ def print_report(report: dict) -> None:
               f"warm-up {f['warmup_seconds']:.1f} s ({f['warmup_steps']} steps)")
     if r.get("speedup_over_reference"):
         print(f"  speed-up over the reference loop: {r['speedup_over_reference']:.2f}x")
+    if "compile_report" in r:
+        print_compile_report(r["compile_report"])
     if "bare" in r["loops"]:
         ratio = r["loops"]["trainer"]["seconds_per_step"] / r["loops"]["bare"]["seconds_per_step"]
         print(f"  trainer overhead over the bare loop: {100 * (ratio - 1):+.1f}%")
@@ -247,6 +277,8 @@ def run(args, work: Path) -> dict:
               "compile": args.compile, "variants": [variant.flag for variant in variants],
               "attention": session.attention, "flops_forward": flops.forward, "flops_backward": flops.backward,
               "peak_tflops": peak, "loops": loops}
+    if args.compile:
+        report["compile_report"] = compile_report()
     if "reference" in loops:
         report["speedup_over_reference"] = loops["reference"]["seconds_per_step"] / loops["trainer"]["seconds_per_step"]
     return report
@@ -270,6 +302,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--peak-tflops", type=float, default=None, help="dense bf16 peak of the GPU (for MFU)")
     parser.add_argument("--json", type=Path, default=None, help="write the figures to this file")
     args = parser.parse_args(argv)
+    if args.compile:
+        report_compile_when_stopped()
     try:
         with tempfile.TemporaryDirectory() as tmp:
             report = run(args, Path(tmp))

@@ -4,6 +4,7 @@ reporting, the preprocessing throughput (tiny sizes: this checks the code, not s
 import importlib
 import json
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -205,6 +206,29 @@ def test_grid_cell_failures_are_reported_as_oom_timeout_or_error(tmp_path):
     table = grid.markdown_table([{"cell": {"batch": 8, "seconds": 60.0, "checkpointing": True, "compile": False},
                                   "result": results["a"]}])
     assert table.splitlines()[-1].startswith("| 8 x 60 s | on | off | **oom** | – |")
+
+
+def test_a_compiling_cell_stopped_at_its_limit_says_what_torch_compile_did(tmp_path):
+    """The grid stops a cell with SIGTERM, then SIGKILL; a compiling training_step.py prints its
+    graphs and longest compile stages on SIGTERM, so a cell cut off while compiling says which stage held it."""
+    grid = bench("training_grid")
+    code = ("import sys, time, torch; sys.path.insert(0, 'benchmarks'); import training_step as t; "
+            "t.report_compile_when_stopped(); f = torch.compile(lambda x: x.sin() + 1, backend='aot_eager'); "
+            "f(torch.ones(3)); print('ready', flush=True); time.sleep(60)")
+    process = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.PIPE, text=True,
+                               start_new_session=True)
+    assert process.stdout.readline() == "ready\n"
+    grid.stop_cell(process, grace=20)
+    out = process.stdout.read()
+    assert process.returncode == 128 + signal.SIGTERM
+    assert re.search(r"stopped \(signal 15\) after \d+ s\ntorch\.compile: 1 graphs; longest stages: \S+ \d+\.\d s", out)
+    deaf = subprocess.Popen([sys.executable, "-c", "import signal, time; signal.signal(signal.SIGTERM, "
+                             "signal.SIG_IGN); print('ready', flush=True); time.sleep(60)"],
+                            stdout=subprocess.PIPE, text=True, start_new_session=True)
+    assert deaf.stdout.readline() == "ready\n"
+    began = time.monotonic()
+    grid.stop_cell(deaf, grace=0.5)  # one that ignores SIGTERM is killed after the grace
+    assert deaf.returncode == -signal.SIGKILL and time.monotonic() - began < 10
 
 
 @pytest.mark.slow
