@@ -23,7 +23,7 @@ from acestep.training.adapters import add_adapter
 from acestep.training.config import TrainingConfig
 from acestep.training.data import CroppedSamples
 from acestep.training.optim import build_optimizer, build_scheduler
-from acestep.training.compilation import compile_blocks
+from acestep.training.compilation import check_cuda_graphs_support, compile_blocks
 from acestep.training.quantization import quantize_transformer
 from acestep.training.recompute import enable_recompute
 from acestep.training.plan import FRAMES_PER_SECOND
@@ -98,6 +98,8 @@ def build_session(training: TrainingConfig, model: AceStepModelConfig, samples: 
     from lightning_fabric import Fabric
 
     accelerator = resolve_accelerator(training.run.accelerator)
+    if training.run.cuda_graphs:
+        check_cuda_graphs_support(accelerator)
     precision, dtype = resolve_precision(training, accelerator)
     fabric = Fabric(accelerator=accelerator, devices=1, precision=precision)
     torch.manual_seed(seed)
@@ -113,7 +115,7 @@ def build_session(training: TrainingConfig, model: AceStepModelConfig, samples: 
     if precision in MIXED_PRECISIONS:
         adapter.skip_input_casts()
     if training.run.compile:
-        compile_blocks(transformer)
+        compile_blocks(transformer, cuda_graphs=training.run.cuda_graphs)
     optimizer = build_optimizer(adapter.parameters(), o.name, o.lr, o.weight_decay, tuple(o.betas), o.eps)
     scheduler = build_scheduler(optimizer, o.scheduler, o.warmup_steps, 10**6, o.restarts)
     wrapped, optimizer = fabric.setup(transformer, optimizer)

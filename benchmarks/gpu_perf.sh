@@ -7,29 +7,28 @@
 #      (seconds of audio encoded per second; goal: VAE >= 200x real time);
 #   3. benchmarks/training_grid.py on the 2B transformer, the goal cells (GOALS; goals/grid.md,
 #      goals/grid.json, logs), each in its own process with its own time limit:
-#        8x60:compile                  batch 8 x 60 s, regional compile, no checkpointing: the best case
-#                                      for the MFU goal (>= 40%)
-#        1x60:compile                  batch 1 x 60 s compiled against the reference loop, which runs
+#        8x60:compile:cudagraphs       batch 8 x 60 s, regional compile with run.cuda_graphs, no
+#                                      checkpointing: the best case for the MFU goal (>= 40%)
+#        1x60:compile:cudagraphs       batch 1 x 60 s the same, against the reference loop, which runs
 #                                      eagerly (goal: >= 1.5x)
 #   4. benchmarks/attention_backends.py: the kernel each attention call of the 2B model gets at
 #      batch 8 x 60 s, and what the other kernels and two rewrites of the call cost (attention.log);
 #   5. the grid's other cells (CELLS; grid/grid.md, grid/grid.json, logs), in this order, until the
 #      budget is spent:
-#        8x60:compile:cudagraphs 1x60:compile:cudagraphs
-#                                      the goal cells with the blocks compiled with CUDA graphs
-#                                      (mode reduce-overhead): what replaying them saves a host-bound step
-#        8x60:compile:staticcompile    8x60:compile with the blocks compiled for static shapes, what the
-#                                      trainer's dynamic shapes (acestep.training.compilation) cost
-#        8x60:ckpt 1x60                the same eagerly, with checkpointing at batch 8 (the presets' way)
 #        8x60:ckpt:diffnorm            8x60:ckpt with diffusers' RMSNorm (acestep.models.norms' effect)
 #        8x60:ckpt:diffrope            8x60:ckpt with diffusers' fp32 RoPE (apply_rope's effect)
 #        8x60:ckpt:difflayout          8x60:ckpt before acestep.models.layout (that change's effect)
 #        8x60:ckpt:peftcast            8x60:ckpt with PEFT's input casts (Adapter.skip_input_casts' effect)
 #        1x60:ckpt 1x60:ckpt:diffckpt  re-entrant checkpointing against diffusers' (that change's effect)
-#        8x60:ckpt:compile             regional compile with checkpointing
 #        4x60:ckpt                     a cell the H200 session measured (2026-11-26)
 #        8x60:ckpt:halfckpt            the first 12 of 24 blocks checkpointed (run.gradient_checkpointing_ratio
 #                                      0.5): the time and peak memory it trades against 8x60:ckpt
+#        8x60:compile 1x60:compile     the goal cells without CUDA graphs (measured 2026-11-28)
+#        8x60:compile:staticcompile    8x60:compile with the blocks compiled for static shapes, what the
+#                                      trainer's dynamic shapes (acestep.training.compilation) cost
+#        8x60:ckpt 1x60 8x60:ckpt:compile
+#                                      eagerly with and without checkpointing, and compiled with it
+#                                      (measured 2026-11-28: again, for the spread between runs)
 # A later session can run what the budget left out with GOALS= CELLS=...
 #
 #   bash benchmarks/gpu_perf.sh [RESULTS_DIR]                   # default: gpu-perf/ ($OUT when set)
@@ -38,7 +37,7 @@
 # BUDGET is the script's time in seconds (default 450); PARTS the parts to run (default
 # "preprocess goals attention grid"; the 2026-11-28 H200 run measured preprocess and attention, so
 # `PARTS="goals grid"` gives a short lease to the step); COMPILE_TIMEOUT a compiled cell's limit in
-# seconds (default 240: whole-block graphs took over 115 s to compile at batch 8 on the H200); GOALS
+# seconds (default 240: the first compiled cell's warm-up took 115 s at batch 8 on the H200); GOALS
 # the goal cells (empty: none); CELLS the other cells (empty: all 24); SIZE=tiny checks the script
 # on a CPU in about a minute (with GOALS=1x1 CELLS=1x1); PYTHON the interpreter (default:
 # env/bin/python when present, else python3). Exit status: the number of parts that failed (a cell out of memory is a result, not a
@@ -50,8 +49,8 @@ BUDGET=${BUDGET:-450}
 SIZE=${SIZE:-2b}
 PARTS=${PARTS:-preprocess goals attention grid}
 COMPILE_TIMEOUT=${COMPILE_TIMEOUT:-240}
-GOALS=${GOALS-8x60:compile,1x60:compile}
-CELLS=${CELLS-8x60:compile:cudagraphs,1x60:compile:cudagraphs,8x60:compile:staticcompile,8x60:ckpt,1x60,8x60:ckpt:diffnorm,8x60:ckpt:diffrope,8x60:ckpt:difflayout,8x60:ckpt:peftcast,1x60:ckpt,1x60:ckpt:diffckpt,8x60:ckpt:compile,4x60:ckpt,8x60:ckpt:halfckpt}
+GOALS=${GOALS-8x60:compile:cudagraphs,1x60:compile:cudagraphs}
+CELLS=${CELLS-8x60:ckpt:diffnorm,8x60:ckpt:diffrope,8x60:ckpt:difflayout,8x60:ckpt:peftcast,1x60:ckpt,1x60:ckpt:diffckpt,4x60:ckpt,8x60:ckpt:halfckpt,8x60:compile,1x60:compile,8x60:compile:staticcompile,8x60:ckpt,1x60,8x60:ckpt:compile}
 source benchmarks/parts.sh  # PYTHON, the environment, part and $failed
 
 wanted() { [[ " $PARTS " == *" $1 "* ]]; }  # wanted PART: whether PARTS names it

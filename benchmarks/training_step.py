@@ -60,7 +60,8 @@ def build_benchmark_session(args, work: Path) -> TrainingSession:
         f"data.tensors_dir={work / 'tensors'}", f"data.batch_size={args.batch}", f"data.max_seconds={args.seconds}",
         f"run.output_dir={work}", "run.log_every_steps=10", "run.save_every_epochs=0", "optimizer.warmup_steps=0",
         "optimizer.scheduler=constant", "adapter.dropout=0",
-        f"run.gradient_checkpointing={args.gradient_checkpointing}", f"run.compile={args.compile}"])
+        f"run.gradient_checkpointing={args.gradient_checkpointing}", f"run.compile={args.compile}",
+        f"run.cuda_graphs={args.cuda_graphs}"])
     samples = write_samples(work / "tensors", args.batch * max(args.steps, args.warmup) * 2, frames,
                             config.encoder_hidden_size)
     return build_session(training, config, samples, work)
@@ -229,7 +230,8 @@ def print_report(report: dict) -> None:
     r = report
     print(f"device {r['device']}, torch {r['torch']}, model {r['size']}, batch {r['batch']} x {r['seconds']:g} s "
           f"({r['frames']} frames), precision {r['precision']}, checkpointing {r['gradient_checkpointing']}, "
-          f"compile {r['compile']}" + "".join(f", variant {name}" for name in r["variants"]))
+          f"compile {r['compile']}, CUDA graphs {r['cuda_graphs']}"
+          + "".join(f", variant {name}" for name in r["variants"]))
     print(f"  {r['attention']}")
     peak = f"{r['peak_tflops']:g} TFLOP/s dense bf16" if r["peak_tflops"] else "peak unknown (--peak-tflops)"
     print(f"  model FLOPs per step {_giga(r['flops_forward'] + r['flops_backward'])} (forward "
@@ -274,7 +276,8 @@ def run(args, work: Path) -> dict:
     report = {"status": "ok", "device": name, "torch": torch.__version__, "size": args.size, "batch": args.batch,
               "seconds": args.seconds, "frames": frames, "condition_tokens": CONDITION_TOKENS,
               "precision": session.checkpoint_info["precision"], "gradient_checkpointing": args.gradient_checkpointing,
-              "compile": args.compile, "variants": [variant.flag for variant in variants],
+              "compile": args.compile, "cuda_graphs": args.cuda_graphs,
+              "variants": [variant.flag for variant in variants],
               "attention": session.attention, "flops_forward": flops.forward, "flops_backward": flops.backward,
               "peak_tflops": peak, "loops": loops}
     if args.compile:
@@ -295,6 +298,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gradient-checkpointing", action="store_true")
     parser.add_argument("--compile", action="store_true", help="regional compile of the trainer's model "
                                                                "(the reference loop runs it eagerly)")
+    parser.add_argument("--cuda-graphs", action="store_true", help="replay the compiled blocks as CUDA graphs "
+                                                                   "(run.cuda_graphs; needs --compile, a CUDA GPU)")
     parser.add_argument("--no-reference", action="store_true", help="skip the reference loop")
     for variant in VARIANTS:  # benchmarks/variants.py
         parser.add_argument(variant.option, dest=variant.flag, action="store_true", help=variant.help)

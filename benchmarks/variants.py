@@ -20,9 +20,6 @@ a time (`VARIANTS`: `training_step.py`'s options and the grid's cell flags; `op_
   first half of the blocks checkpointed (`run.gradient_checkpointing_ratio = 0.5`), the others
   keeping their activations: what the ratio trades, time against memory, beside `:ckpt` (all) and
   no checkpointing;
-- `use_cuda_graphs` (`--cuda-graphs`, `:cudagraphs`, with compile on): the blocks compiled with
-  inductor's CUDA graphs (mode "reduce-overhead", static shapes), a candidate for the step the
-  host bounds (not in the trainer: measured first);
 - `use_static_shape_compile` (`--static-compile`, `:staticcompile`, with compile on): the blocks
   compiled for the shapes they first see, torch.compile's default, instead of
   `acestep.training.compilation`'s dynamic shapes (the state before that change; the benchmark's
@@ -124,18 +121,6 @@ def use_static_shape_compile(model: torch.nn.Module, backend: str = "inductor") 
     return len(blocks)
 
 
-def use_cuda_graphs(model: torch.nn.Module) -> int:
-    """Compile every compiled block of `model` again with inductor's CUDA graphs (mode
-    "reduce-overhead", for the shapes a block first sees, as graphs are recorded per shape): each
-    block's kernels replayed as recorded graphs instead of launched one by one, the lever on a step
-    the host bounds. Returns how many. Raises ValueError when no block is compiled (the variant
-    needs compile on)."""
-    blocks = _compiled_blocks(model, "CUDA-graphs")
-    for block in blocks:
-        block.compile(mode="reduce-overhead", dynamic=False)
-    return len(blocks)
-
-
 def use_half_checkpointing(model: torch.nn.Module) -> int:
     """Checkpoint only the first half of the blocks of `model`'s transformer (the trainer's
     `run.gradient_checkpointing_ratio = 0.5`); returns how many. Raises ValueError when gradient
@@ -184,7 +169,4 @@ VARIANTS = (
     Variant("staticcompile", "--static-compile", "static-shape compile",
             "compile the blocks for the shapes they first see (torch.compile's default) instead of dynamic shapes "
             "(needs --compile), to measure what dynamic-shape kernels cost", use_static_shape_compile),
-    Variant("cudagraphs", "--cuda-graphs", "CUDA graphs",
-            "compile the blocks with inductor's CUDA graphs (mode reduce-overhead, static shapes; needs --compile), "
-            "to measure what replaying each block's kernels as a graph gains on a host-bound step", use_cuda_graphs),
 )

@@ -119,7 +119,8 @@ def tiny_random_transformer(common):
 def _tiny_args(**changes):
     import argparse
 
-    values = dict(size="tiny", batch=1, seconds=1.0, steps=2, warmup=1, gradient_checkpointing=False, compile=False)
+    values = dict(size="tiny", batch=1, seconds=1.0, steps=2, warmup=1, gradient_checkpointing=False, compile=False,
+                  cuda_graphs=False)
     return argparse.Namespace(**{**values, **changes})
 
 
@@ -475,7 +476,7 @@ def test_peft_cast_variant_turns_the_casts_the_trainer_skips_back_on():
     assert variants.use_peft_input_casts(model) == len(layers) == len(adapter.modules)
     assert all(layer.cast_input_dtype_enabled for layer in layers)
     assert [v.flag for v in variants.VARIANTS] == ["difflayout", "diffnorm", "diffrope", "peftcast",
-                                                   "diffckpt", "halfckpt", "staticcompile", "cudagraphs"]
+                                                   "diffckpt", "halfckpt", "staticcompile"]
 
 
 def test_diffusers_checkpointing_variant_puts_back_diffusers_hook_based_checkpointing():
@@ -540,20 +541,20 @@ def test_static_compile_variant_compiles_the_blocks_for_the_shapes_they_first_se
     assert counters["stats"]["unique_graphs"] > first
 
 
-def test_cuda_graphs_variant_compiles_each_compiled_block_again_with_reduce_overhead(monkeypatch):
-    """CUDA graphs record on a GPU only; here the variant's own work: which blocks it compiles again,
-    and how (inductor's reduce-overhead mode, static shapes)."""
-    from acestep.training.compilation import compile_blocks
+def test_a_cuda_graphs_cell_trains_with_the_trainers_run_cuda_graphs(tmp_path):
+    """`:cudagraphs` is the trainer's own run.cuda_graphs (training_step.py --cuda-graphs), which
+    records on a CUDA GPU only: on a CPU the cell stops with the trainer's message."""
+    grid, training_step = bench("training_grid"), bench("training_step")
+    cell = grid.parse_cell("1x60:compile:cudagraphs")
+    assert cell == grid.Cell(1, 60.0, False, True, (), True) and cell.key == "b1-60s-compile-cudagraphs"
+    args = _tiny_args(python="python", steps=1, rounds=1, bare=False, no_reference=True, peak_tflops=None)
+    assert "--cuda-graphs" in grid.cell_command(cell, args, tmp_path / "c.json")
+    row = {"cell": {**vars(cell), "label": cell.label}, "result": {"status": "skipped"}}
+    assert grid.markdown_table([row]).splitlines()[-1].startswith("| 1 x 60 s (CUDA graphs) | off | on | skipped |")
+    from acestep.errors import TrainingError
 
-    common, variants = bench("common"), bench("variants")
-    model = tiny_random_transformer(common)
-    with pytest.raises(ValueError, match="needs compile on"):
-        variants.use_cuda_graphs(model)
-    compile_blocks(model, backend="eager")
-    calls = []
-    monkeypatch.setattr(torch.nn.Module, "compile", lambda self, **kwargs: calls.append((self, kwargs)))
-    assert variants.use_cuda_graphs(model) == len(model.layers)
-    assert calls == [(block, {"mode": "reduce-overhead", "dynamic": False}) for block in model.layers]
+    with pytest.raises(TrainingError, match="run.cuda_graphs records CUDA graphs, which need a CUDA GPU"):
+        training_step.main(["--size", "tiny", "--seconds", "1", "--compile", "--cuda-graphs"])
 
 
 def test_host_overhead_times_each_way_of_running_the_step(capsys):

@@ -55,14 +55,36 @@ def check_compile_support(accelerator: str) -> None:
                             "or set run.compile=false.")
 
 
-def compile_blocks(transformer: torch.nn.Module, backend: str = "inductor") -> None:
+def check_cuda_graphs_support(accelerator: str) -> None:
+    """Raise TrainingError naming the fix when `run.cuda_graphs` cannot record on `accelerator`:
+    CUDA graphs exist on CUDA GPUs alone, and elsewhere torch.compile would quietly skip them."""
+    if accelerator != "cuda":
+        raise TrainingError(f"run.cuda_graphs records CUDA graphs, which need a CUDA GPU; this run's accelerator is "
+                            f"{accelerator}: set run.cuda_graphs=false.")
+
+
+def compile_blocks(transformer: torch.nn.Module, backend: str = "inductor", cuda_graphs: bool = False) -> None:
     """torch.compile each block of `transformer.layers` in place, for dynamic shapes, and raise
     torch's recompile limit to `BLOCK_GRAPH_LIMIT` (a process-wide setting; never lowered).
-    `backend`: torch.compile's; "aot_eager" traces the same graphs without generating kernels."""
+    `backend`: torch.compile's; "aot_eager" traces the same graphs without generating kernels.
+    `cuda_graphs` (inductor only): the blocks' kernels are recorded as CUDA graphs, one for each
+    new shape, and replayed (mode "reduce-overhead"); each call of `transformer` then begins a new
+    step of the graphs (`_begin_graph_step`)."""
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, BLOCK_GRAPH_LIMIT)
     _trace_base_weights_as_is()
+    mode = {"mode": "reduce-overhead"} if cuda_graphs else {}
     for block in transformer.layers:
-        block.compile(dynamic=True, backend=backend)
+        block.compile(dynamic=True, backend=backend, **mode)
+    if cuda_graphs:
+        transformer.register_forward_pre_hook(_begin_graph_step)
+
+
+def _begin_graph_step(module: torch.nn.Module, args: tuple) -> None:
+    """Before each forward pass of the transformer: the outputs the graphs gave in earlier passes
+    are consumed (the trainer runs each pass's backward before the next pass), so their memory
+    may be reused. Without the mark torch cannot tell a new step from a second forward pass, and
+    replays the graphs the slow way (the H200's "Unable to hit fast path of CUDAGraphs" warning)."""
+    torch.compiler.cudagraph_mark_step_begin()
 
 
 @functools.cache  # once per process: dynamo keeps one substitute per function

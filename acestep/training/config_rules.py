@@ -77,6 +77,19 @@ def _check_lokr_factor(config: TrainingConfig) -> str | None:
     return None
 
 
+def _check_cuda_graphs(config: TrainingConfig) -> str | None:
+    run = config.run
+    if not run.cuda_graphs:
+        return None
+    if not run.compile:
+        return "run.cuda_graphs replays the compiled blocks' kernels: it needs run.compile=true"
+    if run.gradient_checkpointing:
+        # seen on the H200 (2026-11-28): the recomputed block read a graph output a later replay had overwritten
+        return ("run.cuda_graphs and run.gradient_checkpointing do not go together: the recomputation reads graph "
+                "outputs that later replays overwrite. Set one of them to false")
+    return None
+
+
 def _check_quantization(config: TrainingConfig) -> str | None:
     kind = config.model.quantization
     if kind == "none":
@@ -138,6 +151,7 @@ _CHECKS: tuple[tuple[tuple[str, ...], Callable[[TrainingConfig], str | None]], .
     (("adapter.modules",), _check_modules),
     (("adapter.lokr_factor",), _check_lokr_factor),
     (("model.quantization", "adapter.type", "run.compile"), _check_quantization),
+    (("run.cuda_graphs", "run.compile", "run.gradient_checkpointing"), _check_cuda_graphs),
     (("run.best_after_epochs", "run.epochs"), _check_best_after),
     (("optimizer.lr", "optimizer.name"), _check_prodigy_lr),
     (("run.preview_caption", "run.preview_every_epochs", "run.preview_every_steps"), _check_preview_caption),

@@ -20,7 +20,7 @@ from acestep.gpu.precision import native_bf16
 from acestep.training import checkpoint as ckpt
 from acestep.training.adapters import Adapter, add_adapter, save_adapter
 from acestep.training.averaging import AdapterAverage
-from acestep.training.compilation import check_compile_support, compile_blocks
+from acestep.training.compilation import check_compile_support, check_cuda_graphs_support, compile_blocks
 from acestep.training.config import TrainingConfig, config_to_dict, load_config, parse_devices, save_config
 from acestep.training.data import CroppedSamples, EpochBatches, EpochKeyedBatches, collate, derived_seed
 from acestep.training.events import EventLog, TensorBoardListener
@@ -148,6 +148,8 @@ class TrainingSession:
             check_training_memory(config, fabric, checkpoints_dir)
         if config.run.compile:
             check_compile_support(accelerator)
+        if config.run.cuda_graphs:
+            check_cuda_graphs_support(accelerator)
         if config.model.quantization != "none":
             require_bitsandbytes()  # before minutes of loading
         bundle = load_transformer(config.model.checkpoint, config.model.quantization, model_dtype, fabric.device,
@@ -164,7 +166,7 @@ class TrainingSession:
         if precision in MIXED_PRECISIONS:  # training under autocast: no fp32 round trips of the layers' inputs
             adapter.skip_input_casts()
         if config.run.compile:
-            compile_blocks(transformer)
+            compile_blocks(transformer, cuda_graphs=config.run.cuda_graphs)
         train_indices, val_indices = list(plan.train_indices), list(plan.validation_indices)
         max_frames = crop_frames(config.data.max_seconds)
         train_set = CroppedSamples(samples, train_indices, max_frames, config.run.seed, repeats=config.data.repeats)
@@ -299,7 +301,9 @@ class TrainingSession:
                 + ("; blocks compiled by torch.compile: the first steps, the first validation and the first "
                    "short batch wait while it compiles (its kernels are kept in "
                    f"{os.environ.get('TORCHINDUCTOR_CACHE_DIR', 'the temporary folder')} for later runs)"
-                   if c.run.compile else ""))
+                   if c.run.compile else "")
+                + ("; their kernels replayed as CUDA graphs, recorded for each new batch shape" if c.run.cuda_graphs
+                   else ""))
 
     def recomputed_layers(self) -> int:
         """How many of the transformer's blocks gradient checkpointing recomputes (acestep.training.recompute)."""

@@ -50,6 +50,7 @@ LABELS = {
     "model.quantization": "Frozen weights in 4 bits (nf4: QLoRA)",
     "optimizer.ema_decay": "Moving average (EMA) decay",
     "run.gradient_checkpointing_ratio": "Share of layers checkpointed",
+    "run.cuda_graphs": "CUDA graphs (with compile)",
 }
 ELEM_IDS = {"data.tensors_dir": "train-tensors", "run.name": "train-run-name"}
 

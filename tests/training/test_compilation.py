@@ -39,6 +39,31 @@ def test_compile_compiles_each_block_and_keeps_the_output(tiny_dit):
     torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-5)
 
 
+def test_cuda_graphs_compile_the_blocks_with_reduce_overhead_and_mark_each_forward_pass(tiny_dit, monkeypatch):
+    """run.cuda_graphs: each block compiled in inductor's reduce-overhead mode, still for dynamic
+    shapes, and every call of the transformer begins a new step of the graphs (CUDA graphs record on
+    a GPU only: here what the trainer asks of torch)."""
+    from acestep.models.load import load_acestep
+
+    transformer = load_acestep(tiny_dit, dtype=torch.float32, components=("transformer",)).transformer.eval()
+    compiled, steps = [], []
+    monkeypatch.setattr(torch.nn.Module, "compile", lambda self, **kwargs: compiled.append((self, kwargs)))
+    monkeypatch.setattr(torch.compiler, "cudagraph_mark_step_begin", lambda: steps.append(len(steps)))
+    compile_blocks(transformer, cuda_graphs=True)
+    assert [module for module, _ in compiled] == list(transformer.layers)
+    assert all(kwargs == {"dynamic": True, "backend": "inductor", "mode": "reduce-overhead"} for _, kwargs in compiled)
+    inputs = {"hidden_states": torch.randn(1, 20, 64), "timestep": torch.tensor([0.5]),
+              "timestep_r": torch.tensor([0.5]), "context_latents": torch.randn(1, 20, 128),
+              "encoder_hidden_states": torch.randn(1, 5, transformer.config.hidden_size)}
+    with torch.no_grad():
+        transformer(**inputs)
+        transformer(**inputs)
+    assert steps == [0, 1]
+    compiled.clear()
+    compile_blocks(transformer)  # without CUDA graphs: torch.compile's default mode
+    assert all(kwargs == {"dynamic": True, "backend": "inductor"} for _, kwargs in compiled)
+
+
 @pytest.mark.slow  # torch.compile traces for a minute or more on a CPU
 def test_a_compiled_run_stays_compiled_through_varied_batches_validation_and_previews(tmp_path, tiny_dit,
                                                                                      monkeypatch):

@@ -59,7 +59,7 @@ def test_defaults_are_the_documented_ones():
         "run": {"output_dir": "runs", "name": "", "epochs": 10, "max_steps": None, "seed": 42,
                 "precision": "auto", "accelerator": "auto", "devices": 1, "num_nodes": 1, "strategy": "auto",
                 "gradient_checkpointing": False, "gradient_checkpointing_ratio": 1.0, "compile": False,
-                "skip_vram_check": False, "log_every_steps": 10,
+                "cuda_graphs": False, "skip_vram_check": False, "log_every_steps": 10,
                 "save_every_epochs": 1, "save_every_steps": 0, "save_every_minutes": 30.0, "keep_checkpoints": 3,
                 "early_stopping_patience": 0, "early_stopping_min_delta": 0.0, "best_after_epochs": 1,
                 "nan_patience": 5, "preview_every_epochs": 0, "preview_every_steps": 0, "preview_caption": "",
@@ -365,6 +365,18 @@ def test_an_nf4_base_refuses_lokr_and_compile(sections, fragment):
     dora = config_from_dict(minimal(model={"quantization": "nf4"}, adapter={"type": "dora"}))
     assert dora.model.quantization == "nf4"
     assert config_from_dict(minimal(**sections)).model.quantization == "none"  # each alone is fine
+
+
+@pytest.mark.parametrize(("run", "fragment"), [
+    ({"cuda_graphs": True}, "run.cuda_graphs replays the compiled blocks' kernels: it needs run.compile=true"),
+    ({"cuda_graphs": True, "compile": True, "gradient_checkpointing": True},
+     "run.cuda_graphs and run.gradient_checkpointing do not go together: the recomputation reads graph outputs "
+     "that later replays overwrite. Set one of them to false"),
+])
+def test_cuda_graphs_need_compile_and_no_checkpointing(run, fragment):
+    message, problems = problems_of(lambda: config_from_dict(minimal(run=run)))
+    assert fragment in message and problems[0][0] == "run.cuda_graphs"
+    assert config_from_dict(minimal(run={"cuda_graphs": True, "compile": True})).run.cuda_graphs
 
 
 def test_prodigy_needs_an_lr_near_one():

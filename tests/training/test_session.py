@@ -101,6 +101,16 @@ def test_compile_without_triton_stops_before_the_model_loads(config, pretend_cud
     compilation.check_compile_support("mps")
 
 
+def test_cuda_graphs_off_a_cuda_gpu_stop_before_the_model_loads(config, monkeypatch):
+    def no_load(*args, **kwargs):
+        raise AssertionError("the model was loaded before the CUDA graphs check")
+
+    monkeypatch.setattr("acestep.models.load.load_acestep", no_load)
+    with pytest.raises(TrainingError, match=r"run.cuda_graphs records CUDA graphs, which need a CUDA GPU; this "
+                                            r"run's accelerator is cpu: set run.cuda_graphs=false\."):
+        train(apply_overrides(config, ["run.compile=true", "run.cuda_graphs=true"]))
+
+
 def test_repeats_train_each_sample_that_many_times_an_epoch(config, monkeypatch):
     """data.repeats 3 over 2 samples: the epoch has 6 batches of 1, each sample 3 times, and the run
     trains the plan's 6 steps (the copies' own crops: test_data)."""
