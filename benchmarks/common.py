@@ -8,6 +8,7 @@ from __future__ import annotations
 import platform
 import statistics
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -39,6 +40,15 @@ SIZES = {
     "xl": dict(ACESTEP_XL_DIT_CONFIG),
 }
 CONDITION_TOKENS = 400  # lyrics + timbre + caption tokens of a typical song
+
+
+def varied_condition_lengths(count: int, seed: int = 0) -> list[int]:
+    """`count` condition lengths drawn evenly from 300 to 500 tokens (CONDITION_TOKENS +- 25%), as
+    songs' lyrics and captions differ: consecutive batches of a benchmark then differ in shape as a
+    real run's do."""
+    generator = torch.Generator().manual_seed(seed)
+    low, high = CONDITION_TOKENS * 3 // 4, CONDITION_TOKENS * 5 // 4
+    return torch.randint(low, high + 1, (count,), generator=generator).tolist()
 
 # The ACE-Step 1.5 VAE (`vae/config.json`: diffusers' AutoencoderOobleck at 48 kHz, hop 1920) and the
 # Qwen3-Embedding-0.6B text encoder, from shared/reference/acestep-model.md section 1.4; their
@@ -72,18 +82,22 @@ def random_transformer(config: AceStepModelConfig, device: torch.device, dtype: 
     return transformer
 
 
-def write_samples(folder: Path, count: int, frames: int, width: int, tokens: int = CONDITION_TOKENS,
+def write_samples(folder: Path, count: int, frames: int, width: int, tokens: int | Sequence[int] = CONDITION_TOKENS,
                   seed: int = 0) -> PreprocessedDataset:
-    """A tensors folder of `count` random samples of `frames` latent frames and `tokens` condition tokens,
-    in the dtypes preprocessing on a GPU writes (fp32 latents, bf16 conditions)."""
+    """A tensors folder of `count` random samples of `frames` latent frames and `tokens` condition tokens
+    (a number, or one per sample), in the dtypes preprocessing on a GPU writes (fp32 latents, bf16
+    conditions)."""
+    lengths = [tokens] * count if isinstance(tokens, int) else list(tokens)
+    if len(lengths) != count:
+        raise ValueError(f"{len(lengths)} condition lengths for {count} samples")
     folder.mkdir(parents=True, exist_ok=True)
     generator = torch.Generator().manual_seed(seed)
     manifest = Manifest(model={}, settings={})
-    for i in range(count):
+    for i, length in enumerate(lengths):
         name = f"s{i}.safetensors"
         write_sample(folder, name, {"target_latents": torch.randn(frames, 64, generator=generator),
-                                    "encoder_hidden_states": torch.randn(tokens, width, generator=generator).bfloat16(),
-                                    "encoder_attention_mask": torch.ones(tokens, dtype=torch.bool)}, {})
+                                    "encoder_hidden_states": torch.randn(length, width, generator=generator).bfloat16(),
+                                    "encoder_attention_mask": torch.ones(length, dtype=torch.bool)}, {})
         manifest.samples.append(ManifestSample(f"s{i}", f"{i}.wav", name, frames, frames / FRAMES_PER_SECOND, "", ""))
     write_manifest(folder, manifest)
     return PreprocessedDataset(folder)

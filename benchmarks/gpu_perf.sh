@@ -15,6 +15,12 @@
 #      batch 8 x 60 s, and what the other kernels and two rewrites of the call cost (attention.log);
 #   5. the grid's other cells (CELLS; grid/grid.md, grid/grid.json, logs), in this order, until the
 #      budget is spent:
+#        1x60:compile:cudagraphs:varied
+#                                      1x60:compile:cudagraphs with condition lengths of 300-500 tokens,
+#                                      so each batch has a new shape, as in a real run: graphs recorded again
+#        8x60:compile:cudagraphs:varied:dropout
+#                                      the same at batch 8 with the adapter's default dropout (0.1), whose
+#                                      random numbers the graphs draw
 #        8x60:ckpt:diffnorm            8x60:ckpt with diffusers' RMSNorm (acestep.models.norms' effect)
 #        8x60:ckpt:diffrope            8x60:ckpt with diffusers' fp32 RoPE (apply_rope's effect)
 #        8x60:ckpt:difflayout          8x60:ckpt before acestep.models.layout (that change's effect)
@@ -38,7 +44,7 @@
 # "preprocess goals attention grid"; the 2026-11-28 H200 run measured preprocess and attention, so
 # `PARTS="goals grid"` gives a short lease to the step); COMPILE_TIMEOUT a compiled cell's limit in
 # seconds (default 240: the first compiled cell's warm-up took 115 s at batch 8 on the H200); GOALS
-# the goal cells (empty: none); CELLS the other cells (empty: all 24); SIZE=tiny checks the script
+# the goal cells (empty: none); CELLS the other cells (empty: all 24 plain ones); SIZE=tiny checks the script
 # on a CPU in about a minute (with GOALS=1x1 CELLS=1x1); PYTHON the interpreter (default:
 # env/bin/python when present, else python3). Exit status: the number of parts that failed (a cell out of memory is a result, not a
 # failure).
@@ -50,7 +56,7 @@ SIZE=${SIZE:-2b}
 PARTS=${PARTS:-preprocess goals attention grid}
 COMPILE_TIMEOUT=${COMPILE_TIMEOUT:-240}
 GOALS=${GOALS-8x60:compile:cudagraphs,1x60:compile:cudagraphs}
-CELLS=${CELLS-8x60:ckpt:diffnorm,8x60:ckpt:diffrope,8x60:ckpt:difflayout,8x60:ckpt:peftcast,1x60:ckpt,1x60:ckpt:diffckpt,4x60:ckpt,8x60:ckpt:halfckpt,8x60:compile,1x60:compile,8x60:compile:staticcompile,8x60:ckpt,1x60,8x60:ckpt:compile}
+CELLS=${CELLS-1x60:compile:cudagraphs:varied,8x60:compile:cudagraphs:varied:dropout,8x60:ckpt:diffnorm,8x60:ckpt:diffrope,8x60:ckpt:difflayout,8x60:ckpt:peftcast,1x60:ckpt,1x60:ckpt:diffckpt,4x60:ckpt,8x60:ckpt:halfckpt,8x60:compile,1x60:compile,8x60:compile:staticcompile,8x60:ckpt,1x60,8x60:ckpt:compile}
 source benchmarks/parts.sh  # PYTHON, the environment, part and $failed
 
 wanted() { [[ " $PARTS " == *" $1 "* ]]; }  # wanted PART: whether PARTS names it

@@ -6,20 +6,22 @@ each cell in a fresh process with a time limit, and write the figures as a table
         --budget 420 --out grid                                                  # chosen cells, 7 minutes in all
     env/bin/python benchmarks/training_grid.py --size tiny --batches 1 --seconds 1 --compile off   # CPU check
 
-A cell is `BATCHxSECONDS` plus `:ckpt` (gradient checkpointing), `:compile` (regional compile) and
-`:cudagraphs` (the compiled blocks replayed as CUDA graphs: `run.cuda_graphs`), and a variant's flag
-to measure one change (benchmarks/variants.py: `:difflayout` diffusers' transposed residual stream,
-`:diffnorm` diffusers' RMSNorm, `:diffrope` diffusers' RoPE, `:peftcast` PEFT's input casts,
-`:diffckpt` diffusers' checkpointing, `:staticcompile` blocks compiled for static shapes,
-`:halfckpt` half the blocks checkpointed); without `--cells` the grid is every
-combination of `--batches`, `--seconds`, `--checkpointing` and `--compile`. Each cell runs in its
-own process (its own CUDA context and peak memory), which is killed with its process group at the
-cell's time limit, so a hang or a crash loses only that
-cell. A cell that runs out of GPU memory is reported as `oom`; one past its limit as `timeout`;
-any other failure as `error` with the last line of its log. After every cell the grid is
-rewritten to `OUT/grid.json` (every figure, the machine, the commands) and `OUT/grid.md` (the
-table); `OUT/cell-*.log` holds each cell's output. With `--budget`, a cell starts only while at
-least `--min-cell-seconds` of the budget are left, and its limit is cut to what is left.
+A cell is `BATCHxSECONDS` plus `:ckpt` (gradient checkpointing) and `:compile` (regional compile),
+settings of the run (`SETTINGS`: `:cudagraphs` the compiled blocks replayed as CUDA graphs,
+`run.cuda_graphs`; `:varied` condition lengths that change from batch to batch as in real data;
+`:dropout` the adapter's default dropout), and a variant's flag to measure one change
+(benchmarks/variants.py: `:difflayout` diffusers' transposed residual stream, `:diffnorm`
+diffusers' RMSNorm, `:diffrope` diffusers' RoPE, `:peftcast` PEFT's input casts, `:diffckpt`
+diffusers' checkpointing, `:staticcompile` blocks compiled for static shapes, `:halfckpt` half
+the blocks checkpointed); without `--cells` the grid is every combination of `--batches`,
+`--seconds`, `--checkpointing` and `--compile`. Each cell runs in its own process (its own CUDA
+context and peak memory), which is stopped with its process group at the cell's time limit, so a
+hang or a crash loses only that cell. A cell that runs out of GPU memory is reported as `oom`;
+one past its limit as `timeout`; any other failure as `error` with the last line of its log.
+After every cell the grid is rewritten to `OUT/grid.json` (every figure, the machine, the
+commands) and `OUT/grid.md` (the table); `OUT/cell-*.log` holds each cell's output. With
+`--budget`, a cell starts only while at least `--min-cell-seconds` of the budget are left, and its
+limit is cut to what is left.
 """
 
 from __future__ import annotations
@@ -42,8 +44,13 @@ from variants import VARIANTS
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 VARIANT_FLAGS = [variant.flag for variant in VARIANTS]
-CELL_FORM = "BATCHxSECONDS[:ckpt][:compile][:cudagraphs]" + "".join(f"[:{flag}]" for flag in VARIANT_FLAGS)
-CELL_PATTERN = re.compile(r"^(\d+)x(\d+(?:\.\d+)?)((?::(?:" + "|".join(["ckpt", "compile", "cudagraphs",
+# settings of the run a cell can turn on: its flag, training_step.py's option, the table's note
+SETTINGS = {"cudagraphs": ("--cuda-graphs", "CUDA graphs"),
+            "varied": ("--varied-conditions", "condition lengths varied"),
+            "dropout": ("--adapter-dropout", "adapter dropout")}
+CELL_FORM = ("BATCHxSECONDS[:ckpt][:compile]" + "".join(f"[:{flag}]" for flag in SETTINGS)
+             + "".join(f"[:{flag}]" for flag in VARIANT_FLAGS))
+CELL_PATTERN = re.compile(r"^(\d+)x(\d+(?:\.\d+)?)((?::(?:" + "|".join(["ckpt", "compile", *SETTINGS,
                                                                          *VARIANT_FLAGS])
                           + r"))*)$")
 
@@ -55,12 +62,12 @@ class Cell:
     checkpointing: bool
     compile: bool
     variants: tuple[str, ...] = ()  # flags of benchmarks/variants.py's VARIANTS, in that order
-    cuda_graphs: bool = False  # run.cuda_graphs
+    settings: tuple[str, ...] = ()  # flags of SETTINGS, in that order
 
     @property
     def flags(self) -> list[str]:
         return ((["ckpt"] if self.checkpointing else []) + (["compile"] if self.compile else [])
-                + (["cudagraphs"] if self.cuda_graphs else []) + list(self.variants))
+                + list(self.settings) + list(self.variants))
 
     @property
     def label(self) -> str:
@@ -78,7 +85,8 @@ def parse_cell(text: str) -> Cell:
         raise ValueError(f"cell {text!r} is not {CELL_FORM}, e.g. 8x60:ckpt:compile")
     flags = match.group(3).split(":")
     return Cell(int(match.group(1)), float(match.group(2)), "ckpt" in flags, "compile" in flags,
-                tuple(flag for flag in VARIANT_FLAGS if flag in flags), "cudagraphs" in flags)
+                tuple(flag for flag in VARIANT_FLAGS if flag in flags),
+                tuple(flag for flag in SETTINGS if flag in flags))
 
 
 def grid_cells(batches: list[int], seconds: list[float], checkpointing: list[bool], compiles: list[bool]) -> list[Cell]:
@@ -91,7 +99,7 @@ def cell_command(cell: Cell, args, json_path: Path) -> list[str]:
                "--warmup", str(args.warmup), "--json", str(json_path)]
     command += ["--gradient-checkpointing"] if cell.checkpointing else []
     command += ["--compile"] if cell.compile else []
-    command += ["--cuda-graphs"] if cell.cuda_graphs else []
+    command += [SETTINGS[flag][0] for flag in cell.settings]
     command += [variant.option for variant in VARIANTS if variant.flag in cell.variants]
     command += ["--bare"] if args.bare else []
     command += ["--no-reference"] if args.no_reference else []
@@ -152,6 +160,7 @@ def _number(value, scale: float = 1.0, digits: int = 1) -> str:
 
 
 VARIANT_NOTES = {variant.flag: f" ({variant.note})" for variant in VARIANTS}
+SETTING_NOTES = {flag: f" ({note})" for flag, (_, note) in SETTINGS.items()}
 
 
 def markdown_table(rows: list[dict]) -> str:
@@ -165,7 +174,7 @@ def markdown_table(rows: list[dict]) -> str:
         status = result["status"] if result["status"] in ("ok", "skipped") else f"**{result['status']}**"
         speedup = result.get("speedup_over_reference")
         lines.append(
-            f"| {cell['batch']} x {cell['seconds']:g} s{' (CUDA graphs)' if cell.get('cuda_graphs') else ''}"
+            f"| {cell['batch']} x {cell['seconds']:g} s{''.join(SETTING_NOTES[s] for s in cell.get('settings', ()))}"
             f"{''.join(VARIANT_NOTES[v] for v in cell.get('variants', ()))} | "
             f"{'on' if cell['checkpointing'] else 'off'} | "
             f"{'on' if cell['compile'] else 'off'} | {status} | {_number(ours.get('seconds_per_step'), 1000)} | "

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import torch
 from common import (CONDITION_TOKENS, SIZES, build_session, is_out_of_memory, model_config, synchronize,
-                    write_samples)
+                    varied_condition_lengths, write_samples)
 from flops import StepFlops, peak_tflops, step_flops
 from reference_loop import ReferenceLoop
 from variants import VARIANTS
@@ -52,18 +52,27 @@ LOOP_LABELS = {"trainer": "trainer step", "reference": "reference loop", "bare":
 OOM_EXIT = 3
 
 
+def condition_lengths(args) -> list[int]:
+    """The condition length of each benchmark sample: CONDITION_TOKENS, or with `--varied-conditions`
+    lengths from 300 to 500 tokens (`common.varied_condition_lengths`)."""
+    count = args.batch * max(args.steps, args.warmup) * 2
+    return varied_condition_lengths(count) if args.varied_conditions else [CONDITION_TOKENS] * count
+
+
 def build_benchmark_session(args, work: Path) -> TrainingSession:
-    """LoRA rank 64 on attention, AdamW at a constant lr, no dropout, on random weights."""
+    """LoRA rank 64 on attention, AdamW at a constant lr, on random weights; no adapter dropout
+    unless `--adapter-dropout` (the trainer's default then)."""
     config = parse_model_config(model_config(args.size))
     frames = int(args.seconds * 25)
+    dropout = TrainingConfig().adapter.dropout if args.adapter_dropout else 0
     training = apply_overrides(TrainingConfig(), [
         f"data.tensors_dir={work / 'tensors'}", f"data.batch_size={args.batch}", f"data.max_seconds={args.seconds}",
         f"run.output_dir={work}", "run.log_every_steps=10", "run.save_every_epochs=0", "optimizer.warmup_steps=0",
-        "optimizer.scheduler=constant", "adapter.dropout=0",
+        "optimizer.scheduler=constant", f"adapter.dropout={dropout}",
         f"run.gradient_checkpointing={args.gradient_checkpointing}", f"run.compile={args.compile}",
         f"run.cuda_graphs={args.cuda_graphs}"])
-    samples = write_samples(work / "tensors", args.batch * max(args.steps, args.warmup) * 2, frames,
-                            config.encoder_hidden_size)
+    samples = write_samples(work / "tensors", len(condition_lengths(args)), frames, config.encoder_hidden_size,
+                            condition_lengths(args))
     return build_session(training, config, samples, work)
 
 
@@ -230,7 +239,8 @@ def print_report(report: dict) -> None:
     r = report
     print(f"device {r['device']}, torch {r['torch']}, model {r['size']}, batch {r['batch']} x {r['seconds']:g} s "
           f"({r['frames']} frames), precision {r['precision']}, checkpointing {r['gradient_checkpointing']}, "
-          f"compile {r['compile']}, CUDA graphs {r['cuda_graphs']}"
+          f"compile {r['compile']}, CUDA graphs {r['cuda_graphs']}, adapter dropout {r['adapter_dropout']:g}, "
+          f"condition tokens {'-'.join(str(n) for n in sorted(set(r['condition_token_range'])))}"
           + "".join(f", variant {name}" for name in r["variants"]))
     print(f"  {r['attention']}")
     peak = f"{r['peak_tflops']:g} TFLOP/s dense bf16" if r["peak_tflops"] else "peak unknown (--peak-tflops)"
@@ -268,13 +278,16 @@ def run(args, work: Path) -> dict:
     measured = measure(timers, args.warmup, args.rounds, args.steps, device)
     frames = int(args.seconds * 25)
     config, a = model_config(args.size), session.config.adapter
-    flops = step_flops(config, args.batch, frames, CONDITION_TOKENS, a.rank, a.targets, a.mlp,
+    lengths = condition_lengths(args)  # FLOPs at their mean: batches padded to their longest do a little more
+    tokens = round(statistics.mean(lengths))
+    flops = step_flops(config, args.batch, frames, tokens, a.rank, a.targets, a.mlp,
                        parse_model_config(config).encoder_hidden_size)
     name = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
     peak = args.peak_tflops or (peak_tflops(name) if device.type == "cuda" else None)
     loops = {key: loop_figures(value, args.batch, frames, flops, peak) for key, value in measured.items()}
     report = {"status": "ok", "device": name, "torch": torch.__version__, "size": args.size, "batch": args.batch,
-              "seconds": args.seconds, "frames": frames, "condition_tokens": CONDITION_TOKENS,
+              "seconds": args.seconds, "frames": frames, "condition_tokens": tokens,
+              "condition_token_range": [min(lengths), max(lengths)], "adapter_dropout": session.config.adapter.dropout,
               "precision": session.checkpoint_info["precision"], "gradient_checkpointing": args.gradient_checkpointing,
               "compile": args.compile, "cuda_graphs": args.cuda_graphs,
               "variants": [variant.flag for variant in variants],
@@ -300,6 +313,10 @@ def main(argv: list[str] | None = None) -> int:
                                                                "(the reference loop runs it eagerly)")
     parser.add_argument("--cuda-graphs", action="store_true", help="replay the compiled blocks as CUDA graphs "
                                                                    "(run.cuda_graphs; needs --compile, a CUDA GPU)")
+    parser.add_argument("--varied-conditions", action="store_true",
+                        help="samples whose condition lengths vary from 300 to 500 tokens, as songs' do (else 400)")
+    parser.add_argument("--adapter-dropout", action="store_true",
+                        help="train with the adapter's default dropout (else none)")
     parser.add_argument("--no-reference", action="store_true", help="skip the reference loop")
     for variant in VARIANTS:  # benchmarks/variants.py
         parser.add_argument(variant.option, dest=variant.flag, action="store_true", help=variant.help)

@@ -120,7 +120,7 @@ def _tiny_args(**changes):
     import argparse
 
     values = dict(size="tiny", batch=1, seconds=1.0, steps=2, warmup=1, gradient_checkpointing=False, compile=False,
-                  cuda_graphs=False)
+                  cuda_graphs=False, varied_conditions=False, adapter_dropout=False)
     return argparse.Namespace(**{**values, **changes})
 
 
@@ -546,7 +546,7 @@ def test_a_cuda_graphs_cell_trains_with_the_trainers_run_cuda_graphs(tmp_path):
     records on a CUDA GPU only: on a CPU the cell stops with the trainer's message."""
     grid, training_step = bench("training_grid"), bench("training_step")
     cell = grid.parse_cell("1x60:compile:cudagraphs")
-    assert cell == grid.Cell(1, 60.0, False, True, (), True) and cell.key == "b1-60s-compile-cudagraphs"
+    assert cell == grid.Cell(1, 60.0, False, True, (), ("cudagraphs",)) and cell.key == "b1-60s-compile-cudagraphs"
     args = _tiny_args(python="python", steps=1, rounds=1, bare=False, no_reference=True, peak_tflops=None)
     assert "--cuda-graphs" in grid.cell_command(cell, args, tmp_path / "c.json")
     row = {"cell": {**vars(cell), "label": cell.label}, "result": {"status": "skipped"}}
@@ -555,6 +555,36 @@ def test_a_cuda_graphs_cell_trains_with_the_trainers_run_cuda_graphs(tmp_path):
 
     with pytest.raises(TrainingError, match="run.cuda_graphs records CUDA graphs, which need a CUDA GPU"):
         training_step.main(["--size", "tiny", "--seconds", "1", "--compile", "--cuda-graphs"])
+
+
+def test_a_cell_with_varied_conditions_and_dropout_trains_on_songs_of_different_lengths(tmp_path):
+    """`:varied` gives the samples condition lengths from 300 to 500 tokens, so consecutive batches
+    differ in shape as in a real run (what CUDA graphs record again); `:dropout` the trainer's
+    default adapter dropout; the FLOPs are counted at the mean length."""
+    grid, training_step, common = bench("training_grid"), bench("training_step"), bench("common")
+    cell = grid.parse_cell("8x60:dropout:compile:varied:cudagraphs")  # any order in, SETTINGS' order out
+    assert cell.settings == ("cudagraphs", "varied", "dropout")
+    assert cell.label == "8x60:compile:cudagraphs:varied:dropout"
+    command = grid.cell_command(cell, _tiny_args(python="python", steps=1, rounds=1, bare=False, no_reference=True,
+                                                 peak_tflops=None), tmp_path / "c.json")
+    start = command.index("--cuda-graphs")
+    assert command[start:start + 3] == ["--cuda-graphs", "--varied-conditions", "--adapter-dropout"]
+    row = {"cell": {**vars(cell), "label": cell.label}, "result": {"status": "skipped"}}
+    assert grid.markdown_table([row]).splitlines()[-1].startswith(
+        "| 8 x 60 s (CUDA graphs) (condition lengths varied) (adapter dropout) | off | on | skipped |")
+    lengths = common.varied_condition_lengths(40)
+    assert len(set(lengths)) > 20 and min(lengths) >= 300 and max(lengths) <= 500
+    figures = tmp_path / "varied.json"
+    assert training_step.main(["--size", "tiny", "--batch", "2", "--seconds", "1", "--steps", "2", "--rounds", "1",
+                               "--warmup", "1", "--no-reference", "--varied-conditions", "--adapter-dropout",
+                               "--json", str(figures)]) == 0
+    report = json.loads(figures.read_text())
+    samples = training_step.condition_lengths(_tiny_args(batch=2, varied_conditions=True))
+    assert report["condition_token_range"] == [min(samples), max(samples)] and len(set(samples)) > 1
+    assert report["condition_tokens"] == round(sum(samples) / len(samples)) and report["adapter_dropout"] == 0.1
+    assert report["loops"]["trainer"]["seconds_per_step"] > 0
+    with pytest.raises(ValueError, match="3 condition lengths for 2 samples"):
+        common.write_samples(tmp_path / "bad", 2, 25, 8, [300, 400, 500])
 
 
 def test_host_overhead_times_each_way_of_running_the_step(capsys):
