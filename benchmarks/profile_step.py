@@ -3,6 +3,7 @@ torch.profiler, plus timings of its variants (forward only, without gradient che
 the adapter).
 
     env/bin/python benchmarks/profile_step.py --size 2b --batch 1 --seconds 60 --gradient-checkpointing
+    env/bin/python benchmarks/profile_step.py --size 2b --batch 8 --seconds 60 --compile --cuda-graphs
     env/bin/python benchmarks/profile_step.py --size small           # CPU: checks the script
 
 Prints the ops that take the most host time and the most device time, the number of kernels per
@@ -48,9 +49,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=30.0)
     parser.add_argument("--steps", type=int, default=3, help="steps under the profiler and per timing")
     parser.add_argument("--gradient-checkpointing", action="store_true")
+    parser.add_argument("--compile", action="store_true", help="regional compile (run.compile)")
+    parser.add_argument("--cuda-graphs", action="store_true",
+                        help="the compiled blocks replayed as CUDA graphs (run.cuda_graphs; needs --compile and "
+                             "a CUDA GPU)")
     parser.add_argument("--rows", type=int, default=25)
     args = parser.parse_args(argv)
-    args.compile, args.warmup = False, 1
+    args.warmup, args.varied_conditions, args.adapter_dropout = 1, False, False  # fixed shapes, no dropout
     with tempfile.TemporaryDirectory() as tmp:
         session = build_benchmark_session(args, Path(tmp))
         device = session.fabric.device

@@ -587,6 +587,17 @@ def test_a_cell_with_varied_conditions_and_dropout_trains_on_songs_of_different_
         common.write_samples(tmp_path / "bad", 2, 25, 8, [300, 400, 500])
 
 
+def test_profile_step_prints_the_top_ops_and_the_timings_of_its_variants(capsys):
+    profile_step = bench("profile_step")
+    assert profile_step.main(["--size", "tiny", "--seconds", "1", "--steps", "1", "--rows", "5",
+                              "--gradient-checkpointing"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"profiled 1 steps: [\d.]+ ms/step wall", out) and "Self CPU" in out
+    for name in ("step (bare)", "forward only, no grad", "forward only, adapter disabled",
+                 "step without checkpointing"):
+        assert re.search(rf"  {re.escape(name)} +[\d.]+ ms", out), name
+
+
 def test_host_overhead_times_each_way_of_running_the_step(capsys):
     host = bench("host_overhead")
     # aot_eager: the same graphs and guards as inductor, without generating CPU kernels (a minute here)

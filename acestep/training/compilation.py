@@ -69,7 +69,7 @@ def compile_blocks(transformer: torch.nn.Module, backend: str = "inductor", cuda
     `backend`: torch.compile's; "aot_eager" traces the same graphs without generating kernels.
     `cuda_graphs` (inductor only): the blocks' kernels are recorded as CUDA graphs, one for each
     new shape, and replayed (mode "reduce-overhead"); each call of `transformer` then begins a new
-    step of the graphs (`_begin_graph_step`)."""
+    step of the graphs (`_begin_graph_step`), and torch's warning about many recorded sizes is off."""
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, BLOCK_GRAPH_LIMIT)
     _trace_base_weights_as_is()
     mode = {"mode": "reduce-overhead"} if cuda_graphs else {}
@@ -77,6 +77,9 @@ def compile_blocks(transformer: torch.nn.Module, backend: str = "inductor", cuda
         block.compile(dynamic=True, backend=backend, **mode)
     if cuda_graphs:
         transformer.register_forward_pre_hook(_begin_graph_step)
+        # A run records graphs for each condition length its songs have, which the start message
+        # says; torch would warn again at every new size past its 8th (a process-wide setting).
+        torch._inductor.config.triton.cudagraph_dynamic_shape_warn_limit = None
 
 
 def _begin_graph_step(module: torch.nn.Module, args: tuple) -> None:
