@@ -11,9 +11,12 @@
 #                                      checkpointing: the best case for the MFU goal (>= 40%)
 #        1x60:compile:cudagraphs       batch 1 x 60 s the same, against the reference loop, which runs
 #                                      eagerly (goal: >= 1.5x)
-#   4. benchmarks/attention_backends.py: the kernel each attention call of the 2B model gets at
+#   4. benchmarks/profile_step.py at batch 8 x 60 s with compile and CUDA graphs (profile.log): the
+#      GPU's busy time against the step's wall time, whether the best form of the step is still
+#      bound by the host, and its costliest kernels;
+#   5. benchmarks/attention_backends.py: the kernel each attention call of the 2B model gets at
 #      batch 8 x 60 s, and what the other kernels and two rewrites of the call cost (attention.log);
-#   5. the grid's other cells (CELLS; grid/grid.md, grid/grid.json, logs), in this order, until the
+#   6. the grid's other cells (CELLS; grid/grid.md, grid/grid.json, logs), in this order, until the
 #      budget is spent:
 #        1x60:compile:cudagraphs:varied
 #                                      1x60:compile:cudagraphs with condition lengths of 300-500 tokens,
@@ -41,8 +44,8 @@
 #   BUDGET=1800 GOALS= CELLS= bash benchmarks/gpu_perf.sh       # the whole grid (24 cells), 30 minutes
 #
 # BUDGET is the script's time in seconds (default 450); PARTS the parts to run (default
-# "preprocess goals attention grid"; the 2026-11-28 H200 run measured preprocess and attention, so
-# `PARTS="goals grid"` gives a short lease to the step); COMPILE_TIMEOUT a compiled cell's limit in
+# "preprocess goals profile attention grid"; the 2026-11-28 H200 run measured preprocess and
+# attention, so `PARTS="goals profile grid"` gives a short lease to the step); COMPILE_TIMEOUT a compiled cell's limit in
 # seconds (default 240: the first compiled cell's warm-up took 115 s at batch 8 on the H200); GOALS
 # the goal cells (empty: none); CELLS the other cells (empty: all 24 plain ones); SIZE=tiny checks the script
 # on a CPU in about a minute (with GOALS=1x1 CELLS=1x1); PYTHON the interpreter (default:
@@ -53,7 +56,7 @@ cd "$(dirname "$0")/.."
 RESULTS=${1:-${OUT:-gpu-perf}}
 BUDGET=${BUDGET:-450}
 SIZE=${SIZE:-2b}
-PARTS=${PARTS:-preprocess goals attention grid}
+PARTS=${PARTS:-preprocess goals profile attention grid}
 COMPILE_TIMEOUT=${COMPILE_TIMEOUT:-240}
 GOALS=${GOALS-8x60:compile:cudagraphs,1x60:compile:cudagraphs}
 CELLS=${CELLS-1x60:compile:cudagraphs:varied,8x60:compile:cudagraphs:varied:dropout,8x60:ckpt:diffnorm,8x60:ckpt:diffrope,8x60:ckpt:difflayout,8x60:ckpt:peftcast,1x60:ckpt,1x60:ckpt:diffckpt,4x60:ckpt,8x60:ckpt:halfckpt,8x60:compile,1x60:compile,8x60:compile:staticcompile,8x60:ckpt,1x60,8x60:ckpt:compile}
@@ -84,6 +87,8 @@ if [ "$SIZE" = tiny ]; then models=(--size tiny --audio-seconds 2 --repeats 1); 
 wanted preprocess && part preprocess 100 "$PYTHON" benchmarks/preprocess_throughput.py "${models[@]}" --json "$RESULTS/preprocess.json"
 if [ -n "$GOALS" ] && wanted goals; then grid goals "$GOALS"; fi
 if [ "$SIZE" = tiny ]; then shape=(--batch 1 --seconds 2 --repeats 2); else shape=(--batch 8 --seconds 60); fi
+if [ "$SIZE" = tiny ]; then profiled=(--batch 1 --seconds 2 --steps 1); else profiled=(--batch 8 --seconds 60 --compile --cuda-graphs); fi
+wanted profile && part profile 150 "$PYTHON" benchmarks/profile_step.py --size "$SIZE" "${profiled[@]}"
 wanted attention && part attention 60 "$PYTHON" benchmarks/attention_backends.py --size "$SIZE" "${shape[@]}"
 if wanted grid; then grid grid "$CELLS"; fi
 echo "parts failed: $failed; results in $RESULTS"
