@@ -39,6 +39,9 @@ def test_compile_compiles_each_block_and_keeps_the_output(tiny_dit):
     torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-5)
 
 
+WARN_LIMIT = {"triton.cudagraph_dynamic_shape_warn_limit": 8}  # torch's default, which run.cuda_graphs turns off
+
+
 def test_cuda_graphs_compile_the_blocks_with_reduce_overhead_and_mark_each_forward_pass(tiny_dit, monkeypatch):
     """run.cuda_graphs: each block compiled in inductor's reduce-overhead mode, still for dynamic
     shapes, and every call of the transformer begins a new step of the graphs (CUDA graphs record on
@@ -48,9 +51,10 @@ def test_cuda_graphs_compile_the_blocks_with_reduce_overhead_and_mark_each_forwa
     transformer = load_acestep(tiny_dit, dtype=torch.float32, components=("transformer",)).transformer.eval()
     compiled, steps = [], []
     monkeypatch.setattr(torch.nn.Module, "compile", lambda self, **kwargs: compiled.append((self, kwargs)))
-    monkeypatch.setattr(torch._inductor.config.triton, "cudagraph_dynamic_shape_warn_limit", 8)
     monkeypatch.setattr(torch.compiler, "cudagraph_mark_step_begin", lambda: steps.append(len(steps)))
-    compile_blocks(transformer, cuda_graphs=True)
+    with torch._inductor.config.patch(WARN_LIMIT):  # restored after (pytest's monkeypatch would delete it)
+        compile_blocks(transformer, cuda_graphs=True)
+        assert torch._inductor.config.triton.cudagraph_dynamic_shape_warn_limit is None  # a graph per song length
     assert [module for module, _ in compiled] == list(transformer.layers)
     assert all(kwargs == {"dynamic": True, "backend": "inductor", "mode": "reduce-overhead"} for _, kwargs in compiled)
     inputs = {"hidden_states": torch.randn(1, 20, 64), "timestep": torch.tensor([0.5]),
@@ -60,7 +64,6 @@ def test_cuda_graphs_compile_the_blocks_with_reduce_overhead_and_mark_each_forwa
         transformer(**inputs)
         transformer(**inputs)
     assert steps == [0, 1]
-    assert torch._inductor.config.triton.cudagraph_dynamic_shape_warn_limit is None  # a graph per song length
     compiled.clear()
     compile_blocks(transformer)  # without CUDA graphs: torch.compile's default mode
     assert all(kwargs == {"dynamic": True, "backend": "inductor"} for _, kwargs in compiled)
@@ -84,11 +87,11 @@ def test_a_run_with_cuda_graphs_begins_a_graph_step_at_every_forward_pass(tmp_pa
     monkeypatch.setattr(session_module, "check_cuda_graphs_support", lambda accelerator: None)
     monkeypatch.setattr(session_module, "compile_blocks", compiling)
     monkeypatch.setattr(torch.compiler, "cudagraph_mark_step_begin", lambda: marks.append(len(marks)))
-    monkeypatch.setattr(torch._inductor.config.triton, "cudagraph_dynamic_shape_warn_limit", 8)
     config = make_config(tmp_path, tensors, tiny_dit, "run.compile=true", "run.cuda_graphs=true", "run.epochs=1",
                          "optimizer.gradient_accumulation=2", "data.validation_split=0.25", "run.save_every_epochs=0")
     torch._dynamo.reset()
-    result = train(config)
+    with torch._inductor.config.patch(WARN_LIMIT):
+        result = train(config)
     log = events(result.run_dir)
     start = next(e["message"] for e in log if e["type"] == "start")
     assert modes == [True] and "their kernels replayed as CUDA graphs, recorded for each new batch shape" in start
