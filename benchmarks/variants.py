@@ -102,20 +102,13 @@ def use_diffusers_checkpointing(model: torch.nn.Module) -> int:
     return len(models)
 
 
-def _compiled_blocks(model: torch.nn.Module, variant: str) -> list[torch.nn.Module]:
-    """The modules of `model` that torch.compile compiled (the blocks, with compile on). Raises
-    ValueError naming `variant` when there are none: such a variant needs compile on."""
-    blocks = [m for m in model.modules() if getattr(m, "_compiled_call_impl", None) is not None]
-    if not blocks:
-        raise ValueError(f"the {variant} variant needs compile on (:compile)")
-    return blocks
-
-
 def use_static_shape_compile(model: torch.nn.Module, backend: str = "inductor") -> int:
     """Compile every compiled block of `model` again for static shapes (torch.compile's default)
     with `backend`; returns how many. Raises ValueError when no block is compiled (the variant
     needs compile on)."""
-    blocks = _compiled_blocks(model, "static-compile")
+    blocks = [m for m in model.modules() if getattr(m, "_compiled_call_impl", None) is not None]
+    if not blocks:
+        raise ValueError("the static-compile variant needs compile on (:compile)")
     for block in blocks:
         block.compile(backend=backend)
     return len(blocks)
