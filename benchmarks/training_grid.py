@@ -27,7 +27,6 @@ limit is cut to what is left.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import re
@@ -114,15 +113,20 @@ def _last_line(text: str, wanted=None) -> str:
 
 def stop_cell(process: subprocess.Popen, grace: float = 10.0) -> None:
     """Stop a cell's process group: SIGTERM first (training_step.py then prints what torch.compile
-    was doing), SIGKILL after `grace` seconds."""
+    was doing), SIGKILL to what is left of the group once the cell has ended or after `grace`
+    seconds. The cell is reaped only after that: until then its pid, the group's id, cannot be
+    given to another process, whose group the SIGKILL would hit."""
     os.killpg(process.pid, signal.SIGTERM)
-    try:
-        process.wait(timeout=grace)
-    except subprocess.TimeoutExpired:
-        pass
-    with contextlib.suppress(ProcessLookupError):  # the group may be gone already
-        os.killpg(process.pid, signal.SIGKILL)
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline and not _has_ended(process.pid):
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGKILL)  # an ended, unreaped leader keeps the group's id taken
     process.wait()
+
+
+def _has_ended(pid: int) -> bool:
+    """Whether the child `pid` has exited, without reaping it."""
+    return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
 
 
 def run_cell(command: list[str], log_path: Path, json_path: Path, timeout: float) -> dict:

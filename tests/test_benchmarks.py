@@ -230,6 +230,29 @@ def test_a_compiling_cell_stopped_at_its_limit_says_what_torch_compile_did(tmp_p
     began = time.monotonic()
     grid.stop_cell(deaf, grace=0.5)  # one that ignores SIGTERM is killed after the grace
     assert deaf.returncode == -signal.SIGKILL and time.monotonic() - began < 10
+    leaving = ("import subprocess, sys, time; child = subprocess.Popen([sys.executable, '-c', 'import signal, time; "
+               "signal.signal(signal.SIGTERM, signal.SIG_IGN); print(1, flush=True); time.sleep(60)'], "
+               "stdout=subprocess.PIPE); child.stdout.readline(); print(child.pid, flush=True); time.sleep(60)")
+    leader = subprocess.Popen([sys.executable, "-c", leaving], stdout=subprocess.PIPE, text=True,
+                              start_new_session=True)
+    child = int(leader.stdout.readline())
+    grid.stop_cell(leader, grace=20)  # the cell ends on SIGTERM at once; its child, deaf to it, is killed too
+    assert leader.returncode == -signal.SIGTERM
+    for _ in range(100):
+        if not _running(child):
+            break
+        time.sleep(0.05)
+    else:
+        pytest.fail(f"the cell's child {child} outlived the stop")
+
+
+def _running(pid: int) -> bool:
+    """Whether process `pid` exists and has not ended (a zombie nobody has reaped yet has ended)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 @pytest.mark.slow
