@@ -43,7 +43,7 @@ CONDITION_TOKENS = 400  # lyrics + timbre + caption tokens of a typical song
 
 
 def varied_condition_lengths(count: int, seed: int = 0) -> list[int]:
-    """`count` condition lengths drawn evenly from 300 to 500 tokens (CONDITION_TOKENS +- 25%), as
+    """`count` condition lengths drawn uniformly from 300 to 500 tokens (CONDITION_TOKENS +- 25%), as
     songs' lyrics and captions differ: consecutive batches of a benchmark then differ in shape as a
     real run's do."""
     generator = torch.Generator().manual_seed(seed)

@@ -71,8 +71,8 @@ def build_benchmark_session(args, work: Path) -> TrainingSession:
         "optimizer.scheduler=constant", f"adapter.dropout={dropout}",
         f"run.gradient_checkpointing={args.gradient_checkpointing}", f"run.compile={args.compile}",
         f"run.cuda_graphs={args.cuda_graphs}"])
-    samples = write_samples(work / "tensors", len(condition_lengths(args)), frames, config.encoder_hidden_size,
-                            condition_lengths(args))
+    lengths = condition_lengths(args)
+    samples = write_samples(work / "tensors", len(lengths), frames, config.encoder_hidden_size, lengths)
     return build_session(training, config, samples, work)
 
 
