@@ -45,12 +45,12 @@
 #
 # BUDGET is the script's time in seconds (default 450); PARTS the parts to run (default
 # "preprocess goals profile attention grid"; the 2026-11-28 H200 run measured preprocess and
-# attention, so `PARTS="goals profile grid"` gives a short lease to the step); COMPILE_TIMEOUT a compiled cell's limit in
-# seconds (default 240: the first compiled cell's warm-up took 115 s at batch 8 on the H200); GOALS
-# the goal cells (empty: none); CELLS the other cells (empty: all 24 plain ones); SIZE=tiny checks the script
-# on a CPU in about a minute (with GOALS=1x1 CELLS=1x1); PYTHON the interpreter (default:
-# env/bin/python when present, else python3). Exit status: the number of parts that failed (a cell out of memory is a result, not a
-# failure).
+# attention, so `PARTS="goals profile grid"` gives a short lease to the step); COMPILE_TIMEOUT a
+# compiled cell's limit in seconds (default 240: the first compiled cell's warm-up took 115 s at
+# batch 8 on the H200); GOALS the goal cells (empty: none); CELLS the other cells (empty: all 24
+# plain ones); SIZE=tiny checks the script on a CPU in about a minute (with GOALS=1x1 CELLS=1x1);
+# PYTHON the interpreter (default: env/bin/python when present, else python3). Exit status: the
+# number of parts that failed (a cell out of memory is a result, not a failure).
 set -u
 cd "$(dirname "$0")/.."
 RESULTS=${1:-${OUT:-gpu-perf}}
@@ -86,8 +86,11 @@ torch.backends.cudnn.version())"
 if [ "$SIZE" = tiny ]; then models=(--size tiny --audio-seconds 2 --repeats 1); else models=(--size real); fi
 wanted preprocess && part preprocess 100 "$PYTHON" benchmarks/preprocess_throughput.py "${models[@]}" --json "$RESULTS/preprocess.json"
 if [ -n "$GOALS" ] && wanted goals; then grid goals "$GOALS"; fi
-if [ "$SIZE" = tiny ]; then shape=(--batch 1 --seconds 2 --repeats 2); else shape=(--batch 8 --seconds 60); fi
-if [ "$SIZE" = tiny ]; then profiled=(--batch 1 --seconds 2 --steps 1); else profiled=(--batch 8 --seconds 60 --compile --cuda-graphs); fi
+if [ "$SIZE" = tiny ]; then
+    shape=(--batch 1 --seconds 2 --repeats 2) profiled=(--batch 1 --seconds 2 --steps 1)
+else
+    shape=(--batch 8 --seconds 60) profiled=(--batch 8 --seconds 60 --compile --cuda-graphs)
+fi
 wanted profile && part profile 150 "$PYTHON" benchmarks/profile_step.py --size "$SIZE" "${profiled[@]}"
 wanted attention && part attention 60 "$PYTHON" benchmarks/attention_backends.py --size "$SIZE" "${shape[@]}"
 if wanted grid; then grid grid "$CELLS"; fi
