@@ -123,7 +123,7 @@ def build_session(training: TrainingConfig, model: AceStepModelConfig, samples: 
         quantize_transformer(transformer, training.model.quantization, fabric.device, compute_dtype(precision, dtype))
     attention = plan_attention(transformer, fabric.device, compute_dtype(precision, dtype))
     if training.run.gradient_checkpointing:
-        enable_recompute(transformer, training.run.gradient_checkpointing_ratio)
+        enable_recompute(transformer, training.run.gradient_checkpointing_ratio, compiled=training.run.compile)
     a, o = training.adapter, training.optimizer
     adapter = add_adapter(transformer, a.type, a.rank, a.alpha, a.dropout, a.targets, a.mlp, a.modules, a.lokr_factor)
     if precision in MIXED_PRECISIONS:

@@ -24,6 +24,12 @@
 #        8x60:compile:cudagraphs:varied:dropout
 #                                      the same at batch 8 with the adapter's default dropout (0.1), whose
 #                                      random numbers the graphs draw
+#        8x60:ckpt:compile:cudagraphs  CUDA graphs with the blocks checkpointing inside their graphs: the
+#                                      pair the trainer refuses until this cell has run (it failed on the
+#                                      H200 with the re-entrant checkpoint of that time)
+#        8x60:ckpt:compile 8x60:ckpt:compile:reentrantckpt
+#                                      compiled blocks checkpointing inside their graphs against the
+#                                      re-entrant checkpoint around them (that change's effect)
 #        8x60:ckpt:diffnorm            8x60:ckpt with diffusers' RMSNorm (acestep.models.norms' effect)
 #        8x60:ckpt:diffrope            8x60:ckpt with diffusers' fp32 RoPE (apply_rope's effect)
 #        8x60:ckpt:difflayout          8x60:ckpt before acestep.models.layout (that change's effect)
@@ -35,9 +41,8 @@
 #        8x60:compile 1x60:compile     the goal cells without CUDA graphs (measured 2026-11-28)
 #        8x60:compile:staticcompile    8x60:compile with the blocks compiled for static shapes, what the
 #                                      trainer's dynamic shapes (acestep.training.compilation) cost
-#        8x60:ckpt 1x60 8x60:ckpt:compile
-#                                      eagerly with and without checkpointing, and compiled with it
-#                                      (measured 2026-11-28: again, for the spread between runs)
+#        8x60:ckpt 1x60                eagerly with and without checkpointing (measured 2026-11-28:
+#                                      again, for the spread between runs)
 # A later session can run what the budget left out with GOALS= CELLS=...
 #
 #   bash benchmarks/gpu_perf.sh [RESULTS_DIR]                   # default: gpu-perf/ ($OUT when set)
@@ -59,7 +64,7 @@ SIZE=${SIZE:-2b}
 PARTS=${PARTS:-preprocess goals profile attention grid}
 COMPILE_TIMEOUT=${COMPILE_TIMEOUT:-240}
 GOALS=${GOALS-8x60:compile:cudagraphs,1x60:compile:cudagraphs}
-CELLS=${CELLS-1x60:compile:cudagraphs:varied,8x60:compile:cudagraphs:varied:dropout,8x60:ckpt:diffnorm,8x60:ckpt:diffrope,8x60:ckpt:difflayout,8x60:ckpt:peftcast,1x60:ckpt,1x60:ckpt:diffckpt,4x60:ckpt,8x60:ckpt:halfckpt,8x60:compile,1x60:compile,8x60:compile:staticcompile,8x60:ckpt,1x60,8x60:ckpt:compile}
+CELLS=${CELLS-1x60:compile:cudagraphs:varied,8x60:compile:cudagraphs:varied:dropout,8x60:ckpt:compile:cudagraphs,8x60:ckpt:compile,8x60:ckpt:compile:reentrantckpt,8x60:ckpt:diffnorm,8x60:ckpt:diffrope,8x60:ckpt:difflayout,8x60:ckpt:peftcast,1x60:ckpt,1x60:ckpt:diffckpt,4x60:ckpt,8x60:ckpt:halfckpt,8x60:compile,1x60:compile,8x60:compile:staticcompile,8x60:ckpt,1x60}
 source benchmarks/parts.sh  # PYTHON, the environment, part and $failed
 
 wanted() { [[ " $PARTS " == *" $1 "* ]]; }  # wanted PART: whether PARTS names it

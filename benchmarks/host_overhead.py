@@ -18,8 +18,10 @@ time, and counts the operators each dispatches (each one is a kernel launch on a
 - the trainer's checkpointing with PEFT's input casts back on (before `Adapter.skip_input_casts`);
 - and with diffusers' RoPE, which casts to fp32 and back (before `acestep.models.attention.apply_rope`);
 - with `--compile`, on a fresh model: the trainer's checkpointing with its blocks compiled as
-  `run.compile` compiles them (`acestep.training.compilation`, dynamic shapes), then compiled for
-  static shapes (torch.compile's default); inductor's CPU kernels, whose arithmetic is negligible at
+  `run.compile` compiles them (`acestep.training.compilation`, dynamic shapes, the checkpoint
+  inside each block's graph), then compiled for static shapes (torch.compile's default), then with
+  the re-entrant checkpoint around the compiled blocks (before `acestep.training.recompute` traced
+  it into them); inductor's CPU kernels, whose arithmetic is negligible at
   these widths, stand in for a GPU's. Their first step (compiling) is printed; their operators are
   not counted (compiled kernels do not pass through the dispatcher).
 
@@ -37,7 +39,7 @@ import time
 import torch
 from common import model_config, random_transformer
 from op_count import CountOperators
-from variants import use_diffusers_rope, use_peft_input_casts, use_static_shape_compile
+from variants import use_diffusers_rope, use_peft_input_casts, use_re_entrant_checkpointing, use_static_shape_compile
 
 from acestep.models.config import parse_model_config
 from acestep.training.adapters import add_adapter
@@ -95,14 +97,17 @@ def measure(step, rounds: int, count: bool = True) -> tuple[float, float, int | 
 
 def compiled_settings(layers: int, backend: str = "inductor") -> list[tuple[str, object]]:
     """(name, step) of the trainer's checkpointed step with its blocks compiled for dynamic shapes,
-    then for static shapes, each on a fresh model."""
+    then for static shapes, then with the re-entrant checkpoint around them, each on a fresh model."""
     rows = []
-    for name, static in (("the trainer's, compiled (dynamic)", False), ("the trainer's, compiled (static)", True)):
+    changes = (("the trainer's, compiled (dynamic)", None),
+               ("the trainer's, compiled (static)", lambda model: use_static_shape_compile(model, backend=backend)),
+               ("compiled, re-entrant checkpoint", use_re_entrant_checkpointing))
+    for name, change in changes:
         transformer, _ = build(layers)
-        enable_recompute(transformer)
+        enable_recompute(transformer, compiled=True)
         compile_blocks(transformer, backend=backend)
-        if static:
-            use_static_shape_compile(transformer, backend=backend)
+        if change is not None:
+            change(transformer)
         rows.append((name, make_step(transformer)))
     return rows
 

@@ -70,7 +70,9 @@ def build_benchmark_session(args, work: Path) -> TrainingSession:
         f"run.output_dir={work}", "run.log_every_steps=10", "run.save_every_epochs=0", "optimizer.warmup_steps=0",
         "optimizer.scheduler=constant", f"adapter.dropout={dropout}",
         f"run.gradient_checkpointing={args.gradient_checkpointing}", f"run.compile={args.compile}",
-        f"run.cuda_graphs={args.cuda_graphs}"])
+        f"run.cuda_graphs={args.cuda_graphs and not args.gradient_checkpointing}"])
+    if args.cuda_graphs and args.gradient_checkpointing:  # the trainer refuses the pair until this measures it
+        training.run.cuda_graphs = True
     lengths = condition_lengths(args)
     samples = write_samples(work / "tensors", len(lengths), frames, config.encoder_hidden_size, lengths)
     return build_session(training, config, samples, work)

@@ -20,6 +20,9 @@ a time (`VARIANTS`: `training_step.py`'s options and the grid's cell flags; `op_
   first half of the blocks checkpointed (`run.gradient_checkpointing_ratio = 0.5`), the others
   keeping their activations: what the ratio trades, time against memory, beside `:ckpt` (all) and
   no checkpointing;
+- `use_re_entrant_checkpointing` (`--re-entrant-checkpointing`, `:reentrantckpt`, with
+  checkpointing and compile on): compiled blocks checkpointed re-entrantly from outside their
+  graphs, instead of inside them (`acestep.training.recompute`; the state before that change);
 - `use_static_shape_compile` (`--static-compile`, `:staticcompile`, with compile on): the blocks
   compiled for the shapes they first see, torch.compile's default, instead of
   `acestep.training.compilation`'s dynamic shapes (the state before that change; the benchmark's
@@ -97,6 +100,8 @@ def use_diffusers_checkpointing(model: torch.nn.Module) -> int:
     models = [m for m in model.modules() if isinstance(m, ModelMixin) and m.is_gradient_checkpointing]
     if not models:
         raise ValueError("the diffusers-checkpointing variant needs gradient checkpointing on (:ckpt)")
+    if _compiled_blocks(model):  # they checkpoint inside their graphs, which diffusers' hook would repeat
+        raise ValueError("the diffusers-checkpointing variant measures the eager blocks: not with compile (:compile)")
     for checkpointed in models:
         checkpointed.enable_gradient_checkpointing()
     return len(models)
@@ -106,7 +111,7 @@ def use_static_shape_compile(model: torch.nn.Module, backend: str = "inductor") 
     """Compile every compiled block of `model` again for static shapes (torch.compile's default)
     with `backend`; returns how many. Raises ValueError when no block is compiled (the variant
     needs compile on)."""
-    blocks = [m for m in model.modules() if getattr(m, "_compiled_call_impl", None) is not None]
+    blocks = _compiled_blocks(model)
     if not blocks:
         raise ValueError("the static-compile variant needs compile on (:compile)")
     for block in blocks:
@@ -114,18 +119,41 @@ def use_static_shape_compile(model: torch.nn.Module, backend: str = "inductor") 
     return len(blocks)
 
 
-def use_half_checkpointing(model: torch.nn.Module) -> int:
-    """Checkpoint only the first half of the blocks of `model`'s transformer (the trainer's
-    `run.gradient_checkpointing_ratio = 0.5`); returns how many. Raises ValueError when gradient
-    checkpointing is off (the variant needs it)."""
-    from acestep.training.recompute import RECOMPUTE_FLAG, enable_recompute
+def _compiled_blocks(model: torch.nn.Module) -> list[torch.nn.Module]:
+    return [m for m in model.modules() if getattr(m, "_compiled_call_impl", None) is not None]
 
+
+def _checkpointed_transformer(model: torch.nn.Module, variant: str) -> torch.nn.Module:
     transformers = [m for m in model.modules()
                     if hasattr(m, "layers") and getattr(m, "is_gradient_checkpointing", False)]
     if not transformers:
-        raise ValueError("the half-checkpointing variant needs gradient checkpointing on (:ckpt)")
-    enable_recompute(transformers[0], 0.5)
-    return sum(getattr(block, RECOMPUTE_FLAG) for block in transformers[0].layers)
+        raise ValueError(f"the {variant} variant needs gradient checkpointing on (:ckpt)")
+    return transformers[0]
+
+
+def use_half_checkpointing(model: torch.nn.Module) -> int:
+    """Checkpoint only the first half of the blocks of `model`'s transformer (the trainer's
+    `run.gradient_checkpointing_ratio = 0.5`), in the form the blocks had; returns how many. Raises
+    ValueError when gradient checkpointing is off (the variant needs it)."""
+    from acestep.training.recompute import RECOMPUTE_FLAG, enable_recompute
+
+    transformer = _checkpointed_transformer(model, "half-checkpointing")
+    enable_recompute(transformer, 0.5, compiled=bool(_compiled_blocks(transformer)))
+    return sum(getattr(block, RECOMPUTE_FLAG) for block in transformer.layers)
+
+
+def use_re_entrant_checkpointing(model: torch.nn.Module) -> int:
+    """Checkpoint `model`'s compiled blocks re-entrantly from outside their graphs, as the trainer
+    did before it traced the checkpoint into them; returns how many blocks are checkpointed. Raises
+    ValueError without gradient checkpointing or compile (the variant needs both)."""
+    from acestep.training.recompute import RECOMPUTE_FLAG, enable_recompute
+
+    transformer = _checkpointed_transformer(model, "re-entrant-checkpointing")
+    if not _compiled_blocks(transformer):
+        raise ValueError("the re-entrant-checkpointing variant needs compile on (:compile)")
+    ratio = sum(getattr(block, RECOMPUTE_FLAG) for block in transformer.layers) / len(transformer.layers)
+    enable_recompute(transformer, ratio, compiled=False)
+    return sum(getattr(block, RECOMPUTE_FLAG) for block in transformer.layers)
 
 
 @dataclass(frozen=True)
@@ -159,6 +187,9 @@ VARIANTS = (
     Variant("halfckpt", "--half-checkpointing", "half the blocks checkpointed",
             "checkpoint only the first half of the blocks (run.gradient_checkpointing_ratio = 0.5; needs "
             "--gradient-checkpointing), to measure what the ratio trades", use_half_checkpointing),
+    Variant("reentrantckpt", "--re-entrant-checkpointing", "re-entrant checkpointing of compiled blocks",
+            "checkpoint the compiled blocks re-entrantly from outside their graphs instead of inside them (needs "
+            "--gradient-checkpointing and --compile), to measure what that change gains", use_re_entrant_checkpointing),
     Variant("staticcompile", "--static-compile", "static-shape compile",
             "compile the blocks for the shapes they first see (torch.compile's default) instead of dynamic shapes "
             "(needs --compile), to measure what dynamic-shape kernels cost", use_static_shape_compile),

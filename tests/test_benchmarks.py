@@ -499,7 +499,7 @@ def test_peft_cast_variant_turns_the_casts_the_trainer_skips_back_on():
     assert variants.use_peft_input_casts(model) == len(layers) == len(adapter.modules)
     assert all(layer.cast_input_dtype_enabled for layer in layers)
     assert [v.flag for v in variants.VARIANTS] == ["difflayout", "diffnorm", "diffrope", "peftcast",
-                                                   "diffckpt", "halfckpt", "staticcompile"]
+                                                   "diffckpt", "halfckpt", "reentrantckpt", "staticcompile"]
 
 
 def test_diffusers_checkpointing_variant_puts_back_diffusers_hook_based_checkpointing():
@@ -513,11 +513,32 @@ def test_diffusers_checkpointing_variant_puts_back_diffusers_hook_based_checkpoi
     assert model._gradient_checkpointing_func is checkpoint_block
     assert variants.use_diffusers_checkpointing(model) == 1
     assert model.is_gradient_checkpointing and model._gradient_checkpointing_func is not checkpoint_block
+    enable_recompute(model, compiled=True)
+    model.layers[0].compile(backend="eager")  # compiled blocks checkpoint themselves: diffusers' would be a second
+    with pytest.raises(ValueError, match="measures the eager blocks: not with compile"):
+        variants.use_diffusers_checkpointing(model)
+
+
+def test_re_entrant_checkpointing_variant_checkpoints_compiled_blocks_from_outside_as_before():
+    from acestep.training.compilation import compile_blocks
+    from acestep.training.recompute import RECOMPUTE_FLAG, checkpoints_in_graph, enable_recompute
+
+    common, variants = bench("common"), bench("variants")
+    model = tiny_random_transformer(common)
+    with pytest.raises(ValueError, match="needs gradient checkpointing"):
+        variants.use_re_entrant_checkpointing(model)
+    enable_recompute(model, 0.5, compiled=True)
+    with pytest.raises(ValueError, match="needs compile on"):
+        variants.use_re_entrant_checkpointing(model)
+    compile_blocks(model, backend="eager")
+    assert variants.use_re_entrant_checkpointing(model) == len(model.layers) // 2  # the ratio kept
+    assert not any(checkpoints_in_graph(block) for block in model.layers)
+    assert [getattr(block, RECOMPUTE_FLAG) for block in model.layers] == [True] * 2 + [False] * 2
 
 
 def test_half_checkpointing_variant_checkpoints_the_first_half_of_the_blocks(monkeypatch):
     from acestep.training.adapters import add_adapter
-    from acestep.training.recompute import enable_recompute
+    from acestep.training.recompute import checkpoints_in_graph, enable_recompute
 
     from training.test_recompute import record_checkpointed
 
@@ -528,6 +549,7 @@ def test_half_checkpointing_variant_checkpoints_the_first_half_of_the_blocks(mon
     enable_recompute(model)
     add_adapter(model, "lora", rank=4, alpha=8.0)
     assert variants.use_half_checkpointing(model) == len(model.layers) // 2
+    assert not any(checkpoints_in_graph(block) for block in model.layers)  # no block compiled: re-entrant
     checkpointed = record_checkpointed(monkeypatch)
     t = torch.full((1,), 0.5)
     model.train()(hidden_states=torch.randn(1, 8, 64), timestep=t, timestep_r=t,
@@ -580,6 +602,23 @@ def test_a_cuda_graphs_cell_trains_with_the_trainers_run_cuda_graphs(tmp_path):
         training_step.main(["--size", "tiny", "--seconds", "1", "--compile", "--cuda-graphs"])
 
 
+def test_a_cuda_graphs_cell_with_checkpointing_measures_the_pair_the_trainer_still_refuses(tmp_path, monkeypatch):
+    """The trainer refuses run.cuda_graphs with gradient checkpointing until a GPU has run the pair:
+    the benchmark is where that is found out, so its session gets both."""
+    from acestep.errors import ConfigError
+    from acestep.training.config import TrainingConfig, apply_overrides
+
+    training_step = bench("training_step")
+    with pytest.raises(ConfigError, match="do not go together yet"):
+        apply_overrides(TrainingConfig(), ["run.compile=true", "run.gradient_checkpointing=true",
+                                           "run.cuda_graphs=true"])
+    built = []
+    monkeypatch.setattr(training_step, "build_session", lambda training, *rest: built.append(training.run))
+    training_step.build_benchmark_session(_tiny_args(compile=True, gradient_checkpointing=True, cuda_graphs=True),
+                                          tmp_path)
+    assert (built[0].compile, built[0].gradient_checkpointing, built[0].cuda_graphs) == (True, True, True)
+
+
 def test_a_cell_with_varied_conditions_and_dropout_trains_on_songs_of_different_lengths(tmp_path):
     """`:varied` gives the samples condition lengths from 300 to 500 tokens, so consecutive batches
     differ in shape as in a real run (what CUDA graphs record again); `:dropout` the trainer's
@@ -628,7 +667,8 @@ def test_host_overhead_times_each_way_of_running_the_step(capsys):
     rows = {line[:36].strip(): line[36:].split() for line in capsys.readouterr().out.splitlines()[2:]}
     assert list(rows) == ["no checkpointing", "checkpointing, diffusers' default", "checkpointing, the trainer's",
                           "the trainer's, PEFT casts on", "and diffusers' RoPE",
-                          "the trainer's, compiled (dynamic)", "the trainer's, compiled (static)"]
+                          "the trainer's, compiled (dynamic)", "the trainer's, compiled (static)",
+                          "compiled, re-entrant checkpoint"]
     compiled = {name: rows.pop(name) for name in list(rows) if "compiled" in name}
     assert all(values[1] == "-" and float(values[0]) > 0 for values in compiled.values())
     # compiling makes the first step the slow one

@@ -1,9 +1,10 @@
 """Regional compilation of the transformer's blocks (`run.compile`).
 
 Each block is compiled on its own: the blocks share their code, so the graphs compiled for one
-serve all of them, and what lies between them (embeddings, the checkpointing around each block)
-stays eager. Compiling the whole model instead breaks its graph at every checkpointed block and
-gains nothing.
+serve all of them, and what lies between them (embeddings, the output layer) stays eager. The
+whole model compiled instead gained nothing on the H200 (2026-11-26, its graph broken at every
+block by the re-entrant checkpoint of that time); compiling one block's code rather than a graph
+of all 24 is what keeps compiling short (PyTorch's regional compilation recipe).
 
 What a run feeds the blocks changes from batch to batch: the condition's length (lyric and caption
 tokens) nearly always, the latent frames when a song is shorter than the crop, the batch when an
@@ -13,10 +14,13 @@ graphs it runs eagerly for the rest of the run, with a warning in the log. On th
 happened in the third batch of a run, after two batches whose conditions differed in length.
 
 So the blocks are compiled for dynamic shapes from the start, and a run needs one graph for each
-combination of: grad mode (the re-entrant checkpoint runs a block without grad, then recomputes it
-with grad), sliding-window layer or not (an attention mask or none), training or evaluation
-(validation), and a batch of one or of more (PyTorch specialises a size of 1). That made 14 graphs
-in the test of a run with all of them; `BLOCK_GRAPH_LIMIT` leaves room above that. Previews run
+combination of: sliding-window layer or not (an attention mask or none), the first block or a later
+one (its input needs no gradient), checkpointed or not (with gradient checkpointing a block runs
+torch's checkpoint inside its graph: `acestep.training.recompute`), training or evaluation
+(validation), and a batch of one or of more (PyTorch specialises a size of 1). That makes 12 graphs
+in the test of a run with all of them (14 when the checkpoint was re-entrant, around the compiled
+blocks: a graph without grad for the forward pass, one with grad for the recomputation);
+`BLOCK_GRAPH_LIMIT` leaves room above that. Previews run
 eagerly (`eagerly`): their adapter strengths, input casts and batches would each compile graphs
 that serve a few seconds of sampling. Should torch still give up on the blocks, it only logs it;
 `reporting_fallbacks` turns that into a warning of the run.
@@ -25,7 +29,13 @@ PEFT's DoRA layers ask `peft.utils.integrations.dequantize_module_weight` for th
 which tests `type(weight).__module__`, something dynamo cannot trace: each DoRA layer broke its
 block's graph (25 breaks in a block with DoRA on attention). The trainer's base weights are never
 quantized, so inside compiled code that function is replaced by what it returns for them, the
-layer's weight (`_trace_base_weights_as_is`), and DoRA blocks compile whole.
+layer's weight (`_trace_base_weights_as_is`), and DoRA blocks compile whole. With gradient
+checkpointing a DoRA layer broke the checkpoint traced into its block ("HOP: Unsafe side effect"):
+in training mode PEFT clears the layer's cache of DoRA weights (`DoraLinearLayer._cache_clear`),
+a mutation of a dict from outside the checkpoint that dynamo would have to replay in the
+recomputation. The trainer never fills that cache (PEFT's `ENABLE_DORA_CACHING` is off), so the
+replay is of clearing an empty dict, and `compile_blocks` lets dynamo skip it
+(`skip_fwd_side_effects_in_bwd_under_checkpoint`, as torchtitan sets it for compiled blocks).
 """
 
 from __future__ import annotations
@@ -42,6 +52,7 @@ import torch
 from acestep.errors import TrainingError
 
 BLOCK_GRAPH_LIMIT = 32  # graphs of the block's code before torch.compile gives up on it (its default: 8)
+SKIP_SIDE_EFFECTS = "skip_fwd_side_effects_in_bwd_under_checkpoint"  # a dynamo setting (module docstring)
 
 
 def check_compile_support(accelerator: str) -> None:
@@ -64,13 +75,16 @@ def check_cuda_graphs_support(accelerator: str) -> None:
 
 
 def compile_blocks(transformer: torch.nn.Module, backend: str = "inductor", cuda_graphs: bool = False) -> None:
-    """torch.compile each block of `transformer.layers` in place, for dynamic shapes, and raise
-    torch's recompile limit to `BLOCK_GRAPH_LIMIT` (a process-wide setting; never lowered).
+    """torch.compile each block of `transformer.layers` in place, for dynamic shapes, raise
+    torch's recompile limit to `BLOCK_GRAPH_LIMIT` and let the checkpoint traced into a block skip
+    replaying its side effects (process-wide settings; never undone; module docstring).
     `backend`: torch.compile's; "aot_eager" traces the same graphs without generating kernels.
     `cuda_graphs` (inductor only): the blocks' kernels are recorded as CUDA graphs, one for each
     new shape, and replayed (mode "reduce-overhead"); each call of `transformer` then begins a new
     step of the graphs (`_begin_graph_step`), and torch's warning about many recorded sizes is off."""
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, BLOCK_GRAPH_LIMIT)
+    if hasattr(torch._dynamo.config, SKIP_SIDE_EFFECTS):  # torch 2.13 has it; without it DoRA's checkpoint runs eagerly
+        setattr(torch._dynamo.config, SKIP_SIDE_EFFECTS, True)  # DoRA's cache clearing (module docstring)
     _trace_base_weights_as_is()
     mode = {"mode": "reduce-overhead"} if cuda_graphs else {}
     for block in transformer.layers:

@@ -159,7 +159,7 @@ class TrainingSession:
         transformer = bundle.transformer
         attention = plan_attention(transformer, fabric.device, compute_dtype(precision, model_dtype))
         if config.run.gradient_checkpointing:
-            enable_recompute(transformer, config.run.gradient_checkpointing_ratio)
+            enable_recompute(transformer, config.run.gradient_checkpointing_ratio, compiled=config.run.compile)
         a = config.adapter
         adapter = add_adapter(transformer, a.type, a.rank, a.alpha, a.dropout, a.targets, a.mlp, a.modules,
                               a.lokr_factor)

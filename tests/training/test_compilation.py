@@ -13,6 +13,7 @@ import acestep.training.session as session_module
 from acestep.inference.training_hook import TrainingPreviews
 from acestep.training.compilation import compile_blocks
 from acestep.training.loop import train
+from acestep.training.recompute import checkpoints_in_graph, enable_recompute
 
 from .conftest import write_tensors_dir
 from .test_loop import events, make_config
@@ -22,6 +23,7 @@ from .test_recompute import adapted, step
 def test_compile_compiles_each_block_and_keeps_the_output(tiny_dit):
     """run.compile compiles the transformer's blocks one by one (regional compilation), not the
     whole model, and the compiled model computes what the eager one does."""
+    import acestep.training.compilation as compilation
     from acestep.models.load import load_acestep
 
     transformer = load_acestep(tiny_dit, dtype=torch.float32, components=("transformer",)).transformer.eval()
@@ -36,6 +38,7 @@ def test_compile_compiles_each_block_and_keeps_the_output(tiny_dit):
         compiled = transformer(**inputs).sample
     assert transformer._compiled_call_impl is None
     assert all(block._compiled_call_impl is not None for block in transformer.layers)
+    assert getattr(torch._dynamo.config, compilation.SKIP_SIDE_EFFECTS)  # for DoRA under checkpointing
     torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-5)
 
 
@@ -119,6 +122,9 @@ def test_a_compiled_run_stays_compiled_through_varied_batches_validation_and_pre
         return rendered
 
     monkeypatch.setattr(TrainingPreviews, "_render_files", counted_render)
+    checkpointed = []
+    monkeypatch.setattr(session_module, "enable_recompute", lambda transformer, ratio, compiled: checkpointed.append(
+        enable_recompute(transformer, ratio, compiled=compiled)))
     config = make_config(tmp_path, tensors, tiny_dit, "run.compile=true", "run.gradient_checkpointing=true",
                          "run.precision=bf16-mixed", "model.dtype=bf16", "data.batch_size=2",
                          "data.validation_split=0.4", "run.epochs=1", "run.save_every_epochs=0",
@@ -134,19 +140,25 @@ def test_a_compiled_run_stays_compiled_through_varied_batches_validation_and_pre
     assert f"its kernels are kept in {os.environ['TORCHINDUCTOR_CACHE_DIR']} for later runs" in start
     assert result.step == 3 and any(e["type"] == "validation" for e in log)
     assert preview_graphs == [0]
-    assert 0 < counters["stats"]["unique_graphs"] <= 14  # 14 on torch 2.13; past BLOCK_GRAPH_LIMIT it raises above
+    assert all(checkpoints_in_graph(block) for block in checkpointed[0].layers)  # compiled: inside the graphs
+    # 12 on torch 2.13 (14 with the re-entrant checkpoint of before); past BLOCK_GRAPH_LIMIT it raises above
+    assert 0 < counters["stats"]["unique_graphs"] <= 12
 
 
+@pytest.mark.parametrize("checkpointed", [False, True])
 @pytest.mark.parametrize("kind", ["lora", "lokr", "dora"])
-def test_a_block_of_the_trained_model_compiles_to_one_graph(fixture_dir, kind):
+def test_a_block_of_the_trained_model_compiles_to_one_graph(fixture_dir, kind, checkpointed):
     """Regional compile sees each block whole: the attention processor (its plan, RoPE), the fused
-    RMSNorms with autocast kept out of them, and the LoRA, LoKr or DoRA layers (DoRA's base-weight
-    lookup substituted as compile_blocks does) trace without a graph break."""
+    RMSNorms with autocast kept out of them, the LoRA, LoKr or DoRA layers (DoRA's base-weight
+    lookup substituted as compile_blocks does), and with gradient checkpointing the checkpoint
+    around them (`acestep.training.recompute`) trace without a graph break."""
     import acestep.training.compilation as compilation
 
     compilation._trace_base_weights_as_is()  # what compile_blocks sets up; without it DoRA broke 25 times
     transformer, adapter = adapted(fixture_dir, kind, dropout=0.1)
     adapter.skip_input_casts()
+    if checkpointed:
+        enable_recompute(transformer, compiled=True)
     captured = {}
 
     def capture(module, args, kwargs):
@@ -158,26 +170,33 @@ def test_a_block_of_the_trained_model_compiles_to_one_graph(fixture_dir, kind):
     finally:
         hook.remove()
     args, kwargs = captured["call"]
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+    assert checkpoints_in_graph(transformer.layers[0]) == checkpointed
+    # compile_blocks' setting: without it DoRA's cache clearing broke the checkpointed block's graph
+    with torch._dynamo.config.patch({compilation.SKIP_SIDE_EFFECTS: True}), torch.autocast("cpu", dtype=torch.bfloat16):
         explained = torch._dynamo.explain(transformer.layers[0])(*args, **kwargs)
     assert (explained.graph_count, explained.graph_break_count) == (1, 0), explained.break_reasons
 
 
-def test_compiled_dora_blocks_train_as_the_eager_ones(fixture_dir):
-    """The substituted base-weight lookup changes nothing but the tracing: a DoRA step through a
-    compiled block (aot_eager: the same operators) gives the eager prediction and gradients. One
-    block, compiled as compile_blocks compiles each: every further block is another half minute of
-    tracing on a CPU, and the compiled run test above traces them all."""
+@pytest.mark.parametrize("checkpointed", [False, True])
+def test_compiled_dora_blocks_train_as_the_eager_ones(fixture_dir, checkpointed):
+    """The substituted base-weight lookup changes nothing but the tracing, nor does skipping the
+    replay of DoRA's cache clearing in a checkpointed block: a DoRA step through a compiled block
+    (aot_eager: the same operators) gives the eager prediction and gradients. One block, compiled as
+    compile_blocks compiles each: every further block is another half minute of tracing on a CPU,
+    and the compiled run test above traces them all."""
     import acestep.training.compilation as compilation
 
     eager, eager_adapter = adapted(fixture_dir, "dora")
     compiled, compiled_adapter = adapted(fixture_dir, "dora")
+    if checkpointed:
+        enable_recompute(compiled, compiled=True)
     compilation._trace_base_weights_as_is()
     torch._dynamo.reset()
     compiled.layers[1].compile(dynamic=True, backend="aot_eager")  # its input requires grad, as in training
     expected, expected_grads = step(eager, eager_adapter)
     counters.clear()
-    prediction, grads = step(compiled, compiled_adapter)
+    with torch._dynamo.config.patch({compilation.SKIP_SIDE_EFFECTS: True}):  # as compile_blocks sets it
+        prediction, grads = step(compiled, compiled_adapter)
     assert counters["stats"]["unique_graphs"] == 1 and not counters["graph_break"]  # compiled whole, not eager
     torch.testing.assert_close(prediction, expected, rtol=0, atol=0)
     for a, b in zip(grads, expected_grads, strict=True):

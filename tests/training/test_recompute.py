@@ -1,6 +1,7 @@
-"""Gradient checkpointing in PyTorch's re-entrant form (`acestep/training/recompute.py`): the same
+"""Gradient checkpointing (`acestep/training/recompute.py`): in PyTorch's re-entrant form, the same
 gradients as without checkpointing and as diffusers' default, bit for bit, the first block's
-adapter included, and blocks without anything to train run plainly."""
+adapter included, and blocks without anything to train run plainly; for compiled blocks, inside
+their graphs, with the same gradients and the same tensors kept for the backward pass."""
 
 import warnings
 
@@ -10,7 +11,7 @@ import torch
 from acestep.models import load_acestep
 from acestep.training.adapters import add_adapter
 from acestep.training.objective import context_latents
-from acestep.training.recompute import checkpoint_block, enable_recompute
+from acestep.training.recompute import RECOMPUTE_FLAG, checkpoints_in_graph, checkpoint_block, enable_recompute
 
 
 def adapted(fixture_dir, kind="lora", **adapter):
@@ -45,15 +46,17 @@ def step(transformer, adapter):
     return prediction.detach(), [param.grad.clone() for param in adapter.parameters()]
 
 
-def record_checkpointed(monkeypatch) -> list:
-    """The blocks `checkpoint_block` hands to torch's checkpoint from now on, in call order."""
+def record_checkpointed(monkeypatch, re_entrant: bool = True) -> list:
+    """The blocks handed to torch's checkpoint from now on, in call order: re-entrantly (by
+    `checkpoint_block`), or with `re_entrant=False` by the blocks themselves."""
     import acestep.training.recompute as recompute
 
-    checkpointed = []
+    checkpointed, checkpoint = [], recompute.checkpoint  # torch's, or another recorder's
 
     def counted(function, *args, **kwargs):
-        checkpointed.append(function.__self__)
-        return torch.utils.checkpoint.checkpoint(function, *args, **kwargs)
+        if kwargs["use_reentrant"] == re_entrant:
+            checkpointed.append(function.__self__)
+        return checkpoint(function, *args, **kwargs)
 
     monkeypatch.setattr(recompute, "checkpoint", counted)
     return checkpointed
@@ -111,14 +114,88 @@ def test_checkpoint_block_marks_the_input_only_when_the_block_has_something_to_t
     assert block.weight.grad is not None and block.weight.grad.abs().sum() > 0
 
 
+def test_blocks_to_be_compiled_checkpoint_themselves_and_a_second_call_sets_them_anew(fixture_dir, monkeypatch):
+    """enable_recompute(compiled=True) gives each checkpointed block a forward that runs torch's
+    checkpoint (non-re-entrant, traceable) and leaves checkpoint_block nothing to do; run eagerly it
+    computes the gradients of no checkpointing bit for bit. Called again with another ratio or form,
+    the blocks are set anew, never wrapped twice."""
+    transformer, adapter = adapted(fixture_dir, dropout=0.1)
+    plain_prediction, plain = step(transformer, adapter)
+    enable_recompute(transformer, compiled=True)
+    assert all(checkpoints_in_graph(block) for block in transformer.layers)
+    re_entrant = record_checkpointed(monkeypatch)
+    by_themselves = record_checkpointed(monkeypatch, re_entrant=False)
+    prediction, recomputed = step(transformer, adapter)
+    assert re_entrant == [] and by_themselves == list(transformer.layers)
+    assert torch.equal(prediction, plain_prediction)
+    assert all(torch.equal(a, b) for a, b in zip(recomputed, plain, strict=True))
+    enable_recompute(transformer, 0.5, compiled=True)
+    assert [checkpoints_in_graph(block) for block in transformer.layers] == [True, True, False, False]
+    assert [getattr(block, RECOMPUTE_FLAG) for block in transformer.layers] == [True, True, False, False]
+    assert transformer.layers[0].forward.args[0].__func__ is type(transformer.layers[0]).forward  # wrapped once
+    enable_recompute(transformer)  # re-entrant again
+    assert not any(checkpoints_in_graph(block) for block in transformer.layers)
+    _, again = step(transformer, adapter)
+    assert re_entrant == list(transformer.layers)
+    assert all(torch.equal(a, b) for a, b in zip(again, plain, strict=True))
+
+
+def saved_for_backward(transformer) -> tuple[int, int]:
+    """(bytes, count) of the floating-point tensors the forward pass of `step_inputs` keeps for the
+    backward pass, the model's parameters left out, each storage counted once."""
+    parameters = {p.data_ptr() for p in transformer.parameters()}
+    kept = {}
+
+    def pack(tensor):
+        if tensor.is_floating_point() and tensor.data_ptr() not in parameters:
+            kept.setdefault(tensor.data_ptr(), tensor.numel() * tensor.element_size())
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            prediction = transformer(**step_inputs(transformer)).sample
+    prediction.float().pow(2).mean().backward()
+    return sum(kept.values()), len(kept)
+
+
+@pytest.mark.slow  # torch.compile traces for half a minute on a CPU
+def test_compiled_blocks_checkpoint_inside_their_graphs_with_the_gradients_and_memory_of_the_re_entrant_form(
+        fixture_dir):
+    """The checkpoint traced into each compiled block (aot_eager: the same operators as eagerly)
+    gives the gradients of no checkpointing bit for bit, adapter dropout included (the recomputation
+    replays the same random draws), in one graph per kind of block without a break, and keeps
+    what the re-entrant form keeps for the backward pass: each block's input, not its activations."""
+    from torch._dynamo.utils import counters
+
+    from acestep.training.compilation import compile_blocks
+
+    transformer, adapter = adapted(fixture_dir, dropout=0.1)
+    _, plain = step(transformer, adapter)
+    plain_kept, _ = saved_for_backward(transformer)
+    enable_recompute(transformer)
+    re_entrant_kept, _ = saved_for_backward(transformer)
+    enable_recompute(transformer, compiled=True)
+    torch._dynamo.reset()
+    counters.clear()
+    compile_blocks(transformer, backend="aot_eager")
+    _, compiled = step(transformer, adapter)
+    assert not counters["graph_break"]
+    assert counters["stats"]["unique_graphs"] == 3  # the first block (input without grad); sliding window or not
+    assert all(torch.equal(a, b) for a, b in zip(compiled, plain, strict=True))
+    kept, _ = saved_for_backward(transformer)
+    assert counters["stats"]["unique_graphs"] == 3  # nothing compiled again
+    # beside the re-entrant form's block inputs: RoPE's cos and sin and a few scalars (3.5% here)
+    assert re_entrant_kept <= kept <= 1.1 * re_entrant_kept < 0.1 * plain_kept
+
+
 @pytest.mark.slow  # torch.compile traces for a minute or more on a CPU
 @pytest.mark.parametrize("compiled", [False, True])
-def test_re_entrant_checkpointing_works_with_compiled_blocks(fixture_dir, compiled):
+def test_checkpointing_works_with_compiled_blocks(fixture_dir, compiled):
     from acestep.training.compilation import compile_blocks
 
     transformer, adapter = adapted(fixture_dir)
     _, plain = step(transformer, adapter)
-    enable_recompute(transformer)
+    enable_recompute(transformer, compiled=compiled)
     if compiled:
         compile_blocks(transformer)
     _, recomputed = step(transformer, adapter)
