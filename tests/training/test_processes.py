@@ -39,11 +39,13 @@ def final_adapter(run_dir: Path) -> dict[str, torch.Tensor]:
     return load_file(run_dir / "final" / "adapter_model.safetensors")
 
 
-@pytest.mark.parametrize("checkpointing", ["false", "true"])  # true: re-entrant checkpointing under DDP
-def test_ddp_on_two_cpu_processes_keeps_the_ranks_identical(tmp_path, tiny_dit, checkpointing):
+# checkpointing alone: re-entrant under DDP; with compile: traced into each compiled block (recompute.py)
+@pytest.mark.parametrize(("checkpointing", "compile"), [("false", "false"), ("true", "false"), ("true", "true")])
+def test_ddp_on_two_cpu_processes_keeps_the_ranks_identical(tmp_path, tiny_dit, checkpointing, compile):
     tensors = write_tensors_dir(tmp_path / "tensors", tiny_dit, 8)
     config = write_config(tmp_path, tensors, tiny_dit, "ddp", "run.devices=2", "run.strategy=ddp", "run.epochs=2",
                           "run.log_every_steps=1", f"run.gradient_checkpointing={checkpointing}",
+                          f"run.compile={compile}",
                           "run.save_every_minutes=0.00001")  # a time-based save at each log: both ranks agree
     process = cli("train", "--config", str(config), cwd=tmp_path)
     output = process.communicate(timeout=600)[0]
@@ -55,6 +57,7 @@ def test_ddp_on_two_cpu_processes_keeps_the_ranks_identical(tmp_path, tiny_dit, 
     assert ranks[0]["checksums"][0] == ranks[0]["checksums"][1]
     start = events[0]["message"]
     assert "effective batch 2 (1 x 1 accumulation x 2 process(es))" in start
+    assert ("blocks compiled by torch.compile" in start) == (compile == "true")
     assert [e["step"] for e in events if e["type"] == "log"] == list(range(1, 9))  # 8 samples / 2 ranks x 2 epochs
     timed = [e["step"] for e in events if e["type"] == "checkpoint" and "minutes since the last save" in e["message"]]
     assert timed == list(range(1, 9))
