@@ -30,11 +30,13 @@ from __future__ import annotations
 import errno
 import functools
 import multiprocessing
+import multiprocessing.connection
 import multiprocessing.forkserver
 import os
 import shutil
 import signal
 import sys
+import threading
 from pathlib import Path
 from unittest import mock
 
@@ -137,6 +139,15 @@ def arm_phase(phase: str, call: int) -> None:
         raise SystemExit(f"unknown phase {phase!r}")
 
 
+# A forkserver child's exit status comes once, as four bytes on a pipe, to the first reader; a
+# second thread reading it at the same moment finds the pipe at its end and takes the status for
+# 255 ("perhaps the forkserver process itself got killed", multiprocessing.popen_forkserver). Two
+# runs go at a time, and starting a process reads the status of every finished one
+# (multiprocessing.process._cleanup): a run killed just then once read as 255 instead of -9. So
+# every start and every read of a status holds this lock.
+_STATUS = threading.Lock()
+
+
 class Run:
     """One run started by `start_run`: a process whose output goes to a file."""
 
@@ -151,7 +162,8 @@ class Run:
     @property
     def returncode(self) -> int | None:
         """The exit status, or minus the signal that ended it; None while it runs."""
-        return self.process.exitcode
+        with _STATUS:
+            return self.process.exitcode
 
     def poll(self) -> int | None:
         return self.returncode
@@ -160,12 +172,12 @@ class Run:
         os.kill(self.pid, signal.SIGKILL)
 
     def wait(self, timeout: float) -> int:
-        self.process.join(timeout)
-        if self.process.exitcode is None:
+        multiprocessing.connection.wait([self.process.sentinel], timeout)  # readable at the end; reads nothing
+        if self.returncode is None:
             self.kill()
-            self.process.join()
+            multiprocessing.connection.wait([self.process.sentinel])
             raise TimeoutError(f"the run did not end in {timeout} s: {self.output()}")
-        return self.process.exitcode
+        return self.returncode
 
     def output(self) -> str:
         return self.output_path.read_text(errors="replace") if self.output_path.exists() else ""
@@ -190,7 +202,14 @@ def start_run(phase: str, call: int, output: Path, *command: str) -> Run:
     start_server()
     process = multiprocessing.get_context("forkserver").Process(
         target=_run_child, args=(phase, call, str(output), list(command)), daemon=False)
-    process.start()
+    return started(process, output)
+
+
+def started(process: multiprocessing.Process, output: Path) -> Run:
+    """Start `process` and return its Run. The start holds `_STATUS`: starting a process reads the
+    status of every process that ended."""
+    with _STATUS:
+        process.start()
     return Run(process, output)
 
 
