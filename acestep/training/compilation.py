@@ -20,10 +20,10 @@ torch's checkpoint inside its graph: `acestep.training.recompute`), training or 
 (validation), and a batch of one or of more (PyTorch specialises a size of 1). That makes 12 graphs
 in the test of a run with all of them (14 when the checkpoint was re-entrant, around the compiled
 blocks: a graph without grad for the forward pass, one with grad for the recomputation);
-`BLOCK_GRAPH_LIMIT` leaves room above that. Previews run
-eagerly (`eagerly`): their adapter strengths, input casts and batches would each compile graphs
-that serve a few seconds of sampling. Should torch still give up on the blocks, it only logs it;
-`reporting_fallbacks` turns that into a warning of the run.
+`BLOCK_GRAPH_LIMIT` leaves room above that. Previews run eagerly (`eagerly`): their adapter
+strengths, input casts and batches would each compile graphs that serve a few seconds of sampling.
+Should torch still give up on the blocks, it only logs it; `reporting_fallbacks` turns that into a
+warning of the run.
 
 PEFT's DoRA layers ask `peft.utils.integrations.dequantize_module_weight` for their base weight,
 which tests `type(weight).__module__`, something dynamo cannot trace: each DoRA layer broke its
