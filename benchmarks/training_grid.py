@@ -169,9 +169,10 @@ SETTING_NOTES = {flag: f" ({note})" for flag, (_, note) in SETTINGS.items()}
 
 def markdown_table(rows: list[dict]) -> str:
     """One line per cell: our trainer's figures, then the reference loop's step time and our speed-up,
-    then our warm-up (its steps together, compiling included)."""
+    then our warm-up (its steps together, compiling included) and the most GPU memory the cell's
+    process reserved (all its loops, CUDA graph pools included: what the peak columns miss)."""
     lines = ["| batch x crop | ckpt | compile | status | step ms | samples/s | tokens/s | TFLOP/s | MFU % | peak GiB "
-             "| reference ms | reference peak GiB | speed-up | warm-up s |", "|---" * 14 + "|"]
+             "| reference ms | reference peak GiB | speed-up | warm-up s | reserved GiB |", "|---" * 15 + "|"]
     for row in rows:
         cell, result = row["cell"], row["result"]
         ours, ref = result.get("loops", {}).get("trainer", {}), result.get("loops", {}).get("reference", {})
@@ -186,7 +187,8 @@ def markdown_table(rows: list[dict]) -> str:
             f"| {_number(ours.get('tflops'))} | {_number(ours.get('mfu'), 100)} | "
             f"{_number(ours.get('peak_memory_gib'))} | {_number(ref.get('seconds_per_step'), 1000)} | "
             f"{_number(ref.get('peak_memory_gib'))} | "
-            f"{_number(speedup, digits=2) + 'x' if speedup else '–'} | {_number(ours.get('warmup_seconds'))} |")
+            f"{_number(speedup, digits=2) + 'x' if speedup else '–'} | {_number(ours.get('warmup_seconds'))} | "
+            f"{_number(result.get('reserved_gib'))} |")
     return "\n".join(lines)
 
 

@@ -256,6 +256,9 @@ def print_report(report: dict) -> None:
               f"warm-up {f['warmup_seconds']:.1f} s ({f['warmup_steps']} steps)")
     if r.get("speedup_over_reference"):
         print(f"  speed-up over the reference loop: {r['speedup_over_reference']:.2f}x")
+    if r.get("reserved_gib") is not None:
+        print(f"  GPU memory the process reserved at most: {r['reserved_gib']:.1f} GiB (every loop, the CUDA graphs' "
+              "pools included)")
     if "compile_report" in r:
         print_compile_report(r["compile_report"])
     if "bare" in r["loops"]:
@@ -294,7 +297,9 @@ def run(args, work: Path) -> dict:
               "compile": args.compile, "cuda_graphs": args.cuda_graphs,
               "variants": [variant.flag for variant in variants],
               "attention": session.attention, "flops_forward": flops.forward, "flops_backward": flops.backward,
-              "peak_tflops": peak, "loops": loops}
+              "peak_tflops": peak, "loops": loops,
+              # the whole process's, all loops and CUDA graph pools (recorded in the warm-up) included
+              "reserved_gib": torch.cuda.max_memory_reserved() / 2**30 if device.type == "cuda" else None}
     if args.compile:
         report["compile_report"] = compile_report()
     if "reference" in loops:

@@ -207,6 +207,11 @@ def test_grid_cell_failures_are_reported_as_oom_timeout_or_error(tmp_path):
     table = grid.markdown_table([{"cell": {"batch": 8, "seconds": 60.0, "checkpointing": True, "compile": False},
                                   "result": results["a"]}])
     assert table.splitlines()[-1].startswith("| 8 x 60 s | on | off | **oom** | – |")
+    # the most memory the cell's process reserved, CUDA graph pools included (the peak columns miss them)
+    reserved = grid.markdown_table([{"cell": {"batch": 1, "seconds": 60.0, "checkpointing": False, "compile": True},
+                                     "result": {"status": "ok", "reserved_gib": 12.34}}])
+    assert reserved.splitlines()[0].endswith("| warm-up s | reserved GiB |") and reserved.endswith("| – | 12.3 |")
+    assert all(line.count("|") == 16 for line in reserved.splitlines())
 
 
 def test_a_compiling_cell_stopped_at_its_limit_says_what_torch_compile_did(tmp_path):
@@ -273,6 +278,7 @@ def test_training_grid_runs_each_cell_in_its_own_process_and_writes_the_table(tm
         assert ours["samples_per_second"] == pytest.approx(1 / ours["seconds_per_step"])
         assert ours["warmup_steps"] == 1 and ours["warmup_seconds"] > 0  # compiling, if any, is in there
         assert ours["tokens_per_second"] == pytest.approx(13 / ours["seconds_per_step"])  # 25 frames -> 13 tokens
+        assert result["reserved_gib"] is None  # a GPU's figure
         log = (tmp_path / result["log"]).read_text()
         assert "trainer step" in log and "reference loop" in log and "speed-up over the reference loop:" in log
     table = (tmp_path / "grid.md").read_text()
