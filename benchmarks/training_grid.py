@@ -46,7 +46,8 @@ VARIANT_FLAGS = [variant.flag for variant in VARIANTS]
 # settings of the run a cell can turn on: its flag, training_step.py's option, the table's note
 SETTINGS = {"cudagraphs": ("--cuda-graphs", "CUDA graphs"),
             "varied": ("--varied-conditions", "condition lengths varied"),
-            "dropout": ("--adapter-dropout", "adapter dropout")}
+            "dropout": ("--adapter-dropout", "adapter dropout"),
+            "nosync": ("--no-finite-check", "no finite-gradient sync")}
 CELL_FORM = ("BATCHxSECONDS[:ckpt][:compile]" + "".join(f"[:{flag}]" for flag in SETTINGS)
              + "".join(f"[:{flag}]" for flag in VARIANT_FLAGS))
 CELL_PATTERN = re.compile(r"^(\d+)x(\d+(?:\.\d+)?)((?::(?:" + "|".join(["ckpt", "compile", *SETTINGS,

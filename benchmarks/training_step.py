@@ -8,7 +8,8 @@ Loops, timed in alternating rounds on the same samples of a tensors folder:
 - trainer step: the trainer's own epoch loop (reading and cropping samples, CFG dropout, fp32
   timestep and noise draws, masked loss, clipping with the finite-gradient check, the scheduler,
   the loss bookkeeping without a per-step sync), with gradient checkpointing and regional compile
-  as asked;
+  as asked; `--no-finite-check` takes every gradient for finite without asking the GPU, which
+  measures what that check, the step's one host-device sync, costs;
 - reference loop: the official trainer's loop (benchmarks/reference_loop.py: per-step `.item()`,
   timesteps drawn in bf16, loss over all frames, no compile) on the same model;
 - bare PyTorch loop (`--bare`): forward, masked MSE, backward, optimizer step on one fixed batch,
@@ -91,11 +92,15 @@ class SampleCursor:
 
 
 class TrainerTimer:
-    """Times epochs of the trainer's own loop, each over the next `count` batches of samples."""
+    """Times epochs of the trainer's own loop, each over the next `count` batches of samples.
+    `finite_check` False: every gradient is taken for finite without asking the GPU, to measure
+    what the step's one host-device sync costs (a measurement only: a non-finite step would train)."""
 
-    def __init__(self, session: TrainingSession, batch: int):
+    def __init__(self, session: TrainingSession, batch: int, finite_check: bool = True):
         self.session, self.batch, self.optimizer = session, batch, session.optimizer
         self.trainer = Trainer(session)
+        if not finite_check:
+            self.trainer._gradient_is_finite = lambda norm: True
         self.interval = LossInterval(session.fabric.device)
         self.cursor = SampleCursor(len(session.samples))
 
@@ -242,7 +247,8 @@ def print_report(report: dict) -> None:
     print(f"device {r['device']}, torch {r['torch']}, model {r['size']}, batch {r['batch']} x {r['seconds']:g} s "
           f"({r['frames']} frames), precision {r['precision']}, checkpointing {r['gradient_checkpointing']}, "
           f"compile {r['compile']}, CUDA graphs {r['cuda_graphs']}, adapter dropout {r['adapter_dropout']:g}, "
-          f"condition tokens {'-'.join(str(n) for n in sorted(set(r['condition_token_range'])))}"
+          + ("" if r["finite_check"] else "no finite-gradient check, ")
+          + f"condition tokens {'-'.join(str(n) for n in sorted(set(r['condition_token_range'])))}"
           + "".join(f", variant {name}" for name in r["variants"]))
     print(f"  {r['attention']}")
     peak = f"{r['peak_tflops']:g} TFLOP/s dense bf16" if r["peak_tflops"] else "peak unknown (--peak-tflops)"
@@ -275,7 +281,7 @@ def run(args, work: Path) -> dict:
     for variant in variants:
         variant.apply(session.model)
     device = session.fabric.device
-    timers = {"trainer": TrainerTimer(session, args.batch)}
+    timers = {"trainer": TrainerTimer(session, args.batch, finite_check=not args.no_finite_check)}
     if not args.no_reference:
         timers["reference"] = ReferenceTimer(session, args.batch)
     if args.bare:
@@ -294,7 +300,7 @@ def run(args, work: Path) -> dict:
               "seconds": args.seconds, "frames": frames, "condition_tokens": tokens,
               "condition_token_range": [min(lengths), max(lengths)], "adapter_dropout": session.config.adapter.dropout,
               "precision": session.checkpoint_info["precision"], "gradient_checkpointing": args.gradient_checkpointing,
-              "compile": args.compile, "cuda_graphs": args.cuda_graphs,
+              "compile": args.compile, "cuda_graphs": args.cuda_graphs, "finite_check": not args.no_finite_check,
               "variants": [variant.flag for variant in variants],
               "attention": session.attention, "flops_forward": flops.forward, "flops_backward": flops.backward,
               "peak_tflops": peak, "loops": loops,
@@ -324,6 +330,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="samples whose condition lengths vary from 300 to 500 tokens, as songs' do (else 400)")
     parser.add_argument("--adapter-dropout", action="store_true",
                         help="train with the adapter's default dropout (else none)")
+    parser.add_argument("--no-finite-check", action="store_true",
+                        help="skip the trainer's per-step check that the gradient is finite (its one host-device "
+                             "sync), to measure what it costs")
     parser.add_argument("--no-reference", action="store_true", help="skip the reference loop")
     for variant in VARIANTS:  # benchmarks/variants.py
         parser.add_argument(variant.option, dest=variant.flag, action="store_true", help=variant.help)

@@ -120,7 +120,7 @@ def _tiny_args(**changes):
     import argparse
 
     values = dict(size="tiny", batch=1, seconds=1.0, steps=2, warmup=1, gradient_checkpointing=False, compile=False,
-                  cuda_graphs=False, varied_conditions=False, adapter_dropout=False)
+                  cuda_graphs=False, varied_conditions=False, adapter_dropout=False, no_finite_check=False)
     return argparse.Namespace(**{**values, **changes})
 
 
@@ -653,6 +653,33 @@ def test_a_cell_with_varied_conditions_and_dropout_trains_on_songs_of_different_
     assert report["loops"]["trainer"]["seconds_per_step"] > 0
     with pytest.raises(ValueError, match="3 condition lengths for 2 samples"):
         common.write_samples(tmp_path / "bad", 2, 25, 8, [300, 400, 500])
+
+
+def test_a_cell_without_the_finite_check_times_the_trainer_without_its_per_step_sync(tmp_path, monkeypatch, capsys):
+    """`:nosync` (`--no-finite-check`) measures what the trainer's one host-device sync per step
+    costs: the timed trainer takes every gradient for finite without reading it from the device,
+    and trains its steps as before; without the flag the check reads each step's norm."""
+    grid, training_step = bench("training_grid"), bench("training_step")
+    cell = grid.parse_cell("1x60:compile:cudagraphs:nosync")
+    assert cell.settings == ("cudagraphs", "nosync") and cell.key == "b1-60s-compile-cudagraphs-nosync"
+    command = grid.cell_command(cell, _tiny_args(python="python", steps=1, rounds=1, bare=False, no_reference=True,
+                                                 peak_tflops=None), tmp_path / "c.json")
+    assert "--no-finite-check" in command
+    row = {"cell": {**vars(cell), "label": cell.label}, "result": {"status": "skipped"}}
+    assert "(no finite-gradient sync)" in grid.markdown_table([row])
+    read = []
+    original = training_step.Trainer._gradient_is_finite
+    monkeypatch.setattr(training_step.Trainer, "_gradient_is_finite",
+                        staticmethod(lambda norm: read.append(norm) or original(norm)))
+    for flags, reads in (([], 3), (["--no-finite-check"], 0)):  # 1 warm-up step, then 1 round of 2 steps
+        read.clear()
+        figures = tmp_path / "sync.json"
+        assert training_step.main(["--size", "tiny", "--seconds", "1", "--steps", "2", "--rounds", "1", "--warmup",
+                                   "1", "--no-reference", "--json", str(figures), *flags]) == 0
+        report = json.loads(figures.read_text())
+        assert len(read) == reads and report["finite_check"] == (not flags)
+        assert report["loops"]["trainer"]["seconds_per_step"] > 0
+    assert "no finite-gradient check, " in capsys.readouterr().out
 
 
 def test_profile_step_prints_the_top_ops_and_the_timings_of_its_variants(capsys):

@@ -330,7 +330,7 @@ class Trainer:
         s, p, cfg = self.s, self.progress, self.config
         max_norm = cfg.optimizer.grad_clip if cfg.optimizer.grad_clip else float("inf")
         norm = self.fabric.clip_gradients(s.model, s.optimizer, max_norm=max_norm, error_if_nonfinite=False)
-        finite = bool(torch.isfinite(norm).item())
+        finite = self._gradient_is_finite(norm)
         if finite:
             self.interval.add_grad_norm(norm)
             s.optimizer.step()
@@ -351,6 +351,12 @@ class Trainer:
                 f"step {p.step} (the adapter was not updated by those steps; the last checkpoint is safe). Lower the "
                 "learning rate, use bf16 instead of fp16, or check the tensors folder.")
         return finite
+
+    @staticmethod
+    def _gradient_is_finite(norm: torch.Tensor) -> bool:
+        """The step's one host-device sync: the host waits for the gradient's norm (every rank's,
+        under DDP, so all skip alike). `benchmarks/training_step.py --no-finite-check` measures it."""
+        return bool(torch.isfinite(norm).item())
 
     def _check_disk(self) -> None:
         """Once, after the first optimizer step (the optimizer's state exists then): a warning when
