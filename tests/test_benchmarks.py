@@ -723,3 +723,15 @@ def test_data_loading_times_each_batch_of_a_training_epoch_after_the_first(capsy
     assert sorted(read) == [(epoch, p) for epoch in (0, 1) for p in range(7)]  # every sample once per epoch
     assert loading.main(["--batch", "2", "--seconds", "1", "--songs", "4", "--song-seconds", "3", "--tokens", "5"]) == 0
     assert capsys.readouterr().out.startswith("batch 2 x 1 s crops of 3 s songs, 5 condition tokens")
+
+
+def test_gpu_perf_default_cells_are_cells_the_grid_runs_and_its_header_describes():
+    """A misspelt cell in gpu_perf.sh would cost a lent GPU's session: every default goal and grid
+    cell parses, is written as the grid labels it, and is named in the script's header."""
+    grid = bench("training_grid")
+    text = (ROOT / "benchmarks" / "gpu_perf.sh").read_text()
+    header = text.split("\nset -u\n")[0]
+    for name in ("GOALS", "CELLS"):
+        cells = re.search(rf"^{name}=\${{{name}-([^}}]*)}}$", text, re.MULTILINE).group(1).split(",")
+        assert [grid.parse_cell(cell).label for cell in cells] == cells
+        assert [cell for cell in cells if cell not in header] == []
