@@ -727,11 +727,14 @@ def test_data_loading_times_each_batch_of_a_training_epoch_after_the_first(capsy
 
 def test_gpu_perf_default_cells_are_cells_the_grid_runs_and_its_header_describes():
     """A misspelt cell in gpu_perf.sh would cost a lent GPU's session: every default goal and grid
-    cell parses, is written as the grid labels it, and is named in the script's header."""
+    cell parses, is written as the grid labels it, and is named in the script's header and in
+    RESULTS.md's Reproduce section."""
     grid = bench("training_grid")
     text = (ROOT / "benchmarks" / "gpu_perf.sh").read_text()
     header = text.split("\nset -u\n")[0]
+    reproduce = (ROOT / "benchmarks" / "RESULTS.md").read_text().split("## Reproduce")[1]
     for name in ("GOALS", "CELLS"):
         cells = re.search(rf"^{name}=\${{{name}-([^}}]*)}}$", text, re.MULTILINE).group(1).split(",")
         assert [grid.parse_cell(cell).label for cell in cells] == cells
         assert [cell for cell in cells if cell not in header] == []
+        assert [cell for cell in cells if cell not in reproduce] == []
