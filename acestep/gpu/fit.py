@@ -95,14 +95,18 @@ def _options(config) -> list[tuple[str, dict[str, object]]]:
     """(group, changes) in order of preference: what costs speed before what costs quality."""
     options: list[tuple[str, dict[str, object]]] = []
     run, data, opt, adapter = config.run, config.data, config.optimizer, config.adapter
+    # run.cuda_graphs refuses checkpointing and accumulation (config_rules): the options that turn
+    # one of them on turn the graphs off
+    no_graphs: dict[str, object] = {"run.cuda_graphs": False} if run.cuda_graphs else {}
     checkpointing: dict[str, object] = {} if run.gradient_checkpointing else {"run.gradient_checkpointing": True}
     if run.gradient_checkpointing_ratio < 1:  # every layer
         checkpointing["run.gradient_checkpointing_ratio"] = 1.0
     if checkpointing:
-        options.append(("checkpointing", checkpointing))
+        options.append(("checkpointing", {**checkpointing, **no_graphs}))
     if data.batch_size > 1:
         options.append(("batch", {"data.batch_size": 1,
-                                  "optimizer.gradient_accumulation": data.batch_size * opt.gradient_accumulation}))
+                                  "optimizer.gradient_accumulation": data.batch_size * opt.gradient_accumulation,
+                                  **no_graphs}))
     lr = {"optimizer.lr": 1e-4} if opt.name == "prodigy" else {}
     if opt.name in ("adamw", "prodigy"):
         options.append(("optimizer", {"optimizer.name": "adamw8bit", **lr}))

@@ -90,6 +90,15 @@ def _check_cuda_graphs(config: TrainingConfig) -> str | None:
         # (benchmarks/gpu_perf.sh, cell 8x60:ckpt:compile:cudagraphs).
         return ("run.cuda_graphs and run.gradient_checkpointing do not go together yet (the pair has not run on a "
                 "GPU): set one of them to false")
+    if config.optimizer.gradient_accumulation > 1:
+        # The blocks' backward graphs hand the adapter its gradients in the graphs' own memory, which the
+        # next micro-batch's replay overwrites: torch raises "accessing gradient tensor output of CUDAGraphs
+        # that has been overwritten by a subsequent run" (torch/_inductor/cudagraph_trees.py names
+        # gradient accumulation as the case).
+        return (f"run.cuda_graphs and optimizer.gradient_accumulation={config.optimizer.gradient_accumulation} do not "
+                "go together: each micro-batch's graphs would overwrite the gradients the one before left. Set "
+                "optimizer.gradient_accumulation=1 (a larger data.batch_size gives the same effective batch, where "
+                "memory allows) or run.cuda_graphs=false")
     return None
 
 
@@ -154,7 +163,8 @@ _CHECKS: tuple[tuple[tuple[str, ...], Callable[[TrainingConfig], str | None]], .
     (("adapter.modules",), _check_modules),
     (("adapter.lokr_factor",), _check_lokr_factor),
     (("model.quantization", "adapter.type", "run.compile"), _check_quantization),
-    (("run.cuda_graphs", "run.compile", "run.gradient_checkpointing"), _check_cuda_graphs),
+    (("run.cuda_graphs", "run.compile", "run.gradient_checkpointing", "optimizer.gradient_accumulation"),
+     _check_cuda_graphs),
     (("run.best_after_epochs", "run.epochs"), _check_best_after),
     (("optimizer.lr", "optimizer.name"), _check_prodigy_lr),
     (("run.preview_caption", "run.preview_every_epochs", "run.preview_every_steps"), _check_preview_caption),

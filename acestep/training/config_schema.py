@@ -214,7 +214,8 @@ class RunConfig:
                "benchmark on an H200, blocks compiled this way for fixed shapes took 50 ms a step at batch 1 x 60 s "
                "(108 ms compiled alone, 201 ms eager) and 108 ms at batch 8 (172 ms compiled alone); the trainer's "
                "form, for shapes that change, is not measured on a GPU yet. A graph is recorded for each new batch "
-               "shape, in memory the VRAM estimate does not count. Not with run.gradient_checkpointing.")
+               "shape, in memory the VRAM estimate does not count. Not with run.gradient_checkpointing, nor with "
+               "optimizer.gradient_accumulation above 1.")
     skip_vram_check: bool = _option(
         False, "Start on a CUDA GPU even when the estimated peak memory is above the GPU's free memory. The "
         "check (CUDA only) stops such a run before the model loads, naming the shortfall, the processes holding "

@@ -77,6 +77,18 @@ def test_the_suggested_settings_really_fit_and_keep_the_effective_batch():
         assert estimate_vram(applied).total_bytes == fitted.total_bytes
 
 
+def test_a_run_with_cuda_graphs_is_offered_checkpointing_and_accumulation_without_them():
+    """run.cuda_graphs refuses gradient checkpointing and accumulation: a suggestion that turns one
+    of them on turns the graphs off, so every suggestion is a config the trainer accepts."""
+    graphs = apply_overrides(BIG, ["run.compile=true", "run.cuda_graphs=true"])
+    found = settings_that_fit(graphs, estimate_vram(graphs), int(9 * GIB), limit=10)
+    assert any("run.gradient_checkpointing=true" in fit.changes for fit in found)
+    for fit in found:
+        turns_on = "run.gradient_checkpointing=true" in fit.changes or "data.batch_size=1" in fit.changes
+        assert ("run.cuda_graphs=false" in fit.changes) == turns_on
+        apply_overrides(graphs, list(fit.changes))  # valid: the rules accept each
+
+
 def test_an_xl_run_too_large_for_an_8gb_card_is_offered_an_nf4_base():
     from acestep.models.config import parse_model_config
 

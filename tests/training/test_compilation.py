@@ -75,10 +75,9 @@ def test_cuda_graphs_compile_the_blocks_with_reduce_overhead_and_mark_each_forwa
 @pytest.mark.slow  # torch.compile traces the blocks for half a minute on a CPU
 def test_a_run_with_cuda_graphs_begins_a_graph_step_at_every_forward_pass(tmp_path, tiny_dit, monkeypatch):
     """run.cuda_graphs through the whole loop: the session compiles the blocks for CUDA graphs, and
-    every forward pass of the transformer (each micro-batch under gradient accumulation, each
-    validation pass) begins a new graph step, so no replay's outputs are kept past the pass that
-    used them. The graphs record on a GPU only: here the CUDA check is lifted and aot_eager traces
-    the blocks (it ignores the mode)."""
+    every forward pass of the transformer (each training batch, each validation pass) begins a new
+    graph step, so no replay's outputs are kept past the pass that used them. The graphs record on a
+    GPU only: here the CUDA check is lifted and aot_eager traces the blocks (it ignores the mode)."""
     tensors = write_tensors_dir(tmp_path / "tensors", tiny_dit, 4)
     forwards, marks, modes = [], [], []
 
@@ -91,14 +90,14 @@ def test_a_run_with_cuda_graphs_begins_a_graph_step_at_every_forward_pass(tmp_pa
     monkeypatch.setattr(session_module, "compile_blocks", compiling)
     monkeypatch.setattr(torch.compiler, "cudagraph_mark_step_begin", lambda: marks.append(len(marks)))
     config = make_config(tmp_path, tensors, tiny_dit, "run.compile=true", "run.cuda_graphs=true", "run.epochs=1",
-                         "optimizer.gradient_accumulation=2", "data.validation_split=0.25", "run.save_every_epochs=0")
+                         "data.validation_split=0.25", "run.save_every_epochs=0")
     torch._dynamo.reset()
     with torch._inductor.config.patch(WARN_LIMIT):
         result = train(config)
     log = events(result.run_dir)
     start = next(e["message"] for e in log if e["type"] == "start")
     assert modes == [True] and "their kernels replayed as CUDA graphs, recorded for each new batch shape" in start
-    assert result.step == 2 and any(e["type"] == "validation" for e in log)  # 3 batches, accumulation 2
+    assert result.step == 3 and any(e["type"] == "validation" for e in log)  # 3 training batches, 1 validation
     assert len(forwards) > 3 and forwards == list(range(len(forwards)))  # one mark before each forward pass
     assert marks == list(range(len(forwards)))
 

@@ -367,14 +367,17 @@ def test_an_nf4_base_refuses_lokr_and_compile(sections, fragment):
     assert config_from_dict(minimal(**sections)).model.quantization == "none"  # each alone is fine
 
 
-@pytest.mark.parametrize(("run", "fragment"), [
-    ({"cuda_graphs": True}, "run.cuda_graphs replays the compiled blocks' kernels: it needs run.compile=true"),
-    ({"cuda_graphs": True, "compile": True, "gradient_checkpointing": True},
+@pytest.mark.parametrize(("sections", "fragment"), [
+    ({"run": {"cuda_graphs": True}}, "run.cuda_graphs replays the compiled blocks' kernels: it needs run.compile=true"),
+    ({"run": {"cuda_graphs": True, "compile": True, "gradient_checkpointing": True}},
      "run.cuda_graphs and run.gradient_checkpointing do not go together yet (the pair has not run on a GPU): set "
      "one of them to false"),
+    ({"run": {"cuda_graphs": True, "compile": True}, "optimizer": {"gradient_accumulation": 4}},
+     "run.cuda_graphs and optimizer.gradient_accumulation=4 do not go together: each micro-batch's graphs would "
+     "overwrite the gradients the one before left. Set optimizer.gradient_accumulation=1"),
 ])
-def test_cuda_graphs_need_compile_and_no_checkpointing(run, fragment):
-    message, problems = problems_of(lambda: config_from_dict(minimal(run=run)))
+def test_cuda_graphs_need_compile_no_checkpointing_and_no_accumulation(sections, fragment):
+    message, problems = problems_of(lambda: config_from_dict(minimal(**sections)))
     assert fragment in message and problems[0][0] == "run.cuda_graphs"
     assert config_from_dict(minimal(run={"cuda_graphs": True, "compile": True})).run.cuda_graphs
 
