@@ -71,7 +71,8 @@ def settings_that_fit(config, estimate: VramEstimate, free_bytes: int, limit: in
     Changes are "section.field=value" texts, drawn from: gradient checkpointing on; batch 1 with
     the accumulation raised to keep the effective batch; 8-bit AdamW or Adafactor (with lr 1e-4
     when leaving Prodigy); the frozen weights in NF4 (LoRA and DoRA, uncompiled); 30 s or 15 s
-    crops; half or a quarter of the rank (alpha alike).
+    crops; half or a quarter of the rank (alpha alike). With run.cuda_graphs on, checkpointing and
+    accumulation come with the graphs turned off (the rules refuse them together).
     """
     options = _options(config)
     found = []
