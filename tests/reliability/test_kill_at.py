@@ -19,9 +19,10 @@ def read_status(run: Run, codes: list) -> None:
 
 def test_a_killed_runs_status_is_the_signal_even_when_threads_read_it_at_once(tmp_path):
     """A forkserver child's status comes once, on a pipe: read by two threads at the same moment,
-    one of them found the pipe at its end and took the status for 255 (117 of 300 trials with three
-    threads, without `kill_at._STATUS`; once in the crash test, where starting a run reads the
-    status of the other run). Through `Run`, every reader gets -SIGKILL."""
+    one of them found the pipe at its end and took the status for 255 (three threads polling one
+    killed child's `exitcode` read it in 117 of 300 trials; once in the crash test, where starting
+    a run reads the status of the other run). Through `Run`, every reader gets -SIGKILL; with
+    `kill_at._STATUS` made a no-op this test fails."""
     context = multiprocessing.get_context("forkserver")
     for trial in range(30):
         run: Run = started(context.Process(target=time.sleep, args=(60,)), tmp_path / "out.log")
