@@ -20,16 +20,14 @@ from acestep.models.load import build_component
 from acestep.models.tiny import TINY_DIT_CONFIG
 from acestep.preprocess.manifest import Manifest, ManifestSample, write_manifest
 from acestep.preprocess.tensors import PreprocessedDataset, write_sample
-from acestep.training.adapters import add_adapter
 from acestep.training.config import TrainingConfig
 from acestep.training.data import CroppedSamples
 from acestep.training.optim import build_optimizer, build_scheduler
-from acestep.training.compilation import check_cuda_graphs_support, compile_blocks
+from acestep.training.compilation import check_cuda_graphs_support
 from acestep.training.quantization import quantize_transformer
-from acestep.training.recompute import enable_recompute
 from acestep.training.plan import FRAMES_PER_SECOND
-from acestep.training.session import (MIXED_PRECISIONS, TrainingSession, compute_dtype,
-                                      resolve_accelerator, resolve_precision)
+from acestep.training.session import (TrainingSession, adapt_for_training, compute_dtype, resolve_accelerator,
+                                      resolve_precision)
 from acestep.training.step import Objective
 
 SIZES = {
@@ -107,7 +105,8 @@ def build_session(training: TrainingConfig, model: AceStepModelConfig, samples: 
                   work: Path, seed: int = 0) -> TrainingSession:
     """A TrainingSession as `TrainingSession.start` builds one, on a random-weight transformer:
     Fabric (accelerator and precision from `training`), the NF4 base when asked, gradient
-    checkpointing, the adapter, compile, the optimizer and scheduler, the cropped samples.
+    checkpointing, the adapter and compile as the trainer adds them (`adapt_for_training`), the
+    optimizer and scheduler, the cropped samples.
     `checkpoint_info["precision"]` says the precision."""
     from lightning_fabric import Fabric
 
@@ -122,14 +121,8 @@ def build_session(training: TrainingConfig, model: AceStepModelConfig, samples: 
     if quantized:
         quantize_transformer(transformer, training.model.quantization, fabric.device, compute_dtype(precision, dtype))
     attention = plan_attention(transformer, fabric.device, compute_dtype(precision, dtype))
-    if training.run.gradient_checkpointing:
-        enable_recompute(transformer, training.run.gradient_checkpointing_ratio, compiled=training.run.compile)
-    a, o = training.adapter, training.optimizer
-    adapter = add_adapter(transformer, a.type, a.rank, a.alpha, a.dropout, a.targets, a.mlp, a.modules, a.lokr_factor)
-    if precision in MIXED_PRECISIONS:
-        adapter.skip_input_casts()
-    if training.run.compile:
-        compile_blocks(transformer, cuda_graphs=training.run.cuda_graphs)
+    adapter = adapt_for_training(transformer, training, precision)
+    o = training.optimizer
     optimizer = build_optimizer(adapter.parameters(), o.name, o.lr, o.weight_decay, tuple(o.betas), o.eps)
     scheduler = build_scheduler(optimizer, o.scheduler, o.warmup_steps, 10**6, o.restarts)
     wrapped, optimizer = fabric.setup(transformer, optimizer)

@@ -57,6 +57,22 @@ def compute_dtype(precision: str, model_dtype: torch.dtype) -> torch.dtype:
     return MIXED_PRECISIONS.get(precision, model_dtype)
 
 
+def adapt_for_training(transformer: torch.nn.Module, config: TrainingConfig, precision: str) -> Adapter:
+    """Ready a loaded transformer for training as `config` says, in this order: gradient
+    checkpointing (in the form compiled blocks need when `run.compile`), the adapter, no fp32
+    round trips of the adapted layers' inputs under mixed `precision`, then compiled blocks.
+    Returns the adapter. The benchmarks (`benchmarks/common.py`) build their sessions with it too."""
+    if config.run.gradient_checkpointing:
+        enable_recompute(transformer, config.run.gradient_checkpointing_ratio, compiled=config.run.compile)
+    a = config.adapter
+    adapter = add_adapter(transformer, a.type, a.rank, a.alpha, a.dropout, a.targets, a.mlp, a.modules, a.lokr_factor)
+    if precision in MIXED_PRECISIONS:  # training under autocast: no fp32 round trips of the layers' inputs
+        adapter.skip_input_casts()
+    if config.run.compile:
+        compile_blocks(transformer, cuda_graphs=config.run.cuda_graphs)
+    return adapter
+
+
 def resolve_accelerator(name: str) -> str:
     if name != "auto":
         return name
@@ -158,15 +174,7 @@ class TrainingSession:
                             encoder_digest(bundle.path), Path(config.data.tensors_dir))
         transformer = bundle.transformer
         attention = plan_attention(transformer, fabric.device, compute_dtype(precision, model_dtype))
-        if config.run.gradient_checkpointing:
-            enable_recompute(transformer, config.run.gradient_checkpointing_ratio, compiled=config.run.compile)
-        a = config.adapter
-        adapter = add_adapter(transformer, a.type, a.rank, a.alpha, a.dropout, a.targets, a.mlp, a.modules,
-                              a.lokr_factor)
-        if precision in MIXED_PRECISIONS:  # training under autocast: no fp32 round trips of the layers' inputs
-            adapter.skip_input_casts()
-        if config.run.compile:
-            compile_blocks(transformer, cuda_graphs=config.run.cuda_graphs)
+        adapter = adapt_for_training(transformer, config, precision)
         train_indices, val_indices = list(plan.train_indices), list(plan.validation_indices)
         max_frames = crop_frames(config.data.max_seconds)
         train_set = CroppedSamples(samples, train_indices, max_frames, config.run.seed, repeats=config.data.repeats)
