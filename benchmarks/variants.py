@@ -111,9 +111,7 @@ def use_static_shape_compile(model: torch.nn.Module, backend: str = "inductor") 
     """Compile every compiled block of `model` again for static shapes (torch.compile's default)
     with `backend`; returns how many. Raises ValueError when no block is compiled (the variant
     needs compile on)."""
-    blocks = _compiled_blocks(model)
-    if not blocks:
-        raise ValueError("the static-compile variant needs compile on (:compile)")
+    blocks = _needs_compiled_blocks(model, "static-compile")
     for block in blocks:
         block.compile(backend=backend)
     return len(blocks)
@@ -121,6 +119,14 @@ def use_static_shape_compile(model: torch.nn.Module, backend: str = "inductor") 
 
 def _compiled_blocks(model: torch.nn.Module) -> list[torch.nn.Module]:
     return [m for m in model.modules() if getattr(m, "_compiled_call_impl", None) is not None]
+
+
+def _needs_compiled_blocks(model: torch.nn.Module, variant: str) -> list[torch.nn.Module]:
+    """`_compiled_blocks(model)`; raises ValueError naming `variant` when there are none."""
+    blocks = _compiled_blocks(model)
+    if not blocks:
+        raise ValueError(f"the {variant} variant needs compile on (:compile)")
+    return blocks
 
 
 def _checkpointed_transformer(model: torch.nn.Module, variant: str) -> torch.nn.Module:
@@ -149,11 +155,10 @@ def use_re_entrant_checkpointing(model: torch.nn.Module) -> int:
     from acestep.training.recompute import RECOMPUTE_FLAG, enable_recompute
 
     transformer = _checkpointed_transformer(model, "re-entrant-checkpointing")
-    if not _compiled_blocks(transformer):
-        raise ValueError("the re-entrant-checkpointing variant needs compile on (:compile)")
-    ratio = sum(getattr(block, RECOMPUTE_FLAG) for block in transformer.layers) / len(transformer.layers)
-    enable_recompute(transformer, ratio, compiled=False)
-    return sum(getattr(block, RECOMPUTE_FLAG) for block in transformer.layers)
+    _needs_compiled_blocks(transformer, "re-entrant-checkpointing")
+    count = sum(getattr(block, RECOMPUTE_FLAG) for block in transformer.layers)
+    enable_recompute(transformer, count / len(transformer.layers), compiled=False)  # the same blocks
+    return count
 
 
 @dataclass(frozen=True)
