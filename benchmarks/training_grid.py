@@ -9,14 +9,15 @@ each cell in a fresh process with a time limit, and write the figures as a table
 A cell is `BATCHxSECONDS` plus `:ckpt` (gradient checkpointing) and `:compile` (regional compile),
 settings of the run (`SETTINGS`: `:cudagraphs` the compiled blocks replayed as CUDA graphs,
 `run.cuda_graphs`; `:varied` condition lengths that change from batch to batch as in real data;
-`:dropout` the adapter's default dropout), and a variant's flag to measure one change
-(benchmarks/variants.py: `:difflayout` diffusers' transposed residual stream, `:diffnorm`
-diffusers' RMSNorm, `:diffrope` diffusers' RoPE, `:peftcast` PEFT's input casts, `:diffckpt`
-diffusers' checkpointing, `:staticcompile` blocks compiled for static shapes, `:halfckpt` half
-the blocks checkpointed); without `--cells` the grid is every combination of `--batches`,
-`--seconds`, `--checkpointing` and `--compile`. Each cell runs in its own process (its own CUDA
-context and peak memory), which is stopped with its process group at the cell's time limit, so a
-hang or a crash loses only that cell. A cell that runs out of GPU memory is reported as `oom`;
+`:dropout` the adapter's default dropout; `:nosync` the trainer timed without its per-step
+finite-gradient check), and a variant's flag to measure one change (benchmarks/variants.py:
+`:difflayout` diffusers' transposed residual stream, `:diffnorm` diffusers' RMSNorm, `:diffrope`
+diffusers' RoPE, `:peftcast` PEFT's input casts, `:diffckpt` diffusers' checkpointing,
+`:staticcompile` blocks compiled for static shapes, `:halfckpt` half the blocks checkpointed,
+`:reentrantckpt` compiled blocks checkpointed re-entrantly from outside); without `--cells` the
+grid is every combination of `--batches`, `--seconds`, `--checkpointing` and `--compile`. Each
+cell runs in its own process (its own CUDA context and peak memory), which is stopped with its
+process group at the cell's time limit, so a hang or a crash loses only that cell. A cell that runs out of GPU memory is reported as `oom`;
 one past its limit as `timeout`; any other failure as `error` with the last line of its log.
 After every cell the grid is rewritten to `OUT/grid.json` (every figure, the machine, the
 commands) and `OUT/grid.md` (the table); `OUT/cell-*.log` holds each cell's output. With
