@@ -17,12 +17,12 @@ diffusers' RoPE, `:peftcast` PEFT's input casts, `:diffckpt` diffusers' checkpoi
 `:reentrantckpt` compiled blocks checkpointed re-entrantly from outside); without `--cells` the
 grid is every combination of `--batches`, `--seconds`, `--checkpointing` and `--compile`. Each
 cell runs in its own process (its own CUDA context and peak memory), which is stopped with its
-process group at the cell's time limit, so a hang or a crash loses only that cell. A cell that runs out of GPU memory is reported as `oom`;
-one past its limit as `timeout`; any other failure as `error` with the last line of its log.
-After every cell the grid is rewritten to `OUT/grid.json` (every figure, the machine, the
-commands) and `OUT/grid.md` (the table); `OUT/cell-*.log` holds each cell's output. With
-`--budget`, a cell starts only while at least `--min-cell-seconds` of the budget are left, and its
-limit is cut to what is left.
+process group at the cell's time limit, so a hang or a crash loses only that cell. A cell that
+runs out of GPU memory is reported as `oom`; one past its limit as `timeout`; any other failure as
+`error` with the last line of its log. After every cell the grid is rewritten to `OUT/grid.json`
+(every figure, the machine, the commands) and `OUT/grid.md` (the table); `OUT/cell-*.log` holds
+each cell's output. With `--budget`, a cell starts only while at least `--min-cell-seconds` of the
+budget are left, and its limit is cut to what is left.
 """
 
 from __future__ import annotations
