@@ -374,7 +374,7 @@ def activation_bytes(model: ModelShape, adapter: AdapterShape, *, batch: int, fr
 
 
 @contextmanager
-def count_saved_bytes(model, exclude_shapes=()):
+def count_saved_bytes(model, exclude_shapes=(), floating_only: bool = False):
     """Measure what autograd keeps for the backward pass of the forward run inside the block.
 
     Yields a dict filled when the block ends: `saved` (bytes of distinct storages still kept,
@@ -382,6 +382,8 @@ def count_saved_bytes(model, exclude_shapes=()):
     trainable parameters, recognised by a 2-D shape in `exclude_shapes` or its transpose, as
     autocast makes them). Storages are told apart by address, so a tensor kept by several ops
     counts once; tensors of graphs already dropped (a detached side computation) do not count.
+    `floating_only`: count floating-point tensors alone, leaving out integer and byte ones (random
+    generators' states and seeds kept for a recomputation, indices).
     """
     import weakref
 
@@ -400,7 +402,7 @@ def count_saved_bytes(model, exclude_shapes=()):
     def pack(tensor):
         held = Held(tensor)
         storage = tensor.untyped_storage()
-        if storage.data_ptr() not in params:
+        if storage.data_ptr() not in params and (tensor.is_floating_point() or not floating_only):
             copy = tensor.dim() == 2 and tuple(tensor.shape) in shapes and tensor.requires_grad
             kept.append((weakref.ref(held), storage.data_ptr(), storage.nbytes(), copy))
         return held

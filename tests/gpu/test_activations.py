@@ -131,6 +131,22 @@ def test_count_saved_bytes_counts_a_storage_once_and_forgets_dropped_graphs():
     y.backward()
 
 
+FLOATS = 4 * 8 * 4 + 4 * 2 * 4  # the gather's input, the square's input (the gathered values)
+
+
+@pytest.mark.parametrize(("floating_only", "expected"), [(False, FLOATS + 4 * 2 * 8), (True, FLOATS)])
+def test_count_saved_bytes_can_leave_out_tensors_that_are_not_floating_point(floating_only, expected):
+    """A gather keeps its input and its int64 indices, the square its float input; `floating_only`
+    counts the floating-point tensors alone (a checkpoint's recomputation also keeps random-number
+    generator states, which are bytes)."""
+    x = torch.randn(4, 8, requires_grad=True)
+    index = torch.tensor([[0, 1]] * 4)
+    with count_saved_bytes(torch.nn.Linear(8, 8), floating_only=floating_only) as measured:
+        y = (x.gather(1, index) ** 2).sum()
+    assert measured["saved"] == expected
+    y.backward()
+
+
 @pytest.mark.parametrize("mlp", [False, True])
 def test_the_repeated_kv_count_matches_what_autograd_keeps_when_the_processor_repeats(mlp):
     """The count of a fused kernel given repeated K/V heads, against autograd on CPU with the

@@ -8,6 +8,7 @@ import warnings
 import pytest
 import torch
 
+from acestep.gpu.activations import count_saved_bytes
 from acestep.models import load_acestep
 from acestep.training.adapters import add_adapter
 from acestep.training.objective import context_latents
@@ -140,22 +141,14 @@ def test_blocks_to_be_compiled_checkpoint_themselves_and_a_second_call_sets_them
     assert all(torch.equal(a, b) for a, b in zip(again, plain, strict=True))
 
 
-def saved_for_backward(transformer) -> tuple[int, int]:
-    """(bytes, count) of the floating-point tensors the forward pass of `step_inputs` keeps for the
-    backward pass, the model's parameters left out, each storage counted once."""
-    parameters = {p.data_ptr() for p in transformer.parameters()}
-    kept = {}
-
-    def pack(tensor):
-        if tensor.is_floating_point() and tensor.data_ptr() not in parameters:
-            kept.setdefault(tensor.data_ptr(), tensor.numel() * tensor.element_size())
-        return tensor
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+def saved_for_backward(transformer) -> int:
+    """Bytes of the floating-point tensors the forward pass of `step_inputs` keeps for the backward
+    pass, the model's parameters left out, each storage once (`count_saved_bytes`); then the backward pass."""
+    with count_saved_bytes(transformer, floating_only=True) as counted:
         with torch.autocast("cpu", dtype=torch.bfloat16):
             prediction = transformer(**step_inputs(transformer)).sample
     prediction.float().pow(2).mean().backward()
-    return sum(kept.values()), len(kept)
+    return counted["saved"]
 
 
 @pytest.mark.slow  # torch.compile traces for half a minute on a CPU
@@ -171,9 +164,9 @@ def test_compiled_blocks_checkpoint_inside_their_graphs_with_the_gradients_and_m
 
     transformer, adapter = adapted(fixture_dir, dropout=0.1)
     _, plain = step(transformer, adapter)
-    plain_kept, _ = saved_for_backward(transformer)
+    plain_kept = saved_for_backward(transformer)
     enable_recompute(transformer)
-    re_entrant_kept, _ = saved_for_backward(transformer)
+    re_entrant_kept = saved_for_backward(transformer)
     enable_recompute(transformer, compiled=True)
     torch._dynamo.reset()
     counters.clear()
@@ -182,7 +175,7 @@ def test_compiled_blocks_checkpoint_inside_their_graphs_with_the_gradients_and_m
     assert not counters["graph_break"]
     assert counters["stats"]["unique_graphs"] == 3  # the first block (input without grad); sliding window or not
     assert all(torch.equal(a, b) for a, b in zip(compiled, plain, strict=True))
-    kept, _ = saved_for_backward(transformer)
+    kept = saved_for_backward(transformer)
     assert counters["stats"]["unique_graphs"] == 3  # nothing compiled again
     # beside the re-entrant form's block inputs: RoPE's cos and sin and a few scalars (3.5% here)
     assert re_entrant_kept <= kept <= 1.1 * re_entrant_kept < 0.1 * plain_kept
