@@ -45,7 +45,7 @@ import functools
 import importlib.util
 import logging
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 import torch
 
@@ -94,6 +94,26 @@ def compile_blocks(transformer: torch.nn.Module, backend: str = "inductor", cuda
         # A run records graphs for each condition length its songs have, which the start message
         # says; torch would warn again at every new size past its 8th (a process-wide setting).
         torch._inductor.config.triton.cudagraph_dynamic_shape_warn_limit = None
+
+
+def needs_gradient_buffers(cuda_graphs: bool, gradient_accumulation: int) -> bool:
+    """Whether the adapter's gradients must live in buffers of their own (`allocate_gradient_buffers`):
+    with CUDA graphs and gradient accumulation. The blocks' backward graphs hand each gradient over
+    in the graphs' memory; a parameter without a `.grad` takes that tensor as its gradient, and the
+    next micro-batch's replay overwrites it (torch then stops the run with "accessing gradient
+    tensor output of CUDAGraphs that has been overwritten by a subsequent run"). A parameter that
+    has a `.grad` adds the new gradient into it, leaving the graphs' memory free. Without
+    accumulation each step's gradients are used, and set to None, before the next replay."""
+    return cuda_graphs and gradient_accumulation > 1
+
+
+def allocate_gradient_buffers(parameters: Iterable[torch.nn.Parameter]) -> None:
+    """Give each of `parameters` that has no gradient a zeroed one, allocated here, outside any
+    graph; the caller then zeroes gradients in place (`zero_grad(set_to_none=False)`) instead of
+    dropping them, so each parameter keeps its buffer for the whole run."""
+    for parameter in parameters:
+        if parameter.grad is None:
+            parameter.grad = torch.zeros_like(parameter)
 
 
 def _begin_graph_step(module: torch.nn.Module, args: tuple) -> None:

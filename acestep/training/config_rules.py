@@ -92,13 +92,13 @@ def _check_cuda_graphs(config: TrainingConfig) -> str | None:
                 "GPU): set one of them to false")
     if config.optimizer.gradient_accumulation > 1:
         # The blocks' backward graphs hand the adapter its gradients in the graphs' own memory, which the
-        # next micro-batch's replay overwrites: torch raises "accessing gradient tensor output of CUDAGraphs
-        # that has been overwritten by a subsequent run" (torch/_inductor/cudagraph_trees.py names
-        # gradient accumulation as the case).
+        # next micro-batch's replay overwrites (torch/_inductor/cudagraph_trees.py names gradient accumulation
+        # as the case). The trainer now keeps the gradients in buffers of their own, as torch's message
+        # prescribes (acestep.training.compilation.needs_gradient_buffers); the pair stays refused until a
+        # GPU has run it (benchmarks/gpu_perf.sh, cell 1x60:compile:cudagraphs:accum2).
         return (f"run.cuda_graphs and optimizer.gradient_accumulation={config.optimizer.gradient_accumulation} do not "
-                "go together: each micro-batch's graphs would overwrite the gradients the one before left. Set "
-                "optimizer.gradient_accumulation=1 (a larger data.batch_size gives the same effective batch, where "
-                "memory allows) or run.cuda_graphs=false")
+                "go together yet (the pair has not run on a GPU): set optimizer.gradient_accumulation=1 (a larger "
+                "data.batch_size gives the same effective batch, where memory allows) or run.cuda_graphs=false")
     return None
 
 

@@ -29,7 +29,7 @@ from acestep.gpu.fit import out_of_memory_message
 from acestep.inference.training_hook import TrainingPreviews
 from acestep.training import checkpoint as ckpt
 from acestep.training.adapters import load_saved_adapter
-from acestep.training.compilation import reporting_fallbacks
+from acestep.training.compilation import allocate_gradient_buffers, needs_gradient_buffers, reporting_fallbacks
 from acestep.training.config import TrainingConfig
 from acestep.training.data import Lookahead
 from acestep.training.disk_space import CheckpointSizes, disk_warning, tensor_bytes
@@ -95,6 +95,9 @@ class Trainer:
         self._group_start: tuple | None = None  # the state where the current accumulation group began
         self.resume_settings: ResumeSettings | None = None  # a resume's settings, when they changed
         self.disk_checked = False  # whether the run folder's disk was checked (after the first step)
+        # CUDA graphs with accumulation: the gradients stay in buffers of their own, zeroed in place
+        self.gradient_buffers = needs_gradient_buffers(self.config.run.cuda_graphs,
+                                                       self.config.optimizer.gradient_accumulation)
 
     # ---- events --------------------------------------------------------------------------------
     def emit(self, kind: str, **fields) -> None:
@@ -281,6 +284,8 @@ class Trainer:
         count = s.batches_per_epoch
         accumulation = cfg.optimizer.gradient_accumulation
         s.model.train()
+        if self.gradient_buffers:
+            allocate_gradient_buffers(param for group in s.optimizer.param_groups for param in group["params"])
         for batch in batches:
             index = p.batches_done
             group_start = (index // accumulation) * accumulation
@@ -343,7 +348,7 @@ class Trainer:
             p.nonfinite_in_a_row += 1
             self.emit("warning", step=p.step, epoch=p.epoch,
                       message=f"non-finite gradient: step skipped ({p.nonfinite_in_a_row} in a row)")
-        s.optimizer.zero_grad(set_to_none=True)
+        s.optimizer.zero_grad(set_to_none=not self.gradient_buffers)
         if p.nonfinite_in_a_row >= cfg.run.nan_patience:
             self.save_checkpoint("halted on non-finite loss")
             raise TrainingError(

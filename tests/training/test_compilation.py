@@ -4,11 +4,13 @@ DoRA) is one graph, and torch.compile giving up becomes a warning of the run."""
 
 import os
 from functools import partial
+from pathlib import Path
 
 import pytest
 import torch
 from torch._dynamo.utils import counters
 
+import acestep.training.config as config_module
 import acestep.training.session as session_module
 from acestep.inference.training_hook import TrainingPreviews
 from acestep.training.compilation import compile_blocks
@@ -16,7 +18,7 @@ from acestep.training.loop import train
 from acestep.training.recompute import checkpoints_in_graph, enable_recompute
 
 from .conftest import write_tensors_dir
-from .test_loop import events, make_config
+from .test_loop import adapter_tensors, events, make_config
 from .test_recompute import adapted, step
 
 
@@ -100,6 +102,48 @@ def test_a_run_with_cuda_graphs_begins_a_graph_step_at_every_forward_pass(tmp_pa
     assert result.step == 3 and any(e["type"] == "validation" for e in log)  # 3 training batches, 1 validation
     assert len(forwards) > 3 and forwards == list(range(len(forwards)))  # one mark before each forward pass
     assert marks == list(range(len(forwards)))
+
+
+def test_cuda_graphs_with_accumulation_keep_each_gradient_in_one_buffer(tmp_path, tiny_dit, monkeypatch):
+    """With CUDA graphs a parameter without a `.grad` would take the backward graph's output as its
+    gradient, memory the next micro-batch's replay overwrites. With gradient accumulation the
+    trainer gives each trained parameter a gradient buffer of its own before the first backward
+    pass and zeroes it in place after each step: every micro-batch of the run adds into the same
+    tensor, and the run trains exactly as one without CUDA graphs. The config rules still refuse
+    the pair until a GPU has run it, so the test sets it past them."""
+    tensors = write_tensors_dir(tmp_path / "tensors", tiny_dit, 4)
+    monkeypatch.setattr(session_module, "check_cuda_graphs_support", lambda accelerator: None)
+    monkeypatch.setattr(torch.compiler, "cudagraph_mark_step_begin", lambda: None)
+    rules = config_module.rule_problems  # the rules less the refusal of the pair
+    monkeypatch.setattr(config_module, "rule_problems", lambda *args: [
+        (path, message) for path, message in rules(*args) if "gradient_accumulation=2 do not go" not in message])
+
+    def train_keeping_gradients(cuda_graphs: bool, name: str) -> tuple[list[list[torch.Tensor]], Path]:
+        gradients = []  # for each trained parameter, its .grad after each micro-batch's backward pass
+
+        def compiling(transformer, cuda_graphs=False):
+            for parameter in (p for p in transformer.parameters() if p.requires_grad):
+                seen = []
+                gradients.append(seen)
+                parameter.register_post_accumulate_grad_hook(lambda param, seen=seen: seen.append(param.grad))
+            compile_blocks(transformer, backend="aot_eager", cuda_graphs=cuda_graphs)
+
+        monkeypatch.setattr(session_module, "compile_blocks", compiling)
+        config = make_config(tmp_path, tensors, tiny_dit, "run.compile=true", "optimizer.gradient_accumulation=2",
+                             "run.epochs=1", "run.save_every_epochs=0", f"run.name={name}")
+        config.run.cuda_graphs = cuda_graphs
+        torch._dynamo.reset()
+        result = train(config)
+        assert result.step == 2  # 4 batches of one sample, 2 a step
+        return gradients, result.run_dir
+
+    graphed, graphed_run = train_keeping_gradients(True, "graphs")
+    plain, plain_run = train_keeping_gradients(False, "plain")
+    assert graphed and all(len(seen) == 4 for seen in graphed + plain)  # 4 micro-batches
+    assert all(all(grad is seen[0] for grad in seen) for seen in graphed)  # one buffer for the whole run
+    assert all(len({id(grad) for grad in seen}) > 1 for seen in plain)  # a new tensor each step without
+    for name, value in adapter_tensors(graphed_run / "final").items():
+        assert torch.equal(value, adapter_tensors(plain_run / "final")[name]), name
 
 
 @pytest.mark.slow  # torch.compile traces for a minute or more on a CPU
