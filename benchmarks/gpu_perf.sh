@@ -27,6 +27,10 @@
 #        1x60:compile:cudagraphs:nosync
 #                                      the batch-1 goal cell without the finite-gradient check, the step's
 #                                      one host-device sync: what that sync costs when the rest is graphs
+#        1x60:compile:cudagraphs:accum2
+#                                      the batch-1 goal cell with gradient accumulation 2, the gradients
+#                                      in buffers of their own: the pair the trainer refuses until this
+#                                      cell has run (without those buffers torch stops it)
 #        8x60:ckpt:compile:cudagraphs  CUDA graphs with the blocks checkpointing inside their graphs: the
 #                                      pair the trainer refuses until this cell has run (it failed on the
 #                                      H200 with the re-entrant checkpoint of that time)
@@ -67,7 +71,7 @@ SIZE=${SIZE:-2b}
 PARTS=${PARTS:-preprocess goals profile attention grid}
 COMPILE_TIMEOUT=${COMPILE_TIMEOUT:-240}
 GOALS=${GOALS-8x60:compile:cudagraphs,1x60:compile:cudagraphs}
-CELLS=${CELLS-1x60:compile:cudagraphs:varied,8x60:compile:cudagraphs:varied:dropout,1x60:compile:cudagraphs:nosync,8x60:ckpt:compile:cudagraphs,8x60:ckpt:compile,8x60:ckpt:compile:reentrantckpt,8x60:ckpt:diffnorm,8x60:ckpt:diffrope,8x60:ckpt:difflayout,8x60:ckpt:peftcast,1x60:ckpt,1x60:ckpt:diffckpt,4x60:ckpt,8x60:ckpt:halfckpt,8x60:compile,1x60:compile,8x60:compile:staticcompile,8x60:ckpt,1x60}
+CELLS=${CELLS-1x60:compile:cudagraphs:varied,8x60:compile:cudagraphs:varied:dropout,1x60:compile:cudagraphs:nosync,1x60:compile:cudagraphs:accum2,8x60:ckpt:compile:cudagraphs,8x60:ckpt:compile,8x60:ckpt:compile:reentrantckpt,8x60:ckpt:diffnorm,8x60:ckpt:diffrope,8x60:ckpt:difflayout,8x60:ckpt:peftcast,1x60:ckpt,1x60:ckpt:diffckpt,4x60:ckpt,8x60:ckpt:halfckpt,8x60:compile,1x60:compile,8x60:compile:staticcompile,8x60:ckpt,1x60}
 source benchmarks/parts.sh  # PYTHON, the environment, part and $failed
 
 wanted() { [[ " $PARTS " == *" $1 "* ]]; }  # wanted PART: whether PARTS names it

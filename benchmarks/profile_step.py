@@ -56,6 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rows", type=int, default=25)
     args = parser.parse_args(argv)
     args.warmup, args.varied_conditions, args.adapter_dropout = 1, False, False  # fixed shapes, no dropout
+    args.gradient_accumulation = 1  # the bare step it profiles steps every batch
     with tempfile.TemporaryDirectory() as tmp:
         session = build_benchmark_session(args, Path(tmp))
         device = session.fabric.device

@@ -10,19 +10,20 @@ A cell is `BATCHxSECONDS` plus `:ckpt` (gradient checkpointing) and `:compile` (
 settings of the run (`SETTINGS`: `:cudagraphs` the compiled blocks replayed as CUDA graphs,
 `run.cuda_graphs`; `:varied` condition lengths that change from batch to batch as in real data;
 `:dropout` the adapter's default dropout; `:nosync` the trainer timed without its per-step
-finite-gradient check), and a variant's flag to measure one change (benchmarks/variants.py:
-`:difflayout` diffusers' transposed residual stream, `:diffnorm` diffusers' RMSNorm, `:diffrope`
-diffusers' RoPE, `:peftcast` PEFT's input casts, `:diffckpt` diffusers' checkpointing,
-`:staticcompile` blocks compiled for static shapes, `:halfckpt` half the blocks checkpointed,
-`:reentrantckpt` compiled blocks checkpointed re-entrantly from outside); without `--cells` the
-grid is every combination of `--batches`, `--seconds`, `--checkpointing` and `--compile`. Each
-cell runs in its own process (its own CUDA context and peak memory), which is stopped with its
-process group at the cell's time limit, so a hang or a crash loses only that cell. A cell that
-runs out of GPU memory is reported as `oom`; one past its limit as `timeout`; any other failure as
-`error` with the last line of its log. After every cell the grid is rewritten to `OUT/grid.json`
-(every figure, the machine, the commands) and `OUT/grid.md` (the table); `OUT/cell-*.log` holds
-each cell's output. With `--budget`, a cell starts only while at least `--min-cell-seconds` of the
-budget are left, and its limit is cut to what is left.
+finite-gradient check; `:accum2` the trainer's optimizer stepping every 2 batches), and a variant's
+flag to measure one change (benchmarks/variants.py: `:difflayout` diffusers' transposed residual
+stream, `:diffnorm` diffusers' RMSNorm, `:diffrope` diffusers' RoPE, `:peftcast` PEFT's input
+casts, `:diffckpt` diffusers' checkpointing, `:staticcompile` blocks compiled for static shapes,
+`:halfckpt` half the blocks checkpointed, `:reentrantckpt` compiled blocks checkpointed
+re-entrantly from outside); without `--cells` the grid is every combination of `--batches`,
+`--seconds`, `--checkpointing` and `--compile`. Each cell runs in its own process (its own CUDA
+context and peak memory), which is stopped with its process group at the cell's time limit, so a
+hang or a crash loses only that cell. A cell that runs out of GPU memory is reported as `oom`; one
+past its limit as `timeout`; any other failure as `error` with the last line of its log. After
+every cell the grid is rewritten to `OUT/grid.json` (every figure, the machine, the commands) and
+`OUT/grid.md` (the table); `OUT/cell-*.log` holds each cell's output. With `--budget`, a cell
+starts only while at least `--min-cell-seconds` of the budget are left, and its limit is cut to
+what is left.
 """
 
 from __future__ import annotations
@@ -48,7 +49,8 @@ VARIANT_FLAGS = [variant.flag for variant in VARIANTS]
 SETTINGS = {"cudagraphs": ("--cuda-graphs", "CUDA graphs"),
             "varied": ("--varied-conditions", "condition lengths varied"),
             "dropout": ("--adapter-dropout", "adapter dropout"),
-            "nosync": ("--no-finite-check", "no finite-gradient sync")}
+            "nosync": ("--no-finite-check", "no finite-gradient sync"),
+            "accum2": ("--gradient-accumulation=2", "gradient accumulation 2")}
 CELL_FORM = ("BATCHxSECONDS[:ckpt][:compile]" + "".join(f"[:{flag}]" for flag in SETTINGS)
              + "".join(f"[:{flag}]" for flag in VARIANT_FLAGS))
 CELL_PATTERN = re.compile(r"^(\d+)x(\d+(?:\.\d+)?)((?::(?:" + "|".join(["ckpt", "compile", *SETTINGS,

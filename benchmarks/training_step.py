@@ -9,7 +9,8 @@ Loops, timed in alternating rounds on the same samples of a tensors folder:
   timestep and noise draws, masked loss, clipping with the finite-gradient check, the scheduler,
   the loss bookkeeping without a per-step sync), with gradient checkpointing and regional compile
   as asked; `--no-finite-check` takes every gradient for finite without asking the GPU, which
-  measures what that check, the step's one host-device sync, costs;
+  measures what that check, the step's one host-device sync, costs; `--gradient-accumulation N`
+  steps the optimizer every N batches (the figures stay per batch);
 - reference loop: the official trainer's loop (benchmarks/reference_loop.py: per-step `.item()`,
   timesteps drawn in bf16, loss over all frames, no compile) on the same model;
 - bare PyTorch loop (`--bare`): forward, masked MSE, backward, optimizer step on one fixed batch,
@@ -62,17 +63,21 @@ def condition_lengths(args) -> list[int]:
 
 def build_benchmark_session(args, work: Path) -> TrainingSession:
     """LoRA rank 64 on attention, AdamW at a constant lr, on random weights; no adapter dropout
-    unless `--adapter-dropout` (the trainer's default then)."""
+    unless `--adapter-dropout` (the trainer's default then). CUDA graphs with gradient
+    checkpointing or accumulation are pairs the trainer refuses until a GPU has run them: the
+    session gets them anyway, since this is where they are found out."""
     config = parse_model_config(model_config(args.size))
     frames = int(args.seconds * 25)
     dropout = TrainingConfig().adapter.dropout if args.adapter_dropout else 0
+    refused = args.gradient_checkpointing or args.gradient_accumulation > 1
     training = apply_overrides(TrainingConfig(), [
         f"data.tensors_dir={work / 'tensors'}", f"data.batch_size={args.batch}", f"data.max_seconds={args.seconds}",
         f"run.output_dir={work}", "run.log_every_steps=10", "run.save_every_epochs=0", "optimizer.warmup_steps=0",
         "optimizer.scheduler=constant", f"adapter.dropout={dropout}",
         f"run.gradient_checkpointing={args.gradient_checkpointing}", f"run.compile={args.compile}",
-        f"run.cuda_graphs={args.cuda_graphs and not args.gradient_checkpointing}"])
-    if args.cuda_graphs and args.gradient_checkpointing:  # the trainer refuses the pair until this measures it
+        f"optimizer.gradient_accumulation={args.gradient_accumulation}",
+        f"run.cuda_graphs={args.cuda_graphs and not refused}"])
+    if args.cuda_graphs and refused:  # past the config rules (docstring)
         training.run.cuda_graphs = True
     lengths = condition_lengths(args)
     samples = write_samples(work / "tensors", len(lengths), frames, config.encoder_hidden_size, lengths)
@@ -248,6 +253,8 @@ def print_report(report: dict) -> None:
           f"({r['frames']} frames), precision {r['precision']}, checkpointing {r['gradient_checkpointing']}, "
           f"compile {r['compile']}, CUDA graphs {r['cuda_graphs']}, adapter dropout {r['adapter_dropout']:g}, "
           + ("" if r["finite_check"] else "no finite-gradient check, ")
+          + (f"gradient accumulation {r['gradient_accumulation']} (figures per batch), "
+             if r["gradient_accumulation"] > 1 else "")
           + f"condition tokens {'-'.join(str(n) for n in sorted(set(r['condition_token_range'])))}"
           + "".join(f", variant {name}" for name in r["variants"]))
     print(f"  {r['attention']}")
@@ -301,6 +308,7 @@ def run(args, work: Path) -> dict:
               "condition_token_range": [min(lengths), max(lengths)], "adapter_dropout": session.config.adapter.dropout,
               "precision": session.checkpoint_info["precision"], "gradient_checkpointing": args.gradient_checkpointing,
               "compile": args.compile, "cuda_graphs": args.cuda_graphs, "finite_check": not args.no_finite_check,
+              "gradient_accumulation": args.gradient_accumulation,
               "variants": [variant.flag for variant in variants],
               "attention": session.attention, "flops_forward": flops.forward, "flops_backward": flops.backward,
               "peak_tflops": peak, "loops": loops,
@@ -333,6 +341,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-finite-check", action="store_true",
                         help="skip the trainer's per-step check that the gradient is finite (its one host-device "
                              "sync), to measure what it costs")
+    parser.add_argument("--gradient-accumulation", type=int, default=1, metavar="N",
+                        help="the trainer steps its optimizer every N batches (the reference loop every batch; "
+                             "figures per batch)")
     parser.add_argument("--no-reference", action="store_true", help="skip the reference loop")
     for variant in VARIANTS:  # benchmarks/variants.py
         parser.add_argument(variant.option, dest=variant.flag, action="store_true", help=variant.help)
@@ -340,6 +351,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--peak-tflops", type=float, default=None, help="dense bf16 peak of the GPU (for MFU)")
     parser.add_argument("--json", type=Path, default=None, help="write the figures to this file")
     args = parser.parse_args(argv)
+    if args.cuda_graphs and not args.compile:
+        parser.error("--cuda-graphs replays the compiled blocks: it needs --compile")
+    if args.gradient_accumulation < 1:
+        parser.error(f"--gradient-accumulation must be at least 1, found {args.gradient_accumulation}")
     if args.compile:
         report_compile_when_stopped()
     try:

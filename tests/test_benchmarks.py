@@ -120,7 +120,8 @@ def _tiny_args(**changes):
     import argparse
 
     values = dict(size="tiny", batch=1, seconds=1.0, steps=2, warmup=1, gradient_checkpointing=False, compile=False,
-                  cuda_graphs=False, varied_conditions=False, adapter_dropout=False, no_finite_check=False)
+                  cuda_graphs=False, varied_conditions=False, adapter_dropout=False, no_finite_check=False,
+                  gradient_accumulation=1)
     return argparse.Namespace(**{**values, **changes})
 
 
@@ -608,21 +609,56 @@ def test_a_cuda_graphs_cell_trains_with_the_trainers_run_cuda_graphs(tmp_path):
         training_step.main(["--size", "tiny", "--seconds", "1", "--compile", "--cuda-graphs"])
 
 
-def test_a_cuda_graphs_cell_with_checkpointing_measures_the_pair_the_trainer_still_refuses(tmp_path, monkeypatch):
-    """The trainer refuses run.cuda_graphs with gradient checkpointing until a GPU has run the pair:
-    the benchmark is where that is found out, so its session gets both."""
+@pytest.mark.parametrize("pair", [("run.gradient_checkpointing=true", {"gradient_checkpointing": True}),
+                                  ("optimizer.gradient_accumulation=2", {"gradient_accumulation": 2})],
+                         ids=["checkpointing", "accumulation"])
+def test_a_cuda_graphs_cell_measures_the_pairs_the_trainer_still_refuses(tmp_path, monkeypatch, pair):
+    """The trainer refuses run.cuda_graphs with gradient checkpointing, and with accumulation, until
+    a GPU has run the pair: the benchmark is where that is found out, so its session gets both.
+    CUDA graphs without compile stay refused."""
     from acestep.errors import ConfigError
     from acestep.training.config import TrainingConfig, apply_overrides
 
     training_step = bench("training_step")
+    override, arguments = pair
     with pytest.raises(ConfigError, match="do not go together yet"):
-        apply_overrides(TrainingConfig(), ["run.compile=true", "run.gradient_checkpointing=true",
-                                           "run.cuda_graphs=true"])
+        apply_overrides(TrainingConfig(), ["run.compile=true", override, "run.cuda_graphs=true"])
     built = []
-    monkeypatch.setattr(training_step, "build_session", lambda training, *rest: built.append(training.run))
-    training_step.build_benchmark_session(_tiny_args(compile=True, gradient_checkpointing=True, cuda_graphs=True),
-                                          tmp_path)
-    assert (built[0].compile, built[0].gradient_checkpointing, built[0].cuda_graphs) == (True, True, True)
+    monkeypatch.setattr(training_step, "build_session", lambda training, *rest: built.append(training))
+    training_step.build_benchmark_session(_tiny_args(compile=True, cuda_graphs=True, **arguments), tmp_path)
+    run, optimizer = built[0].run, built[0].optimizer
+    assert (run.compile, run.cuda_graphs) == (True, True)
+    assert (run.gradient_checkpointing, optimizer.gradient_accumulation) == (
+        arguments.get("gradient_checkpointing", False), arguments.get("gradient_accumulation", 1))
+    with pytest.raises(SystemExit):
+        training_step.main(["--size", "tiny", "--cuda-graphs", "--gradient-checkpointing"])
+
+
+def test_an_accumulation_cell_steps_the_trainers_optimizer_every_second_batch(tmp_path, monkeypatch, capsys):
+    """`:accum2` (`--gradient-accumulation=2`): the timed trainer accumulates two batches for each
+    optimizer step (a short group at the end of a round is flushed, as in a run's last batches);
+    the figures stay per batch."""
+    grid, training_step = bench("training_grid"), bench("training_step")
+    cell = grid.parse_cell("1x60:compile:cudagraphs:accum2")
+    assert cell.settings == ("cudagraphs", "accum2") and cell.key == "b1-60s-compile-cudagraphs-accum2"
+    command = grid.cell_command(cell, _tiny_args(python="python", steps=1, rounds=1, bare=False, no_reference=True,
+                                                 peak_tflops=None), tmp_path / "c.json")
+    assert "--gradient-accumulation=2" in command
+    row = {"cell": {**vars(cell), "label": cell.label}, "result": {"status": "skipped"}}
+    assert "(gradient accumulation 2)" in grid.markdown_table([row])
+    stepped = []
+    original = training_step.Trainer._optimizer_step
+    monkeypatch.setattr(training_step.Trainer, "_optimizer_step", lambda self: stepped.append(1) or original(self))
+    for accumulation, steps in ((1, 5), (2, 3)):  # 1 warm-up batch, then 1 round of 4: (1) + (2 + 2)
+        stepped.clear()
+        figures = tmp_path / "accumulation.json"
+        assert training_step.main(["--size", "tiny", "--seconds", "1", "--steps", "4", "--rounds", "1", "--warmup",
+                                   "1", "--no-reference", "--json", str(figures),
+                                   f"--gradient-accumulation={accumulation}"]) == 0
+        report = json.loads(figures.read_text())
+        assert len(stepped) == steps and report["gradient_accumulation"] == accumulation
+        assert report["loops"]["trainer"]["seconds_per_step"] > 0
+    assert "gradient accumulation 2 (figures per batch), " in capsys.readouterr().out
 
 
 def test_a_cell_with_varied_conditions_and_dropout_trains_on_songs_of_different_lengths(tmp_path):
