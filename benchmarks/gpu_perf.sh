@@ -17,23 +17,29 @@
 #   5. benchmarks/attention_backends.py: the kernel each attention call of the 2B model gets at
 #      batch 8 x 60 s, and what the other kernels and two rewrites of the call cost (attention.log);
 #   6. the grid's other cells (CELLS; grid/grid.md, grid/grid.json, logs), in this order, until the
-#      budget is spent:
-#        1x60:compile:cudagraphs:varied
-#                                      1x60:compile:cudagraphs with condition lengths of 300-500 tokens,
-#                                      so each batch has a new shape, as in a real run: graphs recorded again
-#        8x60:compile:cudagraphs:varied:dropout
-#                                      the same at batch 8 with the adapter's default dropout (0.1), whose
-#                                      random numbers the graphs draw
+#      budget is spent. The first two run the trainer's CUDA graphs as a real run would, so that one
+#      cell answers several questions; the cells after them take the questions one at a time:
+#        1x60:compile:cudagraphs:varied:dropout:accum2
+#                                      batch 1 with condition lengths of 300-500 tokens (a new shape nearly
+#                                      every batch, graphs recorded again), the adapter's default dropout
+#                                      (0.1, whose random numbers the graphs draw) and gradient accumulation 2
+#                                      (the gradients in buffers of their own): a small GPU's run, and the
+#                                      pair CUDA graphs + accumulation that the trainer refuses until a
+#                                      cell with accum2 has run (without those buffers torch stops it)
+#        8x60:ckpt:compile:cudagraphs:varied:dropout
+#                                      batch 8 the same with gradient checkpointing inside the blocks'
+#                                      graphs: the pair CUDA graphs + checkpointing that the trainer refuses
+#                                      until it has run (it failed on the H200 with the re-entrant checkpoint
+#                                      of that time), with the dropout masks drawn again in the recomputation
 #        1x60:compile:cudagraphs:nosync
 #                                      the batch-1 goal cell without the finite-gradient check, the step's
 #                                      one host-device sync: what that sync costs when the rest is graphs
-#        1x60:compile:cudagraphs:accum2
-#                                      the batch-1 goal cell with gradient accumulation 2, the gradients
-#                                      in buffers of their own: the pair the trainer refuses until this
-#                                      cell has run (without those buffers torch stops it)
-#        8x60:ckpt:compile:cudagraphs  CUDA graphs with the blocks checkpointing inside their graphs: the
-#                                      pair the trainer refuses until this cell has run (it failed on the
-#                                      H200 with the re-entrant checkpoint of that time)
+#        8x60:compile:cudagraphs:varied:dropout
+#                                      the batch-8 goal cell with varied shapes and dropout, as a real run
+#        1x60:compile:cudagraphs:varied
+#                                      the batch-1 goal cell with varied shapes alone
+#        1x60:compile:cudagraphs:accum2 8x60:ckpt:compile:cudagraphs
+#                                      accumulation and checkpointing with CUDA graphs, each on its own
 #        8x60:ckpt:compile 8x60:ckpt:compile:reentrantckpt
 #                                      compiled blocks checkpointing inside their graphs against the
 #                                      re-entrant checkpoint around them (that change's effect)
@@ -71,7 +77,7 @@ SIZE=${SIZE:-2b}
 PARTS=${PARTS:-preprocess goals profile attention grid}
 COMPILE_TIMEOUT=${COMPILE_TIMEOUT:-240}
 GOALS=${GOALS-8x60:compile:cudagraphs,1x60:compile:cudagraphs}
-CELLS=${CELLS-1x60:compile:cudagraphs:varied,8x60:compile:cudagraphs:varied:dropout,1x60:compile:cudagraphs:nosync,1x60:compile:cudagraphs:accum2,8x60:ckpt:compile:cudagraphs,8x60:ckpt:compile,8x60:ckpt:compile:reentrantckpt,8x60:ckpt:diffnorm,8x60:ckpt:diffrope,8x60:ckpt:difflayout,8x60:ckpt:peftcast,1x60:ckpt,1x60:ckpt:diffckpt,4x60:ckpt,8x60:ckpt:halfckpt,8x60:compile,1x60:compile,8x60:compile:staticcompile,8x60:ckpt,1x60}
+CELLS=${CELLS-1x60:compile:cudagraphs:varied:dropout:accum2,8x60:ckpt:compile:cudagraphs:varied:dropout,1x60:compile:cudagraphs:nosync,8x60:compile:cudagraphs:varied:dropout,1x60:compile:cudagraphs:varied,1x60:compile:cudagraphs:accum2,8x60:ckpt:compile:cudagraphs,8x60:ckpt:compile,8x60:ckpt:compile:reentrantckpt,8x60:ckpt:diffnorm,8x60:ckpt:diffrope,8x60:ckpt:difflayout,8x60:ckpt:peftcast,1x60:ckpt,1x60:ckpt:diffckpt,4x60:ckpt,8x60:ckpt:halfckpt,8x60:compile,1x60:compile,8x60:compile:staticcompile,8x60:ckpt,1x60}
 source benchmarks/parts.sh  # PYTHON, the environment, part and $failed
 
 wanted() { [[ " $PARTS " == *" $1 "* ]]; }  # wanted PART: whether PARTS names it
