@@ -174,13 +174,17 @@ SETTING_NOTES = {flag: f" ({note})" for flag, (_, note) in SETTINGS.items()}
 def markdown_table(rows: list[dict]) -> str:
     """One line per cell: our trainer's figures, then the reference loop's step time and our speed-up,
     then our warm-up (its steps together, compiling included) and the most GPU memory the cell's
-    process reserved (all its loops, CUDA graph pools included: what the peak columns miss)."""
+    process reserved (all its loops, CUDA graph pools included: what the peak columns miss). A
+    `:cudagraphs` cell in which inductor ran graphs without CUDA graphs says so in its status."""
     lines = ["| batch x crop | ckpt | compile | status | step ms | samples/s | tokens/s | TFLOP/s | MFU % | peak GiB "
              "| reference ms | reference peak GiB | speed-up | warm-up s | reserved GiB |", "|---" * 15 + "|"]
     for row in rows:
         cell, result = row["cell"], row["result"]
         ours, ref = result.get("loops", {}).get("trainer", {}), result.get("loops", {}).get("reference", {})
         status = result["status"] if result["status"] in ("ok", "skipped") else f"**{result['status']}**"
+        skips = result.get("compile_report", {}).get("cudagraph_skips")
+        if result["status"] == "ok" and skips and "cudagraphs" in cell.get("settings", ()):  # less than it says
+            status = f"**ok, {skips} without CUDA graphs**"
         speedup = result.get("speedup_over_reference")
         lines.append(
             f"| {cell['batch']} x {cell['seconds']:g} s{''.join(SETTING_NOTES[s] for s in cell.get('settings', ()))}"

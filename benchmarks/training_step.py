@@ -209,16 +209,23 @@ def measure(timers: dict, warmup: int, rounds: int, steps: int, device: torch.de
 
 
 def compile_report() -> dict:
-    """What torch.compile did in this process so far: the graphs it compiled and the stages that took
-    longest (dynamo's stage timers, each summed over the graphs; stages nest, so they overlap)."""
+    """What torch.compile did in this process so far: the graphs it compiled, how many times inductor
+    ran a compiled graph without recording it as a CUDA graph (each time with a "skipping cudagraphs"
+    warning in the log, which says why; with `--cuda-graphs` such a cell measures less than it says)
+    and the stages that took longest (dynamo's stage timers, each summed over the graphs; stages
+    nest, so they overlap)."""
     names, values = torch._dynamo.utils.compile_times(repr="csv", aggregate=True)
     stages = sorted(((name, float(value)) for name, value in zip(names, values, strict=True)), key=lambda s: -s[1])
-    return {"graphs": torch._dynamo.utils.counters["stats"]["unique_graphs"], "stage_seconds": dict(stages[:8])}
+    counters = torch._dynamo.utils.counters
+    return {"graphs": counters["stats"]["unique_graphs"], "cudagraph_skips": counters["inductor"]["cudagraph_skips"],
+            "stage_seconds": dict(stages[:8])}
 
 
 def print_compile_report(report: dict) -> None:
     stages = ", ".join(f"{name} {seconds:.1f} s" for name, seconds in report["stage_seconds"].items())
-    print(f"torch.compile: {report['graphs']} graphs; longest stages: {stages or 'none'}", flush=True)
+    skips = report.get("cudagraph_skips")
+    skipped = f"; {skips} times a graph ran without CUDA graphs (see \"skipping cudagraphs\" above)" if skips else ""
+    print(f"torch.compile: {report['graphs']} graphs{skipped}; longest stages: {stages or 'none'}", flush=True)
 
 
 def report_compile_when_stopped() -> None:

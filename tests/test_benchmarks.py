@@ -609,6 +609,33 @@ def test_a_cuda_graphs_cell_trains_with_the_trainers_run_cuda_graphs(tmp_path):
         training_step.main(["--size", "tiny", "--seconds", "1", "--compile", "--cuda-graphs"])
 
 
+def test_a_cuda_graphs_cell_whose_graphs_ran_without_cuda_graphs_says_so(capsys):
+    """Inductor may run a compiled graph without recording it as a CUDA graph, with only a warning in
+    the log: the cell's compile report counts those runs (torch's own counter, bumped by torch's
+    own function here) and the grid's status of a `:cudagraphs` cell says so instead of "ok"."""
+    from torch._dynamo.utils import counters
+    from torch._inductor.cudagraph_utils import log_cudagraph_skip_and_bump_counter
+
+    grid, training_step = bench("training_grid"), bench("training_step")
+    counters.clear()
+    assert training_step.compile_report()["cudagraph_skips"] == 0
+    log_cudagraph_skip_and_bump_counter("skipping cudagraphs due to mutated inputs (1 instances)")
+    log_cudagraph_skip_and_bump_counter("skipping cudagraphs due to mutated inputs (1 instances)")
+    report = training_step.compile_report()
+    assert report["cudagraph_skips"] == 2
+    training_step.print_compile_report(report)
+    assert "; 2 times a graph ran without CUDA graphs (see \"skipping cudagraphs\" above); longest stages" in \
+        capsys.readouterr().out
+    rows = []
+    for label, status in (("1x60:compile:cudagraphs", "ok"), ("1x60:compile", "ok"),
+                          ("1x60:compile:cudagraphs", "oom")):
+        cell = grid.parse_cell(label)
+        rows.append({"cell": {**vars(cell), "label": cell.label},
+                     "result": {"status": status, "compile_report": report}})
+    statuses = [line.split(" | ")[3] for line in grid.markdown_table(rows).splitlines()[2:]]
+    assert statuses == ["**ok, 2 without CUDA graphs**", "ok", "**oom**"]
+
+
 @pytest.mark.parametrize("pair", [("run.gradient_checkpointing=true", {"gradient_checkpointing": True}),
                                   ("optimizer.gradient_accumulation=2", {"gradient_accumulation": 2})],
                          ids=["checkpointing", "accumulation"])

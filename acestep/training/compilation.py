@@ -23,7 +23,9 @@ blocks: a graph without grad for the forward pass, one with grad for the recompu
 `BLOCK_GRAPH_LIMIT` leaves room above that. Previews run eagerly (`eagerly`): their adapter
 strengths, input casts and batches would each compile graphs that serve a few seconds of sampling.
 Should torch still give up on the blocks, it only logs it; `reporting_fallbacks` turns that into a
-warning of the run.
+warning of the run, as it does inductor's warnings that it runs a compiled graph without recording
+it as a CUDA graph (`run.cuda_graphs`: a mutated input, an op it cannot capture, too many
+re-recordings), which would otherwise leave a run as slow as with compile alone without a word.
 
 PEFT's DoRA layers ask `peft.utils.integrations.dequantize_module_weight` for their base weight,
 which tests `type(weight).__module__`, something dynamo cannot trace: each DoRA layer broke its
@@ -158,14 +160,41 @@ class _FallbackReport(logging.Handler):
                         "run's config.toml.")
 
 
+class _GraphSkipReport(logging.Handler):
+    """Passes inductor's warnings that a compiled function runs without CUDA graphs ("skipping
+    cudagraphs due to ...") on, once for each reason (torch may give one for each graph and shape)."""
+
+    def __init__(self, report: Callable[[str], None]):
+        super().__init__(logging.WARNING)
+        self.report, self.reasons = report, set()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        reason = record.getMessage().strip().splitlines()[0][:300]
+        if reason in self.reasons:
+            return
+        self.reasons.add(reason)
+        self.report(f"run.cuda_graphs: torch.compile runs some of the blocks' graphs without CUDA graphs "
+                    f"(\"{reason}\"): those graphs launch their kernels one by one, as with run.compile alone; the run "
+                    "goes on. Please report it with the run's config.toml.")
+
+
+# inductor's logger of why it records no CUDA graph (torch._inductor.cudagraph_utils.cudagraphs_log,
+# an artifact logger: its warnings reach handlers whatever TORCH_LOGS says), named so that a handler
+# can be added before inductor is imported
+CUDA_GRAPH_SKIP_LOGGER = "torch._inductor.cudagraph_utils.__cudagraphs"
+
+
 @contextlib.contextmanager
 def reporting_fallbacks(report: Callable[[str], None]) -> Iterator[None]:
-    """Inside the block, torch.compile giving up on a function (it then runs that function eagerly)
-    calls `report` with a message saying so."""
-    logger = logging.getLogger("torch._dynamo.convert_frame")
-    handler = _FallbackReport(report)
-    logger.addHandler(handler)
+    """Inside the block, torch.compile giving up on a function (it then runs that function eagerly),
+    or inductor recording no CUDA graph for a compiled graph (`run.cuda_graphs`), calls `report`
+    with a message saying so."""
+    handlers = ((logging.getLogger("torch._dynamo.convert_frame"), _FallbackReport(report)),
+                (logging.getLogger(CUDA_GRAPH_SKIP_LOGGER), _GraphSkipReport(report)))
+    for logger, handler in handlers:
+        logger.addHandler(handler)
     try:
         yield
     finally:
-        logger.removeHandler(handler)
+        for logger, handler in handlers:
+            logger.removeHandler(handler)

@@ -246,6 +246,28 @@ def test_compiled_dora_blocks_train_as_the_eager_ones(fixture_dir, checkpointed)
         torch.testing.assert_close(a, b, rtol=1e-2, atol=1e-2 * b.abs().max().item())
 
 
+def test_graphs_inductor_runs_without_cuda_graphs_are_reported_once_for_each_reason():
+    """With run.cuda_graphs, inductor may run a compiled graph without recording it (a mutated
+    input, an op it cannot capture, too many re-recordings), which it only logs, leaving those
+    steps as slow as with compile alone: inside `reporting_fallbacks` (the whole run, whose reports
+    are warning events) each reason is reported once. The warnings come from torch's own function,
+    as on a GPU (a CPU records no graphs to skip)."""
+    from torch._inductor.cudagraph_utils import log_cudagraph_skip_and_bump_counter
+
+    from acestep.training.compilation import reporting_fallbacks
+
+    reported, reasons = [], ["mutated inputs (1 instances)", "mutated inputs (1 instances)", "incompatible op nonzero"]
+    with reporting_fallbacks(reported.append):
+        for reason in reasons:
+            log_cudagraph_skip_and_bump_counter(f"skipping cudagraphs due to {reason}\nFound from: ...")
+    log_cudagraph_skip_and_bump_counter("skipping cudagraphs due to a reason outside the run")
+    assert [message.split('"')[1] for message in reported] == [
+        "skipping cudagraphs due to mutated inputs (1 instances)", "skipping cudagraphs due to incompatible op nonzero"]
+    assert reported[0].startswith("run.cuda_graphs: torch.compile runs some of the blocks' graphs without CUDA graphs")
+    assert reported[0].endswith("as with run.compile alone; the run goes on. Please report it with the run's "
+                                "config.toml.")
+
+
 def test_torch_compile_giving_up_on_the_blocks_is_a_warning_of_the_run(tmp_path, tiny_dit, monkeypatch):
     """Past its recompile limit torch.compile runs a function eagerly and only logs it; the run
     reports it as a warning event and trains on."""
