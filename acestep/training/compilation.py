@@ -169,7 +169,7 @@ class _GraphSkipReport(logging.Handler):
         self.report, self.reasons = report, set()
 
     def emit(self, record: logging.LogRecord) -> None:
-        reason = record.getMessage().strip().splitlines()[0][:300]
+        reason = (record.getMessage().strip().splitlines() or ["no reason given"])[0][:300]
         if reason in self.reasons:
             return
         self.reasons.add(reason)

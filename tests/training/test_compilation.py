@@ -260,9 +260,11 @@ def test_graphs_inductor_runs_without_cuda_graphs_are_reported_once_for_each_rea
     with reporting_fallbacks(reported.append):
         for reason in reasons:
             log_cudagraph_skip_and_bump_counter(f"skipping cudagraphs due to {reason}\nFound from: ...")
+        log_cudagraph_skip_and_bump_counter("")  # a report, never an error inside torch's logging call
     log_cudagraph_skip_and_bump_counter("skipping cudagraphs due to a reason outside the run")
     assert [message.split('"')[1] for message in reported] == [
-        "skipping cudagraphs due to mutated inputs (1 instances)", "skipping cudagraphs due to incompatible op nonzero"]
+        "skipping cudagraphs due to mutated inputs (1 instances)", "skipping cudagraphs due to incompatible op nonzero",
+        "no reason given"]
     assert reported[0].startswith("run.cuda_graphs: torch.compile runs some of the blocks' graphs without CUDA graphs")
     assert reported[0].endswith("as with run.compile alone; the run goes on. Please report it with the run's "
                                 "config.toml.")
