@@ -13,7 +13,8 @@
 #                                      eagerly (goal: >= 1.5x)
 #   4. benchmarks/profile_step.py at batch 8 x 60 s with compile and CUDA graphs (profile.log): the
 #      GPU's busy time against the step's wall time, whether the best form of the step is still
-#      bound by the host, and its costliest kernels;
+#      bound by the host, and its costliest kernels; for the bare step and for the trainer's own
+#      loop (--trainer: data, the per-step sync, bookkeeping), whose difference is what the trainer adds;
 #   5. benchmarks/attention_backends.py: the kernel each attention call of the 2B model gets at
 #      batch 8 x 60 s, and what the other kernels and two rewrites of the call cost (attention.log);
 #   6. the grid's other cells (CELLS; grid/grid.md, grid/grid.json, logs), in this order, until the
@@ -105,9 +106,9 @@ if [ "$SIZE" = tiny ]; then models=(--size tiny --audio-seconds 2 --repeats 1); 
 wanted preprocess && part preprocess 100 "$PYTHON" benchmarks/preprocess_throughput.py "${models[@]}" --json "$RESULTS/preprocess.json"
 if [ -n "$GOALS" ] && wanted goals; then grid goals "$GOALS"; fi
 if [ "$SIZE" = tiny ]; then
-    shape=(--batch 1 --seconds 2 --repeats 2) profiled=(--batch 1 --seconds 2 --steps 1)
+    shape=(--batch 1 --seconds 2 --repeats 2) profiled=(--batch 1 --seconds 2 --steps 1 --trainer)
 else
-    shape=(--batch 8 --seconds 60) profiled=(--batch 8 --seconds 60 --compile --cuda-graphs)
+    shape=(--batch 8 --seconds 60) profiled=(--batch 8 --seconds 60 --compile --cuda-graphs --trainer)
 fi
 wanted profile && part profile 150 "$PYTHON" benchmarks/profile_step.py --size "$SIZE" "${profiled[@]}"
 wanted attention && part attention 60 "$PYTHON" benchmarks/attention_backends.py --size "$SIZE" "${shape[@]}"

@@ -1,9 +1,11 @@
 """Where the time of one training step goes: the bare step of benchmarks/training_step.py under
 torch.profiler, plus timings of its variants (forward only, without gradient checkpointing, without
-the adapter).
+the adapter); with `--trainer`, the trainer's own loop under the profiler too (reading and
+collating the batch, the objective's draws, the per-step finite-gradient sync, the bookkeeping),
+so that what the trainer adds to the bare step shows as the GPU's idle time between its kernels.
 
     env/bin/python benchmarks/profile_step.py --size 2b --batch 1 --seconds 60 --gradient-checkpointing
-    env/bin/python benchmarks/profile_step.py --size 2b --batch 8 --seconds 60 --compile --cuda-graphs
+    env/bin/python benchmarks/profile_step.py --size 2b --batch 8 --seconds 60 --compile --cuda-graphs --trainer
     env/bin/python benchmarks/profile_step.py --size small           # CPU: checks the script
 
 Prints the ops that take the most host time and the most device time, the number of kernels per
@@ -21,7 +23,7 @@ from pathlib import Path
 import torch
 from torch.profiler import ProfilerActivity, profile
 from common import synchronize  # benchmarks/common.py
-from training_step import BareTimer, build_benchmark_session  # benchmarks/training_step.py
+from training_step import BareTimer, TrainerTimer, build_benchmark_session  # benchmarks/training_step.py
 
 
 def timed(device: torch.device, count: int, step) -> float:
@@ -33,6 +35,27 @@ def timed(device: torch.device, count: int, step) -> float:
         step()
     synchronize(device)
     return (time.perf_counter() - began) / count * 1000
+
+
+def profiled(timer, name: str, steps: int, rows: int, device: torch.device) -> None:
+    """Two warm-up steps of `timer`, then `steps` steps under torch.profiler: their wall time, the
+    ops with the most host time and, on a GPU, the most device time, the kernels per step and the
+    GPU's busy time per step (what is left of the wall time, the GPU waited)."""
+    timer.seconds_per_step(2)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    synchronize(device)
+    began = time.perf_counter()
+    with profile(activities=activities) as prof:
+        timer.seconds_per_step(steps)
+    wall = (time.perf_counter() - began) / steps * 1000
+    events = prof.key_averages()
+    print(f"{name}: profiled {steps} steps: {wall:.1f} ms/step wall (profiler on)")
+    print(events.table(sort_by="self_cpu_time_total", row_limit=rows))
+    if device.type == "cuda":
+        print(events.table(sort_by="self_device_time_total", row_limit=rows))
+        kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+        busy = sum(e.device_time for e in kernels) / 1000 / steps
+        print(f"{name}: kernels per step: {len(kernels) // steps}, GPU busy {busy:.1f} of {wall:.1f} ms/step")
 
 
 def forward_only(timer: BareTimer):
@@ -53,6 +76,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cuda-graphs", action="store_true",
                         help="the compiled blocks replayed as CUDA graphs (run.cuda_graphs; needs --compile and "
                              "a CUDA GPU)")
+    parser.add_argument("--trainer", action="store_true",
+                        help="profile the trainer's own loop too (data, the per-step sync, bookkeeping)")
     parser.add_argument("--rows", type=int, default=25)
     args = parser.parse_args(argv)
     args.warmup, args.varied_conditions, args.adapter_dropout = 1, False, False  # fixed shapes, no dropout
@@ -61,21 +86,9 @@ def main(argv: list[str] | None = None) -> int:
         session = build_benchmark_session(args, Path(tmp))
         device = session.fabric.device
         timer = BareTimer(session, args.batch)
-        timer.seconds_per_step(2)
-        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-        synchronize(device)
-        began = time.perf_counter()
-        with profile(activities=activities) as prof:
-            timer.seconds_per_step(args.steps)
-        wall = (time.perf_counter() - began) / args.steps * 1000
-        events = prof.key_averages()
-        print(f"profiled {args.steps} steps: {wall:.1f} ms/step wall (profiler on)")
-        print(events.table(sort_by="self_cpu_time_total", row_limit=args.rows))
-        if device.type == "cuda":
-            print(events.table(sort_by="self_device_time_total", row_limit=args.rows))
-            kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
-            busy = sum(e.device_time for e in kernels) / 1000 / args.steps
-            print(f"kernels per step: {len(kernels) // args.steps}, GPU busy {busy:.1f} ms/step")
+        profiled(timer, "bare step", args.steps, args.rows, device)
+        if args.trainer:
+            profiled(TrainerTimer(session, args.batch), "trainer's loop", args.steps, args.rows, device)
         figures = {"step (bare)": timed(device, args.steps, lambda: timer.seconds_per_step(1)),
                    "forward only, no grad": timed(device, args.steps, forward_only(timer))}
         transformer = session.adapter.transformer

@@ -748,9 +748,11 @@ def test_a_cell_without_the_finite_check_times_the_trainer_without_its_per_step_
 def test_profile_step_prints_the_top_ops_and_the_timings_of_its_variants(capsys):
     profile_step = bench("profile_step")
     assert profile_step.main(["--size", "tiny", "--seconds", "1", "--steps", "1", "--rows", "5",
-                              "--gradient-checkpointing"]) == 0
+                              "--gradient-checkpointing", "--trainer"]) == 0
     out = capsys.readouterr().out
-    assert re.search(r"profiled 1 steps: [\d.]+ ms/step wall", out) and "Self CPU" in out
+    for name in ("bare step", "trainer's loop"):  # the trainer's own loop profiled after the bare step
+        assert re.search(rf"{name}: profiled 1 steps: [\d.]+ ms/step wall", out), name
+    assert out.count("Self CPU") >= 2
     for name in ("step (bare)", "forward only, no grad", "forward only, adapter disabled",
                  "step without checkpointing"):
         assert re.search(rf"  {re.escape(name)} +[\d.]+ ms", out), name
