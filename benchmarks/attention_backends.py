@@ -1,6 +1,7 @@
 """Which attention kernel does each attention call of the DiT get, and what would the others cost?
 
     env/bin/python benchmarks/attention_backends.py --size 2b --batch 8 --seconds 60   # on a GPU
+    env/bin/python benchmarks/attention_backends.py --size 2b --batch 8 --seconds 60 --masked-only  # FlexAttention
     env/bin/python benchmarks/attention_backends.py --size tiny --seconds 2             # CPU: checks the script
 
 One forward of the transformer (random weights, the benchmark's condition length, attention not
@@ -15,17 +16,26 @@ call), and of two rewrites of it: K/V heads repeated to the query heads (no GQA 
 with a boolean mask instead of the additive one. The step profile of the H200 (bmm, mul and copy
 kernels taking two thirds of the GPU time) points at a math fallback; this script says which call
 falls back and what a rewrite would gain, in one short GPU run.
+
+For the masked call it first times FlexAttention (`torch.nn.attention.flex_attention`, compiled)
+with a block mask made from the call's own mask: the kernel skips the blocks of keys the sliding
+window leaves out (the row says what share), where the SDPA kernels read the whole dense mask. Its
+row also gives the largest difference of its output from the call as made, in the call's dtype.
+On a CPU FlexAttention has no backward pass: the row then says "unsupported" for the time and
+still gives the difference.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 
 import torch
 import torch.nn.functional as F
 from common import CONDITION_TOKENS, SIZES, is_out_of_memory, model_config, random_transformer, timed
 from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
 from acestep.models.attention import probe_plan
 from acestep.models.config import parse_model_config
@@ -113,9 +123,53 @@ def chosen_kernel(call: dict, device: torch.device, expand_kv: bool = False, boo
     return SDPBackend(index).name.lower()
 
 
+@functools.cache
+def _compiled_flex_attention():
+    return torch.compile(flex_attention)
+
+
+def skipped_share(block_mask, length: int) -> float:
+    """The share of (query block, key block) pairs of a `length` x `length` call that `block_mask`
+    skips (torch's own `sparsity()` counts against its padded size, below zero for short calls)."""
+    computed = block_mask.kv_num_blocks.sum().item()
+    if block_mask.full_kv_num_blocks is not None:
+        computed += block_mask.full_kv_num_blocks.sum().item()
+    blocks = -(-length // block_mask.BLOCK_SIZE[0]) * -(-length // block_mask.BLOCK_SIZE[1])
+    return 1 - computed / blocks
+
+
+def flex_row(call: dict, device: torch.device, repeats: int) -> tuple[str, str, str]:
+    """(variant, kernel, ms fwd+bwd) of the masked call through compiled FlexAttention with a block
+    mask made from the call's mask (module docstring): the variant names the share of key blocks
+    skipped and the largest difference of the output from the call as made."""
+    q, k, v, kwargs = make_inputs(call, device)
+    allowed = kwargs["attn_mask"][0, 0] == 0 if kwargs["attn_mask"].dtype != torch.bool else kwargs["attn_mask"][0, 0]
+    length = q.shape[-2]
+    block_mask = create_block_mask(lambda b, h, q_index, kv_index: allowed[q_index, kv_index], None, None, length,
+                                   length, device=str(device))
+    flex = _compiled_flex_attention()
+    with torch.no_grad():  # detached: FlexAttention has no backward pass on a CPU, and refuses inputs that need one
+        expected = F.scaled_dot_product_attention(q.detach(), k.detach(), v.detach(), **kwargs)
+        got = flex(q.detach(), k.detach(), v.detach(), block_mask=block_mask, scale=kwargs["scale"],
+                   enable_gqa=kwargs["enable_gqa"])
+    difference = (got.float() - expected.float()).abs().max().item()
+    name = f"flex, {100 * skipped_share(block_mask, length):.0f}% blocks skipped, max diff {difference:.1e}"
+
+    def step():
+        flex(q, k, v, block_mask=block_mask, scale=kwargs["scale"],
+             enable_gqa=kwargs["enable_gqa"]).float().sum().backward()
+
+    try:
+        seconds = timed(device, repeats, step)
+    except (RuntimeError, NotImplementedError) as exc:
+        return name, "flex_attention", "out of memory" if is_out_of_memory(exc) else "unsupported"
+    return name, "flex_attention", f"{seconds * 1000:.3f}"
+
+
 def measure(call: dict, device: torch.device, repeats: int) -> list[tuple[str, str, str]]:
-    """Rows (variant, kernel, ms fwd+bwd) for one recorded call."""
-    rows = []
+    """Rows (variant, kernel, ms fwd+bwd) for one recorded call: FlexAttention first when it is
+    masked (`flex_row`), then each kernel for the call as made and its rewrites."""
+    rows = [flex_row(call, device, repeats)] if call["attn_mask"] is not None else []
     variants = [("as called", False, False)]
     if call["enable_gqa"]:
         variants.append(("K/V repeated, no GQA flag", True, False))
@@ -147,6 +201,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--seconds", type=float, default=60.0, help="crop length")
     parser.add_argument("--repeats", type=int, default=10, help="timed calls per variant (median)")
+    parser.add_argument("--masked-only", action="store_true",
+                        help="only the masked (sliding-window) call: FlexAttention against the SDPA kernels")
     args = parser.parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
@@ -156,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     plan = probe_plan(shape["num_attention_heads"], shape["num_key_value_heads"], shape["head_dim"], device, dtype)
     print(f"the trainer's plan here: {plan.describe()}")
     calls = record_calls(args.size, args.batch, args.seconds, device, dtype)
-    for call in calls:
+    for call in calls if not args.masked_only else [call for call in calls if call["attn_mask"] is not None]:
         mask = "none" if call["mask"] is None else f"{list(call['mask'][0])} {call['mask'][1]}"
         print(f"\n{call['kind']} attention: query {list(call['query'])}, key/value {list(call['key'])}, "
               f"mask {mask}, enable_gqa {call['enable_gqa']}")

@@ -17,6 +17,8 @@
 #      loop (--trainer: data, the per-step sync, bookkeeping), whose difference is what the trainer adds;
 #   5. benchmarks/attention_backends.py: the kernel each attention call of the 2B model gets at
 #      batch 8 x 60 s, and what the other kernels and two rewrites of the call cost (attention.log);
+#      first FlexAttention for the sliding-window call, whose block mask skips the 20 of 36 key
+#      blocks the window leaves out (ATTENTION=masked: that call alone);
 #   6. the grid's other cells (CELLS; grid/grid.md, grid/grid.json, logs), in this order, until the
 #      budget is spent. The first two run the trainer's CUDA graphs as a real run would, so that one
 #      cell answers several questions; the cells after them take the questions one at a time:
@@ -63,8 +65,9 @@
 #   BUDGET=1800 GOALS= CELLS= bash benchmarks/gpu_perf.sh       # the whole grid (24 cells), 30 minutes
 #
 # BUDGET is the script's time in seconds (default 450); PARTS the parts to run (default
-# "preprocess goals profile attention grid"; the 2026-11-28 H200 run measured preprocess and
-# attention, so `PARTS="goals profile grid"` gives a short lease to the step); COMPILE_TIMEOUT a
+# "preprocess goals profile attention grid"; the 2026-11-28 H200 run measured preprocess and the
+# SDPA kernels, so `PARTS="goals profile attention grid" ATTENTION=masked` gives a short lease to
+# the step and FlexAttention); ATTENTION `all` (default) or `masked` (module 5); COMPILE_TIMEOUT a
 # compiled cell's limit in seconds (default 240: the first compiled cell's warm-up took 115 s at
 # batch 8 on the H200); GOALS the goal cells (empty: none); CELLS the other cells (empty: all 24
 # plain ones); SIZE=tiny checks the script on a CPU in about a minute (with GOALS=1x1 CELLS=1x1);
@@ -77,6 +80,7 @@ BUDGET=${BUDGET:-450}
 SIZE=${SIZE:-2b}
 PARTS=${PARTS:-preprocess goals profile attention grid}
 COMPILE_TIMEOUT=${COMPILE_TIMEOUT:-240}
+ATTENTION=${ATTENTION:-all}
 GOALS=${GOALS-8x60:compile:cudagraphs,1x60:compile:cudagraphs}
 CELLS=${CELLS-1x60:compile:cudagraphs:varied:dropout:accum2,8x60:ckpt:compile:cudagraphs:varied:dropout,1x60:compile:cudagraphs:nosync,8x60:compile:cudagraphs:varied:dropout,1x60:compile:cudagraphs:varied,1x60:compile:cudagraphs:accum2,8x60:ckpt:compile:cudagraphs,8x60:ckpt:compile,8x60:ckpt:compile:reentrantckpt,8x60:ckpt:diffnorm,8x60:ckpt:diffrope,8x60:ckpt:difflayout,8x60:ckpt:peftcast,1x60:ckpt,1x60:ckpt:diffckpt,4x60:ckpt,8x60:ckpt:halfckpt,8x60:compile,1x60:compile,8x60:compile:staticcompile,8x60:ckpt,1x60}
 source benchmarks/parts.sh  # PYTHON, the environment, part and $failed
@@ -108,10 +112,12 @@ if [ -n "$GOALS" ] && wanted goals; then grid goals "$GOALS"; fi
 if [ "$SIZE" = tiny ]; then
     shape=(--batch 1 --seconds 2 --repeats 2) profiled=(--batch 1 --seconds 2 --steps 1 --trainer)
 else
-    shape=(--batch 8 --seconds 60) profiled=(--batch 8 --seconds 60 --compile --cuda-graphs --trainer)
+    # the variants' timings (forward only, ...) would compile more graphs: not in a short lease
+    shape=(--batch 8 --seconds 60) profiled=(--batch 8 --seconds 60 --compile --cuda-graphs --trainer --no-variants)
 fi
+if [ "$ATTENTION" = masked ]; then shape+=(--masked-only); fi
 wanted profile && part profile 150 "$PYTHON" benchmarks/profile_step.py --size "$SIZE" "${profiled[@]}"
-wanted attention && part attention 60 "$PYTHON" benchmarks/attention_backends.py --size "$SIZE" "${shape[@]}"
+wanted attention && part attention 120 "$PYTHON" benchmarks/attention_backends.py --size "$SIZE" "${shape[@]}"
 if wanted grid; then grid grid "$CELLS"; fi
 echo "parts failed: $failed; results in $RESULTS"
 exit "$failed"

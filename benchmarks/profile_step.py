@@ -78,6 +78,8 @@ def main(argv: list[str] | None = None) -> int:
                              "a CUDA GPU)")
     parser.add_argument("--trainer", action="store_true",
                         help="profile the trainer's own loop too (data, the per-step sync, bookkeeping)")
+    parser.add_argument("--no-variants", action="store_true",
+                        help="skip the variants' timings (forward only, adapter disabled, ...: more graphs to compile)")
     parser.add_argument("--rows", type=int, default=25)
     args = parser.parse_args(argv)
     args.warmup, args.varied_conditions, args.adapter_dropout = 1, False, False  # fixed shapes, no dropout
@@ -89,6 +91,8 @@ def main(argv: list[str] | None = None) -> int:
         profiled(timer, "bare step", args.steps, args.rows, device)
         if args.trainer:
             profiled(TrainerTimer(session, args.batch), "trainer's loop", args.steps, args.rows, device)
+        if args.no_variants:
+            return 0
         figures = {"step (bare)": timed(device, args.steps, lambda: timer.seconds_per_step(1)),
                    "forward only, no grad": timed(device, args.steps, forward_only(timer))}
         transformer = session.adapter.transformer

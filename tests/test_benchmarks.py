@@ -401,6 +401,10 @@ def test_attention_backends_records_the_three_attention_calls_and_times_each_ker
     assert masked["mask"] == ((1, 1, frames, frames), torch.float32) and masked["enable_gqa"]
     assert kinds["cross"]["key"][2] == 400 and kinds["self"]["mask"] is None
     rows = attention.measure(masked, torch.device("cpu"), repeats=1)
+    # FlexAttention first: the same output as the call (it has no backward pass on a CPU, so no time)
+    flex, rows = rows[0], rows[1:]
+    assert flex[0].startswith("flex, 0% blocks skipped, max diff ") and flex[1:] == ("flex_attention", "unsupported")
+    assert float(flex[0].split("max diff ")[1]) < 1e-5
     variants = {variant for variant, _, _ in rows}
     assert variants == {"as called", "K/V repeated, no GQA flag", "K/V repeated, boolean mask"}
     by_kernel = {(variant, kernel): ms for variant, kernel, ms in rows}
@@ -410,6 +414,24 @@ def test_attention_backends_records_the_three_attention_calls_and_times_each_ker
     assert attention.main(["--size", "tiny", "--seconds", "2", "--repeats", "1"]) == 0
     out = capsys.readouterr().out
     assert "self, masked attention: query [1, 4, 25, 16], key/value [1, 2, 25, 16]" in out
+    assert "cross attention" in out
+    assert attention.main(["--size", "tiny", "--seconds", "2", "--repeats", "1", "--masked-only"]) == 0
+    out = capsys.readouterr().out
+    assert "self, masked attention" in out and "flex, 0% blocks skipped" in out and "cross attention" not in out
+
+
+def test_flex_attentions_block_mask_skips_what_the_sliding_window_leaves_out():
+    """At 60 s (750 tokens) the 2B model's window of 128 tokens each way leaves out 20 of the 36
+    blocks of 128 x 128 that a dense mask makes a kernel read; below one block nothing is skipped."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    attention = bench("attention_backends")
+    for length, skipped in ((750, 20 / 36), (25, 0.0)):
+        index = torch.arange(length)
+        allowed = (index[:, None] - index[None, :]).abs() <= 128
+        block_mask = create_block_mask(lambda b, h, q, k, allowed=allowed: allowed[q, k], None, None, length, length,
+                                       device="cpu")
+        assert attention.skipped_share(block_mask, length) == pytest.approx(skipped)
 
 
 def test_op_count_counts_a_step_on_the_meta_device_and_shows_the_layout_change(capsys):
@@ -756,6 +778,9 @@ def test_profile_step_prints_the_top_ops_and_the_timings_of_its_variants(capsys)
     for name in ("step (bare)", "forward only, no grad", "forward only, adapter disabled",
                  "step without checkpointing"):
         assert re.search(rf"  {re.escape(name)} +[\d.]+ ms", out), name
+    assert profile_step.main(["--size", "tiny", "--seconds", "1", "--steps", "1", "--rows", "5", "--no-variants"]) == 0
+    out = capsys.readouterr().out
+    assert "bare step: profiled 1 steps" in out and "trainer's loop" not in out and "forward only" not in out
 
 
 def test_host_overhead_times_each_way_of_running_the_step(capsys):
