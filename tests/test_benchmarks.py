@@ -125,6 +125,17 @@ def _tiny_args(**changes):
     return argparse.Namespace(**{**values, **changes})
 
 
+def _cell_command(grid, cell, json_path: Path) -> list[str]:
+    """The training_step.py command training_grid.py runs for `cell` (tiny model, one short round)."""
+    args = _tiny_args(python="python", steps=1, rounds=1, bare=False, no_reference=True, peak_tflops=None)
+    return grid.cell_command(cell, args, json_path)
+
+
+def _grid_row(cell, result: dict) -> dict:
+    """A row of the grid's results (grid.json's "cells") for `cell` with `result`."""
+    return {"cell": {**vars(cell), "label": cell.label}, "result": result}
+
+
 def test_reference_loop_reads_the_loss_every_step_and_trains_the_adapter(tmp_path):
     training_step = bench("training_step")
     session = training_step.build_benchmark_session(_tiny_args(), tmp_path)
@@ -199,8 +210,7 @@ def test_grid_cell_failures_are_reported_as_oom_timeout_or_error(tmp_path):
     variant = grid.parse_cell("8x60:ckpt:peftcast:difflayout")  # any order in, the table's order out
     assert variant == grid.Cell(8, 60.0, True, False, ("difflayout", "peftcast"))
     assert (variant.label, variant.key) == ("8x60:ckpt:difflayout:peftcast", "b8-60s-ckpt-difflayout-peftcast")
-    args = _tiny_args(python="python", steps=1, rounds=1, bare=False, no_reference=True, peak_tflops=None)
-    command = grid.cell_command(variant, args, tmp_path / "v.json")
+    command = _cell_command(grid, variant, tmp_path / "v.json")
     assert "--diffusers-layout" in command and "--peft-casts" in command and "--diffusers-rmsnorm" not in command
     noted = grid.markdown_table([{"cell": {"batch": 8, "seconds": 60.0, "checkpointing": True, "compile": False,
                                            "variants": ["difflayout", "peftcast"]}, "result": results["a"]}])
@@ -621,10 +631,9 @@ def test_a_cuda_graphs_cell_trains_with_the_trainers_run_cuda_graphs(tmp_path):
     grid, training_step = bench("training_grid"), bench("training_step")
     cell = grid.parse_cell("1x60:compile:cudagraphs")
     assert cell == grid.Cell(1, 60.0, False, True, (), ("cudagraphs",)) and cell.key == "b1-60s-compile-cudagraphs"
-    args = _tiny_args(python="python", steps=1, rounds=1, bare=False, no_reference=True, peak_tflops=None)
-    assert "--cuda-graphs" in grid.cell_command(cell, args, tmp_path / "c.json")
-    row = {"cell": {**vars(cell), "label": cell.label}, "result": {"status": "skipped"}}
-    assert grid.markdown_table([row]).splitlines()[-1].startswith("| 1 x 60 s (CUDA graphs) | off | on | skipped |")
+    assert "--cuda-graphs" in _cell_command(grid, cell, tmp_path / "c.json")
+    assert grid.markdown_table([_grid_row(cell, {"status": "skipped"})]).splitlines()[-1].startswith(
+        "| 1 x 60 s (CUDA graphs) | off | on | skipped |")
     from acestep.errors import TrainingError
 
     with pytest.raises(TrainingError, match="run.cuda_graphs records CUDA graphs, which need a CUDA GPU"):
@@ -652,8 +661,7 @@ def test_a_cuda_graphs_cell_whose_graphs_ran_without_cuda_graphs_says_so(capsys)
     for label, status in (("1x60:compile:cudagraphs", "ok"), ("1x60:compile", "ok"),
                           ("1x60:compile:cudagraphs", "oom")):
         cell = grid.parse_cell(label)
-        rows.append({"cell": {**vars(cell), "label": cell.label},
-                     "result": {"status": status, "compile_report": report}})
+        rows.append(_grid_row(cell, {"status": status, "compile_report": report}))
     statuses = [line.split(" | ")[3] for line in grid.markdown_table(rows).splitlines()[2:]]
     assert statuses == ["**ok, 2 without CUDA graphs**", "ok", "**oom**"]
 
@@ -690,11 +698,9 @@ def test_an_accumulation_cell_steps_the_trainers_optimizer_every_second_batch(tm
     grid, training_step = bench("training_grid"), bench("training_step")
     cell = grid.parse_cell("1x60:compile:cudagraphs:accum2")
     assert cell.settings == ("cudagraphs", "accum2") and cell.key == "b1-60s-compile-cudagraphs-accum2"
-    command = grid.cell_command(cell, _tiny_args(python="python", steps=1, rounds=1, bare=False, no_reference=True,
-                                                 peak_tflops=None), tmp_path / "c.json")
+    command = _cell_command(grid, cell, tmp_path / "c.json")
     assert "--gradient-accumulation=2" in command
-    row = {"cell": {**vars(cell), "label": cell.label}, "result": {"status": "skipped"}}
-    assert "(gradient accumulation 2)" in grid.markdown_table([row])
+    assert "(gradient accumulation 2)" in grid.markdown_table([_grid_row(cell, {"status": "skipped"})])
     stepped = []
     original = training_step.Trainer._optimizer_step
     monkeypatch.setattr(training_step.Trainer, "_optimizer_step", lambda self: stepped.append(1) or original(self))
@@ -718,12 +724,10 @@ def test_a_cell_with_varied_conditions_and_dropout_trains_on_songs_of_different_
     cell = grid.parse_cell("8x60:dropout:compile:varied:cudagraphs")  # any order in, SETTINGS' order out
     assert cell.settings == ("cudagraphs", "varied", "dropout")
     assert cell.label == "8x60:compile:cudagraphs:varied:dropout"
-    command = grid.cell_command(cell, _tiny_args(python="python", steps=1, rounds=1, bare=False, no_reference=True,
-                                                 peak_tflops=None), tmp_path / "c.json")
+    command = _cell_command(grid, cell, tmp_path / "c.json")
     start = command.index("--cuda-graphs")
     assert command[start:start + 3] == ["--cuda-graphs", "--varied-conditions", "--adapter-dropout"]
-    row = {"cell": {**vars(cell), "label": cell.label}, "result": {"status": "skipped"}}
-    assert grid.markdown_table([row]).splitlines()[-1].startswith(
+    assert grid.markdown_table([_grid_row(cell, {"status": "skipped"})]).splitlines()[-1].startswith(
         "| 8 x 60 s (CUDA graphs) (condition lengths varied) (adapter dropout) | off | on | skipped |")
     lengths = common.varied_condition_lengths(40)
     assert len(set(lengths)) > 20 and min(lengths) >= 300 and max(lengths) <= 500
@@ -747,11 +751,9 @@ def test_a_cell_without_the_finite_check_times_the_trainer_without_its_per_step_
     grid, training_step = bench("training_grid"), bench("training_step")
     cell = grid.parse_cell("1x60:compile:cudagraphs:nosync")
     assert cell.settings == ("cudagraphs", "nosync") and cell.key == "b1-60s-compile-cudagraphs-nosync"
-    command = grid.cell_command(cell, _tiny_args(python="python", steps=1, rounds=1, bare=False, no_reference=True,
-                                                 peak_tflops=None), tmp_path / "c.json")
+    command = _cell_command(grid, cell, tmp_path / "c.json")
     assert "--no-finite-check" in command
-    row = {"cell": {**vars(cell), "label": cell.label}, "result": {"status": "skipped"}}
-    assert "(no finite-gradient sync)" in grid.markdown_table([row])
+    assert "(no finite-gradient sync)" in grid.markdown_table([_grid_row(cell, {"status": "skipped"})])
     read = []
     original = training_step.Trainer._gradient_is_finite
     monkeypatch.setattr(training_step.Trainer, "_gradient_is_finite",
