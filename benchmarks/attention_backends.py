@@ -1,7 +1,7 @@
 """Which attention kernel does each attention call of the DiT get, and what would the others cost?
 
     env/bin/python benchmarks/attention_backends.py --size 2b --batch 8 --seconds 60   # on a GPU
-    env/bin/python benchmarks/attention_backends.py --size 2b --batch 8 --seconds 60 --masked-only  # FlexAttention
+    env/bin/python benchmarks/attention_backends.py --size 2b --batch 8 --seconds 60 --masked-only  # its window
     env/bin/python benchmarks/attention_backends.py --size tiny --seconds 2             # CPU: checks the script
 
 One forward of the transformer (random weights, the benchmark's condition length, attention not
@@ -17,12 +17,14 @@ with a boolean mask instead of the additive one. The step profile of the H200 (b
 kernels taking two thirds of the GPU time) points at a math fallback; this script says which call
 falls back and what a rewrite would gain, in one short GPU run.
 
-For the masked call it first times FlexAttention (`torch.nn.attention.flex_attention`, compiled)
-with a block mask made from the call's own mask: the kernel skips the blocks of keys the sliding
-window leaves out (the row says what share), where the SDPA kernels read the whole dense mask. Its
-row also gives the largest difference of its output from the call as made, in the call's dtype.
-On a CPU FlexAttention has no backward pass: the row then says "unsupported" for the time and
-still gives the difference.
+For the masked call it first times the trainer's path where a CUDA GPU's plan allows it: PyTorch's
+flash kernel with its own window (`acestep.models.attention.windowed_flash_attention`, no dense
+mask), then FlexAttention (`torch.nn.attention.flex_attention`, compiled) with a block mask made
+from the call's own mask. Both skip the blocks of keys the sliding window leaves out (the flex row
+says what share), where the SDPA kernels read the whole dense mask. Each row also gives the
+largest difference of its output from the call as made, in the call's dtype. A CPU has neither
+the flash kernel nor FlexAttention's backward pass: those rows then say "unsupported" for the time
+(the flex row still gives the difference).
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from common import CONDITION_TOKENS, SIZES, is_out_of_memory, model_config, rand
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
-from acestep.models.attention import probe_plan
+from acestep.models.attention import plan_windows, probe_plan, windowed_flash_attention
 from acestep.models.config import parse_model_config
 from acestep.training.objective import context_latents
 from acestep.training.plan import FRAMES_PER_SECOND
@@ -166,10 +168,32 @@ def flex_row(call: dict, device: torch.device, repeats: int) -> tuple[str, str, 
     return name, "flex_attention", f"{seconds * 1000:.3f}"
 
 
-def measure(call: dict, device: torch.device, repeats: int) -> list[tuple[str, str, str]]:
-    """Rows (variant, kernel, ms fwd+bwd) for one recorded call: FlexAttention first when it is
-    masked (`flex_row`), then each kernel for the call as made and its rewrites."""
-    rows = [flex_row(call, device, repeats)] if call["attn_mask"] is not None else []
+def window_row(call: dict, device: torch.device, repeats: int, window: int) -> tuple[str, str, str]:
+    """(variant, kernel, ms fwd+bwd) of the masked call on the flash kernel with its own `window`
+    and no mask (`windowed_flash_attention`, inputs `[B, T, heads, head_dim]` as the trainer's
+    processor passes them): the variant names the largest difference of the output from the call
+    as made."""
+    q, k, v, kwargs = make_inputs(call, device)
+    sequence_major = [x.detach().transpose(1, 2).contiguous().requires_grad_() for x in (q, k, v)]
+    name = f"flash, own window {window}"
+    try:
+        with torch.no_grad():
+            expected = F.scaled_dot_product_attention(q, k, v, **kwargs).transpose(1, 2)
+            got = windowed_flash_attention(*(x.detach() for x in sequence_major), window, kwargs["scale"])
+        name += f", max diff {(got.float() - expected.float()).abs().max().item():.1e}"
+        seconds = timed(device, repeats, lambda: windowed_flash_attention(*sequence_major, window, kwargs["scale"])
+                        .float().sum().backward())
+    except (RuntimeError, NotImplementedError) as exc:
+        return name, "flash_attention", "out of memory" if is_out_of_memory(exc) else "unsupported"
+    return name, "flash_attention", f"{seconds * 1000:.3f}"
+
+
+def measure(call: dict, device: torch.device, repeats: int, window: int) -> list[tuple[str, str, str]]:
+    """Rows (variant, kernel, ms fwd+bwd) for one recorded call: the flash kernel with its own
+    `window` and FlexAttention first when it is masked (`window_row`, `flex_row`), then each kernel
+    for the call as made and its rewrites."""
+    rows = [window_row(call, device, repeats, window), flex_row(call, device, repeats)] \
+        if call["attn_mask"] is not None else []
     variants = [("as called", False, False)]
     if call["enable_gqa"]:
         variants.append(("K/V repeated, no GQA flag", True, False))
@@ -202,14 +226,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=60.0, help="crop length")
     parser.add_argument("--repeats", type=int, default=10, help="timed calls per variant (median)")
     parser.add_argument("--masked-only", action="store_true",
-                        help="only the masked (sliding-window) call: FlexAttention against the SDPA kernels")
+                        help="only the masked (sliding-window) call: the flash kernel with its own window and "
+                             "FlexAttention against the SDPA kernels")
     args = parser.parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     print(f"device {torch.cuda.get_device_name() if device.type == 'cuda' else 'cpu'}, torch {torch.__version__}, "
           f"{dtype}, {args.size} transformer, batch {args.batch} x {args.seconds:g} s")
     shape = parse_model_config(model_config(args.size)).transformer_kwargs()
-    plan = probe_plan(shape["num_attention_heads"], shape["num_key_value_heads"], shape["head_dim"], device, dtype)
+    heads = (shape["num_attention_heads"], shape["num_key_value_heads"], shape["head_dim"])
+    plan = probe_plan(*heads, device, dtype)
+    if device.type == "cuda":  # as plan_attention plans the DiT
+        plan = plan_windows(plan, heads, shape["sliding_window"], device, dtype)
     print(f"the trainer's plan here: {plan.describe()}")
     calls = record_calls(args.size, args.batch, args.seconds, device, dtype)
     for call in calls if not args.masked_only else [call for call in calls if call["attn_mask"] is not None]:
@@ -217,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\n{call['kind']} attention: query {list(call['query'])}, key/value {list(call['key'])}, "
               f"mask {mask}, enable_gqa {call['enable_gqa']}")
         print(f"  {'variant':28s} {'kernel':24s} {'ms fwd+bwd':>12s}")
-        for variant, kernel, ms in measure(call, device, args.repeats):
+        for variant, kernel, ms in measure(call, device, args.repeats, shape["sliding_window"]):
             print(f"  {variant:28s} {kernel:24s} {ms:>12s}")
     return 0
 

@@ -8,7 +8,10 @@
 #   3. benchmarks/training_grid.py on the 2B transformer, the goal cells (GOALS; goals/grid.md,
 #      goals/grid.json, logs), each in its own process with its own time limit:
 #        8x60:compile:cudagraphs       batch 8 x 60 s, regional compile with run.cuda_graphs, no
-#                                      checkpointing: the best case for the MFU goal (>= 40%)
+#                                      checkpointing: the best case for the MFU goal (>= 40%); since
+#                                      2026-11-28 (after run 4) the sliding-window calls run on the flash
+#                                      kernel with its own window where the plan's probe allows (the run's
+#                                      log says "attention: sliding-window calls on the flash kernel ...")
 #        1x60:compile:cudagraphs       batch 1 x 60 s the same, against the reference loop, which runs
 #                                      eagerly (goal: >= 1.5x)
 #   4. benchmarks/profile_step.py at batch 8 x 60 s with compile and CUDA graphs (profile.log): the
@@ -17,11 +20,15 @@
 #      loop (--trainer: data, the per-step sync, bookkeeping), whose difference is what the trainer adds;
 #   5. benchmarks/attention_backends.py: the kernel each attention call of the 2B model gets at
 #      batch 8 x 60 s, and what the other kernels and two rewrites of the call cost (attention.log);
-#      first FlexAttention for the sliding-window call, whose block mask skips the 20 of 36 key
-#      blocks the window leaves out (ATTENTION=masked: that call alone);
+#      first the flash kernel with its own window and FlexAttention for the sliding-window call, both
+#      skipping the 20 of 36 key blocks the window leaves out (ATTENTION=masked: that call alone);
 #   6. the grid's other cells (CELLS; grid/grid.md, grid/grid.json, logs), in this order, until the
-#      budget is spent. The first two run the trainer's CUDA graphs as a real run would, so that one
-#      cell answers several questions; the cells after them take the questions one at a time:
+#      budget is spent. The first is the batch-8 goal cell with the dense sliding-window mask, what the
+#      flash kernel's own window gains; the next two run the trainer's CUDA graphs as a real run would,
+#      so that one cell answers several questions; the cells after them take the questions one at a time:
+#        8x60:compile:cudagraphs:densewindow
+#                                      the batch-8 goal cell with the sliding-window calls on their dense
+#                                      mask, as before the window kernel (the goal cell against it: its effect)
 #        1x60:compile:cudagraphs:varied:dropout:accum2
 #                                      batch 1 with condition lengths of 300-500 tokens (a new shape nearly
 #                                      every batch, graphs recorded again), the adapter's default dropout
@@ -82,7 +89,7 @@ PARTS=${PARTS:-preprocess goals profile attention grid}
 COMPILE_TIMEOUT=${COMPILE_TIMEOUT:-240}
 ATTENTION=${ATTENTION:-all}
 GOALS=${GOALS-8x60:compile:cudagraphs,1x60:compile:cudagraphs}
-CELLS=${CELLS-1x60:compile:cudagraphs:varied:dropout:accum2,8x60:ckpt:compile:cudagraphs:varied:dropout,1x60:compile:cudagraphs:nosync,8x60:compile:cudagraphs:varied:dropout,1x60:compile:cudagraphs:varied,1x60:compile:cudagraphs:accum2,8x60:ckpt:compile:cudagraphs,8x60:ckpt:compile,8x60:ckpt:compile:reentrantckpt,8x60:ckpt:diffnorm,8x60:ckpt:diffrope,8x60:ckpt:difflayout,8x60:ckpt:peftcast,1x60:ckpt,1x60:ckpt:diffckpt,4x60:ckpt,8x60:ckpt:halfckpt,8x60:compile,1x60:compile,8x60:compile:staticcompile,8x60:ckpt,1x60}
+CELLS=${CELLS-8x60:compile:cudagraphs:densewindow,1x60:compile:cudagraphs:varied:dropout:accum2,8x60:ckpt:compile:cudagraphs:varied:dropout,1x60:compile:cudagraphs:nosync,8x60:compile:cudagraphs:varied:dropout,1x60:compile:cudagraphs:varied,1x60:compile:cudagraphs:accum2,8x60:ckpt:compile:cudagraphs,8x60:ckpt:compile,8x60:ckpt:compile:reentrantckpt,8x60:ckpt:diffnorm,8x60:ckpt:diffrope,8x60:ckpt:difflayout,8x60:ckpt:peftcast,1x60:ckpt,1x60:ckpt:diffckpt,4x60:ckpt,8x60:ckpt:halfckpt,8x60:compile,1x60:compile,8x60:compile:staticcompile,8x60:ckpt,1x60}
 source benchmarks/parts.sh  # PYTHON, the environment, part and $failed
 
 wanted() { [[ " $PARTS " == *" $1 "* ]]; }  # wanted PART: whether PARTS names it

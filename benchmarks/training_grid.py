@@ -13,7 +13,8 @@ settings of the run (`SETTINGS`: `:cudagraphs` the compiled blocks replayed as C
 finite-gradient check; `:accum2` the trainer's optimizer stepping every 2 batches), and a variant's
 flag to measure one change (benchmarks/variants.py: `:difflayout` diffusers' transposed residual
 stream, `:diffnorm` diffusers' RMSNorm, `:diffrope` diffusers' RoPE, `:peftcast` PEFT's input
-casts, `:diffckpt` diffusers' checkpointing, `:staticcompile` blocks compiled for static shapes,
+casts, `:diffckpt` diffusers' checkpointing, `:densewindow` the sliding-window calls with their
+dense mask instead of the flash kernel's own window, `:staticcompile` blocks compiled for static shapes,
 `:halfckpt` half the blocks checkpointed, `:reentrantckpt` compiled blocks checkpointed
 re-entrantly from outside); without `--cells` the grid is every combination of `--batches`,
 `--seconds`, `--checkpointing` and `--compile`. Each cell runs in its own process (its own CUDA

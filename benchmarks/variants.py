@@ -23,6 +23,9 @@ a time (`VARIANTS`: `training_step.py`'s options and the grid's cell flags; `op_
 - `use_re_entrant_checkpointing` (`--re-entrant-checkpointing`, `:reentrantckpt`, with
   checkpointing and compile on): compiled blocks checkpointed re-entrantly from outside their
   graphs, instead of inside them (`acestep.training.recompute`; the state before that change);
+- `use_dense_window_mask` (`--dense-window-mask`, `:densewindow`, on a GPU whose plan runs the DiT's
+  sliding-window calls on the flash kernel with its own window): those calls with their dense band
+  mask again, on the kernel PyTorch's dispatcher picks (the state before that change);
 - `use_static_shape_compile` (`--static-compile`, `:staticcompile`, with compile on): the blocks
   compiled for the shapes they first see, torch.compile's default, instead of
   `acestep.training.compilation`'s dynamic shapes (the state before that change; the benchmark's
@@ -32,7 +35,7 @@ a time (`VARIANTS`: `training_step.py`'s options and the grid's cell flags; `op_
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from diffusers.models.embeddings import apply_rotary_emb
@@ -72,12 +75,31 @@ def _diffusers_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> to
 
 def use_diffusers_rope(model: torch.nn.Module) -> int:
     """Apply RoPE with diffusers' `apply_rotary_emb` in every attention processor of `model`; returns how many."""
+    processors = _processors(model)
+    for processor in processors:
+        processor.rope = _diffusers_rope
+    return len(processors)
+
+
+def _processors(model: torch.nn.Module) -> list:
+    """The distinct `AceStepAttentionProcessor`s of `model`'s attention layers."""
     from acestep.models.attention import AceStepAttentionProcessor
 
     processors = {id(m.processor): m.processor for m in model.modules()
                   if isinstance(getattr(m, "processor", None), AceStepAttentionProcessor)}
-    for processor in processors.values():
-        processor.rope = _diffusers_rope
+    return list(processors.values())
+
+
+def use_dense_window_mask(model: torch.nn.Module) -> int:
+    """Give the sliding-window calls of `model`'s attention processors their dense band mask again
+    where the plan runs them on the flash kernel with its own window; returns how many processors.
+    Raises ValueError where no plan does (the variant needs that plan: a CUDA GPU with the kernel)."""
+    processors = [p for p in _processors(model) if p.plan.window_dtype is not None]
+    if not processors:
+        raise ValueError("the dense-window-mask variant needs a plan with sliding-window calls on the flash kernel "
+                         "(a CUDA GPU with PyTorch's flash kernel, bf16 or fp16)")
+    for processor in processors:
+        processor.plan = replace(processor.plan, window_dtype=None, dense_window_because="benchmark variant")
     return len(processors)
 
 
@@ -195,6 +217,10 @@ VARIANTS = (
     Variant("reentrantckpt", "--re-entrant-checkpointing", "re-entrant checkpointing of compiled blocks",
             "checkpoint the compiled blocks re-entrantly from outside their graphs instead of inside them (needs "
             "--gradient-checkpointing and --compile), to measure what that change gains", use_re_entrant_checkpointing),
+    Variant("densewindow", "--dense-window-mask", "dense sliding-window mask",
+            "run the DiT's sliding-window attention with its dense band mask on the kernel PyTorch picks instead of "
+            "the flash kernel with its own window (needs a plan that uses it: a CUDA GPU), to measure what that "
+            "change gains", use_dense_window_mask),
     Variant("staticcompile", "--static-compile", "static-shape compile",
             "compile the blocks for the shapes they first see (torch.compile's default) instead of dynamic shapes "
             "(needs --compile), to measure what dynamic-shape kernels cost", use_static_shape_compile),

@@ -410,9 +410,11 @@ def test_attention_backends_records_the_three_attention_calls_and_times_each_ker
     masked = kinds["self, masked"]
     assert masked["mask"] == ((1, 1, frames, frames), torch.float32) and masked["enable_gqa"]
     assert kinds["cross"]["key"][2] == 400 and kinds["self"]["mask"] is None
-    rows = attention.measure(masked, torch.device("cpu"), repeats=1)
-    # FlexAttention first: the same output as the call (it has no backward pass on a CPU, so no time)
-    flex, rows = rows[0], rows[1:]
+    rows = attention.measure(masked, torch.device("cpu"), repeats=1, window=16)
+    # the flash kernel with its own window first: CUDA's, so no row of figures on a CPU
+    assert rows[0] == ("flash, own window 16", "flash_attention", "unsupported")
+    # then FlexAttention: the same output as the call (it has no backward pass on a CPU, so no time)
+    flex, rows = rows[1], rows[2:]
     assert flex[0].startswith("flex, 0% blocks skipped, max diff ") and flex[1:] == ("flex_attention", "unsupported")
     assert float(flex[0].split("max diff ")[1]) < 1e-5
     variants = {variant for variant, _, _ in rows}
@@ -428,6 +430,24 @@ def test_attention_backends_records_the_three_attention_calls_and_times_each_ker
     assert attention.main(["--size", "tiny", "--seconds", "2", "--repeats", "1", "--masked-only"]) == 0
     out = capsys.readouterr().out
     assert "self, masked attention" in out and "flex, 0% blocks skipped" in out and "cross attention" not in out
+    assert "flash, own window 16" in out
+
+
+def test_attention_backends_times_the_masked_call_with_the_window_kernel_against_the_call(monkeypatch):
+    """With a kernel that keeps the band (the reference standing in for CUDA's flash kernel), the
+    window row gives a time and no difference; a window one key wider shows in its difference."""
+    from models.test_attention import band_attention
+
+    attention = bench("attention_backends")
+    masked = next(call for call in attention.record_calls("tiny", 1, 2.0, torch.device("cpu"), torch.float32)
+                  if call["attn_mask"] is not None)
+    monkeypatch.setattr(attention, "windowed_flash_attention", band_attention)
+    name, kernel, ms = attention.window_row(masked, torch.device("cpu"), 1, 16)
+    assert name.startswith("flash, own window 16, max diff ") and kernel == "flash_attention" and float(ms) > 0
+    assert float(name.split("max diff ")[1]) < 1e-5
+    monkeypatch.setattr(attention, "windowed_flash_attention", lambda q, k, v, window, scale: band_attention(
+        q, k, v, window - 8, scale))
+    assert float(attention.window_row(masked, torch.device("cpu"), 1, 16)[0].split("max diff ")[1]) > 1e-3
 
 
 def test_flex_attentions_block_mask_skips_what_the_sliding_window_leaves_out():
@@ -537,8 +557,8 @@ def test_peft_cast_variant_turns_the_casts_the_trainer_skips_back_on():
     assert layers and not any(layer.cast_input_dtype_enabled for layer in layers)
     assert variants.use_peft_input_casts(model) == len(layers) == len(adapter.modules)
     assert all(layer.cast_input_dtype_enabled for layer in layers)
-    assert [v.flag for v in variants.VARIANTS] == ["difflayout", "diffnorm", "diffrope", "peftcast",
-                                                   "diffckpt", "halfckpt", "reentrantckpt", "staticcompile"]
+    assert [v.flag for v in variants.VARIANTS] == ["difflayout", "diffnorm", "diffrope", "peftcast", "diffckpt",
+                                                   "halfckpt", "reentrantckpt", "densewindow", "staticcompile"]
 
 
 def test_diffusers_checkpointing_variant_puts_back_diffusers_hook_based_checkpointing():
@@ -595,6 +615,39 @@ def test_half_checkpointing_variant_checkpoints_the_first_half_of_the_blocks(mon
                   encoder_hidden_states=torch.randn(1, 3, model.condition_embedder.in_features),
                   context_latents=torch.randn(1, 8, 128))
     assert checkpointed == list(model.layers[:len(model.layers) // 2])
+
+
+def test_dense_window_variant_gives_the_sliding_window_calls_their_mask_back(monkeypatch):
+    """Where the plan runs them on the flash kernel with its own window (a CUDA GPU's; set by hand
+    here, with the reference standing in for the kernel), the variant turns that off, and the
+    calls go back to scaled_dot_product_attention with the dense mask; without it, it refuses."""
+    from dataclasses import replace
+
+    from models.test_attention import SdpaCalls, WindowedCalls
+
+    common, variants = bench("common"), bench("variants")
+    model = tiny_random_transformer(common).eval()
+    with pytest.raises(ValueError, match="needs a plan with sliding-window calls on the flash kernel"):
+        variants.use_dense_window_mask(model)
+    processors = variants._processors(model)
+    for processor in processors:
+        processor.plan = replace(processor.plan, window_dtype=torch.float32)
+    windowed, sdpa = WindowedCalls(monkeypatch), SdpaCalls(monkeypatch)
+
+    def forward() -> None:
+        with torch.no_grad():
+            model(hidden_states=torch.randn(1, 80, 64), timestep=torch.full((1,), 0.5),
+                  timestep_r=torch.full((1,), 0.5), context_latents=torch.randn(1, 80, 128),
+                  encoder_hidden_states=torch.randn(1, 5, model.condition_embedder.in_features))
+
+    forward()
+    sliding = model.layer_types.count("sliding_attention")
+    assert len(windowed.calls) == sliding and not any(masked for masked, _, _ in sdpa.calls)
+    assert variants.use_dense_window_mask(model) == len(processors)
+    assert all(processor.plan.window_dtype is None for processor in processors)
+    windowed.calls.clear(), sdpa.calls.clear()
+    forward()
+    assert not windowed.calls and sum(masked for masked, _, _ in sdpa.calls) == sliding
 
 
 def test_static_compile_variant_compiles_the_blocks_for_the_shapes_they_first_see():
