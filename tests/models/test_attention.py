@@ -287,25 +287,27 @@ def test_attention_dropout_in_training_keeps_the_masked_call(tiny_checkpoints, m
     assert len(calls.calls) == model.layer_types.count("sliding_attention")  # dropout is off in eval
 
 
-@pytest.mark.parametrize("heads, kv_heads", [(16, 8), (4, 4)])
-def test_the_window_probe_accepts_the_band_and_catches_a_window_one_key_off(monkeypatch, heads, kv_heads):
-    WindowedCalls(monkeypatch)
-    assert check_window_kernel(heads, kv_heads, 64, 16, "cpu", torch.float32) == ""
+def rounding_once(**extra):
+    """`band_attention` computed in fp32 and rounded once to the inputs' dtype, as a fused kernel does."""
+    return lambda q, k, v, window, scale: band_attention(q.float(), k.float(), v.float(), window, scale,
+                                                         **extra).to(q.dtype)
+
+
+@pytest.mark.parametrize("heads, kv_heads, head_dim, window, dtype", [
+    (16, 8, 64, 16, torch.float32), (4, 4, 64, 16, torch.float32), (16, 8, 128, 128, torch.bfloat16)])
+def test_the_window_probe_accepts_the_band_and_catches_a_window_one_key_off(monkeypatch, heads, kv_heads, head_dim,
+                                                                            window, dtype):
+    """Grouped and plain heads, and the 2B model's shape in bf16 (where positions above 256 round
+    to even keys, so neighbouring keys tie: the probe still tells the windows apart)."""
+    WindowedCalls(monkeypatch, rounding_once())
+    assert check_window_kernel(heads, kv_heads, head_dim, window, "cpu", dtype) == ""
     with torch.inference_mode():  # as a loader may call it: the probe needs autograd all the same
-        assert check_window_kernel(heads, kv_heads, 64, 16, "cpu", torch.float32) == ""
+        assert check_window_kernel(heads, kv_heads, head_dim, window, "cpu", dtype) == ""
     for extra in ({"right_extra": 1}, {"right_extra": -1}, {"left_extra": 1}, {"left_extra": -1}):
-        WindowedCalls(monkeypatch, lambda q, k, v, window, scale, extra=extra: band_attention(q, k, v, window, scale,
-                                                                                              **extra))
-        reason = check_window_kernel(heads, kv_heads, 64, 16, "cpu", torch.float32)
+        WindowedCalls(monkeypatch, rounding_once(**extra))
+        reason = check_window_kernel(heads, kv_heads, head_dim, window, "cpu", dtype)
         assert reason.startswith("a windowed call on the flash kernel differs from the masked call (output by "), extra
         assert "value gradient by" in reason, extra
-
-
-def test_the_window_probe_allows_bf16_rounding(monkeypatch):
-    """A kernel that computes in fp32 and rounds once agrees with the bf16 masked call."""
-    WindowedCalls(monkeypatch, lambda q, k, v, window, scale: band_attention(q.float(), k.float(), v.float(), window,
-                                                                             scale).to(q.dtype))
-    assert check_window_kernel(16, 8, 128, 128, "cpu", torch.bfloat16) == ""
 
 
 def test_a_kernel_that_refuses_the_window_is_reported_not_raised(monkeypatch):
