@@ -1,6 +1,10 @@
 #!/usr/bin/env bash
 # The GPU checks of the training engine and the presets, as one script for a machine with an
 # NVIDIA GPU (a few minutes on an H100/H200):
+#   0. the tests that need a CUDA GPU (tests/models/test_attention_cuda.py,
+#      tests/training/test_compilation_cuda.py; needs pytest): the sliding-window layers on the flash
+#      kernel's own window against the dense mask, and CUDA graphs with gradient accumulation and
+#      with checkpointing against the same compiled runs without them;
 #   1. `acestep-trainer gpu` on the real card (NVML monitor, preset choice, estimate);
 #   2. benchmarks/gpu_presets.py: every preset on the real-size 2B transformer, peak memory
 #      against its card and against the estimate (writes presets.json with every figure);
@@ -22,6 +26,7 @@ source benchmarks/parts.sh  # PYTHON, the environment, part and $failed
 
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$RESULTS/gpu.txt"
 "$PYTHON" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
+cuda_tests 300
 part cli_gpu 40 "$PYTHON" -m acestep.cli gpu --config examples/train_lora.toml
 part presets 240 "$PYTHON" benchmarks/gpu_presets.py --refit --json "$RESULTS/presets.json"
 part presets_xl_nf4 150 "$PYTHON" benchmarks/gpu_presets.py --size xl --presets vram_8gb,vram_12gb \

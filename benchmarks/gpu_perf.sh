@@ -72,7 +72,8 @@
 #   BUDGET=1800 GOALS= CELLS= bash benchmarks/gpu_perf.sh       # the whole grid (24 cells), 30 minutes
 #
 # BUDGET is the script's time in seconds (default 450); PARTS the parts to run (default
-# "preprocess goals profile attention grid"; the 2026-11-28 H200 run measured preprocess and the
+# "preprocess goals profile attention grid"; `tests` first runs the tests that need a CUDA GPU, as
+# benchmarks/gpu_check.sh does, within the budget; the 2026-11-28 H200 run measured preprocess and the
 # SDPA kernels, so `PARTS="goals profile attention grid" ATTENTION=masked` gives a short lease to
 # the step and FlexAttention); ATTENTION `all` (default) or `masked` (module 5); COMPILE_TIMEOUT a
 # compiled cell's limit in seconds (default 240: the first compiled cell's warm-up took 115 s at
@@ -114,6 +115,7 @@ torch.backends.cudnn.version())"
     git rev-parse HEAD 2>/dev/null | sed 's/^/commit /'
 } | tee "$RESULTS/env.txt"
 if [ "$SIZE" = tiny ]; then models=(--size tiny --audio-seconds 2 --repeats 1); else models=(--size real); fi
+wanted tests && cuda_tests 240
 wanted preprocess && part preprocess 100 "$PYTHON" benchmarks/preprocess_throughput.py "${models[@]}" --json "$RESULTS/preprocess.json"
 if [ -n "$GOALS" ] && wanted goals; then grid goals "$GOALS"; fi
 if [ "$SIZE" = tiny ]; then

@@ -21,3 +21,11 @@ part() {  # part NAME SECONDS COMMAND...: run with a time limit, log to RESULTS/
     echo "== $name: exit $status after $((SECONDS - began)) s"
     [ "$status" -eq 0 ] || failed=$((failed + 1))
 }
+
+# The tests that need a CUDA GPU (marked `cuda`, skipped elsewhere): the window kernel of the DiT's
+# sliding-window layers, and CUDA graphs with gradient accumulation and with checkpointing. Named
+# file by file, so that pytest imports only what a bare GPU machine has (pytest-xdist is not needed).
+CUDA_TESTS=(tests/models/test_attention_cuda.py tests/training/test_compilation_cuda.py)
+cuda_tests() {  # cuda_tests SECONDS: the CUDA tests as one part, log in RESULTS/cuda_tests.log
+    part cuda_tests "$1" "$PYTHON" -m pytest -p no:xdist -o addopts="-ra" -v "${CUDA_TESTS[@]}"
+}

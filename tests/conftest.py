@@ -20,6 +20,7 @@ os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
 MAX_WORKERS = 4
 
 
+@pytest.hookimpl(optionalhook=True)  # pytest-xdist's hook: without it (`-p no:xdist`, a bare pytest) unused
 def pytest_xdist_auto_num_workers(config) -> int:
     return max(1, min(os.cpu_count() or 1, MAX_WORKERS))
 
