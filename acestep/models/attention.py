@@ -78,7 +78,7 @@ class AttentionPlan:
             repeated = " with K/V heads repeated (the math kernel otherwise)" if self.repeats(kind == "masked") else ""
             parts.append(f"{kind} calls on the {kernels[kind]} kernel{repeated}")
         if self.window_dtype is not None:
-            parts[0] = f"sliding-window calls on the flash kernel with its own window (no dense mask; {parts[0]} else)"
+            parts[0] = f"sliding-window calls on the flash kernel with its own window, no dense mask (other {parts[0]})"
         elif self.dense_window_because:
             parts[0] += f" (sliding-window calls keep the dense mask: {self.dense_window_because})"
         return "attention: " + ", ".join(parts)

@@ -357,8 +357,8 @@ def test_plan_attention_gives_only_the_dit_the_window_kernel_and_only_on_cuda(ti
     attention = model.layers[0].self_attn
     assert plan.window_dtype == torch.bfloat16 and planned_for == [((attention.heads, attention.kv_heads,
                                                                        attention.head_dim), 16)]
-    assert plan.describe() == ("attention: sliding-window calls on the flash kernel with its own window (no dense "
-                               "mask; masked calls on the efficient_attention kernel else), unmasked calls on the "
+    assert plan.describe() == ("attention: sliding-window calls on the flash kernel with its own window, no dense "
+                               "mask (other masked calls on the efficient_attention kernel), unmasked calls on the "
                                "flash_attention kernel")
     encoder = load_acestep(tiny_checkpoints / "acestep-v15-turbo", dtype=torch.float32,
                            components=("condition_encoder",)).condition_encoder
