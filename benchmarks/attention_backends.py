@@ -39,7 +39,7 @@ from common import CONDITION_TOKENS, SIZES, is_out_of_memory, model_config, rand
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
-from acestep.models.attention import plan_windows, probe_plan, windowed_flash_attention
+from acestep.models.attention import plan_for_shape, windowed_flash_attention
 from acestep.models.config import parse_model_config
 from acestep.training.objective import context_latents
 from acestep.training.plan import FRAMES_PER_SECOND
@@ -234,10 +234,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"device {torch.cuda.get_device_name() if device.type == 'cuda' else 'cpu'}, torch {torch.__version__}, "
           f"{dtype}, {args.size} transformer, batch {args.batch} x {args.seconds:g} s")
     shape = parse_model_config(model_config(args.size)).transformer_kwargs()
-    heads = (shape["num_attention_heads"], shape["num_key_value_heads"], shape["head_dim"])
-    plan = probe_plan(*heads, device, dtype)
-    if device.type == "cuda":  # as plan_attention plans the DiT
-        plan = plan_windows(plan, heads, shape["sliding_window"], device, dtype)
+    plan = plan_for_shape((shape["num_attention_heads"], shape["num_key_value_heads"], shape["head_dim"]), device,
+                          dtype, shape["sliding_window"])  # as plan_attention plans the DiT
     print(f"the trainer's plan here: {plan.describe()}")
     calls = record_calls(args.size, args.batch, args.seconds, device, dtype)
     for call in calls if not args.masked_only else [call for call in calls if call["attn_mask"] is not None]:

@@ -39,7 +39,11 @@ from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
-from diffusers.models.transformers.ace_step_transformer import AceStepAttention, AceStepTransformer1DModel
+from diffusers.models.transformers.ace_step_transformer import (
+    AceStepAttention,
+    AceStepTransformer1DModel,
+    _create_4d_mask,
+)
 from torch import nn
 from torch.nn.attention import SDPBackend
 
@@ -228,8 +232,8 @@ def _compare_window_kernel(heads: int, kv_heads: int, head_dim: int, window: int
     value = torch.randn(1, length, kv_heads, head_dim, generator=generator)
     grad = torch.randn(1, length, heads, head_dim, generator=generator)
     query, key, value, grad = (x.to(device, dtype) for x in (query, key, value, grad))
-    outside = (positions[:, None] - positions[None, :]).abs() > window
-    mask = torch.zeros(length, length).masked_fill(outside, torch.finfo(dtype).min).to(device, dtype)
+    mask = _create_4d_mask(seq_len=length, dtype=dtype, device=torch.device(device), sliding_window=window,
+                           is_sliding_window=True, is_causal=False)  # the DiT's own band mask
 
     def masked(value):
         return F.scaled_dot_product_attention(query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2),
@@ -272,6 +276,18 @@ def plan_windows(plan: AttentionPlan, shape: tuple[int, int, int], window: int, 
     return replace(plan, window_dtype=None if reason else dtype, dense_window_because=reason)
 
 
+def plan_for_shape(shape: tuple[int, int, int], device: torch.device | str, dtype: torch.dtype,
+                   window: int | None = None) -> AttentionPlan:
+    """The plan for attention layers of `shape` (heads, K/V heads, head_dim) on `device` in `dtype`
+    (`probe_plan`), with their sliding-window calls of `window` planned on a CUDA device
+    (`plan_windows`; PyTorch's flash kernel is CUDA's). `window`: None where the calls' mask is
+    not the band alone."""
+    plan = probe_plan(*shape, device, dtype)
+    if window is not None and torch.device(device).type == "cuda":
+        plan = plan_windows(plan, shape, window, device, dtype)
+    return plan
+
+
 def plan_attention(module: nn.Module, device: torch.device | str, dtype: torch.dtype) -> AttentionPlan:
     """Give every ACE-Step attention layer of `module` an `AceStepAttentionProcessor` planned for
     calls on `device` in `dtype` (the compute dtype: autocast's under mixed precision), the DiT's
@@ -284,10 +300,7 @@ def plan_attention(module: nn.Module, device: torch.device | str, dtype: torch.d
     for layer in _attention_layers(module):
         shape = (layer.heads, layer.kv_heads, layer.head_dim)
         if shape not in processors:
-            plan = probe_plan(*shape, device, dtype)
-            if window is not None and torch.device(device).type == "cuda":  # PyTorch's flash kernel is CUDA's
-                plan = plan_windows(plan, shape, window, device, dtype)
-            processors[shape] = AceStepAttentionProcessor(plan)
+            processors[shape] = AceStepAttentionProcessor(plan_for_shape(shape, device, dtype, window))
         layer.set_processor(processors[shape])
     return next(iter(processors.values())).plan if processors else AttentionPlan()
 

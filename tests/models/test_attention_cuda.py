@@ -9,7 +9,7 @@ from dataclasses import replace
 import pytest
 import torch
 import torch.nn.functional as F
-from diffusers.models.transformers.ace_step_transformer import AceStepAttention
+from diffusers.models.transformers.ace_step_transformer import AceStepAttention, _create_4d_mask
 
 from acestep.models import load_acestep
 from acestep.models.attention import plan_attention, windowed_flash_attention
@@ -31,10 +31,8 @@ def relative_error(got: torch.Tensor, want: torch.Tensor) -> float:
 def masked_call(query, key, value, window):
     """The call as the DiT makes it: `[B, T, heads, head_dim]` transposed for SDPA, the dense band
     mask of diffusers' `_create_4d_mask` (0 kept, the dtype's minimum elsewhere)."""
-    positions = torch.arange(query.shape[1], device=query.device)
-    outside = (positions[:, None] - positions[None, :]).abs() > window
-    mask = torch.zeros(outside.shape, device=query.device, dtype=query.dtype).masked_fill(
-        outside, torch.finfo(query.dtype).min)
+    mask = _create_4d_mask(seq_len=query.shape[1], dtype=query.dtype, device=query.device, sliding_window=window,
+                           is_sliding_window=True, is_causal=False)
     return F.scaled_dot_product_attention(query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2),
                                           attn_mask=mask, enable_gqa=query.shape[2] != key.shape[2]).transpose(1, 2)
 
