@@ -136,6 +136,16 @@ def _grid_row(cell, result: dict) -> dict:
     return {"cell": {**vars(cell), "label": cell.label}, "result": result}
 
 
+def _check_setting_cell(grid, tmp_path, label: str, settings: tuple, key: str, option: str, note: str):
+    """The grid cell `label` parses to `settings` and `key`, its command passes `option` and its row
+    of the table carries `note`; returns the cell."""
+    cell = grid.parse_cell(label)
+    assert cell.settings == settings and cell.key == key
+    assert option in _cell_command(grid, cell, tmp_path / "c.json")
+    assert note in grid.markdown_table([_grid_row(cell, {"status": "skipped"})])
+    return cell
+
+
 def test_reference_loop_reads_the_loss_every_step_and_trains_the_adapter(tmp_path):
     training_step = bench("training_step")
     session = training_step.build_benchmark_session(_tiny_args(), tmp_path)
@@ -749,11 +759,8 @@ def test_an_accumulation_cell_steps_the_trainers_optimizer_every_second_batch(tm
     optimizer step (a short group at the end of a round is flushed, as in a run's last batches);
     the figures stay per batch."""
     grid, training_step = bench("training_grid"), bench("training_step")
-    cell = grid.parse_cell("1x60:compile:cudagraphs:accum2")
-    assert cell.settings == ("cudagraphs", "accum2") and cell.key == "b1-60s-compile-cudagraphs-accum2"
-    command = _cell_command(grid, cell, tmp_path / "c.json")
-    assert "--gradient-accumulation=2" in command
-    assert "(gradient accumulation 2)" in grid.markdown_table([_grid_row(cell, {"status": "skipped"})])
+    _check_setting_cell(grid, tmp_path, "1x60:compile:cudagraphs:accum2", ("cudagraphs", "accum2"),
+                        "b1-60s-compile-cudagraphs-accum2", "--gradient-accumulation=2", "(gradient accumulation 2)")
     stepped = []
     original = training_step.Trainer._optimizer_step
     monkeypatch.setattr(training_step.Trainer, "_optimizer_step", lambda self: stepped.append(1) or original(self))
@@ -802,11 +809,8 @@ def test_a_cell_without_the_finite_check_times_the_trainer_without_its_per_step_
     costs: the timed trainer takes every gradient for finite without reading it from the device,
     and trains its steps as before; without the flag the check reads each step's norm."""
     grid, training_step = bench("training_grid"), bench("training_step")
-    cell = grid.parse_cell("1x60:compile:cudagraphs:nosync")
-    assert cell.settings == ("cudagraphs", "nosync") and cell.key == "b1-60s-compile-cudagraphs-nosync"
-    command = _cell_command(grid, cell, tmp_path / "c.json")
-    assert "--no-finite-check" in command
-    assert "(no finite-gradient sync)" in grid.markdown_table([_grid_row(cell, {"status": "skipped"})])
+    _check_setting_cell(grid, tmp_path, "1x60:compile:cudagraphs:nosync", ("cudagraphs", "nosync"),
+                        "b1-60s-compile-cudagraphs-nosync", "--no-finite-check", "(no finite-gradient sync)")
     read = []
     original = training_step.Trainer._gradient_is_finite
     monkeypatch.setattr(training_step.Trainer, "_gradient_is_finite",
