@@ -87,7 +87,8 @@ def _check_cuda_graphs(config: TrainingConfig) -> str | None:
         # The H200 (2026-11-28) failed it with the re-entrant checkpoint around the compiled blocks: the
         # recomputation read graph outputs a later replay had overwritten. Compiled blocks now checkpoint
         # inside their graphs (acestep.training.recompute); the pair stays refused until a GPU has run it
-        # (benchmarks/gpu_perf.sh, cells 8x60:ckpt:compile:cudagraphs:varied:dropout and 8x60:ckpt:compile:cudagraphs).
+        # (tests/training/test_compilation_cuda.py; benchmarks/gpu_perf.sh, cells
+        # 8x60:ckpt:compile:cudagraphs:varied:dropout and 8x60:ckpt:compile:cudagraphs).
         return ("run.cuda_graphs and run.gradient_checkpointing do not go together yet (the pair has not run on a "
                 "GPU): set one of them to false")
     if config.optimizer.gradient_accumulation > 1:
@@ -95,8 +96,8 @@ def _check_cuda_graphs(config: TrainingConfig) -> str | None:
         # next micro-batch's replay overwrites (torch/_inductor/cudagraph_trees.py names gradient accumulation
         # as the case). The trainer now keeps the gradients in buffers of their own, as torch's message
         # prescribes (acestep.training.compilation.needs_gradient_buffers); the pair stays refused until a
-        # GPU has run it (benchmarks/gpu_perf.sh, cells 1x60:compile:cudagraphs:varied:dropout:accum2 and
-        # 1x60:compile:cudagraphs:accum2).
+        # GPU has run it (tests/training/test_compilation_cuda.py; benchmarks/gpu_perf.sh, cells
+        # 1x60:compile:cudagraphs:varied:dropout:accum2 and 1x60:compile:cudagraphs:accum2).
         return (f"run.cuda_graphs and optimizer.gradient_accumulation={config.optimizer.gradient_accumulation} do not "
                 "go together yet (the pair has not run on a GPU): set optimizer.gradient_accumulation=1 (a larger "
                 "data.batch_size gives the same effective batch, where memory allows) or run.cuda_graphs=false")
