@@ -21,7 +21,7 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any, NoReturn
 
-from acestep.dataset.values import BPM_MAX, BPM_MIN
+from acestep.dataset.values import BPM_MAX, BPM_MIN, unix_line_breaks
 from acestep.dataset.values import kind as _kind
 from acestep.dataset.values import show as _show
 from acestep.dataset.languages import VALID_LANGUAGES
@@ -363,7 +363,7 @@ def _text(data: dict[str, Any], key: str, where: str, default: str) -> str:
     value = data.get(key, default)
     if not isinstance(value, str):
         _fail(where, f"{key} must be text, found {_show(value)}")
-    return value
+    return unix_line_breaks(value)
 
 
 def _choice(data: dict[str, Any], key: str, allowed: tuple[str, ...], where: str, default: str) -> str:

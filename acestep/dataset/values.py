@@ -94,12 +94,20 @@ def parse_text(value: Any, field: str, allow_number: bool = False) -> str | None
 
 
 def parse_lyrics(value: Any) -> str | None:
-    """Lyrics keep their line breaks; only surrounding blank space goes."""
+    """Lyrics keep their line breaks (as "\n", whatever the file used); only surrounding blank
+    space goes."""
     if value is None or (isinstance(value, str) and not value.strip()):
         return None
     if not isinstance(value, str):
         raise ValueError(f"lyrics must be text, found {show(value)}")
-    return value.strip()
+    return unix_line_breaks(value).strip()
+
+
+def unix_line_breaks(text: str) -> str:
+    """`text` with Windows ("\r\n") and old Mac ("\r") line breaks written as "\n": the
+    tokenizer would otherwise encode each "\r" into the prompt, which lyrics typed at inference
+    never have."""
+    return text.replace("\r\n", "\n").replace("\r", "\n")
 
 
 def normalize_keyscale(text: str) -> str:

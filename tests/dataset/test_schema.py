@@ -424,3 +424,12 @@ def test_language_list_is_the_official_one_and_names_map_to_codes():
         "en", "en", "yue", "unknown", "unknown"]
     with pytest.raises(ValueError, match="found 'Elvish'"):
         parse_language("Elvish")
+
+
+def test_lyrics_with_windows_line_breaks_load_with_newlines(tmp_path):
+    path = tmp_path / "ds.json"
+    save_dataset(make_dataset(tmp_path), path)
+    data = json.loads(path.read_text())
+    data["samples"][0]["lyrics"] = "[Verse]\r\nla la\rla"
+    path.write_text(json.dumps(data))
+    assert load_dataset(path).samples[0].lyrics == "[Verse]\nla la\nla"
