@@ -61,11 +61,15 @@ def remove_tag(text: str, tag: str) -> str:
 
 def edit_tags(dataset: Dataset, action: str, tag: str, where: str = "caption", selection: str = "") -> TagEdit:
     """Add or remove `tag` in the caption and/or genre (`where`, one of TAG_FIELDS) of the samples
-    `selection` names (`parse_selection`; all when empty). Raises DatasetError for an empty tag, an
-    unknown action or field, or a bad selection."""
+    `selection` names (`parse_selection`; all when empty). Raises DatasetError for an empty tag, a
+    tag with a comma (tags are the comma-separated parts), an unknown action or field, or a bad
+    selection."""
     tag = tag.strip().strip(",").strip()
     if not tag:
         raise DatasetError("Type the tag to add or remove.")
+    if "," in tag:
+        parts = " and ".join(repr(part.strip()) for part in tag.split(",") if part.strip())
+        raise DatasetError(f"{tag!r} is several tags (tags are separated by commas): {action} {parts} one at a time.")
     if action not in TAG_ACTIONS or where not in TAG_FIELDS:
         raise DatasetError(f"tag edit: action must be add or remove and field one of {', '.join(TAG_FIELDS)}")
     edit = add_tag if action == "add" else remove_tag

@@ -35,3 +35,10 @@ def test_edit_tags_counts_what_changed_and_keeps_an_unchanged_dataset():
     assert unchanged.dataset is dataset and unchanged.changed == 0
     with pytest.raises(DatasetError, match="field one of caption, genre, caption and genre"):
         edit_tags(dataset, "add", "x", "lyrics")
+
+
+@pytest.mark.parametrize("action", ["add", "remove"])
+def test_a_tag_with_a_comma_is_refused_before_anything_changes(action):
+    dataset = Dataset("d", [Sample("a.wav", caption="piano, lofi, chill")])
+    with pytest.raises(DatasetError, match=rf"several tags .* {action} 'lofi' and 'chill' one at a time"):
+        edit_tags(dataset, action, "lofi, chill", "caption")
