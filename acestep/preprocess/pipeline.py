@@ -189,8 +189,9 @@ def _plan(dataset: Dataset, settings: PreprocessSettings, identity: dict) -> lis
 class _Run:
     """State of one preprocessing run: the manifest being rebuilt and the progress clock."""
 
-    def __init__(self, out_dir: Path, manifest: Manifest, total: int, progress, max_duration: float):
-        self.out_dir, self.manifest, self.total, self.progress = out_dir, manifest, total, progress
+    def __init__(self, out_dir: Path, manifest: Manifest, jobs: list[_Job], progress, max_duration: float):
+        self.out_dir, self.manifest, self.total, self.progress = out_dir, manifest, len(jobs), progress
+        self.position = {job.id: index for index, job in enumerate(jobs)}  # the dataset's order
         self.start = time.monotonic()
         self.finished = 0  # samples settled: skipped, encoded or failed
         self.skipped = 0
@@ -214,7 +215,10 @@ class _Run:
 
     def record(self, entry: ManifestSample | ManifestFailure) -> None:
         if isinstance(entry, ManifestSample):
-            self.manifest.samples = [s for s in self.manifest.samples if s.id != entry.id] + [entry]
+            samples = [s for s in self.manifest.samples if s.id != entry.id] + [entry]
+            # In the dataset's order whatever order they were encoded in, so a run resumed after a
+            # stop gives the same manifest (and training the same batches) as one run through.
+            self.manifest.samples = sorted(samples, key=lambda s: self.position[s.id])
             self.manifest.failed = [f for f in self.manifest.failed if f.source != entry.source]
         else:
             self.manifest.failed = [f for f in self.manifest.failed if f.source != entry.source] + [entry]
@@ -224,8 +228,11 @@ class _Run:
 
 
 def _start_manifest(out_dir: Path, dataset: Dataset, dataset_label: str, settings: PreprocessSettings,
-                    identity: dict) -> Manifest:
-    """The manifest to continue: the existing one when it was made with this model, else new."""
+                    identity: dict, jobs: list[_Job]) -> Manifest:
+    """The manifest to continue, under this run's settings and trigger tag: the samples of the
+    existing one (made with this model) whose tensors are current for one of `jobs`; a sample
+    whose audio, labels or settings changed leaves it until it is encoded again, so a run stopped
+    half-way never lists tensors made under other settings."""
     previous = None
     if (out_dir / "manifest.json").is_file():
         previous = read_manifest(out_dir)
@@ -237,14 +244,21 @@ def _start_manifest(out_dir: Path, dataset: Dataset, dataset_label: str, setting
                 f"{made_with.get('variant')}); this run uses {identity['checkpoint']}. Choose another output "
                 "folder: mixing tensors of two checkpoints would train on wrong conditions."
             )
-    current_sources = {s.audio for s in dataset.samples}
-    kept = [s for s in previous.samples if s.source in current_sources] if previous else []
+    position = {job.id: index for index, job in enumerate(jobs)}
+    kept = [s for s in previous.samples if s.id in position and _holds(s, jobs[position[s.id]], out_dir)] \
+        if previous else []
+    kept.sort(key=lambda s: position[s.id])  # the dataset's order, as `_Run.record` keeps it
     return Manifest(model=identity, settings=settings.tensor_settings(), trigger_tag=dataset.trigger_tag,
                     tag_position=dataset.tag_position, dataset=dataset_label, samples=kept, failed=[])
 
 
 def _is_current(manifest: Manifest, job: _Job, out_dir: Path) -> bool:
-    return any(s.id == job.id and s.key == job.key and (out_dir / s.tensors).is_file() for s in manifest.samples)
+    return any(_holds(sample, job, out_dir) for sample in manifest.samples)
+
+
+def _holds(sample: ManifestSample, job: _Job, out_dir: Path) -> bool:
+    """Whether `sample`'s tensors file is on disk and holds what `job` would encode."""
+    return (sample.id, sample.key) == (job.id, job.key) and (out_dir / sample.tensors).is_file()
 
 
 def preprocess_dataset(dataset: Dataset | str | Path, out_dir: str | Path, checkpoint: str | Path,
@@ -268,10 +282,10 @@ def preprocess_dataset(dataset: Dataset | str | Path, out_dir: str | Path, check
     out_dir = Path(out_dir).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     models = _locate_models(checkpoint, vae, text_encoder, checkpoints_dir)
-    manifest = _start_manifest(out_dir, dataset, dataset_label, settings, models.identity)
-    write_manifest(out_dir, manifest)
     jobs = _plan(dataset, settings, models.identity)
-    run = _Run(out_dir, manifest, len(jobs), progress, settings.max_duration)
+    manifest = _start_manifest(out_dir, dataset, dataset_label, settings, models.identity, jobs)
+    write_manifest(out_dir, manifest)
+    run = _Run(out_dir, manifest, jobs, progress, settings.max_duration)
     todo = []
     for index, job in enumerate(jobs, start=1):
         if _is_current(manifest, job, out_dir):

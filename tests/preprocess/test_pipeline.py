@@ -167,6 +167,39 @@ def test_cancel_leaves_a_consistent_folder_and_a_rerun_finishes(dataset_json, ti
     assert len(PreprocessedDataset(tmp_path)) == 4
 
 
+def test_a_stopped_rerun_under_new_settings_lists_only_tensors_made_under_them(
+        tensors_dir, dataset_json, tiny_checkpoints, tmp_path):
+    out = tmp_path / "tensors"
+    shutil.copytree(tensors_dir, out)
+    dataset = load_dataset(dataset_json)
+    dataset.trigger_tag = "newtag"  # every sample's caption changes
+    edited = dataset_json.parent / "retagged.json"
+    save_dataset(dataset, edited)
+    polls = []
+    summary = preprocess_dataset(edited, out, tiny_checkpoints / "acestep-v15-turbo", settings=SETTINGS,
+                                 should_stop=lambda: polls.append(1) or len(polls) > 1)
+    assert summary.cancelled and len(summary.done) == 1
+    manifest = read_manifest(out)
+    assert manifest.trigger_tag == "newtag"
+    assert [s.source for s in manifest.samples] == summary.done  # not the three made with the old tag
+    assert "newtag" in manifest.samples[0].caption
+    summary = preprocess_dataset(edited, out, tiny_checkpoints / "acestep-v15-turbo", settings=SETTINGS)
+    assert (len(summary.done), len(summary.skipped)) == (3, 1)
+    # the dataset's order, as a run through in one go writes it, whatever order they were encoded in
+    assert [s.source for s in read_manifest(out).samples] == [s.source for s in read_manifest(tensors_dir).samples]
+
+
+def test_a_resumed_manifest_keeps_the_dataset_s_order(tensors_dir, dataset_json, tiny_checkpoints, tmp_path):
+    out = tmp_path / "tensors"
+    shutil.copytree(tensors_dir, out)
+    dataset = load_dataset(dataset_json)
+    dataset.samples[0].caption = "a completely new caption"  # encoded again, after the three skipped
+    edited = dataset_json.parent / "recaptioned.json"
+    save_dataset(dataset, edited)
+    preprocess_dataset(edited, out, tiny_checkpoints / "acestep-v15-turbo", settings=SETTINGS)
+    assert [s.source for s in read_manifest(out).samples] == [s.source for s in read_manifest(tensors_dir).samples]
+
+
 def test_a_full_disk_stops_preprocessing_with_what_to_do_and_keeps_the_samples_written(
         dataset_json, tiny_checkpoints, tmp_path, monkeypatch):
     import errno
