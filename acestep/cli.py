@@ -1,8 +1,9 @@
 """`acestep-trainer <command>`: the same functions the web UI's jobs call, for scripts.
 
 Exit status: 0 success; 1 a user error, with a one-line message (a wrong path, a checkpoint of
-another model, a missing download; tracebacks only with `--debug`); 2 a batch that finished with
-some files failed (each listed on stderr); 130 stopped on request (finished work is kept).
+another model, a missing download, a folder it may not write; tracebacks only with `--debug`); 2
+a batch that finished with some files failed (each listed on stderr); 130 stopped on request
+(finished work is kept).
 
 The commands live in `acestep.commands` (models, data, training); this module builds the parser
 and runs the chosen command.
@@ -18,6 +19,7 @@ from acestep import __version__
 from acestep.commands import data, models, training
 from acestep.environment.location import compile_cache_dir
 from acestep.errors import AceStepError
+from acestep.files import describe_os_error
 from acestep.library_noise import silence_library_noise
 
 
@@ -52,6 +54,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug:
             raise
         print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:  # a path or disk problem no command foresaw: still one line, naming the path
+        if args.debug:
+            raise
+        print(f"error: {describe_os_error(exc)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

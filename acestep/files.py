@@ -30,6 +30,28 @@ def is_disk_full(exc: BaseException) -> bool:
     return isinstance(exc, SafetensorError) and any(f"(os error {code})" in str(exc) for code in codes)
 
 
+_OS_ERROR_FIXES = {
+    errno.EEXIST: "a file is in the way where a folder is needed: move it, or choose another path",
+    errno.ENOTDIR: "a part of this path is a file, not a folder: choose another path",
+    errno.EISDIR: "this is a folder where a file is needed: choose a file",
+    errno.ENOENT: "check the path",
+    errno.EACCES: "choose a folder you may write to, or change its permissions",
+    errno.EPERM: "choose a folder you may write to, or change its permissions",
+    errno.EROFS: "choose a folder on a disk that is not read-only",
+    errno.ENOSPC: "free some space on that disk and run the command again",
+}
+
+
+def describe_os_error(exc: OSError) -> str:
+    """One line for a user from an OSError the code did not foresee: the path(s), what the system
+    said, and what to do ("out/x: Not a directory; a part of this path is a file, not a
+    folder: choose another path")."""
+    paths = " -> ".join(str(name) for name in (exc.filename, exc.filename2) if name is not None)
+    problem = exc.strerror or str(exc)
+    fix = _OS_ERROR_FIXES.get(errno.ENOSPC if is_disk_full(exc) else exc.errno)
+    return "; ".join(part for part in (f"{paths}: {problem}" if paths else problem, fix) if part)
+
+
 def size_text(count: float) -> str:
     """Bytes as people read them: '512 B', '3.4 KiB', '170.2 MiB', '1.5 GiB'."""
     for unit in ("B", "KiB", "MiB", "GiB"):

@@ -253,3 +253,19 @@ def test_tags_adds_and_removes_in_the_dataset_file(tmp_path, capsys):
     assert main(["tags", str(tmp_path / "missing.json"), "--add", "x"]) == 1
     assert "missing.json" in capsys.readouterr().err
 
+
+
+def test_a_file_where_a_folder_should_be_is_one_line_naming_it(tmp_path, capsys):
+    in_the_way = tmp_path / "notadir"
+    in_the_way.write_text("")
+    assert main(["tiny-checkpoint", str(in_the_way / "ck")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {in_the_way / 'ck'}: Not a directory; a part of this path is a file")
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_split_settings_out_of_range_are_one_line(tmp_path, capsys):
+    (tmp_path / "in").mkdir()
+    assert main(["split", str(tmp_path / "in"), str(tmp_path / "out"), "--min-tail", "45"]) == 1
+    assert capsys.readouterr().err == (
+        "error: the shortest last part must be from 0 s to the segment length (30 s), got 45 s\n")

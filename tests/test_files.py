@@ -165,3 +165,18 @@ def test_tail_lines_reads_the_end_of_a_file_without_a_line_its_window_cuts(tmp_p
     assert tail_lines(log, 20, 30) == (["line 9", "line 10", "bad \ufffd byte"], True)  # starts in "line 8": left out
     assert tail_lines(log, 0, 1000) == ([], True)
     assert tail_lines(tmp_path / "missing.txt", 5, 1000) == ([], False)
+
+
+def test_describe_os_error_names_the_path_the_problem_and_the_fix(tmp_path):
+    import errno as codes
+
+    from acestep.files import describe_os_error
+
+    full = OSError(codes.ENOSPC, "No space left on device", str(tmp_path / "run" / "ckpt.pt"))
+    assert describe_os_error(full) == (
+        f"{tmp_path / 'run' / 'ckpt.pt'}: No space left on device; "
+        "free some space on that disk and run the command again")
+    moved = PermissionError(codes.EACCES, "Permission denied", "/a", None, "/b")
+    assert describe_os_error(moved) == (
+        "/a -> /b: Permission denied; choose a folder you may write to, or change its permissions")
+    assert describe_os_error(OSError("odd")) == "odd"

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from acestep.audio.decode import AUDIO_EXTENSIONS
 from acestep.audio.io import SAMPLE_RATE, FileFailure, load_audio, write_wav
-from acestep.errors import AudioError, DatasetError
+from acestep.errors import AceStepError, AudioError, DatasetError
 from acestep.files import write_atomically
 
 SEGMENT_CHOICES = (30, 60)  # the segment lengths the CLI and the UI offer (any positive length works)
@@ -83,10 +83,12 @@ def _segment_bounds(frames: int, segment_frames: int, min_tail_frames: int) -> l
 
 
 def _check_split_settings(segment_seconds: float, min_tail_seconds: float) -> None:
-    if segment_seconds <= 0 or not 0 <= min_tail_seconds <= segment_seconds:
-        raise ValueError(
-            f"need segment_seconds > 0 and 0 <= min_tail_seconds <= segment_seconds, "
-            f"got {segment_seconds} and {min_tail_seconds}"
+    if segment_seconds <= 0:
+        raise AceStepError(f"the segment length must be a positive number of seconds, got {segment_seconds:g}")
+    if not 0 <= min_tail_seconds <= segment_seconds:
+        raise AceStepError(
+            f"the shortest last part must be from 0 s to the segment length ({segment_seconds:g} s), "
+            f"got {min_tail_seconds:g} s"
         )
 
 
@@ -121,7 +123,7 @@ def split_audio_file(
     if it is at least `min_tail_seconds` long. When another audio file in the same folder has the
     same stem, the extension joins the stem (song.mp3 -> song_mp3_part01.wav). The UI offers 30
     and 60 s segments; any positive length works. Out: the written paths in order. Raises
-    AudioError for a file `load_audio` rejects or one too short for any part; ValueError for
+    AudioError for a file `load_audio` rejects or one too short for any part; AceStepError for
     bad settings.
     """
     path, out_dir = Path(path), Path(out_dir)
@@ -192,7 +194,7 @@ def split_folder(
     without labels. Files inside `out_dir` (when it lies within `in_dir`) are not inputs.
     `progress(done, total, path)` is called after each file; `should_stop()` is asked before each
     one (the result is then `cancelled`). Raises AudioError when `in_dir` is not a folder or is
-    `out_dir` itself; ValueError for bad settings; OSError from writing (e.g. a full disk).
+    `out_dir` itself; AceStepError for bad settings; OSError from writing (e.g. a full disk).
     """
     from acestep.dataset.sidecars import audio_stems
 

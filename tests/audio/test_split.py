@@ -12,7 +12,7 @@ import soundfile as sf
 
 from acestep.audio import SAMPLE_RATE, FileFailure, file_content_hash, probe_audio
 from acestep.audio.split import split_audio_file, split_folder
-from acestep.errors import AudioError
+from acestep.errors import AceStepError, AudioError
 
 from .media import encode_as, reference_samples
 
@@ -65,8 +65,10 @@ def test_split_short_files(real_songs, real_loops, tmp_path):
 
     with pytest.raises(AudioError, match="shorter than the 10 s minimum part"):
         split_audio_file(real_songs[0], tmp_path, segment_seconds=30)  # 6 s
-    with pytest.raises(ValueError, match="segment_seconds"):
+    with pytest.raises(AceStepError, match=r"last part must be from 0 s to the segment length \(30 s\), got 40"):
         split_audio_file(real_songs[0], tmp_path, segment_seconds=30, min_tail_seconds=40)
+    with pytest.raises(AceStepError, match="segment length must be a positive number of seconds, got -5"):
+        split_audio_file(real_songs[0], tmp_path, segment_seconds=-5)
 
 
 def test_split_same_stem_files_do_not_overwrite_each_other(rendered_songs, tmp_path):
