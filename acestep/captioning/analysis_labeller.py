@@ -1,7 +1,7 @@
 """Signal analysis as a labeller: BPM and key from the audio itself, no model.
 
 It runs last by default, fills what the language models left out and cross-checks what they said
-(`batch.cross_check`), because language models hallucinate tempo and key.
+(`acestep.captioning.cross_check`), because language models hallucinate tempo and key.
 """
 
 from __future__ import annotations

@@ -12,9 +12,12 @@
   batch goes on. A model that cannot be loaded (missing, damaged) or a missing package stops the
   batch with its message, once: every file would fail alike. Sidecars written before are kept.
   Stop requests are honoured between files.
-- When signal analysis ran, it cross-checks the BPM and key the language models gave (they
-  hallucinate them): a BPM off by more than 4 % (and not a clean double or half) or a key that is
-  neither the analysed one nor its relative is replaced, with a note.
+- A field is "there" under any name the dataset builder reads for it (`tempo` for `bpm`, `key`
+  for `keyscale`, ...): fill-missing leaves it, and a new value goes under the name already
+  there (`acestep.captioning.sidecar_json`).
+- When signal analysis ran, it checks the BPM and key the language models gave in this run (they
+  hallucinate them) and replaces what it contradicts; a person's value is kept, with a note
+  (`acestep.captioning.cross_check`).
 """
 
 from __future__ import annotations
@@ -22,8 +25,8 @@ from __future__ import annotations
 import csv
 import gc
 import hashlib
-import json
 import os
+import sqlite3
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -33,12 +36,13 @@ from typing import Protocol
 
 from acestep.audio.analysis import file_content_hash
 from acestep.audio.io import FileFailure
+from acestep.captioning.cross_check import cross_check
 from acestep.captioning.labels import SIDECAR_FIELDS, Labels
+from acestep.captioning.sidecar_json import update_sidecar
 from acestep.errors import AceStepError, CheckpointError, EnvironmentProblem
-from acestep.files import write_atomically
+from acestep.files import write_failure
 
 MODES = ("fill_missing", "overwrite")
-BPM_TOLERANCE = 0.04
 
 
 class Labeller(Protocol):
@@ -77,7 +81,7 @@ class LabelProgress:
 @dataclass
 class LabelSummary:
     files: int = 0
-    labelled: int = 0  # inferences run
+    labelled: int = 0  # inferences run and written
     cached: int = 0
     skipped: int = 0
     failed: list[FileFailure] = field(default_factory=list)
@@ -104,34 +108,6 @@ def _cache_key(content_hash: str, labeller: Labeller) -> str:
     return hashlib.sha256(f"{content_hash}|{labeller.name}|{labeller.fingerprint()}".encode()).hexdigest()
 
 
-def sidecar_path(audio: Path) -> Path:
-    """The `.json` sidecar to update: an existing one the dataset reads for this file, else `<file>.json`."""
-    from acestep.dataset.sidecars import sidecar_paths
-
-    return sidecar_paths(audio).get(".json", audio.with_name(audio.name + ".json"))
-
-
-def _write_json_atomic(path: Path, data: dict) -> None:
-    write_atomically(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
-
-
-def update_sidecar(audio: Path, labels: Labels, labeller: Labeller, overwrite: bool) -> dict:
-    """Merge one labeller's labels into the file's `.json` sidecar (other keys kept) and return
-    the sidecar's content. Raises OSError when the folder cannot be written."""
-    path = sidecar_path(audio)
-    data = json.loads(path.read_text(encoding="utf-8-sig")) if path.is_file() else {}
-    for key, value in labels.sidecar().items():
-        if overwrite or data.get(key) in (None, "", []):
-            data[key] = value
-    data.setdefault("labelled_by", {})[labeller.name] = labeller.fingerprint()
-    if labels.raw:
-        data.setdefault("raw_outputs", {})[labeller.name] = labels.raw
-    if not labels.parsed:
-        data.setdefault("unparsed", []).append(labeller.name)
-    _write_json_atomic(path, data)
-    return data
-
-
 def _label_with_retries(labeller: Labeller, path: Path, notes: list[str]) -> Labels:
     """Run one inference; after an out-of-memory error switch to a smaller setting and retry."""
     import torch
@@ -149,16 +125,28 @@ def _label_with_retries(labeller: Labeller, path: Path, notes: list[str]) -> Lab
             notes.append(f"{path.name}: out of memory, the {labeller.name} retried with a smaller setting")
 
 
+@dataclass
+class _Batch:
+    """What one `label_folder` run keeps track of as it goes."""
+
+    mode: str
+    cache: object | None  # a diskcache.Cache, None without the cache
+    summary: LabelSummary
+    hashes: dict[Path, str] = field(default_factory=dict)
+    failed: dict[Path, str] = field(default_factory=dict)  # path -> reason
+    analysed: dict[Path, Labels] = field(default_factory=dict)
+    by_models: dict[Path, set[str]] = field(default_factory=dict)  # fields a model wrote in this run
+
+
 def label_folder(folder: str | Path, labellers: Sequence[Labeller], mode: str = "fill_missing",
                  csv_path: str | Path | None = None, cache_dir: str | Path | None = None, use_cache: bool = True,
                  progress: Callable[[LabelProgress], None] | None = None,
                  should_stop: Callable[[], bool] | None = None) -> LabelSummary:
     """Label every audio file under `folder` (recursively) with each labeller in turn.
 
-    Returns a summary; raises `AceStepError` when the folder holds no audio or the mode is unknown.
+    Returns a summary; raises `AceStepError` when the folder holds no audio, the mode is unknown,
+    or the CSV or the cache cannot be written where asked (checked before any labelling).
     """
-    from diskcache import Cache
-
     from acestep.dataset import scan_audio_files
 
     if mode not in MODES:
@@ -169,12 +157,11 @@ def label_folder(folder: str | Path, labellers: Sequence[Labeller], mode: str = 
     files = scan_audio_files(folder)
     if not files:
         raise AceStepError(f"{folder} holds no audio file (wav, flac, ogg, mp3, opus, m4a), in sub-folders neither.")
-    summary = LabelSummary(files=len(files))
+    if csv_path is not None:
+        check_csv_path(Path(csv_path))
+    cache = open_cache(Path(cache_dir) if cache_dir else default_cache_dir()) if use_cache else None
+    batch = _Batch(mode, cache, LabelSummary(files=len(files)))
     stop = should_stop or (lambda: False)
-    cache = Cache(str(cache_dir or default_cache_dir())) if use_cache else None
-    hashes: dict[Path, str] = {}
-    failed: dict[Path, str] = {}
-    analysed: dict[Path, Labels] = {}
     total, done, started = len(files) * len(labellers), 0, time.monotonic()
 
     def report(labeller: str, path: Path, status: str, message: str = "") -> None:
@@ -187,125 +174,132 @@ def label_folder(folder: str | Path, labellers: Sequence[Labeller], mode: str = 
         for labeller in labellers:
             for path in files:
                 if stop():
-                    summary.cancelled = True
-                    return _finish(summary, files, failed, csv_path, analysed)
+                    batch.summary.cancelled = True
+                    return _finish(batch, files, csv_path)
                 done += 1
-                if path in failed:
+                if path in batch.failed:
                     continue
-                status, message = _label_one(labeller, path, mode, cache, hashes, summary, analysed)
+                status, message = _label_one(labeller, path, batch)
                 if status == "failed":
-                    failed[path] = message
+                    batch.failed[path] = message
                 report(labeller.name, path, status, message)
             labeller.unload()
     finally:
         if cache is not None:
             cache.close()
-    return _finish(summary, files, failed, csv_path, analysed)
+    return _finish(batch, files, csv_path)
 
 
-def _label_one(labeller: Labeller, path: Path, mode: str, cache, hashes: dict, summary: LabelSummary,
-               analysed: dict) -> tuple[str, str]:
+def _cannot_write(error: OSError) -> str:
+    return f"cannot write the sidecar ({error.strerror or error}); is the folder read-only?"
+
+
+def _label_one(labeller: Labeller, path: Path, batch: _Batch) -> tuple[str, str]:
     from acestep.dataset.sidecars import read_sidecars
 
+    summary = batch.summary
     try:
         existing = read_sidecars(path)
         # Signal analysis always runs (no model, seconds per song): it is what checks the models.
-        if mode == "fill_missing" and labeller.name != "analysis" and already_labelled(labeller.name, existing):
+        if batch.mode == "fill_missing" and labeller.name != "analysis" and already_labelled(labeller.name, existing):
             summary.skipped += 1
             return "skipped", ""
-        if path not in hashes:
-            hashes[path] = file_content_hash(path)
-        key = _cache_key(hashes[path], labeller)
-        cached = cache.get(key) if cache is not None else None
+        if path not in batch.hashes:
+            batch.hashes[path] = file_content_hash(path)
+        key = _cache_key(batch.hashes[path], labeller)
+        cached = batch.cache.get(key) if batch.cache is not None else None
         if cached is not None:
             labels, status = Labels.from_dict(cached), "cached"
-            summary.cached += 1
         else:
             labels, status = _label_with_retries(labeller, path, summary.notes), "labelled"
+            if batch.cache is not None:
+                batch.cache.set(key, labels.to_dict())
+        written = update_sidecar(path, labels, labeller, overwrite=batch.mode == "overwrite")
+        # Counted once written: a file whose sidecar cannot be written is failed, not labelled too.
+        if status == "cached":
+            summary.cached += 1
+        else:
             summary.labelled += 1
-            if cache is not None:
-                cache.set(key, labels.to_dict())
         if labeller.name == "analysis":
-            analysed[path] = labels
-        update_sidecar(path, labels, labeller, overwrite=mode == "overwrite")
+            batch.analysed[path] = labels
+        else:
+            batch.by_models.setdefault(path, set()).update(written)
         return status, "" if labels.parsed else "output kept raw: it could not be parsed"
     except OSError as error:
-        return "failed", f"cannot write the sidecar ({error.strerror or error}); is the folder read-only?"
+        return "failed", _cannot_write(error)
     except (CheckpointError, EnvironmentProblem):
         raise  # the model or a package, not this file: every file would fail the same way; stop with it once
     except AceStepError as error:
         return "failed", getattr(error, "reason", None) or str(error)
 
 
-def _finish(summary: LabelSummary, files: list[Path], failed: dict[Path, str], csv_path, analysed) -> LabelSummary:
-    summary.failed = [FileFailure(path, reason) for path, reason in failed.items()]
-    for path, analysis in analysed.items():
-        note = cross_check(path, analysis)
-        if note:
-            summary.notes.append(note)
+def _finish(batch: _Batch, files: list[Path], csv_path: str | Path | None) -> LabelSummary:
+    summary = batch.summary
+    for path, analysis in batch.analysed.items():
+        if path in batch.failed:
+            continue  # its sidecar was not written in this run: nothing of a model's to check
+        try:
+            summary.notes.extend(cross_check(path, analysis, batch.by_models.get(path, set())))
+        except OSError as error:
+            batch.failed[path] = _cannot_write(error)
+    summary.failed = [FileFailure(path, reason) for path, reason in batch.failed.items()]
     if csv_path is not None:
-        summary.csv_path = write_labels_csv(Path(csv_path), [p for p in files if p not in failed])
+        summary.csv_path = write_labels_csv(Path(csv_path), [p for p in files if p not in batch.failed])
     return summary
 
 
-NOTES = ["C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B"]
-FLATS = {"Db": "C#", "Eb": "D#", "Gb": "F#", "Ab": "G#", "Bb": "A#", "Cb": "B", "Fb": "E", "E#": "F", "B#": "C"}
+def _folder_problem(folder: Path) -> str | None:
+    """Why files cannot be written in `folder` (to be created if missing), or None when they can.
+    Creates nothing: probes the deepest part of the path that exists."""
+    existing = folder
+    try:
+        while not existing.exists() and existing != existing.parent:
+            existing = existing.parent
+        if not existing.is_dir():
+            return f"{existing} is a file, not a folder"
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as error:
+        return f"{existing} cannot be written ({write_failure(error)})"
+    return None
 
 
-def pitch_class_key(text: str) -> tuple[int, str] | None:
-    """"Bb major" / "A#" / "Am" -> (pitch class, "major" | "minor"); None when it is not a key."""
-    from acestep.dataset.values import normalize_keyscale
-
-    parts = normalize_keyscale(text).split()
-    if len(parts) != 2 or parts[1] not in ("major", "minor"):
-        return None
-    tonic = FLATS.get(parts[0], parts[0])
-    return (NOTES.index(tonic), parts[1]) if tonic in NOTES else None
+def check_csv_path(path: Path) -> None:
+    """Raise AceStepError, naming the path, when the labels CSV cannot be written at `path`."""
+    problem = "it is a folder" if path.is_dir() else _folder_problem(path.parent)
+    if problem:
+        raise AceStepError(f"cannot write the labels CSV {path}: {problem}; choose another --csv path")
 
 
-def keys_agree(found: str, analysed: str) -> bool:
-    """The same key, an enharmonic spelling of it, or its relative major/minor."""
-    a, b = pitch_class_key(found), pitch_class_key(analysed)
-    if a is None or b is None:
-        return False
-    if a == b:
-        return True
-    major, minor = (a, b) if a[1] == "major" else (b, a)
-    return major[1] == "major" and minor[1] == "minor" and (major[0] + 9) % 12 == minor[0]
+def open_cache(folder: Path):
+    """The labels cache (a diskcache.Cache) in `folder`, created if need be; raises AceStepError,
+    naming the folder, when it cannot be used."""
+    from diskcache import Cache
 
-
-def _bpm_agrees(found: float, analysed: float) -> bool:
-    return any(abs(found - analysed * factor) <= BPM_TOLERANCE * analysed * factor for factor in (1.0, 2.0, 0.5))
-
-
-def cross_check(audio: Path, analysis: Labels) -> str:
-    """Replace a sidecar BPM or key that the analysis contradicts; return a note ("" if none)."""
-    path = sidecar_path(audio)
-    if not path.is_file():
-        return ""
-    data = json.loads(path.read_text(encoding="utf-8-sig"))
-    changed = []
-    bpm = data.get("bpm")
-    if analysis.bpm and isinstance(bpm, (int, float)) and not _bpm_agrees(float(bpm), analysis.bpm):
-        changed.append(f"bpm {bpm} -> {analysis.bpm:g}")
-        data["bpm"] = analysis.bpm
-    key = data.get("keyscale")
-    if analysis.keyscale and isinstance(key, str) and key and not keys_agree(key, analysis.keyscale):
-        changed.append(f"key {key} -> {analysis.keyscale}")
-        data["keyscale"] = analysis.keyscale
-    if not changed:
-        return ""
-    data.setdefault("label_notes", []).append("corrected by signal analysis: " + ", ".join(changed))
-    _write_json_atomic(path, data)
-    return f"{audio.name}: {', '.join(changed)} (signal analysis contradicted the model)"
+    problem = _folder_problem(folder)
+    if problem is None:
+        try:
+            return Cache(str(folder))
+        except (OSError, sqlite3.Error) as error:
+            problem = write_failure(error)
+    raise AceStepError(f"cannot use {folder} as the labels cache: {problem}; choose another folder with "
+                       "--cache-dir, or run with --no-cache")
 
 
 def write_labels_csv(path: Path, files: list[Path]) -> Path:
-    """One CSV row per file with the sidecar labels, in the columns the dataset builder reads."""
+    """One CSV row per file with the sidecar labels, in the columns the dataset builder reads.
+    Returns `path`; raises AceStepError, naming the path, when it cannot be written."""
     from acestep.dataset.sidecars import read_sidecars
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    def cannot_write(error: OSError) -> AceStepError:
+        problem = _folder_problem(path.parent) or write_failure(error)
+        return AceStepError(f"cannot write the labels CSV {path}: {problem}; choose another --csv path")
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as error:
+        raise cannot_write(error) from None
     columns = ["file", *[f if f != "is_instrumental" else "instrumental" for f in SIDECAR_FIELDS]]
     try:
         with os.fdopen(handle, "w", encoding="utf-8", newline="") as stream:
@@ -317,6 +311,9 @@ def write_labels_csv(path: Path, files: list[Path]) -> Path:
                 row.update({k: labels[k] for k in columns if k in labels})
                 writer.writerow(row)
         os.replace(tmp, path)
+    except OSError as error:
+        Path(tmp).unlink(missing_ok=True)
+        raise cannot_write(error) from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

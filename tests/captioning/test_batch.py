@@ -9,7 +9,9 @@ import soundfile as sf
 import torch
 
 from acestep.audio.io import load_audio
-from acestep.captioning.batch import keys_agree, label_folder, sidecar_path
+from acestep.captioning.batch import label_folder
+from acestep.captioning.cross_check import keys_agree
+from acestep.captioning.sidecar_json import sidecar_path
 from acestep.captioning.labels import Labels
 from acestep.dataset import build_dataset
 from acestep.errors import AceStepError
@@ -118,16 +120,16 @@ def test_bad_audio_and_malformed_sidecar_fail_per_file(library):
 
 def test_unwritable_sidecar_is_a_per_file_error(library, monkeypatch):
     """A read-only folder (simulated: CI runs as root, which folder permissions do not stop)."""
-    from acestep.captioning import batch
+    from acestep.captioning import sidecar_json
 
-    real = batch._write_json_atomic
+    real = sidecar_json.write_sidecar_json
 
     def refuse_album(path, data):
         if path.parent.name == "album":
             raise PermissionError(13, "Permission denied")
         return real(path, data)
 
-    monkeypatch.setattr(batch, "_write_json_atomic", refuse_album)
+    monkeypatch.setattr(sidecar_json, "write_sidecar_json", refuse_album)
     summary = label_folder(library, [FakeLabeller()], use_cache=False)
     assert [f.path.name for f in summary.failed] == ["two.flac"]
     assert "cannot write the sidecar (Permission denied); is the folder read-only?" == summary.failed[0].reason
@@ -210,3 +212,151 @@ def test_a_model_that_cannot_load_stops_the_batch_once_and_keeps_what_was_writte
         label_folder(library, [captioner, transcriber], cache_dir=tmp_path / "cache")
     assert transcriber.calls == 1  # not once per file: the second file would fail the same way
     assert sidecar(library / "one.wav")["caption"] == "a song called one"  # the captioner's pass is kept
+
+
+def build_failures(folder):
+    return [f.reason for f in build_dataset(folder).failed]
+
+
+def test_fill_missing_takes_an_alias_as_the_field_and_the_sidecar_still_builds(library):
+    (library / "one.wav.json").write_text(json.dumps({"description": "amen break", "tempo": 138, "key": "A minor"}))
+    summary = label_folder(library, [FakeAnalysis(140.0, "C major")], use_cache=False)
+    data = sidecar(library / "one.wav")
+    assert (data["tempo"], data["key"]) == (138, "A minor")
+    assert "bpm" not in data and "keyscale" not in data and summary.notes == []  # 138 ~ 140; A minor ~ C major
+    assert build_failures(library) == []
+    one = next(s for s in build_dataset(library).dataset.samples if s.caption == "amen break")
+    assert (one.bpm, one.keyscale) == (138, "A minor")
+
+
+def test_overwrite_and_corrections_update_the_key_already_there(library):
+    (library / "one.wav.json").write_text(json.dumps({"caption": "by hand", "Tempo": 100, "key": "C major"}))
+    label_folder(library, [FakeAnalysis(140.0, "F# minor")], mode="overwrite", use_cache=False)
+    data = sidecar(library / "one.wav")
+    assert (data["Tempo"], data["key"]) == (140.0, "F# minor") and "bpm" not in data and "keyscale" not in data
+    # A model fills the blank "tempo" and "key"; the analysis corrects them under those keys.
+    (library / "album" / "two.flac.json").write_text(json.dumps({"tempo": "", "key": ""}))
+    label_folder(library, [FakeLabeller(bpm=240.0, key="F# major"), FakeAnalysis(96.0, "A minor")], use_cache=False)
+    data = sidecar(library / "album" / "two.flac")
+    assert (data["tempo"], data["key"]) == (96.0, "A minor") and "bpm" not in data and "keyscale" not in data
+    assert data["label_notes"] == ["corrected by signal analysis: bpm 240 -> 96, key F# major -> A minor"]
+    assert build_failures(library) == []
+
+
+def test_a_persons_bpm_and_key_are_kept_and_the_disagreement_noted(library):
+    (library / "one.wav.json").write_text(json.dumps({"caption": "my labels", "bpm": 100, "keyscale": "C major"}))
+    summary = label_folder(library, [FakeAnalysis(140.0, "F# minor")], use_cache=False)
+    data = sidecar(library / "one.wav")
+    assert (data["bpm"], data["keyscale"]) == (100, "C major") and "label_notes" not in data
+    assert summary.notes == [
+        'one.wav: the sidecar\'s bpm 100 is kept, though signal analysis finds 140 (to take it, delete "bpm" from '
+        "one.wav.json and run again, or run again with --labeller analysis --mode overwrite)",
+        'one.wav: the sidecar\'s key C major is kept, though signal analysis finds F# minor (to take it, delete '
+        '"keyscale" from one.wav.json and run again, or run again with --labeller analysis --mode overwrite)',
+    ]
+
+
+def test_only_what_a_model_wrote_in_this_run_is_corrected(library):
+    (library / "one.wav.json").write_text(json.dumps({"bpm": 120}))  # the person's bpm; the model adds the key
+    summary = label_folder(library, [FakeLabeller(bpm=240.0, key="F# major"), FakeAnalysis(96.0, "A minor")],
+                           use_cache=False)
+    data = sidecar(library / "one.wav")
+    assert (data["bpm"], data["keyscale"]) == (120, "A minor")
+    assert data["label_notes"] == ["corrected by signal analysis: key F# major -> A minor"]
+    assert "one.wav: key F# major -> A minor (signal analysis contradicted the model)" in summary.notes
+    assert any(note.startswith("one.wav: the sidecar's bpm 120 is kept") for note in summary.notes)
+
+
+def refuse_writes(monkeypatch, refuse):
+    """Simulated read-only sidecars (CI runs as root, which folder permissions do not stop)."""
+    from acestep.captioning import sidecar_json
+
+    real = sidecar_json.write_sidecar_json
+
+    def write(path, data):
+        if refuse(path, data):
+            raise PermissionError(13, "Permission denied")
+        return real(path, data)
+
+    monkeypatch.setattr(sidecar_json, "write_sidecar_json", write)
+
+
+READ_ONLY = "cannot write the sidecar (Permission denied); is the folder read-only?"
+
+
+def test_a_read_only_sidecar_is_listed_and_the_batch_finishes(library, monkeypatch, capsys):
+    from acestep.cli import main
+    from acestep.commands import data as commands
+
+    (library / "album" / "two.flac.json").write_text(json.dumps({"bpm": 100}))
+    refuse_writes(monkeypatch, lambda path, data: path.parent.name == "album")
+    monkeypatch.setattr(commands, "build_labellers", lambda args: [FakeAnalysis(140.0, "A minor")])
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(library.parent / "inductor"))  # main() sets it if unset
+    assert main(["caption", str(library), "--labeller", "analysis", "--no-cache"]) == 2  # EXIT_PARTIAL
+    out = capsys.readouterr().out
+    assert "2 file(s): 1 labelled, 0 from the cache, 0 already labelled (skipped), 1 failed" in out
+    assert f"failed: {library / 'album' / 'two.flac'}: {READ_ONLY}" in out
+    assert sidecar(library / "album" / "two.flac") == {"bpm": 100}
+
+
+def test_a_correction_that_cannot_be_written_fails_that_file(library, monkeypatch):
+    refuse_writes(monkeypatch, lambda path, data: "label_notes" in data)
+    summary = label_folder(library, [FakeLabeller(bpm=240.0), FakeAnalysis(96.0, "A minor")], use_cache=False)
+    assert sorted((f.path.name, f.reason) for f in summary.failed) == [("one.wav", READ_ONLY), ("two.flac", READ_ONLY)]
+    assert sidecar(library / "one.wav")["bpm"] == 240.0  # left as the model wrote it, and listed
+
+
+def test_a_file_whose_sidecar_cannot_be_written_is_failed_not_labelled(library, tmp_path, monkeypatch):
+    label_folder(library, [FakeLabeller()], cache_dir=tmp_path / "cache")  # fills the cache
+    refuse_writes(monkeypatch, lambda path, data: True)
+    for use_cache in (False, True):
+        summary = label_folder(library, [FakeLabeller()], mode="overwrite", cache_dir=tmp_path / "cache",
+                               use_cache=use_cache)
+        assert (summary.labelled, summary.cached, len(summary.failed)) == (0, 0, 2)
+        assert summary.describe().startswith("2 file(s): 0 labelled, 0 from the cache, 0 already labelled "
+                                             "(skipped), 2 failed")
+
+
+def test_a_csv_path_that_cannot_be_written_stops_before_any_labelling(library, tmp_path, monkeypatch):
+    from acestep.captioning import batch
+
+    (tmp_path / "notadir").write_text("")
+    labeller = FakeLabeller()
+    with pytest.raises(AceStepError, match=r"^cannot write the labels CSV .*notadir/labels\.csv: .*notadir is a "
+                                           r"file, not a folder; choose another --csv path$"):
+        label_folder(library, [labeller], use_cache=False, csv_path=tmp_path / "notadir" / "labels.csv")
+    with pytest.raises(AceStepError, match=r"labels CSV .*songs: it is a folder; choose another --csv path$"):
+        label_folder(library, [labeller], use_cache=False, csv_path=library)
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    real = batch.tempfile.TemporaryFile
+
+    def temporary_file(*args, dir=None, **kwargs):
+        if Path(dir) == locked:
+            raise PermissionError(13, "Permission denied")
+        return real(*args, dir=dir, **kwargs)
+
+    monkeypatch.setattr(batch.tempfile, "TemporaryFile", temporary_file)
+    with pytest.raises(AceStepError, match=r"labels CSV .*locked/new/labels\.csv: .*locked cannot be written "
+                                           r"\(Permission denied\); choose another --csv path$"):
+        label_folder(library, [labeller], use_cache=False, csv_path=locked / "new" / "labels.csv")
+    assert labeller.calls == 0 and not (library / "one.wav.json").exists()
+
+
+def test_writing_the_csv_into_a_file_path_is_a_clear_error(library, tmp_path):
+    from acestep.captioning.batch import write_labels_csv
+
+    (tmp_path / "notadir").write_text("")
+    with pytest.raises(AceStepError, match=r"labels CSV .*notadir/labels\.csv: .*notadir is a file, not a folder"):
+        write_labels_csv(tmp_path / "notadir" / "labels.csv", [library / "one.wav"])
+
+
+def test_a_cache_folder_that_cannot_be_used_stops_before_any_labelling(library, tmp_path):
+    (tmp_path / "notadir").write_text("")
+    labeller = FakeLabeller()
+    for cache_dir in (tmp_path / "notadir" / "cache", tmp_path / "notadir"):
+        with pytest.raises(AceStepError, match=r"^cannot use .*notadir.* as the labels cache: .*notadir is a file, "
+                                               r"not a folder; choose another folder with --cache-dir, or run with "
+                                               r"--no-cache$"):
+            label_folder(library, [labeller], cache_dir=cache_dir)
+    assert labeller.calls == 0 and not (library / "one.wav.json").exists()
