@@ -115,7 +115,8 @@ def load_audio(
 def probe_audio(path: str | Path) -> AudioInfo:
     """Duration, sample rate, channels and frames of a file from its headers (cheap: no decode).
 
-    Lossy formats may decode to a few ms more or less than their headers say. Raises AudioError
+    Lossy formats may decode to a few ms more or less than their headers say; an MP3 without a
+    Xing/Info frame states only an estimate, which can be seconds off. Raises AudioError
     for the same per-file problems as `load_audio`, except silence and shortness, which need
     the samples.
     """

@@ -97,18 +97,20 @@ def _update_dataset_file(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    """Check a dataset: durations, formats, clipping, silence, duplicates, missing labels."""
+    """Check a dataset, or the one an audio folder would build: durations, formats, clipping,
+    silence, duplicates, missing labels, and the files that cannot be used (for a folder, those
+    `build` would leave out too). Exit status 2 when some file is unreadable, as `build`'s."""
     import json
 
-    from acestep.dataset import build_dataset, dataset_report, format_report, load_dataset
+    from acestep.dataset import dataset_report, format_report, load_dataset
+    from acestep.dataset.report import folder_report
 
     if args.dataset.is_dir():
-        dataset = build_dataset(args.dataset).dataset
+        report = folder_report(args.dataset, analyse_audio=not args.no_audio)
     else:
-        dataset = load_dataset(args.dataset)
-    report = dataset_report(dataset, analyse_audio=not args.no_audio)
+        report = dataset_report(load_dataset(args.dataset), analyse_audio=not args.no_audio)
     print(json.dumps(report.to_dict(), indent=2) if args.json else format_report(report))
-    return 0
+    return EXIT_PARTIAL if report.unreadable else 0
 
 
 def cmd_tags(args: argparse.Namespace) -> int:

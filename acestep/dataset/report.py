@@ -1,21 +1,24 @@
 """What is in a dataset and what is wrong with it, before hours of preprocessing and training.
 
 Counts and durations, the sample rates and channel layouts present, clipped and silent files,
-byte-identical duplicates (by content hash), unreadable files, and labels that are missing:
-no caption and no genre; no lyrics on a track not marked instrumental; no BPM; no key.
-`dataset_report` returns data (the UI shows `to_dict()`); `format_report` prints it for the CLI.
+byte-identical duplicates (by content hash), unreadable files (truncated ones too, when the audio
+is decoded), and labels that are missing: no caption and no genre; no lyrics on a track not marked
+instrumental; no BPM; no key. `dataset_report` returns data (the UI shows `to_dict()`);
+`folder_report` does the same for an audio folder, listing the files its build left out;
+`format_report` prints a report for the CLI.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from acestep.audio.analysis import audio_stats, file_content_hash
 from acestep.audio.io import FileFailure, load_audio, probe_audio
+from acestep.dataset.build import build_dataset
 from acestep.dataset.schema import Dataset, Sample
 from acestep.errors import AudioError, DatasetError
 
@@ -27,7 +30,9 @@ MISSING_LABELS = ("caption", "lyrics", "bpm", "key")
 class FileReport:
     """One readable file: its header figures and, when analysed, its levels and content hash.
 
-    peak_dbfs is -inf for digital silence; level fields are None when audio was not analysed.
+    duration is the decoded length when the audio was analysed, else the headers' (for an MP3
+    without a Xing/Info frame only an estimate). peak_dbfs is -inf for digital silence; level
+    fields are None when audio was not analysed.
     """
 
     audio: str
@@ -80,15 +85,18 @@ def dataset_report(
     dataset: Dataset,
     analyse_audio: bool = True,
     progress: Callable[[int, int, Path], None] | None = None,
+    left_out: Iterable[FileFailure] = (),
 ) -> DatasetReport:
     """Check every sample of `dataset` (see the module docstring).
 
     Headers are always read; with `analyse_audio` each file is also decoded at its own sample
-    rate (for peak, loudness, clipping, silence) and hashed (for duplicates). A file that cannot
-    be read is listed in `unreadable` and the report goes on. `progress(done, total, path)` is
-    called after each file.
+    rate (for its length, peak, loudness, clipping, silence) and hashed (for duplicates). A file
+    that cannot be read, or that decodes short of its headers (truncated), is listed in
+    `unreadable` and the report goes on. `left_out`: files already found unusable (the failures
+    of the build that made `dataset`), listed first in `unreadable`. `progress(done, total, path)`
+    is called after each sample.
     """
-    report = DatasetReport(dataset.name, len(dataset.samples), 0.0, analyse_audio)
+    report = DatasetReport(dataset.name, len(dataset.samples), 0.0, analyse_audio, unreadable=list(left_out))
     by_hash: dict[str, list[str]] = {}
     for done, sample in enumerate(dataset.samples, start=1):
         _check_labels(sample, report)
@@ -110,12 +118,27 @@ def dataset_report(
     return report
 
 
+def folder_report(
+    folder: str | Path,
+    analyse_audio: bool = True,
+    progress: Callable[[int, int, Path], None] | None = None,
+) -> DatasetReport:
+    """The report of the dataset `build_dataset` makes of the audio under `folder` (with its
+    sidecars and CSVs), the files the build left out (unreadable audio, unusable sidecars or
+    CSVs) first in `unreadable`. Raises DatasetError as `build_dataset` does (a missing folder,
+    one without audio files)."""
+    result = build_dataset(folder)
+    return dataset_report(result.dataset, analyse_audio, progress, left_out=result.failed)
+
+
 def _file_report(audio: str, path: Path, analyse: bool) -> FileReport:
     info = probe_audio(path)
     report = FileReport(audio, info.duration, info.sample_rate, info.channels)
     if analyse:
         # At the file's own rate: resampling would move peaks and hide or invent clipping.
-        stats = audio_stats(load_audio(path, sample_rate=info.sample_rate, reject_silent=False), info.sample_rate)
+        samples = load_audio(path, sample_rate=info.sample_rate, reject_silent=False)
+        report.duration = samples.shape[1] / info.sample_rate  # an MP3 header may be an estimate
+        stats = audio_stats(samples, info.sample_rate)
         report.peak_dbfs = stats.peak_dbfs
         report.loudness_lufs = stats.loudness_lufs
         report.clipped_fraction = stats.clipped_fraction

@@ -29,6 +29,21 @@ def encode_as(source: Path, target: Path) -> Path:
     return target
 
 
+def ffmpeg_encode(source: Path, target: Path, *options: str) -> Path:
+    """`source` encoded by ffmpeg into `target` with the given output options (codec, bitrate...)."""
+    need_ffmpeg()
+    command = ["ffmpeg", "-nostdin", "-v", "error", "-y", "-i", str(source), *options, str(target)]
+    subprocess.run(command, check=True, capture_output=True)
+    return target
+
+
+def truncated_copy(source: Path, target: Path, fraction: float = 0.4) -> Path:
+    """The first `fraction` of the bytes of `source`, as an interrupted download leaves a file."""
+    data = source.read_bytes()
+    target.write_bytes(data[: int(len(data) * fraction)])
+    return target
+
+
 def reference_samples(path: Path) -> np.ndarray:
     """[channels, frames] float32 of a file read directly by soundfile (no resampling)."""
     samples, _ = sf.read(path, dtype="float32", always_2d=True)

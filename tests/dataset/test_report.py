@@ -6,8 +6,11 @@ import shutil
 
 import numpy as np
 import pytest
+import soundfile as sf
+from audio.media import ffmpeg_encode, truncated_copy
 
-from acestep.dataset import Dataset, Sample, dataset_report, format_report
+from acestep.dataset import Dataset, Sample, build_dataset, dataset_report, format_report
+from acestep.dataset.report import folder_report
 
 
 @pytest.fixture
@@ -115,3 +118,75 @@ def test_clean_dataset_is_ok(tmp_path, make_audio):
     report = dataset_report(dataset)
     assert report.ok and report.missing == {"caption": [], "lyrics": [], "bpm": [], "key": []}
     assert "No unreadable, silent, clipped or duplicate files." in format_report(report)
+
+
+# --- truncated files: headers say more than the file holds --------------------------------------
+
+
+def _amen_folder(folder, real_loops):
+    """good.flac (the whole loop), a truncated MP3 (40 % of its bytes, as a cut download leaves it)
+    and an MP3 without a Xing frame whose header guesses a length seconds too long."""
+    folder.mkdir()
+    amen = real_loops["loop_amen_full"]
+    shutil.copyfile(amen, folder / "good.flac")
+    whole = ffmpeg_encode(amen, folder.parent / "whole.mp3", "-c:a", "libmp3lame", "-b:a", "192k")
+    truncated_copy(whole, folder / "halfdownloaded.mp3", fraction=0.4)
+    loop, rate = sf.read(amen, dtype="float32", always_2d=True)
+    sf.write(folder.parent / "late.wav", np.concatenate([np.zeros((3 * rate, 2), np.float32), loop]), rate)
+    ffmpeg_encode(folder.parent / "late.wav", folder / "no_xing.mp3", "-c:a", "libmp3lame", "-q:a", "0",
+                  "-write_xing", "0")  # silence first: a low first bitrate, so a length estimate far too long
+    return len(loop) / rate
+
+
+def test_a_truncated_file_is_unreadable_and_durations_are_the_decoded_ones(tmp_path, real_loops):
+    loop_seconds = _amen_folder(tmp_path / "songs", real_loops)
+    built = build_dataset(tmp_path / "songs")  # headers only, for speed: the truncated file passes
+    stated = {s.audio: s.duration for s in built.dataset.samples}
+    assert built.failed == [] and stated["halfdownloaded.mp3"] == pytest.approx(loop_seconds, abs=0.01)
+    assert stated["no_xing.mp3"] > loop_seconds + 3 + 2  # the header's guess
+
+    report = dataset_report(built.dataset)
+
+    assert [f.path.name for f in report.unreadable] == ["halfdownloaded.mp3"]
+    reason = report.unreadable[0].reason
+    assert reason.startswith(f"is truncated or damaged: its header says {loop_seconds:.1f} s (")
+    assert "but only 2." in reason and reason.endswith("decode; re-download or re-export it")
+    durations = {f.audio: f.duration for f in report.files}
+    assert durations == {"good.flac": pytest.approx(loop_seconds),
+                         "no_xing.mp3": pytest.approx(loop_seconds + 3, abs=0.06)}  # decoded, not guessed
+    assert report.total_duration == pytest.approx(sum(durations.values()))
+    assert not report.ok
+    text = format_report(report)
+    assert f"Unreadable (1):\n  {tmp_path / 'songs' / 'halfdownloaded.mp3'}: is truncated or damaged" in text
+    assert "No unreadable" not in text
+
+    headers_only = dataset_report(built.dataset, analyse_audio=False)  # no decode, so what the headers say
+    assert {f.audio: f.duration for f in headers_only.files} == pytest.approx(stated)
+    assert headers_only.unreadable == []
+
+
+def test_folder_report_lists_the_files_the_build_left_out(tmp_path, make_audio):
+    make_audio(tmp_path / "good.wav", seconds=0.5)
+    make_audio(tmp_path / "other.wav", seconds=0.5, frequency=220.0)
+    (tmp_path / "other.wav.txt").write_bytes(b"caf\xe9\n")  # Latin-1 lyrics
+    (tmp_path / "empty.wav").touch()
+    (tmp_path / "notes.mp3").write_text("not audio\n", encoding="utf-8")
+    (tmp_path / "keys.csv").write_text("Title,BPM\nMy song,120\n", encoding="utf-8")  # no file column
+
+    report = folder_report(tmp_path)
+
+    assert report.count == 1 and [f.audio for f in report.files] == ["good.wav"]
+    reasons = {f.path.name: f.reason for f in report.unreadable}
+    assert list(reasons) == ["keys.csv", "empty.wav", "notes.mp3", "other.wav"]  # the CSV, then by path
+    assert "has no file column" in reasons["keys.csv"]
+    assert reasons["empty.wav"] == "file is empty (0 bytes); re-export or re-download it"
+    assert reasons["notes.mp3"] == "is a text file, not audio (despite its .mp3 extension); remove it"
+    assert reasons["other.wav"].endswith("other.wav.txt: lyrics sidecar is not UTF-8 text (byte 0xe9 at position 3); "
+                                         "save it as UTF-8")
+    assert not report.ok
+    data = report.to_dict()
+    assert [entry["audio"] for entry in data["unreadable"]] == [str(f.path) for f in report.unreadable]
+    assert data["ok"] is False
+    text = format_report(report)
+    assert "Unreadable (4):" in text and f"  {tmp_path / 'notes.mp3'}: is a text file" in text
+    assert "No unreadable" not in text
