@@ -133,16 +133,13 @@ def split_audio_file(
 
 
 def _audio_files(in_dir: Path, out_dir: Path) -> list[Path]:
-    """Audio files under `in_dir`, sorted, leaving out anything inside `out_dir`."""
+    """The audio files the dataset builder finds under `in_dir` (hidden files and folders, such as
+    macOS "._song.mp3", left out), leaving out anything inside `out_dir`."""
+    from acestep.dataset.build import scan_audio_files  # here: the audio stack loads no dataset code
+
     out_resolved = out_dir.resolve()
-    found = []
-    for candidate in sorted(in_dir.rglob("*")):
-        if candidate.suffix.lower() not in AUDIO_EXTENSIONS or not candidate.is_file():
-            continue
-        if out_resolved == candidate.resolve().parent or out_resolved in candidate.resolve().parents:
-            continue
-        found.append(candidate)
-    return found
+    found = [in_dir / path.relative_to(in_dir.absolute()) for path in scan_audio_files(in_dir)]  # as given
+    return [path for path in found if out_resolved not in path.resolve().parents]
 
 
 def _segment_labels(path: Path, stems: Counter[str]) -> tuple[dict, bool]:

@@ -126,6 +126,19 @@ def test_split_folder_inside_the_input_does_not_split_its_own_parts(rendered_son
         split_folder(tmp_path / "nowhere", tmp_path / "out")
 
 
+def test_split_folder_leaves_out_hidden_files_and_folders_as_build_does(rendered_songs, tmp_path, monkeypatch):
+    in_dir = tmp_path / "music"
+    song = _music_file(rendered_songs, in_dir / "song.wav", 45.0)
+    (in_dir / "._song.wav").write_bytes(b"\x00\x05\x16\x07\x00\x02\x00\x00Mac OS X")  # macOS metadata
+    (in_dir / ".trash").mkdir()
+    shutil.copy(song, in_dir / ".trash" / "song.wav")
+    monkeypatch.chdir(tmp_path)  # a relative input folder, as typed on the command line
+    result = split_folder(Path("music"), Path("out"))
+    assert (result.files, result.failed) == (1, [])
+    assert [p.as_posix() for p in result.written] == ["out/song_part01.wav", "out/song_part02.wav"]
+    assert not (tmp_path / "out" / ".trash").exists()
+
+
 def test_split_folder_gives_each_segment_its_sources_labels_but_not_the_lyrics(rendered_songs, tmp_path):
     from acestep.dataset.sidecars import read_sidecars, sidecar_paths
 
