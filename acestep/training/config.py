@@ -211,15 +211,23 @@ def diff_from_defaults(config: TrainingConfig) -> dict[str, dict[str, Any]]:
 def resolve_paths(config: TrainingConfig, base: str | os.PathLike) -> TrainingConfig:
     """A copy with the folder fields (data.tensors_dir, run.output_dir, model.checkpoints_dir)
     made absolute: "~" expanded, relative ones taken from `base`. Empty and unset stay as they are.
-    model.checkpoint is left alone: it may be a folder name or a Hugging Face id."""
+    model.checkpoint too when it names an existing path from `base` (as `resolve_model_path` takes
+    it first), so a run's config and adapters name the model they trained on from any folder;
+    otherwise it is a folder name in the checkpoints folder or a Hugging Face id, left alone."""
     resolved = copy.deepcopy(config)
     for path, meta in FIELD_META.items():
         section, name = path.split(".")
         value = getattr(getattr(resolved, section), name)
         if meta.get("path") and isinstance(value, str) and value:
-            absolute = os.path.abspath(os.path.join(os.fspath(base), os.path.expanduser(value)))
-            setattr(getattr(resolved, section), name, absolute)
+            setattr(getattr(resolved, section), name, _absolute(base, value))
+    checkpoint = resolved.model.checkpoint
+    if checkpoint and os.path.exists(_absolute(base, checkpoint)):
+        resolved.model.checkpoint = _absolute(base, checkpoint)
     return resolved
+
+
+def _absolute(base: str | os.PathLike, value: str) -> str:
+    return os.path.abspath(os.path.join(os.fspath(base), os.path.expanduser(value)))
 
 
 # --- building a config from plain data -----------------------------------------------------------

@@ -685,6 +685,16 @@ def test_resolve_paths_makes_folders_absolute(tmp_path):
     assert resolve_paths(TrainingConfig(), tmp_path).model.checkpoints_dir is None
 
 
+def test_resolve_paths_makes_a_checkpoint_that_is_a_path_absolute(tmp_path):
+    (tmp_path / "ck" / "acestep-v15-turbo").mkdir(parents=True)
+    config = config_from_dict(minimal(model={"checkpoint": "ck/acestep-v15-turbo"}))
+    resolved = resolve_paths(config, tmp_path)
+    assert resolved.model.checkpoint == str(tmp_path / "ck" / "acestep-v15-turbo")  # from any folder, the same model
+    assert resolve_paths(resolved, "/elsewhere") == resolved
+    hub_id = config_from_dict(minimal(model={"checkpoint": "ACE-Step/acestep-v15-turbo"}))
+    assert resolve_paths(hub_id, tmp_path).model.checkpoint == "ACE-Step/acestep-v15-turbo"  # no such path: left
+
+
 @pytest.mark.parametrize("devices, expected", [
     (1, 1), (3, 3), ("auto", "auto"), ("AUTO", "auto"), ("0,1", [0, 1]), (" 2 , 3 ", [2, 3]), ("1", [1]), ("1,", [1]),
 ])
