@@ -96,13 +96,23 @@ class PreprocessedDataset:
         return [entry.frames for entry in self.manifest.samples]
 
 
-def check_model_matches(manifest: Manifest, fingerprint: str, weights_digest: str, directory: Path) -> None:
-    """Refuse tensors made with another checkpoint: their condition vectors would be wrong."""
+def check_model_matches(manifest: Manifest, fingerprint: str, weights_digest: str, directory: Path,
+                        checkpoint: str | Path = "this checkpoint") -> None:
+    """Refuse tensors made with another checkpoint (`checkpoint` names the one in use): their
+    condition vectors would be wrong. The message names what differs: the architecture (config
+    fingerprint) or, with the same one, the condition encoder's weights (a fine-tuned or merged
+    model)."""
     made_with = manifest.model
-    if made_with.get("fingerprint") != fingerprint or made_with.get("weights_digest") != weights_digest:
-        raise PreprocessError(
-            f"The tensors in {directory} were made with {made_with.get('checkpoint', '?')} "
-            f"(variant {made_with.get('variant', '?')}, fingerprint {made_with.get('fingerprint', '?')}), "
-            f"not with this checkpoint (fingerprint {fingerprint}). Preprocess the dataset again with this "
-            "checkpoint into another folder."
-        )
+    if made_with.get("fingerprint") != fingerprint:
+        difference = (f"another architecture (config fingerprint {made_with.get('fingerprint', '?')}, "
+                      f"not {fingerprint})")
+    elif made_with.get("weights_digest") != weights_digest:
+        difference = ("the same architecture but other condition-encoder weights (a fine-tuned or merged "
+                      "model?)")
+    else:
+        return
+    raise PreprocessError(
+        f"The tensors in {directory} were made with {made_with.get('checkpoint', '?')} (variant "
+        f"{made_with.get('variant', '?')}), not with {checkpoint}: {difference}. Train with the checkpoint "
+        "they were made with, or preprocess the dataset again with this one into another folder."
+    )

@@ -171,7 +171,7 @@ class TrainingSession:
         bundle = load_transformer(config.model.checkpoint, config.model.quantization, model_dtype, fabric.device,
                                   compute_dtype(precision, model_dtype), checkpoints_dir)
         check_model_matches(samples.manifest, bundle.config.fingerprint,
-                            encoder_digest(bundle.path), Path(config.data.tensors_dir))
+                            encoder_digest(bundle.path), Path(config.data.tensors_dir), bundle.path)
         transformer = bundle.transformer
         attention = plan_attention(transformer, fabric.device, compute_dtype(precision, model_dtype))
         adapter = adapt_for_training(transformer, config, precision)

@@ -88,5 +88,12 @@ def test_frames_mismatch_is_named(tmp_path):
 def test_tensors_of_another_checkpoint_are_refused(tmp_path):
     manifest = make_dir(tmp_path)
     check_model_matches(manifest, "f1", "d1", tmp_path)
-    with pytest.raises(PreprocessError, match="were made with ck .*variant turbo.*Preprocess the dataset again"):
-        check_model_matches(manifest, "f1", "other", tmp_path)
+    with pytest.raises(PreprocessError) as merged:  # same architecture, other weights: no fingerprint to show
+        check_model_matches(manifest, "f1", "other", tmp_path, "/models/merged")
+    assert str(merged.value) == (
+        f"The tensors in {tmp_path} were made with ck (variant turbo), not with /models/merged: the same "
+        "architecture but other condition-encoder weights (a fine-tuned or merged model?). Train with the "
+        "checkpoint they were made with, or preprocess the dataset again with this one into another folder.")
+    with pytest.raises(PreprocessError, match=r"not with /models/xl: another architecture \(config fingerprint f1, "
+                                              r"not f2\)"):
+        check_model_matches(manifest, "f2", "other", tmp_path, "/models/xl")
