@@ -28,7 +28,14 @@ from acestep.errors import TrainingError
 from acestep.files import delete_folder, is_disk_full, recover_replaced_folder, replaced_folder
 from acestep.training.state import load_state, save_state
 
-from acestep.training.run_layout import ADAPTER_DIR, CHECKPOINTS_DIR, COMPLETE_MARKER
+from acestep.training.run_layout import (
+    ADAPTER_DIR,
+    CHECKPOINTS_DIR,
+    COMPLETE_MARKER,
+    NAMED_ADAPTERS,
+    SUPERSEDED_DIR,
+    TRAINING_METADATA,
+)
 from acestep.training.run_folders import complete_checkpoints, is_complete
 
 
@@ -97,6 +104,45 @@ def remove_leftovers(run_dir: Path) -> None:
         hidden = leftover.name.startswith(".step-")
         if leftover.is_dir() and (hidden or (leftover.name.startswith("step-") and not is_complete(leftover))):
             shutil.rmtree(leftover, ignore_errors=True)
+
+
+def set_aside_later_work(run_dir: Path, step: int, continuing: bool) -> Path | None:
+    """Before a run resumes from its checkpoint at `step`, move what the run wrote after that step
+    out of its way, into `superseded/after-step-N-TIME/` (nothing is deleted): the checkpoints of
+    later steps, which `--resume RUN` would otherwise take as the newest and pruning would keep
+    over the new ones, and final/ and best/ of a later step; and final/ whatever its step when the
+    run goes on training (`continuing`), since it would no longer be the run's last adapter.
+
+    Each move is one rename, so a kill in the middle leaves every folder whole, in one place or the
+    other; the next resume moves the rest. Returns the superseded folder, or None when nothing
+    was in the way.
+    """
+    run_dir = Path(run_dir)
+    later = [folder for folder in complete_checkpoints(run_dir) if _step_of_checkpoint(folder) > step]
+    named = [run_dir / name for name in NAMED_ADAPTERS if (run_dir / name).is_dir()]
+    later += [folder for folder in named
+              if (continuing and folder.name == "final") or (_step_of_adapter(folder) or 0) > step]
+    if not later:
+        return None
+    aside = run_dir / SUPERSEDED_DIR / f"after-step-{step:06d}-{time.strftime('%Y%m%d-%H%M%S')}"
+    for folder in later:
+        target = aside / folder.relative_to(run_dir)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(folder, target)
+    return aside
+
+
+def _step_of_checkpoint(folder: Path) -> int:
+    return int(folder.name.removeprefix("step-"))
+
+
+def _step_of_adapter(folder: Path) -> int | None:
+    """The step an adapter folder was saved at (its training metadata), None when it does not say."""
+    try:
+        step = json.loads((folder / TRAINING_METADATA).read_text(encoding="utf-8")).get("step")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return step if isinstance(step, int) else None
 
 
 def read_checkpoint(folder: Path) -> dict:

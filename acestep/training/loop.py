@@ -94,6 +94,7 @@ class Trainer:
         self.previews = TrainingPreviews(session, self.emit)  # run.preview_*: audio previews, rank 0
         self._group_start: tuple | None = None  # the state where the current accumulation group began
         self.resume_settings: ResumeSettings | None = None  # a resume's settings, when they changed
+        self.set_aside: Path | None = None  # where a resume moved the run's later work (superseded/...)
         self.disk_checked = False  # whether the run folder's disk was checked (after the first step)
         # CUDA graphs with accumulation: the gradients stay in buffers of their own, zeroed in place
         self.gradient_buffers = needs_gradient_buffers(self.config.run.cuda_graphs,
@@ -163,6 +164,9 @@ class Trainer:
         self.s.scheduler.load_state_dict(state["scheduler"])
         self.progress = Progress(**state["progress"])
         self.saved_at = (self.progress.step, self.progress.epoch, self.progress.batches_done)
+        if self.fabric.global_rank == 0:
+            self.set_aside = ckpt.set_aside_later_work(self.s.run_dir, self.progress.step, not self._finished())
+        self.fabric.barrier()
         self.interval.restore(state["interval"])
         restore_rng(state["rng"])
         self.emit("start", step=self.progress.step, epoch=self.progress.epoch,
@@ -239,11 +243,19 @@ class Trainer:
                             "LoKr weight and applies no dropout that way; the run trains without adapter dropout")
         if self.resume_settings is not None and self.resume_settings.warning:
             warnings.append(self.resume_settings.warning)
+        if self.set_aside is not None:
+            warnings.append(f"resumed from step {self.progress.step}: what the run had written after it (later "
+                            f"checkpoints, final/ or best/) was moved to {self.set_aside}, so it neither resumes "
+                            "nor exports in place of this training; export it from there if you want it")
         p = self.progress
-        if p.step >= s.total_steps or p.epoch >= cfg.run.epochs:
+        if self._finished():
             warnings.append(f"the run had already finished (step {p.step}, epoch {p.epoch}): nothing is left to train. "
                             "To train longer, resume with a larger run.epochs (--set run.epochs=N) or run.max_steps")
         return warnings
+
+    def _finished(self) -> bool:
+        """Whether the run has nothing left to train (steps or epochs)."""
+        return self.progress.step >= self.s.total_steps or self.progress.epoch >= self.config.run.epochs
 
     def _train_epochs(self) -> str:
         """Epochs until the end, a stop or early stopping: "completed", "stopped" or the early stop's status."""

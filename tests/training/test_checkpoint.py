@@ -112,3 +112,34 @@ def test_a_full_disk_met_by_safetensors_writer_is_the_same_clear_error(tmp_path)
 def test_resume_of_a_run_without_checkpoints_is_refused(tmp_path):
     with pytest.raises(TrainingError, match="holds no complete checkpoint"):
         ckpt.resolve_resume(tmp_path)
+
+
+
+def write_named_adapter(run_dir, name, step):
+    write_adapter(run_dir / name)
+    (run_dir / name / "training_metadata.json").write_text(f'{{"step": {step}}}')
+
+
+def test_a_resume_from_an_older_checkpoint_sets_the_later_work_aside(tmp_path):
+    for step in (16, 20, 24):
+        ckpt.write_checkpoint(tmp_path, step, {"epoch": 1}, write_adapter)
+    write_named_adapter(tmp_path, "final", 24)
+    write_named_adapter(tmp_path, "best", 12)  # before the resume point: still the run's best so far
+    aside = ckpt.set_aside_later_work(tmp_path, 16, continuing=True)
+    assert aside.parent == tmp_path / "superseded" and aside.name.startswith("after-step-000016-")
+    assert sorted(p.relative_to(aside).as_posix() for p in aside.rglob("*") if p.is_dir()) == [
+        "checkpoints", "checkpoints/step-000020", "checkpoints/step-000020/adapter", "checkpoints/step-000024",
+        "checkpoints/step-000024/adapter", "final"]
+    assert ckpt.is_complete(aside / "checkpoints" / "step-000024")  # moved whole
+    assert ckpt.resolve_resume(tmp_path)[1].name == "step-000016"  # the run goes on from where it resumed
+    assert (tmp_path / "best").is_dir() and not (tmp_path / "final").exists()
+
+
+def test_a_resume_that_goes_on_training_sets_the_old_final_aside_and_one_that_does_not_keeps_it(tmp_path):
+    ckpt.write_checkpoint(tmp_path, 8, {"epoch": 2}, write_adapter)
+    write_named_adapter(tmp_path, "final", 8)
+    assert ckpt.set_aside_later_work(tmp_path, 8, continuing=False) is None  # finished: final/ is still the end
+    assert (tmp_path / "final").is_dir()
+    aside = ckpt.set_aside_later_work(tmp_path, 8, continuing=True)  # trained longer: final/ would be stale
+    assert (aside / "final" / "training_metadata.json").is_file() and not (tmp_path / "final").exists()
+    assert [p.name for p in ckpt.complete_checkpoints(tmp_path)] == ["step-000008"]

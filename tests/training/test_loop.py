@@ -140,6 +140,34 @@ def test_resume_after_a_stop_gives_bit_identical_adapter_and_loss_curve(tmp_path
     assert resumed == curve and all(norm > 0 for _, _, norm, _ in curve)
 
 
+def test_a_resume_from_an_older_checkpoint_goes_on_from_it_and_sets_the_later_work_aside(tmp_path, tensors_17,
+                                                                                          tiny_dit):
+    """Resuming from checkpoint N of a run that went further: the later checkpoints and final/ move
+    to superseded/, so the next plain resume continues the new training, not the old one's end."""
+    config = make_config(tmp_path, tensors_17, tiny_dit, "run.epochs=1", "run.save_every_steps=1",
+                         "run.keep_checkpoints=3", "optimizer.warmup_steps=0")
+    first = train(config)
+    assert first.status == "completed" and first.step == 17  # batch 1: 17 steps
+    older = ckpt.complete_checkpoints(first.run_dir)[0]  # step 15 of the kept 15, 16, 17
+    branch = apply_overrides(config, ["optimizer.scheduler=constant"])
+    requests = []
+
+    def stop_after_step_16(event):
+        if event["type"] == "log" and event["step"] == 16:
+            requests[0]()
+
+    second = train(branch, resume=older, listeners=[stop_after_step_16], stop_signal=requests.append)
+    assert second.status == "stopped" and second.step == 16
+    [aside] = (first.run_dir / "superseded").iterdir()
+    assert sorted(p.name for p in (aside / "checkpoints").iterdir()) == ["step-000016", "step-000017"]
+    assert (aside / "final").is_dir() and not (first.run_dir / "final").exists()
+    assert ckpt.resolve_resume(first.run_dir)[1].name == "step-000016"  # the new training's, not the old 17
+    warnings = [e["message"] for e in events(first.run_dir) if e["type"] == "warning"]
+    assert any("resumed from step 15: what the run had written after it" in w and str(aside) in w for w in warnings)
+    third = train(branch, resume=first.run_dir)
+    assert third.status == "completed" and third.step == 17 and (first.run_dir / "final").is_dir()
+
+
 def test_a_resume_puts_back_the_best_adapter_a_kill_left_moved_aside(tmp_path, tensors_17, tiny_dit):
     """A kill between `best/` being moved aside and the new one renamed in leaves no `best/`; the
     resume puts the previous one back (and deletes the half-written one) before it trains on."""
