@@ -474,6 +474,13 @@ def train(config: TrainingConfig, resume: Path | None = None, force: bool = Fals
             return trainer.run()
         except torch.OutOfMemoryError as exc:
             raise trainer.out_of_memory(exc) from exc
+    except KeyboardInterrupt:  # stopped at once (Ctrl+C twice): a stop the user asked for, not a failure
+        latest = ckpt.latest_checkpoint(session.run_dir)
+        then = (f"resume with --resume {session.run_dir} (from {latest.name})" if latest is not None
+                else "it had written no checkpoint yet: start it again")
+        trainer.emit("stop", step=trainer.progress.step, epoch=trainer.progress.epoch,
+                     message=f"aborted at step {trainer.progress.step} without saving; {then}")
+        raise
     except BaseException as exc:
         trainer.emit("error", step=trainer.progress.step, epoch=trainer.progress.epoch,
                      message=f"{type(exc).__name__}: {exc}")

@@ -168,6 +168,21 @@ def test_a_resume_from_an_older_checkpoint_goes_on_from_it_and_sets_the_later_wo
     assert third.status == "completed" and third.step == 17 and (first.run_dir / "final").is_dir()
 
 
+def test_an_abort_at_once_is_logged_as_a_stop_naming_the_checkpoint_to_resume_from(tmp_path, tensors_17, tiny_dit):
+    config = make_config(tmp_path, tensors_17, tiny_dit, "run.epochs=1", "run.save_every_steps=2")
+
+    def abort_after_step_3(event):  # the second Ctrl+C: KeyboardInterrupt inside the step's work
+        if event["type"] == "log" and event["step"] == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(config, listeners=[abort_after_step_3])
+    run_dir = tmp_path / "runs" / "run"
+    last = events(run_dir)[-1]
+    assert (last["type"], last["step"]) == ("stop", 3)
+    assert last["message"] == f"aborted at step 3 without saving; resume with --resume {run_dir} (from step-000002)"
+
+
 def test_a_resume_puts_back_the_best_adapter_a_kill_left_moved_aside(tmp_path, tensors_17, tiny_dit):
     """A kill between `best/` being moved aside and the new one renamed in leaves no `best/`; the
     resume puts the previous one back (and deletes the half-written one) before it trains on."""
