@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import atexit
 import signal
 import sys
 from pathlib import Path
@@ -41,24 +42,41 @@ def cmd_train(args: argparse.Namespace) -> int:
 
         config = apply_named_preset(config, args.preset)
     config = resolve_paths(apply_overrides(config, args.set), Path.cwd())
-    handlers = []
+    requested, previous = [], {}
 
     def install(request_stop) -> None:
         def on_signal(signum, frame):
-            if handlers:
+            if requested:  # a second one while the stop is saved: abort at once
                 raise KeyboardInterrupt
-            handlers.append(signum)
+            requested.append(signum)
             print("\nStopping after the current step and saving a checkpoint (Ctrl+C again to abort at once)...",
                   file=sys.stderr, flush=True)
             request_stop()
 
         for signum in (*interrupt_signals(), signal.SIGTERM):
-            signal.signal(signum, on_signal)
+            previous.setdefault(signum, signal.signal(signum, on_signal))  # the first handler, were it called twice
 
-    result = train(config, resume=args.resume, force=args.force, listeners=[console_listener], stop_signal=install)
+    try:
+        result = train(config, resume=args.resume, force=args.force, listeners=[console_listener],
+                       stop_signal=install)
+    finally:  # the run is over, saved or not: a signal now means what it meant before
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        atexit.unregister(_exit_at_once_on_ctrl_c)  # once per process; it runs before the callbacks
+        atexit.register(_exit_at_once_on_ctrl_c)  # registered so far (torch's clean-up among them)
     print(f"{result.status}: step {result.step}, epoch {result.epoch}; run folder {result.run_dir}")
     # a stopped run is not finished: a script's `train && export` must not go on with it
     return EXIT_STOPPED if result.status == "stopped" else 0
+
+
+def _exit_at_once_on_ctrl_c() -> None:
+    """While the interpreter exits after a run (torch and the data workers clean up for a moment),
+    a Ctrl+C ends the process at once, as the signal's default does (a shell says status 130),
+    instead of a KeyboardInterrupt traceback from the clean-up it lands in. A handler other than
+    Python's default (SIG_IGN in a background job) is left alone."""
+    for signum in interrupt_signals():
+        if signal.getsignal(signum) is signal.default_int_handler:
+            signal.signal(signum, signal.SIG_DFL)
 
 
 def _run_folder(path: Path) -> Path:
@@ -84,9 +102,18 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_merge(args: argparse.Namespace) -> int:
     """Merge an adapter into its base model and write a complete checkpoint folder."""
+    import math
+
+    from acestep.export import AdapterError
     from acestep.export.merge import merge_adapter
 
-    shard = int(args.max_shard_gb * 2**30) if args.max_shard_gb else None
+    # said with the options' names before anything loads (the library refuses them too)
+    if not math.isfinite(args.strength):
+        raise AdapterError(f"--strength must be a finite number (1 = as trained, e.g. 0.8); got {args.strength}.")
+    if args.max_shard_gb is not None and not (math.isfinite(args.max_shard_gb) and args.max_shard_gb > 0):
+        raise AdapterError(f"--max-shard-gb must be a size in GB above 0 (e.g. 4), or left out for one file; "
+                           f"got {args.max_shard_gb:g}.")
+    shard = math.ceil(args.max_shard_gb * 2**30) if args.max_shard_gb is not None else None
     out = merge_adapter(args.checkpoint, args.adapter, args.out, strength=args.strength, dtype=args.dtype,
                         max_shard_bytes=shard, shared=args.shared, overwrite=args.overwrite,
                         checkpoints_dir=args.checkpoints_dir)
@@ -146,7 +173,8 @@ def add_commands(commands) -> None:
                      help="also estimate this training config's peak VRAM against each GPU's free memory, "
                           "and count its songs, batches and steps")
     gpu.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
-                     help="override one config value for the estimate (repeatable)")
+                     help="override one config value for the estimate (repeatable); without --config the estimate "
+                          "is for the defaults with these values, as `train` takes them")
     checkpoints_dir_arg(gpu)
     gpu.set_defaults(func=cmd_gpu)
 
@@ -172,10 +200,11 @@ def add_commands(commands) -> None:
     runs.add_argument("runs_dir", type=Path, nargs="?", default=Path("runs"), metavar="RUNS_DIR",
                       help="the folder holding the run folders (default: runs, as run.output_dir)")
     runs.add_argument("--json", action="store_true", help="print every run's figures as JSON")
-    runs.add_argument("--delete-checkpoints", default=None, metavar="RUN",
-                      help="delete the step checkpoints of a finished run (best/ and final/ stay; it can no "
-                           "longer be resumed)")
-    runs.add_argument("--delete", default=None, metavar="RUN", help="delete a whole run folder")
+    deletion = runs.add_mutually_exclusive_group()  # one deletion per command: each says what it freed
+    deletion.add_argument("--delete-checkpoints", default=None, metavar="RUN",
+                          help="delete the step checkpoints of a finished run (best/ and final/ stay; it can no "
+                               "longer be resumed)")
+    deletion.add_argument("--delete", default=None, metavar="RUN", help="delete a whole run folder")
     runs.add_argument("--force", action="store_true",
                       help="with --delete-checkpoints: also for a run that has not finished")
     runs.set_defaults(func=cmd_runs)
@@ -196,7 +225,9 @@ def add_commands(commands) -> None:
     export.add_argument("--out", type=Path, required=True, metavar="DIR",
                         help="output folder (empty, or pass --overwrite)")
     export.add_argument("--format", action="append", choices=("peft", "comfyui", "diffusers", "lycoris"),
-                        default=None, help="repeatable; default: peft and comfyui (LoKr: lycoris)")
+                        default=None,
+                        help="repeatable; default: peft and comfyui for a LoRA, peft for a DoRA (ComfyUI reads "
+                             "its PEFT folder; it can also be written as diffusers), lycoris for a LoKr")
     export.add_argument("--name", default=None, help="file name stem (default: trigger tag and step)")
     export.add_argument("--checkpoint", default=None, help="base DiT (default: the one the adapter was trained on)")
     export.add_argument("--overwrite", action="store_true",
@@ -213,7 +244,8 @@ def add_commands(commands) -> None:
     merge.add_argument("--strength", type=float, default=1.0, help="adapter strength to merge (default 1.0)")
     merge.add_argument("--dtype", choices=("bf16", "fp16", "fp32", "keep"), default="bf16",
                        help="dtype of the merged weights (default bf16, like the official files)")
-    merge.add_argument("--max-shard-gb", type=float, default=None, help="split the weights into shards of this size")
+    merge.add_argument("--max-shard-gb", type=float, default=None, metavar="GB",
+                       help="split the weights into shards of at most this size (above 0; default: one file)")
     merge.add_argument("--shared", choices=("copy", "link", "skip"), default="copy",
                        help="vae/ and the text encoder beside the new folder: copy (default), link or skip")
     merge.add_argument("--overwrite", action="store_true",

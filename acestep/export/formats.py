@@ -41,6 +41,9 @@ from acestep.models.convert import rename_module_path_to_original
 from acestep.training.run_layout import LOKR_CONFIG, LOKR_WEIGHTS, TRAINING_METADATA
 
 FORMATS = ("peft", "comfyui", "diffusers", "lycoris")
+# What official ACE-Step and ComfyUI load, by adapter kind: ComfyUI's DoRA convention differs from
+# PEFT's, and it reads DoRA from the PEFT folder (the web app's Export tab ticks the same).
+DEFAULT_FORMATS = {"lora": ("peft", "comfyui"), "dora": ("peft",), "lokr": ("lycoris",)}
 VERIFY_ATOL = 1e-5
 
 
@@ -177,7 +180,7 @@ def _diffusers_state(weights: LoraWeights) -> tuple[dict[str, torch.Tensor], dic
     ranks = {weights.rank(m) for m in weights.modules}
     if len(alphas) > 1 or len(ranks) > 1:
         raise AdapterError("The diffusers format holds one rank and one alpha; this adapter varies them per module. "
-                           "Export it as 'peft' or 'comfyui'.")
+                           "Export it as 'peft'" + ("." if weights.use_dora else " or 'comfyui'."))
     state = {f"transformer.{module}.{suffix}": tensor.float().contiguous()
              for module, tensors in weights.modules.items() for suffix, tensor in tensors.items()}
     config = {"transformer.r": ranks.pop(), "transformer.lora_alpha": alphas.pop(),
@@ -207,15 +210,16 @@ def export_adapter(source: str | Path, out_dir: str | Path, formats: tuple[str, 
                    name: str | None = None, overwrite: bool = False, verify: bool = True,
                    checkpoint: str | Path | None = None, checkpoints_dir: Path | None = None) -> ExportResult:
     """Write the adapter of `source` (a run, checkpoint or adapter folder) in `formats` (default:
-    peft and comfyui, or lycoris for LoKr) into `out_dir`. `checkpoint` names the base DiT
-    (default: the one the adapter was trained on), used to map LoKr names and to verify.
+    `default_formats`: peft and comfyui; DoRA: peft; LoKr: lycoris) into `out_dir`.
+    `checkpoint` names the base DiT (default: the one the adapter was trained on), used to map
+    LoKr names and to verify.
     Raises `AdapterError`; nothing existing is deleted unless `overwrite`, and a failed export
     removes only what it wrote."""
     from acestep.models.load import load_acestep
 
     folder = resolve_adapter_folder(source)
     lokr = (folder / LOKR_WEIGHTS).is_file()
-    formats = formats or (("lycoris",) if lokr else ("peft", "comfyui"))
+    formats = formats or default_formats(folder)
     unknown = [f for f in formats if f not in FORMATS]
     if unknown or not formats:
         raise AdapterError(f"Unknown export format(s) {unknown}; choose from {', '.join(FORMATS)}.")
@@ -242,6 +246,16 @@ def export_adapter(source: str | Path, out_dir: str | Path, formats: tuple[str, 
     result.out_dir = out_dir
     result.files = {kind: out_dir / path.relative_to(tmp) for kind, path in result.files.items()}
     return result
+
+
+def default_formats(folder: Path) -> tuple[str, ...]:
+    """The formats the adapter in `folder` exports to when none are asked for (`DEFAULT_FORMATS`
+    by its kind). Raises AdapterError for a PEFT config that cannot be read."""
+    if (folder / LOKR_WEIGHTS).is_file():
+        return DEFAULT_FORMATS["lokr"]
+    config = read_json_object(folder / PEFT_CONFIG, AdapterError,
+                              f"{folder} has no {PEFT_CONFIG}: it is not a PEFT adapter folder.")
+    return DEFAULT_FORMATS["dora" if config.get("use_dora") else "lora"]
 
 
 def raise_if_disk_full(exc: BaseException, out_dir: Path) -> None:

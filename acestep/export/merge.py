@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import shutil
 import struct
@@ -29,7 +30,7 @@ from torch import nn
 from acestep.export.lora import AdapterError, LoraWeights, _read_peft_folder, read_safetensors
 from acestep.files import folder_bytes, free_space, replaced_folder, size_text
 from acestep.models import convert
-from acestep.training.run_layout import PEFT_CONFIG
+from acestep.training.run_layout import PEFT_CONFIG, PEFT_WEIGHTS
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 _SAFETENSORS_DTYPES = {torch.bfloat16: "BF16", torch.float16: "F16", torch.float32: "F32", torch.float64: "F64",
@@ -82,6 +83,7 @@ class DeltaSource:
         self.lora: LoraWeights | None = None
         self.lokr: dict[str, dict[str, torch.Tensor]] = {}
         if adapter.is_dir() and (adapter / PEFT_CONFIG).is_file():
+            self.file = adapter / PEFT_WEIGHTS  # the file named when a tensor does not fit
             self.lora = _read_peft_folder(adapter)
             return
         if adapter.is_dir():
@@ -89,6 +91,7 @@ class DeltaSource:
             if len(files) != 1:
                 raise AdapterError(f"{adapter} holds no single adapter file to merge.")
             adapter = files[0]
+        self.file = adapter
         state, metadata = read_safetensors(adapter)
         if any(key.startswith("lycoris_") for key in state):
             self._group_lokr(state)
@@ -108,14 +111,43 @@ class DeltaSource:
         return set(self.lora.modules) if self.lora else set()
 
     def merged(self, module: str, weight: torch.Tensor) -> torch.Tensor | None:
-        """The merged fp32 weight of `module` (diffusers path), or None if untouched."""
+        """The merged fp32 weight of `module` (diffusers path), or None if untouched. Raises
+        AdapterError when the adapter's tensors do not fit `weight` (`check_fits`)."""
+        self.check_fits(module, tuple(weight.shape))
         if self.lora is not None:
             return self._merged_lora(module, weight.float()) if module in self.lora.modules else None
+        key = self._lokr_key(module)
+        return None if key is None else weight.float() + self._lokr_delta(key, weight)
+
+    def _lokr_key(self, module: str) -> str | None:
+        """The LyCORIS name of `module` (diffusers or official naming) in this adapter, or None."""
         for name in (module, convert.rename_module_path_to_original(module)):
             key = "lycoris_" + name.replace(".", "_")
             if key in self.lokr:
-                return weight.float() + self._lokr_delta(key, weight)
+                return key
         return None
+
+    def check_fits(self, module: str, shape: tuple[int, ...]) -> None:
+        """Raise AdapterError, naming the adapter file, the module and both shapes, when the change
+        this adapter makes to `module` (diffusers path) does not fit its base weight of `shape`."""
+        if self.lora is not None:
+            if module not in self.lora.modules:
+                return
+            parts = {name.split(".")[0]: tuple(tensor.shape) for name, tensor in self.lora.modules[module].items()}
+            fits = lora_fits(parts, shape)
+        else:
+            key = self._lokr_key(module)
+            if key is None:
+                return
+            parts = {name.split(".")[0]: tuple(tensor.shape) for name, tensor in self.lokr[key].items()
+                     if name.split(".")[0].startswith("lokr_")}
+            fits = lokr_shape(parts) == tuple(shape)
+        if not fits:
+            held = ", ".join(f"{name} {list(part)}" for name, part in sorted(parts.items()))
+            official = convert.rename_module_path_to_original(module)
+            raise AdapterError(f"{self.file} does not fit the model: module {official} is {list(shape)} in the base, "
+                               f"and the adapter holds {held} for it: it was trained for another model (give "
+                               "--checkpoint with the one it was trained on).")
 
     def _merged_lora(self, module: str, weight: torch.Tensor) -> torch.Tensor:
         tensors = self.lora.modules[module]
@@ -138,6 +170,35 @@ class DeltaSource:
         network.load_state_dict(weights_sd, strict=False)
         module = network.loras[0]
         return module.get_diff_weight(multiplier=self.strength, shape=weight.shape)[0].float().reshape(weight.shape)
+
+
+def lora_fits(parts: dict[str, tuple[int, ...]], shape: tuple[int, ...]) -> bool:
+    """Whether LoRA (or DoRA) tensors of these shapes (`lora_A`, `lora_B`, DoRA's
+    `lora_magnitude_vector`) change a weight of `shape` (out, in): B @ A is (out, in)."""
+    down, up = parts.get("lora_A", ()), parts.get("lora_B", ())
+    if len(shape) != 2 or len(down) != 2 or len(up) != 2:
+        return False
+    magnitude = parts.get("lora_magnitude_vector")
+    return (up[1] == down[0] and (up[0], down[1]) == tuple(shape)
+            and (magnitude is None or math.prod(magnitude) == shape[0]))
+
+
+def lokr_shape(parts: dict[str, tuple[int, ...]]) -> tuple[int, ...] | None:
+    """The shape of the weight change LoKr tensors of these shapes make: the Kronecker product
+    of w1 (`lokr_w1`, or `lokr_w1_a` @ `lokr_w1_b`) and w2 (likewise); None when they do not
+    compose (a missing factor, a Tucker core, or factors whose inner sizes differ)."""
+    if "lokr_t2" in parts:
+        return None
+    factors = []
+    for name in ("lokr_w1", "lokr_w2"):
+        whole, left, right = parts.get(name), parts.get(f"{name}_a"), parts.get(f"{name}_b")
+        if whole is not None and len(whole) == 2:
+            factors.append(whole)
+        elif left is not None and right is not None and len(left) == 2 and len(right) == 2 and left[1] == right[0]:
+            factors.append((left[0], right[1]))
+        else:
+            return None
+    return factors[0][0] * factors[1][0], factors[0][1] * factors[1][1]
 
 
 def _plan(files: list[Path], dtype: torch.dtype | None) -> list[tuple[Path, str, torch.dtype, tuple[int, ...]]]:
@@ -180,13 +241,20 @@ def merge_adapter(checkpoint: str | Path | None, adapter: str | Path, out_dir: s
     (None: the checkpoint the adapter was trained on) and write the result to `out_dir`. `dtype`
     bf16|fp16|fp32|keep; `shared` copy|link|skip decides what happens to `vae/` and the text
     encoder when they are not beside `out_dir` already.
-    Raises `AdapterError` / `CheckpointError`; an existing non-empty `out_dir` needs `overwrite`."""
+    `max_shard_bytes` (above 0) splits the weights into shards of at most that size (a tensor
+    larger than it gets a shard of its own). Raises `AdapterError` / `CheckpointError` (a strength
+    that is not a finite number, a shard size of 0 or less, an adapter whose tensors do not fit the
+    base: before anything is written); an existing non-empty `out_dir` needs `overwrite`."""
     from acestep.export.formats import adapter_source, base_checkpoint, raise_if_disk_full
     from acestep.models.checkpoints import is_diffusers_layout
     from acestep.models.weights import weight_files
 
     if dtype not in (*DTYPES, "keep") or shared not in ("copy", "link", "skip"):
         raise AdapterError(f"dtype must be one of {', '.join([*DTYPES, 'keep'])} and shared one of copy, link, skip.")
+    if not math.isfinite(strength):
+        raise AdapterError(f"The merge strength must be a finite number (1 = as trained, e.g. 0.8); got {strength}.")
+    if max_shard_bytes is not None and not max_shard_bytes > 0:
+        raise AdapterError(f"The shard size must be more than 0 bytes; got {max_shard_bytes}.")
     adapter_path = adapter_source(adapter)
     base = base_checkpoint(adapter_path, checkpoint, checkpoints_dir)
     if is_diffusers_layout(base):
@@ -197,6 +265,7 @@ def merge_adapter(checkpoint: str | Path | None, adapter: str | Path, out_dir: s
     deltas = DeltaSource(adapter_path, strength)
     files, target = weight_files(base, "model.safetensors"), None if dtype == "keep" else DTYPES[dtype]
     plan = _plan(files, target)
+    _check_fits(plan, deltas)  # an adapter of another model is refused before anything is written
     _check_free_space(out_dir, _bytes_to_write(plan, base, out_dir.parent, shared))
     try:
         with replaced_folder(out_dir, "merging") as tmp:  # an earlier merge is kept until this one is whole
@@ -217,6 +286,21 @@ def merge_adapter(checkpoint: str | Path | None, adapter: str | Path, out_dir: s
         raise
     _place_shared(base.parent, out_dir.parent, shared)
     return out_dir
+
+
+def _module_of(key: str) -> str | None:
+    """The diffusers path of the decoder module whose weight `key` (official naming) is, or None."""
+    if not (key.startswith("decoder.") and key.endswith(".weight")):
+        return None
+    return convert.original_key_to_diffusers(key)[1][: -len(".weight")]
+
+
+def _check_fits(plan, deltas: DeltaSource) -> None:
+    """Raise AdapterError when a tensor of the adapter does not fit its base weight."""
+    for _, key, _, shape in plan:
+        module = _module_of(key)
+        if module is not None:
+            deltas.check_fits(module, shape)
 
 
 def _bytes_to_write(plan, base: Path, target: Path, shared: str) -> int:
@@ -255,13 +339,10 @@ def _write_weights(plan, folder: Path, deltas: DeltaSource, max_shard_bytes) -> 
                 if path not in handles:
                     handles[path] = stack.enter_context(safe_open(path, framework="pt"))
                 tensor = handles[path].get_tensor(key)
-                merged = None
-                if key.startswith("decoder.") and key.endswith(".weight"):
-                    _, module_key = convert.original_key_to_diffusers(key)
-                    module = module_key[: -len(".weight")]
-                    merged = deltas.merged(module, tensor)
-                    if merged is not None:
-                        touched.add(module)
+                module = _module_of(key)
+                merged = None if module is None else deltas.merged(module, tensor)
+                if merged is not None:
+                    touched.add(module)
                 writer.write(key, (merged if merged is not None else tensor).to(target))
                 weight_map[key] = name
             writer.close()

@@ -14,12 +14,14 @@ def gpu_command_report(config_path: Path | None, checkpoints_dir: Path | None = 
     """The text of `acestep-trainer gpu [--config FILE] [--set k=v ...] [--checkpoints-dir DIR]`.
 
     Lists the GPUs and their processes, the recommended preset per GPU (quick_test without one)
-    and, when `config_path` is given, the estimate by part for that config (with `overrides`,
-    paths relative to the working folder as `train` takes them) and whether it fits each GPU's
-    free memory now, with settings that would when it does not. The model's shapes come from the
+    and, when `config_path` or `overrides` are given, the estimate by part for that config (with
+    `overrides`; without a file the defaults with `overrides`, as `train` starts from them; paths
+    relative to the working folder as `train` takes them) and whether it fits each GPU's free
+    memory now, with settings that would when it does not. The model's shapes come from the
     checkpoint's config.json when it is on disk, else from the 2B model (said in the text).
     `report` is a `SystemGpuReport` to use instead of reading NVML (tests). Raises ConfigError
-    for a bad config file; never raises for a missing GPU or model.
+    for a bad config file or override (as `train` does: data.tensors_dir is required); never
+    raises for a missing GPU or model.
     """
     from acestep.gpu.monitor import format_report, read_gpus
     from acestep.training.presets import recommendation_message
@@ -31,25 +33,29 @@ def gpu_command_report(config_path: Path | None, checkpoints_dir: Path | None = 
                   for gpu in report.gpus]
     else:
         lines.append(f"Recommended preset: {recommendation_message(None)}")
-    if config_path is not None:
-        lines += ["", *_config_lines(Path(config_path), checkpoints_dir, overrides, report)]
+    if config_path is not None or overrides:
+        path = Path(config_path) if config_path is not None else None
+        lines += ["", *_config_lines(path, checkpoints_dir, overrides, report)]
     return "\n".join(lines)
 
 
-def _config_lines(config_path: Path, checkpoints_dir, overrides, report) -> list[str]:
+def _config_lines(config_path: Path | None, checkpoints_dir, overrides, report) -> list[str]:
     from acestep.gpu.estimate import GIB, estimate_vram, gib
     from acestep.gpu.fit import settings_that_fit
-    from acestep.training.config import apply_overrides, load_config, resolve_paths
+    from acestep.training.config import apply_overrides, config_from_dict, load_config, resolve_paths
     from acestep.training.disk_space import disk_summary, run_folder_of
 
-    config = resolve_paths(apply_overrides(load_config(config_path), list(overrides)), Path.cwd())
+    # without a file, the defaults the --set values fill in, as `train` starts from them
+    config = load_config(config_path) if config_path else config_from_dict({}, complete=False)
+    config = resolve_paths(apply_overrides(config, list(overrides)), Path.cwd())
     model_config, note = _model_config(config, checkpoints_dir)
     # The attention kernels, so the activations, depend on the GPU generation: one estimate per
     # compute capability, the first GPU's printed (unknown capability: the worst case).
     estimates = {capability: estimate_vram(config, model_config, capability=capability)
                  for capability in [gpu.compute_capability for gpu in report.gpus] or [None]}
     first = next(iter(estimates.values()))
-    lines = [f"Training config {config_path}:", first.describe()]
+    title = config_path or "(the defaults with " + " ".join(f"--set {o}" for o in overrides) + ")"
+    lines = [f"Training config {title}:", first.describe()]
     if note:
         lines.append(note)
     run_dir = run_folder_of(config.run.output_dir, config.run.name)

@@ -25,6 +25,7 @@ from acestep.ui.ticks import POLL_SECONDS, Ticks
 
 FORMATS = ("peft", "comfyui", "diffusers", "lycoris")  # `acestep-trainer export --format`
 FORMATS_BY_KIND = {"lora": ("peft", "comfyui", "diffusers"), "dora": ("peft", "diffusers"), "lokr": ("lycoris",)}
+# `acestep.export.formats.DEFAULT_FORMATS`, without loading torch into the app (a test keeps them equal)
 DEFAULT_FORMATS = {"lora": ("peft", "comfyui"), "dora": ("peft",), "lokr": ("lycoris",)}
 MERGE_DTYPES = ("bf16", "fp16", "fp32", "keep")
 MERGE_INFO = "merge_info.json"  # written into every merged folder by acestep.export.merge

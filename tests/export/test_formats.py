@@ -177,3 +177,21 @@ def test_an_overwrite_that_fails_keeps_the_earlier_export(fixture_dir, tmp_path,
     result = export_adapter(source, tmp_path / "out", formats=("peft",), overwrite=True)
     assert result.out_dir == tmp_path / "out" and result.files["peft"] == tmp_path / "out" / "peft"
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["peft"]
+
+
+@pytest.mark.parametrize("kind, written", [("lora", ["mystyle-step120_comfyui.safetensors", "peft"]),
+                                           ("dora", ["peft"]), ("lokr", ["mystyle-step120_lycoris.safetensors"])])
+def test_without_formats_each_kind_exports_to_what_it_can_be_written_as(fixture_dir, tmp_path, kind, written):
+    """The defaults fit the adapter: a DoRA's is peft alone (ComfyUI's DoRA convention differs from
+    PEFT's, so 'comfyui' is refused for it), as a LoKr's is lycoris."""
+    from acestep.export.formats import DEFAULT_FORMATS
+
+    result = export_adapter(trained_adapter(fixture_dir, tmp_path / "final", kind), tmp_path / "out")
+    assert set(result.files) == set(DEFAULT_FORMATS[kind]) and sorted(result.max_difference) == sorted(result.files)
+    assert all(difference <= 1e-5 for difference in result.max_difference.values())
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == written
+    if kind == "dora":
+        config = json.loads((tmp_path / "out" / "peft" / "adapter_config.json").read_text())
+        assert config["use_dora"] is True
+        with pytest.raises(AdapterError, match="ComfyUI's DoRA convention differs from PEFT's"):
+            export_adapter(tmp_path / "final", tmp_path / "other", formats=("comfyui",))

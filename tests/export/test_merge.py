@@ -1,6 +1,7 @@
 """Merging an adapter into the base gives the model the adapter gives at the same strength."""
 
 import json
+import re
 
 import pytest
 import torch
@@ -139,3 +140,86 @@ def test_the_space_a_merge_needs_is_what_it_writes_and_a_short_disk_is_refused_f
                                            r"or more, or choose a folder on another disk\. Nothing was written\."):
         merge_adapter(base, adapter, tmp_path / "elsewhere" / "other", dtype="fp32", shared=shared)
     assert not (tmp_path / "elsewhere").exists()
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"strength": float("nan")}, r"The merge strength must be a finite number \(1 = as trained, e\.g\. 0\.8\); "
+                                 r"got nan\."),
+    ({"strength": float("inf")}, r"The merge strength must be a finite number .*; got inf"),
+    ({"strength": -float("inf")}, r"The merge strength must be a finite number .*; got -inf"),
+    ({"max_shard_bytes": 0}, r"The shard size must be more than 0 bytes; got 0\."),
+    ({"max_shard_bytes": -2**30}, r"The shard size must be more than 0 bytes; got -1073741824\.")])
+def test_a_strength_that_is_no_number_or_a_shard_size_of_0_or_less_is_refused(tiny_checkpoints, tmp_path, options,
+                                                                              message):
+    """NaN or inf would write a model of NaN/inf weights (and merge_info.json no JSON reads); a
+    shard size of 0 or less one shard per tensor."""
+    base = tiny_checkpoints / "acestep-v15-turbo"
+    adapter = trained_adapter(base, tmp_path / "a")
+    with pytest.raises(AdapterError, match=message):
+        merge_adapter(base, adapter, tmp_path / "models" / "mine", shared="skip", **options)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a"]  # nothing written, not even the parent folder
+
+
+@pytest.mark.parametrize("kind", ["lora", "dora", "lokr"])
+def test_an_adapter_of_another_model_width_is_refused_naming_file_module_and_shapes(tiny_checkpoints, tmp_path,
+                                                                                    kind):
+    """Same module names, other shapes (an adapter trained on a wider model): refused before anything
+    is written, an earlier merge in --out kept, instead of a RuntimeError from the matrix product."""
+    from acestep.models.tiny import TINY_DIT_CONFIG, write_dit_checkpoint
+
+    base = tiny_checkpoints / "acestep-v15-turbo"
+    wide = tmp_path / "wide"
+    write_dit_checkpoint(wide, {**TINY_DIT_CONFIG, "hidden_size": 96, "intermediate_size": 192,
+                                "text_hidden_dim": 32}, torch.Generator().manual_seed(0), torch.zeros(1, 100, 64))
+    adapter = trained_adapter(wide, tmp_path / "a", kind)
+    file = adapter / ("lokr_weights.safetensors" if kind == "lokr" else "adapter_model.safetensors")
+    target = file if kind == "lokr" else adapter
+    held = {"lora": r"lora_A \[4, 96\], lora_B \[32, 4\]",
+            "dora": r"lora_A \[4, 96\], lora_B \[32, 4\], lora_magnitude_vector \[32\]",
+            "lokr": r"lokr_w1 \[4, 8\], lokr_w2_a \[8, 4\], lokr_w2_b \[4, 12\]"}[kind]  # 8 x 12 = 96 inputs
+    pattern = (rf"{re.escape(str(file))} does not fit the model: module layers\.0\.cross_attn\.k_proj is \[32, 64\] "
+               rf"in the base, and the adapter holds {held} for it: it was trained for another model \(give "
+               r"--checkpoint with the one it was trained on\)\.")
+    with pytest.raises(AdapterError, match=pattern):
+        merge_adapter(base, target, tmp_path / "models" / "mine", shared="skip")
+    assert not (tmp_path / "models").exists()
+    earlier = merge_adapter(base, trained_adapter(base, tmp_path / "b", kind), tmp_path / "out", shared="skip")
+    before = {p.name: p.read_bytes() for p in earlier.iterdir()}
+    with pytest.raises(AdapterError, match="does not fit the model"):
+        merge_adapter(base, target, tmp_path / "out", overwrite=True, shared="skip")
+    assert {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()} == before
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_a_lora_tensor_cut_short_is_refused_with_both_shapes(tiny_checkpoints, tmp_path):
+    """The QA case: one lora_A a column short (a damaged or edited file)."""
+    from safetensors.torch import load_file, save_file
+
+    base = tiny_checkpoints / "acestep-v15-turbo"
+    adapter = trained_adapter(base, tmp_path / "a")
+    state = load_file(adapter / "adapter_model.safetensors")
+    key = "base_model.model.layers.0.cross_attn.k_proj.lora_A.weight"
+    state[key] = state[key][:, :-1].contiguous()
+    save_file(state, adapter / "adapter_model.safetensors")
+    with pytest.raises(AdapterError, match=r"adapter_model\.safetensors does not fit the model: module "
+                                           r"layers\.0\.cross_attn\.k_proj is \[32, 64\] in the base, and the adapter "
+                                           r"holds lora_A \[4, 63\], lora_B \[32, 4\] for it: it was trained for "
+                                           r"another model"):
+        merge_adapter(base, adapter, tmp_path / "out", shared="skip")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a"]
+
+
+def test_lora_and_lokr_shape_rules():
+    from acestep.export.merge import lokr_shape, lora_fits
+
+    assert lora_fits({"lora_A": (4, 64), "lora_B": (32, 4)}, (32, 64))
+    assert lora_fits({"lora_A": (4, 64), "lora_B": (32, 4), "lora_magnitude_vector": (32,)}, (32, 64))
+    assert not lora_fits({"lora_A": (4, 64), "lora_B": (32, 4), "lora_magnitude_vector": (64,)}, (32, 64))
+    assert not lora_fits({"lora_A": (4, 64), "lora_B": (32, 8)}, (32, 64))  # ranks differ
+    assert not lora_fits({"lora_A": (4, 64), "lora_B": (64, 4)}, (32, 64))
+    assert not lora_fits({"lora_A": (4, 64)}, (32, 64))
+    assert lokr_shape({"lokr_w1": (4, 8), "lokr_w2": (8, 8)}) == (32, 64)
+    assert lokr_shape({"lokr_w1": (4, 8), "lokr_w2_a": (8, 2), "lokr_w2_b": (2, 16)}) == (32, 128)
+    assert lokr_shape({"lokr_w1_a": (4, 2), "lokr_w1_b": (2, 8), "lokr_w2": (8, 8)}) == (32, 64)
+    assert lokr_shape({"lokr_w1": (4, 8), "lokr_w2_a": (8, 2), "lokr_w2_b": (3, 16)}) is None
+    assert lokr_shape({"lokr_w1": (4, 8)}) is None

@@ -4,6 +4,9 @@ against each GPU's free memory (fake NVML reports; no GPU needed)."""
 import re
 from pathlib import Path
 
+import pytest
+
+from acestep.errors import ConfigError
 from acestep.gpu.estimate import GIB
 from acestep.gpu.monitor import GpuProcess, GpuStatus, SystemGpuReport
 from acestep.gpu.report import gpu_command_report
@@ -92,3 +95,17 @@ def test_the_run_plan_follows_the_estimate_or_says_why_there_is_none(tmp_path, m
     assert "300 optimizer steps in all (100 epochs)" in plan  # devices=1: one process, whatever the GPUs
     assert "Crops of 60 s show 50% of the songs' 12.0 minutes per epoch" in plan
     assert "  note: 300 steps is below the 2,000 to 4,000" in plan
+
+
+def test_set_without_a_config_estimates_the_defaults_with_those_values_as_train_takes_them(tmp_path, monkeypatch):
+    """`gpu --set ...` without --config printed no estimate at all: the values were dropped."""
+    monkeypatch.chdir(tmp_path)
+    gpus = report_of(gpu(0, "NVIDIA GeForce RTX 4070", 12, 10))
+    text = gpu_command_report(None, tmp_path / "no-models", ["data.tensors_dir=tensors", "adapter.rank=32"],
+                              report=gpus)
+    title = "Training config (the defaults with --set data.tensors_dir=tensors --set adapter.rank=32):"
+    assert title in text and "lora rank 32" in text
+    from_file = gpu_command_report(write_config(tmp_path, "adapter.rank=32"), tmp_path / "no-models", report=gpus)
+    assert text.split(title)[1] == from_file.split(f"Training config {tmp_path / 'run.toml'}:")[1]
+    with pytest.raises(ConfigError, match="data.tensors_dir is required"):  # as `train --set adapter.rank=32`
+        gpu_command_report(None, tmp_path / "no-models", ["adapter.rank=32"], report=gpus)

@@ -84,6 +84,13 @@ def test_formats_must_fit_the_adapter(ctx):
         export_args(ctx, ExportForm("lokr-run", "checkpoints/step-000025", ["lycoris"], "outputs/a"))
 
 
+def test_the_tab_ticks_the_formats_the_command_exports_by_default():
+    from acestep.export import formats  # the command's, which loads torch; the tab keeps a copy without it
+    from acestep.ui import export_tab
+
+    assert export_tab.DEFAULT_FORMATS == formats.DEFAULT_FORMATS
+
+
 def test_output_folders_that_are_refused(ctx, tmp_path):
     write_run(ctx.workspace.runs, "song")
     form = ExportForm("song", "final", ["peft"], "")
