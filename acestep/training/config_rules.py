@@ -50,6 +50,8 @@ def _check_devices(config: TrainingConfig) -> str | None:
 
 
 _BAD_NAME_CHARACTERS = set('/\\:*?"<>|')
+# Folder names end at 255 bytes (and Windows paths at 260 characters): a run name has room to spare
+RUN_NAME_MAX_BYTES = 100
 
 
 def _check_run_name(config: TrainingConfig) -> str | None:
@@ -60,6 +62,9 @@ def _check_run_name(config: TrainingConfig) -> str | None:
             or any(char in _BAD_NAME_CHARACTERS or ord(char) < 32 for char in name)):
         return ("run.name must be a folder name: no / \\ : * ? \" < > |, control characters, spaces "
                 f"around it or a final dot, found {show(name)}")
+    if len(name.encode("utf-8")) > RUN_NAME_MAX_BYTES:
+        return (f"run.name is too long for a folder name: {len(name)} characters; keep it to {RUN_NAME_MAX_BYTES} "
+                "(accented letters count 2, emoji 4)")
     return None
 
 

@@ -171,10 +171,10 @@ def estimate_text(ctx: AppContext, config: TrainingConfig, report: SystemGpuRepo
     try:
         run_dir = disk_space.run_folder_of(ctx.workspace.check_path(config.run.output_dir, what="runs folder"),
                                            config.run.name)
-    except AceStepError:  # a runs folder outside the workspace: the Start says so
-        return "\n\n".join(lines)
-    lines.append(disk_space.disk_summary(run_dir, disk_space.CheckpointSizes(*first["checkpoint_sizes"]),
-                                         config.run.keep_checkpoints))
+        lines.append(disk_space.disk_summary(run_dir, disk_space.CheckpointSizes(*first["checkpoint_sizes"]),
+                                             config.run.keep_checkpoints))
+    except (AceStepError, OSError):  # a runs folder outside the workspace or one the system refuses: Start says so
+        pass
     return "\n\n".join(lines)
 
 

@@ -254,6 +254,9 @@ RULES = [
     ("run.name", "..", "run.name must be a folder name"),
     ("run.name", "run.", "run.name must be a folder name"),
     ("run.name", " run", "run.name must be a folder name"),
+    ("run.name", "x" * 300, "run.name is too long for a folder name: 300 characters; keep it to 100 "),
+    ("run.name", "🎸" * 26, "run.name is too long for a folder name: 26 characters; keep it to 100 (accented letters "
+                           "count 2, emoji 4)"),
     ("run.epochs", 0, "run.epochs must be at least 1, found 0"),
     ("run.max_steps", 0, "run.max_steps must be at least 1, found 0"),
     ("run.seed", -1, "run.seed must be from 0 to 4294967295, found -1"),
