@@ -212,7 +212,9 @@ def test_the_multi_gpu_section_names_the_options_it_relies_on():
         assert f'`run.strategy = "{choice}"`' in text or f'`"{choice}"`' in text, choice
     loop = (ROOT / "acestep/training/loop.py").read_text(encoding="utf-8")
     assert "it ran on {state['world_size']} process(es), this run has {self.fabric.world_size}" in loop
-    assert "it ran on 2 process(es), this run has 1. The data order would differ; pass --force" in flat(text)
+    assert "The data order would differ; to resume anyway, run `acestep-trainer train \"" in loop
+    assert ("it ran on 2 process(es), this run has 1. The data order would differ; to resume anyway, run "
+            "acestep-trainer train --resume RUN --force") in flat(text)
 
 
 def test_the_lan_section_matches_the_server_settings():

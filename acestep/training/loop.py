@@ -154,7 +154,8 @@ class Trainer:
             problems.append(f"it ran on {state['world_size']} process(es), this run has {self.fabric.world_size}")
         if problems and not force:
             raise TrainingError(f"Cannot resume from {folder}: " + "; ".join(problems)
-                                + ". The data order would differ; pass --force to resume anyway.")
+                                + f". The data order would differ; to resume anyway, run `acestep-trainer train "
+                                f"--resume {self.s.run_dir} --force`, or start a new run on this dataset.")
         if self.fabric.global_rank == 0:  # what the interrupted run was writing or deleting
             ckpt.remove_leftovers(self.s.run_dir)
             for name in NAMED_ADAPTERS:

@@ -73,7 +73,8 @@ class ResumeSettings:
         if reordered and not force:
             raise TrainingError(
                 f"Cannot resume {run_dir} with {self._listed(reordered)}: the order and the crops of the data "
-                "would differ from the run's so far; pass --force to resume anyway.")
+                "would differ from the run's so far; resume without changing them, or, to resume anyway, run "
+                f"`acestep-trainer train --resume {run_dir} --force` with them.")
 
     def _listed(self, names: list[str]) -> str:
         return ", ".join(f"{name} {show(self.changes[name][0])} -> {show(self.changes[name][1])}" for name in names)

@@ -43,7 +43,9 @@ def test_a_finished_run_resumed_with_more_epochs_trains_them_and_keeps_the_new_s
     third = train(kept, resume=first.run_dir)
     assert (third.step, third.epoch) == (10, 2)
     warnings = [e["message"] for e in events(first.run_dir) if e["type"] == "warning"]
-    assert len(warnings) == 2 and warnings[1] == (
+    # the finished run's final/ (step 5) made way for the longer training's, and the second resume said so
+    assert warnings[1].startswith("resumed from step 5: what the run had written after it")
+    assert len(warnings) == 3 and warnings[2] == (
         "the run had already finished (step 10, epoch 2): nothing is left to train. To train longer, resume with a "
         "larger run.epochs (--set run.epochs=N) or run.max_steps")
 
@@ -71,7 +73,8 @@ def test_a_change_of_the_data_order_needs_force(tmp_path, tensors_17, tiny_dit):
     run = train(config)
     changed = apply_overrides(config, ["data.batch_size=9", "run.epochs=2"])
     with pytest.raises(TrainingError, match="with data.batch_size 17 -> 9: the order and the crops of the data would "
-                                            "differ .*pass --force"):
+                                            "differ .*to resume anyway, run `acestep-trainer train "
+                                            "--resume .* --force` with them"):
         train(changed, resume=run.run_dir)
     resumed = train(changed, resume=run.run_dir, force=True)
     assert (resumed.step, resumed.epoch) == (3, 2)  # 1 step of 17, then 2 of 9 and 8
@@ -87,7 +90,8 @@ def test_a_change_of_the_repeats_needs_force_too(tmp_path, tensors_17, tiny_dit)
     run = train(make_config(tmp_path, tensors_17, tiny_dit, "run.epochs=1", "data.batch_size=17"))
     changed = apply_overrides(load_config(run.run_dir / "config.toml"), ["data.repeats=2", "run.epochs=2"])
     with pytest.raises(TrainingError, match="with data.repeats 1 -> 2: the order and the crops of the data would "
-                                            "differ .*pass --force"):
+                                            "differ .*to resume anyway, run `acestep-trainer train "
+                                            "--resume .* --force` with them"):
         train(changed, resume=run.run_dir)
 
 
