@@ -19,16 +19,17 @@ from acestep.training.run_layout import CHECKPOINTS_DIR, EVENTS_FILE
 from acestep.training.run_lock import holder
 
 
-def delete_checkpoints(run_dir: str | Path, force: bool = False) -> int:
+def delete_checkpoints(run_dir: str | Path, force: bool = False, how_to_force: str = "pass --force") -> int:
     """Delete the step checkpoints of `run_dir` (best/ and final/ stay); the bytes freed. Raises
     RunFolderError while a process trains the run, or when the run has not finished and `force`
-    is not given."""
+    is not given; that message ends with `how_to_force`, the way the caller's user gives it (the
+    command's --force by default; the web app names its checkbox)."""
     run_dir = Path(run_dir)
     _refuse_while_trained(run_dir)
     status, _ = events_status(read_events(run_dir / EVENTS_FILE))
     if status != "done" and not force:
         raise RunFolderError(f"Run {run_dir.name} has not finished ({status}): its checkpoints are what it resumes "
-                             "from. Resume it to the end first, or delete the whole run, or pass --force.")
+                             f"from. Resume it to the end first, or delete the whole run, or {how_to_force}.")
     folder = run_dir / CHECKPOINTS_DIR
     freed = folder_bytes(folder)
     if folder.is_dir():

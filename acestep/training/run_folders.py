@@ -39,6 +39,29 @@ _ENDINGS = {"start": "incomplete", "done": "done", "stop": "stopped", "error": "
 _STEP_FOLDER = re.compile(r"^step-(\d+)$")
 
 
+# What an event's `epoch` is (acestep/training/loop.py): the epochs finished so far, the loop's
+# counter, which the command's last line prints ("stopped: step 192, epoch 47")...
+_EPOCHS_FINISHED = ("start", "log", "checkpoint", "stop", "done", "error")
+# ...or, at an epoch's end, the epoch that ended, counted from 0: one less. A preview (and its
+# warning) has either, as it followed a step or an epoch's end: not read.
+_EPOCH_ENDED = ("epoch", "validation", "best")
+
+
+def epochs_finished(events: list[dict]) -> int | None:
+    """How many epochs the run had finished at the newest of `events` that says (None before one):
+    the epoch the command prints in its log lines and its last line ("stopped: step 192, epoch
+    47"), which is also the epoch in progress counted from 0."""
+    for event in reversed(events):
+        epoch = event.get("epoch")
+        if not isinstance(epoch, int) or isinstance(epoch, bool):
+            continue
+        if event.get("type") in _EPOCHS_FINISHED:
+            return epoch
+        if event.get("type") in _EPOCH_ENDED:
+            return epoch + 1
+    return None
+
+
 class RunFolderError(AceStepError):
     """A run or checkpoint picked in the UI is not (or no longer) in the runs folder."""
 
@@ -159,6 +182,7 @@ def summarize_run(run_dir: Path, job: Job | None = None) -> RunSummary:
         status, message = job.status, job.message or message
     summary = RunSummary(run_dir.name, run_dir, status, message=message,
                          adapter=adapter_text(read_run_config(run_dir)), disk_bytes=folder_bytes(run_dir))
+    summary.epoch = epochs_finished(events)
     validation: list[float] = []
     for event in events:
         kind = event["type"]
@@ -166,8 +190,6 @@ def summarize_run(run_dir: Path, job: Job | None = None) -> RunSummary:
             summary.started = _number(event.get("time"))
         if isinstance(event.get("step"), int):
             summary.step = event["step"]
-        if isinstance(event.get("epoch"), int):
-            summary.epoch = event["epoch"]
         if kind == "log" and _number(event.get("loss")) is not None:
             summary.final_loss = _number(event["loss"])
         elif kind == "best" and _number(event.get("loss")) is not None:

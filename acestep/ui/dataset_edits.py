@@ -53,11 +53,22 @@ class OpenDataset:
 # --- opening ---------------------------------------------------------------------------------
 
 
+def dataset_files(workspace: Workspace) -> list[Path]:
+    """Every dataset JSON under the workspace's datasets/ folder, as Save writes them: any case of
+    .json ("x.JSON"), in sub-folders too ("sub/x.json"); hidden folders are left out. Sorted by
+    their path under datasets/; [] without the folder."""
+    root = workspace.datasets
+    found = []
+    for folder, subfolders, files in os.walk(root):  # nothing (no error) when root is missing
+        subfolders[:] = [name for name in subfolders if not name.startswith(".")]
+        found += [Path(folder) / name for name in files if name.lower().endswith(".json")]
+    return sorted((path for path in found if path.is_file()), key=lambda path: path.relative_to(root).parts)
+
+
 def dataset_choices(workspace: Workspace) -> list[str]:
-    """The dataset JSONs in the workspace's datasets/ folder, as paths relative to the workspace."""
-    if not workspace.datasets.is_dir():
-        return []
-    return [workspace.relative(path) for path in sorted(workspace.datasets.glob("*.json"))]
+    """The dataset JSONs under the workspace's datasets/ folder (`dataset_files`), as paths
+    relative to the workspace."""
+    return [workspace.relative(path) for path in dataset_files(workspace)]
 
 
 def scan_folder(workspace: Workspace, folder: str, name: str = "", trigger_tag: str = "",

@@ -4,12 +4,13 @@ many), remove samples, check it with the dataset report, save it.
 
 The open dataset lives in the browser's `gr.State` as an `OpenDataset`. What the tab does to it is
 plain functions in `acestep.ui.dataset_edits`, which tests call without a browser;
-`build_dataset_tab` only wires them to Gradio. Nothing here imports torch.
+`build_dataset_tab` only wires them to Gradio. A refused action is a warning that leaves the page
+as it was (`warn_refusals`). The list of datasets is read again when opened (`read_when_opened`).
+Nothing here imports torch.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 
 import gradio as gr
@@ -17,6 +18,8 @@ import gradio as gr
 from acestep.dataset import LANGUAGE_NAMES, PROMPT_SOURCES, TAG_POSITIONS
 from acestep.dataset.tags import TAG_ACTIONS, TAG_FIELDS
 from acestep.ui.context import AppContext
+from acestep.ui.dropdowns import read_when_opened, relisted
+from acestep.ui.jobs_panel import warn_refusals
 from acestep.ui.dataset_edits import (
     OpenDataset,
     Progress,
@@ -38,7 +41,6 @@ from acestep.ui.dataset_edits import (
     songs_folder,
     status_text,
 )
-from acestep.ui.jobs_panel import friendly
 
 HEADERS = ["#", "Audio", "Caption", "Genre", "Lyrics", "BPM", "Key", "Time", "Language", "Instr.", "Seconds",
            "Prompt"]
@@ -52,12 +54,6 @@ PICK_A_SAMPLE = "Pick a sample in the table to hear and edit it."
 # --- the tab ---------------------------------------------------------------------------------
 
 
-def _handler(function: Callable) -> Callable:
-    """`friendly(function)` that keeps the signature, so Gradio still passes gr.Progress/gr.SelectData."""
-    handler = friendly(function)
-    handler.__wrapped__ = function
-    handler.__annotations__ = function.__annotations__
-    return handler
 
 
 def _progress_callback(progress: gr.Progress, verb: str) -> Progress:
@@ -181,30 +177,33 @@ def build_dataset_tab(ctx: AppContext) -> None:
     def do_settings(opened, name, trigger, position, ratio):
         return show(apply_settings(require_open(opened), name, trigger, position, ratio), "Settings applied.")
 
-    def do_save(opened, target, overwrite):
+    def do_save(opened, target, overwrite, chosen):
         saved, text = save_open_dataset(ws, require_open(opened), target, overwrite)
         where, choices = ws.relative(saved.path), dataset_choices(ws)
-        listed = gr.update(choices=choices, value=where) if where in choices else gr.update(choices=choices)
-        return (*show(saved, text), listed, where)
+        # the file saved is chosen when listed (under datasets/); else the choice so far stays
+        return (*show(saved, text), *relisted(choices, where if where in choices else chosen), where)
 
     def do_report(opened, analyse, progress=gr.Progress()):  # noqa: B008
         return report_markdown(require_open(opened), analyse, _progress_callback(progress, "Checking"))
 
-    scan.click(_handler(do_scan), inputs=[folder, name, trigger, position, ratio, instrumental_all, language],
+    scan.click(warn_refusals(do_scan), inputs=[folder, name, trigger, position, ratio, instrumental_all, language],
                outputs=[*shown, selected_state, save_path])
-    scan_into.click(_handler(do_scan_into), inputs=[opened_state, folder, instrumental_all, language, drop_missing],
+    scan_into.click(warn_refusals(do_scan_into),
+                    inputs=[opened_state, folder, instrumental_all, language, drop_missing],
                     outputs=[*shown, selected_state, save_path])
-    load.click(_handler(do_load), inputs=[path],
+    load.click(warn_refusals(do_load), inputs=[path],
                outputs=[*shown, selected_state, save_path, name, trigger, position, ratio, folder])
     choice.change(lambda chosen: chosen or gr.update(), inputs=[choice], outputs=[path])
-    # read again on Refresh and when opened (a dataset saved by another browser)
-    gr.on([refresh.click, choice.focus], lambda: gr.update(choices=dataset_choices(ws)), outputs=[choice])
-    table.select(_handler(do_select), inputs=[opened_state], outputs=[selected_state, audio, note, *editor])
-    apply.click(_handler(do_apply), inputs=[opened_state, selected_state, *editor], outputs=shown)
-    remove.click(_handler(do_remove), inputs=[opened_state, selected_state],
+    # read again when opened and on Refresh (a dataset saved by another browser)
+    listed = read_when_opened(choice, lambda: dataset_choices(ws))
+    refresh.click(lambda current: relisted(dataset_choices(ws), current), inputs=[choice], outputs=[choice, listed])
+    table.select(warn_refusals(do_select), inputs=[opened_state], outputs=[selected_state, audio, note, *editor])
+    apply.click(warn_refusals(do_apply), inputs=[opened_state, selected_state, *editor], outputs=shown)
+    remove.click(warn_refusals(do_remove), inputs=[opened_state, selected_state],
                  outputs=[*shown, selected_state, audio, note])
-    tag_apply.click(_handler(do_tags), inputs=[opened_state, tag_action, tag_field, tag_text, tag_samples],
+    tag_apply.click(warn_refusals(do_tags), inputs=[opened_state, tag_action, tag_field, tag_text, tag_samples],
                     outputs=shown)
-    settings.click(_handler(do_settings), inputs=[opened_state, name, trigger, position, ratio], outputs=shown)
-    save.click(_handler(do_save), inputs=[opened_state, save_path, overwrite], outputs=[*shown, choice, path])
-    report_button.click(_handler(do_report), inputs=[opened_state, analyse], outputs=[report])
+    settings.click(warn_refusals(do_settings), inputs=[opened_state, name, trigger, position, ratio], outputs=shown)
+    save.click(warn_refusals(do_save), inputs=[opened_state, save_path, overwrite, choice],
+               outputs=[*shown, choice, listed, path])
+    report_button.click(warn_refusals(do_report), inputs=[opened_state, analyse], outputs=[report])

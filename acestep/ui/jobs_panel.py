@@ -129,13 +129,31 @@ def job_details(ctx: AppContext, job_id: str, lines: int = 40) -> str:
 def friendly(function: Callable) -> Callable:
     """Wrap a UI handler so that our errors become a message in the page (never a traceback).
     The wrapper keeps the handler's signature, so Gradio still passes gr.Request, gr.Progress
-    and gr.SelectData to the parameters annotated with them."""
+    and gr.SelectData to the parameters annotated with them. Gradio marks the handler's outputs
+    as failed: for an event whose outputs must stay usable (a table), use `warn_refusals`."""
     @functools.wraps(function)
     def handler(*args, **kwargs):
         try:
             return function(*args, **kwargs)
         except AceStepError as error:
             raise gr.Error(str(error)) from error
+    return handler
+
+
+def warn_refusals(function: Callable) -> Callable:
+    """Wrap a UI handler so that a refusal (AceStepError: no sample picked, a file that
+    exists, a path outside the roots) is a warning toast and leaves every output as it was. A
+    gr.Error would mark the outputs as failed: Gradio lays its error box over them, which blanks
+    the table and takes its clicks until another event rewrites it. Other exceptions (bugs)
+    propagate and are shown as errors. The wrapper keeps the signature, so Gradio still passes
+    gr.Progress and gr.SelectData."""
+    @functools.wraps(function)
+    def handler(*args, **kwargs):
+        try:
+            return function(*args, **kwargs)
+        except AceStepError as error:
+            gr.Warning(str(error))
+            return gr.skip()  # one skip() leaves all the outputs
     return handler
 
 

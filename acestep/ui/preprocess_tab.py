@@ -25,6 +25,8 @@ from acestep.jobs import Job, job_gpus
 from acestep.models.checkpoints import DIT, list_checkpoints
 from acestep.preprocess.manifest import MANIFEST_NAME
 from acestep.ui.context import AppContext, holds_tensors
+from acestep.ui.dataset_edits import dataset_files
+from acestep.ui.dropdowns import read_when_opened
 from acestep.ui.jobs_panel import (
     active_job,
     build_jobs_panel,
@@ -83,16 +85,10 @@ class PreprocessStep:
     eta: str
 
 
-def _dataset_files(ctx: AppContext) -> list[Path]:
-    """The dataset JSONs in the workspace's datasets/ folder, by name."""
-    folder = ctx.workspace.datasets
-    return sorted(path for path in folder.glob("*.json") if path.is_file()) if folder.is_dir() else []
-
-
 def dataset_choices(ctx: AppContext) -> list[str]:
-    """The dataset JSONs in the workspace's datasets/ folder (and the demo's one), as paths
-    relative to the workspace."""
-    choices = [ctx.workspace.relative(path) for path in _dataset_files(ctx)]
+    """The dataset JSONs under the workspace's datasets/ folder (the Dataset tab's list:
+    `acestep.ui.dataset_edits.dataset_files`) and the demo's one, as paths relative to the workspace."""
+    choices = [ctx.workspace.relative(path) for path in dataset_files(ctx.workspace)]
     default = ctx.defaults.get("dataset")
     if default and ctx.workspace.relative(Path(default)) not in choices:
         choices.insert(0, ctx.workspace.relative(Path(default)))
@@ -105,7 +101,7 @@ def default_dataset(ctx: AppContext) -> str:
     default = ctx.defaults.get("dataset")
     if default:
         return ctx.workspace.relative(Path(default))
-    found = _dataset_files(ctx)
+    found = dataset_files(ctx.workspace)
     return ctx.workspace.relative(max(found, key=lambda path: path.stat().st_mtime)) if found else ""
 
 
@@ -342,10 +338,11 @@ def build_preprocess_tab(ctx: AppContext) -> None:
         text = summary_markdown(ctx, job, out_text) if state != last else gr.update()
         return (progress_markdown(ctx, job), *buttons(ctx, PREPROCESS), text, state)
 
-    dataset.focus(lambda: gr.update(choices=dataset_choices(ctx)), outputs=[dataset])
+    # read again when opened: a dataset saved or a model downloaded since the page loaded is offered
+    read_when_opened(dataset, lambda: dataset_choices(ctx))
     dataset.change(lambda text: default_out(ctx, text), inputs=[dataset], outputs=[out])
     out.blur(lambda text: summary_markdown(ctx, None, text), inputs=[out], outputs=[summary])
-    checkpoint.focus(lambda: gr.update(choices=ctx.workspace.dit_names()), outputs=[checkpoint])
+    read_when_opened(checkpoint, ctx.workspace.dit_names)
     start.click(on_start, inputs=[dataset, out, checkpoint, max_duration, normalization, low_vram, device],
                 outputs=[progress, start, cancel, *ticks.pace_outputs])
     cancel.click(on_cancel, outputs=[start, cancel])

@@ -12,6 +12,7 @@ import pandas as pd
 
 from acestep.inference.effect import distance_summary, effect_summary, recorded_distances, recorded_effects
 from acestep.inference.render import read_record, render_order
+from acestep.training.run_folders import epochs_finished
 from acestep.training.run_layout import PREVIEWS_FOLDER
 
 _STEPS_IN_ALL = re.compile(r"(\d+) steps in all")  # the start event's message (TrainingSession.start_message)
@@ -33,9 +34,10 @@ def plot_frames(events: list[dict]) -> dict[str, pd.DataFrame]:
 
 
 def progress_markdown(events: list[dict], now: float | None = None) -> str:
-    """Markdown: step of total, epoch, last loss, seconds per step and ETA (from the log events
-    since the last start), or how the run ended; then the warnings since the last start, one line
-    each (a run's own notices: LoKr dropout, torch.compile giving up, a failed preview...)."""
+    """Markdown: step of total, epoch (`epochs_finished`), last loss, seconds per step and ETA
+    (from the log events since the last start), or how the run ended; then the warnings since the
+    last start, one line each (a run's own notices: LoKr dropout, torch.compile giving up, a failed
+    preview...)."""
     if not events:
         return "No events yet."
     start = max((i for i, event in enumerate(events) if event.get("type") == "start"), default=0)
@@ -46,8 +48,9 @@ def progress_markdown(events: list[dict], now: float | None = None) -> str:
     last = events[-1]
     step = max((event.get("step") or 0 for event in events[start:]), default=0)
     parts = [f"**Step {step}" + (f" of {total} ({100 * step / total:.0f} %)**" if total else "**")]
-    if logs and logs[-1].get("epoch") is not None:  # a log's epoch is the one running, from 0
-        parts.append(f"epoch {logs[-1]['epoch'] + 1}")
+    epoch = epochs_finished(events[start:])
+    if epoch is not None:
+        parts.append(f"epoch {epoch}")
     if logs and logs[-1].get("loss") is not None:
         parts.append(f"loss {logs[-1]['loss']:.4f}")
     if last.get("type") in _ENDED:

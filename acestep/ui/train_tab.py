@@ -29,6 +29,7 @@ from acestep.training.run_layout import CONFIG_FILE, EVENTS_FILE
 from acestep.training.run_lock import holder
 from acestep.preprocess.manifest import MANIFEST_NAME
 from acestep.ui.context import AppContext, holds_tensors
+from acestep.ui.dropdowns import read_when_opened, relisted
 from acestep.ui.jobs_panel import (any_active, build_jobs_panel, friendly, markdown_text, owner_of, submit_cli_job,
                                   waiting_text)
 from acestep.ui.profiles import build_profile_section
@@ -248,6 +249,11 @@ def build_train_tab(ctx: AppContext) -> None:
         run = gr.Dropdown(runs, value=runs[0] if runs else None, label="Run", allow_custom_value=True,
                           elem_id="train-run", scale=4)
         refresh_runs = gr.Button("↻", elem_id="train-run-refresh", min_width=40, scale=0)
+    # Lists that follow the disk are read again when opened: a folder preprocessed, a model
+    # downloaded or a run started since the page loaded is offered.
+    runs_shown = read_when_opened(run, lambda: list_runs(ctx))
+    read_when_opened(inputs["data.tensors_dir"], lambda: tensors_choices(ctx))
+    read_when_opened(inputs["model.checkpoint"], ctx.workspace.dit_names)
     progress = gr.Markdown(elem_id="train-progress")
     with gr.Row():
         plots = [gr.LinePlot(pd.DataFrame(columns=["step", column]), x="step", y=column, title=title,
@@ -278,7 +284,7 @@ def build_train_tab(ctx: AppContext) -> None:
         job = start_training(ctx, [data[component] for component in form], owner_of(request))
         gr.Info(f"Training {job.label}: {job.status}.")
         watched = ctx.workspace.relative(Path(job.events_path).parent)
-        return gr.update(choices=list(dict.fromkeys([watched, *list_runs(ctx)])), value=watched), *ticks.hurry()
+        return *relisted(list(dict.fromkeys([watched, *list_runs(ctx)])), watched), *ticks.hurry()
 
     def on_resume(run_text, request: gr.Request):
         job = resume_training(ctx, run_text, owner_of(request))
@@ -288,31 +294,26 @@ def build_train_tab(ctx: AppContext) -> None:
     def on_tick(run_text, state):
         job, status_text = training_status(ctx)
         buttons = [gr.update(interactive=True), gr.update(interactive=job is not None), gr.update(interactive=True)]
-        run_update = gr.skip()
+        run_updates = [gr.skip(), gr.skip()]  # the run dropdown and the items it shows
         if not run_text:  # a page opened with no run chosen watches the training run, else the newest
             runs = list_runs(ctx)
             run_text = ctx.workspace.relative(Path(job.events_path).parent) if job is not None else (
                 runs[0] if runs else None)
             if run_text:
-                run_update = gr.update(choices=runs, value=run_text)
-        return [*buttons, status_text, run_update, *_watch_outputs(ctx, run_text, state)]
+                run_updates = list(relisted(runs, run_text))
+        return [*buttons, status_text, *run_updates, *_watch_outputs(ctx, run_text, state)]
 
     gr.on(None, _errors_shown(on_change), inputs=set(form), outputs=[estimate], trigger_mode="always_last",
           show_progress="minimal", concurrency_limit=1)
     preset_input.input(friendly(lambda name, *values: apply_preset_to_values(list(values), name)),
                        inputs=[preset_input, *form], outputs=form)
-    start.click(_errors_shown(on_start), inputs=set(form), outputs=[run, *ticks.pace_outputs])
+    start.click(_errors_shown(on_start), inputs=set(form), outputs=[run, runs_shown, *ticks.pace_outputs])
     stop.click(friendly(lambda: gr.Info(stop_training(ctx))))
     resume.click(_errors_shown(on_resume), inputs=[run], outputs=ticks.pace_outputs)
-    # Lists that follow the disk are read again when opened: a folder preprocessed, a model
-    # downloaded or a run started since the page loaded is offered.
-    gr.on([refresh_runs.click, run.focus], lambda: gr.update(choices=list_runs(ctx)), outputs=[run])
-    tensors_input, model_input = inputs["data.tensors_dir"], inputs["model.checkpoint"]
-    tensors_input.focus(lambda: gr.update(choices=tensors_choices(ctx)), outputs=[tensors_input])
-    model_input.focus(lambda: gr.update(choices=ctx.workspace.dit_names()), outputs=[model_input])
+    refresh_runs.click(lambda current: relisted(list_runs(ctx), current), inputs=[run], outputs=[run, runs_shown])
     log.change(None, js=SCROLL_LOG_TO_END)
-    ticks.add(on_tick, [run, seen], [start, stop, resume, status, run, progress, *plots, log, previews_label, *players,
-                                      seen])
+    ticks.add(on_tick, [run, seen], [start, stop, resume, status, run, runs_shown, progress, *plots, log,
+                                      previews_label, *players, seen])
     ticks.wire()
 
 

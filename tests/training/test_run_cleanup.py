@@ -44,6 +44,12 @@ def test_an_unfinished_run_keeps_its_checkpoints_unless_forced(tmp_path):
                                              "from"):
         delete_checkpoints(run)
     assert len(ckpt.complete_checkpoints(run)) == 2
+    with pytest.raises(RunFolderError) as refusal:  # the web app says how its user forces it
+        delete_checkpoints(run, how_to_force='tick "Also for a run that has not finished"')
+    assert str(refusal.value) == ("Run stopped has not finished (stopped): its checkpoints are what it resumes from. "
+                                  "Resume it to the end first, or delete the whole run, or tick \"Also for a run "
+                                  "that has not finished\".")
+    assert len(ckpt.complete_checkpoints(run)) == 2
     assert delete_checkpoints(run, force=True) > 0 and not ckpt.complete_checkpoints(run)
 
 

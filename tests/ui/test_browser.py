@@ -147,6 +147,67 @@ def test_a_path_typed_outside_the_roots_is_refused_in_the_page(server, browser):
     page.context.close()
 
 
+# --- refusals and lists that are read again -----------------------------------------------------
+
+def table_cell(page, elem_id: str, row: int, column: int):
+    """A cell of the Dataframe `elem_id`, counted from 0 (header left out)."""
+    return page.locator(f'#{elem_id} [role=gridcell][data-row="{row}"][data-col="{column}"]')
+
+
+def test_a_refused_dataset_action_leaves_the_table_shown_clickable_and_edited(server, browser):
+    base, ctx = server
+    taken = ctx.workspace.datasets / "taken.json"
+    taken.write_text("{}")
+    page = logged_in_page(browser, base)
+    try:
+        open_tab(page, "Dataset")
+        page.locator("#dataset-load").click()  # the demo's dataset
+        wait_text(page, "dataset-status", r"4 sample\(s\)", 60_000)
+        # Refused: a warning. As a gr.Error it laid Gradio's error box over the table, which took the clicks.
+        page.locator("#dataset-apply").click()
+        page.locator(".toast-body", has_text="Pick a sample in the table first").wait_for(timeout=30_000)
+        table_cell(page, "dataset-table", 1, 1).click(timeout=10_000)
+        wait_text(page, "dataset-sample", r"Sample 2: ", 30_000)
+        fill(page, "dataset-caption", "edited in the browser")
+        page.locator("#dataset-apply").click()
+        wait_text(page, "dataset-message", r"Sample 2 updated", 30_000)
+        # Save over another file without Overwrite: refused, the edit still shown and unsaved
+        fill(page, "dataset-save-path", "datasets/taken.json")
+        page.locator("#dataset-save").click()
+        page.locator(".toast-body", has_text="already exists").wait_for(timeout=30_000)
+        assert taken.read_text() == "{}"
+        assert "unsaved changes" in page.locator("#dataset-status").inner_text()
+        assert table_cell(page, "dataset-table", 1, 2).inner_text() == "edited in the browser"
+        table_cell(page, "dataset-table", 0, 1).click(timeout=10_000)
+        wait_text(page, "dataset-sample", r"Sample 1: ", 30_000)
+    finally:
+        page.context.close()
+        taken.unlink()
+
+
+def test_a_dataset_saved_after_the_page_loaded_is_offered_and_enter_keeps_the_chosen_one(server, browser):
+    base, ctx = server
+    added = ctx.workspace.datasets / "a-copy.json"  # sorted, it would come before demo.json
+    shutil.copy(ctx.workspace.datasets / "demo.json", added)
+    page = logged_in_page(browser, base)
+    try:
+        open_tab(page, "Preprocess")
+        dataset = page.locator("#preprocess-dataset input")
+        out = page.locator("#preprocess-out textarea, #preprocess-out input").first
+        assert dataset.input_value() == "datasets/demo.json"
+        out_before = out.input_value()
+        dataset.click()  # the list is read again as it opens
+        page.locator("ul[role=listbox] li", has_text="datasets/a-copy.json").wait_for(timeout=30_000)
+        # the tick stays on the chosen dataset (it went to the new one, at the chosen one's old place)
+        assert "datasets/demo.json" in page.locator("ul[role=listbox] li[aria-selected=true]").inner_text()
+        page.keyboard.press("Enter")
+        page.wait_for_timeout(1500)
+        assert dataset.input_value() == "datasets/demo.json" and out.input_value() == out_before
+    finally:
+        page.context.close()
+        added.unlink()
+
+
 # --- the demo flow ----------------------------------------------------------------------------
 
 def test_every_tab_renders_and_is_photographed(server, browser):

@@ -17,6 +17,7 @@ from acestep.ui.dataset_edits import (
     apply_sample_edit,
     apply_settings,
     dataset_choices,
+    dataset_files,
     edit_tags,
     open_dataset,
     remove_sample,
@@ -30,6 +31,8 @@ from acestep.ui.dataset_edits import (
     status_text,
 )
 from acestep.ui.dataset_tab import COLUMN_WIDTHS, HEADERS, build_dataset_tab
+from acestep.ui.dropdowns import reopened_choices
+from acestep.ui.jobs_panel import warn_refusals
 
 LOOPS = ("drum_roll", "guit_e_slide", "loop_amen_full")  # sorted, as the scan lists them
 
@@ -230,8 +233,94 @@ def test_the_tab_builds_with_its_components(workspace, scanned):
     after, rows, _, text, selected, audio, note = remove.fn(scanned, 1)
     assert [row[1] for row in rows] == ["drum_roll.flac", "loop_amen_full.flac"] and after.unsaved
     assert text == "Removed sample 2 (`guit_e_slide.flac`); not saved yet." and (selected, audio) == (None, None)
-    with pytest.raises(gr.Error, match="Pick a sample in the table first"):
-        remove.fn(scanned, None)
+    with pytest.warns(UserWarning, match="Pick a sample in the table first"):  # a toast, outputs left
+        assert remove.fn(scanned, None) == gr.skip()
+
+
+def handler(app, name: str):
+    """The function an event of the built tab runs, by its handler's name."""
+    return next(fn.fn for fn in app.fns.values() if fn.name == name)
+
+
+def listener(app, elem_id: str, event: str):
+    """The function the `event` of the component `elem_id` runs."""
+    block = next(b for b in app.blocks.values() if getattr(b, "elem_id", None) == elem_id)
+    return next(fn.fn for fn in app.fns.values() if (block._id, event) in fn.targets)
+
+
+def test_a_refused_action_is_a_warning_that_leaves_the_table_and_the_edits(workspace, scanned):
+    # gr.Error would lay Gradio's error box over every output, the table included (blank, unclickable)
+    ctx = AppContext.create(workspace)
+    with gr.Blocks() as app:
+        build_dataset_tab(ctx)
+    edited = edit_caption(scanned, 0, "an unsaved edit")
+    (workspace.datasets / "taken.json").write_text("{}")
+    refusals = [
+        ("do_apply", (edited, None, *["x"] * 9), "Pick a sample in the table first"),
+        ("do_remove", (edited, None), "Pick a sample in the table first"),
+        ("do_save", (edited, "datasets/taken.json", False, None), "already exists: tick Overwrite"),
+        ("do_tags", (edited, "add", "caption", "lofi", "9"), "'9' is outside 1-3"),
+        ("do_settings", (None, "x", "", "prepend", 0.0), "No dataset open"),
+        ("do_load", ("datasets/missing.json",), "missing.json"),
+    ]
+    for name, args, message in refusals:
+        with pytest.warns(UserWarning, match=message):
+            assert handler(app, name)(*args) == gr.skip(), name  # one skip(): every output left as it was
+    assert (workspace.datasets / "taken.json").read_text() == "{}"
+
+    def broken():
+        raise KeyError("a bug")
+
+    with pytest.raises(KeyError, match="a bug"):  # a bug is no refusal: Gradio shows it as an error
+        warn_refusals(broken)()
+
+
+def test_a_list_read_again_while_open_keeps_the_chosen_item_in_its_place():
+    # Gradio keeps the tick (and what Enter picks) at the chosen item's place while the list is open,
+    # whatever value comes with the update: the chosen item must not move.
+    assert reopened_choices(["demo"], ["copy-b", "demo"], "demo") == ["demo", "copy-b"]  # new ones at the end
+    assert reopened_choices(["a", "b"], ["a", "b"], "b") is None  # nothing to send
+    assert reopened_choices(["a", "b", "c"], ["a", "b"], "b") == ["a", "b"]  # gone after the chosen one: dropped
+    assert reopened_choices(["a", "b", "c"], ["b", "c", "d"], "b") == ["a", "b", "c", "d"]  # before it: kept
+    assert reopened_choices(["a", "b"], ["a"], "b") is None  # the chosen one stays, even when gone
+    for nothing_chosen in (None, "typed/by/hand.json"):  # no tick to keep: only the gone ones go
+        assert reopened_choices(["a", "c"], ["b", "c"], nothing_chosen) == ["c", "b"]
+
+
+def test_the_datasets_list_read_again_keeps_the_chosen_dataset(workspace, scanned):
+    ctx = AppContext.create(workspace)
+    (workspace.datasets / "demo.json").write_text("{}")
+    with gr.Blocks() as app:
+        build_dataset_tab(ctx)
+    (workspace.datasets / "copy-b.json").write_text("{}")  # saved after the page loaded
+    opened = listener(app, "dataset-choice", "focus")
+    update, shown = opened("datasets/demo.json", ["datasets/demo.json"])  # the page's list, as built
+    assert update == gr.update(choices=["datasets/demo.json", "datasets/copy-b.json"])
+    assert shown == update["choices"]  # the page's state follows
+    assert opened("datasets/demo.json", shown) == gr.skip()  # unchanged: nothing sent
+    # Refresh (the list is closed then): sorted, the chosen one kept, the state too
+    assert listener(app, "dataset-refresh", "click")("datasets/demo.json") == (
+        gr.update(choices=["datasets/copy-b.json", "datasets/demo.json"], value="datasets/demo.json"),
+        ["datasets/copy-b.json", "datasets/demo.json"])
+    # Save chooses the file saved; one outside datasets/ is not listed, so the choice so far stays
+    *_, listed, shown, where = handler(app, "do_save")(scanned, "datasets/new.json", False, "datasets/demo.json")
+    assert listed["value"] == where == "datasets/new.json" and shown == listed["choices"] == [
+        "datasets/copy-b.json", "datasets/demo.json", "datasets/new.json"]
+    *_, listed, shown, where = handler(app, "do_save")(scanned, "audio/loops/here.json", False, "datasets/demo.json")
+    assert (listed["value"], where) == ("datasets/demo.json", "audio/loops/here.json")
+
+
+def test_every_json_under_datasets_is_listed_whatever_its_case_and_sub_folder(workspace, scanned):
+    for target in ("datasets/b.JSON", "datasets/sub/a.json", "datasets/A.json"):
+        save_open_dataset(workspace, scanned, target)  # Save takes each of them
+    (workspace.datasets / ".hidden").mkdir()
+    (workspace.datasets / ".hidden" / "x.json").write_text("{}")  # e.g. a tool's cache: left out
+    (workspace.datasets / "notes.txt").write_text("")
+    (workspace.datasets / "folder.json").mkdir()  # a folder, not a dataset
+    assert dataset_choices(workspace) == ["datasets/A.json", "datasets/b.JSON", "datasets/sub/a.json"]
+    assert dataset_files(workspace) == [workspace.datasets / "A.json", workspace.datasets / "b.JSON",
+                                        workspace.datasets / "sub" / "a.json"]
+    assert dataset_files(Workspace(workspace.root / "elsewhere", workspace.checkpoints)) == []  # no datasets/
 
 
 def test_remove_a_sample_is_saved_only_with_the_dataset(workspace, scanned):

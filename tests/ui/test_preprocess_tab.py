@@ -83,6 +83,44 @@ def test_the_demo_dataset_is_offered_first(tmp_path, tiny_checkpoints):
     assert default_dataset(ctx) == "audio/demo/demo.json" and default_out(ctx, default_dataset(ctx)) == "tensors/demo"
 
 
+def test_datasets_saved_in_sub_folders_or_as_upper_case_json_are_offered(ctx, dataset_file):
+    nested = ctx.workspace.datasets / "sub" / "nested.json"  # both as the Dataset tab's Save writes them
+    nested.parent.mkdir()
+    nested.write_text("{}")
+    upper = ctx.workspace.datasets / "Upper.JSON"
+    upper.write_text("{}")
+    os.utime(dataset_file, (upper.stat().st_mtime - 60,) * 2)
+    os.utime(nested, (upper.stat().st_mtime - 60,) * 2)
+    assert dataset_choices(ctx) == ["datasets/Upper.JSON", "datasets/my-songs.json", "datasets/sub/nested.json"]
+    assert default_dataset(ctx) == "datasets/Upper.JSON"  # the newest, whatever its case
+    assert default_out(ctx, "datasets/Upper.JSON") == "tensors/Upper"
+
+
+def focus_handler(app, elem_id: str):
+    """The function the focus of the component `elem_id` runs."""
+    block = next(b for b in app.blocks.values() if getattr(b, "elem_id", None) == elem_id)
+    return next(fn.fn for fn in app.fns.values() if (block._id, "focus") in fn.targets)
+
+
+def test_the_lists_read_again_when_opened_keep_the_chosen_item_in_its_place(tmp_path, tiny_checkpoints):
+    checkpoints = tmp_path / "checkpoints"
+    shutil.copytree(tiny_checkpoints / "acestep-v15-turbo", checkpoints / "acestep-v15-turbo")
+    workspace = Workspace(tmp_path / "workspace", checkpoints=checkpoints)
+    ctx = AppContext.create(workspace, defaults={"dataset": workspace.datasets / "demo.json"})
+    (workspace.datasets / "demo.json").write_text("{}")
+    with gr.Blocks() as app:
+        preprocess_tab.build_preprocess_tab(ctx)
+    (workspace.datasets / "copy-b.json").write_text("{}")  # saved after the page loaded
+    # Sorted, copy-b would take demo's place, which Gradio ticks while the list is open: Enter then
+    # picked copy-b (and Start preprocessed it). It goes at the end.
+    update, shown = focus_handler(app, "preprocess-dataset")("datasets/demo.json", ["datasets/demo.json"])
+    assert update == gr.update(choices=["datasets/demo.json", "datasets/copy-b.json"]) and shown == update["choices"]
+    assert focus_handler(app, "preprocess-dataset")("datasets/demo.json", shown) == gr.skip()  # nothing new
+    shutil.copytree(checkpoints / "acestep-v15-turbo", checkpoints / "a-new-dit")  # downloaded since
+    update, shown = focus_handler(app, "preprocess-checkpoint")("acestep-v15-turbo", ["acestep-v15-turbo"])
+    assert shown == ["acestep-v15-turbo", "a-new-dit"] and update["choices"] == shown and "value" not in update
+
+
 def test_it_is_a_gpu_job_unless_the_device_is_cpu(ctx, dataset_file, monkeypatch):
     submitted = []
     monkeypatch.setattr(preprocess_tab, "submit_cli_job",

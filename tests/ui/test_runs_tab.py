@@ -12,7 +12,17 @@ import pytest
 from acestep.files import folder_bytes, size_text
 from acestep.training.run_folders import RunFolderError, read_events, summarize_run
 from acestep.ui.context import AppContext, Workspace
-from acestep.ui.runs_tab import build_runs_tab, curve_plot, run_config_text, run_curves, run_details, run_rows
+from acestep.ui.runs_tab import (
+    RUN_COLOURS,
+    build_runs_tab,
+    plot_settings,
+    plot_shows,
+    run_colours,
+    run_config_text,
+    run_curves,
+    run_details,
+    run_rows,
+)
 
 T0 = 1_800_000_000.0
 
@@ -123,9 +133,39 @@ def test_what_the_previews_measured_is_in_the_table_and_the_curves(ctx):
     assert effect.values.tolist() == [[1, 0.5, "previewed"], [2, 1.5, "previewed"], [3, 0.1, "farther"]]
     distance = run_curves(ctx.workspace.runs, ["previewed", "no-zero"], "preview distance to the songs")
     assert distance.values.tolist() == [[1, 1.1, "previewed"], [2, 0.9, "previewed"], [1, 0.9, "no-zero"]]
-    plot = curve_plot(ctx.workspace.runs, ["previewed"], "preview effect")
-    assert plot.y_title == "adapter effect at strength 1 (dB)" and len(plot.value["data"]) == 2
-    assert curve_plot(ctx.workspace.runs, ["no-zero"], None).y_title == "loss"
+    settings = plot_settings(plot_value(effect), ["previewed", "farther"], "preview effect")
+    assert settings.y_title == "adapter effect at strength 1 (dB)" and settings.value is None  # no points with them
+    assert plot_settings(None, ["no-zero"], None).y_title == "loss"
+
+
+def plot_value(frame):
+    """The LinePlot's value as the page sends it back to a handler (what Gradio made of `frame`)."""
+    return gr.LinePlot(x="step", y="value", color="run").postprocess(frame).model_dump()
+
+
+def test_each_run_plotted_has_a_colour_of_its_own_by_its_place_among_those_chosen(ctx, runs):
+    chosen = ["writing", "stopped", "finished"]
+    curves = run_curves(runs, chosen)
+    assert plot_settings(plot_value(curves), chosen, None).color_map == {
+        "writing": RUN_COLOURS[0], "stopped": RUN_COLOURS[1], "finished": RUN_COLOURS[2]}
+    # a run without points is not in the map (a colour for a run the plot lacks spoils its scale);
+    # the others keep their colours, so the map changes exactly when the runs plotted do
+    validation = run_curves(runs, ["finished", "validated"], "validation loss")
+    assert plot_settings(plot_value(validation), ["finished", "validated"], "validation loss").color_map == {
+        "validated": RUN_COLOURS[1]}
+    assert plot_settings(plot_value(run_curves(runs, [])), [], None).color_map == {}
+    many = [f"run-{index}" for index in range(12)]
+    assert list(run_colours(many, many[::-1]).values())[:3] == [RUN_COLOURS[1], RUN_COLOURS[0], RUN_COLOURS[9]]
+
+
+def test_a_refresh_leaves_the_plot_alone_while_its_points_are_unchanged(ctx, runs):
+    curves = run_curves(runs, ["finished", "writing"])
+    assert plot_shows(plot_value(curves), run_curves(runs, ["finished", "writing"]))
+    assert not plot_shows(plot_value(curves), run_curves(runs, ["finished"]))
+    assert not plot_shows(None, curves) and plot_shows(plot_value(run_curves(runs, [])), run_curves(runs, []))
+    with (runs / "writing" / "events.jsonl").open("a") as events:  # the truncated line completed, and a new step
+        events.write('ss": 1.0}\n' + json.dumps(log(4, 1.125)) + "\n")
+    assert not plot_shows(plot_value(curves), run_curves(runs, ["finished", "writing"]))
 
 
 def test_a_resumed_run_keeps_the_last_value_of_each_step(ctx):
@@ -179,24 +219,44 @@ def test_a_run_or_its_checkpoints_are_deleted_from_the_tab_after_the_browser_s_c
         for block_id, event in fn.targets:
             elem_id = getattr(app.blocks.get(block_id), "elem_id", None)
             if event == "click" and elem_id in ("runs-delete", "runs-delete-checkpoints"):
-                assert "confirm(`Delete" in fn.js  # the browser asks first; its answer is the second input
+                assert "confirm(`Delete" in fn.js  # the browser asks first; its answer is the last input
                 handlers[elem_id] = fn.fn
-    (runs / "finished" / "checkpoints" / "step-000004").mkdir(parents=True)
-    (runs / "finished" / "checkpoints" / "step-000004" / "COMPLETE").write_text("{}")
-    assert handlers["runs-delete-checkpoints"]("finished", False) == (gr.skip(),) * 3  # not confirmed: nothing
+    for name in ("finished", "stopped"):
+        (runs / name / "checkpoints" / "step-000004").mkdir(parents=True)
+        (runs / name / "checkpoints" / "step-000004" / "COMPLETE").write_text("{}")
+    nothing = (gr.skip(),) * 4  # the table, details, config and the box for an unfinished run, as they were
+    assert handlers["runs-delete-checkpoints"]("finished", False, False) == nothing  # not confirmed: nothing
     assert (runs / "finished" / "checkpoints").is_dir()
-    rows, details, config = handlers["runs-delete-checkpoints"]("finished", True)
-    assert not (runs / "finished" / "checkpoints").exists() and "**finished**: done" in details
-    with pytest.raises(gr.Error, match="has not finished"):
-        handlers["runs-delete-checkpoints"]("stopped", True)
+    rows, details, config, forced = handlers["runs-delete-checkpoints"]("finished", False, True)
+    assert not (runs / "finished" / "checkpoints").exists() and "**finished**: done" in details and forced is False
+    # refused: a notice (gr.Warning; a Python warning outside a request) naming what the page has, and no
+    # update, so the table is not covered by an error (an error would be raised as gr.Error)
+    with pytest.warns(UserWarning, match="has not finished") as refusal:
+        assert handlers["runs-delete-checkpoints"]("stopped", False, True) == gr.skip()  # one skip: every output
+    assert str(refusal[0].message).endswith('or tick "Also for a run that has not finished" to delete them anyway.')
+    assert "--force" not in str(refusal[0].message) and (runs / "stopped" / "checkpoints").is_dir()
+    rows, details, config, forced = handlers["runs-delete-checkpoints"]("stopped", True, True)  # the box ticked
+    assert not (runs / "stopped" / "checkpoints").exists() and "**stopped**: stopped" in details
+    assert forced is False  # unticked again, for the next run
     running = ctx.jobs.submit("train", [sys.executable, "-c", "import time; time.sleep(60)"], needs_gpu=False,
                               events_path=runs / "writing" / "events.jsonl", label="writing", cwd=ctx.workspace.root)
     try:
         with pytest.raises(RunFolderError, match=f"Run writing is running as job {running.id}; stop it first"):
             delete_from_runs(ctx, "writing", "run")
+        with pytest.warns(UserWarning, match="is running as job"):
+            assert handlers["runs-delete"]("writing", False, True) == gr.skip()
     finally:
         ctx.jobs.stop(running.id, force=True)
         assert ctx.jobs.wait(running.id, timeout=60).finished
-    rows, details, config = handlers["runs-delete"]("writing", True)
+    rows, details, config, forced = handlers["runs-delete"]("writing", False, True)
     assert not (runs / "writing").exists() and "writing" not in [row[0] for row in rows]
     assert (details, config) == (run_details(ctx, ""), "")
+
+
+def test_the_confirmation_of_a_forced_deletion_says_the_run_can_no_longer_be_resumed(ctx, runs):
+    with gr.Blocks() as app:
+        build_runs_tab(ctx)
+    [script] = [fn.js for fn in app.fns.values() for block_id, event in fn.targets
+                if getattr(app.blocks.get(block_id), "elem_id", None) == "runs-delete-checkpoints"]
+    assert script.startswith("(name, forced, yes) => [name, forced, !!name && confirm(`")
+    assert "${forced ? ', even if it has not finished' : ''}" in script and "can then no longer be resumed" in script

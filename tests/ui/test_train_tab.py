@@ -335,6 +335,41 @@ def test_the_timer_slows_down_while_no_training_job_runs_or_waits(ctx, monkeypat
     assert pace(tick.fn("", updates[-3], POLL_SECONDS)) == (IDLE_POLL_SECONDS, IDLE_POLL_SECONDS)
 
 
+def test_the_lists_read_again_when_opened_keep_the_chosen_item_in_its_place(ctx, monkeypatch):
+    monkeypatch.setattr("acestep.ui.train_tab.read_gpus", lambda: gpu_report())
+    for name in ("b-songs", "d-songs"):
+        (ctx.workspace.tensors / name).mkdir(parents=True)
+        (ctx.workspace.tensors / name / "manifest.json").write_text("{}")
+    for name, mtime in (("old-run", 1), ("new-run", 2)):
+        (ctx.workspace.runs / name).mkdir(parents=True)
+        (ctx.workspace.runs / name / "config.toml").write_text("")
+        os.utime(ctx.workspace.runs / name / "config.toml", (mtime, mtime))
+    with gr.Blocks() as app:
+        build_train_tab(ctx)
+    (ctx.workspace.tensors / "a-songs").mkdir()  # preprocessed after the page loaded
+    (ctx.workspace.tensors / "a-songs" / "manifest.json").write_text("{}")
+    (ctx.workspace.runs / "newest-run").mkdir()  # started after the page loaded
+    (ctx.workspace.runs / "newest-run" / "config.toml").write_text("")
+    by_id = {getattr(block, "elem_id", None): block for block in app.blocks.values()}
+
+    def handler(elem_id: str, event: str = "focus"):
+        return next(fn.fn for fn in app.fns.values() if (by_id[elem_id]._id, event) in fn.targets)
+
+    # Sorted, the new item would take the chosen one's place, which Gradio ticks while the list is
+    # open (and Enter picks): new items go at the end.
+    shown = ["tensors/b-songs", "tensors/d-songs"]
+    assert handler("train-tensors")("tensors/b-songs", shown) == (
+        gr.update(choices=[*shown, "tensors/a-songs"]), [*shown, "tensors/a-songs"])
+    shown = ["runs/new-run", "runs/old-run"]
+    assert handler("train-run")("runs/old-run", shown) == (
+        gr.update(choices=[*shown, "runs/newest-run"]), [*shown, "runs/newest-run"])
+    assert handler("train-model-checkpoint")("my/own-model", ctx.workspace.dit_names()) == gr.skip()
+    # ↻ (the list is closed then): newest first, the chosen run kept, the page's state too
+    runs = ["runs/newest-run", "runs/new-run", "runs/old-run"]
+    assert handler("train-run-refresh", "click")("runs/old-run") == (gr.update(choices=runs, value="runs/old-run"),
+                                                                     runs)
+
+
 def test_the_validation_plot_says_when_the_run_has_no_validation_split(tmp_path):
     assert validation_title(tmp_path) == VALIDATION_TITLE  # no config yet: nothing to say
     config = apply_overrides(TrainingConfig(), ["data.tensors_dir=tensors/songs"])
