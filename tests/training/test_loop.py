@@ -247,7 +247,8 @@ def test_resume_on_another_dataset_is_refused_unless_forced(tmp_path, tensors_17
     manifest = read_manifest(tensors)
     manifest.samples = manifest.samples[:-1]
     write_manifest(tensors, manifest)
-    with pytest.raises(TrainingError, match="the dataset .* differs.*pass --force"):
+    with pytest.raises(TrainingError, match=r"the dataset .* differs.*to resume anyway, run `acestep-trainer train "
+                                            r"--resume .* --force`"):
         train(config, resume=run.run_dir)
     assert train(config, resume=run.run_dir, force=True).status == "completed"
 
