@@ -38,6 +38,7 @@ from acestep.training.run_folders import run_folders
 from acestep.training.run_layout import CONFIG_FILE
 from acestep.ui.context import AppContext
 from acestep.ui.jobs_panel import friendly
+from acestep.ui.dropdowns import read_when_opened, relisted
 from acestep.ui.train_form import config_from_values, values_from_config
 
 PROFILE_VERSION = 1
@@ -183,10 +184,11 @@ def build_profile_section(ctx: AppContext, form: list) -> list:
     def on_save(profile_name, *inputs):
         path = save_form_profile(ctx, profile_name, list(inputs[:len(form)]), list(inputs[len(form):]))
         gr.Info(f"Saved {ctx.workspace.relative(path)}.")
-        return gr.update(choices=choices(), value=str(path))
+        return relisted(choices(), str(path))
 
     load.click(friendly(on_load), inputs=[chosen], outputs=[*form, *dataset])
-    save.click(friendly(on_save), inputs=[name, *form, *dataset], outputs=[chosen])
-    # read again on Refresh and when opened (runs started since the page loaded)
-    gr.on([refresh.click, chosen.focus], lambda: gr.update(choices=choices()), outputs=[chosen])
+    # read again when opened and on Refresh (runs started since the page loaded)
+    listed = read_when_opened(chosen, choices)
+    save.click(friendly(on_save), inputs=[name, *form, *dataset], outputs=[chosen, listed])
+    refresh.click(lambda current: relisted(choices(), current), inputs=[chosen], outputs=[chosen, listed])
     return dataset

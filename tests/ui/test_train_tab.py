@@ -368,6 +368,13 @@ def test_the_lists_read_again_when_opened_keep_the_chosen_item_in_its_place(ctx,
     runs = ["runs/newest-run", "runs/new-run", "runs/old-run"]
     assert handler("train-run-refresh", "click")("runs/old-run") == (gr.update(choices=runs, value="runs/old-run"),
                                                                      runs)
+    # the profiles list, (label, path) pairs: the run started since the page loaded goes at the end
+    config = str(ctx.workspace.runs / "{}" / "config.toml")
+    shown = [("run: new-run", config.format("new-run")), ("run: old-run", config.format("old-run"))]
+    newest = ("run: newest-run", config.format("newest-run"))
+    assert handler("train-profile")(config.format("old-run"), shown) == (
+        gr.update(choices=[*shown, newest]), [*shown, newest])
+    assert handler("train-profile")(config.format("old-run"), [newest, *shown]) == gr.skip()  # nothing new
 
 
 def test_the_validation_plot_says_when_the_run_has_no_validation_split(tmp_path):
