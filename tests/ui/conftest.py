@@ -8,6 +8,23 @@ import pytest
 
 from acestep.ui.context import AppContext, Workspace
 
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+NEEDS_CHROMIUM = pytest.mark.skipif(not Path(CHROMIUM).exists(),
+                                    reason="chromium is not installed (apt install chromium chromium-driver)")
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Headless Chromium (the system's; never `playwright install`), one per test module."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
+        yield chromium
+        chromium.close()
+
+
+
 
 @pytest.fixture
 def ctx(tmp_path) -> AppContext:

@@ -16,14 +16,13 @@ from pathlib import Path
 import pytest
 from support import ARTIFACTS, free_port, wait_for
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+from .conftest import NEEDS_CHROMIUM
+
 USER, PASSWORD = "ann", "secret-pw"
 TABS = ("model", "caption", "dataset", "preprocess", "train", "listen", "export", "runs")
 JOB_SECONDS = 240_000  # ms a real job may take on a slow CI machine
 
-pytestmark = [pytest.mark.slow,
-              pytest.mark.skipif(not Path(CHROMIUM).exists(),
-                                 reason="chromium is not installed (apt install chromium chromium-driver)")]
+pytestmark = [pytest.mark.slow, NEEDS_CHROMIUM]
 
 
 
@@ -51,16 +50,6 @@ def server(tmp_path_factory, made):
         for job in ctx.jobs.list_jobs():
             if not job.finished:
                 ctx.jobs.stop(job.id, timeout=5)
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
-        yield chromium
-        chromium.close()
 
 
 def logged_in_page(browser, base):

@@ -6,7 +6,6 @@ when the box for it is ticked."""
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import gradio as gr
@@ -16,12 +15,11 @@ from support import free_port, wait_for
 from acestep.ui.context import AppContext, Workspace
 from acestep.ui.runs_tab import build_runs_tab
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+from .conftest import NEEDS_CHROMIUM
+
 T0 = 1_800_000_000.0
 
-pytestmark = [pytest.mark.slow,
-              pytest.mark.skipif(not Path(CHROMIUM).exists(),
-                                 reason="chromium is not installed (apt install chromium chromium-driver)")]
+pytestmark = [pytest.mark.slow, NEEDS_CHROMIUM]
 
 # [stroke, length of the path] of each line mark the Vega plot in #runs-plot draws; a line
 # without a stroke colour (null) is drawn invisible
@@ -76,16 +74,6 @@ def server(tmp_path_factory):
         yield f"http://127.0.0.1:{port}", ctx
     finally:
         app.close()
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
-        yield chromium
-        chromium.close()
 
 
 @pytest.fixture
