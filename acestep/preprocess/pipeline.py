@@ -189,9 +189,10 @@ def _plan(dataset: Dataset, settings: PreprocessSettings, identity: dict) -> lis
 class _Run:
     """State of one preprocessing run: the manifest being rebuilt and the progress clock."""
 
-    def __init__(self, out_dir: Path, manifest: Manifest, jobs: list[_Job], progress, max_duration: float):
-        self.out_dir, self.manifest, self.total, self.progress = out_dir, manifest, len(jobs), progress
-        self.position = {job.id: index for index, job in enumerate(jobs)}  # the dataset's order
+    def __init__(self, out_dir: Path, manifest: Manifest, total: int, position: dict[str, int], progress,
+                 max_duration: float):
+        self.out_dir, self.manifest, self.total, self.progress = out_dir, manifest, total, progress
+        self.position = position  # sample id -> its place in the dataset
         self.start = time.monotonic()
         self.finished = 0  # samples settled: skipped, encoded or failed
         self.skipped = 0
@@ -228,11 +229,12 @@ class _Run:
 
 
 def _start_manifest(out_dir: Path, dataset: Dataset, dataset_label: str, settings: PreprocessSettings,
-                    identity: dict, jobs: list[_Job]) -> Manifest:
+                    identity: dict, jobs: list[_Job], position: dict[str, int]) -> Manifest:
     """The manifest to continue, under this run's settings and trigger tag: the samples of the
-    existing one (made with this model) whose tensors are current for one of `jobs`; a sample
-    whose audio, labels or settings changed leaves it until it is encoded again, so a run stopped
-    half-way never lists tensors made under other settings."""
+    existing one (made with this model) whose tensors are current for one of `jobs` (`position`:
+    a job's index by its id), in the dataset's order; a sample whose audio, labels or settings
+    changed leaves it until it is encoded again, so a run stopped half-way never lists tensors
+    made under other settings."""
     previous = None
     if (out_dir / "manifest.json").is_file():
         previous = read_manifest(out_dir)
@@ -244,7 +246,6 @@ def _start_manifest(out_dir: Path, dataset: Dataset, dataset_label: str, setting
                 f"{made_with.get('variant')}); this run uses {identity['checkpoint']}. Choose another output "
                 "folder: mixing tensors of two checkpoints would train on wrong conditions."
             )
-    position = {job.id: index for index, job in enumerate(jobs)}
     kept = [s for s in previous.samples if s.id in position and _holds(s, jobs[position[s.id]], out_dir)] \
         if previous else []
     kept.sort(key=lambda s: position[s.id])  # the dataset's order, as `_Run.record` keeps it
@@ -283,9 +284,10 @@ def preprocess_dataset(dataset: Dataset | str | Path, out_dir: str | Path, check
     out_dir.mkdir(parents=True, exist_ok=True)
     models = _locate_models(checkpoint, vae, text_encoder, checkpoints_dir)
     jobs = _plan(dataset, settings, models.identity)
-    manifest = _start_manifest(out_dir, dataset, dataset_label, settings, models.identity, jobs)
+    position = {job.id: index for index, job in enumerate(jobs)}  # the dataset's order, kept in the manifest
+    manifest = _start_manifest(out_dir, dataset, dataset_label, settings, models.identity, jobs, position)
     write_manifest(out_dir, manifest)
-    run = _Run(out_dir, manifest, jobs, progress, settings.max_duration)
+    run = _Run(out_dir, manifest, len(jobs), position, progress, settings.max_duration)
     todo = []
     for index, job in enumerate(jobs, start=1):
         if _is_current(manifest, job, out_dir):
