@@ -38,6 +38,7 @@ from acestep.export.lora import (
 )
 from acestep.files import is_disk_full, read_json_object, replaced_folder
 from acestep.models.convert import rename_module_path_to_original
+from acestep.training.run_folders import adapter_kind
 from acestep.training.run_layout import LOKR_CONFIG, LOKR_WEIGHTS, TRAINING_METADATA
 
 FORMATS = ("peft", "comfyui", "diffusers", "lycoris")
@@ -249,13 +250,9 @@ def export_adapter(source: str | Path, out_dir: str | Path, formats: tuple[str, 
 
 
 def default_formats(folder: Path) -> tuple[str, ...]:
-    """The formats the adapter in `folder` exports to when none are asked for (`DEFAULT_FORMATS`
-    by its kind). Raises AdapterError for a PEFT config that cannot be read."""
-    if (folder / LOKR_WEIGHTS).is_file():
-        return DEFAULT_FORMATS["lokr"]
-    config = read_json_object(folder / PEFT_CONFIG, AdapterError,
-                              f"{folder} has no {PEFT_CONFIG}: it is not a PEFT adapter folder.")
-    return DEFAULT_FORMATS["dora" if config.get("use_dora") else "lora"]
+    """The formats the adapter in `folder` exports to when none are asked for: `DEFAULT_FORMATS`
+    of its kind (a PEFT config that cannot be read is refused when the adapter is read)."""
+    return DEFAULT_FORMATS[adapter_kind(folder)]
 
 
 def raise_if_disk_full(exc: BaseException, out_dir: Path) -> None:

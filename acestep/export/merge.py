@@ -111,9 +111,8 @@ class DeltaSource:
         return set(self.lora.modules) if self.lora else set()
 
     def merged(self, module: str, weight: torch.Tensor) -> torch.Tensor | None:
-        """The merged fp32 weight of `module` (diffusers path), or None if untouched. Raises
-        AdapterError when the adapter's tensors do not fit `weight` (`check_fits`)."""
-        self.check_fits(module, tuple(weight.shape))
+        """The merged fp32 weight of `module` (diffusers path), or None if untouched. The shapes
+        are checked before anything is written (`check_fits`, by `merge_adapter`)."""
         if self.lora is not None:
             return self._merged_lora(module, weight.float()) if module in self.lora.modules else None
         key = self._lokr_key(module)
