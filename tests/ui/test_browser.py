@@ -256,6 +256,9 @@ def test_demo_flow_scan_preprocess_train_export_with_a_second_browser(server, br
     # Preprocess it on the CPU with the tiny models
     open_tab(page, "Preprocess")
     pick(page, "preprocess-dataset", "datasets/browser.json")  # saved after the page loaded: listed when opened
+    # the pick sets Output to the dataset's folder: wait for it, or it may land in the middle of the typing below
+    out = page.locator("#preprocess-out textarea, #preprocess-out input").first
+    wait_for(lambda: out.input_value() == "tensors/browser", 30, "Output to follow the dataset picked")
     fill(page, "preprocess-out", str(ctx.workspace.tensors / "browser"))
     fill(page, "preprocess-max-duration", "2")  # the first 2 s of each song: the tiny VAE takes ~1 s a second
     page.locator("#preprocess-start").click()
